@@ -1,0 +1,132 @@
+//! `Failover`: brings a protected workload up in the target zone from a recovery point (phase
+//! one), then commits it (phase two).
+
+use jiff::Timestamp;
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::conditions::{Condition, conditions_schema};
+
+/// A failover of one ReplicatedWorkload.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "siterecovery.io",
+    version = "v1alpha1",
+    kind = "Failover",
+    namespaced,
+    status = "FailoverStatus",
+    shortname = "fo",
+    category = "siterecovery",
+    cel,
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Workload","type":"string","jsonPath":".spec.workloadName"}"#,
+    printcolumn = r#"{"name":"Mode","type":"string","jsonPath":".spec.mode"}"#,
+    printcolumn = r#"{"name":"Point","type":"string","jsonPath":".status.resolvedPoint.id"}"#,
+    printcolumn = r#"{"name":"Committed","type":"boolean","jsonPath":".spec.commit"}"#,
+    printcolumn = r#"{"name":"Status","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].message"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(
+    validation = kube::core::Rule::new("!oldSelf.commit || self.commit").message("spec.commit cannot change from true to false: a committed failover is final"),
+    validation = kube::core::Rule::new("!oldSelf.commit || (has(self.recoveryPoint) == has(oldSelf.recoveryPoint) && (!has(self.recoveryPoint) || self.recoveryPoint == oldSelf.recoveryPoint))").message("spec.recoveryPoint cannot change once spec.commit is true"),
+    validation = kube::core::Rule::new("self.mode != 'Test' || !self.commit").message("spec.commit cannot be true when spec.mode is Test: a drill is never committed")
+)]
+pub struct FailoverSpec {
+    /// Name of the ReplicatedWorkload, in this namespace, to fail over.
+    #[schemars(length(min = 1, max = 253))]
+    #[x_kube(validation = kube::core::Rule::new("self == oldSelf").message("spec.workloadName is immutable"))]
+    pub workload_name: String,
+    /// The recovery point to fail over to; the latest when omitted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recovery_point: Option<PointSelector>,
+    /// Planned, Unplanned or Test.
+    #[serde(default)]
+    #[x_kube(validation = kube::core::Rule::new("self == oldSelf").message("spec.mode is immutable: delete the Failover and create a new one"))]
+    pub mode: FailoverMode,
+    /// Phase two: commit the failover; points of the workload are then deleted.
+    #[serde(default)]
+    pub commit: bool,
+    /// Zone to bring the workload up in; the vault's target zone when omitted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 63))]
+    #[x_kube(validation = kube::core::Rule::new("self == oldSelf").message("spec.targetZone is immutable"))]
+    pub target_zone: Option<String>,
+}
+
+/// Exactly one way of choosing a recovery point.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(
+    validation = kube::core::Rule::new("(has(self.latest) ? 1 : 0) + (has(self.latestAppConsistent) ? 1 : 0) + (has(self.id) ? 1 : 0) + (has(self.time) ? 1 : 0) == 1").message("recoveryPoint must set exactly one of latest, latestAppConsistent, id or time"),
+    validation = kube::core::Rule::new("(!has(self.latest) || self.latest) && (!has(self.latestAppConsistent) || self.latestAppConsistent)").message("recoveryPoint.latest and recoveryPoint.latestAppConsistent can only be true; set another selector instead")
+)]
+pub struct PointSelector {
+    /// The newest point durable in the target.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latest: Option<bool>,
+    /// The newest app-consistent point durable in the target.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latest_app_consistent: Option<bool>,
+    /// A point id, as listed by `site-recovery points`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 128))]
+    pub id: Option<String>,
+    /// The newest point taken at or before this time (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time: Option<Timestamp>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
+pub enum FailoverMode {
+    /// Stop the source, take and replicate a final point, then fail over: no data lost.
+    Planned,
+    /// The source is gone: fail over to an existing point.
+    #[default]
+    Unplanned,
+    /// A drill: a copy in an isolated namespace; the source is untouched.
+    Test,
+}
+
+/// Observed state of a failover.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct FailoverStatus {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    #[serde(default)]
+    #[schemars(schema_with = "conditions_schema")]
+    pub conditions: Vec<Condition>,
+    /// The point the failover restores.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resolved_point: Option<ResolvedPoint>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_zone: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_zone: Option<String>,
+    /// Steps taken, oldest first.
+    #[serde(default)]
+    #[schemars(length(max = 64))]
+    pub timeline: Vec<TimelineStep>,
+    /// Seconds from the start of the failover until the workload was Ready in the target zone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rto_seconds: Option<f64>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ResolvedPoint {
+    pub id: String,
+    pub time: Timestamp,
+    pub consistency: String,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TimelineStep {
+    pub step: String,
+    pub time: Timestamp,
+    #[serde(default)]
+    pub message: String,
+}

@@ -1,0 +1,120 @@
+//! Condition types and the enum reasons each condition may carry: the vocabulary users see in
+//! `kubectl get`/`describe` and that the README's reference lists.
+
+macro_rules! names {
+    ($(#[$meta:meta])* $vis:vis enum $name:ident { $($(#[$vmeta:meta])* $variant:ident),* $(,)? }) => {
+        $(#[$meta])*
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+        $vis enum $name { $($(#[$vmeta])* $variant),* }
+        impl $name {
+            pub const ALL: &'static [$name] = &[$($name::$variant),*];
+            pub fn as_str(self) -> &'static str {
+                match self { $($name::$variant => stringify!($variant)),* }
+            }
+        }
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+        impl From<$name> for String {
+            fn from(value: $name) -> String { value.as_str().to_string() }
+        }
+    };
+}
+
+names! {
+    /// Condition types of all three kinds.
+    pub enum ConditionType {
+        /// Summary condition of every kind.
+        Ready,
+        /// Vault: both storage locations answer and accept writes.
+        StorageReachable,
+        /// Vault: cache and target are separated as `spec.redundancy` requires.
+        Separated,
+        /// Workload: an agent is registered on every node that holds a protected volume.
+        Registered,
+        /// Workload: recovery points are being taken and replicated.
+        Replicating,
+        /// Workload: a recovery point exists in the target location.
+        Protected,
+        /// Workload: the recovery point objective is met.
+        RPOMet,
+        /// Failover: the workload runs in the target zone.
+        FailedOver,
+        /// Failover: the failover is committed.
+        Committed,
+    }
+}
+
+names! {
+    /// Reasons of RecoveryVault conditions.
+    pub enum VaultReason {
+        VaultReady,
+        InvalidSpec,
+        StorageReachable,
+        StorageUnreachable,
+        StorageNotVerified,
+        SecretNotFound,
+        ClaimNotFound,
+        ClaimNotBound,
+        SameStorageLocation,
+        Separated,
+        SameZone,
+        SameRegion,
+        ZoneNotFound,
+        RegionUnknown,
+        NotSeparated,
+        StorageNotReady,
+    }
+}
+
+names! {
+    /// Reasons of ReplicatedWorkload conditions.
+    pub enum WorkloadReason {
+        WorkloadReady,
+        VaultNotFound,
+        VaultNotReady,
+        WorkloadNotFound,
+        NoPods,
+        PodNotScheduled,
+        ClaimNotFound,
+        NoVolumes,
+        NodeNotFound,
+        NoAgentOnNode,
+        AgentLost,
+        AgentsRegistered,
+        NotRegistered,
+        ReplicationNotStarted,
+        NoRecoveryPoint,
+        RecoveryPointReplicated,
+        RPONotMeasured,
+    }
+}
+
+names! {
+    /// Reasons of Failover conditions.
+    pub enum FailoverReason {
+        FailoverReady,
+        InvalidSpec,
+        WorkloadNotFound,
+        WorkloadNotProtected,
+        DuplicateFailover,
+        NotStarted,
+        NotCommitted,
+    }
+}
+
+names! {
+    /// Reasons of the Events the operator records (Warning events use the error category).
+    pub enum EventReason {
+        VaultReady,
+        VaultNotReady,
+        WorkloadReady,
+        WorkloadNotReady,
+        FailoverReady,
+        FailoverNotReady,
+        InvalidObject,
+        ReconcileFailed,
+    }
+}

@@ -1,0 +1,179 @@
+//! `ReplicatedWorkload`: marks a StatefulSet or Deployment for protection by a vault.
+
+use jiff::Timestamp;
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::conditions::{Condition, conditions_schema};
+use super::policy::ReplicationPolicyOverride;
+
+/// Protects a workload's volumes with recovery points in a vault.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "siterecovery.io",
+    version = "v1alpha1",
+    kind = "ReplicatedWorkload",
+    namespaced,
+    status = "ReplicatedWorkloadStatus",
+    shortname = "rw",
+    category = "siterecovery",
+    cel,
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Vault","type":"string","jsonPath":".spec.vaultName"}"#,
+    printcolumn = r#"{"name":"Workload","type":"string","jsonPath":".spec.workloadRef.name"}"#,
+    printcolumn = r#"{"name":"Source","type":"string","jsonPath":".status.sourceZone"}"#,
+    printcolumn = r#"{"name":"RPO","type":"integer","jsonPath":".status.rpoSeconds"}"#,
+    printcolumn = r#"{"name":"Status","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].message"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct ReplicatedWorkloadSpec {
+    /// Name of the RecoveryVault, in this namespace, that stores the points.
+    #[schemars(length(min = 1, max = 253))]
+    #[x_kube(validation = kube::core::Rule::new("self == oldSelf").message("spec.vaultName is immutable: create a new ReplicatedWorkload to use another vault"))]
+    pub vault_name: String,
+    /// The protected workload.
+    #[x_kube(validation = kube::core::Rule::new("self == oldSelf").message("spec.workloadRef is immutable: create a new ReplicatedWorkload to protect another workload"))]
+    pub workload_ref: WorkloadRef,
+    /// Claim names to protect; every claim the workload's pods mount when omitted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 64), inner(length(min = 1, max = 253)))]
+    pub volumes: Option<Vec<String>>,
+    /// Hooks and filesystem freeze for app-consistent points.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app_consistency: Option<AppConsistency>,
+    /// Override of the vault's replication policy for this workload.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replication_policy: Option<ReplicationPolicyOverride>,
+}
+
+/// A StatefulSet or Deployment in this namespace.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkloadRef {
+    pub kind: WorkloadKind,
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum WorkloadKind {
+    StatefulSet,
+    Deployment,
+}
+
+impl WorkloadKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WorkloadKind::StatefulSet => "StatefulSet",
+            WorkloadKind::Deployment => "Deployment",
+        }
+    }
+}
+
+/// What wraps the capture instant of an app-consistent point.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AppConsistency {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hooks: Option<Hooks>,
+    /// Freeze the volumes' filesystems (FIFREEZE) for the capture instant.
+    #[serde(default)]
+    pub freeze_filesystems: bool,
+}
+
+/// Commands run in the workload's pods before and after the capture instant.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Hooks {
+    #[serde(default)]
+    #[schemars(length(max = 8))]
+    pub pre: Vec<ExecHook>,
+    /// Always run, also after a failed capture.
+    #[serde(default)]
+    #[schemars(length(max = 8))]
+    pub post: Vec<ExecHook>,
+}
+
+/// A command executed in a container of every pod of the workload.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ExecHook {
+    #[schemars(length(min = 1, max = 63))]
+    pub container: String,
+    #[schemars(length(min = 1, max = 32), inner(length(max = 4096)))]
+    pub command: Vec<String>,
+    /// How long the command may run (Go duration).
+    #[serde(default = "default_hook_timeout")]
+    #[schemars(length(max = 32), regex(pattern = r"^([0-9]+(ms|s|m|h))+$"))]
+    #[x_kube(validation = kube::core::Rule::new("duration(self) > duration('0s') && duration(self) <= duration('1h')").message("hook timeout must be a duration between 1ms and 1h, e.g. 30s"))]
+    pub timeout: String,
+}
+
+fn default_hook_timeout() -> String {
+    "30s".into()
+}
+
+/// Observed state of a protected workload.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ReplicatedWorkloadStatus {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    #[serde(default)]
+    #[schemars(schema_with = "conditions_schema")]
+    pub conditions: Vec<Condition>,
+    /// Zone the workload's volumes are in now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_zone: Option<String>,
+    /// Zone of the vault's target location.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_zone: Option<String>,
+    /// Every protected volume and where it is mounted.
+    #[serde(default)]
+    #[schemars(length(max = 256))]
+    pub volumes: Vec<VolumeStatus>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latest_crash_consistent_point: Option<PointRef>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latest_app_consistent_point: Option<PointRef>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub point_count: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oldest_point: Option<Timestamp>,
+    /// Now minus the time of the newest point durable in the target.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rpo_seconds: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress: Option<Progress>,
+}
+
+/// A protected claim and the node and zone it is mounted in.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct VolumeStatus {
+    pub claim_name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zone: Option<String>,
+}
+
+/// A recovery point as the status reports it.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PointRef {
+    pub id: String,
+    pub time: Timestamp,
+    /// Whether the point is durable in the target location.
+    pub replicated: bool,
+}
+
+/// Bytes of the point in flight.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Progress {
+    pub total_bytes: u64,
+    pub bytes_done: u64,
+}

@@ -1,0 +1,3 @@
+fn main() {
+    print!("{}", site_recovery::api::crds_yaml());
+}
