@@ -2,3 +2,8 @@
 //! as a Kubernetes operator.
 
 pub mod api;
+pub mod clock;
+pub mod controllers;
+pub mod metrics;
+pub mod operator;
+pub mod validate;

@@ -1,3 +1,132 @@
-fn main() {
-    print!("{}", site_recovery::api::crds_yaml());
+//! The `site-recovery` binary: operator, CRD printer and offline validation.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand, ValueEnum};
+use site_recovery::operator::{self, Settings, Shutdown};
+
+#[derive(Parser)]
+#[command(name = "site-recovery", version, about = "Disaster recovery for Kubernetes workloads: vaults, recovery points, two-phase failover")]
+struct Cli {
+    /// Log format.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Json, env = "SITE_RECOVERY_LOG_FORMAT")]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Json,
+    Text,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Print the CustomResourceDefinitions as YAML.
+    Crd,
+    /// Run the operator against the current kube context (or in-cluster config).
+    Operator {
+        /// Namespace of the operator's Lease and of agent registrations [default: POD_NAMESPACE,
+        /// else the kube context's namespace].
+        #[arg(long, env = "POD_NAMESPACE")]
+        namespace: Option<String>,
+        /// Elect a leader among replicas with a Lease.
+        #[arg(long, default_value_t = true, action = clap::ArgAction::Set, env = "SITE_RECOVERY_LEADER_ELECTION")]
+        leader_election: bool,
+        /// Name of the leader Lease.
+        #[arg(long, default_value = "site-recovery-operator")]
+        lease_name: String,
+        /// Address of /healthz, /readyz and /metrics.
+        #[arg(long, default_value = "0.0.0.0:8080", env = "SITE_RECOVERY_HTTP_ADDR")]
+        http_addr: SocketAddr,
+    },
+    /// Check manifests against the CRDs' admission rules (CEL) without a cluster.
+    Validate {
+        /// YAML files with RecoveryVault, ReplicatedWorkload or Failover documents.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,kube=warn,kube_lease_manager=warn"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    // kube's rustls uses ring, object stores bring aws-lc-rs: with both linked, rustls needs the
+    // process-wide provider chosen before the first TLS client is built.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    match run(cli.command).await {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(command: Command) -> anyhow::Result<std::process::ExitCode> {
+    match command {
+        Command::Crd => {
+            print!("{}", site_recovery::api::crds_yaml());
+        }
+        Command::Operator { namespace, leader_election, lease_name, http_addr } => {
+            let client = kube::Client::try_default()
+                .await
+                .context("no usable kube context: set KUBECONFIG or run in a cluster")?;
+            let namespace = namespace.unwrap_or_else(|| client.default_namespace().to_string());
+            let mut settings = Settings::new(namespace);
+            settings.leader_election = leader_election;
+            settings.lease_name = lease_name;
+            settings.http_addr = Some(http_addr);
+            let (stop, shutdown) = Shutdown::new();
+            tokio::spawn(async move {
+                wait_for_signal().await;
+                tracing::info!("shutting down");
+                let _ = stop.send(true);
+            });
+            operator::run(client, settings, shutdown).await?;
+        }
+        Command::Validate { files } => {
+            let mut failed = false;
+            for file in &files {
+                for problem in site_recovery::validate::validate_file(file)? {
+                    failed = true;
+                    println!("{problem}");
+                }
+            }
+            if failed {
+                return Ok(std::process::ExitCode::from(1));
+            }
+            println!("{} file(s) valid", files.len());
+        }
+    }
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
+async fn wait_for_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("installing a SIGTERM handler");
+        tokio::select! {
+            _ = ctrl_c => {},
+            _ = term.recv() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
 }

@@ -4,6 +4,7 @@ pub mod conditions;
 pub mod failover;
 pub mod policy;
 pub mod reasons;
+pub mod registration;
 pub mod vault;
 pub mod workload;
 

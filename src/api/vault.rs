@@ -57,7 +57,7 @@ pub struct RecoveryVaultSpec {
 }
 
 /// The separation between cache and target, after the seed's Machine / Zone / Region scenarios.
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Default, JsonSchema)]
 pub enum Redundancy {
     /// Different storage locations suffice.
     Machine,

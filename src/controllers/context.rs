@@ -1,0 +1,67 @@
+//! What every reconcile shares: the client, the shared reflector stores, the event recorder,
+//! metrics and the per-object backoff.
+
+use std::sync::Arc;
+
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::Node;
+use kube::Client;
+use kube::core::{DeserializeGuard, PartialObjectMeta};
+use kube::runtime::events::Recorder;
+use kube::runtime::reflector::Store;
+
+use super::backoff::Backoffs;
+use crate::api::registration::{AgentRegistration, REGION_LABEL, ZONE_LABEL};
+use crate::api::{Failover, RecoveryVault, ReplicatedWorkload};
+use crate::metrics::Metrics;
+
+/// Read-only caches fed by the operator's watches.
+#[derive(Clone)]
+pub struct Stores {
+    pub vaults: Store<DeserializeGuard<RecoveryVault>>,
+    pub workloads: Store<DeserializeGuard<ReplicatedWorkload>>,
+    pub failovers: Store<DeserializeGuard<Failover>>,
+    pub nodes: Store<PartialObjectMeta<Node>>,
+    pub registrations: Store<Lease>,
+}
+
+/// Zone and region labels of one node.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeTopology {
+    pub name: String,
+    pub zone: Option<String>,
+    pub region: Option<String>,
+}
+
+impl Stores {
+    /// Zone and region of every node, from the metadata-only node cache.
+    pub fn node_topology(&self) -> Vec<NodeTopology> {
+        self.nodes
+            .state()
+            .iter()
+            .map(|n| {
+                let labels = n.metadata.labels.as_ref();
+                NodeTopology {
+                    name: n.metadata.name.clone().unwrap_or_default(),
+                    zone: labels.and_then(|l| l.get(ZONE_LABEL)).cloned(),
+                    region: labels.and_then(|l| l.get(REGION_LABEL)).cloned(),
+                }
+            })
+            .collect()
+    }
+
+    /// Every agent registration in the cache.
+    pub fn registrations(&self) -> Vec<AgentRegistration> {
+        self.registrations.state().iter().filter_map(|l| AgentRegistration::from_lease(l)).collect()
+    }
+}
+
+pub struct Context {
+    pub client: Client,
+    pub recorder: Recorder,
+    pub stores: Stores,
+    pub metrics: Arc<Metrics>,
+    pub backoffs: Backoffs,
+    /// Namespace of the operator, where agent registrations live.
+    pub namespace: String,
+}

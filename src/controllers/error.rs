@@ -1,0 +1,37 @@
+//! One error enum for the controllers; each variant maps once to an event reason, a metric
+//! label and a retry policy.
+
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("Kubernetes API request failed: {0}")]
+    Kube(#[source] kube::Error),
+    #[error("storage location {location} is not usable: {message}")]
+    Storage { location: String, message: String },
+    #[error("{kind} {name} cannot be read: {message}")]
+    InvalidObject { kind: String, name: String, message: String },
+}
+
+impl Error {
+    /// CamelCase category: the Warning event's reason and the `error` metric label.
+    pub fn category(&self) -> &'static str {
+        match self {
+            Error::Kube(_) => "KubernetesApiError",
+            Error::Storage { .. } => "StorageError",
+            Error::InvalidObject { .. } => "InvalidObject",
+        }
+    }
+
+    /// The first retry delay; the backoff doubles it per consecutive failure.
+    pub fn base_delay(&self) -> Duration {
+        match self {
+            // Conflicts and throttling clear quickly.
+            Error::Kube(kube::Error::Api(s)) if s.code == 409 || s.code == 429 => Duration::from_millis(200),
+            Error::Kube(_) => Duration::from_secs(1),
+            Error::Storage { .. } => Duration::from_secs(5),
+            // A malformed object changes only when a user edits it, which triggers a reconcile.
+            Error::InvalidObject { .. } => Duration::from_secs(300),
+        }
+    }
+}

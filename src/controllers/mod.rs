@@ -1,0 +1,93 @@
+//! The three controllers, one folder per kind with the same steps:
+//! `observe` (reads) → `plan` (pure: spec + observed + now → plan) → `apply` (writes) →
+//! `status` (writes only when different). Shared plumbing lives here: the context, the error
+//! enum, per-object backoff and the status/event writers.
+
+pub mod backoff;
+pub mod context;
+pub mod error;
+pub mod failover;
+pub mod vault;
+pub mod workload;
+
+pub use context::Context;
+pub use error::Error;
+
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::events::{Event, EventType};
+use kube::{Resource, ResourceExt};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+/// Field manager of every write the operator makes.
+pub const FIELD_MANAGER: &str = "site-recovery-operator";
+
+/// An event the plan asks for.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PlannedEvent {
+    pub warning: bool,
+    pub reason: String,
+    pub action: String,
+    pub note: String,
+}
+
+impl PlannedEvent {
+    pub fn normal(reason: impl Into<String>, action: &str, note: impl Into<String>) -> Self {
+        Self { warning: false, reason: reason.into(), action: action.into(), note: note.into() }
+    }
+    pub fn warning(reason: impl Into<String>, action: &str, note: impl Into<String>) -> Self {
+        Self { warning: true, reason: reason.into(), action: action.into(), note: note.into() }
+    }
+}
+
+/// Publishes planned events about `obj`. Event failures are logged, never fatal: an event is a
+/// courtesy, the status is the record.
+pub async fn publish_events<K>(ctx: &Context, obj: &K, events: &[PlannedEvent])
+where
+    K: Resource<DynamicType = ()>,
+{
+    let reference = obj.object_ref(&());
+    for e in events {
+        let event = Event {
+            type_: if e.warning { EventType::Warning } else { EventType::Normal },
+            reason: e.reason.clone(),
+            note: Some(e.note.chars().take(1000).collect()),
+            action: e.action.clone(),
+            secondary: None,
+        };
+        if let Err(err) = ctx.recorder.publish(&event, &reference).await {
+            tracing::warn!(error = %err, reason = %e.reason, "could not publish event");
+        }
+    }
+}
+
+/// Writes `status` with server-side apply on the status subresource, unless it equals what the
+/// object already has. Returns whether a write happened.
+pub async fn write_status<K, S>(
+    ctx: &Context,
+    obj: &K,
+    current: Option<&S>,
+    status: &S,
+) -> Result<bool, Error>
+where
+    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope> + Clone + DeserializeOwned + std::fmt::Debug,
+    S: Serialize + PartialEq,
+{
+    if current == Some(status) {
+        return Ok(false);
+    }
+    let api: Api<K> = Api::namespaced(ctx.client.clone(), &obj.namespace().unwrap_or_default());
+    let patch = serde_json::json!({
+        "apiVersion": K::api_version(&()),
+        "kind": K::kind(&()),
+        "status": status,
+    });
+    api.patch_status(
+        &obj.name_any(),
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await
+    .map_err(Error::Kube)?;
+    Ok(true)
+}

@@ -1,0 +1,30 @@
+//! RecoveryVault controller: validates the vault, makes sure its storage is usable and reports
+//! whether cache and target are separated as the vault requires.
+
+pub mod apply;
+pub mod observe;
+pub mod plan;
+pub mod status;
+
+use std::sync::Arc;
+
+use kube::ResourceExt;
+use kube::runtime::controller::Action;
+
+use crate::api::RecoveryVault;
+use crate::controllers::{Context, Error, publish_events, write_status};
+
+pub const CONTROLLER: &str = "recoveryvault";
+
+pub async fn reconcile(vault: &RecoveryVault, ctx: Arc<Context>) -> Result<Action, Error> {
+    let namespace = vault.namespace().unwrap_or_default();
+    let observed = observe::observe(&ctx, &namespace, &vault.spec).await?;
+    let plan = plan::plan(&vault.spec, vault.status.as_ref(), &observed);
+    apply::apply(&plan.actions).await?;
+    let status = status::build(vault.status.as_ref(), &plan, vault.metadata.generation, crate::clock::now());
+    if write_status(&ctx, vault, vault.status.as_ref(), &status).await? {
+        ctx.metrics.status_writes.get_or_create(&crate::metrics::ControllerLabels { controller: CONTROLLER }).inc();
+    }
+    publish_events(&ctx, vault, &plan.events).await;
+    Ok(Action::requeue(plan.requeue))
+}

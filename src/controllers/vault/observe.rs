@@ -1,0 +1,114 @@
+//! Reads what the vault decision needs: node topology from the shared node cache, the storage
+//! locations, and the Secrets the vault references.
+
+use std::path::Path;
+
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Secret};
+use kube::Api;
+
+use crate::api::vault::{Location, RecoveryVaultSpec, SecretKeyRef};
+use crate::controllers::context::NodeTopology;
+use crate::controllers::{Context, Error};
+
+/// What was found at a storage location.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StorageProbe {
+    /// The directory exists and accepted a probe file.
+    Writable,
+    /// The directory does not exist yet.
+    Missing,
+    /// The location exists but cannot be used.
+    Unusable(String),
+    ClaimBound,
+    ClaimNotBound(String),
+    ClaimMissing,
+    /// An object store whose credentials are present; it is first contacted by the data path.
+    CredentialsPresent,
+    SecretMissing(String),
+}
+
+/// A Secret key's state.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum KeyProbe {
+    Present { len: usize },
+    SecretMissing,
+    KeyMissing,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Observed {
+    pub nodes: Vec<NodeTopology>,
+    pub cache: StorageProbe,
+    pub target: StorageProbe,
+    pub encryption_key: KeyProbe,
+}
+
+pub async fn observe(ctx: &Context, namespace: &str, spec: &RecoveryVaultSpec) -> Result<Observed, Error> {
+    let nodes = ctx.stores.node_topology();
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), namespace);
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), namespace);
+    Ok(Observed {
+        nodes,
+        cache: probe_location(&secrets, &claims, &spec.cache).await?,
+        target: probe_location(&secrets, &claims, &spec.target).await?,
+        encryption_key: probe_key(&secrets, &spec.encryption.key_secret_ref).await?,
+    })
+}
+
+async fn probe_location(
+    secrets: &Api<Secret>,
+    claims: &Api<PersistentVolumeClaim>,
+    location: &Location,
+) -> Result<StorageProbe, Error> {
+    let storage = &location.storage;
+    if let Some(fs) = &storage.filesystem {
+        return Ok(probe_directory(Path::new(&fs.path)).await);
+    }
+    if let Some(vc) = &storage.volume_claim {
+        return Ok(match claims.get_opt(&vc.claim_name).await.map_err(Error::Kube)? {
+            None => StorageProbe::ClaimMissing,
+            Some(pvc) => match pvc.status.and_then(|s| s.phase).as_deref() {
+                Some("Bound") => StorageProbe::ClaimBound,
+                phase => StorageProbe::ClaimNotBound(phase.unwrap_or("Pending").to_string()),
+            },
+        });
+    }
+    if let Some(secret) = storage.credentials_secret() {
+        if secrets.get_metadata_opt(&secret.name).await.map_err(Error::Kube)?.is_none() {
+            return Ok(StorageProbe::SecretMissing(secret.name.clone()));
+        }
+    }
+    Ok(StorageProbe::CredentialsPresent)
+}
+
+/// Checks that `path` is a directory this process can create files in.
+pub async fn probe_directory(path: &Path) -> StorageProbe {
+    match tokio::fs::metadata(path).await {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => StorageProbe::Missing,
+        Err(e) => StorageProbe::Unusable(format!("cannot stat {}: {e}", path.display())),
+        Ok(m) if !m.is_dir() => StorageProbe::Unusable(format!("{} is not a directory", path.display())),
+        Ok(_) => {
+            let probe = path.join(format!(".site-recovery-probe-{}", std::process::id()));
+            match tokio::fs::write(&probe, b"probe").await {
+                Ok(()) => {
+                    let _ = tokio::fs::remove_file(&probe).await;
+                    StorageProbe::Writable
+                }
+                Err(e) => StorageProbe::Unusable(format!("cannot write in {}: {e}", path.display())),
+            }
+        }
+    }
+}
+
+async fn probe_key(secrets: &Api<Secret>, key: &SecretKeyRef) -> Result<KeyProbe, Error> {
+    let Some(secret) = secrets.get_opt(&key.name).await.map_err(Error::Kube)? else {
+        return Ok(KeyProbe::SecretMissing);
+    };
+    let from_data = secret.data.as_ref().and_then(|d| d.get(&key.key)).map(|ByteString(b)| b.len());
+    let from_string = secret.string_data.as_ref().and_then(|d| d.get(&key.key)).map(String::len);
+    Ok(match from_data.or(from_string) {
+        Some(len) => KeyProbe::Present { len },
+        None => KeyProbe::KeyMissing,
+    })
+}

@@ -1,0 +1,275 @@
+//! The vault decision: a pure function of the spec, what was observed and the clock.
+
+use std::time::Duration;
+
+use crate::api::conditions::{Condition, ConditionStatus, find};
+use crate::api::policy::parse_duration;
+use crate::api::reasons::{ConditionType as T, EventReason, VaultReason as R};
+use crate::api::vault::{Location, Redundancy, RecoveryVaultSpec, RecoveryVaultStatus};
+use crate::controllers::PlannedEvent;
+
+use super::observe::{KeyProbe, Observed, StorageProbe};
+use crate::controllers::context::NodeTopology;
+
+/// Minimum length of the key-encryption key.
+pub const MIN_KEY_BYTES: usize = 32;
+/// How often storage is probed again when nothing changes.
+pub const RECHECK: Duration = Duration::from_secs(300);
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Action {
+    /// Create the directory of a filesystem location.
+    CreateDirectory(String),
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Plan {
+    pub conditions: Vec<Condition>,
+    pub separation: Option<Redundancy>,
+    pub cache_region: Option<String>,
+    pub target_region: Option<String>,
+    pub actions: Vec<Action>,
+    pub events: Vec<PlannedEvent>,
+    pub requeue: Duration,
+}
+
+/// The checks CEL cannot make (or that a CRD installed without validation skipped).
+pub fn validate(spec: &RecoveryVaultSpec) -> Result<(), String> {
+    let p = &spec.replication_policy;
+    let crash = parse_duration(&p.crash_consistent_frequency)
+        .map_err(|e| format!("spec.replicationPolicy.crashConsistentFrequency: {e}"))?;
+    if crash < Duration::from_secs(30) {
+        return Err("spec.replicationPolicy.crashConsistentFrequency must be at least 30s".into());
+    }
+    if p.app_consistent_frequency != "off" {
+        parse_duration(&p.app_consistent_frequency)
+            .map_err(|e| format!("spec.replicationPolicy.appConsistentFrequency: {e}"))?;
+    }
+    parse_duration(&p.recovery_point_retention)
+        .map_err(|e| format!("spec.replicationPolicy.recoveryPointRetention: {e}"))?;
+    let backends = |l: &Location| {
+        let s = &l.storage;
+        [s.filesystem.is_some(), s.volume_claim.is_some(), s.s3.is_some(), s.azure_blob.is_some(), s.gcs.is_some()]
+            .iter()
+            .filter(|b| **b)
+            .count()
+    };
+    for (field, location) in [("spec.cache.storage", &spec.cache), ("spec.target.storage", &spec.target)] {
+        if backends(location) != 1 {
+            return Err(format!("{field} must set exactly one of filesystem, volumeClaim, s3, azureBlob or gcs"));
+        }
+    }
+    Ok(())
+}
+
+pub fn plan(spec: &RecoveryVaultSpec, previous: Option<&RecoveryVaultStatus>, observed: &Observed) -> Plan {
+    let mut actions = Vec::new();
+    let mut conditions = Vec::new();
+
+    if let Err(message) = validate(spec) {
+        conditions.push(Condition::new(T::Ready, ConditionStatus::False, R::InvalidSpec, message));
+        let events = ready_events(previous, &conditions);
+        return Plan {
+            conditions,
+            separation: None,
+            cache_region: None,
+            target_region: None,
+            actions,
+            events,
+            requeue: RECHECK,
+        };
+    }
+
+    // StorageReachable
+    let mut storage_problems = Vec::new();
+    let mut storage_unverified = Vec::new();
+    for (name, location, probe) in [("cache", &spec.cache, &observed.cache), ("target", &spec.target, &observed.target)] {
+        match probe {
+            StorageProbe::Writable | StorageProbe::ClaimBound => {}
+            StorageProbe::Missing => {
+                if let Some(fs) = &location.storage.filesystem {
+                    actions.push(Action::CreateDirectory(fs.path.clone()));
+                }
+                storage_problems.push((R::StorageUnreachable, format!("{name} directory does not exist yet; creating it")));
+            }
+            StorageProbe::Unusable(m) => storage_problems.push((R::StorageUnreachable, format!("{name} location: {m}"))),
+            StorageProbe::ClaimMissing => storage_problems.push((
+                R::ClaimNotFound,
+                format!("spec.{name}.storage.volumeClaim.claimName: PersistentVolumeClaim not found"),
+            )),
+            StorageProbe::ClaimNotBound(phase) => storage_problems.push((
+                R::ClaimNotBound,
+                format!("spec.{name}.storage.volumeClaim.claimName: claim is {phase}, not Bound"),
+            )),
+            StorageProbe::SecretMissing(secret) => storage_problems.push((
+                R::SecretNotFound,
+                format!("spec.{name}.storage: credentials Secret {secret} not found"),
+            )),
+            StorageProbe::CredentialsPresent => storage_unverified.push(format!(
+                "{name} ({} storage) is first contacted when a recovery point is written",
+                location.storage.kind()
+            )),
+        }
+    }
+    let storage = if let Some((reason, _)) = storage_problems.first() {
+        let message = storage_problems.iter().map(|(_, m)| m.as_str()).collect::<Vec<_>>().join("; ");
+        Condition::new(T::StorageReachable, ConditionStatus::False, *reason, message)
+    } else if !storage_unverified.is_empty() {
+        Condition::new(T::StorageReachable, ConditionStatus::Unknown, R::StorageNotVerified, storage_unverified.join("; "))
+    } else {
+        Condition::new(T::StorageReachable, ConditionStatus::True, R::StorageReachable, "cache and target locations accept writes")
+    };
+
+    // Separated
+    let sep = separation(spec, &observed.nodes);
+    let separated = match &sep.problem {
+        None => Condition::new(
+            T::Separated,
+            ConditionStatus::True,
+            R::Separated,
+            format!(
+                "cache and target are separated by {} (required: {})",
+                sep.measured.as_str(),
+                spec.redundancy.as_str()
+            ),
+        ),
+        Some((reason, message)) => Condition::new(T::Separated, ConditionStatus::False, *reason, message.clone()),
+    };
+
+    // Encryption key, reported through Ready.
+    let key_problem = match &observed.encryption_key {
+        KeyProbe::Present { len } if *len >= MIN_KEY_BYTES => None,
+        KeyProbe::Present { len } => Some(format!(
+            "spec.encryption.keySecretRef: key {:?} of Secret {} has {len} bytes; at least {MIN_KEY_BYTES} are required",
+            spec.encryption.key_secret_ref.key, spec.encryption.key_secret_ref.name
+        )),
+        KeyProbe::SecretMissing => Some(format!(
+            "spec.encryption.keySecretRef: Secret {} not found",
+            spec.encryption.key_secret_ref.name
+        )),
+        KeyProbe::KeyMissing => Some(format!(
+            "spec.encryption.keySecretRef: Secret {} has no key {:?}",
+            spec.encryption.key_secret_ref.name, spec.encryption.key_secret_ref.key
+        )),
+    };
+
+    let ready = if let Some(message) = key_problem {
+        Condition::new(T::Ready, ConditionStatus::False, R::SecretNotFound, message)
+    } else if !storage.is_true() {
+        Condition::new(T::Ready, ConditionStatus::False, R::StorageNotReady, storage.message.clone())
+    } else if !separated.is_true() {
+        Condition::new(T::Ready, ConditionStatus::False, R::NotSeparated, separated.message.clone())
+    } else {
+        Condition::new(T::Ready, ConditionStatus::True, R::VaultReady, separated.message.clone())
+    };
+    conditions.extend([ready, storage, separated]);
+    let events = ready_events(previous, &conditions);
+    let requeue = if actions.is_empty() { RECHECK } else { Duration::from_secs(1) };
+    Plan {
+        conditions,
+        separation: Some(sep.measured),
+        cache_region: sep.cache_region,
+        target_region: sep.target_region,
+        actions,
+        events,
+        requeue,
+    }
+}
+
+/// An event when Ready changes status or reason.
+fn ready_events(previous: Option<&RecoveryVaultStatus>, conditions: &[Condition]) -> Vec<PlannedEvent> {
+    let Some(ready) = find(conditions, T::Ready.as_str()) else { return vec![] };
+    let before = previous.and_then(|p| find(&p.conditions, T::Ready.as_str()));
+    if before.is_some_and(|b| b.status == ready.status && b.reason == ready.reason) {
+        return vec![];
+    }
+    if ready.is_true() {
+        vec![PlannedEvent::normal(EventReason::VaultReady, "Validate", ready.message.clone())]
+    } else {
+        vec![PlannedEvent::warning(EventReason::VaultNotReady, "Validate", format!("{}: {}", ready.reason, ready.message))]
+    }
+}
+
+/// The separation of cache and target as node labels show it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Separation {
+    pub measured: Redundancy,
+    pub cache_region: Option<String>,
+    pub target_region: Option<String>,
+    /// Why the required separation is not met.
+    pub problem: Option<(R, String)>,
+}
+
+pub fn separation(spec: &RecoveryVaultSpec, nodes: &[NodeTopology]) -> Separation {
+    let region_of = |l: &Location| {
+        l.region.clone().or_else(|| {
+            let zone = l.zone.as_ref()?;
+            nodes.iter().filter(|n| n.zone.as_ref() == Some(zone)).find_map(|n| n.region.clone())
+        })
+    };
+    let cache_region = region_of(&spec.cache);
+    let target_region = region_of(&spec.target);
+    let measured = match (&cache_region, &target_region, &spec.cache.zone, &spec.target.zone) {
+        (Some(a), Some(b), _, _) if a != b => Redundancy::Region,
+        (_, _, Some(a), Some(b)) if a != b => Redundancy::Zone,
+        _ => Redundancy::Machine,
+    };
+    let mut problem = None;
+    if spec.cache.storage == spec.target.storage {
+        problem = Some((
+            R::SameStorageLocation,
+            "spec.cache.storage and spec.target.storage are the same location: a failure of it loses both copies; point the target at other storage".to_string(),
+        ));
+    }
+    for (field, zone) in [("spec.cache.zone", &spec.cache.zone), ("spec.target.zone", &spec.target.zone)] {
+        if let Some(zone) = zone {
+            if problem.is_none() && !nodes.iter().any(|n| n.zone.as_ref() == Some(zone)) {
+                problem = Some((
+                    R::ZoneNotFound,
+                    format!("{field}: no node is labelled topology.kubernetes.io/zone={zone}"),
+                ));
+            }
+        }
+    }
+    if problem.is_none() && measured < spec.redundancy {
+        let zones = (spec.cache.zone.as_deref().unwrap_or("?"), spec.target.zone.as_deref().unwrap_or("?"));
+        problem = Some(if zones.0 == zones.1 {
+            (
+                R::SameZone,
+                format!(
+                    "cache and target are both in zone {}; redundancy {} needs them in different {}s",
+                    zones.0,
+                    spec.redundancy.as_str(),
+                    spec.redundancy.as_str().to_lowercase()
+                ),
+            )
+        } else {
+            match (&cache_region, &target_region) {
+                (Some(a), Some(_)) => (
+                    R::SameRegion,
+                    format!(
+                        "cache zone {} and target zone {} are both in region {a}; redundancy Region needs different regions",
+                        zones.0, zones.1
+                    ),
+                ),
+                _ => (
+                    R::RegionUnknown,
+                    format!(
+                        "the region of zone {} is unknown: set spec.{}.region or label its nodes with topology.kubernetes.io/region",
+                        if cache_region.is_none() { zones.0 } else { zones.1 },
+                        if cache_region.is_none() { "cache" } else { "target" }
+                    ),
+                ),
+            }
+        });
+    }
+    Separation { measured, cache_region, target_region, problem }
+}
+
+/// The condition of one type, for tests and callers that read plans.
+pub fn condition<'a>(plan: &'a Plan, t: T) -> &'a Condition {
+    find(&plan.conditions, t.as_str()).expect("every plan sets every vault condition it reports")
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,127 @@
+//! Reads what the workload decision needs: its vault (from the shared cache), the StatefulSet
+//! or Deployment, its pods and their claims, node topology and agent registrations.
+
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use kube::api::ListParams;
+use kube::core::Selector;
+use kube::runtime::reflector::ObjectRef;
+use kube::{Api, ResourceExt};
+
+use crate::api::conditions::find;
+use crate::api::reasons::ConditionType;
+use crate::api::registration::AgentRegistration;
+use crate::api::workload::{ReplicatedWorkloadSpec, WorkloadKind};
+use crate::controllers::context::NodeTopology;
+use crate::controllers::{Context, Error};
+
+/// The vault as far as the workload cares.
+#[derive(Clone, Debug, PartialEq)]
+pub struct VaultSummary {
+    pub ready: bool,
+    pub message: String,
+    pub target_zone: Option<String>,
+}
+
+/// One pod of the workload.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PodInfo {
+    pub name: String,
+    pub node: Option<String>,
+    /// Claim names mounted by the pod.
+    pub claims: Vec<String>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Observed {
+    /// `None`: no such vault. `Some(Err)`: it exists but cannot be read.
+    pub vault: Option<Result<VaultSummary, String>>,
+    /// Whether the StatefulSet or Deployment exists.
+    pub workload_found: bool,
+    pub pods: Vec<PodInfo>,
+    /// Names of the PersistentVolumeClaims in the namespace.
+    pub claims: Vec<String>,
+    pub nodes: Vec<NodeTopology>,
+    pub registrations: Vec<AgentRegistration>,
+}
+
+pub async fn observe(ctx: &Context, namespace: &str, spec: &ReplicatedWorkloadSpec) -> Result<Observed, Error> {
+    let vault = ctx
+        .stores
+        .vaults
+        .get(&ObjectRef::new(&spec.vault_name).within(namespace))
+        .map(|guard| match &guard.0 {
+            Ok(v) => {
+                let ready = v.status.as_ref().and_then(|s| find(&s.conditions, ConditionType::Ready.as_str()));
+                Ok(VaultSummary {
+                    ready: ready.is_some_and(|c| c.is_true()),
+                    message: ready.map(|c| c.message.clone()).unwrap_or_else(|| "not yet reconciled".into()),
+                    target_zone: v.spec.target.zone.clone(),
+                })
+            }
+            Err(e) => Err(e.to_string()),
+        });
+
+    let name = &spec.workload_ref.name;
+    let selector = match spec.workload_ref.kind {
+        WorkloadKind::StatefulSet => Api::<StatefulSet>::namespaced(ctx.client.clone(), namespace)
+            .get_opt(name)
+            .await
+            .map_err(Error::Kube)?
+            .and_then(|s| s.spec.map(|s| s.selector)),
+        WorkloadKind::Deployment => Api::<Deployment>::namespaced(ctx.client.clone(), namespace)
+            .get_opt(name)
+            .await
+            .map_err(Error::Kube)?
+            .and_then(|d| d.spec.map(|s| s.selector)),
+    };
+    let workload_found = selector.is_some();
+    let pods = match selector {
+        Some(selector) => list_pods(ctx, namespace, selector).await?,
+        None => vec![],
+    };
+    let claims = Api::<PersistentVolumeClaim>::namespaced(ctx.client.clone(), namespace)
+        .list_metadata(&ListParams::default())
+        .await
+        .map_err(Error::Kube)?
+        .items
+        .iter()
+        .map(|c| c.name_any())
+        .collect();
+    Ok(Observed {
+        vault,
+        workload_found,
+        pods,
+        claims,
+        nodes: ctx.stores.node_topology(),
+        registrations: ctx.stores.registrations(),
+    })
+}
+
+async fn list_pods(ctx: &Context, namespace: &str, selector: LabelSelector) -> Result<Vec<PodInfo>, Error> {
+    let selector = Selector::try_from(selector).map_err(|e| Error::InvalidObject {
+        kind: "workload".into(),
+        name: namespace.into(),
+        message: format!("spec.selector cannot be used: {e}"),
+    })?;
+    let pods = Api::<Pod>::namespaced(ctx.client.clone(), namespace)
+        .list(&ListParams::default().labels_from(&selector))
+        .await
+        .map_err(Error::Kube)?;
+    Ok(pods
+        .items
+        .iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .map(|p| PodInfo {
+            name: p.name_any(),
+            node: p.spec.as_ref().and_then(|s| s.node_name.clone()),
+            claims: p
+                .spec
+                .iter()
+                .flat_map(|s| s.volumes.iter().flatten())
+                .filter_map(|v| v.persistent_volume_claim.as_ref().map(|c| c.claim_name.clone()))
+                .collect(),
+        })
+        .collect())
+}

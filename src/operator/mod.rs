@@ -1,0 +1,506 @@
+//! `site-recovery operator`: shared reflectors, the three controllers, leader election on a
+//! Lease, the health and metrics server, graceful shutdown.
+
+pub mod http;
+
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use futures::{Stream, StreamExt, future};
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::api::{Api, Patch, PatchParams};
+use kube::core::{DeserializeGuard, PartialObjectMeta};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Client, Resource, ResourceExt};
+use kube_lease_manager::LeaseManagerBuilder;
+use serde::de::DeserializeOwned;
+use tokio::sync::watch;
+
+use crate::api::reasons::EventReason;
+use crate::api::registration;
+use crate::api::{Failover, RecoveryVault, ReplicatedWorkload};
+use crate::controllers::context::Stores;
+use crate::controllers::{self, Context, Error, FIELD_MANAGER, PlannedEvent, publish_events};
+use crate::metrics::{ControllerLabels, ErrorLabels, Metrics};
+
+/// How the operator runs.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// Namespace of the operator: its Lease and the agent registrations live here.
+    pub namespace: String,
+    pub leader_election: bool,
+    pub lease_name: String,
+    /// This replica's name in the Lease.
+    pub identity: String,
+    /// Lease duration in seconds.
+    pub lease_duration: u64,
+    /// Where `/healthz`, `/readyz` and `/metrics` are served; none when `None`.
+    pub http_addr: Option<SocketAddr>,
+}
+
+impl Settings {
+    pub fn new(namespace: impl Into<String>) -> Self {
+        Self {
+            namespace: namespace.into(),
+            leader_election: true,
+            lease_name: "site-recovery-operator".into(),
+            identity: std::env::var("POD_NAME")
+                .or_else(|_| std::env::var("HOSTNAME"))
+                .unwrap_or_else(|_| format!("site-recovery-{}", std::process::id())),
+            lease_duration: 15,
+            http_addr: None,
+        }
+    }
+}
+
+/// A cloneable "stop now" signal.
+#[derive(Clone)]
+pub struct Shutdown(watch::Receiver<bool>);
+
+impl Shutdown {
+    pub fn new() -> (watch::Sender<bool>, Self) {
+        let (tx, rx) = watch::channel(false);
+        (tx, Self(rx))
+    }
+
+    pub fn wait(&self) -> impl Future<Output = ()> + Send + Sync + 'static {
+        let mut rx = self.0.clone();
+        async move {
+            let _ = rx.wait_for(|stop| *stop).await;
+        }
+    }
+}
+
+/// Runs the operator until `shutdown` fires. With leader election, controllers start only once
+/// this replica holds the Lease, and the operator returns an error if it loses it (the pod then
+/// restarts as a standby rather than risk two writers).
+pub async fn run(client: Client, settings: Settings, shutdown: Shutdown) -> anyhow::Result<()> {
+    let metrics = Arc::new(Metrics::default());
+    let health = Arc::new(http::Health { metrics: metrics.clone(), ready: false.into() });
+    let server = match settings.http_addr {
+        Some(addr) => {
+            let (bound, task) = http::serve(addr, health.clone(), shutdown.wait()).await?;
+            tracing::info!(%bound, "serving /healthz, /readyz and /metrics");
+            Some(task)
+        }
+        None => None,
+    };
+
+    let result = if settings.leader_election {
+        run_as_leader(client, &settings, metrics.clone(), health.clone(), shutdown.clone()).await
+    } else {
+        metrics.leader.set(1);
+        run_controllers(client, &settings, metrics.clone(), health.clone(), shutdown.clone()).await
+    };
+    metrics.leader.set(0);
+    if let Some(server) = server {
+        server.abort();
+    }
+    result
+}
+
+async fn run_as_leader(
+    client: Client,
+    settings: &Settings,
+    metrics: Arc<Metrics>,
+    health: Arc<http::Health>,
+    shutdown: Shutdown,
+) -> anyhow::Result<()> {
+    let manager = LeaseManagerBuilder::new(client.clone(), &settings.lease_name)
+        .with_namespace(&settings.namespace)
+        .with_identity(&settings.identity)
+        .with_duration(settings.lease_duration)
+        .with_grace((settings.lease_duration / 3).max(1))
+        .build()
+        .await?;
+    let (mut leader, lease_task) = manager.watch().await;
+    // A standby is ready: it serves probes and waits for the Lease.
+    health.ready.store(true, Ordering::Relaxed);
+    tracing::info!(identity = %settings.identity, lease = %settings.lease_name, "waiting for leadership");
+    let became_leader = tokio::select! {
+        r = leader.wait_for(|l| *l) => r.is_ok(),
+        () = shutdown.wait() => false,
+    };
+    let result = if became_leader {
+        tracing::info!(identity = %settings.identity, "leading");
+        metrics.leader.set(1);
+        let mut lost = leader.clone();
+        tokio::select! {
+            r = run_controllers(client, settings, metrics, health, shutdown.clone()) => r,
+            _ = lost.wait_for(|l| !*l) => Err(anyhow::anyhow!("lost the leader Lease {}; exiting so that one leader remains", settings.lease_name)),
+        }
+    } else {
+        Ok(())
+    };
+    // Dropping the channel ends the lease task, which releases the Lease for a quick hand-over.
+    drop(leader);
+    match lease_task.await {
+        Ok(Ok(manager)) => {
+            if let Err(e) = manager.release().await {
+                tracing::warn!(error = %e, "could not release the leader Lease");
+            }
+        }
+        Ok(Err(e)) => tracing::warn!(error = %e, "leader election ended with an error"),
+        Err(e) => tracing::warn!(error = %e, "leader election task failed"),
+    }
+    result
+}
+
+/// Polls a shared reflector's root stream, logging watch errors (the watcher retries them).
+fn drive<S, T>(name: &'static str, stream: S) -> impl Future<Output = ()>
+where
+    S: Stream<Item = Result<T, watcher::Error>>,
+{
+    stream.for_each(move |r| {
+        if let Err(e) = r {
+            tracing::warn!(watch = name, error = %e, "watch failed; retrying");
+        }
+        future::ready(())
+    })
+}
+
+fn guarded_ok<K: Clone>(g: &DeserializeGuard<K>) -> Option<&K> {
+    g.0.as_ref().ok()
+}
+
+async fn run_controllers(
+    client: Client,
+    settings: &Settings,
+    metrics: Arc<Metrics>,
+    health: Arc<http::Health>,
+    shutdown: Shutdown,
+) -> anyhow::Result<()> {
+    let wc = watcher::Config::default();
+    let (vaults, vault_writer) = reflector::store_shared::<DeserializeGuard<RecoveryVault>>(1024);
+    let (workloads, workload_writer) = reflector::store_shared::<DeserializeGuard<ReplicatedWorkload>>(1024);
+    let (failovers, failover_writer) = reflector::store_shared::<DeserializeGuard<Failover>>(1024);
+    let (nodes, node_writer) = reflector::store_shared::<PartialObjectMeta<Node>>(1024);
+    let (registrations, registration_writer) = reflector::store_shared::<Lease>(1024);
+
+    let subscribe = "a shared store accepts subscribers";
+    let vault_main = vault_writer.subscribe().expect(subscribe);
+    let vault_for_workloads = vault_writer.subscribe().expect(subscribe);
+    let workload_main = workload_writer.subscribe().expect(subscribe);
+    let workload_for_failovers = workload_writer.subscribe().expect(subscribe);
+    let failover_main = failover_writer.subscribe().expect(subscribe);
+    let failover_for_siblings = failover_writer.subscribe().expect(subscribe);
+    let node_for_vaults = node_writer.subscribe().expect(subscribe);
+    let registration_for_workloads = registration_writer.subscribe().expect(subscribe);
+
+    let roots = future::join5(
+        drive(
+            "recoveryvaults",
+            watcher(Api::<DeserializeGuard<RecoveryVault>>::all(client.clone()), wc.clone())
+                .default_backoff()
+                .reflect_shared(vault_writer),
+        ),
+        drive(
+            "replicatedworkloads",
+            watcher(Api::<DeserializeGuard<ReplicatedWorkload>>::all(client.clone()), wc.clone())
+                .default_backoff()
+                .reflect_shared(workload_writer),
+        ),
+        drive(
+            "failovers",
+            watcher(Api::<DeserializeGuard<Failover>>::all(client.clone()), wc.clone())
+                .default_backoff()
+                .reflect_shared(failover_writer),
+        ),
+        drive(
+            "nodes",
+            watcher(Api::<PartialObjectMeta<Node>>::all(client.clone()), wc.clone())
+                .default_backoff()
+                .reflect_shared(node_writer),
+        ),
+        drive(
+            "registrations",
+            watcher(
+                Api::<Lease>::namespaced(client.clone(), &settings.namespace),
+                wc.clone().labels(&registration::selector()),
+            )
+            .default_backoff()
+            .reflect_shared(registration_writer),
+        ),
+    );
+
+    let recorder = Recorder::new(
+        client.clone(),
+        Reporter { controller: FIELD_MANAGER.into(), instance: Some(settings.identity.clone()) },
+    );
+    let ctx = Arc::new(Context {
+        client: client.clone(),
+        recorder,
+        stores: Stores {
+            vaults: vaults.clone(),
+            workloads: workloads.clone(),
+            failovers: failovers.clone(),
+            nodes: nodes.clone(),
+            registrations: registrations.clone(),
+        },
+        metrics,
+        backoffs: Default::default(),
+        namespace: settings.namespace.clone(),
+    });
+
+    // Readiness: every cache has its first full list.
+    let readiness = {
+        let (v, w, f, n, r) = (vaults.clone(), workloads.clone(), failovers.clone(), nodes.clone(), registrations.clone());
+        let health = health.clone();
+        async move {
+            let _ = futures::join!(v.wait_until_ready(), w.wait_until_ready(), f.wait_until_ready(), n.wait_until_ready(), r.wait_until_ready());
+            health.ready.store(true, Ordering::Relaxed);
+            tracing::info!("caches synced");
+            future::pending::<()>().await
+        }
+    };
+
+    // Vaults: their own changes, and node label changes (zones and regions decide separation).
+    let vault_refs = {
+        let vaults = vaults.clone();
+        move || vaults.state().iter().map(|v| ObjectRef::from_obj(v.as_ref())).collect::<Vec<_>>()
+    };
+    let vault_controller = Controller::for_shared_stream(vault_main, vaults.clone())
+        .watches_shared_stream(labels_changed(node_for_vaults), move |_node| vault_refs())
+        .graceful_shutdown_on(shutdown.wait())
+        .run(
+            |obj, ctx| async move {
+                let started = begin(&ctx, controllers::vault::CONTROLLER);
+                let result = match &obj.0 {
+                    Ok(k) => controllers::vault::reconcile(k, ctx.clone()).await,
+                    Err(invalid) => invalid_object(&ctx, obj.as_ref(), &invalid.error).await,
+                };
+                finish(&ctx, controllers::vault::CONTROLLER, obj.as_ref(), started, &result);
+                result
+            },
+            |obj, err, ctx| error_policy(obj, err, ctx, controllers::vault::CONTROLLER),
+            ctx.clone(),
+        )
+        .for_each(|_| future::ready(()));
+
+    // Workloads: their own changes, their vault, agent registrations, and their pods.
+    let workloads_of_vault = {
+        let workloads = workloads.clone();
+        move |vault: Arc<DeserializeGuard<RecoveryVault>>| {
+            let (ns, name) = (vault.namespace(), vault.name_any());
+            workloads
+                .state()
+                .iter()
+                .filter(|w| guarded_ok(w).is_some_and(|w| w.namespace() == ns && w.spec.vault_name == name))
+                .map(|w| ObjectRef::from_obj(w.as_ref()))
+                .collect::<Vec<_>>()
+        }
+    };
+    let workloads_on_node = {
+        let workloads = workloads.clone();
+        move |lease: Arc<Lease>| {
+            let node = lease.labels().get(registration::NODE_LABEL).cloned().unwrap_or_default();
+            workloads
+                .state()
+                .iter()
+                .filter(|w| {
+                    guarded_ok(w).is_some_and(|w| {
+                        w.status.as_ref().is_none_or(|s| s.volumes.is_empty() || s.volumes.iter().any(|v| v.node.as_deref() == Some(node.as_str())))
+                    })
+                })
+                .map(|w| ObjectRef::from_obj(w.as_ref()))
+                .collect::<Vec<_>>()
+        }
+    };
+    let workloads_of_pod = {
+        let workloads = workloads.clone();
+        move |pod: PartialObjectMeta<Pod>| {
+            let owners: Vec<(&str, String)> = pod
+                .owner_references()
+                .iter()
+                .filter_map(|o| match o.kind.as_str() {
+                    "StatefulSet" => Some(("StatefulSet", o.name.clone())),
+                    // A Deployment's pods belong to a ReplicaSet named <deployment>-<hash>.
+                    "ReplicaSet" => o.name.rsplit_once('-').map(|(d, _)| ("Deployment", d.to_string())),
+                    _ => None,
+                })
+                .collect();
+            let ns = pod.namespace();
+            workloads
+                .state()
+                .iter()
+                .filter(|w| {
+                    guarded_ok(w).is_some_and(|w| {
+                        w.namespace() == ns
+                            && owners.iter().any(|(k, n)| *k == w.spec.workload_ref.kind.as_str() && *n == w.spec.workload_ref.name)
+                    })
+                })
+                .map(|w| ObjectRef::from_obj(w.as_ref()))
+                .collect::<Vec<_>>()
+        }
+    };
+    let pods = watcher(Api::<PartialObjectMeta<Pod>>::all(client.clone()), wc.clone()).default_backoff().touched_objects();
+    let workload_controller = Controller::for_shared_stream(workload_main, workloads.clone())
+        .watches_shared_stream(vault_for_workloads, workloads_of_vault)
+        .watches_shared_stream(registration_for_workloads, workloads_on_node)
+        .watches_stream(pods, workloads_of_pod)
+        .graceful_shutdown_on(shutdown.wait())
+        .run(
+            |obj, ctx| async move {
+                let started = begin(&ctx, controllers::workload::CONTROLLER);
+                let result = match &obj.0 {
+                    Ok(k) => controllers::workload::reconcile(k, ctx.clone()).await,
+                    Err(invalid) => invalid_object(&ctx, obj.as_ref(), &invalid.error).await,
+                };
+                finish(&ctx, controllers::workload::CONTROLLER, obj.as_ref(), started, &result);
+                result
+            },
+            |obj, err, ctx| error_policy(obj, err, ctx, controllers::workload::CONTROLLER),
+            ctx.clone(),
+        )
+        .for_each(|_| future::ready(()));
+
+    // Failovers: their own changes, their workload, and their siblings (duplicates).
+    let failovers_of_workload = {
+        let failovers = failovers.clone();
+        move |ns: Option<String>, workload: String| {
+            failovers
+                .state()
+                .iter()
+                .filter(|f| guarded_ok(f).is_some_and(|f| f.namespace() == ns && f.spec.workload_name == workload))
+                .map(|f| ObjectRef::from_obj(f.as_ref()))
+                .collect::<Vec<_>>()
+        }
+    };
+    let by_workload = failovers_of_workload.clone();
+    let failover_controller = Controller::for_shared_stream(failover_main, failovers.clone())
+        .watches_shared_stream(workload_for_failovers, move |w: Arc<DeserializeGuard<ReplicatedWorkload>>| {
+            by_workload(w.namespace(), w.name_any())
+        })
+        .watches_shared_stream(failover_for_siblings, move |f: Arc<DeserializeGuard<Failover>>| match guarded_ok(&f) {
+            Some(fo) => failovers_of_workload(fo.namespace(), fo.spec.workload_name.clone()),
+            None => vec![],
+        })
+        .graceful_shutdown_on(shutdown.wait())
+        .run(
+            |obj, ctx| async move {
+                let started = begin(&ctx, controllers::failover::CONTROLLER);
+                let result = match &obj.0 {
+                    Ok(k) => controllers::failover::reconcile(k, ctx.clone()).await,
+                    Err(invalid) => invalid_object(&ctx, obj.as_ref(), &invalid.error).await,
+                };
+                finish(&ctx, controllers::failover::CONTROLLER, obj.as_ref(), started, &result);
+                result
+            },
+            |obj, err, ctx| error_policy(obj, err, ctx, controllers::failover::CONTROLLER),
+            ctx.clone(),
+        )
+        .for_each(|_| future::ready(()));
+
+    tracing::info!("controllers started");
+    let controllers = future::join3(vault_controller, workload_controller, failover_controller);
+    tokio::select! {
+        _ = controllers => {},
+        _ = roots => {},
+        _ = readiness => {},
+        // Controllers drain in-flight reconciles on shutdown; the roots would run forever.
+        () = async { shutdown.wait().await; tokio::time::sleep(Duration::from_secs(10)).await } => {},
+    }
+    tracing::info!("controllers stopped");
+    Ok(())
+}
+
+/// Passes a node on only when its labels changed since it was last seen: node heartbeats
+/// would otherwise re-run every vault every few seconds.
+fn labels_changed<S>(nodes: S) -> impl Stream<Item = Arc<PartialObjectMeta<Node>>> + Send
+where
+    S: Stream<Item = Arc<PartialObjectMeta<Node>>> + Send,
+{
+    let mut seen: HashMap<String, BTreeMap<String, String>> = HashMap::new();
+    nodes.filter(move |node| {
+        let labels = node.labels().clone();
+        let changed = seen.insert(node.name_any(), labels.clone()).as_ref() != Some(&labels);
+        future::ready(changed)
+    })
+}
+
+fn begin(ctx: &Context, controller: &'static str) -> Instant {
+    ctx.metrics.reconciliations.get_or_create(&ControllerLabels { controller }).inc();
+    Instant::now()
+}
+
+fn finish<K: Resource>(ctx: &Context, controller: &'static str, obj: &K, started: Instant, result: &Result<Action, Error>) {
+    ctx.metrics
+        .reconcile_duration
+        .get_or_create(&ControllerLabels { controller })
+        .observe(started.elapsed().as_secs_f64());
+    if result.is_ok() {
+        ctx.backoffs.succeeded(&backoff_key(controller, obj));
+    }
+}
+
+fn backoff_key<K: Resource>(controller: &str, obj: &K) -> String {
+    format!("{controller}/{}/{}", obj.meta().namespace.as_deref().unwrap_or_default(), obj.meta().name.as_deref().unwrap_or_default())
+}
+
+/// A malformed object is reported and left alone until it changes.
+async fn invalid_object<K>(ctx: &Context, obj: &DeserializeGuard<K>, error: &str) -> Result<Action, Error>
+where
+    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope> + Clone + DeserializeOwned + std::fmt::Debug,
+{
+    report_invalid(ctx, obj, error).await;
+    Ok(Action::await_change())
+}
+
+/// A malformed object gets `Ready=False` with the decoding error, and a Warning event.
+async fn report_invalid<K>(ctx: &Context, obj: &DeserializeGuard<K>, error: &str)
+where
+    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope> + Clone + DeserializeOwned + std::fmt::Debug,
+{
+    let message = format!("the object cannot be read: {error}");
+    tracing::warn!(name = %obj.name_any(), namespace = ?obj.namespace(), %message, "malformed object");
+    let api: Api<DeserializeGuard<K>> = Api::namespaced(ctx.client.clone(), &obj.namespace().unwrap_or_default());
+    let status = serde_json::json!({
+        "apiVersion": K::api_version(&()),
+        "kind": K::kind(&()),
+        "status": {
+            "observedGeneration": obj.meta().generation,
+            "conditions": [{
+                "type": "Ready", "status": "False", "reason": "InvalidSpec", "message": message,
+                "observedGeneration": obj.meta().generation,
+                "lastTransitionTime": crate::clock::now(),
+            }],
+        },
+    });
+    if let Err(e) = api
+        .patch_status(&obj.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&status))
+        .await
+    {
+        tracing::warn!(error = %e, "could not report a malformed object in its status");
+    }
+    publish_events(ctx, obj, &[PlannedEvent::warning(EventReason::InvalidObject, "Decode", message)]).await;
+}
+
+fn error_policy<K>(obj: Arc<DeserializeGuard<K>>, err: &Error, ctx: Arc<Context>, controller: &'static str) -> Action
+where
+    K: Resource<DynamicType = ()> + Clone + Send + Sync + 'static,
+{
+    let key = backoff_key(controller, obj.as_ref());
+    let delay = ctx.backoffs.failed(&key, err.base_delay());
+    ctx.metrics.reconcile_errors.get_or_create(&ErrorLabels { controller, error: err.category() }).inc();
+    tracing::warn!(%key, error = %err, retry_in = ?delay, "reconcile failed");
+    let event = PlannedEvent::warning(EventReason::ReconcileFailed, err.category(), err.to_string());
+    tokio::spawn(async move { publish_events(&ctx, obj.as_ref(), &[event]).await });
+    Action::requeue(delay)
+}
+
+/// The store of a kind, for callers that need one without running controllers.
+pub fn empty_store<K>() -> Store<K>
+where
+    K: Resource + Clone + 'static,
+    K::DynamicType: Eq + std::hash::Hash + Clone + Default,
+{
+    reflector::store::<K>().0
+}
