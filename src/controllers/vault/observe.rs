@@ -74,10 +74,10 @@ async fn probe_location(
             },
         });
     }
-    if let Some(secret) = storage.credentials_secret() {
-        if secrets.get_metadata_opt(&secret.name).await.map_err(Error::Kube)?.is_none() {
-            return Ok(StorageProbe::SecretMissing(secret.name.clone()));
-        }
+    if let Some(secret) = storage.credentials_secret()
+        && secrets.get_metadata_opt(&secret.name).await.map_err(Error::Kube)?.is_none()
+    {
+        return Ok(StorageProbe::SecretMissing(secret.name.clone()));
     }
     Ok(StorageProbe::CredentialsPresent)
 }

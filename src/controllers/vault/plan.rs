@@ -222,13 +222,11 @@ pub fn separation(spec: &RecoveryVaultSpec, nodes: &[NodeTopology]) -> Separatio
         ));
     }
     for (field, zone) in [("spec.cache.zone", &spec.cache.zone), ("spec.target.zone", &spec.target.zone)] {
-        if let Some(zone) = zone {
-            if problem.is_none() && !nodes.iter().any(|n| n.zone.as_ref() == Some(zone)) {
-                problem = Some((
-                    R::ZoneNotFound,
-                    format!("{field}: no node is labelled topology.kubernetes.io/zone={zone}"),
-                ));
-            }
+        if let Some(zone) = zone
+            && problem.is_none()
+            && !nodes.iter().any(|n| n.zone.as_ref() == Some(zone))
+        {
+            problem = Some((R::ZoneNotFound, format!("{field}: no node is labelled topology.kubernetes.io/zone={zone}")));
         }
     }
     if problem.is_none() && measured < spec.redundancy {
@@ -267,7 +265,7 @@ pub fn separation(spec: &RecoveryVaultSpec, nodes: &[NodeTopology]) -> Separatio
 }
 
 /// The condition of one type, for tests and callers that read plans.
-pub fn condition<'a>(plan: &'a Plan, t: T) -> &'a Condition {
+pub fn condition(plan: &Plan, t: T) -> &Condition {
     find(&plan.conditions, t.as_str()).expect("every plan sets every vault condition it reports")
 }
 

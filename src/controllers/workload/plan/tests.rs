@@ -55,7 +55,8 @@ fn cond(p: &Plan, t: T) -> (ConditionStatus, String, String) {
 #[test]
 fn table_of_workload_decisions() {
     type Tweak = fn(&mut Observed);
-    let cases: Vec<(&str, Option<Vec<&str>>, Tweak, ConditionStatus, R, &str)> = vec![
+    type Case = (&'static str, Option<Vec<&'static str>>, Tweak, ConditionStatus, R, &'static str);
+    let cases: Vec<Case> = vec![
         ("all resolved", None, |_| {}, ConditionStatus::True, R::WorkloadReady, "3 volume(s)"),
         ("vault missing", None, |o| o.vault = None, ConditionStatus::False, R::VaultNotFound, "spec.vaultName"),
         ("vault not ready", None, |o| o.vault = Some(Ok(VaultSummary { ready: false, message: "storage".into(), target_zone: None })), ConditionStatus::False, R::VaultNotReady, "storage"),

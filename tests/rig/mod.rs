@@ -1,0 +1,281 @@
+//! The test rig: an in-process Kubernetes API server (see `server.rs`) plus helpers that play
+//! the parts this machine lacks: scheduler (binding pods), kubelet (pod volume directories under
+//! a temporary kubelet root, readiness), StatefulSet controller and CSI driver.
+
+#![allow(dead_code)]
+
+pub mod fields;
+pub mod resources;
+pub mod selector;
+pub mod server;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use k8s_openapi::api::coordination::v1::Lease;
+use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};
+use kube::{Client, Config};
+use serde_json::{Value, json};
+
+pub use server::Shared;
+
+pub struct Rig {
+    pub addr: SocketAddr,
+    pub state: Shared,
+    pub kubelet_root: tempfile::TempDir,
+    server: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Rig {
+    fn drop(&mut self) {
+        self.server.abort();
+    }
+}
+
+pub fn install_crypto() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+impl Rig {
+    pub async fn start() -> Rig {
+        install_crypto();
+        let state = server::new_state();
+        let app = axum::Router::new().fallback(server::handle).with_state(state.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind the rig");
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            axum::serve(listener, app).await.expect("rig server");
+        });
+        let rig = Rig { addr, state, kubelet_root: tempfile::tempdir().unwrap(), server };
+        for ns in ["default", "kube-system"] {
+            rig.namespace(ns).await;
+        }
+        rig
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn client(&self) -> Client {
+        let mut config = Config::new(self.url().parse().unwrap());
+        config.default_namespace = "default".into();
+        config.read_timeout = Some(Duration::from_secs(300));
+        Client::try_from(config).expect("client for the rig")
+    }
+
+    /// A kubeconfig file pointing at the rig, for running the real binary.
+    pub fn kubeconfig(&self, dir: &Path) -> PathBuf {
+        let path = dir.join("kubeconfig");
+        let text = format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: rig\n  cluster:\n    server: {}\ncontexts:\n- name: rig\n  context:\n    cluster: rig\n    user: rig\n    namespace: default\ncurrent-context: rig\nusers:\n- name: rig\n  user:\n    token: rig\n",
+            self.url()
+        );
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    /// Makes watches and exact lists older than now answer 410 Expired (an etcd compaction).
+    pub fn compact(&self) {
+        self.state.0.lock().unwrap().compact();
+    }
+
+    pub fn set_bookmark_interval(&self, d: Duration) {
+        self.state.0.lock().unwrap().bookmark_interval = d;
+    }
+
+    /// Requests seen so far by (method, resource plural).
+    pub fn request_count(&self, method: &str, plural: &str) -> u64 {
+        self.state.0.lock().unwrap().requests.get(&(method.to_string(), plural.to_string())).copied().unwrap_or(0)
+    }
+
+    /// Creates (or replaces) any object given as JSON, through the HTTP API.
+    pub async fn create(&self, obj: Value) -> Value {
+        let api_version = obj["apiVersion"].as_str().unwrap().to_string();
+        let kind = obj["kind"].as_str().unwrap().to_string();
+        let (group, version) = api_version.split_once('/').unwrap_or(("", &api_version));
+        let gvk = kube::core::GroupVersionKind::gvk(group, version, &kind);
+        let plural = plural_of(&kind);
+        let ar = kube::core::ApiResource::from_gvk_with_plural(&gvk, &plural);
+        let ns = obj["metadata"]["namespace"].as_str();
+        let api: Api<DynamicObject> = match ns {
+            Some(ns) => Api::namespaced_with(self.client(), ns, &ar),
+            None => Api::all_with(self.client(), &ar),
+        };
+        let dynamic: DynamicObject = serde_json::from_value(obj.clone()).unwrap();
+        let created = api.create(&PostParams::default(), &dynamic).await.unwrap_or_else(|e| panic!("create {kind}: {e}"));
+        serde_json::to_value(created).unwrap()
+    }
+
+    pub async fn namespace(&self, name: &str) {
+        let _ = self.create(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})).await;
+    }
+
+    pub async fn apply_crds(&self) {
+        for crd in site_recovery::api::crds() {
+            self.create(serde_json::to_value(crd).unwrap()).await;
+        }
+    }
+
+    /// A node labelled with its zone and region, as a cloud provider labels it.
+    pub async fn node(&self, name: &str, zone: &str, region: &str) {
+        self.create(json!({
+            "apiVersion": "v1", "kind": "Node",
+            "metadata": {"name": name, "labels": {
+                "kubernetes.io/hostname": name,
+                "topology.kubernetes.io/zone": zone,
+                "topology.kubernetes.io/region": region,
+            }},
+        }))
+        .await;
+    }
+
+    pub async fn secret(&self, ns: &str, name: &str, data: &[(&str, &[u8])]) {
+        use base64::Engine;
+        let data: serde_json::Map<String, Value> = data
+            .iter()
+            .map(|(k, v)| (k.to_string(), json!(base64::engine::general_purpose::STANDARD.encode(v))))
+            .collect();
+        self.create(json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name, "namespace": ns}, "data": data})).await;
+    }
+
+    /// Registers (or renews) the agent of `node` as the agent DaemonSet will: a Lease in the
+    /// operator's namespace, renewed now, valid for `duration_seconds`.
+    pub async fn register_agent(&self, operator_ns: &str, node: &str, zone: &str, duration_seconds: i32) {
+        use site_recovery::api::registration::*;
+        let leases: Api<Lease> = Api::namespaced(self.client(), operator_ns);
+        let now = jiff::Timestamp::now();
+        let lease = json!({
+            "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+            "metadata": {
+                "name": lease_name(node),
+                "labels": {COMPONENT_LABEL: COMPONENT_VALUE, NODE_LABEL: node},
+                "annotations": {ZONE_ANNOTATION: zone, VERSION_ANNOTATION: "test"},
+            },
+            "spec": {"holderIdentity": node, "leaseDurationSeconds": duration_seconds, "renewTime": now, "acquireTime": now},
+        });
+        leases
+            .patch(&lease_name(node), &PatchParams::apply("site-recovery-agent").force(), &Patch::Apply(&lease))
+            .await
+            .expect("register agent");
+    }
+
+    /// Plays the StatefulSet controller, scheduler and kubelet: creates the StatefulSet, one
+    /// PVC per claim template and replica, the pods (owned by the StatefulSet) bound to `nodes`
+    /// in order, Running and Ready, with their volume directories laid out under the kubelet root.
+    pub async fn statefulset(&self, ns: &str, name: &str, claims: &[&str], nodes: &[&str]) -> Vec<Value> {
+        let sts = self
+            .create(json!({
+                "apiVersion": "apps/v1", "kind": "StatefulSet",
+                "metadata": {"name": name, "namespace": ns},
+                "spec": {
+                    "replicas": nodes.len(), "serviceName": name,
+                    "selector": {"matchLabels": {"app": name}},
+                    "template": {"metadata": {"labels": {"app": name}}, "spec": {"containers": [{"name": "main", "image": "busybox"}]}},
+                    "volumeClaimTemplates": claims.iter().map(|c| json!({"metadata": {"name": c}, "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}})).collect::<Vec<_>>(),
+                },
+            }))
+            .await;
+        let uid = sts["metadata"]["uid"].as_str().unwrap().to_string();
+        let mut pods = Vec::new();
+        for (i, node) in nodes.iter().enumerate() {
+            let pod_name = format!("{name}-{i}");
+            let mut volumes = Vec::new();
+            for claim in claims {
+                let claim_name = format!("{claim}-{pod_name}");
+                let pv = format!("pv-{ns}-{claim_name}");
+                self.create(json!({
+                    "apiVersion": "v1", "kind": "PersistentVolumeClaim",
+                    "metadata": {"name": claim_name, "namespace": ns, "labels": {"app": name}},
+                    "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}, "volumeName": pv},
+                }))
+                .await;
+                self.patch_status("v1", "PersistentVolumeClaim", Some(ns), &claim_name, json!({"status": {"phase": "Bound"}})).await;
+                volumes.push(json!({"name": claim, "persistentVolumeClaim": {"claimName": claim_name}}));
+            }
+            let pod = self
+                .create(json!({
+                    "apiVersion": "v1", "kind": "Pod",
+                    "metadata": {"name": pod_name, "namespace": ns, "labels": {"app": name},
+                        "ownerReferences": [{"apiVersion": "apps/v1", "kind": "StatefulSet", "name": name, "uid": uid, "controller": true}]},
+                    "spec": {"containers": [{"name": "main", "image": "busybox"}], "volumes": volumes},
+                }))
+                .await;
+            self.bind_pod(ns, &pod_name, node).await;
+            let pod_uid = pod["metadata"]["uid"].as_str().unwrap().to_string();
+            for claim in claims {
+                let pv = format!("pv-{ns}-{claim}-{pod_name}");
+                std::fs::create_dir_all(self.volume_dir(&pod_uid, &pv)).unwrap();
+            }
+            self.mark_ready(ns, &pod_name).await;
+            pods.push(pod);
+        }
+        pods
+    }
+
+    /// Where the kubelet mounts a CSI volume of a pod.
+    pub fn volume_dir(&self, pod_uid: &str, pv: &str) -> PathBuf {
+        self.kubelet_root.path().join("pods").join(pod_uid).join("volumes/kubernetes.io~csi").join(pv).join("mount")
+    }
+
+    /// Plays the scheduler: POST pods/binding.
+    pub async fn bind_pod(&self, ns: &str, pod: &str, node: &str) {
+        let client = self.client();
+        let req = http::Request::post(format!("/api/v1/namespaces/{ns}/pods/{pod}/binding"))
+            .header("content-type", "application/json")
+            .body(serde_json::to_vec(&json!({"apiVersion": "v1", "kind": "Binding", "metadata": {"name": pod}, "target": {"apiVersion": "v1", "kind": "Node", "name": node}})).unwrap())
+            .unwrap();
+        client.request_text(req).await.expect("bind pod");
+    }
+
+    /// Plays the kubelet: the pod is Running and Ready.
+    pub async fn mark_ready(&self, ns: &str, pod: &str) {
+        self.patch_status(
+            "v1",
+            "Pod",
+            Some(ns),
+            pod,
+            json!({"status": {"phase": "Running", "conditions": [
+                {"type": "PodScheduled", "status": "True", "lastProbeTime": null},
+                {"type": "Ready", "status": "True", "lastProbeTime": null},
+                {"type": "ContainersReady", "status": "True", "lastProbeTime": null},
+            ]}}),
+        )
+        .await;
+    }
+
+    pub async fn patch_status(&self, api_version: &str, kind: &str, ns: Option<&str>, name: &str, patch: Value) {
+        let (group, version) = api_version.split_once('/').unwrap_or(("", api_version));
+        let gvk = kube::core::GroupVersionKind::gvk(group, version, kind);
+        let ar = kube::core::ApiResource::from_gvk_with_plural(&gvk, &plural_of(kind));
+        let api: Api<DynamicObject> = match ns {
+            Some(ns) => Api::namespaced_with(self.client(), ns, &ar),
+            None => Api::all_with(self.client(), &ar),
+        };
+        api.patch_status(name, &PatchParams::default(), &Patch::Merge(&patch)).await.unwrap_or_else(|e| panic!("patch status of {kind} {name}: {e}"));
+    }
+}
+
+pub fn plural_of(kind: &str) -> String {
+    let lower = kind.to_lowercase();
+    if lower.ends_with('s') { format!("{lower}es") } else if lower.ends_with('y') { format!("{}ies", &lower[..lower.len() - 1]) } else { format!("{lower}s") }
+}
+
+/// Polls `check` until it returns `Some`, or panics with `what` after `timeout`.
+pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        if tokio::time::Instant::now() > deadline {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
