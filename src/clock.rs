@@ -3,5 +3,7 @@
 use jiff::{Timestamp, Unit};
 
 pub fn now() -> Timestamp {
-    Timestamp::now().round(Unit::Second).unwrap_or_else(|_| Timestamp::now())
+    Timestamp::now()
+        .round(Unit::Second)
+        .unwrap_or_else(|_| Timestamp::now())
 }

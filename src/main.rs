@@ -8,7 +8,11 @@ use clap::{Parser, Subcommand, ValueEnum};
 use site_recovery::operator::{self, Settings, Shutdown};
 
 #[derive(Parser)]
-#[command(name = "site-recovery", version, about = "Disaster recovery for Kubernetes workloads: vaults, recovery points, two-phase failover")]
+#[command(
+    name = "site-recovery",
+    version,
+    about = "Disaster recovery for Kubernetes workloads: vaults, recovery points, two-phase failover"
+)]
 struct Cli {
     /// Log format.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Json, env = "SITE_RECOVERY_LOG_FORMAT")]
@@ -52,9 +56,12 @@ enum Command {
 }
 
 fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,kube=warn,kube_lease_manager=warn"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new("info,kube=warn,kube_lease_manager=warn")
+    });
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Json => builder.json().flatten_event(true).init(),
         LogFormat::Text => builder.init(),
@@ -82,7 +89,12 @@ async fn run(command: Command) -> anyhow::Result<std::process::ExitCode> {
         Command::Crd => {
             print!("{}", site_recovery::api::crds_yaml());
         }
-        Command::Operator { namespace, leader_election, lease_name, http_addr } => {
+        Command::Operator {
+            namespace,
+            leader_election,
+            lease_name,
+            http_addr,
+        } => {
             let client = kube::Client::try_default()
                 .await
                 .context("no usable kube context: set KUBECONFIG or run in a cluster")?;

@@ -32,17 +32,45 @@ impl Default for Metrics {
         let mut registry = Registry::with_prefix("site_recovery");
         let reconciliations = Family::<ControllerLabels, Counter>::default();
         let reconcile_errors = Family::<ErrorLabels, Counter>::default();
-        let reconcile_duration = Family::<ControllerLabels, Histogram>::new_with_constructor(|| {
-            Histogram::new(exponential_buckets(0.001, 2.0, 14))
-        });
+        let reconcile_duration =
+            Family::<ControllerLabels, Histogram>::new_with_constructor(|| {
+                Histogram::new(exponential_buckets(0.001, 2.0, 14))
+            });
         let status_writes = Family::<ControllerLabels, Counter>::default();
         let leader = Gauge::default();
-        registry.register("reconciliations", "Reconciliations run", reconciliations.clone());
-        registry.register("reconcile_errors", "Reconciliations that failed, by error category", reconcile_errors.clone());
-        registry.register("reconcile_duration_seconds", "Time spent in one reconciliation", reconcile_duration.clone());
-        registry.register("status_writes", "Status subresource writes (writes that would change nothing are skipped)", status_writes.clone());
-        registry.register("leader", "1 while this replica holds the leader Lease", leader.clone());
-        Self { registry, reconciliations, reconcile_errors, reconcile_duration, status_writes, leader }
+        registry.register(
+            "reconciliations",
+            "Reconciliations run",
+            reconciliations.clone(),
+        );
+        registry.register(
+            "reconcile_errors",
+            "Reconciliations that failed, by error category",
+            reconcile_errors.clone(),
+        );
+        registry.register(
+            "reconcile_duration_seconds",
+            "Time spent in one reconciliation",
+            reconcile_duration.clone(),
+        );
+        registry.register(
+            "status_writes",
+            "Status subresource writes (writes that would change nothing are skipped)",
+            status_writes.clone(),
+        );
+        registry.register(
+            "leader",
+            "1 while this replica holds the leader Lease",
+            leader.clone(),
+        );
+        Self {
+            registry,
+            reconciliations,
+            reconcile_errors,
+            reconcile_duration,
+            status_writes,
+            leader,
+        }
     }
 }
 

@@ -10,7 +10,8 @@ use crate::api::{Failover, RecoveryVault, ReplicatedWorkload};
 
 /// Every problem found in `path`, each naming the file, the document and the field.
 pub fn validate_file(path: &Path) -> anyhow::Result<Vec<String>> {
-    let text = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("{}: cannot read: {e}", path.display()))?;
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| anyhow::anyhow!("{}: cannot read: {e}", path.display()))?;
     validate_text(&path.display().to_string(), &text)
 }
 
@@ -22,8 +23,16 @@ pub fn validate_text(origin: &str, text: &str) -> anyhow::Result<Vec<String>> {
         if doc.is_null() {
             continue;
         }
-        let kind = doc.get("kind").and_then(|k| k.as_str()).unwrap_or_default().to_string();
-        let name = doc.pointer("/metadata/name").and_then(|n| n.as_str()).unwrap_or("<unnamed>").to_string();
+        let kind = doc
+            .get("kind")
+            .and_then(|k| k.as_str())
+            .unwrap_or_default()
+            .to_string();
+        let name = doc
+            .pointer("/metadata/name")
+            .and_then(|n| n.as_str())
+            .unwrap_or("<unnamed>")
+            .to_string();
         let at = format!("{origin}: document {} ({kind} {name})", i + 1);
         let result = match kind.as_str() {
             "RecoveryVault" => check::<RecoveryVault>(doc, |o| o.validate_cel()),
@@ -38,10 +47,14 @@ pub fn validate_text(origin: &str, text: &str) -> anyhow::Result<Vec<String>> {
     Ok(problems)
 }
 
-fn check<K>(doc: serde_json::Value, rules: impl Fn(&K) -> Result<(), kube::core::cel::ValidationErrors>) -> Result<(), String>
+fn check<K>(
+    doc: serde_json::Value,
+    rules: impl Fn(&K) -> Result<(), kube::core::cel::ValidationErrors>,
+) -> Result<(), String>
 where
     K: for<'de> Deserialize<'de>,
 {
-    let obj: K = serde_json::from_value(doc).map_err(|e| format!("does not match the schema: {e}"))?;
+    let obj: K =
+        serde_json::from_value(doc).map_err(|e| format!("does not match the schema: {e}"))?;
     rules(&obj).map_err(|e| e.to_string())
 }

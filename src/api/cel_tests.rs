@@ -27,14 +27,19 @@ fn vault_spec() -> Value {
 }
 
 fn with(mut base: Value, pointer: &str, value: Value) -> Value {
-    *base.pointer_mut(pointer).expect("pointer exists in the base spec") = value;
+    *base
+        .pointer_mut(pointer)
+        .expect("pointer exists in the base spec") = value;
     base
 }
 
 fn rejected_with(result: Result<(), kube::core::cel::ValidationErrors>, needle: &str) {
     let err = result.expect_err("the rule should reject this object");
     let text = err.to_string();
-    assert!(text.contains(needle), "error {text:?} should mention {needle:?}");
+    assert!(
+        text.contains(needle),
+        "error {text:?} should mention {needle:?}"
+    );
 }
 
 #[test]
@@ -54,7 +59,9 @@ fn storage_needs_exactly_one_backend() {
         "exactly one of",
     );
     let s3 = json!({"s3": {"bucket": "bkt", "endpoint": "http://127.0.0.1:9000"}});
-    vault(with(vault_spec(), "/target/storage", s3)).validate_cel().expect("one backend");
+    vault(with(vault_spec(), "/target/storage", s3))
+        .validate_cel()
+        .expect("one backend");
 }
 
 #[test]
@@ -65,15 +72,22 @@ fn zone_redundancy_needs_different_zones() {
     );
     // Machine redundancy accepts one zone for both.
     let machine = with(vault_spec(), "/redundancy", json!("Machine"));
-    vault(with(machine, "/target/zone", json!("zone-a"))).validate_cel().expect("machine");
+    vault(with(machine, "/target/zone", json!("zone-a")))
+        .validate_cel()
+        .expect("machine");
 }
 
 #[test]
 fn zone_and_region_redundancy_need_zones() {
     let mut spec = vault_spec();
     spec["target"].as_object_mut().unwrap().remove("zone");
-    rejected_with(vault(spec.clone()).validate_cel(), "spec.cache.zone and spec.target.zone are required");
-    vault(with(spec, "/redundancy", json!("Machine"))).validate_cel().expect("machine needs no zones");
+    rejected_with(
+        vault(spec.clone()).validate_cel(),
+        "spec.cache.zone and spec.target.zone are required",
+    );
+    vault(with(spec, "/redundancy", json!("Machine")))
+        .validate_cel()
+        .expect("machine needs no zones");
 }
 
 #[test]
@@ -81,7 +95,10 @@ fn region_redundancy_needs_different_regions() {
     let mut spec = with(vault_spec(), "/redundancy", json!("Region"));
     spec["cache"]["region"] = json!("eu-west");
     spec["target"]["region"] = json!("eu-west");
-    rejected_with(vault(spec.clone()).validate_cel(), "spec.target.region must differ");
+    rejected_with(
+        vault(spec.clone()).validate_cel(),
+        "spec.target.region must differ",
+    );
     spec["target"]["region"] = json!("us-east");
     vault(spec).validate_cel().expect("different regions");
 }
@@ -91,7 +108,10 @@ fn snapshot_class_only_with_csi() {
     let mut spec = with(vault_spec(), "/redundancy", json!("Zone"));
     spec["snapshotMethod"] = json!("Live");
     spec["volumeSnapshotClassName"] = json!("csi-snap");
-    rejected_with(vault(spec.clone()).validate_cel(), "spec.volumeSnapshotClassName");
+    rejected_with(
+        vault(spec.clone()).validate_cel(),
+        "spec.volumeSnapshotClassName",
+    );
     spec["snapshotMethod"] = json!("CSI");
     vault(spec).validate_cel().expect("CSI with a class");
 }
@@ -100,7 +120,10 @@ fn snapshot_class_only_with_csi() {
 fn crash_frequency_at_least_30s() {
     let mut spec = vault_spec();
     spec["replicationPolicy"] = json!({"crashConsistentFrequency": "10s", "appConsistentFrequency": "4h", "recoveryPointRetention": "24h"});
-    rejected_with(vault(spec.clone()).validate_cel(), "crashConsistentFrequency must be a duration of at least 30s");
+    rejected_with(
+        vault(spec.clone()).validate_cel(),
+        "crashConsistentFrequency must be a duration of at least 30s",
+    );
     spec["replicationPolicy"]["crashConsistentFrequency"] = json!("30s");
     vault(spec).validate_cel().expect("30s is the minimum");
 }
@@ -109,20 +132,33 @@ fn crash_frequency_at_least_30s() {
 fn durations_must_parse() {
     let mut spec = vault_spec();
     spec["replicationPolicy"] = json!({"crashConsistentFrequency": "5m", "appConsistentFrequency": "often", "recoveryPointRetention": "24h"});
-    assert!(vault(spec.clone()).validate_cel().is_err(), "'often' is not a duration");
+    assert!(
+        vault(spec.clone()).validate_cel().is_err(),
+        "'often' is not a duration"
+    );
     spec["replicationPolicy"]["appConsistentFrequency"] = json!("off");
-    vault(spec.clone()).validate_cel().expect("off disables app-consistent points");
+    vault(spec.clone())
+        .validate_cel()
+        .expect("off disables app-consistent points");
     spec["replicationPolicy"]["appConsistentFrequency"] = json!("30s");
-    rejected_with(vault(spec).validate_cel(), "appConsistentFrequency must be 'off' or a duration of at least 1m");
+    rejected_with(
+        vault(spec).validate_cel(),
+        "appConsistentFrequency must be 'off' or a duration of at least 1m",
+    );
 }
 
 #[test]
 fn retention_covers_crash_frequency() {
     let mut spec = vault_spec();
     spec["replicationPolicy"] = json!({"crashConsistentFrequency": "1h", "appConsistentFrequency": "off", "recoveryPointRetention": "30m"});
-    rejected_with(vault(spec.clone()).validate_cel(), "recoveryPointRetention must be at least");
+    rejected_with(
+        vault(spec.clone()).validate_cel(),
+        "recoveryPointRetention must be at least",
+    );
     spec["replicationPolicy"]["recoveryPointRetention"] = json!("2h");
-    vault(spec).validate_cel().expect("retention longer than frequency");
+    vault(spec)
+        .validate_cel()
+        .expect("retention longer than frequency");
 }
 
 fn workload(spec: Value) -> ReplicatedWorkload {
@@ -141,9 +177,12 @@ fn workload_spec() -> Value {
 fn workload_ref_and_vault_are_immutable() {
     let old = workload(workload_spec());
     old.validate_cel().expect("valid workload");
-    workload(workload_spec()).validate_cel_update(&old).expect("unchanged");
+    workload(workload_spec())
+        .validate_cel_update(&old)
+        .expect("unchanged");
     rejected_with(
-        workload(with(workload_spec(), "/workloadRef/name", json!("other"))).validate_cel_update(&old),
+        workload(with(workload_spec(), "/workloadRef/name", json!("other")))
+            .validate_cel_update(&old),
         "spec.workloadRef is immutable",
     );
     rejected_with(
@@ -158,11 +197,16 @@ fn workload_policy_override_and_hook_timeout_are_checked() {
     spec["replicationPolicy"] = json!({"crashConsistentFrequency": "5s"});
     rejected_with(workload(spec.clone()).validate_cel(), "at least 30s");
     spec["replicationPolicy"] = json!({"crashConsistentFrequency": "45s"});
-    workload(spec.clone()).validate_cel().expect("override above minimum");
-    spec["appConsistency"] = json!({"hooks": {"pre": [{"container": "db", "command": ["sync"], "timeout": "2h"}]}});
+    workload(spec.clone())
+        .validate_cel()
+        .expect("override above minimum");
+    spec["appConsistency"] =
+        json!({"hooks": {"pre": [{"container": "db", "command": ["sync"], "timeout": "2h"}]}});
     rejected_with(workload(spec.clone()).validate_cel(), "hook timeout");
     spec["appConsistency"]["hooks"]["pre"][0]["timeout"] = json!("10s");
-    workload(spec).validate_cel().expect("hook timeout within bounds");
+    workload(spec)
+        .validate_cel()
+        .expect("hook timeout within bounds");
 }
 
 fn failover(spec: Value) -> Failover {
@@ -175,13 +219,18 @@ fn failover(spec: Value) -> Failover {
 
 #[test]
 fn point_selector_needs_exactly_one() {
-    failover(json!({"workloadName": "w"})).validate_cel().expect("omitted means latest");
-    failover(json!({"workloadName": "w", "recoveryPoint": {"id": "p1"}})).validate_cel().expect("id");
+    failover(json!({"workloadName": "w"}))
+        .validate_cel()
+        .expect("omitted means latest");
+    failover(json!({"workloadName": "w", "recoveryPoint": {"id": "p1"}}))
+        .validate_cel()
+        .expect("id");
     failover(json!({"workloadName": "w", "recoveryPoint": {"time": "2026-11-27T10:00:00Z"}}))
         .validate_cel()
         .expect("time");
     rejected_with(
-        failover(json!({"workloadName": "w", "recoveryPoint": {"latest": true, "id": "p1"}})).validate_cel(),
+        failover(json!({"workloadName": "w", "recoveryPoint": {"latest": true, "id": "p1"}}))
+            .validate_cel(),
         "recoveryPoint must set exactly one of",
     );
     rejected_with(
@@ -198,20 +247,35 @@ fn point_selector_needs_exactly_one() {
 fn commit_cannot_be_undone() {
     let committed = failover(json!({"workloadName": "w", "commit": true}));
     let open = failover(json!({"workloadName": "w", "commit": false}));
-    committed.validate_cel_update(&open).expect("committing is allowed");
-    rejected_with(open.validate_cel_update(&committed), "spec.commit cannot change from true to false");
+    committed
+        .validate_cel_update(&open)
+        .expect("committing is allowed");
+    rejected_with(
+        open.validate_cel_update(&committed),
+        "spec.commit cannot change from true to false",
+    );
 }
 
 #[test]
 fn point_is_frozen_once_committed() {
     let before = failover(json!({"workloadName": "w", "recoveryPoint": {"id": "p1"}}));
     let switched = failover(json!({"workloadName": "w", "recoveryPoint": {"id": "p2"}}));
-    switched.validate_cel_update(&before).expect("switching points before commit is allowed");
-    let committed = failover(json!({"workloadName": "w", "commit": true, "recoveryPoint": {"id": "p1"}}));
-    let moved = failover(json!({"workloadName": "w", "commit": true, "recoveryPoint": {"id": "p2"}}));
-    rejected_with(moved.validate_cel_update(&committed), "spec.recoveryPoint cannot change once spec.commit is true");
+    switched
+        .validate_cel_update(&before)
+        .expect("switching points before commit is allowed");
+    let committed =
+        failover(json!({"workloadName": "w", "commit": true, "recoveryPoint": {"id": "p1"}}));
+    let moved =
+        failover(json!({"workloadName": "w", "commit": true, "recoveryPoint": {"id": "p2"}}));
+    rejected_with(
+        moved.validate_cel_update(&committed),
+        "spec.recoveryPoint cannot change once spec.commit is true",
+    );
     let dropped = failover(json!({"workloadName": "w", "commit": true}));
-    rejected_with(dropped.validate_cel_update(&committed), "spec.recoveryPoint cannot change");
+    rejected_with(
+        dropped.validate_cel_update(&committed),
+        "spec.recoveryPoint cannot change",
+    );
 }
 
 #[test]

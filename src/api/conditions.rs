@@ -102,7 +102,10 @@ pub fn conditions_schema(generator: &mut schemars::SchemaGenerator) -> schemars:
     let mut schema = generator.subschema_for::<Vec<Condition>>();
     let obj = schema.ensure_object();
     obj.insert("x-kubernetes-list-type".into(), "map".into());
-    obj.insert("x-kubernetes-list-map-keys".into(), serde_json::json!(["type"]));
+    obj.insert(
+        "x-kubernetes-list-map-keys".into(),
+        serde_json::json!(["type"]),
+    );
     obj.insert("maxItems".into(), 16.into());
     schema
 }
@@ -121,7 +124,12 @@ mod tests {
         let t1 = ts("2026-01-01T00:05:00Z");
         let first = merge_conditions(
             &[],
-            vec![Condition::new("Ready", ConditionStatus::False, "Pending", "a")],
+            vec![Condition::new(
+                "Ready",
+                ConditionStatus::False,
+                "Pending",
+                "a",
+            )],
             Some(1),
             t0,
         );
@@ -130,11 +138,19 @@ mod tests {
 
         let same = merge_conditions(
             &first,
-            vec![Condition::new("Ready", ConditionStatus::False, "Other", "b")],
+            vec![Condition::new(
+                "Ready",
+                ConditionStatus::False,
+                "Other",
+                "b",
+            )],
             Some(2),
             t1,
         );
-        assert_eq!(same[0].last_transition_time, t0, "reason change alone keeps the time");
+        assert_eq!(
+            same[0].last_transition_time, t0,
+            "reason change alone keeps the time"
+        );
         assert_eq!(same[0].observed_generation, Some(2));
 
         let flipped = merge_conditions(

@@ -11,12 +11,12 @@ pub mod workload;
 #[cfg(test)]
 mod cel_tests;
 
-use kube::CustomResourceExt;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::CustomResourceExt;
 
 pub use conditions::{Condition, ConditionStatus};
 pub use failover::{Failover, FailoverMode, FailoverSpec, FailoverStatus, PointSelector};
-pub use vault::{Redundancy, RecoveryVault, RecoveryVaultSpec, RecoveryVaultStatus};
+pub use vault::{RecoveryVault, RecoveryVaultSpec, RecoveryVaultStatus, Redundancy};
 pub use workload::{ReplicatedWorkload, ReplicatedWorkloadSpec, ReplicatedWorkloadStatus};
 
 pub const GROUP: &str = "siterecovery.io";
@@ -24,7 +24,11 @@ pub const VERSION: &str = "v1alpha1";
 
 /// Every CRD of the API, in the order they are printed and installed.
 pub fn crds() -> Vec<CustomResourceDefinition> {
-    vec![RecoveryVault::crd(), ReplicatedWorkload::crd(), Failover::crd()]
+    vec![
+        RecoveryVault::crd(),
+        ReplicatedWorkload::crd(),
+        Failover::crd(),
+    ]
 }
 
 /// The CRDs as one multi-document YAML stream, as `site-recovery crd` prints it.

@@ -111,7 +111,9 @@ pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
         }
         let value: u64 = rest[..digits].parse().map_err(|_| bad())?;
         rest = &rest[digits..];
-        let unit_len = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(rest.len());
         let unit = match &rest[..unit_len] {
             "ms" => std::time::Duration::from_millis(1),
             "s" => std::time::Duration::from_secs(1),

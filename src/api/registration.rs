@@ -59,7 +59,10 @@ impl AgentRegistration {
             renewed: spec
                 .and_then(|s| s.renew_time.as_ref().or(s.acquire_time.as_ref()))
                 .map(|t| t.0),
-            duration_seconds: spec.and_then(|s| s.lease_duration_seconds).unwrap_or(30).into(),
+            duration_seconds: spec
+                .and_then(|s| s.lease_duration_seconds)
+                .unwrap_or(30)
+                .into(),
         })
     }
 

@@ -57,7 +57,9 @@ pub struct RecoveryVaultSpec {
 }
 
 /// The separation between cache and target, after the seed's Machine / Zone / Region scenarios.
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Default, JsonSchema)]
+#[derive(
+    Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Default, JsonSchema,
+)]
 pub enum Redundancy {
     /// Different storage locations suffice.
     Machine,
@@ -144,8 +146,16 @@ impl Storage {
         self.s3
             .as_ref()
             .and_then(|s| s.credentials_secret_ref.as_ref())
-            .or_else(|| self.azure_blob.as_ref().and_then(|a| a.credentials_secret_ref.as_ref()))
-            .or_else(|| self.gcs.as_ref().and_then(|g| g.credentials_secret_ref.as_ref()))
+            .or_else(|| {
+                self.azure_blob
+                    .as_ref()
+                    .and_then(|a| a.credentials_secret_ref.as_ref())
+            })
+            .or_else(|| {
+                self.gcs
+                    .as_ref()
+                    .and_then(|g| g.credentials_secret_ref.as_ref())
+            })
     }
 }
 

@@ -26,11 +26,19 @@ impl Backoffs {
 
     /// Forgets the failures of `key` after a successful reconcile.
     pub fn succeeded(&self, key: &str) {
-        self.failures.lock().unwrap_or_else(|e| e.into_inner()).remove(key);
+        self.failures
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(key);
     }
 
     pub fn failures(&self, key: &str) -> u32 {
-        self.failures.lock().unwrap_or_else(|e| e.into_inner()).get(key).copied().unwrap_or(0)
+        self.failures
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(key)
+            .copied()
+            .unwrap_or(0)
     }
 }
 
@@ -45,7 +53,11 @@ mod tests {
         assert_eq!(b.failed("a", base), Duration::from_secs(1));
         assert_eq!(b.failed("a", base), Duration::from_secs(2));
         assert_eq!(b.failed("a", base), Duration::from_secs(4));
-        assert_eq!(b.failed("other", base), Duration::from_secs(1), "objects are independent");
+        assert_eq!(
+            b.failed("other", base),
+            Duration::from_secs(1),
+            "objects are independent"
+        );
         for _ in 0..20 {
             b.failed("a", base);
         }

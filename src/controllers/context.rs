@@ -52,7 +52,11 @@ impl Stores {
 
     /// Every agent registration in the cache.
     pub fn registrations(&self) -> Vec<AgentRegistration> {
-        self.registrations.state().iter().filter_map(|l| AgentRegistration::from_lease(l)).collect()
+        self.registrations
+            .state()
+            .iter()
+            .filter_map(|l| AgentRegistration::from_lease(l))
+            .collect()
     }
 }
 

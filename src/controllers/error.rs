@@ -10,7 +10,11 @@ pub enum Error {
     #[error("storage location {location} is not usable: {message}")]
     Storage { location: String, message: String },
     #[error("{kind} {name} cannot be read: {message}")]
-    InvalidObject { kind: String, name: String, message: String },
+    InvalidObject {
+        kind: String,
+        name: String,
+        message: String,
+    },
 }
 
 impl Error {
@@ -27,7 +31,9 @@ impl Error {
     pub fn base_delay(&self) -> Duration {
         match self {
             // Conflicts and throttling clear quickly.
-            Error::Kube(kube::Error::Api(s)) if s.code == 409 || s.code == 429 => Duration::from_millis(200),
+            Error::Kube(kube::Error::Api(s)) if s.code == 409 || s.code == 429 => {
+                Duration::from_millis(200)
+            }
             Error::Kube(_) => Duration::from_secs(1),
             Error::Storage { .. } => Duration::from_secs(5),
             // A malformed object changes only when a user edits it, which triggers a reconcile.

@@ -33,10 +33,20 @@ pub struct PlannedEvent {
 
 impl PlannedEvent {
     pub fn normal(reason: impl Into<String>, action: &str, note: impl Into<String>) -> Self {
-        Self { warning: false, reason: reason.into(), action: action.into(), note: note.into() }
+        Self {
+            warning: false,
+            reason: reason.into(),
+            action: action.into(),
+            note: note.into(),
+        }
     }
     pub fn warning(reason: impl Into<String>, action: &str, note: impl Into<String>) -> Self {
-        Self { warning: true, reason: reason.into(), action: action.into(), note: note.into() }
+        Self {
+            warning: true,
+            reason: reason.into(),
+            action: action.into(),
+            note: note.into(),
+        }
     }
 }
 
@@ -49,7 +59,11 @@ where
     let reference = obj.object_ref(&());
     for e in events {
         let event = Event {
-            type_: if e.warning { EventType::Warning } else { EventType::Normal },
+            type_: if e.warning {
+                EventType::Warning
+            } else {
+                EventType::Normal
+            },
             reason: e.reason.clone(),
             note: Some(e.note.chars().take(1000).collect()),
             action: e.action.clone(),
@@ -70,7 +84,10 @@ pub async fn write_status<K, S>(
     status: &S,
 ) -> Result<bool, Error>
 where
-    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope> + Clone + DeserializeOwned + std::fmt::Debug,
+    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + DeserializeOwned
+        + std::fmt::Debug,
     S: Serialize + PartialEq,
 {
     if current == Some(status) {

@@ -34,7 +34,10 @@ pub fn router(health: Arc<Health>) -> Router {
             "/metrics",
             get(|State(h): State<Arc<Health>>| async move {
                 (
-                    [("content-type", "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+                    [(
+                        "content-type",
+                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    )],
                     h.metrics.encode(),
                 )
             }),
@@ -51,7 +54,10 @@ pub async fn serve(
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let bound = listener.local_addr()?;
     let task = tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, router(health)).with_graceful_shutdown(shutdown).await {
+        if let Err(e) = axum::serve(listener, router(health))
+            .with_graceful_shutdown(shutdown)
+            .await
+        {
             tracing::error!(error = %e, "health server failed");
         }
     });

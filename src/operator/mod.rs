@@ -84,7 +84,10 @@ impl Shutdown {
 /// restarts as a standby rather than risk two writers).
 pub async fn run(client: Client, settings: Settings, shutdown: Shutdown) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::default());
-    let health = Arc::new(http::Health { metrics: metrics.clone(), ready: false.into() });
+    let health = Arc::new(http::Health {
+        metrics: metrics.clone(),
+        ready: false.into(),
+    });
     let server = match settings.http_addr {
         Some(addr) => {
             let (bound, task) = http::serve(addr, health.clone(), shutdown.wait()).await?;
@@ -95,10 +98,24 @@ pub async fn run(client: Client, settings: Settings, shutdown: Shutdown) -> anyh
     };
 
     let result = if settings.leader_election {
-        run_as_leader(client, &settings, metrics.clone(), health.clone(), shutdown.clone()).await
+        run_as_leader(
+            client,
+            &settings,
+            metrics.clone(),
+            health.clone(),
+            shutdown.clone(),
+        )
+        .await
     } else {
         metrics.leader.set(1);
-        run_controllers(client, &settings, metrics.clone(), health.clone(), shutdown.clone()).await
+        run_controllers(
+            client,
+            &settings,
+            metrics.clone(),
+            health.clone(),
+            shutdown.clone(),
+        )
+        .await
     };
     metrics.leader.set(0);
     if let Some(server) = server {
@@ -180,7 +197,8 @@ async fn run_controllers(
 ) -> anyhow::Result<()> {
     let wc = watcher::Config::default();
     let (vaults, vault_writer) = reflector::store_shared::<DeserializeGuard<RecoveryVault>>(1024);
-    let (workloads, workload_writer) = reflector::store_shared::<DeserializeGuard<ReplicatedWorkload>>(1024);
+    let (workloads, workload_writer) =
+        reflector::store_shared::<DeserializeGuard<ReplicatedWorkload>>(1024);
     let (failovers, failover_writer) = reflector::store_shared::<DeserializeGuard<Failover>>(1024);
     let (nodes, node_writer) = reflector::store_shared::<PartialObjectMeta<Node>>(1024);
     let (registrations, registration_writer) = reflector::store_shared::<Lease>(1024);
@@ -198,27 +216,39 @@ async fn run_controllers(
     let roots = future::join5(
         drive(
             "recoveryvaults",
-            watcher(Api::<DeserializeGuard<RecoveryVault>>::all(client.clone()), wc.clone())
-                .default_backoff()
-                .reflect_shared(vault_writer),
+            watcher(
+                Api::<DeserializeGuard<RecoveryVault>>::all(client.clone()),
+                wc.clone(),
+            )
+            .default_backoff()
+            .reflect_shared(vault_writer),
         ),
         drive(
             "replicatedworkloads",
-            watcher(Api::<DeserializeGuard<ReplicatedWorkload>>::all(client.clone()), wc.clone())
-                .default_backoff()
-                .reflect_shared(workload_writer),
+            watcher(
+                Api::<DeserializeGuard<ReplicatedWorkload>>::all(client.clone()),
+                wc.clone(),
+            )
+            .default_backoff()
+            .reflect_shared(workload_writer),
         ),
         drive(
             "failovers",
-            watcher(Api::<DeserializeGuard<Failover>>::all(client.clone()), wc.clone())
-                .default_backoff()
-                .reflect_shared(failover_writer),
+            watcher(
+                Api::<DeserializeGuard<Failover>>::all(client.clone()),
+                wc.clone(),
+            )
+            .default_backoff()
+            .reflect_shared(failover_writer),
         ),
         drive(
             "nodes",
-            watcher(Api::<PartialObjectMeta<Node>>::all(client.clone()), wc.clone())
-                .default_backoff()
-                .reflect_shared(node_writer),
+            watcher(
+                Api::<PartialObjectMeta<Node>>::all(client.clone()),
+                wc.clone(),
+            )
+            .default_backoff()
+            .reflect_shared(node_writer),
         ),
         drive(
             "registrations",
@@ -233,7 +263,10 @@ async fn run_controllers(
 
     let recorder = Recorder::new(
         client.clone(),
-        Reporter { controller: FIELD_MANAGER.into(), instance: Some(settings.identity.clone()) },
+        Reporter {
+            controller: FIELD_MANAGER.into(),
+            instance: Some(settings.identity.clone()),
+        },
     );
     let ctx = Arc::new(Context {
         client: client.clone(),
@@ -252,10 +285,22 @@ async fn run_controllers(
 
     // Readiness: every cache has its first full list.
     let readiness = {
-        let (v, w, f, n, r) = (vaults.clone(), workloads.clone(), failovers.clone(), nodes.clone(), registrations.clone());
+        let (v, w, f, n, r) = (
+            vaults.clone(),
+            workloads.clone(),
+            failovers.clone(),
+            nodes.clone(),
+            registrations.clone(),
+        );
         let health = health.clone();
         async move {
-            let _ = futures::join!(v.wait_until_ready(), w.wait_until_ready(), f.wait_until_ready(), n.wait_until_ready(), r.wait_until_ready());
+            let _ = futures::join!(
+                v.wait_until_ready(),
+                w.wait_until_ready(),
+                f.wait_until_ready(),
+                n.wait_until_ready(),
+                r.wait_until_ready()
+            );
             health.ready.store(true, Ordering::Relaxed);
             tracing::info!("caches synced");
             future::pending::<()>().await
@@ -265,7 +310,13 @@ async fn run_controllers(
     // Vaults: their own changes, and node label changes (zones and regions decide separation).
     let vault_refs = {
         let vaults = vaults.clone();
-        move || vaults.state().iter().map(|v| ObjectRef::from_obj(v.as_ref())).collect::<Vec<_>>()
+        move || {
+            vaults
+                .state()
+                .iter()
+                .map(|v| ObjectRef::from_obj(v.as_ref()))
+                .collect::<Vec<_>>()
+        }
     };
     let vault_controller = Controller::for_shared_stream(vault_main, vaults.clone())
         .watches_shared_stream(labels_changed(node_for_vaults), move |_node| vault_refs())
@@ -277,7 +328,13 @@ async fn run_controllers(
                     Ok(k) => controllers::vault::reconcile(k, ctx.clone()).await,
                     Err(invalid) => invalid_object(&ctx, obj.as_ref(), &invalid.error).await,
                 };
-                finish(&ctx, controllers::vault::CONTROLLER, obj.as_ref(), started, &result);
+                finish(
+                    &ctx,
+                    controllers::vault::CONTROLLER,
+                    obj.as_ref(),
+                    started,
+                    &result,
+                );
                 result
             },
             |obj, err, ctx| error_policy(obj, err, ctx, controllers::vault::CONTROLLER),
@@ -293,7 +350,9 @@ async fn run_controllers(
             workloads
                 .state()
                 .iter()
-                .filter(|w| guarded_ok(w).is_some_and(|w| w.namespace() == ns && w.spec.vault_name == name))
+                .filter(|w| {
+                    guarded_ok(w).is_some_and(|w| w.namespace() == ns && w.spec.vault_name == name)
+                })
                 .map(|w| ObjectRef::from_obj(w.as_ref()))
                 .collect::<Vec<_>>()
         }
@@ -301,13 +360,22 @@ async fn run_controllers(
     let workloads_on_node = {
         let workloads = workloads.clone();
         move |lease: Arc<Lease>| {
-            let node = lease.labels().get(registration::NODE_LABEL).cloned().unwrap_or_default();
+            let node = lease
+                .labels()
+                .get(registration::NODE_LABEL)
+                .cloned()
+                .unwrap_or_default();
             workloads
                 .state()
                 .iter()
                 .filter(|w| {
                     guarded_ok(w).is_some_and(|w| {
-                        w.status.as_ref().is_none_or(|s| s.volumes.is_empty() || s.volumes.iter().any(|v| v.node.as_deref() == Some(node.as_str())))
+                        w.status.as_ref().is_none_or(|s| {
+                            s.volumes.is_empty()
+                                || s.volumes
+                                    .iter()
+                                    .any(|v| v.node.as_deref() == Some(node.as_str()))
+                        })
                     })
                 })
                 .map(|w| ObjectRef::from_obj(w.as_ref()))
@@ -323,7 +391,10 @@ async fn run_controllers(
                 .filter_map(|o| match o.kind.as_str() {
                     "StatefulSet" => Some(("StatefulSet", o.name.clone())),
                     // A Deployment's pods belong to a ReplicaSet named <deployment>-<hash>.
-                    "ReplicaSet" => o.name.rsplit_once('-').map(|(d, _)| ("Deployment", d.to_string())),
+                    "ReplicaSet" => o
+                        .name
+                        .rsplit_once('-')
+                        .map(|(d, _)| ("Deployment", d.to_string())),
                     _ => None,
                 })
                 .collect();
@@ -334,14 +405,22 @@ async fn run_controllers(
                 .filter(|w| {
                     guarded_ok(w).is_some_and(|w| {
                         w.namespace() == ns
-                            && owners.iter().any(|(k, n)| *k == w.spec.workload_ref.kind.as_str() && *n == w.spec.workload_ref.name)
+                            && owners.iter().any(|(k, n)| {
+                                *k == w.spec.workload_ref.kind.as_str()
+                                    && *n == w.spec.workload_ref.name
+                            })
                     })
                 })
                 .map(|w| ObjectRef::from_obj(w.as_ref()))
                 .collect::<Vec<_>>()
         }
     };
-    let pods = watcher(Api::<PartialObjectMeta<Pod>>::all(client.clone()), wc.clone()).default_backoff().touched_objects();
+    let pods = watcher(
+        Api::<PartialObjectMeta<Pod>>::all(client.clone()),
+        wc.clone(),
+    )
+    .default_backoff()
+    .touched_objects();
     let workload_controller = Controller::for_shared_stream(workload_main, workloads.clone())
         .watches_shared_stream(vault_for_workloads, workloads_of_vault)
         .watches_shared_stream(registration_for_workloads, workloads_on_node)
@@ -354,7 +433,13 @@ async fn run_controllers(
                     Ok(k) => controllers::workload::reconcile(k, ctx.clone()).await,
                     Err(invalid) => invalid_object(&ctx, obj.as_ref(), &invalid.error).await,
                 };
-                finish(&ctx, controllers::workload::CONTROLLER, obj.as_ref(), started, &result);
+                finish(
+                    &ctx,
+                    controllers::workload::CONTROLLER,
+                    obj.as_ref(),
+                    started,
+                    &result,
+                );
                 result
             },
             |obj, err, ctx| error_policy(obj, err, ctx, controllers::workload::CONTROLLER),
@@ -369,20 +454,29 @@ async fn run_controllers(
             failovers
                 .state()
                 .iter()
-                .filter(|f| guarded_ok(f).is_some_and(|f| f.namespace() == ns && f.spec.workload_name == workload))
+                .filter(|f| {
+                    guarded_ok(f)
+                        .is_some_and(|f| f.namespace() == ns && f.spec.workload_name == workload)
+                })
                 .map(|f| ObjectRef::from_obj(f.as_ref()))
                 .collect::<Vec<_>>()
         }
     };
     let by_workload = failovers_of_workload.clone();
     let failover_controller = Controller::for_shared_stream(failover_main, failovers.clone())
-        .watches_shared_stream(workload_for_failovers, move |w: Arc<DeserializeGuard<ReplicatedWorkload>>| {
-            by_workload(w.namespace(), w.name_any())
-        })
-        .watches_shared_stream(failover_for_siblings, move |f: Arc<DeserializeGuard<Failover>>| match guarded_ok(&f) {
-            Some(fo) => failovers_of_workload(fo.namespace(), fo.spec.workload_name.clone()),
-            None => vec![],
-        })
+        .watches_shared_stream(
+            workload_for_failovers,
+            move |w: Arc<DeserializeGuard<ReplicatedWorkload>>| {
+                by_workload(w.namespace(), w.name_any())
+            },
+        )
+        .watches_shared_stream(
+            failover_for_siblings,
+            move |f: Arc<DeserializeGuard<Failover>>| match guarded_ok(&f) {
+                Some(fo) => failovers_of_workload(fo.namespace(), fo.spec.workload_name.clone()),
+                None => vec![],
+            },
+        )
         .graceful_shutdown_on(shutdown.wait())
         .run(
             |obj, ctx| async move {
@@ -391,7 +485,13 @@ async fn run_controllers(
                     Ok(k) => controllers::failover::reconcile(k, ctx.clone()).await,
                     Err(invalid) => invalid_object(&ctx, obj.as_ref(), &invalid.error).await,
                 };
-                finish(&ctx, controllers::failover::CONTROLLER, obj.as_ref(), started, &result);
+                finish(
+                    &ctx,
+                    controllers::failover::CONTROLLER,
+                    obj.as_ref(),
+                    started,
+                    &result,
+                );
                 result
             },
             |obj, err, ctx| error_policy(obj, err, ctx, controllers::failover::CONTROLLER),
@@ -427,11 +527,20 @@ where
 }
 
 fn begin(ctx: &Context, controller: &'static str) -> Instant {
-    ctx.metrics.reconciliations.get_or_create(&ControllerLabels { controller }).inc();
+    ctx.metrics
+        .reconciliations
+        .get_or_create(&ControllerLabels { controller })
+        .inc();
     Instant::now()
 }
 
-fn finish<K: Resource>(ctx: &Context, controller: &'static str, obj: &K, started: Instant, result: &Result<Action, Error>) {
+fn finish<K: Resource>(
+    ctx: &Context,
+    controller: &'static str,
+    obj: &K,
+    started: Instant,
+    result: &Result<Action, Error>,
+) {
     ctx.metrics
         .reconcile_duration
         .get_or_create(&ControllerLabels { controller })
@@ -442,13 +551,24 @@ fn finish<K: Resource>(ctx: &Context, controller: &'static str, obj: &K, started
 }
 
 fn backoff_key<K: Resource>(controller: &str, obj: &K) -> String {
-    format!("{controller}/{}/{}", obj.meta().namespace.as_deref().unwrap_or_default(), obj.meta().name.as_deref().unwrap_or_default())
+    format!(
+        "{controller}/{}/{}",
+        obj.meta().namespace.as_deref().unwrap_or_default(),
+        obj.meta().name.as_deref().unwrap_or_default()
+    )
 }
 
 /// A malformed object is reported and left alone until it changes.
-async fn invalid_object<K>(ctx: &Context, obj: &DeserializeGuard<K>, error: &str) -> Result<Action, Error>
+async fn invalid_object<K>(
+    ctx: &Context,
+    obj: &DeserializeGuard<K>,
+    error: &str,
+) -> Result<Action, Error>
 where
-    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope> + Clone + DeserializeOwned + std::fmt::Debug,
+    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + DeserializeOwned
+        + std::fmt::Debug,
 {
     report_invalid(ctx, obj, error).await;
     Ok(Action::await_change())
@@ -457,11 +577,15 @@ where
 /// A malformed object gets `Ready=False` with the decoding error, and a Warning event.
 async fn report_invalid<K>(ctx: &Context, obj: &DeserializeGuard<K>, error: &str)
 where
-    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope> + Clone + DeserializeOwned + std::fmt::Debug,
+    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + DeserializeOwned
+        + std::fmt::Debug,
 {
     let message = format!("the object cannot be read: {error}");
     tracing::warn!(name = %obj.name_any(), namespace = ?obj.namespace(), %message, "malformed object");
-    let api: Api<DeserializeGuard<K>> = Api::namespaced(ctx.client.clone(), &obj.namespace().unwrap_or_default());
+    let api: Api<DeserializeGuard<K>> =
+        Api::namespaced(ctx.client.clone(), &obj.namespace().unwrap_or_default());
     let status = serde_json::json!({
         "apiVersion": K::api_version(&()),
         "kind": K::kind(&()),
@@ -475,23 +599,51 @@ where
         },
     });
     if let Err(e) = api
-        .patch_status(&obj.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&status))
+        .patch_status(
+            &obj.name_any(),
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&status),
+        )
         .await
     {
         tracing::warn!(error = %e, "could not report a malformed object in its status");
     }
-    publish_events(ctx, obj, &[PlannedEvent::warning(EventReason::InvalidObject, "Decode", message)]).await;
+    publish_events(
+        ctx,
+        obj,
+        &[PlannedEvent::warning(
+            EventReason::InvalidObject,
+            "Decode",
+            message,
+        )],
+    )
+    .await;
 }
 
-fn error_policy<K>(obj: Arc<DeserializeGuard<K>>, err: &Error, ctx: Arc<Context>, controller: &'static str) -> Action
+fn error_policy<K>(
+    obj: Arc<DeserializeGuard<K>>,
+    err: &Error,
+    ctx: Arc<Context>,
+    controller: &'static str,
+) -> Action
 where
     K: Resource<DynamicType = ()> + Clone + Send + Sync + 'static,
 {
     let key = backoff_key(controller, obj.as_ref());
     let delay = ctx.backoffs.failed(&key, err.base_delay());
-    ctx.metrics.reconcile_errors.get_or_create(&ErrorLabels { controller, error: err.category() }).inc();
+    ctx.metrics
+        .reconcile_errors
+        .get_or_create(&ErrorLabels {
+            controller,
+            error: err.category(),
+        })
+        .inc();
     tracing::warn!(%key, error = %err, retry_in = ?delay, "reconcile failed");
-    let event = PlannedEvent::warning(EventReason::ReconcileFailed, err.category(), err.to_string());
+    let event = PlannedEvent::warning(
+        EventReason::ReconcileFailed,
+        err.category(),
+        err.to_string(),
+    );
     tokio::spawn(async move { publish_events(&ctx, obj.as_ref(), &[event]).await });
     Action::requeue(delay)
 }

@@ -41,11 +41,18 @@ async fn cluster() -> (Rig, tempfile::TempDir) {
     rig.node("node-a1", "zone-a", "region-1").await;
     rig.node("node-b1", "zone-b", "region-1").await;
     rig.node("node-c1", "zone-c", "region-2").await;
-    rig.secret("apps", "vault-key", &[("key", &[7u8; 32])]).await;
+    rig.secret("apps", "vault-key", &[("key", &[7u8; 32])])
+        .await;
     (rig, tempfile::tempdir().unwrap())
 }
 
-fn vault(name: &str, redundancy: &str, cache_zone: &str, target_zone: &str, dir: &std::path::Path) -> RecoveryVault {
+fn vault(
+    name: &str,
+    redundancy: &str,
+    cache_zone: &str,
+    target_zone: &str,
+    dir: &std::path::Path,
+) -> RecoveryVault {
     serde_json::from_value(json!({
         "apiVersion": "siterecovery.io/v1alpha1", "kind": "RecoveryVault",
         "metadata": {"name": name, "namespace": "apps"},
@@ -59,12 +66,21 @@ fn vault(name: &str, redundancy: &str, cache_zone: &str, target_zone: &str, dir:
     .unwrap()
 }
 
-fn condition<'a>(conditions: &'a [site_recovery::api::Condition], t: &str) -> Option<(&'a str, &'a str, &'a str)> {
-    find(conditions, t).map(|c| (match c.status {
-        site_recovery::api::ConditionStatus::True => "True",
-        site_recovery::api::ConditionStatus::False => "False",
-        site_recovery::api::ConditionStatus::Unknown => "Unknown",
-    }, c.reason.as_str(), c.message.as_str()))
+fn condition<'a>(
+    conditions: &'a [site_recovery::api::Condition],
+    t: &str,
+) -> Option<(&'a str, &'a str, &'a str)> {
+    find(conditions, t).map(|c| {
+        (
+            match c.status {
+                site_recovery::api::ConditionStatus::True => "True",
+                site_recovery::api::ConditionStatus::False => "False",
+                site_recovery::api::ConditionStatus::Unknown => "Unknown",
+            },
+            c.reason.as_str(),
+            c.message.as_str(),
+        )
+    })
 }
 
 #[tokio::test]
@@ -72,9 +88,21 @@ async fn vault_ready_and_separation_reported() {
     let (rig, dir) = cluster().await;
     let running = start_operator(&rig, true).await;
     let vaults: Api<RecoveryVault> = Api::namespaced(rig.client(), "apps");
-    vaults.create(&PostParams::default(), &vault("good", "Zone", "zone-a", "zone-b", dir.path())).await.unwrap();
+    vaults
+        .create(
+            &PostParams::default(),
+            &vault("good", "Zone", "zone-a", "zone-b", dir.path()),
+        )
+        .await
+        .unwrap();
     // Region redundancy with both locations in zone-a: admission cannot see regions, the operator can.
-    vaults.create(&PostParams::default(), &vault("same-zone", "Region", "zone-a", "zone-a", dir.path())).await.unwrap();
+    vaults
+        .create(
+            &PostParams::default(),
+            &vault("same-zone", "Region", "zone-a", "zone-a", dir.path()),
+        )
+        .await
+        .unwrap();
 
     let good = eventually(Duration::from_secs(20), "vault good Ready", || async {
         let v = vaults.get("good").await.ok()?;
@@ -82,29 +110,61 @@ async fn vault_ready_and_separation_reported() {
         (condition(&s.conditions, "Ready")?.0 == "True").then_some(s)
     })
     .await;
-    assert_eq!(condition(&good.conditions, "Separated").unwrap().1, "Separated");
-    assert_eq!(condition(&good.conditions, "StorageReachable").unwrap().0, "True");
-    assert!(dir.path().join("good/cache").is_dir(), "the operator created the cache directory");
+    assert_eq!(
+        condition(&good.conditions, "Separated").unwrap().1,
+        "Separated"
+    );
+    assert_eq!(
+        condition(&good.conditions, "StorageReachable").unwrap().0,
+        "True"
+    );
+    assert!(
+        dir.path().join("good/cache").is_dir(),
+        "the operator created the cache directory"
+    );
     assert_eq!(good.observed_generation, Some(1));
 
-    let bad = eventually(Duration::from_secs(20), "vault same-zone Separated=False", || async {
-        let s = vaults.get("same-zone").await.ok()?.status?;
-        (condition(&s.conditions, "Separated")?.0 == "False").then_some(s)
-    })
+    let bad = eventually(
+        Duration::from_secs(20),
+        "vault same-zone Separated=False",
+        || async {
+            let s = vaults.get("same-zone").await.ok()?.status?;
+            (condition(&s.conditions, "Separated")?.0 == "False").then_some(s)
+        },
+    )
     .await;
     let (_, reason, message) = condition(&bad.conditions, "Separated").unwrap();
     assert_eq!(reason, "SameZone");
     assert!(message.contains("both in zone zone-a"), "{message}");
-    assert_eq!(condition(&bad.conditions, "Ready").unwrap().1, "NotSeparated");
+    assert_eq!(
+        condition(&bad.conditions, "Ready").unwrap().1,
+        "NotSeparated"
+    );
 
     // Events reached the API.
     let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(rig.client(), "apps");
     let list = events.list(&Default::default()).await.unwrap();
-    assert!(list.items.iter().any(|e| e.reason.as_deref() == Some("VaultReady")), "a VaultReady event");
-    assert!(list.items.iter().any(|e| e.reason.as_deref() == Some("VaultNotReady") && e.type_.as_deref() == Some("Warning")));
+    assert!(
+        list.items
+            .iter()
+            .any(|e| e.reason.as_deref() == Some("VaultReady")),
+        "a VaultReady event"
+    );
+    assert!(
+        list.items
+            .iter()
+            .any(|e| e.reason.as_deref() == Some("VaultNotReady")
+                && e.type_.as_deref() == Some("Warning"))
+    );
 
     // Node labels change: zone-b moves to region-2, and a Region vault across a/b becomes separated.
-    vaults.create(&PostParams::default(), &vault("regional", "Region", "zone-a", "zone-b", dir.path())).await.unwrap();
+    vaults
+        .create(
+            &PostParams::default(),
+            &vault("regional", "Region", "zone-a", "zone-b", dir.path()),
+        )
+        .await
+        .unwrap();
     eventually(Duration::from_secs(20), "regional SameRegion", || async {
         let s = vaults.get("regional").await.ok()?.status?;
         (condition(&s.conditions, "Separated")?.1 == "SameRegion").then_some(())
@@ -112,13 +172,23 @@ async fn vault_ready_and_separation_reported() {
     .await;
     let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(rig.client());
     nodes
-        .patch("node-b1", &Default::default(), &kube::api::Patch::Merge(json!({"metadata": {"labels": {"topology.kubernetes.io/region": "region-2"}}})))
+        .patch(
+            "node-b1",
+            &Default::default(),
+            &kube::api::Patch::Merge(
+                json!({"metadata": {"labels": {"topology.kubernetes.io/region": "region-2"}}}),
+            ),
+        )
         .await
         .unwrap();
-    eventually(Duration::from_secs(20), "regional separated after relabel", || async {
-        let s = vaults.get("regional").await.ok()?.status?;
-        (condition(&s.conditions, "Separated")?.0 == "True").then_some(())
-    })
+    eventually(
+        Duration::from_secs(20),
+        "regional separated after relabel",
+        || async {
+            let s = vaults.get("regional").await.ok()?.status?;
+            (condition(&s.conditions, "Separated")?.0 == "True").then_some(())
+        },
+    )
     .await;
     running.stop().await;
 }
@@ -128,8 +198,15 @@ async fn registered_flips_with_agent_registration() {
     let (rig, dir) = cluster().await;
     let running = start_operator(&rig, false).await;
     let vaults: Api<RecoveryVault> = Api::namespaced(rig.client(), "apps");
-    vaults.create(&PostParams::default(), &vault("vault", "Zone", "zone-a", "zone-b", dir.path())).await.unwrap();
-    rig.statefulset("apps", "db", &["data"], &["node-a1", "node-b1"]).await;
+    vaults
+        .create(
+            &PostParams::default(),
+            &vault("vault", "Zone", "zone-a", "zone-b", dir.path()),
+        )
+        .await
+        .unwrap();
+    rig.statefulset("apps", "db", &["data"], &["node-a1", "node-b1"])
+        .await;
     let workloads: Api<ReplicatedWorkload> = Api::namespaced(rig.client(), "apps");
     let rw: ReplicatedWorkload = serde_json::from_value(json!({
         "apiVersion": "siterecovery.io/v1alpha1", "kind": "ReplicatedWorkload",
@@ -139,17 +216,33 @@ async fn registered_flips_with_agent_registration() {
     .unwrap();
     workloads.create(&PostParams::default(), &rw).await.unwrap();
 
-    let status = eventually(Duration::from_secs(20), "Registered=False NoAgentOnNode", || async {
-        let s = workloads.get("db").await.ok()?.status?;
-        (condition(&s.conditions, "Registered")?.1 == "NoAgentOnNode").then_some(s)
-    })
+    let status = eventually(
+        Duration::from_secs(20),
+        "Registered=False NoAgentOnNode",
+        || async {
+            let s = workloads.get("db").await.ok()?.status?;
+            (condition(&s.conditions, "Registered")?.1 == "NoAgentOnNode").then_some(s)
+        },
+    )
     .await;
-    let claims: Vec<_> = status.volumes.iter().map(|v| (v.claim_name.as_str(), v.node.as_deref(), v.zone.as_deref())).collect();
-    assert_eq!(claims, [("data-db-0", Some("node-a1"), Some("zone-a")), ("data-db-1", Some("node-b1"), Some("zone-b"))]);
+    let claims: Vec<_> = status
+        .volumes
+        .iter()
+        .map(|v| (v.claim_name.as_str(), v.node.as_deref(), v.zone.as_deref()))
+        .collect();
+    assert_eq!(
+        claims,
+        [
+            ("data-db-0", Some("node-a1"), Some("zone-a")),
+            ("data-db-1", Some("node-b1"), Some("zone-b"))
+        ]
+    );
 
     // Agents register on both nodes: Registered flips to True, driven by the Lease watch.
-    rig.register_agent(OPERATOR_NS, "node-a1", "zone-a", 3).await;
-    rig.register_agent(OPERATOR_NS, "node-b1", "zone-b", 300).await;
+    rig.register_agent(OPERATOR_NS, "node-a1", "zone-a", 3)
+        .await;
+    rig.register_agent(OPERATOR_NS, "node-b1", "zone-b", 300)
+        .await;
     let status = eventually(Duration::from_secs(10), "Registered=True", || async {
         let s = workloads.get("db").await.ok()?.status?;
         (condition(&s.conditions, "Registered")?.0 == "True").then_some(s)
@@ -157,12 +250,24 @@ async fn registered_flips_with_agent_registration() {
     .await;
     assert_eq!(condition(&status.conditions, "Ready").unwrap().0, "True");
     // node-a1's agent stops renewing: after its 3s duration the workload shows AgentLost.
-    let status = eventually(Duration::from_secs(15), "Registered=False AgentLost", || async {
-        let s = workloads.get("db").await.ok()?.status?;
-        (condition(&s.conditions, "Registered")?.1 == "AgentLost").then_some(s)
-    })
+    let status = eventually(
+        Duration::from_secs(15),
+        "Registered=False AgentLost",
+        || async {
+            let s = workloads.get("db").await.ok()?.status?;
+            (condition(&s.conditions, "Registered")?.1 == "AgentLost").then_some(s)
+        },
+    )
     .await;
-    assert!(condition(&status.conditions, "Registered").unwrap().2.contains("node-a1"));
-    assert_eq!(condition(&status.conditions, "Ready").unwrap().1, "NotRegistered");
+    assert!(
+        condition(&status.conditions, "Registered")
+            .unwrap()
+            .2
+            .contains("node-a1")
+    );
+    assert_eq!(
+        condition(&status.conditions, "Ready").unwrap().1,
+        "NotRegistered"
+    );
     running.stop().await;
 }

@@ -28,36 +28,72 @@ async fn crud_generation_and_status_subresource() {
     let rig = Rig::start().await;
     rig.apply_crds().await;
     let api: Api<RecoveryVault> = Api::namespaced(rig.client(), "default");
-    let created = api.create(&PostParams::default(), &vault("v1", "zone-a", "zone-b")).await.unwrap();
+    let created = api
+        .create(&PostParams::default(), &vault("v1", "zone-a", "zone-b"))
+        .await
+        .unwrap();
     assert_eq!(created.metadata.generation, Some(1));
     assert!(created.status.is_none(), "status is dropped on create");
     // Schema defaults were applied by the server.
-    assert_eq!(created.spec.replication_policy.crash_consistent_frequency, "5m");
+    assert_eq!(
+        created.spec.replication_policy.crash_consistent_frequency,
+        "5m"
+    );
 
     // A status write does not bump generation and ignores spec.
     let mut with_status = created.clone();
     with_status.status = Some(Default::default());
     with_status.status.as_mut().unwrap().observed_generation = Some(1);
     with_status.spec.cache.zone = Some("zone-x".into());
-    let after = api.replace_status("v1", &PostParams::default(), &with_status).await.unwrap();
+    let after = api
+        .replace_status("v1", &PostParams::default(), &with_status)
+        .await
+        .unwrap();
     assert_eq!(after.metadata.generation, Some(1));
     assert_eq!(after.spec.cache.zone.as_deref(), Some("zone-a"));
     assert_eq!(after.status.unwrap().observed_generation, Some(1));
 
     // A spec change bumps generation; a stale resourceVersion is a 409.
-    let patched = api.patch("v1", &PatchParams::default(), &Patch::Merge(json!({"spec": {"target": {"zone": "zone-c"}}}))).await.unwrap();
+    let patched = api
+        .patch(
+            "v1",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"target": {"zone": "zone-c"}}})),
+        )
+        .await
+        .unwrap();
     assert_eq!(patched.metadata.generation, Some(2));
-    let stale = api.replace("v1", &PostParams::default(), &created).await.unwrap_err();
-    assert!(matches!(stale, kube::Error::Api(ref s) if s.code == 409 && s.reason == "Conflict"), "{stale:?}");
+    let stale = api
+        .replace("v1", &PostParams::default(), &created)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(stale, kube::Error::Api(ref s) if s.code == 409 && s.reason == "Conflict"),
+        "{stale:?}"
+    );
 
     // CEL admission: same zone with Zone redundancy is rejected with the field named.
-    let err = api.create(&PostParams::default(), &vault("bad", "zone-a", "zone-a")).await.unwrap_err();
-    let kube::Error::Api(status) = err else { panic!("expected a Status") };
+    let err = api
+        .create(&PostParams::default(), &vault("bad", "zone-a", "zone-a"))
+        .await
+        .unwrap_err();
+    let kube::Error::Api(status) = err else {
+        panic!("expected a Status")
+    };
     assert_eq!(status.code, 422);
-    assert!(status.message.contains("spec.target.zone must differ from spec.cache.zone"), "{}", status.message);
+    assert!(
+        status
+            .message
+            .contains("spec.target.zone must differ from spec.cache.zone"),
+        "{}",
+        status.message
+    );
 
     // Field selector on metadata.name, label-less list.
-    let listed = api.list(&ListParams::default().fields("metadata.name=v1")).await.unwrap();
+    let listed = api
+        .list(&ListParams::default().fields("metadata.name=v1"))
+        .await
+        .unwrap();
     assert_eq!(listed.items.len(), 1);
     api.delete("v1", &DeleteParams::default()).await.unwrap();
     assert!(api.get_opt("v1").await.unwrap().is_none());
@@ -75,19 +111,55 @@ async fn watcher_follows_changes_and_recovers_from_410() {
         watcher(api.clone(), watcher::Config::default().timeout(2))
             .applied_objects()
             .try_for_each(move |v: RecoveryVault| {
-                log.lock().unwrap().push(format!("{}@{}", kube::ResourceExt::name_any(&v), v.metadata.resource_version.clone().unwrap_or_default()));
+                log.lock().unwrap().push(format!(
+                    "{}@{}",
+                    kube::ResourceExt::name_any(&v),
+                    v.metadata.resource_version.clone().unwrap_or_default()
+                ));
                 futures::future::ready(Ok(()))
             }),
     );
-    api.create(&PostParams::default(), &vault("a", "zone-a", "zone-b")).await.unwrap();
-    eventually(Duration::from_secs(5), "the watcher to see vault a", || async { seen.lock().unwrap().iter().any(|s| s.starts_with("a@")).then_some(()) }).await;
+    api.create(&PostParams::default(), &vault("a", "zone-a", "zone-b"))
+        .await
+        .unwrap();
+    eventually(
+        Duration::from_secs(5),
+        "the watcher to see vault a",
+        || async {
+            seen.lock()
+                .unwrap()
+                .iter()
+                .any(|s| s.starts_with("a@"))
+                .then_some(())
+        },
+    )
+    .await;
     // Compaction while the watch is open: the next re-watch gets 410 and the watcher relists.
     rig.compact();
-    api.create(&PostParams::default(), &vault("b", "zone-a", "zone-b")).await.unwrap();
-    eventually(Duration::from_secs(10), "the watcher to see vault b after a compaction", || async { seen.lock().unwrap().iter().any(|s| s.starts_with("b@")).then_some(()) }).await;
+    api.create(&PostParams::default(), &vault("b", "zone-a", "zone-b"))
+        .await
+        .unwrap();
+    eventually(
+        Duration::from_secs(10),
+        "the watcher to see vault b after a compaction",
+        || async {
+            seen.lock()
+                .unwrap()
+                .iter()
+                .any(|s| s.starts_with("b@"))
+                .then_some(())
+        },
+    )
+    .await;
     task.abort();
     let _ = task.await;
-    let stream = watcher(api, watcher::Config::default()).applied_objects().take(2);
-    let names: Vec<_> = tokio::time::timeout(Duration::from_secs(5), stream.try_collect::<Vec<_>>()).await.unwrap().unwrap();
+    let stream = watcher(api, watcher::Config::default())
+        .applied_objects()
+        .take(2);
+    let names: Vec<_> =
+        tokio::time::timeout(Duration::from_secs(5), stream.try_collect::<Vec<_>>())
+            .await
+            .unwrap()
+            .unwrap();
     assert_eq!(names.len(), 2);
 }

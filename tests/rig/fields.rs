@@ -23,8 +23,15 @@ fn in_scope(path: &[String], scope: Scope) -> bool {
         (Some("apiVersion" | "kind"), _) => false,
         (Some("status"), Scope::Status) => true,
         (_, Scope::Status) => false,
-        (Some("status"), Scope::Main { status_is_subresource }) => !status_is_subresource,
-        (Some("metadata"), Scope::Main { .. }) => path.get(1).is_some_and(|f| USER_METADATA.contains(&f.as_str())),
+        (
+            Some("status"),
+            Scope::Main {
+                status_is_subresource,
+            },
+        ) => !status_is_subresource,
+        (Some("metadata"), Scope::Main { .. }) => path
+            .get(1)
+            .is_some_and(|f| USER_METADATA.contains(&f.as_str())),
         (Some(_), Scope::Main { .. }) => true,
         (None, _) => false,
     }
@@ -56,7 +63,9 @@ pub fn get<'a>(v: &'a Value, path: &[String]) -> Option<&'a Value> {
 }
 
 pub fn remove(v: &mut Value, path: &[String]) {
-    let Some((last, parents)) = path.split_last() else { return };
+    let Some((last, parents)) = path.split_last() else {
+        return;
+    };
     let mut cur = v;
     for k in parents {
         match cur.get_mut(k) {
@@ -138,7 +147,10 @@ pub fn read_entries(obj: &Value) -> Vec<Entry> {
         .map(|e| Entry {
             manager: e["manager"].as_str().unwrap_or_default().to_string(),
             operation: e["operation"].as_str().unwrap_or_default().to_string(),
-            subresource: e.get("subresource").and_then(|s| s.as_str()).map(String::from),
+            subresource: e
+                .get("subresource")
+                .and_then(|s| s.as_str())
+                .map(String::from),
             api_version: e["apiVersion"].as_str().unwrap_or_default().to_string(),
             time: e["time"].as_str().unwrap_or_default().to_string(),
             fields: from_fields_v1(&e["fieldsV1"]),
@@ -176,7 +188,14 @@ fn subresource_of(scope: Scope) -> Option<String> {
 
 /// Records a non-apply write by `manager`: it takes ownership of the fields it changed; fields
 /// that disappeared are owned by nobody.
-pub fn record_update(old: Option<&Value>, new: &mut Value, manager: &str, scope: Scope, api_version: &str, now: &str) {
+pub fn record_update(
+    old: Option<&Value>,
+    new: &mut Value,
+    manager: &str,
+    scope: Scope,
+    api_version: &str,
+    now: &str,
+) {
     let mut entries = old.map(read_entries).unwrap_or_default();
     let old_leaves = old.map(|o| leaves(o, scope)).unwrap_or_default();
     let new_leaves = leaves(new, scope);
@@ -187,11 +206,16 @@ pub fn record_update(old: Option<&Value>, new: &mut Value, manager: &str, scope:
         .collect();
     let removed: Vec<&Path> = old_leaves.difference(&new_leaves).collect();
     for e in entries.iter_mut() {
-        e.fields.retain(|p| !changed.iter().any(|c| related(c, p)) && !removed.iter().any(|r| related(r, p)));
+        e.fields.retain(|p| {
+            !changed.iter().any(|c| related(c, p)) && !removed.iter().any(|r| related(r, p))
+        });
     }
     if !changed.is_empty() {
         let sub = subresource_of(scope);
-        match entries.iter_mut().find(|e| e.manager == manager && e.operation == "Update" && e.subresource == sub) {
+        match entries
+            .iter_mut()
+            .find(|e| e.manager == manager && e.operation == "Update" && e.subresource == sub)
+        {
             Some(e) => {
                 e.fields.extend(changed);
                 e.time = now.into();
@@ -256,11 +280,17 @@ pub fn apply(
     }
     // Forced or uncontested: the applier takes the fields it set to a new value.
     for e in entries.iter_mut().filter(|e| e.manager != manager) {
-        e.fields.retain(|q| !applied.iter().any(|p| related(p, q) && get(current.unwrap_or(&Value::Null), p) != get(config, p)));
+        e.fields.retain(|q| {
+            !applied
+                .iter()
+                .any(|p| related(p, q) && get(current.unwrap_or(&Value::Null), p) != get(config, p))
+        });
     }
     // Fields this manager applied before and now omits are removed, unless someone else owns them.
     for p in previous.difference(&applied) {
-        let shared = entries.iter().any(|e| e.manager != manager && e.fields.iter().any(|q| related(q, p)));
+        let shared = entries
+            .iter()
+            .any(|e| e.manager != manager && e.fields.iter().any(|q| related(q, p)));
         if !shared {
             remove(&mut obj, p);
         }
@@ -271,7 +301,9 @@ pub fn apply(
         m.remove("kind");
         match scope {
             Scope::Status => m.retain(|k, _| k == "status"),
-            Scope::Main { status_is_subresource: true } => {
+            Scope::Main {
+                status_is_subresource: true,
+            } => {
                 m.remove("status");
             }
             Scope::Main { .. } => {}

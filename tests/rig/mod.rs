@@ -41,13 +41,22 @@ impl Rig {
     pub async fn start() -> Rig {
         install_crypto();
         let state = server::new_state();
-        let app = axum::Router::new().fallback(server::handle).with_state(state.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind the rig");
+        let app = axum::Router::new()
+            .fallback(server::handle)
+            .with_state(state.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind the rig");
         let addr = listener.local_addr().unwrap();
         let server = tokio::spawn(async move {
             axum::serve(listener, app).await.expect("rig server");
         });
-        let rig = Rig { addr, state, kubelet_root: tempfile::tempdir().unwrap(), server };
+        let rig = Rig {
+            addr,
+            state,
+            kubelet_root: tempfile::tempdir().unwrap(),
+            server,
+        };
         for ns in ["default", "kube-system"] {
             rig.namespace(ns).await;
         }
@@ -87,7 +96,14 @@ impl Rig {
 
     /// Requests seen so far by (method, resource plural).
     pub fn request_count(&self, method: &str, plural: &str) -> u64 {
-        self.state.0.lock().unwrap().requests.get(&(method.to_string(), plural.to_string())).copied().unwrap_or(0)
+        self.state
+            .0
+            .lock()
+            .unwrap()
+            .requests
+            .get(&(method.to_string(), plural.to_string()))
+            .copied()
+            .unwrap_or(0)
     }
 
     /// Creates (or replaces) any object given as JSON, through the HTTP API.
@@ -104,12 +120,17 @@ impl Rig {
             None => Api::all_with(self.client(), &ar),
         };
         let dynamic: DynamicObject = serde_json::from_value(obj.clone()).unwrap();
-        let created = api.create(&PostParams::default(), &dynamic).await.unwrap_or_else(|e| panic!("create {kind}: {e}"));
+        let created = api
+            .create(&PostParams::default(), &dynamic)
+            .await
+            .unwrap_or_else(|e| panic!("create {kind}: {e}"));
         serde_json::to_value(created).unwrap()
     }
 
     pub async fn namespace(&self, name: &str) {
-        let _ = self.create(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})).await;
+        let _ = self
+            .create(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}))
+            .await;
     }
 
     pub async fn apply_crds(&self) {
@@ -135,14 +156,25 @@ impl Rig {
         use base64::Engine;
         let data: serde_json::Map<String, Value> = data
             .iter()
-            .map(|(k, v)| (k.to_string(), json!(base64::engine::general_purpose::STANDARD.encode(v))))
+            .map(|(k, v)| {
+                (
+                    k.to_string(),
+                    json!(base64::engine::general_purpose::STANDARD.encode(v)),
+                )
+            })
             .collect();
         self.create(json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name, "namespace": ns}, "data": data})).await;
     }
 
     /// Registers (or renews) the agent of `node` as the agent DaemonSet will: a Lease in the
     /// operator's namespace, renewed now, valid for `duration_seconds`.
-    pub async fn register_agent(&self, operator_ns: &str, node: &str, zone: &str, duration_seconds: i32) {
+    pub async fn register_agent(
+        &self,
+        operator_ns: &str,
+        node: &str,
+        zone: &str,
+        duration_seconds: i32,
+    ) {
         use site_recovery::api::registration::*;
         let leases: Api<Lease> = Api::namespaced(self.client(), operator_ns);
         let now = jiff::Timestamp::now();
@@ -156,7 +188,11 @@ impl Rig {
             "spec": {"holderIdentity": node, "leaseDurationSeconds": duration_seconds, "renewTime": now, "acquireTime": now},
         });
         leases
-            .patch(&lease_name(node), &PatchParams::apply("site-recovery-agent").force(), &Patch::Apply(&lease))
+            .patch(
+                &lease_name(node),
+                &PatchParams::apply("site-recovery-agent").force(),
+                &Patch::Apply(&lease),
+            )
             .await
             .expect("register agent");
     }
@@ -164,7 +200,13 @@ impl Rig {
     /// Plays the StatefulSet controller, scheduler and kubelet: creates the StatefulSet, one
     /// PVC per claim template and replica, the pods (owned by the StatefulSet) bound to `nodes`
     /// in order, Running and Ready, with their volume directories laid out under the kubelet root.
-    pub async fn statefulset(&self, ns: &str, name: &str, claims: &[&str], nodes: &[&str]) -> Vec<Value> {
+    pub async fn statefulset(
+        &self,
+        ns: &str,
+        name: &str,
+        claims: &[&str],
+        nodes: &[&str],
+    ) -> Vec<Value> {
         let sts = self
             .create(json!({
                 "apiVersion": "apps/v1", "kind": "StatefulSet",
@@ -191,8 +233,17 @@ impl Rig {
                     "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}, "volumeName": pv},
                 }))
                 .await;
-                self.patch_status("v1", "PersistentVolumeClaim", Some(ns), &claim_name, json!({"status": {"phase": "Bound"}})).await;
-                volumes.push(json!({"name": claim, "persistentVolumeClaim": {"claimName": claim_name}}));
+                self.patch_status(
+                    "v1",
+                    "PersistentVolumeClaim",
+                    Some(ns),
+                    &claim_name,
+                    json!({"status": {"phase": "Bound"}}),
+                )
+                .await;
+                volumes.push(
+                    json!({"name": claim, "persistentVolumeClaim": {"claimName": claim_name}}),
+                );
             }
             let pod = self
                 .create(json!({
@@ -216,7 +267,13 @@ impl Rig {
 
     /// Where the kubelet mounts a CSI volume of a pod.
     pub fn volume_dir(&self, pod_uid: &str, pv: &str) -> PathBuf {
-        self.kubelet_root.path().join("pods").join(pod_uid).join("volumes/kubernetes.io~csi").join(pv).join("mount")
+        self.kubelet_root
+            .path()
+            .join("pods")
+            .join(pod_uid)
+            .join("volumes/kubernetes.io~csi")
+            .join(pv)
+            .join("mount")
     }
 
     /// Plays the scheduler: POST pods/binding.
@@ -245,7 +302,14 @@ impl Rig {
         .await;
     }
 
-    pub async fn patch_status(&self, api_version: &str, kind: &str, ns: Option<&str>, name: &str, patch: Value) {
+    pub async fn patch_status(
+        &self,
+        api_version: &str,
+        kind: &str,
+        ns: Option<&str>,
+        name: &str,
+        patch: Value,
+    ) {
         let (group, version) = api_version.split_once('/').unwrap_or(("", api_version));
         let gvk = kube::core::GroupVersionKind::gvk(group, version, kind);
         let ar = kube::core::ApiResource::from_gvk_with_plural(&gvk, &plural_of(kind));
@@ -253,13 +317,21 @@ impl Rig {
             Some(ns) => Api::namespaced_with(self.client(), ns, &ar),
             None => Api::all_with(self.client(), &ar),
         };
-        api.patch_status(name, &PatchParams::default(), &Patch::Merge(&patch)).await.unwrap_or_else(|e| panic!("patch status of {kind} {name}: {e}"));
+        api.patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .unwrap_or_else(|e| panic!("patch status of {kind} {name}: {e}"));
     }
 }
 
 pub fn plural_of(kind: &str) -> String {
     let lower = kind.to_lowercase();
-    if lower.ends_with('s') { format!("{lower}es") } else if lower.ends_with('y') { format!("{}ies", &lower[..lower.len() - 1]) } else { format!("{lower}s") }
+    if lower.ends_with('s') {
+        format!("{lower}es")
+    } else if lower.ends_with('y') {
+        format!("{}ies", &lower[..lower.len() - 1])
+    } else {
+        format!("{lower}s")
+    }
 }
 
 /// Polls `check` until it returns `Some`, or panics with `what` after `timeout`.

@@ -20,7 +20,14 @@ pub struct ResourceType {
 }
 
 impl ResourceType {
-    fn builtin(group: &str, version: &str, plural: &str, kind: &str, namespaced: bool, status: bool) -> Self {
+    fn builtin(
+        group: &str,
+        version: &str,
+        plural: &str,
+        kind: &str,
+        namespaced: bool,
+        status: bool,
+    ) -> Self {
         Self {
             group: group.into(),
             version: version.into(),
@@ -37,17 +44,29 @@ impl ResourceType {
     }
 
     pub fn api_version(&self) -> String {
-        if self.group.is_empty() { self.version.clone() } else { format!("{}/{}", self.group, self.version) }
+        if self.group.is_empty() {
+            self.version.clone()
+        } else {
+            format!("{}/{}", self.group, self.version)
+        }
     }
 
     /// `plural.group`, as Status messages name a resource.
     pub fn qualified(&self) -> String {
-        if self.group.is_empty() { self.plural.clone() } else { format!("{}.{}", self.plural, self.group) }
+        if self.group.is_empty() {
+            self.plural.clone()
+        } else {
+            format!("{}.{}", self.plural, self.group)
+        }
     }
 
     /// `Kind.group`, as validation messages name a resource.
     pub fn qualified_kind(&self) -> String {
-        if self.group.is_empty() { self.kind.clone() } else { format!("{}.{}", self.kind, self.group) }
+        if self.group.is_empty() {
+            self.kind.clone()
+        } else {
+            format!("{}.{}", self.kind, self.group)
+        }
     }
 
     /// Reads every served version of a CRD object.
@@ -55,7 +74,11 @@ impl ResourceType {
         let spec = &crd["spec"];
         let names = &spec["names"];
         let strings = |v: &Value| -> Vec<String> {
-            v.as_array().into_iter().flatten().filter_map(|s| s.as_str().map(String::from)).collect()
+            v.as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|s| s.as_str().map(String::from))
+                .collect()
         };
         spec["versions"]
             .as_array()
@@ -66,7 +89,10 @@ impl ResourceType {
                 group: spec["group"].as_str().unwrap_or_default().into(),
                 version: v["name"].as_str().unwrap_or_default().into(),
                 plural: names["plural"].as_str().unwrap_or_default().into(),
-                singular: names["singular"].as_str().map(String::from).unwrap_or_else(|| names["kind"].as_str().unwrap_or_default().to_lowercase()),
+                singular: names["singular"]
+                    .as_str()
+                    .map(String::from)
+                    .unwrap_or_else(|| names["kind"].as_str().unwrap_or_default().to_lowercase()),
                 kind: names["kind"].as_str().unwrap_or_default().into(),
                 namespaced: spec["scope"].as_str() != Some("Cluster"),
                 status_subresource: v.pointer("/subresources/status").is_some(),
@@ -80,7 +106,16 @@ impl ResourceType {
 
     /// The APIResource entries of discovery for this type.
     pub fn discovery(&self) -> Vec<Value> {
-        let verbs = json!(["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"]);
+        let verbs = json!([
+            "create",
+            "delete",
+            "deletecollection",
+            "get",
+            "list",
+            "patch",
+            "update",
+            "watch"
+        ]);
         let mut main = json!({
             "name": self.plural, "singularName": self.singular, "namespaced": self.namespaced,
             "kind": self.kind, "verbs": verbs,
@@ -108,8 +143,22 @@ pub fn builtins() -> Vec<ResourceType> {
         b("", "v1", "namespaces", "Namespace", false, true),
         b("", "v1", "nodes", "Node", false, true),
         b("", "v1", "pods", "Pod", true, true),
-        b("", "v1", "persistentvolumeclaims", "PersistentVolumeClaim", true, true),
-        b("", "v1", "persistentvolumes", "PersistentVolume", false, true),
+        b(
+            "",
+            "v1",
+            "persistentvolumeclaims",
+            "PersistentVolumeClaim",
+            true,
+            true,
+        ),
+        b(
+            "",
+            "v1",
+            "persistentvolumes",
+            "PersistentVolume",
+            false,
+            true,
+        ),
         b("", "v1", "services", "Service", true, true),
         b("", "v1", "secrets", "Secret", true, false),
         b("", "v1", "configmaps", "ConfigMap", true, false),
@@ -120,10 +169,45 @@ pub fn builtins() -> Vec<ResourceType> {
         b("apps", "v1", "replicasets", "ReplicaSet", true, true),
         b("coordination.k8s.io", "v1", "leases", "Lease", true, false),
         b("events.k8s.io", "v1", "events", "Event", true, false),
-        b("snapshot.storage.k8s.io", "v1", "volumesnapshots", "VolumeSnapshot", true, true),
-        b("snapshot.storage.k8s.io", "v1", "volumesnapshotcontents", "VolumeSnapshotContent", false, true),
-        b("snapshot.storage.k8s.io", "v1", "volumesnapshotclasses", "VolumeSnapshotClass", false, false),
-        b("storage.k8s.io", "v1", "storageclasses", "StorageClass", false, false),
-        b("apiextensions.k8s.io", "v1", "customresourcedefinitions", "CustomResourceDefinition", false, true),
+        b(
+            "snapshot.storage.k8s.io",
+            "v1",
+            "volumesnapshots",
+            "VolumeSnapshot",
+            true,
+            true,
+        ),
+        b(
+            "snapshot.storage.k8s.io",
+            "v1",
+            "volumesnapshotcontents",
+            "VolumeSnapshotContent",
+            false,
+            true,
+        ),
+        b(
+            "snapshot.storage.k8s.io",
+            "v1",
+            "volumesnapshotclasses",
+            "VolumeSnapshotClass",
+            false,
+            false,
+        ),
+        b(
+            "storage.k8s.io",
+            "v1",
+            "storageclasses",
+            "StorageClass",
+            false,
+            false,
+        ),
+        b(
+            "apiextensions.k8s.io",
+            "v1",
+            "customresourcedefinitions",
+            "CustomResourceDefinition",
+            false,
+            true,
+        ),
     ]
 }

@@ -38,7 +38,13 @@ fn split_top(s: &str) -> Vec<String> {
 }
 
 fn set(values: &str) -> Vec<String> {
-    values.trim().trim_start_matches('(').trim_end_matches(')').split(',').map(|v| v.trim().to_string()).collect()
+    values
+        .trim()
+        .trim_start_matches('(')
+        .trim_end_matches(')')
+        .split(',')
+        .map(|v| v.trim().to_string())
+        .collect()
 }
 
 impl LabelSelector {
@@ -97,7 +103,9 @@ impl FieldSelector {
             } else if let Some((k, v)) = part.split_once('=') {
                 (k, true, v)
             } else {
-                return Err(format!("invalid selector: '{part}'; can't understand '{part}'"));
+                return Err(format!(
+                    "invalid selector: '{part}'; can't understand '{part}'"
+                ));
             };
             reqs.push((path.trim().to_string(), equal, value.trim().to_string()));
         }

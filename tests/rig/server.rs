@@ -68,14 +68,23 @@ fn key(r: &ResourceType) -> String {
 }
 
 fn now() -> String {
-    jiff::Timestamp::now().round(jiff::Unit::Second).unwrap().strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
+    jiff::Timestamp::now()
+        .round(jiff::Unit::Second)
+        .unwrap()
+        .strftime("%Y-%m-%dT%H:%M:%SZ")
+        .to_string()
 }
 
 pub struct Reply(pub StatusCode, pub Value);
 
 impl IntoResponse for Reply {
     fn into_response(self) -> Response {
-        (self.0, [("content-type", "application/json")], self.1.to_string()).into_response()
+        (
+            self.0,
+            [("content-type", "application/json")],
+            self.1.to_string(),
+        )
+            .into_response()
     }
 }
 
@@ -125,14 +134,26 @@ struct Target {
 
 enum Route {
     Discovery(Value),
-    Resource(Target),
+    Resource(Box<Target>),
 }
 
 fn route(state: &State, path: &str) -> Result<Route, Reply> {
-    let segs: Vec<&str> = path.trim_matches('/').split('/').filter(|s| !s.is_empty()).collect();
+    let segs: Vec<&str> = path
+        .trim_matches('/')
+        .split('/')
+        .filter(|s| !s.is_empty())
+        .collect();
     let (group, version, rest) = match segs.as_slice() {
-        ["version"] => return Ok(Route::Discovery(json!({"major": "1", "minor": "33", "gitVersion": "v1.33.0-rig", "platform": "linux/amd64"}))),
-        ["api"] => return Ok(Route::Discovery(json!({"kind": "APIVersions", "versions": ["v1"], "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": "127.0.0.1"}]}))),
+        ["version"] => {
+            return Ok(Route::Discovery(
+                json!({"major": "1", "minor": "33", "gitVersion": "v1.33.0-rig", "platform": "linux/amd64"}),
+            ));
+        }
+        ["api"] => {
+            return Ok(Route::Discovery(
+                json!({"kind": "APIVersions", "versions": ["v1"], "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": "127.0.0.1"}]}),
+            ));
+        }
         ["apis"] => {
             let mut groups: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
             for r in state.resources.iter().filter(|r| !r.group.is_empty()) {
@@ -144,15 +165,27 @@ fn route(state: &State, path: &str) -> Result<Route, Reply> {
             let groups: Vec<Value> = groups
                 .into_iter()
                 .map(|(g, vs)| {
-                    let versions: Vec<Value> = vs.iter().map(|v| json!({"groupVersion": format!("{g}/{v}"), "version": v})).collect();
+                    let versions: Vec<Value> = vs
+                        .iter()
+                        .map(|v| json!({"groupVersion": format!("{g}/{v}"), "version": v}))
+                        .collect();
                     json!({"name": g, "versions": versions, "preferredVersion": versions[0]})
                 })
                 .collect();
-            return Ok(Route::Discovery(json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups})));
+            return Ok(Route::Discovery(
+                json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups}),
+            ));
         }
         ["api", v, rest @ ..] => ("", *v, rest),
         ["apis", g, v, rest @ ..] => (*g, *v, rest),
-        _ => return Err(status_error(404, "NotFound", "the server could not find the requested resource".into(), json!({}))),
+        _ => {
+            return Err(status_error(
+                404,
+                "NotFound",
+                "the server could not find the requested resource".into(),
+                json!({}),
+            ));
+        }
     };
     if rest.is_empty() {
         let list: Vec<Value> = state
@@ -162,13 +195,26 @@ fn route(state: &State, path: &str) -> Result<Route, Reply> {
             .flat_map(|r| r.discovery())
             .collect();
         if list.is_empty() {
-            return Err(status_error(404, "NotFound", "the server could not find the requested resource".into(), json!({})));
+            return Err(status_error(
+                404,
+                "NotFound",
+                "the server could not find the requested resource".into(),
+                json!({}),
+            ));
         }
-        let gv = if group.is_empty() { version.to_string() } else { format!("{group}/{version}") };
-        return Ok(Route::Discovery(json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv, "resources": list})));
+        let gv = if group.is_empty() {
+            version.to_string()
+        } else {
+            format!("{group}/{version}")
+        };
+        return Ok(Route::Discovery(
+            json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv, "resources": list}),
+        ));
     }
     let (namespace, rest) = match rest {
-        ["namespaces", ns, plural, more @ ..] if group.is_empty() || !state.resources.iter().any(|r| r.plural == *ns) => {
+        ["namespaces", ns, plural, more @ ..]
+            if group.is_empty() || !state.resources.iter().any(|r| r.plural == *ns) =>
+        {
             let mut v = vec![*plural];
             v.extend_from_slice(more);
             (Some(ns.to_string()), v)
@@ -176,26 +222,36 @@ fn route(state: &State, path: &str) -> Result<Route, Reply> {
         other => (None, other.to_vec()),
     };
     let find = |plural: &str| {
-        state.resources.iter().find(|r| r.group == group && r.version == version && r.plural == plural).cloned()
+        state
+            .resources
+            .iter()
+            .find(|r| r.group == group && r.version == version && r.plural == plural)
+            .cloned()
     };
-    let not_found = || status_error(404, "NotFound", "the server could not find the requested resource".into(), json!({}));
+    let not_found = || {
+        status_error(
+            404,
+            "NotFound",
+            "the server could not find the requested resource".into(),
+            json!({}),
+        )
+    };
     let resource = find(rest[0]).ok_or_else(not_found)?;
-    Ok(Route::Resource(Target {
+    Ok(Route::Resource(Box::new(Target {
         resource,
         namespace,
         name: rest.get(1).map(|s| s.to_string()),
         sub: rest.get(2).map(|s| s.to_string()),
-    }))
+    })))
 }
 
 fn query_map(uri: &Uri) -> BTreeMap<String, String> {
     uri.query()
         .map(|q| {
             q.split('&')
-                .filter_map(|kv| {
+                .map(|kv| {
                     let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
-                    let decode = |s: &str| percent_decode(s);
-                    Some((decode(k), decode(v)))
+                    (percent_decode(k), percent_decode(v))
                 })
                 .collect()
         })
@@ -208,7 +264,11 @@ fn percent_decode(s: &str) -> String {
     let mut i = 0;
     while i < bytes.len() {
         let hex = (bytes[i] == b'%' && i + 2 < bytes.len())
-            .then(|| std::str::from_utf8(&bytes[i + 1..i + 3]).ok().and_then(|h| u8::from_str_radix(h, 16).ok()))
+            .then(|| {
+                std::str::from_utf8(&bytes[i + 1..i + 3])
+                    .ok()
+                    .and_then(|h| u8::from_str_radix(h, 16).ok())
+            })
             .flatten();
         match (hex, bytes[i]) {
             (Some(b), _) => {
@@ -241,7 +301,10 @@ fn manager(query: &BTreeMap<String, String>, headers: &HeaderMap) -> String {
 }
 
 fn wants_metadata_only(headers: &HeaderMap) -> bool {
-    headers.get("accept").and_then(|v| v.to_str().ok()).is_some_and(|a| a.contains("as=PartialObjectMetadata"))
+    headers
+        .get("accept")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|a| a.contains("as=PartialObjectMetadata"))
 }
 
 fn as_metadata(obj: &Value) -> Value {
@@ -260,16 +323,22 @@ pub async fn handle(
         let mut state = shared.0.lock().unwrap();
         let r = route(&state, uri.path());
         if let Ok(Route::Resource(t)) = &r {
-            *state.requests.entry((method.to_string(), t.resource.plural.clone())).or_default() += 1;
+            *state
+                .requests
+                .entry((method.to_string(), t.resource.plural.clone()))
+                .or_default() += 1;
         }
         r
     };
     let target = match route {
         Err(reply) => return reply.into_response(),
         Ok(Route::Discovery(v)) => return Reply(StatusCode::OK, v).into_response(),
-        Ok(Route::Resource(t)) => t,
+        Ok(Route::Resource(t)) => *t,
     };
-    if method == Method::GET && target.name.is_none() && query.get("watch").is_some_and(|w| w == "true" || w == "1") {
+    if method == Method::GET
+        && target.name.is_none()
+        && query.get("watch").is_some_and(|w| w == "true" || w == "1")
+    {
         return watch(shared, target, query, wants_metadata_only(&headers)).await;
     }
     let mut state = shared.0.lock().unwrap();
@@ -277,36 +346,70 @@ pub async fn handle(
     let reply = match (method.clone(), &target.name, target.sub.as_deref()) {
         (Method::GET, None, _) => list(&state, &target, &query, wants_metadata_only(&headers)),
         (Method::GET, Some(name), sub) => match state.get(&target, name) {
-            Some(obj) if sub.is_none() || sub == Some("status") => {
-                Reply(StatusCode::OK, if wants_metadata_only(&headers) { as_metadata(&obj) } else { obj })
-            }
+            Some(obj) if sub.is_none() || sub == Some("status") => Reply(
+                StatusCode::OK,
+                if wants_metadata_only(&headers) {
+                    as_metadata(&obj)
+                } else {
+                    obj
+                },
+            ),
             Some(_) => bad_request(format!("unsupported subresource {sub:?}")),
             None => not_found(&target.resource, name),
         },
         (Method::POST, None, _) => match parse_body(&body, &headers) {
-            Ok(obj) => state.create(&tx, &target, obj, &manager(&query, &headers), query.contains_key("dryRun")),
+            Ok(obj) => state.create(
+                &tx,
+                &target,
+                obj,
+                &manager(&query, &headers),
+                query.contains_key("dryRun"),
+            ),
             Err(r) => r,
         },
-        (Method::POST, Some(name), Some("binding")) if target.resource.plural == "pods" => match parse_body(&body, &headers) {
-            Ok(binding) => state.bind(&tx, &target, name, &binding),
-            Err(r) => r,
-        },
+        (Method::POST, Some(name), Some("binding")) if target.resource.plural == "pods" => {
+            match parse_body(&body, &headers) {
+                Ok(binding) => state.bind(&tx, &target, name, &binding),
+                Err(r) => r,
+            }
+        }
         (Method::PUT, Some(name), sub) => match parse_body(&body, &headers) {
             Ok(obj) => state.update(&tx, &target, name, sub, obj, &manager(&query, &headers)),
             Err(r) => r,
         },
         (Method::PATCH, Some(name), sub) => {
-            let ct = headers.get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
-            state.patch(&tx, &target, name, sub, &ct, &body, &query, &manager(&query, &headers))
+            let ct = headers
+                .get("content-type")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_string();
+            state.patch(
+                &tx,
+                &target,
+                name,
+                sub,
+                &ct,
+                &body,
+                &query,
+                &manager(&query, &headers),
+            )
         }
         (Method::DELETE, Some(name), None) => state.delete(&tx, &target, name),
-        _ => status_error(405, "MethodNotAllowed", format!("{method} is not supported here"), json!({})),
+        _ => status_error(
+            405,
+            "MethodNotAllowed",
+            format!("{method} is not supported here"),
+            json!({}),
+        ),
     };
     reply.into_response()
 }
 
 fn parse_body(body: &Bytes, headers: &HeaderMap) -> Result<Value, Reply> {
-    let ct = headers.get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("application/json");
+    let ct = headers
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("application/json");
     if ct.contains("yaml") {
         serde_saphyr::from_slice(body).map_err(|e| bad_request(format!("invalid YAML body: {e}")))
     } else {
@@ -315,25 +418,28 @@ fn parse_body(body: &Bytes, headers: &HeaderMap) -> Result<Value, Reply> {
 }
 
 fn list(state: &State, t: &Target, query: &BTreeMap<String, String>, metadata_only: bool) -> Reply {
-    let labels = match LabelSelector::parse(query.get("labelSelector").map(String::as_str).unwrap_or("")) {
-        Ok(s) => s,
-        Err(e) => return bad_request(e),
-    };
-    let fields = match FieldSelector::parse(query.get("fieldSelector").map(String::as_str).unwrap_or("")) {
-        Ok(s) => s,
-        Err(e) => return bad_request(e),
-    };
-    if query.get("resourceVersionMatch").map(String::as_str) == Some("Exact") {
-        if let Some(rv) = query.get("resourceVersion").and_then(|v| v.parse::<u64>().ok()) {
-            if rv < state.floor {
-                return status_error(
-                    410,
-                    "Expired",
-                    format!("The resourceVersion for the provided list is too old."),
-                    Value::Null,
-                );
-            }
-        }
+    let labels =
+        match LabelSelector::parse(query.get("labelSelector").map(String::as_str).unwrap_or("")) {
+            Ok(s) => s,
+            Err(e) => return bad_request(e),
+        };
+    let fields =
+        match FieldSelector::parse(query.get("fieldSelector").map(String::as_str).unwrap_or("")) {
+            Ok(s) => s,
+            Err(e) => return bad_request(e),
+        };
+    if query.get("resourceVersionMatch").map(String::as_str) == Some("Exact")
+        && let Some(rv) = query
+            .get("resourceVersion")
+            .and_then(|v| v.parse::<u64>().ok())
+        && rv < state.floor
+    {
+        return status_error(
+            410,
+            "Expired",
+            "The resourceVersion for the provided list is too old.".to_string(),
+            Value::Null,
+        );
     }
     let mut start = String::new();
     if let Some(token) = query.get("continue").filter(|c| !c.is_empty()) {
@@ -341,7 +447,9 @@ fn list(state: &State, t: &Target, query: &BTreeMap<String, String>, metadata_on
             .decode(token)
             .ok()
             .and_then(|b| serde_json::from_slice::<Value>(&b).ok());
-        let Some(decoded) = decoded else { return bad_request("continue key is not valid".into()) };
+        let Some(decoded) = decoded else {
+            return bad_request("continue key is not valid".into());
+        };
         let rv = decoded["rv"].as_i64().unwrap_or(0);
         start = decoded["start"].as_str().unwrap_or_default().to_string();
         if rv >= 0 && (rv as u64) < state.floor {
@@ -362,12 +470,19 @@ fn list(state: &State, t: &Target, query: &BTreeMap<String, String>, metadata_on
         .filter(|o| labels.matches(o) && fields.matches(o))
         .cloned()
         .collect();
-    let limit = query.get("limit").and_then(|l| l.parse::<usize>().ok()).filter(|l| *l > 0);
+    let limit = query
+        .get("limit")
+        .and_then(|l| l.parse::<usize>().ok())
+        .filter(|l| *l > 0);
     let mut metadata = json!({"resourceVersion": state.rv.to_string()});
     let page: Vec<Value> = match limit {
         Some(limit) if items.len() > limit => {
             let next = &items[limit];
-            let next_key = format!("{}/{}", next["metadata"]["namespace"].as_str().unwrap_or(""), next["metadata"]["name"].as_str().unwrap_or(""));
+            let next_key = format!(
+                "{}/{}",
+                next["metadata"]["namespace"].as_str().unwrap_or(""),
+                next["metadata"]["name"].as_str().unwrap_or("")
+            );
             metadata["continue"] = json!(continue_token(state.rv as i64, &next_key));
             metadata["remainingItemCount"] = json!(items.len() - limit);
             items[..limit].to_vec()
@@ -380,21 +495,39 @@ fn list(state: &State, t: &Target, query: &BTreeMap<String, String>, metadata_on
         }
     };
     let (kind, api_version, page) = if metadata_only {
-        ("PartialObjectMetadataList".to_string(), "meta.k8s.io/v1".to_string(), page.iter().map(as_metadata).collect())
+        (
+            "PartialObjectMetadataList".to_string(),
+            "meta.k8s.io/v1".to_string(),
+            page.iter().map(as_metadata).collect(),
+        )
     } else {
-        (format!("{}List", t.resource.kind), t.resource.api_version(), page)
+        (
+            format!("{}List", t.resource.kind),
+            t.resource.api_version(),
+            page,
+        )
     };
-    Reply(StatusCode::OK, json!({"apiVersion": api_version, "kind": kind, "metadata": metadata, "items": page}))
+    Reply(
+        StatusCode::OK,
+        json!({"apiVersion": api_version, "kind": kind, "metadata": metadata, "items": page}),
+    )
 }
 
 fn continue_token(rv: i64, start: &str) -> String {
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(json!({"v": "meta.k8s.io/v1", "rv": rv, "start": start}).to_string())
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .encode(json!({"v": "meta.k8s.io/v1", "rv": rv, "start": start}).to_string())
 }
 
 /// Drops the fields of `v` that CRD schemas never validate (server-owned metadata).
 fn strip_volatile(mut v: Value) -> Value {
     if let Some(meta) = v.get_mut("metadata").and_then(|m| m.as_object_mut()) {
-        for k in ["resourceVersion", "managedFields", "generation", "uid", "creationTimestamp"] {
+        for k in [
+            "resourceVersion",
+            "managedFields",
+            "generation",
+            "uid",
+            "creationTimestamp",
+        ] {
             meta.remove(k);
         }
     }
@@ -413,12 +546,23 @@ fn spec_part(v: &Value) -> Value {
 
 impl State {
     fn get(&self, t: &Target, name: &str) -> Option<Value> {
-        let ns = if t.resource.namespaced { t.namespace.clone().unwrap_or_default() } else { String::new() };
-        self.objects.get(&key(&t.resource)).and_then(|m| m.get(&(ns, name.to_string()))).cloned()
+        let ns = if t.resource.namespaced {
+            t.namespace.clone().unwrap_or_default()
+        } else {
+            String::new()
+        };
+        self.objects
+            .get(&key(&t.resource))
+            .and_then(|m| m.get(&(ns, name.to_string())))
+            .cloned()
     }
 
     fn ns_of(&self, t: &Target) -> String {
-        if t.resource.namespaced { t.namespace.clone().unwrap_or_default() } else { String::new() }
+        if t.resource.namespaced {
+            t.namespace.clone().unwrap_or_default()
+        } else {
+            String::new()
+        }
     }
 
     fn next_rv(&mut self) -> u64 {
@@ -426,7 +570,14 @@ impl State {
         self.rv
     }
 
-    fn emit(&mut self, tx: &broadcast::Sender<Arc<Change>>, r: &ResourceType, kind: &'static str, object: Value, previous: Option<Value>) {
+    fn emit(
+        &mut self,
+        tx: &broadcast::Sender<Arc<Change>>,
+        r: &ResourceType,
+        kind: &'static str,
+        object: Value,
+        previous: Option<Value>,
+    ) {
         let change = Arc::new(Change {
             rv: self.rv,
             resource: key(r),
@@ -452,9 +603,14 @@ impl State {
 
     /// Applies CRD defaults and validates; returns the Status to send on failure.
     fn admit(&self, r: &ResourceType, obj: &mut Value, old: Option<&Value>) -> Result<(), Reply> {
-        let Some(schema) = &r.schema else { return Ok(()) };
+        let Some(schema) = &r.schema else {
+            return Ok(());
+        };
         *obj = kube::core::cel::apply_defaults(schema, obj);
-        let name = obj["metadata"]["name"].as_str().unwrap_or_default().to_string();
+        let name = obj["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
         let mut causes = Vec::new();
         schema_errors(schema, obj, "", &mut causes);
         if !causes.is_empty() {
@@ -463,9 +619,17 @@ impl State {
             }
         } else {
             let old = old.map(|o| strip_volatile(o.clone()));
-            if let Err(errors) = kube::core::cel::Validator::new().validate(schema, &strip_volatile(obj.clone()), old.as_ref()) {
+            if let Err(errors) = kube::core::cel::Validator::new().validate(
+                schema,
+                &strip_volatile(obj.clone()),
+                old.as_ref(),
+            ) {
                 for e in errors.into_vec() {
-                    let field = if e.field_path.is_empty() { "<nil>".to_string() } else { e.field_path.clone() };
+                    let field = if e.field_path.is_empty() {
+                        "<nil>".to_string()
+                    } else {
+                        e.field_path.clone()
+                    };
                     causes.push(json!({"reason": e.reason.clone().unwrap_or_else(|| "FieldValueInvalid".into()), "message": format!("Invalid value: {}", e.message), "field": field}));
                 }
             }
@@ -473,11 +637,20 @@ impl State {
         if causes.is_empty() {
             return Ok(());
         }
-        let text = |c: &Value| format!("{}: {}", c["field"].as_str().unwrap_or(""), c["message"].as_str().unwrap_or(""));
+        let text = |c: &Value| {
+            format!(
+                "{}: {}",
+                c["field"].as_str().unwrap_or(""),
+                c["message"].as_str().unwrap_or("")
+            )
+        };
         let summary = if causes.len() == 1 {
             text(&causes[0])
         } else {
-            format!("[{}]", causes.iter().map(text).collect::<Vec<_>>().join(", "))
+            format!(
+                "[{}]",
+                causes.iter().map(text).collect::<Vec<_>>().join(", ")
+            )
         };
         Err(status_error(
             422,
@@ -487,7 +660,14 @@ impl State {
         ))
     }
 
-    fn create(&mut self, tx: &broadcast::Sender<Arc<Change>>, t: &Target, mut obj: Value, manager: &str, dry_run: bool) -> Reply {
+    fn create(
+        &mut self,
+        tx: &broadcast::Sender<Arc<Change>>,
+        t: &Target,
+        mut obj: Value,
+        manager: &str,
+        dry_run: bool,
+    ) -> Reply {
         let r = &t.resource;
         let ns = self.ns_of(t);
         if obj["metadata"]["name"].as_str().unwrap_or("").is_empty() {
@@ -496,23 +676,51 @@ impl State {
                     self.uid_counter += 1;
                     obj["metadata"]["name"] = json!(format!("{prefix}{:05x}", self.uid_counter));
                 }
-                None => return status_error(422, "Invalid", format!("{} \"\" is invalid: metadata.name: Required value: name or generateName is required", r.qualified_kind()), json!({"group": r.group, "kind": r.kind, "causes": [{"reason": "FieldValueRequired", "message": "Required value: name or generateName is required", "field": "metadata.name"}]})),
+                None => {
+                    return status_error(
+                        422,
+                        "Invalid",
+                        format!(
+                            "{} \"\" is invalid: metadata.name: Required value: name or generateName is required",
+                            r.qualified_kind()
+                        ),
+                        json!({"group": r.group, "kind": r.kind, "causes": [{"reason": "FieldValueRequired", "message": "Required value: name or generateName is required", "field": "metadata.name"}]}),
+                    );
+                }
             }
         }
-        let name = obj["metadata"]["name"].as_str().unwrap_or_default().to_string();
+        let name = obj["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
         if r.namespaced {
-            if !self.objects.get("/namespaces").is_some_and(|m| m.contains_key(&(String::new(), ns.clone()))) {
-                return status_error(404, "NotFound", format!("namespaces \"{ns}\" not found"), json!({"name": ns, "kind": "namespaces"}));
+            if !self
+                .objects
+                .get("/namespaces")
+                .is_some_and(|m| m.contains_key(&(String::new(), ns.clone())))
+            {
+                return status_error(
+                    404,
+                    "NotFound",
+                    format!("namespaces \"{ns}\" not found"),
+                    json!({"name": ns, "kind": "namespaces"}),
+                );
             }
             obj["metadata"]["namespace"] = json!(ns);
         }
         if self.get(t, &name).is_some() {
-            return status_error(409, "AlreadyExists", format!("{} \"{name}\" already exists", r.qualified()), json!({"name": name, "group": r.group, "kind": r.plural}));
+            return status_error(
+                409,
+                "AlreadyExists",
+                format!("{} \"{name}\" already exists", r.qualified()),
+                json!({"name": name, "group": r.group, "kind": r.plural}),
+            );
         }
-        if r.status_subresource && r.custom {
-            if let Some(m) = obj.as_object_mut() {
-                m.remove("status");
-            }
+        if r.status_subresource
+            && r.custom
+            && let Some(m) = obj.as_object_mut()
+        {
+            m.remove("status");
         }
         if let Err(reply) = self.admit(r, &mut obj, None) {
             return reply;
@@ -520,13 +728,27 @@ impl State {
         obj["apiVersion"] = json!(r.api_version());
         obj["kind"] = json!(r.kind);
         self.uid_counter += 1;
-        let meta = obj["metadata"].as_object_mut().expect("metadata is an object");
-        meta.insert("uid".into(), json!(format!("00000000-0000-4000-8000-{:012x}", self.uid_counter)));
+        let meta = obj["metadata"]
+            .as_object_mut()
+            .expect("metadata is an object");
+        meta.insert(
+            "uid".into(),
+            json!(format!("00000000-0000-4000-8000-{:012x}", self.uid_counter)),
+        );
         meta.insert("creationTimestamp".into(), json!(now()));
         meta.insert("generation".into(), json!(1));
         meta.remove("resourceVersion");
         meta.remove("managedFields");
-        fields::record_update(None, &mut obj, manager, Scope::Main { status_is_subresource: r.status_subresource }, &r.api_version(), &now());
+        fields::record_update(
+            None,
+            &mut obj,
+            manager,
+            Scope::Main {
+                status_is_subresource: r.status_subresource,
+            },
+            &r.api_version(),
+            &now(),
+        );
         if dry_run {
             return Reply(StatusCode::CREATED, obj);
         }
@@ -536,19 +758,25 @@ impl State {
         if r.plural == "nodes" {
             // As the node lifecycle controller does until a kubelet reports Ready.
             if obj.pointer("/spec/taints").is_none() {
-                obj["spec"]["taints"] = json!([{"key": "node.kubernetes.io/not-ready", "effect": "NoSchedule"}]);
+                obj["spec"]["taints"] =
+                    json!([{"key": "node.kubernetes.io/not-ready", "effect": "NoSchedule"}]);
             }
         }
         let rv = self.next_rv();
         obj["metadata"]["resourceVersion"] = json!(rv.to_string());
-        self.objects.entry(key(r)).or_default().insert((ns, name), obj.clone());
+        self.objects
+            .entry(key(r))
+            .or_default()
+            .insert((ns, name), obj.clone());
         self.emit(tx, r, "ADDED", obj.clone(), None);
         Reply(StatusCode::CREATED, obj)
     }
 
     fn register_crd(&mut self, crd: &mut Value) {
         for r in ResourceType::from_crd(crd) {
-            self.resources.retain(|x| !(x.group == r.group && x.version == r.version && x.plural == r.plural));
+            self.resources.retain(|x| {
+                !(x.group == r.group && x.version == r.version && x.plural == r.plural)
+            });
             self.resources.push(r);
         }
         crd["status"] = json!({
@@ -562,12 +790,29 @@ impl State {
     }
 
     /// Stores `new` in place of `old` (same key), handling generation, no-ops, finalizers.
-    fn commit(&mut self, tx: &broadcast::Sender<Arc<Change>>, t: &Target, old: Value, mut new: Value) -> Reply {
+    fn commit(
+        &mut self,
+        tx: &broadcast::Sender<Arc<Change>>,
+        t: &Target,
+        old: Value,
+        mut new: Value,
+    ) -> Reply {
         let r = &t.resource;
-        let name = old["metadata"]["name"].as_str().unwrap_or_default().to_string();
+        let name = old["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
         let ns = self.ns_of(t);
         // Server-owned metadata survives any write.
-        for k in ["uid", "creationTimestamp", "deletionTimestamp", "deletionGracePeriodSeconds", "namespace", "name", "generation"] {
+        for k in [
+            "uid",
+            "creationTimestamp",
+            "deletionTimestamp",
+            "deletionGracePeriodSeconds",
+            "namespace",
+            "name",
+            "generation",
+        ] {
             match old["metadata"].get(k) {
                 Some(v) => new["metadata"][k] = v.clone(),
                 None => {
@@ -585,7 +830,9 @@ impl State {
             new["metadata"]["generation"] = json!(g + 1);
         }
         if old["metadata"].get("deletionTimestamp").is_some()
-            && new["metadata"]["finalizers"].as_array().is_none_or(|f| f.is_empty())
+            && new["metadata"]["finalizers"]
+                .as_array()
+                .is_none_or(|f| f.is_empty())
         {
             return self.remove(tx, t, &old, Some(new));
         }
@@ -601,18 +848,32 @@ impl State {
         }
         let rv = self.next_rv();
         new["metadata"]["resourceVersion"] = json!(rv.to_string());
-        self.objects.entry(key(r)).or_default().insert((ns, name), new.clone());
+        self.objects
+            .entry(key(r))
+            .or_default()
+            .insert((ns, name), new.clone());
         self.emit(tx, r, "MODIFIED", new.clone(), Some(old));
         Reply(StatusCode::OK, new)
     }
 
-    fn update(&mut self, tx: &broadcast::Sender<Arc<Change>>, t: &Target, name: &str, sub: Option<&str>, body: Value, manager: &str) -> Reply {
+    fn update(
+        &mut self,
+        tx: &broadcast::Sender<Arc<Change>>,
+        t: &Target,
+        name: &str,
+        sub: Option<&str>,
+        body: Value,
+        manager: &str,
+    ) -> Reply {
         let r = &t.resource;
-        let Some(old) = self.get(t, name) else { return not_found(r, name) };
-        if let Some(rv) = body["metadata"]["resourceVersion"].as_str() {
-            if !rv.is_empty() && Some(rv) != old["metadata"]["resourceVersion"].as_str() {
-                return conflict(r, name);
-            }
+        let Some(old) = self.get(t, name) else {
+            return not_found(r, name);
+        };
+        if let Some(rv) = body["metadata"]["resourceVersion"].as_str()
+            && !rv.is_empty()
+            && Some(rv) != old["metadata"]["resourceVersion"].as_str()
+        {
+            return conflict(r, name);
         }
         let new = self.merge_scoped(r, &old, body, sub);
         self.finish_write(tx, t, old, new, sub, manager)
@@ -620,7 +881,13 @@ impl State {
 
     /// The object a write of `body` on `sub` produces: a main write keeps status, a status
     /// write keeps everything but status.
-    fn merge_scoped(&self, r: &ResourceType, old: &Value, mut body: Value, sub: Option<&str>) -> Value {
+    fn merge_scoped(
+        &self,
+        r: &ResourceType,
+        old: &Value,
+        mut body: Value,
+        sub: Option<&str>,
+    ) -> Value {
         match sub {
             Some("status") => {
                 let mut new = old.clone();
@@ -644,13 +911,28 @@ impl State {
         }
     }
 
-    fn finish_write(&mut self, tx: &broadcast::Sender<Arc<Change>>, t: &Target, old: Value, mut new: Value, sub: Option<&str>, manager: &str) -> Reply {
+    fn finish_write(
+        &mut self,
+        tx: &broadcast::Sender<Arc<Change>>,
+        t: &Target,
+        old: Value,
+        mut new: Value,
+        sub: Option<&str>,
+        manager: &str,
+    ) -> Reply {
         let r = &t.resource;
         if let Err(reply) = self.admit(r, &mut new, Some(&old)) {
             return reply;
         }
         let scope = scope_of(r, sub);
-        fields::record_update(Some(&old), &mut new, manager, scope, &r.api_version(), &now());
+        fields::record_update(
+            Some(&old),
+            &mut new,
+            manager,
+            scope,
+            &r.api_version(),
+            &now(),
+        );
         self.commit(tx, t, old, new)
     }
 
@@ -674,20 +956,49 @@ impl State {
                 Err(e) => return bad_request(format!("invalid apply patch: {e}")),
             };
             if !query.contains_key("fieldManager") {
-                return status_error(400, "BadRequest", "PATCH, application/apply-patch+yaml requires fieldManager to be set".into(), Value::Null);
+                return status_error(
+                    400,
+                    "BadRequest",
+                    "PATCH, application/apply-patch+yaml requires fieldManager to be set".into(),
+                    Value::Null,
+                );
             }
             let force = query.get("force").is_some_and(|f| f == "true");
             let scope = scope_of(r, sub);
-            let applied = fields::apply(old.as_ref(), &config, manager, force, scope, &r.api_version(), &now());
+            let applied = fields::apply(
+                old.as_ref(),
+                &config,
+                manager,
+                force,
+                scope,
+                &r.api_version(),
+                &now(),
+            );
             return match applied {
                 Err(conflicts) => {
                     let n = conflicts.len();
                     let describe = |c: &fields::Conflict| {
-                        if c.operation == "Update" { format!("conflict with \"{}\" using {}", c.manager, c.api_version) } else { format!("conflict with \"{}\"", c.manager) }
+                        if c.operation == "Update" {
+                            format!("conflict with \"{}\" using {}", c.manager, c.api_version)
+                        } else {
+                            format!("conflict with \"{}\"", c.manager)
+                        }
                     };
-                    let lines: Vec<String> = conflicts.iter().map(|c| format!("{}: .{}", describe(c), c.path.join("."))).collect();
+                    let lines: Vec<String> = conflicts
+                        .iter()
+                        .map(|c| format!("{}: .{}", describe(c), c.path.join(".")))
+                        .collect();
                     let causes: Vec<Value> = conflicts.iter().map(|c| json!({"reason": "FieldManagerConflict", "message": describe(c), "field": format!(".{}", c.path.join("."))})).collect();
-                    status_error(409, "Conflict", format!("Apply failed with {n} conflict{}: {}", if n == 1 { "" } else { "s" }, lines.join("\n")), json!({"causes": causes}))
+                    status_error(
+                        409,
+                        "Conflict",
+                        format!(
+                            "Apply failed with {n} conflict{}: {}",
+                            if n == 1 { "" } else { "s" },
+                            lines.join("\n")
+                        ),
+                        json!({"causes": causes}),
+                    )
                 }
                 Ok(mut new) => match old {
                     None => {
@@ -700,7 +1011,10 @@ impl State {
                         if reply.0 == StatusCode::CREATED {
                             // create() records its own Update entry; an apply-create is an Apply.
                             let ns = self.ns_of(t);
-                            let stored = self.objects.get_mut(&key(r)).and_then(|m| m.get_mut(&(ns, name.to_string())));
+                            let stored = self
+                                .objects
+                                .get_mut(&key(r))
+                                .and_then(|m| m.get_mut(&(ns, name.to_string())));
                             if let Some(stored) = stored {
                                 fields::write_entries(stored, &entries);
                                 reply.1 = stored.clone();
@@ -717,7 +1031,9 @@ impl State {
                 },
             };
         }
-        let Some(old) = old else { return not_found(r, name) };
+        let Some(old) = old else {
+            return not_found(r, name);
+        };
         let patched = if content_type.starts_with("application/json-patch") {
             let ops: json_patch::Patch = match serde_json::from_slice(body) {
                 Ok(p) => p,
@@ -725,7 +1041,12 @@ impl State {
             };
             let mut doc = old.clone();
             if json_patch::patch(&mut doc, &ops).is_err() {
-                return status_error(422, "Invalid", "the server rejected our request due to an error in our request".into(), json!({}));
+                return status_error(
+                    422,
+                    "Invalid",
+                    "the server rejected our request due to an error in our request".into(),
+                    json!({}),
+                );
             }
             doc
         } else {
@@ -738,10 +1059,10 @@ impl State {
             json_patch::merge(&mut doc, &p);
             doc
         };
-        if let Some(rv) = patched["metadata"]["resourceVersion"].as_str() {
-            if Some(rv) != old["metadata"]["resourceVersion"].as_str() {
-                return conflict(r, name);
-            }
+        if let Some(rv) = patched["metadata"]["resourceVersion"].as_str()
+            && Some(rv) != old["metadata"]["resourceVersion"].as_str()
+        {
+            return conflict(r, name);
         }
         let new = self.merge_scoped(r, &old, patched, sub);
         self.finish_write(tx, t, old, new, sub, manager)
@@ -749,8 +1070,12 @@ impl State {
 
     fn delete(&mut self, tx: &broadcast::Sender<Arc<Change>>, t: &Target, name: &str) -> Reply {
         let r = &t.resource;
-        let Some(old) = self.get(t, name) else { return not_found(r, name) };
-        let has_finalizers = old["metadata"]["finalizers"].as_array().is_some_and(|f| !f.is_empty());
+        let Some(old) = self.get(t, name) else {
+            return not_found(r, name);
+        };
+        let has_finalizers = old["metadata"]["finalizers"]
+            .as_array()
+            .is_some_and(|f| !f.is_empty());
         if has_finalizers {
             if old["metadata"].get("deletionTimestamp").is_some() {
                 return Reply(StatusCode::OK, old);
@@ -763,7 +1088,10 @@ impl State {
             let rv = self.next_rv();
             new["metadata"]["resourceVersion"] = json!(rv.to_string());
             let ns = self.ns_of(t);
-            self.objects.entry(key(r)).or_default().insert((ns, name.to_string()), new.clone());
+            self.objects
+                .entry(key(r))
+                .or_default()
+                .insert((ns, name.to_string()), new.clone());
             self.emit(tx, r, "MODIFIED", new.clone(), Some(old));
             return Reply(StatusCode::OK, new);
         }
@@ -772,19 +1100,37 @@ impl State {
 
     /// Removes an object for good, then (as the garbage collector does, in the background)
     /// everything whose only owner it was.
-    fn remove(&mut self, tx: &broadcast::Sender<Arc<Change>>, t: &Target, old: &Value, last: Option<Value>) -> Reply {
+    fn remove(
+        &mut self,
+        tx: &broadcast::Sender<Arc<Change>>,
+        t: &Target,
+        old: &Value,
+        last: Option<Value>,
+    ) -> Reply {
         let r = &t.resource;
-        let name = old["metadata"]["name"].as_str().unwrap_or_default().to_string();
+        let name = old["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
         let ns = self.ns_of(t);
-        self.objects.entry(key(r)).or_default().remove(&(ns, name.clone()));
+        self.objects
+            .entry(key(r))
+            .or_default()
+            .remove(&(ns, name.clone()));
         let mut gone = last.unwrap_or_else(|| old.clone());
         let rv = self.next_rv();
         gone["metadata"]["resourceVersion"] = json!(rv.to_string());
         self.emit(tx, r, "DELETED", gone.clone(), None);
-        let uid = old["metadata"]["uid"].as_str().unwrap_or_default().to_string();
+        let uid = old["metadata"]["uid"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
         self.collect_garbage(tx, &uid);
         if r.custom {
-            Reply(StatusCode::OK, json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "details": {"name": name, "group": r.group, "kind": r.plural, "uid": uid}}))
+            Reply(
+                StatusCode::OK,
+                json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "details": {"name": name, "group": r.group, "kind": r.plural, "uid": uid}}),
+            )
         } else {
             Reply(StatusCode::OK, gone)
         }
@@ -795,34 +1141,63 @@ impl State {
         for (res_key, objects) in &self.objects {
             for ((ns, name), obj) in objects {
                 let owners = obj["metadata"]["ownerReferences"].as_array();
-                if owners.is_some_and(|o| !o.is_empty() && o.iter().all(|o| o["uid"].as_str() == Some(owner_uid))) {
+                if owners.is_some_and(|o| {
+                    !o.is_empty() && o.iter().all(|o| o["uid"].as_str() == Some(owner_uid))
+                }) {
                     dependents.push((res_key.clone(), ns.clone(), name.clone()));
                 }
             }
         }
         for (res_key, ns, name) in dependents {
-            let Some(resource) = self.resources.iter().find(|r| key(r) == res_key).cloned() else { continue };
-            let t = Target { resource, namespace: Some(ns), name: Some(name.clone()), sub: None };
+            let Some(resource) = self.resources.iter().find(|r| key(r) == res_key).cloned() else {
+                continue;
+            };
+            let t = Target {
+                resource,
+                namespace: Some(ns),
+                name: Some(name.clone()),
+                sub: None,
+            };
             self.delete(tx, &t, &name);
         }
     }
 
-    fn bind(&mut self, tx: &broadcast::Sender<Arc<Change>>, t: &Target, name: &str, binding: &Value) -> Reply {
-        let Some(old) = self.get(t, name) else { return not_found(&t.resource, name) };
+    fn bind(
+        &mut self,
+        tx: &broadcast::Sender<Arc<Change>>,
+        t: &Target,
+        name: &str,
+        binding: &Value,
+    ) -> Reply {
+        let Some(old) = self.get(t, name) else {
+            return not_found(&t.resource, name);
+        };
         let node = binding["target"]["name"].as_str().unwrap_or_default();
         let mut new = old.clone();
         new["spec"]["nodeName"] = json!(node);
-        let mut conditions = new["status"]["conditions"].as_array().cloned().unwrap_or_default();
+        let mut conditions = new["status"]["conditions"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
         conditions.retain(|c| c["type"] != "PodScheduled");
         conditions.push(json!({"type": "PodScheduled", "status": "True", "lastProbeTime": null, "lastTransitionTime": now()}));
         new["status"]["conditions"] = json!(conditions);
         self.commit(tx, t, old, new);
-        Reply(StatusCode::CREATED, json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}))
+        Reply(
+            StatusCode::CREATED,
+            json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}),
+        )
     }
 }
 
 fn scope_of(r: &ResourceType, sub: Option<&str>) -> Scope {
-    if sub == Some("status") { Scope::Status } else { Scope::Main { status_is_subresource: r.status_subresource } }
+    if sub == Some("status") {
+        Scope::Status
+    } else {
+        Scope::Main {
+            status_is_subresource: r.status_subresource,
+        }
+    }
 }
 
 fn has_rules(schema: &Value) -> bool {
@@ -835,23 +1210,38 @@ fn has_rules(schema: &Value) -> bool {
 
 /// Structural checks the API server makes before CEL: enums, required fields, types, bounds.
 fn schema_errors(schema: &Value, v: &Value, path: &str, out: &mut Vec<Value>) {
-    let field = |p: &str| if p.is_empty() { "<nil>".to_string() } else { p.to_string() };
+    let field = |p: &str| {
+        if p.is_empty() {
+            "<nil>".to_string()
+        } else {
+            p.to_string()
+        }
+    };
     if v.is_null() {
         return;
     }
-    if let Some(values) = schema.get("enum").and_then(|e| e.as_array()) {
-        if !values.contains(v) {
-            let supported: Vec<String> = values.iter().map(|x| x.to_string()).collect();
-            out.push(json!({"reason": "FieldValueNotSupported", "message": format!("Unsupported value: {v}: supported values: {}", supported.join(", ")), "field": field(path)}));
-            return;
-        }
+    if let Some(values) = schema.get("enum").and_then(|e| e.as_array())
+        && !values.contains(v)
+    {
+        let supported: Vec<String> = values.iter().map(|x| x.to_string()).collect();
+        out.push(json!({"reason": "FieldValueNotSupported", "message": format!("Unsupported value: {v}: supported values: {}", supported.join(", ")), "field": field(path)}));
+        return;
     }
     match (schema.get("type").and_then(|t| t.as_str()), v) {
         (Some("object"), Value::Object(m)) => {
-            for req in schema.get("required").and_then(|r| r.as_array()).into_iter().flatten() {
+            for req in schema
+                .get("required")
+                .and_then(|r| r.as_array())
+                .into_iter()
+                .flatten()
+            {
                 let req = req.as_str().unwrap_or_default();
                 if !m.contains_key(req) {
-                    let p = if path.is_empty() { req.to_string() } else { format!("{path}.{req}") };
+                    let p = if path.is_empty() {
+                        req.to_string()
+                    } else {
+                        format!("{path}.{req}")
+                    };
                     out.push(json!({"reason": "FieldValueRequired", "message": "Required value", "field": p}));
                 }
             }
@@ -861,17 +1251,21 @@ fn schema_errors(schema: &Value, v: &Value, path: &str, out: &mut Vec<Value>) {
                         continue;
                     }
                     if let Some(s) = props.get(k) {
-                        let p = if path.is_empty() { k.clone() } else { format!("{path}.{k}") };
+                        let p = if path.is_empty() {
+                            k.clone()
+                        } else {
+                            format!("{path}.{k}")
+                        };
                         schema_errors(s, child, &p, out);
                     }
                 }
             }
         }
         (Some("array"), Value::Array(items)) => {
-            if let Some(max) = schema.get("maxItems").and_then(|m| m.as_u64()) {
-                if items.len() as u64 > max {
-                    out.push(json!({"reason": "FieldValueTooMany", "message": format!("Too many: {}: must have at most {max} items", items.len()), "field": field(path)}));
-                }
+            if let Some(max) = schema.get("maxItems").and_then(|m| m.as_u64())
+                && items.len() as u64 > max
+            {
+                out.push(json!({"reason": "FieldValueTooMany", "message": format!("Too many: {}: must have at most {max} items", items.len()), "field": field(path)}));
             }
             if let Some(item_schema) = schema.get("items") {
                 for (i, item) in items.iter().enumerate() {
@@ -880,20 +1274,23 @@ fn schema_errors(schema: &Value, v: &Value, path: &str, out: &mut Vec<Value>) {
             }
         }
         (Some("string"), Value::String(s)) => {
-            if let Some(max) = schema.get("maxLength").and_then(|m| m.as_u64()) {
-                if s.chars().count() as u64 > max {
-                    out.push(json!({"reason": "FieldValueTooLong", "message": format!("Too long: may not be more than {max} bytes"), "field": field(path)}));
-                }
+            if let Some(max) = schema.get("maxLength").and_then(|m| m.as_u64())
+                && s.chars().count() as u64 > max
+            {
+                out.push(json!({"reason": "FieldValueTooLong", "message": format!("Too long: may not be more than {max} bytes"), "field": field(path)}));
             }
-            if let Some(pattern) = schema.get("pattern").and_then(|p| p.as_str()) {
-                if regex::Regex::new(pattern).is_ok_and(|re| !re.is_match(s)) {
-                    out.push(json!({"reason": "FieldValueInvalid", "message": format!("Invalid value: {}: {path} in body should match '{pattern}'", Value::String(s.clone())), "field": field(path)}));
-                }
+            if let Some(pattern) = schema.get("pattern").and_then(|p| p.as_str())
+                && regex::Regex::new(pattern).is_ok_and(|re| !re.is_match(s))
+            {
+                out.push(json!({"reason": "FieldValueInvalid", "message": format!("Invalid value: {}: {path} in body should match '{pattern}'", Value::String(s.clone())), "field": field(path)}));
             }
         }
         (Some("integer"), Value::Number(n)) if n.is_i64() || n.is_u64() => {}
         (Some("number"), Value::Number(_)) | (Some("boolean"), Value::Bool(_)) => {}
-        (Some(expected), other) if !(expected == "object" && schema.get("x-kubernetes-preserve-unknown-fields").is_some()) => {
+        (Some(expected), other)
+            if !(expected == "object"
+                && schema.get("x-kubernetes-preserve-unknown-fields").is_some()) =>
+        {
             let got = match other {
                 Value::String(_) => "string",
                 Value::Number(_) => "number",
@@ -908,24 +1305,57 @@ fn schema_errors(schema: &Value, v: &Value, path: &str, out: &mut Vec<Value>) {
     }
 }
 
-async fn watch(shared: Shared, t: Target, query: BTreeMap<String, String>, metadata_only: bool) -> Response {
-    let labels = LabelSelector::parse(query.get("labelSelector").map(String::as_str).unwrap_or("")).unwrap_or_default();
-    let fields = FieldSelector::parse(query.get("fieldSelector").map(String::as_str).unwrap_or("")).unwrap_or_default();
-    let bookmarks = query.get("allowWatchBookmarks").is_some_and(|b| b == "true");
-    let timeout = query.get("timeoutSeconds").and_then(|s| s.parse::<u64>().ok()).unwrap_or(1800);
+async fn watch(
+    shared: Shared,
+    t: Target,
+    query: BTreeMap<String, String>,
+    metadata_only: bool,
+) -> Response {
+    let labels = LabelSelector::parse(query.get("labelSelector").map(String::as_str).unwrap_or(""))
+        .unwrap_or_default();
+    let fields = FieldSelector::parse(query.get("fieldSelector").map(String::as_str).unwrap_or(""))
+        .unwrap_or_default();
+    let bookmarks = query
+        .get("allowWatchBookmarks")
+        .is_some_and(|b| b == "true");
+    let timeout = query
+        .get("timeoutSeconds")
+        .and_then(|s| s.parse::<u64>().ok())
+        .unwrap_or(1800);
     let res_key = key(&t.resource);
-    let ns_filter = if t.resource.namespaced { t.namespace.clone() } else { None };
+    let ns_filter = if t.resource.namespaced {
+        t.namespace.clone()
+    } else {
+        None
+    };
     let matches = move |o: &Value| labels.matches(o) && fields.matches(o);
     let resource = t.resource.clone();
-    let present = move |o: &Value| if metadata_only { as_metadata(o) } else { o.clone() };
+    let present = move |o: &Value| {
+        if metadata_only {
+            as_metadata(o)
+        } else {
+            o.clone()
+        }
+    };
 
     let (initial, mut rx, start_rv, interval) = {
         let state = shared.0.lock().unwrap();
         let rx = shared.1.subscribe();
         let mut initial: Vec<Value> = Vec::new();
-        let in_ns = |o: &Value| ns_filter.as_ref().is_none_or(|ns| o["metadata"]["namespace"].as_str() == Some(ns));
+        let in_ns = |o: &Value| {
+            ns_filter
+                .as_ref()
+                .is_none_or(|ns| o["metadata"]["namespace"].as_str() == Some(ns))
+        };
         let current = || -> Vec<Value> {
-            state.objects.get(&res_key).into_iter().flat_map(|m| m.values()).filter(|o| in_ns(o) && matches(o)).cloned().collect()
+            state
+                .objects
+                .get(&res_key)
+                .into_iter()
+                .flat_map(|m| m.values())
+                .filter(|o| in_ns(o) && matches(o))
+                .cloned()
+                .collect()
         };
         let rv_param = query.get("resourceVersion").cloned().unwrap_or_default();
         if query.get("sendInitialEvents").is_some_and(|s| s == "true") {
@@ -942,9 +1372,17 @@ async fn watch(shared: Shared, t: Target, query: BTreeMap<String, String>, metad
             if from < state.floor {
                 let error = json!({"type": "ERROR", "object": {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure", "message": format!("too old resource version: {from} ({})", state.floor), "reason": "Expired", "code": 410}});
                 let line = format!("{error}\n");
-                return Response::builder().status(200).header("content-type", "application/json").body(Body::from(line)).unwrap();
+                return Response::builder()
+                    .status(200)
+                    .header("content-type", "application/json")
+                    .body(Body::from(line))
+                    .unwrap();
             }
-            for change in state.log.iter().filter(|c| c.rv > from && c.resource == res_key) {
+            for change in state
+                .log
+                .iter()
+                .filter(|c| c.rv > from && c.resource == res_key)
+            {
                 if let Some(e) = translate(change, &in_ns, &matches) {
                     initial.push(json!({"type": e.0, "object": present(&e.1)}));
                 }
@@ -953,9 +1391,15 @@ async fn watch(shared: Shared, t: Target, query: BTreeMap<String, String>, metad
         (initial, rx, state.rv, state.bookmark_interval)
     };
 
-    let ns_filter = if t.resource.namespaced { t.namespace.clone() } else { None };
-    let labels = LabelSelector::parse(query.get("labelSelector").map(String::as_str).unwrap_or("")).unwrap_or_default();
-    let fields = FieldSelector::parse(query.get("fieldSelector").map(String::as_str).unwrap_or("")).unwrap_or_default();
+    let ns_filter = if t.resource.namespaced {
+        t.namespace.clone()
+    } else {
+        None
+    };
+    let labels = LabelSelector::parse(query.get("labelSelector").map(String::as_str).unwrap_or(""))
+        .unwrap_or_default();
+    let fields = FieldSelector::parse(query.get("fieldSelector").map(String::as_str).unwrap_or(""))
+        .unwrap_or_default();
     let matches = move |o: &Value| labels.matches(o) && fields.matches(o);
     let res_key = key(&t.resource);
     let stream = async_stream::stream! {
@@ -999,7 +1443,11 @@ async fn watch(shared: Shared, t: Target, query: BTreeMap<String, String>, metad
 
 /// What a watcher with a selector sees of a change: objects entering the selection are ADDED,
 /// objects leaving it are DELETED (with their previous content, stamped with the new RV).
-fn translate(c: &Change, in_ns: &dyn Fn(&Value) -> bool, matches: &dyn Fn(&Value) -> bool) -> Option<(&'static str, Value)> {
+fn translate(
+    c: &Change,
+    in_ns: &dyn Fn(&Value) -> bool,
+    matches: &dyn Fn(&Value) -> bool,
+) -> Option<(&'static str, Value)> {
     if !in_ns(&c.object) {
         return None;
     }
@@ -1012,7 +1460,8 @@ fn translate(c: &Change, in_ns: &dyn Fn(&Value) -> bool, matches: &dyn Fn(&Value
                 (false, true) => Some(("ADDED", c.object.clone())),
                 (true, false) => {
                     let mut gone = prev.clone();
-                    gone["metadata"]["resourceVersion"] = c.object["metadata"]["resourceVersion"].clone();
+                    gone["metadata"]["resourceVersion"] =
+                        c.object["metadata"]["resourceVersion"].clone();
                     Some(("DELETED", gone))
                 }
                 (false, false) => None,

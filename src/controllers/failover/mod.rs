@@ -20,11 +20,24 @@ pub const CONTROLLER: &str = "failover";
 pub async fn reconcile(failover: &Failover, ctx: Arc<Context>) -> Result<Action, Error> {
     let observed = observe::observe(&ctx, failover);
     let name = failover.name_any();
-    let me = plan::Me { name: &name, created: failover.metadata.creation_timestamp.as_ref().map(|t| t.0) };
+    let me = plan::Me {
+        name: &name,
+        created: failover.metadata.creation_timestamp.as_ref().map(|t| t.0),
+    };
     let plan = plan::plan(&failover.spec, failover.status.as_ref(), &observed, me);
-    let status = status::build(failover.status.as_ref(), &plan, failover.metadata.generation, crate::clock::now());
+    let status = status::build(
+        failover.status.as_ref(),
+        &plan,
+        failover.metadata.generation,
+        crate::clock::now(),
+    );
     if write_status(&ctx, failover, failover.status.as_ref(), &status).await? {
-        ctx.metrics.status_writes.get_or_create(&ControllerLabels { controller: CONTROLLER }).inc();
+        ctx.metrics
+            .status_writes
+            .get_or_create(&ControllerLabels {
+                controller: CONTROLLER,
+            })
+            .inc();
     }
     apply::apply(&ctx, failover, &plan).await;
     Ok(Action::requeue(Duration::from_secs(300)))

@@ -5,10 +5,10 @@ use jiff::Timestamp;
 use kube::ResourceExt;
 use kube::runtime::reflector::ObjectRef;
 
+use crate::api::Failover;
 use crate::api::conditions::find;
 use crate::api::reasons::ConditionType;
 use crate::api::workload::PointRef;
-use crate::api::Failover;
 use crate::controllers::Context;
 
 #[derive(Clone, Debug, PartialEq)]
@@ -43,7 +43,8 @@ pub fn observe(ctx: &Context, failover: &Failover) -> Observed {
             Ok(w) => {
                 let status = w.status.clone().unwrap_or_default();
                 Ok(WorkloadSummary {
-                    protected: find(&status.conditions, ConditionType::Protected.as_str()).is_some_and(|c| c.is_true()),
+                    protected: find(&status.conditions, ConditionType::Protected.as_str())
+                        .is_some_and(|c| c.is_true()),
                     latest_crash_consistent: status.latest_crash_consistent_point,
                     latest_app_consistent: status.latest_app_consistent_point,
                     source_zone: status.source_zone,
@@ -64,7 +65,10 @@ pub fn observe(ctx: &Context, failover: &Failover) -> Observed {
                 && f.spec.workload_name == failover.spec.workload_name
                 && f.metadata.deletion_timestamp.is_none()
         })
-        .map(|f| Sibling { name: f.name_any(), created: f.metadata.creation_timestamp.as_ref().map(|t| t.0) })
+        .map(|f| Sibling {
+            name: f.name_any(),
+            created: f.metadata.creation_timestamp.as_ref().map(|t| t.0),
+        })
         .collect();
     Observed { workload, siblings }
 }

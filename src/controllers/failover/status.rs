@@ -6,7 +6,12 @@ use super::plan::Plan;
 use crate::api::conditions::merge_conditions;
 use crate::api::failover::FailoverStatus;
 
-pub fn build(previous: Option<&FailoverStatus>, plan: &Plan, generation: Option<i64>, now: Timestamp) -> FailoverStatus {
+pub fn build(
+    previous: Option<&FailoverStatus>,
+    plan: &Plan,
+    generation: Option<i64>,
+    now: Timestamp,
+) -> FailoverStatus {
     let prev = previous.cloned().unwrap_or_default();
     FailoverStatus {
         observed_generation: generation,

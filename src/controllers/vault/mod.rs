@@ -21,9 +21,19 @@ pub async fn reconcile(vault: &RecoveryVault, ctx: Arc<Context>) -> Result<Actio
     let observed = observe::observe(&ctx, &namespace, &vault.spec).await?;
     let plan = plan::plan(&vault.spec, vault.status.as_ref(), &observed);
     apply::apply(&plan.actions).await?;
-    let status = status::build(vault.status.as_ref(), &plan, vault.metadata.generation, crate::clock::now());
+    let status = status::build(
+        vault.status.as_ref(),
+        &plan,
+        vault.metadata.generation,
+        crate::clock::now(),
+    );
     if write_status(&ctx, vault, vault.status.as_ref(), &status).await? {
-        ctx.metrics.status_writes.get_or_create(&crate::metrics::ControllerLabels { controller: CONTROLLER }).inc();
+        ctx.metrics
+            .status_writes
+            .get_or_create(&crate::metrics::ControllerLabels {
+                controller: CONTROLLER,
+            })
+            .inc();
     }
     publish_events(&ctx, vault, &plan.events).await;
     Ok(Action::requeue(plan.requeue))

@@ -44,7 +44,11 @@ pub struct Observed {
     pub encryption_key: KeyProbe,
 }
 
-pub async fn observe(ctx: &Context, namespace: &str, spec: &RecoveryVaultSpec) -> Result<Observed, Error> {
+pub async fn observe(
+    ctx: &Context,
+    namespace: &str,
+    spec: &RecoveryVaultSpec,
+) -> Result<Observed, Error> {
     let nodes = ctx.stores.node_topology();
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), namespace);
     let claims: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), namespace);
@@ -66,16 +70,22 @@ async fn probe_location(
         return Ok(probe_directory(Path::new(&fs.path)).await);
     }
     if let Some(vc) = &storage.volume_claim {
-        return Ok(match claims.get_opt(&vc.claim_name).await.map_err(Error::Kube)? {
-            None => StorageProbe::ClaimMissing,
-            Some(pvc) => match pvc.status.and_then(|s| s.phase).as_deref() {
-                Some("Bound") => StorageProbe::ClaimBound,
-                phase => StorageProbe::ClaimNotBound(phase.unwrap_or("Pending").to_string()),
+        return Ok(
+            match claims.get_opt(&vc.claim_name).await.map_err(Error::Kube)? {
+                None => StorageProbe::ClaimMissing,
+                Some(pvc) => match pvc.status.and_then(|s| s.phase).as_deref() {
+                    Some("Bound") => StorageProbe::ClaimBound,
+                    phase => StorageProbe::ClaimNotBound(phase.unwrap_or("Pending").to_string()),
+                },
             },
-        });
+        );
     }
     if let Some(secret) = storage.credentials_secret()
-        && secrets.get_metadata_opt(&secret.name).await.map_err(Error::Kube)?.is_none()
+        && secrets
+            .get_metadata_opt(&secret.name)
+            .await
+            .map_err(Error::Kube)?
+            .is_none()
     {
         return Ok(StorageProbe::SecretMissing(secret.name.clone()));
     }
@@ -87,7 +97,9 @@ pub async fn probe_directory(path: &Path) -> StorageProbe {
     match tokio::fs::metadata(path).await {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => StorageProbe::Missing,
         Err(e) => StorageProbe::Unusable(format!("cannot stat {}: {e}", path.display())),
-        Ok(m) if !m.is_dir() => StorageProbe::Unusable(format!("{} is not a directory", path.display())),
+        Ok(m) if !m.is_dir() => {
+            StorageProbe::Unusable(format!("{} is not a directory", path.display()))
+        }
         Ok(_) => {
             let probe = path.join(format!(".site-recovery-probe-{}", std::process::id()));
             match tokio::fs::write(&probe, b"probe").await {
@@ -95,7 +107,9 @@ pub async fn probe_directory(path: &Path) -> StorageProbe {
                     let _ = tokio::fs::remove_file(&probe).await;
                     StorageProbe::Writable
                 }
-                Err(e) => StorageProbe::Unusable(format!("cannot write in {}: {e}", path.display())),
+                Err(e) => {
+                    StorageProbe::Unusable(format!("cannot write in {}: {e}", path.display()))
+                }
             }
         }
     }
@@ -105,8 +119,16 @@ async fn probe_key(secrets: &Api<Secret>, key: &SecretKeyRef) -> Result<KeyProbe
     let Some(secret) = secrets.get_opt(&key.name).await.map_err(Error::Kube)? else {
         return Ok(KeyProbe::SecretMissing);
     };
-    let from_data = secret.data.as_ref().and_then(|d| d.get(&key.key)).map(|ByteString(b)| b.len());
-    let from_string = secret.string_data.as_ref().and_then(|d| d.get(&key.key)).map(String::len);
+    let from_data = secret
+        .data
+        .as_ref()
+        .and_then(|d| d.get(&key.key))
+        .map(|ByteString(b)| b.len());
+    let from_string = secret
+        .string_data
+        .as_ref()
+        .and_then(|d| d.get(&key.key))
+        .map(String::len);
     Ok(match from_data.or(from_string) {
         Some(len) => KeyProbe::Present { len },
         None => KeyProbe::KeyMissing,

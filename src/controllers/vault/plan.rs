@@ -5,7 +5,7 @@ use std::time::Duration;
 use crate::api::conditions::{Condition, ConditionStatus, find};
 use crate::api::policy::parse_duration;
 use crate::api::reasons::{ConditionType as T, EventReason, VaultReason as R};
-use crate::api::vault::{Location, Redundancy, RecoveryVaultSpec, RecoveryVaultStatus};
+use crate::api::vault::{Location, RecoveryVaultSpec, RecoveryVaultStatus, Redundancy};
 use crate::controllers::PlannedEvent;
 
 use super::observe::{KeyProbe, Observed, StorageProbe};
@@ -49,25 +49,45 @@ pub fn validate(spec: &RecoveryVaultSpec) -> Result<(), String> {
         .map_err(|e| format!("spec.replicationPolicy.recoveryPointRetention: {e}"))?;
     let backends = |l: &Location| {
         let s = &l.storage;
-        [s.filesystem.is_some(), s.volume_claim.is_some(), s.s3.is_some(), s.azure_blob.is_some(), s.gcs.is_some()]
-            .iter()
-            .filter(|b| **b)
-            .count()
+        [
+            s.filesystem.is_some(),
+            s.volume_claim.is_some(),
+            s.s3.is_some(),
+            s.azure_blob.is_some(),
+            s.gcs.is_some(),
+        ]
+        .iter()
+        .filter(|b| **b)
+        .count()
     };
-    for (field, location) in [("spec.cache.storage", &spec.cache), ("spec.target.storage", &spec.target)] {
+    for (field, location) in [
+        ("spec.cache.storage", &spec.cache),
+        ("spec.target.storage", &spec.target),
+    ] {
         if backends(location) != 1 {
-            return Err(format!("{field} must set exactly one of filesystem, volumeClaim, s3, azureBlob or gcs"));
+            return Err(format!(
+                "{field} must set exactly one of filesystem, volumeClaim, s3, azureBlob or gcs"
+            ));
         }
     }
     Ok(())
 }
 
-pub fn plan(spec: &RecoveryVaultSpec, previous: Option<&RecoveryVaultStatus>, observed: &Observed) -> Plan {
+pub fn plan(
+    spec: &RecoveryVaultSpec,
+    previous: Option<&RecoveryVaultStatus>,
+    observed: &Observed,
+) -> Plan {
     let mut actions = Vec::new();
     let mut conditions = Vec::new();
 
     if let Err(message) = validate(spec) {
-        conditions.push(Condition::new(T::Ready, ConditionStatus::False, R::InvalidSpec, message));
+        conditions.push(Condition::new(
+            T::Ready,
+            ConditionStatus::False,
+            R::InvalidSpec,
+            message,
+        ));
         let events = ready_events(previous, &conditions);
         return Plan {
             conditions,
@@ -83,19 +103,29 @@ pub fn plan(spec: &RecoveryVaultSpec, previous: Option<&RecoveryVaultStatus>, ob
     // StorageReachable
     let mut storage_problems = Vec::new();
     let mut storage_unverified = Vec::new();
-    for (name, location, probe) in [("cache", &spec.cache, &observed.cache), ("target", &spec.target, &observed.target)] {
+    for (name, location, probe) in [
+        ("cache", &spec.cache, &observed.cache),
+        ("target", &spec.target, &observed.target),
+    ] {
         match probe {
             StorageProbe::Writable | StorageProbe::ClaimBound => {}
             StorageProbe::Missing => {
                 if let Some(fs) = &location.storage.filesystem {
                     actions.push(Action::CreateDirectory(fs.path.clone()));
                 }
-                storage_problems.push((R::StorageUnreachable, format!("{name} directory does not exist yet; creating it")));
+                storage_problems.push((
+                    R::StorageUnreachable,
+                    format!("{name} directory does not exist yet; creating it"),
+                ));
             }
-            StorageProbe::Unusable(m) => storage_problems.push((R::StorageUnreachable, format!("{name} location: {m}"))),
+            StorageProbe::Unusable(m) => {
+                storage_problems.push((R::StorageUnreachable, format!("{name} location: {m}")))
+            }
             StorageProbe::ClaimMissing => storage_problems.push((
                 R::ClaimNotFound,
-                format!("spec.{name}.storage.volumeClaim.claimName: PersistentVolumeClaim not found"),
+                format!(
+                    "spec.{name}.storage.volumeClaim.claimName: PersistentVolumeClaim not found"
+                ),
             )),
             StorageProbe::ClaimNotBound(phase) => storage_problems.push((
                 R::ClaimNotBound,
@@ -112,12 +142,31 @@ pub fn plan(spec: &RecoveryVaultSpec, previous: Option<&RecoveryVaultStatus>, ob
         }
     }
     let storage = if let Some((reason, _)) = storage_problems.first() {
-        let message = storage_problems.iter().map(|(_, m)| m.as_str()).collect::<Vec<_>>().join("; ");
-        Condition::new(T::StorageReachable, ConditionStatus::False, *reason, message)
+        let message = storage_problems
+            .iter()
+            .map(|(_, m)| m.as_str())
+            .collect::<Vec<_>>()
+            .join("; ");
+        Condition::new(
+            T::StorageReachable,
+            ConditionStatus::False,
+            *reason,
+            message,
+        )
     } else if !storage_unverified.is_empty() {
-        Condition::new(T::StorageReachable, ConditionStatus::Unknown, R::StorageNotVerified, storage_unverified.join("; "))
+        Condition::new(
+            T::StorageReachable,
+            ConditionStatus::Unknown,
+            R::StorageNotVerified,
+            storage_unverified.join("; "),
+        )
     } else {
-        Condition::new(T::StorageReachable, ConditionStatus::True, R::StorageReachable, "cache and target locations accept writes")
+        Condition::new(
+            T::StorageReachable,
+            ConditionStatus::True,
+            R::StorageReachable,
+            "cache and target locations accept writes",
+        )
     };
 
     // Separated
@@ -133,7 +182,12 @@ pub fn plan(spec: &RecoveryVaultSpec, previous: Option<&RecoveryVaultStatus>, ob
                 spec.redundancy.as_str()
             ),
         ),
-        Some((reason, message)) => Condition::new(T::Separated, ConditionStatus::False, *reason, message.clone()),
+        Some((reason, message)) => Condition::new(
+            T::Separated,
+            ConditionStatus::False,
+            *reason,
+            message.clone(),
+        ),
     };
 
     // Encryption key, reported through Ready.
@@ -156,15 +210,34 @@ pub fn plan(spec: &RecoveryVaultSpec, previous: Option<&RecoveryVaultStatus>, ob
     let ready = if let Some(message) = key_problem {
         Condition::new(T::Ready, ConditionStatus::False, R::SecretNotFound, message)
     } else if !storage.is_true() {
-        Condition::new(T::Ready, ConditionStatus::False, R::StorageNotReady, storage.message.clone())
+        Condition::new(
+            T::Ready,
+            ConditionStatus::False,
+            R::StorageNotReady,
+            storage.message.clone(),
+        )
     } else if !separated.is_true() {
-        Condition::new(T::Ready, ConditionStatus::False, R::NotSeparated, separated.message.clone())
+        Condition::new(
+            T::Ready,
+            ConditionStatus::False,
+            R::NotSeparated,
+            separated.message.clone(),
+        )
     } else {
-        Condition::new(T::Ready, ConditionStatus::True, R::VaultReady, separated.message.clone())
+        Condition::new(
+            T::Ready,
+            ConditionStatus::True,
+            R::VaultReady,
+            separated.message.clone(),
+        )
     };
     conditions.extend([ready, storage, separated]);
     let events = ready_events(previous, &conditions);
-    let requeue = if actions.is_empty() { RECHECK } else { Duration::from_secs(1) };
+    let requeue = if actions.is_empty() {
+        RECHECK
+    } else {
+        Duration::from_secs(1)
+    };
     Plan {
         conditions,
         separation: Some(sep.measured),
@@ -177,16 +250,29 @@ pub fn plan(spec: &RecoveryVaultSpec, previous: Option<&RecoveryVaultStatus>, ob
 }
 
 /// An event when Ready changes status or reason.
-fn ready_events(previous: Option<&RecoveryVaultStatus>, conditions: &[Condition]) -> Vec<PlannedEvent> {
-    let Some(ready) = find(conditions, T::Ready.as_str()) else { return vec![] };
+fn ready_events(
+    previous: Option<&RecoveryVaultStatus>,
+    conditions: &[Condition],
+) -> Vec<PlannedEvent> {
+    let Some(ready) = find(conditions, T::Ready.as_str()) else {
+        return vec![];
+    };
     let before = previous.and_then(|p| find(&p.conditions, T::Ready.as_str()));
     if before.is_some_and(|b| b.status == ready.status && b.reason == ready.reason) {
         return vec![];
     }
     if ready.is_true() {
-        vec![PlannedEvent::normal(EventReason::VaultReady, "Validate", ready.message.clone())]
+        vec![PlannedEvent::normal(
+            EventReason::VaultReady,
+            "Validate",
+            ready.message.clone(),
+        )]
     } else {
-        vec![PlannedEvent::warning(EventReason::VaultNotReady, "Validate", format!("{}: {}", ready.reason, ready.message))]
+        vec![PlannedEvent::warning(
+            EventReason::VaultNotReady,
+            "Validate",
+            format!("{}: {}", ready.reason, ready.message),
+        )]
     }
 }
 
@@ -204,12 +290,20 @@ pub fn separation(spec: &RecoveryVaultSpec, nodes: &[NodeTopology]) -> Separatio
     let region_of = |l: &Location| {
         l.region.clone().or_else(|| {
             let zone = l.zone.as_ref()?;
-            nodes.iter().filter(|n| n.zone.as_ref() == Some(zone)).find_map(|n| n.region.clone())
+            nodes
+                .iter()
+                .filter(|n| n.zone.as_ref() == Some(zone))
+                .find_map(|n| n.region.clone())
         })
     };
     let cache_region = region_of(&spec.cache);
     let target_region = region_of(&spec.target);
-    let measured = match (&cache_region, &target_region, &spec.cache.zone, &spec.target.zone) {
+    let measured = match (
+        &cache_region,
+        &target_region,
+        &spec.cache.zone,
+        &spec.target.zone,
+    ) {
         (Some(a), Some(b), _, _) if a != b => Redundancy::Region,
         (_, _, Some(a), Some(b)) if a != b => Redundancy::Zone,
         _ => Redundancy::Machine,
@@ -221,16 +315,25 @@ pub fn separation(spec: &RecoveryVaultSpec, nodes: &[NodeTopology]) -> Separatio
             "spec.cache.storage and spec.target.storage are the same location: a failure of it loses both copies; point the target at other storage".to_string(),
         ));
     }
-    for (field, zone) in [("spec.cache.zone", &spec.cache.zone), ("spec.target.zone", &spec.target.zone)] {
+    for (field, zone) in [
+        ("spec.cache.zone", &spec.cache.zone),
+        ("spec.target.zone", &spec.target.zone),
+    ] {
         if let Some(zone) = zone
             && problem.is_none()
             && !nodes.iter().any(|n| n.zone.as_ref() == Some(zone))
         {
-            problem = Some((R::ZoneNotFound, format!("{field}: no node is labelled topology.kubernetes.io/zone={zone}")));
+            problem = Some((
+                R::ZoneNotFound,
+                format!("{field}: no node is labelled topology.kubernetes.io/zone={zone}"),
+            ));
         }
     }
     if problem.is_none() && measured < spec.redundancy {
-        let zones = (spec.cache.zone.as_deref().unwrap_or("?"), spec.target.zone.as_deref().unwrap_or("?"));
+        let zones = (
+            spec.cache.zone.as_deref().unwrap_or("?"),
+            spec.target.zone.as_deref().unwrap_or("?"),
+        );
         problem = Some(if zones.0 == zones.1 {
             (
                 R::SameZone,
@@ -254,14 +357,27 @@ pub fn separation(spec: &RecoveryVaultSpec, nodes: &[NodeTopology]) -> Separatio
                     R::RegionUnknown,
                     format!(
                         "the region of zone {} is unknown: set spec.{}.region or label its nodes with topology.kubernetes.io/region",
-                        if cache_region.is_none() { zones.0 } else { zones.1 },
-                        if cache_region.is_none() { "cache" } else { "target" }
+                        if cache_region.is_none() {
+                            zones.0
+                        } else {
+                            zones.1
+                        },
+                        if cache_region.is_none() {
+                            "cache"
+                        } else {
+                            "target"
+                        }
                     ),
                 ),
             }
         });
     }
-    Separation { measured, cache_region, target_region, problem }
+    Separation {
+        measured,
+        cache_region,
+        target_region,
+        problem,
+    }
 }
 
 /// The condition of one type, for tests and callers that read plans.

@@ -6,8 +6,15 @@ use super::plan::Plan;
 use crate::api::conditions::merge_conditions;
 use crate::api::vault::RecoveryVaultStatus;
 
-pub fn build(previous: Option<&RecoveryVaultStatus>, plan: &Plan, generation: Option<i64>, now: Timestamp) -> RecoveryVaultStatus {
-    let old_conditions = previous.map(|p| p.conditions.as_slice()).unwrap_or_default();
+pub fn build(
+    previous: Option<&RecoveryVaultStatus>,
+    plan: &Plan,
+    generation: Option<i64>,
+    now: Timestamp,
+) -> RecoveryVaultStatus {
+    let old_conditions = previous
+        .map(|p| p.conditions.as_slice())
+        .unwrap_or_default();
     RecoveryVaultStatus {
         observed_generation: generation,
         conditions: merge_conditions(old_conditions, plan.conditions.clone(), generation, now),

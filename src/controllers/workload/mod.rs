@@ -22,9 +22,19 @@ pub async fn reconcile(workload: &ReplicatedWorkload, ctx: Arc<Context>) -> Resu
     let now = crate::clock::now();
     let observed = observe::observe(&ctx, &namespace, &workload.spec).await?;
     let plan = plan::plan(&workload.spec, workload.status.as_ref(), &observed, now);
-    let status = status::build(workload.status.as_ref(), &plan, workload.metadata.generation, now);
+    let status = status::build(
+        workload.status.as_ref(),
+        &plan,
+        workload.metadata.generation,
+        now,
+    );
     if write_status(&ctx, workload, workload.status.as_ref(), &status).await? {
-        ctx.metrics.status_writes.get_or_create(&ControllerLabels { controller: CONTROLLER }).inc();
+        ctx.metrics
+            .status_writes
+            .get_or_create(&ControllerLabels {
+                controller: CONTROLLER,
+            })
+            .inc();
     }
     apply::apply(&ctx, workload, &plan).await;
     Ok(Action::requeue(plan.requeue))

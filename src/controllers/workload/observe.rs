@@ -46,17 +46,26 @@ pub struct Observed {
     pub registrations: Vec<AgentRegistration>,
 }
 
-pub async fn observe(ctx: &Context, namespace: &str, spec: &ReplicatedWorkloadSpec) -> Result<Observed, Error> {
+pub async fn observe(
+    ctx: &Context,
+    namespace: &str,
+    spec: &ReplicatedWorkloadSpec,
+) -> Result<Observed, Error> {
     let vault = ctx
         .stores
         .vaults
         .get(&ObjectRef::new(&spec.vault_name).within(namespace))
         .map(|guard| match &guard.0 {
             Ok(v) => {
-                let ready = v.status.as_ref().and_then(|s| find(&s.conditions, ConditionType::Ready.as_str()));
+                let ready = v
+                    .status
+                    .as_ref()
+                    .and_then(|s| find(&s.conditions, ConditionType::Ready.as_str()));
                 Ok(VaultSummary {
                     ready: ready.is_some_and(|c| c.is_true()),
-                    message: ready.map(|c| c.message.clone()).unwrap_or_else(|| "not yet reconciled".into()),
+                    message: ready
+                        .map(|c| c.message.clone())
+                        .unwrap_or_else(|| "not yet reconciled".into()),
                     target_zone: v.spec.target.zone.clone(),
                 })
             }
@@ -99,7 +108,11 @@ pub async fn observe(ctx: &Context, namespace: &str, spec: &ReplicatedWorkloadSp
     })
 }
 
-async fn list_pods(ctx: &Context, namespace: &str, selector: LabelSelector) -> Result<Vec<PodInfo>, Error> {
+async fn list_pods(
+    ctx: &Context,
+    namespace: &str,
+    selector: LabelSelector,
+) -> Result<Vec<PodInfo>, Error> {
     let selector = Selector::try_from(selector).map_err(|e| Error::InvalidObject {
         kind: "workload".into(),
         name: namespace.into(),
@@ -120,7 +133,11 @@ async fn list_pods(ctx: &Context, namespace: &str, selector: LabelSelector) -> R
                 .spec
                 .iter()
                 .flat_map(|s| s.volumes.iter().flatten())
-                .filter_map(|v| v.persistent_volume_claim.as_ref().map(|c| c.claim_name.clone()))
+                .filter_map(|v| {
+                    v.persistent_volume_claim
+                        .as_ref()
+                        .map(|c| c.claim_name.clone())
+                })
                 .collect(),
         })
         .collect())

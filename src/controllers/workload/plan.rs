@@ -30,18 +30,26 @@ type Blocker = (R, String);
 
 /// Resolves the protected volumes: the claims named in `spec.volumes` (a claim name, or a
 /// StatefulSet claim template name that matches `<template>-<pod>`), or every claim the pods mount.
-fn resolve_volumes(spec: &ReplicatedWorkloadSpec, observed: &Observed) -> Result<Vec<VolumeStatus>, Blocker> {
+fn resolve_volumes(
+    spec: &ReplicatedWorkloadSpec,
+    observed: &Observed,
+) -> Result<Vec<VolumeStatus>, Blocker> {
     let kind = spec.workload_ref.kind.as_str();
     let name = &spec.workload_ref.name;
     if observed.pods.is_empty() {
-        return Err((R::NoPods, format!("{kind} {name} has no pods; protection starts once it runs")));
+        return Err((
+            R::NoPods,
+            format!("{kind} {name} has no pods; protection starts once it runs"),
+        ));
     }
     let mut volumes = BTreeSet::new();
     for pod in &observed.pods {
         for claim in &pod.claims {
             let wanted = match &spec.volumes {
                 None => true,
-                Some(list) => list.iter().any(|v| v == claim || *claim == format!("{v}-{}", pod.name)),
+                Some(list) => list
+                    .iter()
+                    .any(|v| v == claim || *claim == format!("{v}-{}", pod.name)),
             };
             if wanted {
                 volumes.insert((claim.clone(), pod.node.clone()));
@@ -50,20 +58,31 @@ fn resolve_volumes(spec: &ReplicatedWorkloadSpec, observed: &Observed) -> Result
     }
     if let Some(list) = &spec.volumes {
         for (i, v) in list.iter().enumerate() {
-            if !volumes.iter().any(|(c, _)| c == v || c.starts_with(&format!("{v}-"))) {
+            if !volumes
+                .iter()
+                .any(|(c, _)| c == v || c.starts_with(&format!("{v}-")))
+            {
                 return Err((
                     R::ClaimNotFound,
-                    format!("spec.volumes[{i}]: claim {v:?} is not mounted by any pod of {kind} {name}"),
+                    format!(
+                        "spec.volumes[{i}]: claim {v:?} is not mounted by any pod of {kind} {name}"
+                    ),
                 ));
             }
         }
     }
     if volumes.is_empty() {
-        return Err((R::NoVolumes, format!("the pods of {kind} {name} mount no PersistentVolumeClaim")));
+        return Err((
+            R::NoVolumes,
+            format!("the pods of {kind} {name} mount no PersistentVolumeClaim"),
+        ));
     }
     for (claim, _) in &volumes {
         if !observed.claims.contains(claim) {
-            return Err((R::ClaimNotFound, format!("PersistentVolumeClaim {claim} does not exist")));
+            return Err((
+                R::ClaimNotFound,
+                format!("PersistentVolumeClaim {claim} does not exist"),
+            ));
         }
     }
     Ok(volumes
@@ -80,7 +99,11 @@ fn resolve_volumes(spec: &ReplicatedWorkloadSpec, observed: &Observed) -> Result
 }
 
 /// Registered: a live agent registration on every node holding a protected volume.
-fn registration(volumes: &[VolumeStatus], observed: &Observed, now: Timestamp) -> (Condition, Option<Timestamp>) {
+fn registration(
+    volumes: &[VolumeStatus],
+    observed: &Observed,
+    now: Timestamp,
+) -> (Condition, Option<Timestamp>) {
     let nodes: BTreeSet<&str> = volumes.iter().filter_map(|v| v.node.as_deref()).collect();
     let mut missing = Vec::new();
     let mut lost = Vec::new();
@@ -90,7 +113,9 @@ fn registration(volumes: &[VolumeStatus], observed: &Observed, now: Timestamp) -
             None => missing.push(*node),
             Some(r) if !r.is_alive(now) => lost.push(format!(
                 "{node} (last renewed {})",
-                r.renewed.map(|t| t.to_string()).unwrap_or_else(|| "never".into())
+                r.renewed
+                    .map(|t| t.to_string())
+                    .unwrap_or_else(|| "never".into())
             )),
             Some(r) => {
                 next_expiry = match (next_expiry, r.expires()) {
@@ -105,7 +130,10 @@ fn registration(volumes: &[VolumeStatus], observed: &Observed, now: Timestamp) -
             T::Registered,
             ConditionStatus::False,
             R::AgentLost,
-            format!("the agent stopped renewing its registration on node {}; check the agent pod there", lost.join(", ")),
+            format!(
+                "the agent stopped renewing its registration on node {}; check the agent pod there",
+                lost.join(", ")
+            ),
         )
     } else if !missing.is_empty() {
         Condition::new(
@@ -122,7 +150,11 @@ fn registration(volumes: &[VolumeStatus], observed: &Observed, now: Timestamp) -
             T::Registered,
             ConditionStatus::True,
             R::AgentsRegistered,
-            format!("agents registered on {} node(s): {}", nodes.len(), nodes.iter().copied().collect::<Vec<_>>().join(", ")),
+            format!(
+                "agents registered on {} node(s): {}",
+                nodes.len(),
+                nodes.iter().copied().collect::<Vec<_>>().join(", ")
+            ),
         )
     };
     (condition, next_expiry)
@@ -134,7 +166,9 @@ pub fn plan(
     observed: &Observed,
     now: Timestamp,
 ) -> Plan {
-    let unknown = |t: T, reason: R, message: &str| Condition::new(t, ConditionStatus::Unknown, reason, message);
+    let unknown = |t: T, reason: R, message: &str| {
+        Condition::new(t, ConditionStatus::Unknown, reason, message)
+    };
     let mut target_zone = None;
     let mut volumes = Vec::new();
     let mut requeue = RECHECK;
@@ -142,9 +176,15 @@ pub fn plan(
     let blocker: Option<Blocker> = match &observed.vault {
         None => Some((
             R::VaultNotFound,
-            format!("spec.vaultName: RecoveryVault {} not found in this namespace", spec.vault_name),
+            format!(
+                "spec.vaultName: RecoveryVault {} not found in this namespace",
+                spec.vault_name
+            ),
         )),
-        Some(Err(e)) => Some((R::VaultNotReady, format!("RecoveryVault {} cannot be read: {e}", spec.vault_name))),
+        Some(Err(e)) => Some((
+            R::VaultNotReady,
+            format!("RecoveryVault {} cannot be read: {e}", spec.vault_name),
+        )),
         Some(Ok(v)) => {
             target_zone = v.target_zone.clone();
             if !observed.workload_found {
@@ -175,7 +215,10 @@ pub fn plan(
         unknown(
             T::Registered,
             R::PodNotScheduled,
-            &format!("the pod mounting claim {} is not scheduled to a node yet", v.claim_name),
+            &format!(
+                "the pod mounting claim {} is not scheduled to a node yet",
+                v.claim_name
+            ),
         )
     } else {
         let (condition, expiry) = registration(&volumes, observed, now);
@@ -203,13 +246,21 @@ pub fn plan(
             format!("RecoveryVault {} is not ready: {message}", spec.vault_name),
         )
     } else if !registered.is_true() {
-        Condition::new(T::Ready, ConditionStatus::False, R::NotRegistered, registered.message.clone())
+        Condition::new(
+            T::Ready,
+            ConditionStatus::False,
+            R::NotRegistered,
+            registered.message.clone(),
+        )
     } else {
         Condition::new(
             T::Ready,
             ConditionStatus::True,
             R::WorkloadReady,
-            format!("{} volume(s) resolved and served by registered agents", volumes.len()),
+            format!(
+                "{} volume(s) resolved and served by registered agents",
+                volumes.len()
+            ),
         )
     };
     conditions.push(ready);
@@ -226,11 +277,22 @@ pub fn plan(
         R::NoRecoveryPoint,
         "no recovery point is durable in the target location yet",
     ));
-    conditions.push(unknown(T::RPOMet, R::RPONotMeasured, "the RPO is measured from the first replicated recovery point"));
+    conditions.push(unknown(
+        T::RPOMet,
+        R::RPONotMeasured,
+        "the RPO is measured from the first replicated recovery point",
+    ));
 
     let source_zone = most_common(volumes.iter().filter_map(|v| v.zone.clone()));
     let events = ready_events(previous, &conditions);
-    Plan { conditions, volumes, source_zone, target_zone, events, requeue }
+    Plan {
+        conditions,
+        volumes,
+        source_zone,
+        target_zone,
+        events,
+        requeue,
+    }
 }
 
 fn most_common(items: impl Iterator<Item = String>) -> Option<String> {
@@ -241,10 +303,15 @@ fn most_common(items: impl Iterator<Item = String>) -> Option<String> {
     counts.into_iter().max_by_key(|(_, n)| *n).map(|(z, _)| z)
 }
 
-fn ready_events(previous: Option<&ReplicatedWorkloadStatus>, conditions: &[Condition]) -> Vec<PlannedEvent> {
+fn ready_events(
+    previous: Option<&ReplicatedWorkloadStatus>,
+    conditions: &[Condition],
+) -> Vec<PlannedEvent> {
     let mut events = Vec::new();
     for t in [T::Ready, T::Registered] {
-        let Some(now) = find(conditions, t.as_str()) else { continue };
+        let Some(now) = find(conditions, t.as_str()) else {
+            continue;
+        };
         let before = previous.and_then(|p| find(&p.conditions, t.as_str()));
         if before.is_some_and(|b| b.status == now.status && b.reason == now.reason) {
             continue;

@@ -15,12 +15,20 @@ fn spec(v: serde_json::Value) -> RecoveryVaultSpec {
 }
 
 fn node(name: &str, zone: &str, region: &str) -> NodeTopology {
-    NodeTopology { name: name.into(), zone: Some(zone.into()), region: Some(region.into()) }
+    NodeTopology {
+        name: name.into(),
+        zone: Some(zone.into()),
+        region: Some(region.into()),
+    }
 }
 
 fn observed() -> Observed {
     Observed {
-        nodes: vec![node("n1", "zone-a", "eu"), node("n2", "zone-b", "eu"), node("n3", "zone-c", "us")],
+        nodes: vec![
+            node("n1", "zone-a", "eu"),
+            node("n2", "zone-b", "eu"),
+            node("n3", "zone-c", "us"),
+        ],
         cache: StorageProbe::Writable,
         target: StorageProbe::Writable,
         encryption_key: KeyProbe::Present { len: 32 },
@@ -132,13 +140,33 @@ fn table_of_vault_decisions() {
         (case.observed)(&mut o);
         let p = plan(&spec(case.spec), None, &o);
         let ready = condition(&p, T::Ready);
-        assert_eq!((ready.status, ready.reason.as_str()), (case.ready.0, case.ready.1.as_str()), "{}", case.name);
+        assert_eq!(
+            (ready.status, ready.reason.as_str()),
+            (case.ready.0, case.ready.1.as_str()),
+            "{}",
+            case.name
+        );
         if let Some((status, reason)) = case.separated {
             let sep = condition(&p, T::Separated);
-            assert_eq!((sep.status, sep.reason.as_str()), (status, reason.as_str()), "{}", case.name);
+            assert_eq!(
+                (sep.status, sep.reason.as_str()),
+                (status, reason.as_str()),
+                "{}",
+                case.name
+            );
         }
-        let all: String = p.conditions.iter().map(|c| c.message.clone()).collect::<Vec<_>>().join(" | ");
-        assert!(all.contains(case.message_has), "{}: {all:?} should mention {:?}", case.name, case.message_has);
+        let all: String = p
+            .conditions
+            .iter()
+            .map(|c| c.message.clone())
+            .collect::<Vec<_>>()
+            .join(" | ");
+        assert!(
+            all.contains(case.message_has),
+            "{}: {all:?} should mention {:?}",
+            case.name,
+            case.message_has
+        );
     }
 }
 
@@ -158,7 +186,10 @@ fn events_only_when_ready_changes() {
     let first = plan(&s, None, &o);
     assert_eq!(first.events.len(), 1);
     assert!(!first.events[0].warning);
-    let status = RecoveryVaultStatus { conditions: first.conditions.clone(), ..Default::default() };
+    let status = RecoveryVaultStatus {
+        conditions: first.conditions.clone(),
+        ..Default::default()
+    };
     let again = plan(&s, Some(&status), &o);
     assert!(again.events.is_empty(), "no event when nothing changed");
     let mut broken = o.clone();

@@ -32,16 +32,36 @@ fn reg(node: &str, renewed_ago: i64) -> AgentRegistration {
 
 fn observed() -> Observed {
     Observed {
-        vault: Some(Ok(VaultSummary { ready: true, message: "ok".into(), target_zone: Some("zone-b".into()) })),
+        vault: Some(Ok(VaultSummary {
+            ready: true,
+            message: "ok".into(),
+            target_zone: Some("zone-b".into()),
+        })),
         workload_found: true,
         pods: vec![
-            PodInfo { name: "db-0".into(), node: Some("n1".into()), claims: vec!["data-db-0".into()] },
-            PodInfo { name: "db-1".into(), node: Some("n2".into()), claims: vec!["data-db-1".into(), "logs-db-1".into()] },
+            PodInfo {
+                name: "db-0".into(),
+                node: Some("n1".into()),
+                claims: vec!["data-db-0".into()],
+            },
+            PodInfo {
+                name: "db-1".into(),
+                node: Some("n2".into()),
+                claims: vec!["data-db-1".into(), "logs-db-1".into()],
+            },
         ],
         claims: vec!["data-db-0".into(), "data-db-1".into(), "logs-db-1".into()],
         nodes: vec![
-            NodeTopology { name: "n1".into(), zone: Some("zone-a".into()), region: None },
-            NodeTopology { name: "n2".into(), zone: Some("zone-a".into()), region: None },
+            NodeTopology {
+                name: "n1".into(),
+                zone: Some("zone-a".into()),
+                region: None,
+            },
+            NodeTopology {
+                name: "n2".into(),
+                zone: Some("zone-a".into()),
+                region: None,
+            },
         ],
         registrations: vec![reg("n1", 5), reg("n2", 5)],
     }
@@ -55,18 +75,101 @@ fn cond(p: &Plan, t: T) -> (ConditionStatus, String, String) {
 #[test]
 fn table_of_workload_decisions() {
     type Tweak = fn(&mut Observed);
-    type Case = (&'static str, Option<Vec<&'static str>>, Tweak, ConditionStatus, R, &'static str);
+    type Case = (
+        &'static str,
+        Option<Vec<&'static str>>,
+        Tweak,
+        ConditionStatus,
+        R,
+        &'static str,
+    );
     let cases: Vec<Case> = vec![
-        ("all resolved", None, |_| {}, ConditionStatus::True, R::WorkloadReady, "3 volume(s)"),
-        ("vault missing", None, |o| o.vault = None, ConditionStatus::False, R::VaultNotFound, "spec.vaultName"),
-        ("vault not ready", None, |o| o.vault = Some(Ok(VaultSummary { ready: false, message: "storage".into(), target_zone: None })), ConditionStatus::False, R::VaultNotReady, "storage"),
-        ("workload missing", None, |o| o.workload_found = false, ConditionStatus::False, R::WorkloadNotFound, "StatefulSet db not found"),
-        ("no pods", None, |o| o.pods.clear(), ConditionStatus::False, R::NoPods, "has no pods"),
-        ("no claims mounted", None, |o| o.pods.iter_mut().for_each(|p| p.claims.clear()), ConditionStatus::False, R::NoVolumes, "mount no PersistentVolumeClaim"),
-        ("claim object missing", None, |o| o.claims.retain(|c| c != "logs-db-1"), ConditionStatus::False, R::ClaimNotFound, "logs-db-1 does not exist"),
-        ("agent missing", None, |o| o.registrations.retain(|r| r.node != "n2"), ConditionStatus::False, R::NotRegistered, "no agent is registered on node n2"),
-        ("agent lost", None, |o| o.registrations[0] = reg("n1", 31), ConditionStatus::False, R::NotRegistered, "stopped renewing"),
-        ("named volume missing", Some(vec!["cache"]), |_| {}, ConditionStatus::False, R::ClaimNotFound, "spec.volumes[0]"),
+        (
+            "all resolved",
+            None,
+            |_| {},
+            ConditionStatus::True,
+            R::WorkloadReady,
+            "3 volume(s)",
+        ),
+        (
+            "vault missing",
+            None,
+            |o| o.vault = None,
+            ConditionStatus::False,
+            R::VaultNotFound,
+            "spec.vaultName",
+        ),
+        (
+            "vault not ready",
+            None,
+            |o| {
+                o.vault = Some(Ok(VaultSummary {
+                    ready: false,
+                    message: "storage".into(),
+                    target_zone: None,
+                }))
+            },
+            ConditionStatus::False,
+            R::VaultNotReady,
+            "storage",
+        ),
+        (
+            "workload missing",
+            None,
+            |o| o.workload_found = false,
+            ConditionStatus::False,
+            R::WorkloadNotFound,
+            "StatefulSet db not found",
+        ),
+        (
+            "no pods",
+            None,
+            |o| o.pods.clear(),
+            ConditionStatus::False,
+            R::NoPods,
+            "has no pods",
+        ),
+        (
+            "no claims mounted",
+            None,
+            |o| o.pods.iter_mut().for_each(|p| p.claims.clear()),
+            ConditionStatus::False,
+            R::NoVolumes,
+            "mount no PersistentVolumeClaim",
+        ),
+        (
+            "claim object missing",
+            None,
+            |o| o.claims.retain(|c| c != "logs-db-1"),
+            ConditionStatus::False,
+            R::ClaimNotFound,
+            "logs-db-1 does not exist",
+        ),
+        (
+            "agent missing",
+            None,
+            |o| o.registrations.retain(|r| r.node != "n2"),
+            ConditionStatus::False,
+            R::NotRegistered,
+            "no agent is registered on node n2",
+        ),
+        (
+            "agent lost",
+            None,
+            |o| o.registrations[0] = reg("n1", 31),
+            ConditionStatus::False,
+            R::NotRegistered,
+            "stopped renewing",
+        ),
+        (
+            "named volume missing",
+            Some(vec!["cache"]),
+            |_| {},
+            ConditionStatus::False,
+            R::ClaimNotFound,
+            "spec.volumes[0]",
+        ),
     ];
     for (name, volumes, tweak, status, reason, needle) in cases {
         let mut o = observed();
@@ -74,7 +177,10 @@ fn table_of_workload_decisions() {
         let p = plan(&spec(volumes), None, &o, now());
         let (s, r, m) = cond(&p, T::Ready);
         assert_eq!((s, r.as_str()), (status, reason.as_str()), "{name}: {m}");
-        assert!(m.contains(needle), "{name}: {m:?} should mention {needle:?}");
+        assert!(
+            m.contains(needle),
+            "{name}: {m:?} should mention {needle:?}"
+        );
     }
 }
 
@@ -96,12 +202,22 @@ fn registration_reasons_and_requeue_at_expiry() {
     let p = plan(&spec(None), None, &o, now());
     assert_eq!(cond(&p, T::Registered).1, "AgentsRegistered");
     // n2 lapses 5s from now: the plan looks again right after.
-    assert!(p.requeue <= std::time::Duration::from_secs(6), "{:?}", p.requeue);
+    assert!(
+        p.requeue <= std::time::Duration::from_secs(6),
+        "{:?}",
+        p.requeue
+    );
 
     o.registrations = vec![reg("n1", 10)];
-    assert_eq!(cond(&plan(&spec(None), None, &o, now()), T::Registered).1, "NoAgentOnNode");
+    assert_eq!(
+        cond(&plan(&spec(None), None, &o, now()), T::Registered).1,
+        "NoAgentOnNode"
+    );
     o.registrations = vec![reg("n1", 10), reg("n2", 60)];
-    assert_eq!(cond(&plan(&spec(None), None, &o, now()), T::Registered).1, "AgentLost");
+    assert_eq!(
+        cond(&plan(&spec(None), None, &o, now()), T::Registered).1,
+        "AgentLost"
+    );
 }
 
 #[test]
@@ -110,7 +226,10 @@ fn unscheduled_pod_leaves_registration_unknown() {
     o.pods[1].node = None;
     let p = plan(&spec(None), None, &o, now());
     let (status, reason, _) = cond(&p, T::Registered);
-    assert_eq!((status, reason.as_str()), (ConditionStatus::Unknown, "PodNotScheduled"));
+    assert_eq!(
+        (status, reason.as_str()),
+        (ConditionStatus::Unknown, "PodNotScheduled")
+    );
 }
 
 #[test]
