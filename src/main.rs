@@ -30,7 +30,11 @@ enum LogFormat {
 #[derive(Subcommand)]
 enum Command {
     /// Print the CustomResourceDefinitions as YAML.
-    Crd,
+    Crd {
+        /// Print the Helm chart's CRD template instead (CRDs behind `crds.enabled`, kept on uninstall).
+        #[arg(long)]
+        chart: bool,
+    },
     /// Run the operator against the current kube context (or in-cluster config).
     Operator {
         /// Namespace of the operator's Lease and of agent registrations [default: POD_NAMESPACE,
@@ -86,8 +90,12 @@ async fn main() -> std::process::ExitCode {
 
 async fn run(command: Command) -> anyhow::Result<std::process::ExitCode> {
     match command {
-        Command::Crd => {
-            print!("{}", site_recovery::api::crds_yaml());
+        Command::Crd { chart } => {
+            if chart {
+                print!("{}", site_recovery::api::crds_chart_template());
+            } else {
+                print!("{}", site_recovery::api::crds_yaml());
+            }
         }
         Command::Operator {
             namespace,

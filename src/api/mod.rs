@@ -40,3 +40,21 @@ pub fn crds_yaml() -> String {
     }
     out
 }
+
+/// The chart's CRD template: the same CRDs, kept on `helm uninstall` (deleting a CRD deletes
+/// every vault, workload and failover with it), installed only when `crds.enabled`.
+pub fn crds_chart_template() -> String {
+    let mut out = String::from("{{- if .Values.crds.enabled }}\n");
+    for mut crd in crds() {
+        crd.metadata.annotations =
+            Some([("helm.sh/resource-policy".to_string(), "keep".to_string())].into());
+        out.push_str("---\n");
+        out.push_str(&serde_saphyr::to_string(&crd).expect("CRDs serialize to YAML"));
+    }
+    out.push_str("{{- end }}\n");
+    out
+}
+
+/// Where the generated copies live in the repository.
+pub const CRDS_FILE: &str = "crds/site-recovery.crds.yaml";
+pub const CHART_CRDS_FILE: &str = "charts/site-recovery/templates/crds.yaml";

@@ -3,5 +3,6 @@
 #[path = "../rig/mod.rs"]
 mod rig;
 
+mod generated;
 mod operator;
 mod rig_api;
