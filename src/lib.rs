@@ -1,6 +1,7 @@
 //! site-recovery: the Azure Site Recovery model (vaults, recovery points, two-phase failover)
 //! as a Kubernetes operator.
 
+pub mod agent;
 pub mod api;
 pub mod clock;
 pub mod controllers;

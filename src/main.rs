@@ -51,6 +51,21 @@ enum Command {
         #[arg(long, default_value = "0.0.0.0:8080", env = "SITE_RECOVERY_HTTP_ADDR")]
         http_addr: SocketAddr,
     },
+    /// Run the node agent (DaemonSet): registers this node with the operator.
+    Agent {
+        /// Name of this node [default: NODE_NAME, from the downward API].
+        #[arg(long, env = "NODE_NAME")]
+        node_name: String,
+        /// Namespace of the operator, where registrations live.
+        #[arg(long, env = "POD_NAMESPACE")]
+        namespace: Option<String>,
+        /// Seconds a registration stays valid without renewal.
+        #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(i32).range(3..=3600))]
+        lease_duration: i32,
+        /// The kubelet's root directory, where pod volumes are mounted (read by later versions).
+        #[arg(long, default_value = "/var/lib/kubelet", env = "KUBELET_ROOT")]
+        kubelet_root: PathBuf,
+    },
     /// Check manifests against the CRDs' admission rules (CEL) without a cluster.
     Validate {
         /// YAML files with RecoveryVault, ReplicatedWorkload or Failover documents.
@@ -118,6 +133,26 @@ async fn run(command: Command) -> anyhow::Result<std::process::ExitCode> {
                 let _ = stop.send(true);
             });
             operator::run(client, settings, shutdown).await?;
+        }
+        Command::Agent {
+            node_name,
+            namespace,
+            lease_duration,
+            kubelet_root,
+        } => {
+            let client = kube::Client::try_default()
+                .await
+                .context("no usable kube context: set KUBECONFIG or run in a cluster")?;
+            if !kubelet_root.is_dir() {
+                tracing::warn!(path = %kubelet_root.display(), "--kubelet-root is not a directory; volumes cannot be read");
+            }
+            let namespace = namespace.unwrap_or_else(|| client.default_namespace().to_string());
+            let settings = site_recovery::agent::AgentSettings {
+                node_name,
+                namespace,
+                lease_duration_seconds: lease_duration,
+            };
+            site_recovery::agent::run(client, settings, wait_for_signal()).await?;
         }
         Command::Validate { files } => {
             let mut failed = false;

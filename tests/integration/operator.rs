@@ -238,18 +238,57 @@ async fn registered_flips_with_agent_registration() {
         ]
     );
 
-    // Agents register on both nodes: Registered flips to True, driven by the Lease watch.
-    rig.register_agent(OPERATOR_NS, "node-a1", "zone-a", 3)
-        .await;
-    rig.register_agent(OPERATOR_NS, "node-b1", "zone-b", 300)
-        .await;
+    // The real agent runs on both nodes: Registered flips to True, driven by the Lease watch.
+    let agent = |node: &str| {
+        let settings = site_recovery::agent::AgentSettings {
+            node_name: node.into(),
+            namespace: OPERATOR_NS.into(),
+            lease_duration_seconds: 3,
+        };
+        let (stop, shutdown) = Shutdown::new();
+        (
+            stop,
+            tokio::spawn(site_recovery::agent::run(
+                rig.client(),
+                settings,
+                shutdown.wait(),
+            )),
+        )
+    };
+    let (stop_a, agent_a) = agent("node-a1");
+    let (_stop_b, _agent_b) = agent("node-b1");
     let status = eventually(Duration::from_secs(10), "Registered=True", || async {
         let s = workloads.get("db").await.ok()?.status?;
         (condition(&s.conditions, "Registered")?.0 == "True").then_some(s)
     })
     .await;
     assert_eq!(condition(&status.conditions, "Ready").unwrap().0, "True");
-    // node-a1's agent stops renewing: after its 3s duration the workload shows AgentLost.
+    // The registration carries the node's zone as the agent read it from the Node.
+    let lease: k8s_openapi::api::coordination::v1::Lease =
+        Api::namespaced(rig.client(), OPERATOR_NS)
+            .get("site-recovery-agent-node-b1")
+            .await
+            .unwrap();
+    assert_eq!(
+        lease
+            .metadata
+            .annotations
+            .unwrap()
+            .get("siterecovery.io/zone")
+            .map(String::as_str),
+        Some("zone-b")
+    );
+    // Registered stays True across renewals (3s leases renewed every second).
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let s = workloads.get("db").await.unwrap().status.unwrap();
+    assert_eq!(
+        condition(&s.conditions, "Registered").unwrap().0,
+        "True",
+        "renewals keep the agent registered"
+    );
+    // node-a1's agent stops: after its 3s duration the workload shows AgentLost.
+    let _ = stop_a.send(true);
+    agent_a.await.unwrap().unwrap();
     let status = eventually(
         Duration::from_secs(15),
         "Registered=False AgentLost",
