@@ -47,6 +47,10 @@ enum Command {
         /// Name of the leader Lease.
         #[arg(long, default_value = "site-recovery-operator")]
         lease_name: String,
+        /// Create or update the CRDs (server-side apply) before starting, for a quick start
+        /// against a development cluster. Production installs ship CRDs with the chart or crds/.
+        #[arg(long)]
+        install_crds: bool,
         /// Address of /healthz, /readyz and /metrics.
         #[arg(long, default_value = "0.0.0.0:8080", env = "SITE_RECOVERY_HTTP_ADDR")]
         http_addr: SocketAddr,
@@ -116,11 +120,17 @@ async fn run(command: Command) -> anyhow::Result<std::process::ExitCode> {
             namespace,
             leader_election,
             lease_name,
+            install_crds,
             http_addr,
         } => {
             let client = kube::Client::try_default()
                 .await
                 .context("no usable kube context: set KUBECONFIG or run in a cluster")?;
+            if install_crds {
+                operator::install_crds(&client)
+                    .await
+                    .context("installing the CRDs")?;
+            }
             let namespace = namespace.unwrap_or_else(|| client.default_namespace().to_string());
             let mut settings = Settings::new(namespace);
             settings.leader_election = leader_election;

@@ -171,6 +171,31 @@ async fn run_as_leader(
     result
 }
 
+/// Creates or updates the CRDs with server-side apply and waits until the API serves them.
+pub async fn install_crds(client: &Client) -> anyhow::Result<()> {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
+    for crd in crate::api::crds() {
+        let name = crd.name_any();
+        api.patch(
+            &name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&crd),
+        )
+        .await?;
+        let established = kube::runtime::wait::await_condition(
+            api.clone(),
+            &name,
+            kube::runtime::wait::conditions::is_crd_established(),
+        );
+        tokio::time::timeout(Duration::from_secs(30), established)
+            .await
+            .map_err(|_| anyhow::anyhow!("CRD {name} was not established within 30s"))??;
+        tracing::info!(crd = %name, "CRD installed");
+    }
+    Ok(())
+}
+
 /// Polls a shared reflector's root stream, logging watch errors (the watcher retries them).
 fn drive<S, T>(name: &'static str, stream: S) -> impl Future<Output = ()>
 where

@@ -3,6 +3,7 @@
 #[path = "../rig/mod.rs"]
 mod rig;
 
+mod binary;
 mod chart;
 mod generated;
 mod operator;
