@@ -8,3 +8,4 @@ mod chart;
 mod generated;
 mod operator;
 mod rig_api;
+mod transcripts;

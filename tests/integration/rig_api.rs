@@ -134,8 +134,9 @@ async fn watcher_follows_changes_and_recovers_from_410() {
         },
     )
     .await;
-    // Compaction while the watch is open: the next re-watch gets 410 and the watcher relists.
-    rig.compact();
+    // The watch cache forgets while the watch is open: the next re-watch gets 410 and the
+    // watcher relists.
+    rig.expire_watch_cache();
     api.create(&PostParams::default(), &vault("b", "zone-a", "zone-b"))
         .await
         .unwrap();

@@ -85,9 +85,14 @@ impl Rig {
         path
     }
 
-    /// Makes watches and exact lists older than now answer 410 Expired (an etcd compaction).
+    /// An etcd compaction: exact lists and continue tokens older than now answer 410 Expired.
     pub fn compact(&self) {
         self.state.0.lock().unwrap().compact();
+    }
+
+    /// The watch cache drops its history: watches older than now answer 410 Expired.
+    pub fn expire_watch_cache(&self) {
+        self.state.0.lock().unwrap().expire_watch_cache();
     }
 
     pub fn set_bookmark_interval(&self, d: Duration) {

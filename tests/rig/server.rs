@@ -36,8 +36,12 @@ pub struct State {
     pub objects: BTreeMap<String, BTreeMap<(String, String), Value>>,
     pub rv: u64,
     pub log: VecDeque<Arc<Change>>,
-    /// Watches and exact lists older than this are answered with 410 Expired.
+    /// Exact lists and continue tokens older than this are answered with 410 Expired (etcd
+    /// compaction).
     pub floor: u64,
+    /// Watches from before this are answered with 410 Expired (the watch cache's window), per
+    /// resource: a CRD's watch cache starts when the CRD is created.
+    pub watch_floor: BTreeMap<String, u64>,
     pub uid_counter: u64,
     pub bookmark_interval: Duration,
     /// Count of requests by (method, resource), for tests that bound API traffic.
@@ -55,6 +59,7 @@ pub fn new_state() -> Shared {
             rv: 100,
             log: VecDeque::new(),
             floor: 0,
+            watch_floor: BTreeMap::new(),
             uid_counter: 0,
             bookmark_interval: Duration::from_secs(2),
             requests: BTreeMap::new(),
@@ -63,7 +68,12 @@ pub fn new_state() -> Shared {
     ))
 }
 
+/// Storage key of a resource type. events.k8s.io Events and core Events are one resource,
+/// seen through two API groups.
 fn key(r: &ResourceType) -> String {
+    if r.group == "events.k8s.io" {
+        return "/events".into();
+    }
     format!("{}/{}", r.group, r.plural)
 }
 
@@ -99,12 +109,21 @@ pub fn status_error(code: u16, reason: &str, message: String, details: Value) ->
     Reply(StatusCode::from_u16(code).unwrap(), body)
 }
 
+/// Status details naming an object; core resources carry no group.
+fn details(r: &ResourceType, name: &str) -> Value {
+    let mut d = json!({"name": name, "kind": r.plural});
+    if !r.group.is_empty() {
+        d["group"] = json!(r.group);
+    }
+    d
+}
+
 fn not_found(r: &ResourceType, name: &str) -> Reply {
     status_error(
         404,
         "NotFound",
         format!("{} \"{name}\" not found", r.qualified()),
-        json!({"name": name, "group": r.group, "kind": r.plural}),
+        details(r, name),
     )
 }
 
@@ -116,7 +135,7 @@ fn conflict(r: &ResourceType, name: &str) -> Reply {
             "Operation cannot be fulfilled on {} \"{name}\": the object has been modified; please apply your changes to the latest version and try again",
             r.qualified()
         ),
-        json!({"name": name, "group": r.group, "kind": r.plural}),
+        details(r, name),
     )
 }
 
@@ -589,15 +608,24 @@ impl State {
         self.log.push_back(change.clone());
         while self.log.len() > 20000 {
             if let Some(old) = self.log.pop_front() {
-                self.floor = old.rv;
+                let floor = self.watch_floor.entry(old.resource.clone()).or_default();
+                *floor = (*floor).max(old.rv);
             }
         }
         let _ = tx.send(change);
     }
 
-    /// Forgets the event history, as an etcd compaction does: older watches and lists get 410.
+    /// An etcd compaction: exact lists and continue tokens from before now get 410; watches are
+    /// still served from the watch cache.
     pub fn compact(&mut self) {
         self.floor = self.rv;
+    }
+
+    /// The watch cache forgets its history: watches from before now get 410 Expired.
+    pub fn expire_watch_cache(&mut self) {
+        for r in &self.resources {
+            self.watch_floor.insert(key(r), self.rv);
+        }
         self.log.clear();
     }
 
@@ -736,7 +764,9 @@ impl State {
             json!(format!("00000000-0000-4000-8000-{:012x}", self.uid_counter)),
         );
         meta.insert("creationTimestamp".into(), json!(now()));
-        meta.insert("generation".into(), json!(1));
+        if has_generation(r) {
+            meta.insert("generation".into(), json!(1));
+        }
         meta.remove("resourceVersion");
         meta.remove("managedFields");
         fields::record_update(
@@ -754,6 +784,25 @@ impl State {
         }
         if r.plural == "customresourcedefinitions" {
             self.register_crd(&mut obj);
+        }
+        if r.group.is_empty()
+            && (r.plural == "persistentvolumes" || r.plural == "persistentvolumeclaims")
+        {
+            // As the storage-object-in-use-protection admission plugin does.
+            let finalizer = if r.plural == "persistentvolumes" {
+                "kubernetes.io/pv-protection"
+            } else {
+                "kubernetes.io/pvc-protection"
+            };
+            let finalizers = obj["metadata"]["finalizers"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
+            if !finalizers.iter().any(|f| f == finalizer) {
+                let mut finalizers = finalizers;
+                finalizers.push(json!(finalizer));
+                obj["metadata"]["finalizers"] = json!(finalizers);
+            }
         }
         if r.plural == "nodes" {
             // As the node lifecycle controller does until a kubelet reports Ready.
@@ -774,6 +823,8 @@ impl State {
 
     fn register_crd(&mut self, crd: &mut Value) {
         for r in ResourceType::from_crd(crd) {
+            // The watch cache of a new resource starts at the CRD's own revision.
+            self.watch_floor.insert(key(&r), self.rv + 1);
             self.resources.retain(|x| {
                 !(x.group == r.group && x.version == r.version && x.plural == r.plural)
             });
@@ -825,7 +876,7 @@ impl State {
         new["apiVersion"] = json!(r.api_version());
         new["kind"] = json!(r.kind);
         new["metadata"]["resourceVersion"] = old["metadata"]["resourceVersion"].clone();
-        if spec_part(&old) != spec_part(&new) {
+        if has_generation(r) && spec_part(&old) != spec_part(&new) {
             let g = old["metadata"]["generation"].as_i64().unwrap_or(1);
             new["metadata"]["generation"] = json!(g + 1);
         }
@@ -834,7 +885,13 @@ impl State {
                 .as_array()
                 .is_none_or(|f| f.is_empty())
         {
-            return self.remove(tx, t, &old, Some(new));
+            // The last finalizer is gone: the object goes, the writer gets its final state, and
+            // watchers see DELETED with the content before this write.
+            if let Some(m) = new["metadata"].as_object_mut() {
+                m.remove("finalizers");
+            }
+            self.remove(tx, t, &old);
+            return Reply(StatusCode::OK, new);
         }
         let mut cmp_old = old.clone();
         let mut cmp_new = new.clone();
@@ -1083,8 +1140,10 @@ impl State {
             let mut new = old.clone();
             new["metadata"]["deletionTimestamp"] = json!(now());
             new["metadata"]["deletionGracePeriodSeconds"] = json!(0);
-            let g = old["metadata"]["generation"].as_i64().unwrap_or(1);
-            new["metadata"]["generation"] = json!(g + 1);
+            if has_generation(r) {
+                let g = old["metadata"]["generation"].as_i64().unwrap_or(1);
+                new["metadata"]["generation"] = json!(g + 1);
+            }
             let rv = self.next_rv();
             new["metadata"]["resourceVersion"] = json!(rv.to_string());
             let ns = self.ns_of(t);
@@ -1095,18 +1154,12 @@ impl State {
             self.emit(tx, r, "MODIFIED", new.clone(), Some(old));
             return Reply(StatusCode::OK, new);
         }
-        self.remove(tx, t, &old, None)
+        self.remove(tx, t, &old)
     }
 
     /// Removes an object for good, then (as the garbage collector does, in the background)
     /// everything whose only owner it was.
-    fn remove(
-        &mut self,
-        tx: &broadcast::Sender<Arc<Change>>,
-        t: &Target,
-        old: &Value,
-        last: Option<Value>,
-    ) -> Reply {
+    fn remove(&mut self, tx: &broadcast::Sender<Arc<Change>>, t: &Target, old: &Value) -> Reply {
         let r = &t.resource;
         let name = old["metadata"]["name"]
             .as_str()
@@ -1117,7 +1170,7 @@ impl State {
             .entry(key(r))
             .or_default()
             .remove(&(ns, name.clone()));
-        let mut gone = last.unwrap_or_else(|| old.clone());
+        let mut gone = old.clone();
         let rv = self.next_rv();
         gone["metadata"]["resourceVersion"] = json!(rv.to_string());
         self.emit(tx, r, "DELETED", gone.clone(), None);
@@ -1188,6 +1241,14 @@ impl State {
             json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}),
         )
     }
+}
+
+/// Kinds whose spec changes bump `metadata.generation`.
+fn has_generation(r: &ResourceType) -> bool {
+    r.custom
+        || r.group == "apps"
+        || r.plural == "customresourcedefinitions"
+        || (r.group.is_empty() && r.plural == "pods")
 }
 
 fn scope_of(r: &ResourceType, sub: Option<&str>) -> Scope {
@@ -1369,8 +1430,9 @@ async fn watch(
             }
         } else {
             let from: u64 = rv_param.parse().unwrap_or(0);
-            if from < state.floor {
-                let error = json!({"type": "ERROR", "object": {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure", "message": format!("too old resource version: {from} ({})", state.floor), "reason": "Expired", "code": 410}});
+            let floor = state.watch_floor.get(&res_key).copied().unwrap_or(0);
+            if from < floor {
+                let error = json!({"type": "ERROR", "object": {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure", "message": format!("too old resource version: {from} ({floor})"), "reason": "Expired", "code": 410}});
                 let line = format!("{error}\n");
                 return Response::builder()
                     .status(200)
