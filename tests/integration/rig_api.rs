@@ -102,21 +102,26 @@ async fn crud_generation_and_status_subresource() {
 #[tokio::test]
 async fn watcher_follows_changes_and_recovers_from_410() {
     let rig = Rig::start().await;
-    rig.set_bookmark_interval(Duration::from_millis(200));
+    // No bookmarks: the watcher's last resourceVersion stays at the last vault event.
+    rig.set_bookmark_interval(Duration::from_secs(600));
     rig.apply_crds().await;
     let api: Api<RecoveryVault> = Api::namespaced(rig.client(), "default");
     let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
     let log = seen.clone();
     let task = tokio::spawn(
         watcher(api.clone(), watcher::Config::default().timeout(2))
+            .default_backoff()
             .applied_objects()
-            .try_for_each(move |v: RecoveryVault| {
-                log.lock().unwrap().push(format!(
-                    "{}@{}",
-                    kube::ResourceExt::name_any(&v),
-                    v.metadata.resource_version.clone().unwrap_or_default()
-                ));
-                futures::future::ready(Ok(()))
+            .for_each(move |v| {
+                // A 410 surfaces as one error item; the watcher then relists.
+                if let Ok(v) = v {
+                    log.lock().unwrap().push(format!(
+                        "{}@{}",
+                        kube::ResourceExt::name_any(&v),
+                        v.metadata.resource_version.clone().unwrap_or_default()
+                    ));
+                }
+                futures::future::ready(())
             }),
     );
     api.create(&PostParams::default(), &vault("a", "zone-a", "zone-b"))
@@ -136,6 +141,8 @@ async fn watcher_follows_changes_and_recovers_from_410() {
     .await;
     // The watch cache forgets while the watch is open: the next re-watch gets 410 and the
     // watcher relists.
+    // Other writes move the cluster's resourceVersion past it, then the watch cache forgets.
+    rig.namespace("other").await;
     rig.expire_watch_cache();
     api.create(&PostParams::default(), &vault("b", "zone-a", "zone-b"))
         .await
@@ -152,6 +159,10 @@ async fn watcher_follows_changes_and_recovers_from_410() {
         },
     )
     .await;
+    assert!(
+        rig.expired_watches() >= 1,
+        "the re-watch from the old resourceVersion got 410 Expired"
+    );
     task.abort();
     let _ = task.await;
     let stream = watcher(api, watcher::Config::default())

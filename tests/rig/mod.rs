@@ -92,7 +92,16 @@ impl Rig {
 
     /// The watch cache drops its history: watches older than now answer 410 Expired.
     pub fn expire_watch_cache(&self) {
-        self.state.0.lock().unwrap().expire_watch_cache();
+        self.state
+            .0
+            .lock()
+            .unwrap()
+            .expire_watch_cache(&self.state.1);
+    }
+
+    /// How many watches were answered with 410 Expired.
+    pub fn expired_watches(&self) -> u64 {
+        self.state.0.lock().unwrap().expired_watches
     }
 
     pub fn set_bookmark_interval(&self, d: Duration) {

@@ -44,6 +44,8 @@ pub struct State {
     pub watch_floor: BTreeMap<String, u64>,
     pub uid_counter: u64,
     pub bookmark_interval: Duration,
+    /// Watches answered with 410 Expired.
+    pub expired_watches: u64,
     /// Count of requests by (method, resource), for tests that bound API traffic.
     pub requests: BTreeMap<(String, String), u64>,
 }
@@ -60,6 +62,7 @@ pub fn new_state() -> Shared {
             log: VecDeque::new(),
             floor: 0,
             watch_floor: BTreeMap::new(),
+            expired_watches: 0,
             uid_counter: 0,
             bookmark_interval: Duration::from_secs(2),
             requests: BTreeMap::new(),
@@ -621,12 +624,21 @@ impl State {
         self.floor = self.rv;
     }
 
-    /// The watch cache forgets its history: watches from before now get 410 Expired.
-    pub fn expire_watch_cache(&mut self) {
+    /// The watch cache forgets its history (as after an API server restart): open watches
+    /// end, and watches from before now get 410 Expired.
+    pub fn expire_watch_cache(&mut self, tx: &broadcast::Sender<Arc<Change>>) {
         for r in &self.resources {
             self.watch_floor.insert(key(r), self.rv);
         }
         self.log.clear();
+        let _ = tx.send(Arc::new(Change {
+            rv: u64::MAX,
+            resource: String::new(),
+            namespace: None,
+            kind: "RESET",
+            object: Value::Null,
+            previous: None,
+        }));
     }
 
     /// Applies CRD defaults and validates; returns the Status to send on failure.
@@ -1400,7 +1412,7 @@ async fn watch(
     };
 
     let (initial, mut rx, start_rv, interval) = {
-        let state = shared.0.lock().unwrap();
+        let mut state = shared.0.lock().unwrap();
         let rx = shared.1.subscribe();
         let mut initial: Vec<Value> = Vec::new();
         let in_ns = |o: &Value| {
@@ -1432,6 +1444,7 @@ async fn watch(
             let from: u64 = rv_param.parse().unwrap_or(0);
             let floor = state.watch_floor.get(&res_key).copied().unwrap_or(0);
             if from < floor {
+                state.expired_watches += 1;
                 let error = json!({"type": "ERROR", "object": {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure", "message": format!("too old resource version: {from} ({floor})"), "reason": "Expired", "code": 410}});
                 let line = format!("{error}\n");
                 return Response::builder()
@@ -1484,6 +1497,7 @@ async fn watch(
                         // Lagged or closed: end the watch; the client resumes from its last RV.
                         Err(_) => break,
                     };
+                    if change.kind == "RESET" { break; }
                     if change.rv <= last_rv { continue; }
                     last_rv = last_rv.max(change.rv);
                     if change.resource != res_key { continue; }
