@@ -22,7 +22,7 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
 use kube_lease_manager::LeaseManagerBuilder;
 use serde::de::DeserializeOwned;
-use tokio::sync::watch;
+use tokio::sync::{broadcast, watch};
 
 use crate::api::reasons::EventReason;
 use crate::api::registration;
@@ -196,16 +196,44 @@ pub async fn install_crds(client: &Client) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Polls a shared reflector's root stream, logging watch errors (the watcher retries them).
-fn drive<S, T>(name: &'static str, stream: S) -> impl Future<Output = ()>
+/// Polls a shared reflector's root stream, logging watch errors (the watcher retries them) and
+/// passing deleted objects on: shared-store subscribers see only applied objects, yet a deleted
+/// vault, workload, failover, node or registration changes what its dependents should report.
+fn drive<S, K>(
+    name: &'static str,
+    stream: S,
+    deletes: broadcast::Sender<Arc<K>>,
+) -> impl Future<Output = ()>
 where
-    S: Stream<Item = Result<T, watcher::Error>>,
+    S: Stream<Item = Result<watcher::Event<K>, watcher::Error>>,
 {
     stream.for_each(move |r| {
-        if let Err(e) = r {
-            tracing::warn!(watch = name, error = %e, "watch failed; retrying");
+        match r {
+            Ok(watcher::Event::Delete(obj)) => {
+                let _ = deletes.send(Arc::new(obj));
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(watch = name, error = %e, "watch failed; retrying"),
         }
         future::ready(())
+    })
+}
+
+/// The objects deleted from a shared store, as a trigger stream for `watches_stream`.
+fn deleted<K>(
+    tx: &broadcast::Sender<Arc<K>>,
+) -> impl Stream<Item = Result<K, watcher::Error>> + Send + 'static
+where
+    K: Clone + Send + Sync + 'static,
+{
+    futures::stream::unfold(tx.subscribe(), |mut rx| async move {
+        loop {
+            match rx.recv().await {
+                Ok(obj) => return Some((Ok((*obj).clone()), rx)),
+                Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(broadcast::error::RecvError::Closed) => return None,
+            }
+        }
     })
 }
 
@@ -227,6 +255,11 @@ async fn run_controllers(
     let (failovers, failover_writer) = reflector::store_shared::<DeserializeGuard<Failover>>(1024);
     let (nodes, node_writer) = reflector::store_shared::<PartialObjectMeta<Node>>(1024);
     let (registrations, registration_writer) = reflector::store_shared::<Lease>(1024);
+    let (vault_deletes, _) = broadcast::channel(256);
+    let (workload_deletes, _) = broadcast::channel(256);
+    let (failover_deletes, _) = broadcast::channel(256);
+    let (node_deletes, _) = broadcast::channel(256);
+    let (registration_deletes, _) = broadcast::channel(256);
 
     let subscribe = "a shared store accepts subscribers";
     let vault_main = vault_writer.subscribe().expect(subscribe);
@@ -237,6 +270,12 @@ async fn run_controllers(
     let failover_for_siblings = failover_writer.subscribe().expect(subscribe);
     let node_for_vaults = node_writer.subscribe().expect(subscribe);
     let registration_for_workloads = registration_writer.subscribe().expect(subscribe);
+    // Subscribe to deletions before the roots start, so that none is missed.
+    let vaults_deleted = deleted(&vault_deletes);
+    let workloads_deleted = deleted(&workload_deletes);
+    let failovers_deleted = deleted(&failover_deletes);
+    let nodes_deleted = deleted(&node_deletes);
+    let registrations_deleted = deleted(&registration_deletes);
 
     let roots = future::join5(
         drive(
@@ -247,6 +286,7 @@ async fn run_controllers(
             )
             .default_backoff()
             .reflect_shared(vault_writer),
+            vault_deletes,
         ),
         drive(
             "replicatedworkloads",
@@ -256,6 +296,7 @@ async fn run_controllers(
             )
             .default_backoff()
             .reflect_shared(workload_writer),
+            workload_deletes,
         ),
         drive(
             "failovers",
@@ -265,6 +306,7 @@ async fn run_controllers(
             )
             .default_backoff()
             .reflect_shared(failover_writer),
+            failover_deletes,
         ),
         drive(
             "nodes",
@@ -274,6 +316,7 @@ async fn run_controllers(
             )
             .default_backoff()
             .reflect_shared(node_writer),
+            node_deletes,
         ),
         drive(
             "registrations",
@@ -283,6 +326,7 @@ async fn run_controllers(
             )
             .default_backoff()
             .reflect_shared(registration_writer),
+            registration_deletes,
         ),
     );
 
@@ -332,8 +376,9 @@ async fn run_controllers(
         }
     };
 
-    // Vaults: their own changes, and node label changes (zones and regions decide separation).
-    let vault_refs = {
+    // Vaults: their own changes, and node label changes and removals (zones and regions decide
+    // separation).
+    let all_vaults = {
         let vaults = vaults.clone();
         move || {
             vaults
@@ -343,8 +388,10 @@ async fn run_controllers(
                 .collect::<Vec<_>>()
         }
     };
+    let all_vaults_too = all_vaults.clone();
     let vault_controller = Controller::for_shared_stream(vault_main, vaults.clone())
-        .watches_shared_stream(labels_changed(node_for_vaults), move |_node| vault_refs())
+        .watches_shared_stream(labels_changed(node_for_vaults), move |_node| all_vaults())
+        .watches_stream(nodes_deleted, move |_node| all_vaults_too())
         .graceful_shutdown_on(shutdown.wait())
         .run(
             |obj, ctx| async move {
@@ -370,7 +417,7 @@ async fn run_controllers(
     // Workloads: their own changes, their vault, agent registrations, and their pods.
     let workloads_of_vault = {
         let workloads = workloads.clone();
-        move |vault: Arc<DeserializeGuard<RecoveryVault>>| {
+        move |vault: &DeserializeGuard<RecoveryVault>| {
             let (ns, name) = (vault.namespace(), vault.name_any());
             workloads
                 .state()
@@ -384,7 +431,7 @@ async fn run_controllers(
     };
     let workloads_on_node = {
         let workloads = workloads.clone();
-        move |lease: Arc<Lease>| {
+        move |lease: &Lease| {
             let node = lease
                 .labels()
                 .get(registration::NODE_LABEL)
@@ -446,9 +493,13 @@ async fn run_controllers(
     )
     .default_backoff()
     .touched_objects();
+    let (of_vault, of_deleted_vault) = (workloads_of_vault.clone(), workloads_of_vault);
+    let (on_node, on_deleted_node) = (workloads_on_node.clone(), workloads_on_node);
     let workload_controller = Controller::for_shared_stream(workload_main, workloads.clone())
-        .watches_shared_stream(vault_for_workloads, workloads_of_vault)
-        .watches_shared_stream(registration_for_workloads, workloads_on_node)
+        .watches_shared_stream(vault_for_workloads, move |v| of_vault(&v))
+        .watches_stream(vaults_deleted, move |v| of_deleted_vault(&v))
+        .watches_shared_stream(registration_for_workloads, move |l| on_node(&l))
+        .watches_stream(registrations_deleted, move |l| on_deleted_node(&l))
         .watches_stream(pods, workloads_of_pod)
         .graceful_shutdown_on(shutdown.wait())
         .run(
@@ -475,7 +526,7 @@ async fn run_controllers(
     // Failovers: their own changes, their workload, and their siblings (duplicates).
     let failovers_of_workload = {
         let failovers = failovers.clone();
-        move |ns: Option<String>, workload: String| {
+        move |ns: Option<String>, workload: &str| {
             failovers
                 .state()
                 .iter()
@@ -487,21 +538,21 @@ async fn run_controllers(
                 .collect::<Vec<_>>()
         }
     };
-    let by_workload = failovers_of_workload.clone();
+    let of_workload = {
+        let by = failovers_of_workload.clone();
+        move |w: &DeserializeGuard<ReplicatedWorkload>| by(w.namespace(), &w.name_any())
+    };
+    let siblings = move |f: &DeserializeGuard<Failover>| match guarded_ok(f) {
+        Some(fo) => failovers_of_workload(fo.namespace(), &fo.spec.workload_name),
+        None => vec![],
+    };
+    let (of_workload_applied, of_workload_deleted) = (of_workload.clone(), of_workload);
+    let (siblings_applied, siblings_deleted) = (siblings.clone(), siblings);
     let failover_controller = Controller::for_shared_stream(failover_main, failovers.clone())
-        .watches_shared_stream(
-            workload_for_failovers,
-            move |w: Arc<DeserializeGuard<ReplicatedWorkload>>| {
-                by_workload(w.namespace(), w.name_any())
-            },
-        )
-        .watches_shared_stream(
-            failover_for_siblings,
-            move |f: Arc<DeserializeGuard<Failover>>| match guarded_ok(&f) {
-                Some(fo) => failovers_of_workload(fo.namespace(), fo.spec.workload_name.clone()),
-                None => vec![],
-            },
-        )
+        .watches_shared_stream(workload_for_failovers, move |w| of_workload_applied(&w))
+        .watches_stream(workloads_deleted, move |w| of_workload_deleted(&w))
+        .watches_shared_stream(failover_for_siblings, move |f| siblings_applied(&f))
+        .watches_stream(failovers_deleted, move |f| siblings_deleted(&f))
         .graceful_shutdown_on(shutdown.wait())
         .run(
             |obj, ctx| async move {
@@ -595,8 +646,33 @@ where
         + DeserializeOwned
         + std::fmt::Debug,
 {
-    report_invalid(ctx, obj, error).await;
+    let detail = locate_decode_error::<K>(ctx, obj)
+        .await
+        .unwrap_or_else(|| error.to_string());
+    report_invalid(ctx, obj, &detail).await;
     Ok(Action::await_change())
+}
+
+/// Decodes the object again, field by field, to name where it is malformed
+/// (`spec.cache: missing field storage`); `None` when it cannot be fetched.
+async fn locate_decode_error<K>(ctx: &Context, obj: &DeserializeGuard<K>) -> Option<String>
+where
+    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + DeserializeOwned
+        + std::fmt::Debug,
+{
+    let resource = kube::core::ApiResource::erase::<K>(&());
+    let api: Api<kube::core::DynamicObject> = Api::namespaced_with(
+        ctx.client.clone(),
+        &obj.namespace().unwrap_or_default(),
+        &resource,
+    );
+    let raw = serde_json::to_value(api.get(&obj.name_any()).await.ok()?).ok()?;
+    match serde_path_to_error::deserialize::<_, K>(raw) {
+        Ok(_) => None,
+        Err(e) => Some(format!("{}: {}", e.path(), e.inner())),
+    }
 }
 
 /// A malformed object gets `Ready=False` with the decoding error, and a Warning event.

@@ -310,3 +310,175 @@ async fn registered_flips_with_agent_registration() {
     );
     running.stop().await;
 }
+
+#[tokio::test]
+async fn failover_reports_why_it_cannot_start_and_refuses_duplicates() {
+    let (rig, dir) = cluster().await;
+    let running = start_operator(&rig, false).await;
+    let failovers: Api<site_recovery::api::Failover> = Api::namespaced(rig.client(), "apps");
+    let failover = |name: &str| -> site_recovery::api::Failover {
+        serde_json::from_value(json!({
+            "apiVersion": "siterecovery.io/v1alpha1", "kind": "Failover",
+            "metadata": {"name": name, "namespace": "apps"},
+            "spec": {"workloadName": "db", "recoveryPoint": {"latest": true}},
+        }))
+        .unwrap()
+    };
+    failovers
+        .create(&PostParams::default(), &failover("first"))
+        .await
+        .unwrap();
+    let reason = |name: &'static str, want: &'static str| {
+        let failovers = failovers.clone();
+        async move {
+            eventually(
+                Duration::from_secs(20),
+                &format!("{name} Ready reason {want}"),
+                || async {
+                    let s = failovers.get(name).await.ok()?.status?;
+                    let c = condition(&s.conditions, "Ready")?;
+                    (c.1 == want).then(|| c.2.to_string())
+                },
+            )
+            .await
+        }
+    };
+    let message = reason("first", "WorkloadNotFound").await;
+    assert!(message.contains("spec.workloadName"), "{message}");
+
+    // The workload appears (unprotected: no recovery point yet).
+    Api::<RecoveryVault>::namespaced(rig.client(), "apps")
+        .create(
+            &PostParams::default(),
+            &vault("vault", "Zone", "zone-a", "zone-b", dir.path()),
+        )
+        .await
+        .unwrap();
+    rig.statefulset("apps", "db", &["data"], &["node-a1"]).await;
+    let rw: ReplicatedWorkload = serde_json::from_value(json!({
+        "apiVersion": "siterecovery.io/v1alpha1", "kind": "ReplicatedWorkload",
+        "metadata": {"name": "db", "namespace": "apps"},
+        "spec": {"vaultName": "vault", "workloadRef": {"kind": "StatefulSet", "name": "db"}},
+    }))
+    .unwrap();
+    Api::<ReplicatedWorkload>::namespaced(rig.client(), "apps")
+        .create(&PostParams::default(), &rw)
+        .await
+        .unwrap();
+    reason("first", "WorkloadNotProtected").await;
+
+    // A second Failover of the same workload is refused; deleting the first frees it.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    failovers
+        .create(&PostParams::default(), &failover("second"))
+        .await
+        .unwrap();
+    let message = reason("second", "DuplicateFailover").await;
+    assert!(
+        message.contains("Failover first already handles workload db"),
+        "{message}"
+    );
+    let s = failovers.get("first").await.unwrap().status.unwrap();
+    assert_eq!(
+        condition(&s.conditions, "Ready").unwrap().1,
+        "WorkloadNotProtected"
+    );
+    assert_eq!(
+        condition(&s.conditions, "FailedOver").unwrap().1,
+        "NotStarted"
+    );
+    assert_eq!(
+        condition(&s.conditions, "Committed").unwrap().1,
+        "NotCommitted"
+    );
+    failovers
+        .delete("first", &Default::default())
+        .await
+        .unwrap();
+    reason("second", "WorkloadNotProtected").await;
+    running.stop().await;
+}
+
+#[tokio::test]
+async fn malformed_object_is_reported_without_stopping_the_controller() {
+    // A cluster whose RecoveryVault CRD is looser than ours (version skew): the API accepts a
+    // vault our types cannot read.
+    let rig = Rig::start().await;
+    rig.namespace(OPERATOR_NS).await;
+    rig.namespace("apps").await;
+    rig.node("node-a1", "zone-a", "region-1").await;
+    rig.node("node-b1", "zone-b", "region-1").await;
+    rig.secret("apps", "vault-key", &[("key", &[7u8; 32])])
+        .await;
+    let mut loose =
+        serde_json::to_value(<RecoveryVault as kube::CustomResourceExt>::crd()).unwrap();
+    loose["spec"]["versions"][0]["schema"]["openAPIV3Schema"] = json!({
+        "type": "object",
+        "properties": {
+            "spec": {"type": "object", "x-kubernetes-preserve-unknown-fields": true},
+            "status": {"type": "object", "x-kubernetes-preserve-unknown-fields": true},
+        },
+    });
+    rig.create(loose).await;
+    for crd in [
+        <ReplicatedWorkload as kube::CustomResourceExt>::crd(),
+        <site_recovery::api::Failover as kube::CustomResourceExt>::crd(),
+    ] {
+        rig.create(serde_json::to_value(crd).unwrap()).await;
+    }
+    rig.create(json!({
+        "apiVersion": "siterecovery.io/v1alpha1", "kind": "RecoveryVault",
+        "metadata": {"name": "broken", "namespace": "apps"},
+        "spec": {"redundancy": "Planet", "cache": {"zone": "zone-a"}},
+    }))
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let running = start_operator(&rig, false).await;
+    let vaults: Api<RecoveryVault> = Api::namespaced(rig.client(), "apps");
+    vaults
+        .create(
+            &PostParams::default(),
+            &vault("good", "Zone", "zone-a", "zone-b", dir.path()),
+        )
+        .await
+        .unwrap();
+    eventually(
+        Duration::from_secs(20),
+        "the good vault Ready despite a malformed one",
+        || async {
+            let s = vaults.get("good").await.ok()?.status?;
+            (condition(&s.conditions, "Ready")?.0 == "True").then_some(())
+        },
+    )
+    .await;
+    let raw: Api<kube::core::DynamicObject> = Api::namespaced_with(
+        rig.client(),
+        "apps",
+        &kube::core::ApiResource::erase::<RecoveryVault>(&()),
+    );
+    let broken = eventually(
+        Duration::from_secs(20),
+        "the malformed vault's status",
+        || async {
+            let o = raw.get("broken").await.ok()?;
+            let c = o.data["status"]["conditions"][0].clone();
+            (c["reason"] == "InvalidSpec").then_some(c)
+        },
+    )
+    .await;
+    assert_eq!(broken["status"], "False");
+    let message = broken["message"].as_str().unwrap();
+    assert!(
+        message.contains("spec.cache: missing field `storage`"),
+        "the message names the field: {message}"
+    );
+    let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(rig.client(), "apps");
+    let list = events.list(&Default::default()).await.unwrap();
+    assert!(
+        list.items
+            .iter()
+            .any(|e| e.reason.as_deref() == Some("InvalidObject")),
+        "an InvalidObject event"
+    );
+    running.stop().await;
+}
