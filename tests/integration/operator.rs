@@ -308,6 +308,17 @@ async fn registered_flips_with_agent_registration() {
         condition(&status.conditions, "Ready").unwrap().1,
         "NotRegistered"
     );
+    // Deleting the vault is seen through the shared vault watch: the workload says so.
+    vaults.delete("vault", &Default::default()).await.unwrap();
+    eventually(
+        Duration::from_secs(10),
+        "Ready=False VaultNotFound",
+        || async {
+            let s = workloads.get("db").await.ok()?.status?;
+            (condition(&s.conditions, "Ready")?.1 == "VaultNotFound").then_some(())
+        },
+    )
+    .await;
     running.stop().await;
 }
 
