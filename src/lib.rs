@@ -3,8 +3,11 @@
 
 pub mod agent;
 pub mod api;
+pub mod cli;
 pub mod clock;
 pub mod controllers;
 pub mod metrics;
 pub mod operator;
+pub mod repository;
+pub mod storage;
 pub mod validate;

@@ -70,6 +70,9 @@ enum Command {
         #[arg(long, default_value = "/var/lib/kubelet", env = "KUBELET_ROOT")]
         kubelet_root: PathBuf,
     },
+    /// Recovery-point repository operations (init, snapshot, replicate, restore, points,
+    /// verify, prune, stats) against a location.
+    Repo(site_recovery::cli::repo::RepoArgs),
     /// Check manifests against the CRDs' admission rules (CEL) without a cluster.
     Validate {
         /// YAML files with RecoveryVault, ReplicatedWorkload or Failover documents.
@@ -164,6 +167,7 @@ async fn run(command: Command) -> anyhow::Result<std::process::ExitCode> {
             };
             site_recovery::agent::run(client, settings, wait_for_signal()).await?;
         }
+        Command::Repo(args) => return site_recovery::cli::repo::run(args).await,
         Command::Validate { files } => {
             let mut failed = false;
             for file in &files {

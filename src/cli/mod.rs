@@ -1,0 +1,3 @@
+//! Command-line verbs beyond the operator and agent.
+
+pub mod repo;

@@ -1,0 +1,477 @@
+//! The on-storage format (see docs/repository-format.md): the plaintext config, pack headers,
+//! index files and point manifests, and their binary encodings. Decoding never trusts its
+//! input: every length is checked and every error says what was malformed.
+
+use serde::{Deserialize, Serialize};
+
+use super::RepoError;
+use super::crypto::{self, KEY_LEN, Keys, Kind};
+
+pub const FORMAT: &str = "site-recovery/repository";
+pub const VERSION: u32 = 1;
+pub const PACK_MAGIC: &[u8; 4] = b"SRPK";
+
+pub type ChunkId = [u8; 32];
+
+/// How data is cut into chunks. Recorded in the config so every writer of a repository cuts
+/// the same way (which is what makes deduplication across writers work).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Chunking {
+    /// Files at least this large (and raw images) are cut into fixed, aligned blocks.
+    pub block_threshold: u64,
+    pub block_size: u32,
+    /// Smaller files are cut by content (FastCDC 2020) with these bounds.
+    pub cdc_min: u32,
+    pub cdc_avg: u32,
+    pub cdc_max: u32,
+}
+
+impl Default for Chunking {
+    fn default() -> Self {
+        Self {
+            block_threshold: 4 << 20,
+            block_size: 16 << 10,
+            cdc_min: 4 << 10,
+            cdc_avg: 16 << 10,
+            cdc_max: 64 << 10,
+        }
+    }
+}
+
+/// The master key, sealed with the key-encryption key.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct WrappedKey {
+    pub key_derivation: String,
+    pub sealed: String,
+}
+
+/// `<prefix>/config`: plaintext, so that a foreign or newer repository is recognised before
+/// anything is decrypted or written.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Config {
+    pub format: String,
+    pub version: u32,
+    /// Random id; cache and target of one vault hold the same repository (same id and keys).
+    pub id: String,
+    pub chunking: Chunking,
+    pub compression: String,
+    pub cipher: String,
+    pub chunk_id: String,
+    pub master_key: WrappedKey,
+}
+
+impl Config {
+    pub fn new(secret: &[u8]) -> (Self, Keys) {
+        let master: [u8; KEY_LEN] = crypto::random_bytes();
+        let id = hex::encode(crypto::random_bytes::<16>());
+        let kek = crypto::key_encryption_key(secret);
+        let sealed = crypto::seal(&kek, Kind::MasterKey, id.as_bytes(), &master);
+        let config = Self {
+            format: FORMAT.into(),
+            version: VERSION,
+            id,
+            chunking: Chunking::default(),
+            compression: "zstd".into(),
+            cipher: "aes-256-gcm, per-blob key blake3-keyed(data key, salt)".into(),
+            chunk_id: "blake3-keyed".into(),
+            master_key: WrappedKey {
+                key_derivation: "blake3-derive-key".into(),
+                sealed: hex::encode(sealed),
+            },
+        };
+        (config, Keys::from_master(&master))
+    }
+
+    /// Reads a config; refuses foreign and newer formats without touching anything.
+    pub fn parse(location: &str, bytes: &[u8]) -> Result<Self, RepoError> {
+        let value: serde_json::Value =
+            serde_json::from_slice(bytes).map_err(|_| RepoError::Foreign {
+                location: location.into(),
+                reason: "config is not JSON".into(),
+            })?;
+        if value.get("format").and_then(|f| f.as_str()) != Some(FORMAT) {
+            return Err(RepoError::Foreign {
+                location: location.into(),
+                reason: format!(
+                    "config.format is {}, not {FORMAT:?}",
+                    value
+                        .get("format")
+                        .map(|f| f.to_string())
+                        .unwrap_or_else(|| "missing".into())
+                ),
+            });
+        }
+        let version = value.get("version").and_then(|v| v.as_u64()).unwrap_or(0);
+        if version != VERSION as u64 {
+            return Err(RepoError::UnsupportedVersion {
+                location: location.into(),
+                found: version,
+                supported: VERSION,
+            });
+        }
+        serde_json::from_value(value).map_err(|e| RepoError::Foreign {
+            location: location.into(),
+            reason: format!("config: {e}"),
+        })
+    }
+
+    pub fn unlock(&self, location: &str, secret: &[u8]) -> Result<Keys, RepoError> {
+        let sealed = hex::decode(&self.master_key.sealed).map_err(|_| RepoError::Foreign {
+            location: location.into(),
+            reason: "config.masterKey.sealed is not hex".into(),
+        })?;
+        let kek = crypto::key_encryption_key(secret);
+        let master =
+            crypto::open(&kek, Kind::MasterKey, self.id.as_bytes(), &sealed).map_err(|_| {
+                RepoError::WrongKey {
+                    location: location.into(),
+                }
+            })?;
+        let master: [u8; KEY_LEN] = master.try_into().map_err(|_| RepoError::WrongKey {
+            location: location.into(),
+        })?;
+        Ok(Keys::from_master(&master))
+    }
+}
+
+/// Where a chunk lives inside a pack.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PackEntry {
+    pub id: ChunkId,
+    pub offset: u32,
+    /// Sealed length in the pack.
+    pub length: u32,
+    /// Plaintext length.
+    pub raw_length: u32,
+}
+
+/// One index file: the entries of some packs.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+pub struct IndexFile {
+    pub packs: Vec<(ChunkId, Vec<PackEntry>)>,
+}
+
+/// Appends the sealed header and trailer that make a pack self-describing.
+pub fn finish_pack(keys: &Keys, mut body: Vec<u8>, entries: &[PackEntry]) -> Vec<u8> {
+    let header = postcard::to_stdvec(entries).expect("pack entries serialize");
+    let sealed = crypto::seal(&keys.data_key, Kind::PackHeader, b"", &header);
+    body.extend_from_slice(&sealed);
+    body.extend_from_slice(&(sealed.len() as u32).to_le_bytes());
+    body.extend_from_slice(PACK_MAGIC);
+    body
+}
+
+/// Reads the entries of a pack from its header (the last bytes of the pack).
+pub fn read_pack_header(keys: &Keys, name: &str, pack: &[u8]) -> Result<Vec<PackEntry>, RepoError> {
+    let len = pack_header_length(name, pack)?;
+    parse_pack_header(
+        keys,
+        name,
+        &pack[pack.len() - 8 - len..],
+        pack.len() - 8 - len,
+    )
+}
+
+/// The sealed header's length, from a pack's last 8 bytes.
+pub fn pack_header_length(name: &str, tail: &[u8]) -> Result<usize, RepoError> {
+    if tail.len() < 8 || &tail[tail.len() - 4..] != PACK_MAGIC {
+        return Err(RepoError::Corrupt {
+            object: name.into(),
+            reason: "no pack trailer (truncated or not a pack)".into(),
+        });
+    }
+    Ok(u32::from_le_bytes(
+        tail[tail.len() - 8..tail.len() - 4]
+            .try_into()
+            .expect("4 bytes"),
+    ) as usize)
+}
+
+/// Parses `sealed header || trailer`, checking entries against the body length before it.
+pub fn parse_pack_header(
+    keys: &Keys,
+    name: &str,
+    tail: &[u8],
+    body_len: usize,
+) -> Result<Vec<PackEntry>, RepoError> {
+    let corrupt = |why: String| RepoError::Corrupt {
+        object: name.into(),
+        reason: why,
+    };
+    let len = pack_header_length(name, tail)?;
+    if len + 8 != tail.len() {
+        return Err(corrupt("pack header length does not match the pack".into()));
+    }
+    let plain = crypto::open(&keys.data_key, Kind::PackHeader, b"", &tail[..len])
+        .map_err(|e| corrupt(format!("pack header: {e}")))?;
+    let entries: Vec<PackEntry> =
+        postcard::from_bytes(&plain).map_err(|e| corrupt(format!("pack header: {e}")))?;
+    if entries
+        .iter()
+        .any(|e| e.offset as usize + e.length as usize > body_len)
+    {
+        return Err(corrupt("pack header points outside the pack".into()));
+    }
+    Ok(entries)
+}
+
+pub fn encode_index(keys: &Keys, index: &IndexFile) -> Vec<u8> {
+    let plain = postcard::to_stdvec(index).expect("index serializes");
+    let compressed = zstd::bulk::compress(&plain, 3).expect("zstd compresses in memory");
+    crypto::seal(&keys.data_key, Kind::Index, b"", &compressed)
+}
+
+pub fn decode_index(keys: &Keys, name: &str, bytes: &[u8]) -> Result<IndexFile, RepoError> {
+    let corrupt = |why: String| RepoError::Corrupt {
+        object: name.into(),
+        reason: why,
+    };
+    let plain = crypto::open(&keys.data_key, Kind::Index, b"", bytes)
+        .map_err(|e| corrupt(e.to_string()))?;
+    let raw = decompress_bounded(&plain, 1 << 30).map_err(corrupt)?;
+    postcard::from_bytes(&raw).map_err(|e| corrupt(format!("index: {e}")))
+}
+
+/// Decompresses zstd data, refusing to expand past `limit` bytes (a hostile input cannot make us
+/// allocate without bound).
+pub fn decompress_bounded(data: &[u8], limit: usize) -> Result<Vec<u8>, String> {
+    use std::io::Read;
+    let mut out = Vec::new();
+    let decoder = zstd::stream::read::Decoder::new(data).map_err(|e| format!("zstd: {e}"))?;
+    decoder
+        .take(limit as u64 + 1)
+        .read_to_end(&mut out)
+        .map_err(|e| format!("zstd: {e}"))?;
+    if out.len() > limit {
+        return Err(format!("decompresses to more than {limit} bytes"));
+    }
+    Ok(out)
+}
+
+/// What a recovery point can be trusted for.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Consistency {
+    /// All volumes captured at one instant (snapshots taken together).
+    CrashConsistent,
+    /// Captured while the application was quiesced (hooks or filesystem freeze).
+    AppConsistent,
+    /// Files read one by one from a live filesystem: each file is whole, the set is not an instant.
+    FileLevel,
+}
+
+impl Consistency {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Consistency::CrashConsistent => "CrashConsistent",
+            Consistency::AppConsistent => "AppConsistent",
+            Consistency::FileLevel => "FileLevel",
+        }
+    }
+}
+
+impl std::str::FromStr for Consistency {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "crash" | "crashconsistent" => Ok(Self::CrashConsistent),
+            "app" | "appconsistent" => Ok(Self::AppConsistent),
+            "file" | "filelevel" => Ok(Self::FileLevel),
+            _ => Err(format!("{s:?}: expected crash, app or file")),
+        }
+    }
+}
+
+/// A run of a file's bytes: a chunk, or a hole of zeros.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Extent {
+    pub chunk: Option<ChunkId>,
+    pub length: u32,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+pub struct FileData {
+    pub size: u64,
+    pub extents: Vec<Extent>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub enum NodeKind {
+    Dir,
+    File(FileData),
+    Symlink(String),
+    /// Another name of a file stored earlier in the tree (by its path).
+    HardLink(String),
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct Node {
+    /// Path relative to the volume root, `/`-separated; "" is the root.
+    pub path: String,
+    pub kind: NodeKind,
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub mtime_ns: i64,
+    pub ctime_ns: i64,
+    pub inode: u64,
+    pub xattrs: Vec<(String, Vec<u8>)>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub enum VolumeContent {
+    Tree(Vec<Node>),
+    Raw(FileData),
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct VolumeManifest {
+    pub name: String,
+    pub content: VolumeContent,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+pub struct Stats {
+    pub files: u64,
+    pub bytes: u64,
+    /// Bytes read and chunked (not reused from the parent point by metadata).
+    pub bytes_read: u64,
+    /// Chunks and bytes this point added to the repository (after compression and encryption).
+    pub new_chunks: u64,
+    pub stored_bytes_added: u64,
+}
+
+/// One recovery point: written last, so that it exists only once everything it references is
+/// durable.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct Manifest {
+    pub id: String,
+    /// RFC 3339 capture time.
+    pub time: String,
+    pub workload: String,
+    pub consistency: Consistency,
+    pub source_zone: Option<String>,
+    pub parent: Option<String>,
+    pub volumes: Vec<VolumeManifest>,
+    pub stats: Stats,
+}
+
+impl Manifest {
+    pub fn chunks(&self) -> impl Iterator<Item = &ChunkId> {
+        self.volumes.iter().flat_map(|v| {
+            let files: Box<dyn Iterator<Item = &FileData>> = match &v.content {
+                VolumeContent::Raw(f) => Box::new(std::iter::once(f)),
+                VolumeContent::Tree(nodes) => {
+                    Box::new(nodes.iter().filter_map(|n| match &n.kind {
+                        NodeKind::File(f) => Some(f),
+                        _ => None,
+                    }))
+                }
+            };
+            files.flat_map(|f| f.extents.iter().filter_map(|e| e.chunk.as_ref()))
+        })
+    }
+}
+
+pub fn encode_manifest(keys: &Keys, m: &Manifest) -> Vec<u8> {
+    let plain = postcard::to_stdvec(m).expect("manifest serializes");
+    let compressed = zstd::bulk::compress(&plain, 3).expect("zstd compresses in memory");
+    crypto::seal(&keys.data_key, Kind::Manifest, m.id.as_bytes(), &compressed)
+}
+
+pub fn decode_manifest(
+    keys: &Keys,
+    id: &str,
+    name: &str,
+    bytes: &[u8],
+) -> Result<Manifest, RepoError> {
+    let corrupt = |why: String| RepoError::Corrupt {
+        object: name.into(),
+        reason: why,
+    };
+    let plain = crypto::open(&keys.data_key, Kind::Manifest, id.as_bytes(), bytes)
+        .map_err(|e| corrupt(e.to_string()))?;
+    let raw = decompress_bounded(&plain, 1 << 30).map_err(corrupt)?;
+    let m: Manifest = postcard::from_bytes(&raw).map_err(|e| corrupt(format!("manifest: {e}")))?;
+    if m.id != id {
+        return Err(corrupt(format!("manifest names itself {}, not {id}", m.id)));
+    }
+    Ok(m)
+}
+
+/// Seals one chunk: `flag || data`, where flag 1 means zstd-compressed.
+pub fn seal_chunk(
+    keys: &Keys,
+    id: &ChunkId,
+    data: &[u8],
+    compressor: &mut Option<zstd::bulk::Compressor<'static>>,
+) -> Vec<u8> {
+    let mut plain = Vec::with_capacity(data.len() + 1);
+    let compressed = if worth_compressing(data) {
+        let c =
+            compressor.get_or_insert_with(|| zstd::bulk::Compressor::new(1).expect("zstd level 1"));
+        c.compress(data)
+            .ok()
+            .filter(|z| z.len() + z.len() / 32 < data.len())
+    } else {
+        None
+    };
+    match compressed {
+        Some(z) => {
+            plain.push(1);
+            plain.extend_from_slice(&z);
+        }
+        None => {
+            plain.push(0);
+            plain.extend_from_slice(data);
+        }
+    }
+    crypto::seal(&keys.data_key, Kind::Chunk, id, &plain)
+}
+
+/// Opens a sealed chunk and returns its plaintext.
+pub fn open_chunk(
+    keys: &Keys,
+    id: &ChunkId,
+    raw_length: u32,
+    sealed: &[u8],
+) -> Result<Vec<u8>, crypto::CryptoError> {
+    let plain = crypto::open(&keys.data_key, Kind::Chunk, id, sealed)?;
+    match plain.first() {
+        Some(0) => Ok(plain[1..].to_vec()),
+        Some(1) => {
+            let out = zstd::bulk::decompress(&plain[1..], raw_length as usize)
+                .map_err(|_| crypto::CryptoError::Malformed)?;
+            if out.len() != raw_length as usize {
+                return Err(crypto::CryptoError::Malformed);
+            }
+            Ok(out)
+        }
+        _ => Err(crypto::CryptoError::Malformed),
+    }
+}
+
+/// A cheap entropy estimate on a sample: incompressible data (media, encrypted or already
+/// compressed files) skips the compressor entirely.
+pub fn worth_compressing(data: &[u8]) -> bool {
+    if data.len() < 128 {
+        return false;
+    }
+    let sample = &data[..data.len().min(4096)];
+    let mut counts = [0u32; 256];
+    for &b in sample {
+        counts[b as usize] += 1;
+    }
+    let n = sample.len() as f64;
+    let entropy: f64 = counts
+        .iter()
+        .filter(|&&c| c > 0)
+        .map(|&c| {
+            let p = c as f64 / n;
+            -p * p.log2()
+        })
+        .sum();
+    entropy < 7.5
+}

@@ -1,0 +1,378 @@
+//! The recovery-point repository: content-defined and block-aligned chunking, keyed-BLAKE3 chunk
+//! ids, zstd compression, AES-256-GCM sealing, packs with self-describing headers, index files,
+//! and one manifest per point written last. The format is described in
+//! docs/repository-format.md. This module never imports the controllers.
+
+pub mod chunker;
+pub mod crypto;
+pub mod format;
+pub mod lock;
+pub mod prune;
+pub mod replicate;
+pub mod restore;
+pub mod snapshot;
+pub mod verify;
+
+use std::collections::{HashMap, HashSet};
+
+use bytes::Bytes;
+use futures::{StreamExt, TryStreamExt};
+
+use crate::storage::{Location, StorageError, layout};
+use crypto::Keys;
+use format::{ChunkId, Config, IndexFile, Manifest, PackEntry};
+
+#[derive(Debug, thiserror::Error)]
+pub enum RepoError {
+    #[error("{location}: no repository here (no config); run `site-recovery repo init` first")]
+    NotARepository { location: String },
+    #[error("{location}: refusing a foreign repository: {reason}")]
+    Foreign { location: String, reason: String },
+    #[error(
+        "{location}: repository format version {found} is not supported (this build reads version {supported}); upgrade site-recovery"
+    )]
+    UnsupportedVersion {
+        location: String,
+        found: u64,
+        supported: u32,
+    },
+    #[error("{location}: the key does not open this repository")]
+    WrongKey { location: String },
+    #[error("{object}: {reason}")]
+    Corrupt { object: String, reason: String },
+    #[error("point {0} not found")]
+    PointNotFound(String),
+    #[error("{location}: {reason}")]
+    Locked { location: String, reason: String },
+    #[error("{path}: {message}")]
+    Io { path: String, message: String },
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl RepoError {
+    pub fn io(path: &std::path::Path, e: std::io::Error) -> Self {
+        RepoError::Io {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        }
+    }
+}
+
+/// Where a chunk is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ChunkLocation {
+    pub pack: u32,
+    pub offset: u32,
+    pub length: u32,
+    pub raw_length: u32,
+}
+
+/// An open repository in one location.
+pub struct Repository {
+    pub location: Location,
+    pub config: Config,
+    pub keys: Keys,
+    /// Pack ids, indexed by `ChunkLocation::pack`.
+    pub packs: Vec<ChunkId>,
+    pack_numbers: HashMap<ChunkId, u32>,
+    pub chunks: HashMap<ChunkId, ChunkLocation>,
+    /// Index files read (names), to replace them after a prune.
+    pub index_files: Vec<String>,
+}
+
+pub fn pack_name(id: &ChunkId) -> String {
+    hex::encode(id)
+}
+
+impl Repository {
+    /// Creates a repository, refusing to touch a location that already holds one.
+    pub async fn init(location: Location, secret: &[u8]) -> Result<Self, RepoError> {
+        check_secret(secret)?;
+        let (config, keys) = Config::new(secret);
+        let bytes = serde_json::to_vec_pretty(&config).expect("config serializes");
+        match location
+            .put_new(&layout::config(location.prefix()), Bytes::from(bytes))
+            .await
+        {
+            Err(StorageError::AlreadyExists { .. }) => {
+                let existing = location.get(&layout::config(location.prefix())).await?;
+                Config::parse(location.name(), &existing)?;
+                return Err(RepoError::Invalid(format!(
+                    "{}: a repository already exists here",
+                    location.name()
+                )));
+            }
+            other => other?,
+        }
+        Ok(Self::new(location, config, keys))
+    }
+
+    /// Creates `location` as a replica of this repository: same config, so same keys and ids.
+    pub async fn init_replica(&self, location: Location) -> Result<(), RepoError> {
+        let key = layout::config(location.prefix());
+        let bytes = serde_json::to_vec_pretty(&self.config).expect("config serializes");
+        match location.put_new(&key, Bytes::from(bytes)).await {
+            Ok(()) => Ok(()),
+            Err(StorageError::AlreadyExists { .. }) => {
+                let existing = Config::parse(location.name(), &location.get(&key).await?)?;
+                if existing.id != self.config.id {
+                    return Err(RepoError::Foreign {
+                        location: location.name().into(),
+                        reason: format!(
+                            "it holds repository {}, not {}",
+                            existing.id, self.config.id
+                        ),
+                    });
+                }
+                Ok(())
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Opens a repository: reads its config (refusing foreign or newer ones), unlocks the
+    /// master key and loads the index.
+    pub async fn open(location: Location, secret: &[u8]) -> Result<Self, RepoError> {
+        let config = match location.get(&layout::config(location.prefix())).await {
+            Ok(bytes) => Config::parse(location.name(), &bytes)?,
+            Err(StorageError::NotFound { .. }) => {
+                return Err(RepoError::NotARepository {
+                    location: location.name().into(),
+                });
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let keys = config.unlock(location.name(), secret)?;
+        let mut repo = Self::new(location, config, keys);
+        repo.load_index().await?;
+        Ok(repo)
+    }
+
+    fn new(location: Location, config: Config, keys: Keys) -> Self {
+        Self {
+            location,
+            config,
+            keys,
+            packs: vec![],
+            pack_numbers: HashMap::new(),
+            chunks: HashMap::new(),
+            index_files: vec![],
+        }
+    }
+
+    fn pack_number(&mut self, pack: &ChunkId) -> u32 {
+        if let Some(n) = self.pack_numbers.get(pack) {
+            return *n;
+        }
+        let n = self.packs.len() as u32;
+        self.packs.push(*pack);
+        self.pack_numbers.insert(*pack, n);
+        n
+    }
+
+    pub fn add_pack(&mut self, pack: &ChunkId, entries: &[PackEntry]) {
+        let n = self.pack_number(pack);
+        for e in entries {
+            self.chunks.entry(e.id).or_insert(ChunkLocation {
+                pack: n,
+                offset: e.offset,
+                length: e.length,
+                raw_length: e.raw_length,
+            });
+        }
+    }
+
+    pub fn has_pack(&self, pack: &ChunkId) -> bool {
+        self.pack_numbers.contains_key(pack)
+    }
+
+    /// Reads every index file, then adopts packs that no index names yet (a writer that was
+    /// killed after uploading them): their headers say what they hold, so the next run reuses
+    /// them instead of uploading again. Unreadable orphans (torn uploads) are ignored.
+    pub async fn load_index(&mut self) -> Result<(), RepoError> {
+        self.packs.clear();
+        self.pack_numbers.clear();
+        self.chunks.clear();
+        self.index_files.clear();
+        let loc = self.location.clone();
+        let listed = loc.list(&layout::dir(loc.prefix(), layout::INDEX)).await?;
+        let keys = self.keys.clone();
+        let files: Vec<(String, IndexFile)> = futures::stream::iter(listed)
+            .map(|(key, _)| {
+                let loc = loc.clone();
+                let keys = keys.clone();
+                async move {
+                    let bytes = loc.get(&key).await?;
+                    let name = format!("{}/{}", loc.name(), key);
+                    Ok::<_, RepoError>((
+                        key.to_string(),
+                        format::decode_index(&keys, &name, &bytes)?,
+                    ))
+                }
+            })
+            .buffer_unordered(8)
+            .try_collect()
+            .await?;
+        for (name, file) in files {
+            for (pack, entries) in &file.packs {
+                self.add_pack(pack, entries);
+            }
+            self.index_files.push(name);
+        }
+        let stored = self.list_packs().await?;
+        let orphans: Vec<(ChunkId, u64)> = stored
+            .into_iter()
+            .filter(|(id, _)| !self.has_pack(id))
+            .collect();
+        for (pack, size) in orphans {
+            if let Ok(entries) = self.read_pack_header(&pack, size).await {
+                self.add_pack(&pack, &entries);
+            }
+        }
+        Ok(())
+    }
+
+    /// Every pack in storage with its size.
+    pub async fn list_packs(&self) -> Result<Vec<(ChunkId, u64)>, RepoError> {
+        let listed = self
+            .location
+            .list(&layout::dir(self.location.prefix(), layout::DATA))
+            .await?;
+        Ok(listed
+            .into_iter()
+            .filter_map(|(key, size)| {
+                let name = key.filename()?;
+                let bytes = hex::decode(name).ok()?;
+                Some((bytes.try_into().ok()?, size))
+            })
+            .collect())
+    }
+
+    pub async fn read_pack_header(
+        &self,
+        pack: &ChunkId,
+        size: u64,
+    ) -> Result<Vec<PackEntry>, RepoError> {
+        let key = layout::pack(self.location.prefix(), &pack_name(pack));
+        let name = format!("{}/{}", self.location.name(), key);
+        if size < 8 {
+            return Err(RepoError::Corrupt {
+                object: name,
+                reason: "pack is too short".into(),
+            });
+        }
+        let trailer = self.location.get_range(&key, size - 8..size).await?;
+        let len = format::pack_header_length(&name, &trailer)? as u64;
+        if len + 8 > size {
+            return Err(RepoError::Corrupt {
+                object: name,
+                reason: "pack header length exceeds the pack".into(),
+            });
+        }
+        let tail = self.location.get_range(&key, size - 8 - len..size).await?;
+        format::parse_pack_header(&self.keys, &name, &tail, (size - 8 - len) as usize)
+    }
+
+    pub async fn write_index(
+        &self,
+        packs: Vec<(ChunkId, Vec<PackEntry>)>,
+    ) -> Result<String, RepoError> {
+        let bytes = format::encode_index(&self.keys, &IndexFile { packs });
+        let name = hex::encode(blake3::hash(&bytes).as_bytes());
+        let key = layout::index(self.location.prefix(), &name);
+        self.location.put(&key, Bytes::from(bytes)).await?;
+        Ok(key.to_string())
+    }
+
+    /// Ids of the points in this location, oldest first (ids sort by time).
+    pub async fn point_ids(&self) -> Result<Vec<String>, RepoError> {
+        let listed = self
+            .location
+            .list(&layout::dir(self.location.prefix(), layout::POINTS))
+            .await?;
+        let mut ids: Vec<String> = listed
+            .into_iter()
+            .filter_map(|(k, _)| k.filename().map(String::from))
+            .collect();
+        ids.sort();
+        Ok(ids)
+    }
+
+    pub async fn manifest(&self, id: &str) -> Result<Manifest, RepoError> {
+        let key = layout::point(self.location.prefix(), id);
+        let bytes = match self.location.get(&key).await {
+            Ok(b) => b,
+            Err(StorageError::NotFound { .. }) => return Err(RepoError::PointNotFound(id.into())),
+            Err(e) => return Err(e.into()),
+        };
+        format::decode_manifest(
+            &self.keys,
+            id,
+            &format!("{}/{}", self.location.name(), key),
+            &bytes,
+        )
+    }
+
+    /// Every point, oldest first.
+    pub async fn manifests(&self) -> Result<Vec<Manifest>, RepoError> {
+        let ids = self.point_ids().await?;
+        futures::stream::iter(ids)
+            .map(|id| async move { self.manifest(&id).await })
+            .buffered(8)
+            .try_collect()
+            .await
+    }
+
+    /// Resolves `latest` or an id prefix to a point id.
+    pub async fn resolve_point(&self, wanted: &str) -> Result<String, RepoError> {
+        let ids = self.point_ids().await?;
+        if wanted == "latest" {
+            return ids.last().cloned().ok_or_else(|| {
+                RepoError::PointNotFound("latest (the repository has no points)".into())
+            });
+        }
+        let matches: Vec<&String> = ids.iter().filter(|i| i.starts_with(wanted)).collect();
+        match matches.as_slice() {
+            [one] => Ok((*one).clone()),
+            [] => Err(RepoError::PointNotFound(wanted.into())),
+            _ => Err(RepoError::Invalid(format!(
+                "point prefix {wanted} matches {} points",
+                matches.len()
+            ))),
+        }
+    }
+
+    /// Chunks every point references.
+    pub async fn referenced_chunks(&self) -> Result<HashSet<ChunkId>, RepoError> {
+        let mut used = HashSet::new();
+        for m in self.manifests().await? {
+            used.extend(m.chunks().copied());
+        }
+        Ok(used)
+    }
+}
+
+/// The key-encryption secret must carry enough entropy to stand in for a key.
+pub fn check_secret(secret: &[u8]) -> Result<(), RepoError> {
+    if secret.len() < 32 {
+        return Err(RepoError::Invalid(format!(
+            "the repository key must be at least 32 bytes, got {}",
+            secret.len()
+        )));
+    }
+    Ok(())
+}
+
+/// A new point id: sortable by time, unique by a random suffix.
+pub fn new_point_id(time: jiff::Timestamp) -> String {
+    format!(
+        "{}-{}",
+        time.strftime("%Y%m%dT%H%M%S%.3fZ")
+            .to_string()
+            .replace('.', ""),
+        hex::encode(crypto::random_bytes::<4>())
+    )
+}

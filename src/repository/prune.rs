@@ -1,0 +1,149 @@
+//! Retention and garbage collection. Points older than the retention window are forgotten
+//! (keeping the newest `keep_last` and the newest app-consistent point of every workload); then,
+//! under an exclusive lock that no snapshot or replication holds, packs no remaining point
+//! references are deleted. Order makes a crash harmless: manifests first, then a new index
+//! without the doomed packs, then the old index files, then the packs.
+
+use std::collections::{BTreeMap, HashSet};
+use std::time::Duration;
+
+use super::format::{Consistency, Manifest};
+use super::lock::Lock;
+use super::{RepoError, Repository, pack_name};
+use crate::storage::layout;
+
+#[derive(Clone, Debug)]
+pub struct PruneOptions {
+    /// Points younger than this are kept.
+    pub keep_within: Duration,
+    /// The newest this-many points of each workload are kept whatever their age.
+    pub keep_last: usize,
+    /// Report what would be deleted without deleting.
+    pub dry_run: bool,
+}
+
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct PruneReport {
+    pub points_removed: Vec<String>,
+    pub points_kept: usize,
+    pub packs_removed: u64,
+    pub bytes_freed: u64,
+    /// Why garbage collection was skipped, if it was.
+    pub gc_skipped: Option<String>,
+}
+
+/// Which points retention removes: pure, for tests.
+pub fn select(points: &[Manifest], options: &PruneOptions, now: jiff::Timestamp) -> Vec<String> {
+    let mut by_workload: BTreeMap<&str, Vec<&Manifest>> = BTreeMap::new();
+    for m in points {
+        by_workload.entry(&m.workload).or_default().push(m);
+    }
+    let mut remove = Vec::new();
+    for (_, mut ms) in by_workload {
+        ms.sort_by(|a, b| b.id.cmp(&a.id));
+        let newest_app = ms
+            .iter()
+            .find(|m| m.consistency == Consistency::AppConsistent)
+            .map(|m| m.id.clone());
+        for (i, m) in ms.iter().enumerate() {
+            let age = m
+                .time
+                .parse::<jiff::Timestamp>()
+                .ok()
+                .and_then(|t| now.duration_since(t).try_into().ok())
+                .unwrap_or(Duration::ZERO);
+            let keep = i < options.keep_last
+                || age <= options.keep_within
+                || Some(&m.id) == newest_app.as_ref();
+            if !keep {
+                remove.push(m.id.clone());
+            }
+        }
+    }
+    remove.sort();
+    remove
+}
+
+pub async fn prune(
+    repo: &mut Repository,
+    options: &PruneOptions,
+) -> Result<PruneReport, RepoError> {
+    let manifests = repo.manifests().await?;
+    let remove = select(&manifests, options, jiff::Timestamp::now());
+    let mut report = PruneReport {
+        points_kept: manifests.len() - remove.len(),
+        ..Default::default()
+    };
+    if options.dry_run {
+        report.points_removed = remove;
+        return Ok(report);
+    }
+    for id in &remove {
+        repo.location
+            .delete(&layout::point(repo.location.prefix(), id))
+            .await?;
+    }
+    report.points_removed = remove;
+
+    let lock = match Lock::acquire(&repo.location, "prune", true).await {
+        Ok(l) => l,
+        Err(RepoError::Locked { reason, .. }) => {
+            report.gc_skipped = Some(reason);
+            return Ok(report);
+        }
+        Err(e) => return Err(e),
+    };
+    let result = collect_garbage(repo, &mut report).await;
+    lock.release().await?;
+    result?;
+    Ok(report)
+}
+
+async fn collect_garbage(repo: &mut Repository, report: &mut PruneReport) -> Result<(), RepoError> {
+    repo.load_index().await?;
+    let used = repo.referenced_chunks().await?;
+    let stored = repo.list_packs().await?;
+    let mut doomed = HashSet::new();
+    let mut keep = Vec::new();
+    for (i, pack) in repo.packs.iter().enumerate() {
+        let any_used = repo
+            .chunks
+            .iter()
+            .any(|(id, at)| at.pack == i as u32 && used.contains(id));
+        if any_used {
+            let entries: Vec<_> = repo
+                .chunks
+                .iter()
+                .filter(|(_, at)| at.pack == i as u32)
+                .map(|(id, at)| super::format::PackEntry {
+                    id: *id,
+                    offset: at.offset,
+                    length: at.length,
+                    raw_length: at.raw_length,
+                })
+                .collect();
+            keep.push((*pack, entries));
+        } else {
+            doomed.insert(*pack);
+        }
+    }
+    let old_indexes = repo.index_files.clone();
+    let new_index = repo.write_index(keep).await?;
+    let stale: Vec<_> = old_indexes
+        .into_iter()
+        .filter(|k| *k != new_index)
+        .map(object_store::path::Path::from)
+        .collect();
+    repo.location.delete_all(stale).await?;
+    let mut keys = Vec::new();
+    for (pack, size) in stored {
+        if doomed.contains(&pack) {
+            report.packs_removed += 1;
+            report.bytes_freed += size;
+            keys.push(layout::pack(repo.location.prefix(), &pack_name(&pack)));
+        }
+    }
+    repo.location.delete_all(keys).await?;
+    repo.load_index().await?;
+    Ok(())
+}

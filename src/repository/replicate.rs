@@ -1,0 +1,137 @@
+//! Moving points from one location to another (cache → target): only the packs holding chunks
+//! the destination lacks are copied, an index for them is written, and the manifest goes last
+//! with a conditional create. Idempotent and resumable: packs already at the destination are
+//! skipped, and a point already there is left alone.
+
+use std::collections::HashSet;
+
+use bytes::Bytes;
+use futures::{StreamExt, TryStreamExt};
+
+use super::format::{self, ChunkId};
+use super::lock::Lock;
+use super::{RepoError, Repository, pack_name};
+use crate::storage::{StorageError, layout};
+
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ReplicateStats {
+    pub points_copied: u64,
+    pub points_present: u64,
+    pub packs_copied: u64,
+    pub bytes_copied: u64,
+}
+
+/// Copies `points` (ids) from `source` to `dest`. `dest` must hold the same repository (or be
+/// initialised as its replica first, see [`Repository::init_replica`]).
+pub async fn replicate(
+    source: &Repository,
+    dest: &mut Repository,
+    points: &[String],
+) -> Result<ReplicateStats, RepoError> {
+    if source.config.id != dest.config.id {
+        return Err(RepoError::Foreign {
+            location: dest.location.name().into(),
+            reason: format!(
+                "it holds repository {}, not {}",
+                dest.config.id, source.config.id
+            ),
+        });
+    }
+    let lock = Lock::acquire(&dest.location, "replicate", false).await?;
+    let result = replicate_locked(source, dest, points).await;
+    let released = lock.release().await;
+    let stats = result?;
+    released?;
+    Ok(stats)
+}
+
+async fn replicate_locked(
+    source: &Repository,
+    dest: &mut Repository,
+    points: &[String],
+) -> Result<ReplicateStats, RepoError> {
+    dest.load_index().await?;
+    let present: HashSet<String> = dest.point_ids().await?.into_iter().collect();
+    let mut stats = ReplicateStats::default();
+    for id in points {
+        if present.contains(id) {
+            stats.points_present += 1;
+            continue;
+        }
+        let manifest = source.manifest(id).await?;
+        // The packs that hold what the destination lacks.
+        let mut needed: Vec<ChunkId> = Vec::new();
+        let mut seen = HashSet::new();
+        for chunk in manifest.chunks() {
+            if dest.chunks.contains_key(chunk) {
+                continue;
+            }
+            let at = source.chunks.get(chunk).ok_or_else(|| RepoError::Corrupt {
+                object: format!(
+                    "{}/{}",
+                    source.location.name(),
+                    layout::point(source.location.prefix(), id)
+                ),
+                reason: format!(
+                    "chunk {} is in no index or pack of the source",
+                    hex::encode(chunk)
+                ),
+            })?;
+            let pack = source.packs[at.pack as usize];
+            if seen.insert(pack) {
+                needed.push(pack);
+            }
+        }
+        let dest_location = &dest.location;
+        let copied: Vec<(ChunkId, Vec<format::PackEntry>, u64)> = futures::stream::iter(needed)
+            .map(|pack| async move {
+                let key = layout::pack(source.location.prefix(), &pack_name(&pack));
+                let bytes = source.location.get(&key).await?;
+                // Never copy what does not authenticate: the header must open with our key.
+                let entries = format::read_pack_header(
+                    &source.keys,
+                    &format!("{}/{}", source.location.name(), key),
+                    &bytes,
+                )?;
+                if blake3::hash(&bytes).as_bytes() != &pack {
+                    return Err(RepoError::Corrupt {
+                        object: format!("{}/{}", source.location.name(), key),
+                        reason: "pack content does not match its name".into(),
+                    });
+                }
+                let size = bytes.len() as u64;
+                let dest_key = layout::pack(dest_location.prefix(), &pack_name(&pack));
+                match dest_location.put_new(&dest_key, bytes).await {
+                    Ok(()) | Err(StorageError::AlreadyExists { .. }) => {}
+                    Err(e) => return Err(e.into()),
+                }
+                Ok::<_, RepoError>((pack, entries, size))
+            })
+            .buffer_unordered(4)
+            .try_collect()
+            .await?;
+        if !copied.is_empty() {
+            let packs: Vec<_> = copied.iter().map(|(p, e, _)| (*p, e.clone())).collect();
+            dest.write_index(packs.clone()).await?;
+            for (p, e) in &packs {
+                dest.add_pack(p, e);
+            }
+        }
+        stats.packs_copied += copied.len() as u64;
+        stats.bytes_copied += copied.iter().map(|(_, _, s)| s).sum::<u64>();
+        let key = layout::point(dest.location.prefix(), id);
+        match dest
+            .location
+            .put_new(
+                &key,
+                Bytes::from(format::encode_manifest(&dest.keys, &manifest)),
+            )
+            .await
+        {
+            Ok(()) => stats.points_copied += 1,
+            Err(StorageError::AlreadyExists { .. }) => stats.points_present += 1,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(stats)
+}

@@ -1,0 +1,635 @@
+//! Taking a recovery point: a streaming pipeline with bounded memory.
+//!
+//! ```text
+//! reader thread ──batches (≤ 2 × 8 MiB)──▶ hash ∥ → dedup → compress+seal ∥ → packer ──packs (≤ 2 × 8 MiB)──▶ uploader
+//! ```
+//!
+//! Files whose size, mtime, ctime and inode match the parent point are not read again. The
+//! uploader writes an index file after every few packs; the manifest is written last, with a
+//! conditional create, so a point exists only once every byte it references is durable. A
+//! writer killed at any instant leaves packs no manifest references; the next run adopts them
+//! (their headers say what they hold) instead of uploading them again.
+
+use std::collections::{HashMap, HashSet};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+
+use bytes::Bytes;
+use rayon::prelude::*;
+
+use super::chunker::{self, is_zero};
+use super::crypto::Keys;
+use super::format::{
+    self, ChunkId, Consistency, Extent, FileData, Manifest, Node, NodeKind, PackEntry, Stats,
+    VolumeContent, VolumeManifest,
+};
+use super::lock::Lock;
+use super::{ChunkLocation, RepoError, Repository};
+use crate::storage::{Location, layout};
+
+/// Pack size the packer aims for.
+pub const PACK_TARGET: usize = 8 << 20;
+/// Bytes the reader hands over at a time.
+const BATCH_TARGET: usize = 8 << 20;
+/// Packs per index file.
+const PACKS_PER_INDEX: usize = 16;
+
+/// What to capture for one volume.
+#[derive(Clone, Debug)]
+pub enum Source {
+    /// A directory tree (a mounted volume).
+    Tree(PathBuf),
+    /// A file or block device, stored as one raw image.
+    Raw(PathBuf),
+}
+
+#[derive(Clone, Debug)]
+pub struct SnapshotOptions {
+    pub workload: String,
+    pub consistency: Consistency,
+    pub source_zone: Option<String>,
+    /// Take the parent from the newest point of the same workload (metadata-based reuse).
+    pub use_parent: bool,
+}
+
+/// Bytes done of the total, reported as the snapshot proceeds.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Progress {
+    pub bytes_done: u64,
+    pub bytes_total: u64,
+}
+
+pub type ProgressFn = Arc<dyn Fn(Progress) + Send + Sync>;
+
+/// A file whose content must be read.
+struct Work {
+    path: PathBuf,
+    size: u64,
+    raw_image: bool,
+}
+
+struct Piece {
+    work: u32,
+    data: Bytes,
+}
+
+type Batch = Result<Vec<Piece>, RepoError>;
+
+pub async fn snapshot(
+    repo: &mut Repository,
+    volumes: Vec<(String, Source)>,
+    options: &SnapshotOptions,
+    progress: Option<ProgressFn>,
+) -> Result<Manifest, RepoError> {
+    let lock = Lock::acquire(&repo.location, "snapshot", false).await?;
+    let result = snapshot_locked(repo, volumes, options, progress).await;
+    let released = lock.release().await;
+    let manifest = result?;
+    released?;
+    Ok(manifest)
+}
+
+async fn snapshot_locked(
+    repo: &mut Repository,
+    volumes: Vec<(String, Source)>,
+    options: &SnapshotOptions,
+    progress: Option<ProgressFn>,
+) -> Result<Manifest, RepoError> {
+    let time = jiff::Timestamp::now();
+    // Packs uploaded since the index was read (another writer, or a killed run) are adopted.
+    repo.load_index().await?;
+    let parent = if options.use_parent {
+        latest_of(repo, &options.workload).await?
+    } else {
+        None
+    };
+
+    // Scan every volume; decide per file whether its content must be read.
+    let chunking = repo.config.chunking.clone();
+    let parent_nodes: HashMap<(String, String), FileData> = parent
+        .iter()
+        .flat_map(|m| m.volumes.iter())
+        .flat_map(|v| match &v.content {
+            VolumeContent::Tree(nodes) => nodes
+                .iter()
+                .filter_map(|n| match &n.kind {
+                    NodeKind::File(f) => Some(((v.name.clone(), reuse_key(n)), f.clone())),
+                    _ => None,
+                })
+                .collect::<Vec<_>>(),
+            VolumeContent::Raw(_) => vec![],
+        })
+        .collect();
+    let known = &repo.chunks;
+    let parent_usable = |f: &FileData| {
+        f.extents
+            .iter()
+            .all(|e| e.chunk.is_none_or(|c| known.contains_key(&c)))
+    };
+
+    let mut work: Vec<Work> = Vec::new();
+    // (volume, node index) of each work item; usize::MAX node = raw image.
+    let mut work_targets: Vec<(usize, usize)> = Vec::new();
+    let mut manifests: Vec<VolumeManifest> = Vec::new();
+    let mut stats = Stats::default();
+    for (v, (name, source)) in volumes.iter().enumerate() {
+        match source {
+            Source::Raw(path) => {
+                let size = raw_size(path)?;
+                stats.files += 1;
+                stats.bytes += size;
+                work.push(Work {
+                    path: path.clone(),
+                    size,
+                    raw_image: true,
+                });
+                work_targets.push((v, usize::MAX));
+                manifests.push(VolumeManifest {
+                    name: name.clone(),
+                    content: VolumeContent::Raw(FileData::default()),
+                });
+            }
+            Source::Tree(root) => {
+                let nodes = scan_tree(root)?;
+                let mut nodes = nodes;
+                for (i, node) in nodes.iter_mut().enumerate() {
+                    let key = (name.clone(), reuse_key(node));
+                    if let NodeKind::File(data) = &mut node.kind {
+                        stats.files += 1;
+                        stats.bytes += data.size;
+                        match parent_nodes.get(&key) {
+                            Some(previous)
+                                if previous.size == data.size && parent_usable(previous) =>
+                            {
+                                *data = previous.clone()
+                            }
+                            _ => {
+                                work.push(Work {
+                                    path: root.join(&node.path),
+                                    size: data.size,
+                                    raw_image: false,
+                                });
+                                work_targets.push((v, i));
+                            }
+                        }
+                    }
+                }
+                manifests.push(VolumeManifest {
+                    name: name.clone(),
+                    content: VolumeContent::Tree(nodes),
+                });
+            }
+        }
+    }
+    let total: u64 = work.iter().map(|w| w.size).sum();
+    stats.bytes_read = total;
+
+    // The data pipeline, on blocking threads, with the index moved in and back out.
+    let known = std::mem::take(&mut repo.chunks);
+    let handle = tokio::runtime::Handle::current();
+    let location = repo.location.clone();
+    let keys = repo.keys.clone();
+    let outcome = tokio::task::spawn_blocking(move || {
+        let out = run_pipeline(
+            &handle, &location, &keys, &chunking, &known, work, progress, total,
+        );
+        (known, out)
+    })
+    .await
+    .map_err(|e| RepoError::Invalid(format!("snapshot pipeline panicked: {e}")))?;
+    let (known, result) = outcome;
+    repo.chunks = known;
+    let result = result?;
+    for (pack, entries) in &result.packs {
+        repo.add_pack(pack, entries);
+    }
+    stats.new_chunks = result.new_chunks;
+    stats.stored_bytes_added = result.stored_bytes;
+
+    // Put each file's extents in its node.
+    for ((v, i), extents) in work_targets.into_iter().zip(result.extents) {
+        let data = FileData {
+            size: extents.iter().map(|e| e.length as u64).sum(),
+            extents,
+        };
+        match (&mut manifests[v].content, i) {
+            (VolumeContent::Raw(f), usize::MAX) => *f = data,
+            (VolumeContent::Tree(nodes), i) => nodes[i].kind = NodeKind::File(data),
+            _ => unreachable!("raw images have no nodes"),
+        }
+    }
+
+    let manifest = Manifest {
+        id: super::new_point_id(time),
+        time: time.to_string(),
+        workload: options.workload.clone(),
+        consistency: options.consistency,
+        source_zone: options.source_zone.clone(),
+        parent: parent.map(|p| p.id),
+        volumes: manifests,
+        stats,
+    };
+    let key = layout::point(repo.location.prefix(), &manifest.id);
+    repo.location
+        .put_new(
+            &key,
+            Bytes::from(format::encode_manifest(&repo.keys, &manifest)),
+        )
+        .await?;
+    Ok(manifest)
+}
+
+/// The newest point of `workload`, if any.
+pub async fn latest_of(repo: &Repository, workload: &str) -> Result<Option<Manifest>, RepoError> {
+    for id in repo.point_ids().await?.iter().rev() {
+        let m = repo.manifest(id).await?;
+        if m.workload == workload {
+            return Ok(Some(m));
+        }
+    }
+    Ok(None)
+}
+
+/// Files are matched with the parent point by path and the metadata that changes with content.
+fn reuse_key(n: &Node) -> String {
+    format!("{}\0{}\0{}\0{}", n.path, n.mtime_ns, n.ctime_ns, n.inode)
+}
+
+fn raw_size(path: &Path) -> Result<u64, RepoError> {
+    use std::io::Seek;
+    let mut f = std::fs::File::open(path).map_err(|e| RepoError::io(path, e))?;
+    f.seek(std::io::SeekFrom::End(0))
+        .map_err(|e| RepoError::io(path, e))
+}
+
+/// Walks a tree: directories, regular files, symlinks and hard links, with metadata. Entries are
+/// sorted by name so that equal trees give equal manifests.
+pub fn scan_tree(root: &Path) -> Result<Vec<Node>, RepoError> {
+    let meta = std::fs::symlink_metadata(root).map_err(|e| RepoError::io(root, e))?;
+    if !meta.is_dir() {
+        return Err(RepoError::Invalid(format!(
+            "{}: not a directory",
+            root.display()
+        )));
+    }
+    let mut nodes = vec![node("", root, &meta, NodeKind::Dir)];
+    let mut links: HashMap<(u64, u64), String> = HashMap::new();
+    let mut stack = vec![String::new()];
+    while let Some(dir) = stack.pop() {
+        let full = if dir.is_empty() {
+            root.to_path_buf()
+        } else {
+            root.join(&dir)
+        };
+        let mut entries: Vec<_> = std::fs::read_dir(&full)
+            .map_err(|e| RepoError::io(&full, e))?
+            .collect::<Result<_, _>>()
+            .map_err(|e| RepoError::io(&full, e))?;
+        entries.sort_by_key(|e| e.file_name());
+        let mut subdirs = Vec::new();
+        for entry in entries {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let rel = if dir.is_empty() {
+                name
+            } else {
+                format!("{dir}/{name}")
+            };
+            let path = entry.path();
+            let m = std::fs::symlink_metadata(&path).map_err(|e| RepoError::io(&path, e))?;
+            let ft = m.file_type();
+            let kind = if ft.is_dir() {
+                subdirs.push(rel.clone());
+                NodeKind::Dir
+            } else if ft.is_symlink() {
+                let target = std::fs::read_link(&path).map_err(|e| RepoError::io(&path, e))?;
+                NodeKind::Symlink(target.to_string_lossy().into_owned())
+            } else if ft.is_file() {
+                if m.nlink() > 1 {
+                    if let Some(first) = links.get(&(m.dev(), m.ino())) {
+                        nodes.push(node(&rel, &path, &m, NodeKind::HardLink(first.clone())));
+                        continue;
+                    }
+                    links.insert((m.dev(), m.ino()), rel.clone());
+                }
+                NodeKind::File(FileData {
+                    size: m.len(),
+                    extents: vec![],
+                })
+            } else {
+                // Sockets, FIFOs and device nodes carry no data to recover.
+                continue;
+            };
+            nodes.push(node(&rel, &path, &m, kind));
+        }
+        // Depth-first in name order.
+        stack.extend(subdirs.into_iter().rev());
+    }
+    Ok(nodes)
+}
+
+fn node(rel: &str, path: &Path, m: &std::fs::Metadata, kind: NodeKind) -> Node {
+    let xattrs = xattr::list(path)
+        .map(|names| {
+            names
+                .filter_map(|n| {
+                    let value = xattr::get(path, &n).ok().flatten()?;
+                    Some((n.to_string_lossy().into_owned(), value))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    Node {
+        path: rel.to_string(),
+        kind,
+        mode: m.mode(),
+        uid: m.uid(),
+        gid: m.gid(),
+        mtime_ns: m.mtime() * 1_000_000_000 + m.mtime_nsec(),
+        ctime_ns: m.ctime() * 1_000_000_000 + m.ctime_nsec(),
+        inode: m.ino(),
+        xattrs,
+    }
+}
+
+struct PipelineResult {
+    extents: Vec<Vec<Extent>>,
+    packs: Vec<(ChunkId, Vec<PackEntry>)>,
+    new_chunks: u64,
+    stored_bytes: u64,
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run_pipeline(
+    handle: &tokio::runtime::Handle,
+    location: &Location,
+    keys: &Keys,
+    chunking: &format::Chunking,
+    known: &HashMap<ChunkId, ChunkLocation>,
+    work: Vec<Work>,
+    progress: Option<ProgressFn>,
+    total: u64,
+) -> Result<PipelineResult, RepoError> {
+    let n = work.len();
+    let (batch_tx, batch_rx) = sync_channel::<Batch>(1);
+    let (pack_tx, pack_rx) = sync_channel::<(ChunkId, Vec<u8>, Vec<PackEntry>)>(1);
+    std::thread::scope(|scope| {
+        let reader = {
+            let chunking = chunking.clone();
+            scope.spawn(move || read_all(work, &chunking, batch_tx))
+        };
+        let uploader = scope.spawn(|| upload_all(handle, location, keys, pack_rx));
+
+        let mut extents: Vec<Vec<Extent>> = vec![Vec::new(); n];
+        let mut pending: HashSet<ChunkId> = HashSet::new();
+        let mut packer = Packer::default();
+        let mut new_chunks = 0u64;
+        let mut done = 0u64;
+        let mut failure = None;
+        for batch in batch_rx.iter() {
+            let batch = match batch {
+                Ok(b) => b,
+                Err(e) => {
+                    failure = Some(e);
+                    break;
+                }
+            };
+            let ids: Vec<Option<ChunkId>> = batch
+                .par_iter()
+                .map(|p| (!is_zero(&p.data)).then(|| keys.chunk_id(&p.data)))
+                .collect();
+            let mut fresh = Vec::new();
+            for (i, piece) in batch.iter().enumerate() {
+                extents[piece.work as usize].push(Extent {
+                    chunk: ids[i],
+                    length: piece.data.len() as u32,
+                });
+                if let Some(id) = ids[i]
+                    && !known.contains_key(&id)
+                    && pending.insert(id)
+                {
+                    fresh.push(i);
+                }
+                done += piece.data.len() as u64;
+            }
+            let sealed: Vec<(ChunkId, Vec<u8>, u32)> = fresh
+                .par_iter()
+                .map_init(
+                    || None,
+                    |compressor, &i| {
+                        let id = ids[i].expect("fresh chunks have ids");
+                        let data = &batch[i].data;
+                        (
+                            id,
+                            format::seal_chunk(keys, &id, data, compressor),
+                            data.len() as u32,
+                        )
+                    },
+                )
+                .collect();
+            new_chunks += sealed.len() as u64;
+            for (id, blob, raw) in sealed {
+                packer.add(id, blob, raw);
+                if packer.body.len() >= PACK_TARGET && pack_tx.send(packer.finish(keys)).is_err() {
+                    break;
+                }
+            }
+            if let Some(p) = &progress {
+                p(Progress {
+                    bytes_done: done,
+                    bytes_total: total,
+                });
+            }
+        }
+        if failure.is_none() && !packer.entries.is_empty() {
+            let _ = pack_tx.send(packer.finish(keys));
+        }
+        drop(pack_tx);
+        drop(batch_rx);
+        let read_result = reader.join().expect("reader thread does not panic");
+        let upload_result = uploader.join().expect("uploader thread does not panic");
+        if let Some(e) = failure {
+            return Err(e);
+        }
+        read_result?;
+        let (packs, stored_bytes) = upload_result?;
+        Ok(PipelineResult {
+            extents,
+            packs,
+            new_chunks,
+            stored_bytes,
+        })
+    })
+}
+
+/// Reads every work item in order and hands over batches of pieces.
+fn read_all(
+    work: Vec<Work>,
+    chunking: &format::Chunking,
+    tx: SyncSender<Batch>,
+) -> Result<(), RepoError> {
+    let mut batch: Vec<Piece> = Vec::new();
+    let mut batch_bytes = 0usize;
+    let block = chunking.block_size as usize;
+    let buffer = (BATCH_TARGET / block).max(1) * block;
+    for (i, w) in work.iter().enumerate() {
+        let push =
+            |pieces: Vec<(u64, Bytes)>, batch: &mut Vec<Piece>, batch_bytes: &mut usize| -> bool {
+                for (_, data) in pieces {
+                    *batch_bytes += data.len();
+                    batch.push(Piece {
+                        work: i as u32,
+                        data,
+                    });
+                }
+                if *batch_bytes >= BATCH_TARGET {
+                    *batch_bytes = 0;
+                    return tx.send(Ok(std::mem::take(batch))).is_ok();
+                }
+                true
+            };
+        let result: Result<(), RepoError> = (|| {
+            if w.raw_image || w.size >= chunking.block_threshold {
+                let mut file =
+                    std::fs::File::open(&w.path).map_err(|e| RepoError::io(&w.path, e))?;
+                let mut offset = 0u64;
+                loop {
+                    let pieces = chunker::read_blocks(&mut file, offset, buffer, block)
+                        .map_err(|e| RepoError::io(&w.path, e))?;
+                    if pieces.is_empty() {
+                        break;
+                    }
+                    let read: u64 = pieces.iter().map(|(_, d)| d.len() as u64).sum();
+                    offset += read;
+                    if !push(pieces, &mut batch, &mut batch_bytes) {
+                        return Ok(());
+                    }
+                    if read < buffer as u64 {
+                        break;
+                    }
+                }
+            } else {
+                let data = std::fs::read(&w.path).map_err(|e| RepoError::io(&w.path, e))?;
+                let pieces = chunker::cut_by_content(Bytes::from(data), chunking);
+                push(pieces, &mut batch, &mut batch_bytes);
+            }
+            Ok(())
+        })();
+        if let Err(e) = result {
+            let _ = tx.send(Err(e));
+            return Ok(());
+        }
+    }
+    if !batch.is_empty() {
+        let _ = tx.send(Ok(batch));
+    }
+    Ok(())
+}
+
+#[derive(Default)]
+struct Packer {
+    body: Vec<u8>,
+    entries: Vec<PackEntry>,
+}
+
+impl Packer {
+    fn add(&mut self, id: ChunkId, blob: Vec<u8>, raw_length: u32) {
+        self.entries.push(PackEntry {
+            id,
+            offset: self.body.len() as u32,
+            length: blob.len() as u32,
+            raw_length,
+        });
+        self.body.extend_from_slice(&blob);
+    }
+
+    fn finish(&mut self, keys: &Keys) -> (ChunkId, Vec<u8>, Vec<PackEntry>) {
+        let entries = std::mem::take(&mut self.entries);
+        let body = std::mem::replace(&mut self.body, Vec::with_capacity(PACK_TARGET + (1 << 20)));
+        let pack = format::finish_pack(keys, body, &entries);
+        (*blake3::hash(&pack).as_bytes(), pack, entries)
+    }
+}
+
+type Uploaded = (Vec<(ChunkId, Vec<PackEntry>)>, u64);
+type UploadTask = tokio::task::JoinHandle<Result<(ChunkId, Vec<PackEntry>, u64), RepoError>>;
+
+/// Uploads packs (two in flight) and writes an index file every few packs and at the end.
+fn upload_all(
+    handle: &tokio::runtime::Handle,
+    location: &Location,
+    keys: &Keys,
+    rx: Receiver<(ChunkId, Vec<u8>, Vec<PackEntry>)>,
+) -> Result<Uploaded, RepoError> {
+    let mut all = Vec::new();
+    let mut unindexed = Vec::new();
+    let mut stored = 0u64;
+    let mut in_flight: std::collections::VecDeque<UploadTask> = Default::default();
+    let mut first_error = None;
+    let mut settle = |h: UploadTask,
+                      unindexed: &mut Vec<(ChunkId, Vec<PackEntry>)>,
+                      first_error: &mut Option<RepoError>| {
+        match handle.block_on(h) {
+            Ok(Ok((id, entries, size))) => {
+                stored += size;
+                unindexed.push((id, entries));
+            }
+            Ok(Err(e)) => {
+                first_error.get_or_insert(e);
+            }
+            Err(e) => {
+                first_error.get_or_insert(RepoError::Invalid(format!("upload task failed: {e}")));
+            }
+        }
+    };
+    for (id, pack, entries) in rx.iter() {
+        if first_error.is_some() {
+            continue;
+        }
+        let loc = location.clone();
+        in_flight.push_back(handle.spawn(async move {
+            let size = pack.len() as u64;
+            let key = layout::pack(loc.prefix(), &super::pack_name(&id));
+            loc.put(&key, Bytes::from(pack)).await?;
+            Ok((id, entries, size))
+        }));
+        if in_flight.len() >= 2 {
+            settle(
+                in_flight.pop_front().expect("non-empty"),
+                &mut unindexed,
+                &mut first_error,
+            );
+        }
+        if unindexed.len() >= PACKS_PER_INDEX && first_error.is_none() {
+            let batch = std::mem::take(&mut unindexed);
+            handle.block_on(write_index(location, keys, batch.clone()))?;
+            all.extend(batch);
+        }
+    }
+    while let Some(h) = in_flight.pop_front() {
+        settle(h, &mut unindexed, &mut first_error);
+    }
+    // Even after a failure, index what did arrive: the next run reuses it.
+    if !unindexed.is_empty() {
+        handle.block_on(write_index(location, keys, unindexed.clone()))?;
+        all.extend(unindexed);
+    }
+    match first_error {
+        Some(e) => Err(e),
+        None => Ok((all, stored)),
+    }
+}
+
+pub async fn write_index(
+    location: &Location,
+    keys: &Keys,
+    packs: Vec<(ChunkId, Vec<PackEntry>)>,
+) -> Result<(), RepoError> {
+    let bytes = format::encode_index(keys, &format::IndexFile { packs });
+    let name = hex::encode(blake3::hash(&bytes).as_bytes());
+    location
+        .put(&layout::index(location.prefix(), &name), Bytes::from(bytes))
+        .await?;
+    Ok(())
+}

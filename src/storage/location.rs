@@ -1,0 +1,372 @@
+//! A storage location: an object store plus a prefix, opened from a URL or from a vault's
+//! storage spec with credentials from a Secret.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::{StreamExt, TryStreamExt};
+use object_store::aws::AmazonS3Builder;
+use object_store::azure::MicrosoftAzureBuilder;
+use object_store::gcp::GoogleCloudStorageBuilder;
+use object_store::local::LocalFileSystem;
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
+
+use super::redact::redact;
+use crate::api::vault::Storage;
+
+/// What can go wrong with a location, already cleaned of secrets.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("{location}: {key} not found")]
+    NotFound { location: String, key: String },
+    #[error("{location}: {key} already exists")]
+    AlreadyExists { location: String, key: String },
+    #[error("{location}: {message}")]
+    Backend { location: String, message: String },
+    #[error("storage configuration: {0}")]
+    Config(String),
+}
+
+/// Where a location is, in a form a CLI user can type.
+#[derive(Clone, Debug, PartialEq)]
+pub enum LocationSpec {
+    /// `/path` or `file:///path`
+    Filesystem(std::path::PathBuf),
+    /// `s3://bucket/prefix` with `endpoint`, `region` and credentials from options/env
+    S3 { bucket: String, prefix: String },
+    /// `az://container/prefix` (account from options/env)
+    Azure { container: String, prefix: String },
+    /// `gs://bucket/prefix`
+    Gcs { bucket: String, prefix: String },
+}
+
+impl LocationSpec {
+    pub fn parse(url: &str) -> Result<Self, StorageError> {
+        let split = |rest: &str| {
+            let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+            (bucket.to_string(), prefix.trim_matches('/').to_string())
+        };
+        if let Some(rest) = url.strip_prefix("s3://") {
+            let (bucket, prefix) = split(rest);
+            Ok(Self::S3 { bucket, prefix })
+        } else if let Some(rest) = url
+            .strip_prefix("az://")
+            .or_else(|| url.strip_prefix("azure://"))
+        {
+            let (container, prefix) = split(rest);
+            Ok(Self::Azure { container, prefix })
+        } else if let Some(rest) = url.strip_prefix("gs://") {
+            let (bucket, prefix) = split(rest);
+            Ok(Self::Gcs { bucket, prefix })
+        } else if let Some(path) = url.strip_prefix("file://") {
+            Ok(Self::Filesystem(path.into()))
+        } else if url.starts_with('/') || url.starts_with('.') {
+            Ok(Self::Filesystem(url.into()))
+        } else {
+            Err(StorageError::Config(format!(
+                "location {url:?}: expected a path, file:///path, s3://bucket/prefix, az://container/prefix or gs://bucket/prefix"
+            )))
+        }
+    }
+}
+
+/// Options of object-store locations: endpoint, region, account, credentials. Keys follow the
+/// Secret keys a vault's `credentialsSecretRef` names (`AWS_ACCESS_KEY_ID`, `accountKey`, ...).
+pub type Options = BTreeMap<String, String>;
+
+#[derive(Clone, Debug)]
+pub struct Location {
+    store: Arc<dyn ObjectStore>,
+    prefix: Path,
+    /// A description without secrets, for messages.
+    name: String,
+    /// Secret values to scrub from every error.
+    secrets: Arc<Vec<String>>,
+}
+
+impl Location {
+    /// Wraps any object store (tests use this to inject faults).
+    pub fn from_store(store: Arc<dyn ObjectStore>, prefix: &str, name: impl Into<String>) -> Self {
+        Self {
+            store,
+            prefix: Path::from(prefix),
+            name: name.into(),
+            secrets: Arc::new(vec![]),
+        }
+    }
+
+    pub fn open(spec: &LocationSpec, options: &Options) -> Result<Self, StorageError> {
+        let get = |keys: &[&str]| {
+            keys.iter()
+                .find_map(|k| options.get(*k).cloned().or_else(|| std::env::var(k).ok()))
+        };
+        let secrets: Vec<String> = [
+            "AWS_SECRET_ACCESS_KEY",
+            "AWS_SESSION_TOKEN",
+            "accountKey",
+            "sasToken",
+            "serviceAccountKey",
+            "AZURE_STORAGE_ACCOUNT_KEY",
+        ]
+        .iter()
+        .filter_map(|k| get(&[k]))
+        .collect();
+        let config = |e: object_store::Error| {
+            StorageError::Config(redact(
+                &e.to_string(),
+                &secrets.iter().map(String::as_str).collect::<Vec<_>>(),
+            ))
+        };
+        let (store, prefix, name): (Arc<dyn ObjectStore>, String, String) = match spec {
+            LocationSpec::Filesystem(path) => {
+                std::fs::create_dir_all(path).map_err(|e| {
+                    StorageError::Config(format!(
+                        "{}: cannot create the directory: {e}",
+                        path.display()
+                    ))
+                })?;
+                let fs = LocalFileSystem::new_with_prefix(path)
+                    .map_err(config)?
+                    .with_automatic_cleanup(true);
+                (
+                    Arc::new(fs),
+                    String::new(),
+                    format!("file://{}", path.display()),
+                )
+            }
+            LocationSpec::S3 { bucket, prefix } => {
+                let mut b = AmazonS3Builder::new().with_bucket_name(bucket);
+                if let Some(endpoint) = get(&["endpoint", "AWS_ENDPOINT_URL", "AWS_ENDPOINT"]) {
+                    b = b
+                        .with_allow_http(endpoint.starts_with("http://"))
+                        .with_endpoint(endpoint);
+                }
+                b = b.with_region(
+                    get(&["region", "AWS_REGION", "AWS_DEFAULT_REGION"])
+                        .unwrap_or_else(|| "us-east-1".into()),
+                );
+                if let (Some(id), Some(secret)) =
+                    (get(&["AWS_ACCESS_KEY_ID"]), get(&["AWS_SECRET_ACCESS_KEY"]))
+                {
+                    b = b.with_access_key_id(id).with_secret_access_key(secret);
+                }
+                if let Some(token) = get(&["AWS_SESSION_TOKEN"]) {
+                    b = b.with_token(token);
+                }
+                (
+                    Arc::new(b.build().map_err(config)?),
+                    prefix.clone(),
+                    format!("s3://{bucket}/{prefix}"),
+                )
+            }
+            LocationSpec::Azure { container, prefix } => {
+                let account =
+                    get(&["accountName", "AZURE_STORAGE_ACCOUNT_NAME"]).ok_or_else(|| {
+                        StorageError::Config(
+                            "azure location needs an account name (accountName)".into(),
+                        )
+                    })?;
+                let mut b = MicrosoftAzureBuilder::new()
+                    .with_account(&account)
+                    .with_container_name(container);
+                if let Some(endpoint) = get(&["endpoint", "AZURE_STORAGE_ENDPOINT"]) {
+                    b = b
+                        .with_allow_http(endpoint.starts_with("http://"))
+                        .with_endpoint(endpoint);
+                }
+                if let Some(key) = get(&["accountKey", "AZURE_STORAGE_ACCOUNT_KEY"]) {
+                    b = b.with_access_key(key);
+                } else if let Some(sas) = get(&["sasToken", "AZURE_STORAGE_SAS_TOKEN"]) {
+                    let pairs: Vec<(String, String)> = sas
+                        .trim_start_matches('?')
+                        .split('&')
+                        .filter_map(|kv| {
+                            kv.split_once('=')
+                                .map(|(k, v)| (k.to_string(), v.to_string()))
+                        })
+                        .collect();
+                    b = b.with_sas_authorization(pairs);
+                }
+                (
+                    Arc::new(b.build().map_err(config)?),
+                    prefix.clone(),
+                    format!("az://{account}/{container}/{prefix}"),
+                )
+            }
+            LocationSpec::Gcs { bucket, prefix } => {
+                let mut b = GoogleCloudStorageBuilder::new().with_bucket_name(bucket);
+                if let Some(key) = get(&["serviceAccountKey", "GOOGLE_SERVICE_ACCOUNT_KEY"]) {
+                    b = b.with_service_account_key(key);
+                }
+                (
+                    Arc::new(b.build().map_err(config)?),
+                    prefix.clone(),
+                    format!("gs://{bucket}/{prefix}"),
+                )
+            }
+        };
+        Ok(Self {
+            store,
+            prefix: Path::from(prefix.as_str()),
+            name,
+            secrets: Arc::new(secrets),
+        })
+    }
+
+    /// The location of a vault's storage spec; `credentials` are the data of its Secret.
+    pub fn from_vault_storage(
+        storage: &Storage,
+        credentials: &Options,
+    ) -> Result<Self, StorageError> {
+        let mut options = credentials.clone();
+        let spec = if let Some(fs) = &storage.filesystem {
+            LocationSpec::Filesystem(fs.path.clone().into())
+        } else if let Some(s3) = &storage.s3 {
+            if let Some(e) = &s3.endpoint {
+                options.insert("endpoint".into(), e.clone());
+            }
+            if let Some(r) = &s3.region {
+                options.insert("region".into(), r.clone());
+            }
+            LocationSpec::S3 {
+                bucket: s3.bucket.clone(),
+                prefix: s3.prefix.clone().unwrap_or_default(),
+            }
+        } else if let Some(az) = &storage.azure_blob {
+            options.insert("accountName".into(), az.account_name.clone());
+            if let Some(e) = &az.endpoint {
+                options.insert("endpoint".into(), e.clone());
+            }
+            LocationSpec::Azure {
+                container: az.container.clone(),
+                prefix: az.prefix.clone().unwrap_or_default(),
+            }
+        } else if let Some(gcs) = &storage.gcs {
+            LocationSpec::Gcs {
+                bucket: gcs.bucket.clone(),
+                prefix: gcs.prefix.clone().unwrap_or_default(),
+            }
+        } else if storage.volume_claim.is_some() {
+            return Err(StorageError::Config(
+                "volumeClaim storage is opened by the component that mounts the claim, as a filesystem path".into(),
+            ));
+        } else {
+            return Err(StorageError::Config("storage sets no backend".into()));
+        };
+        Self::open(&spec, &options)
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn prefix(&self) -> &Path {
+        &self.prefix
+    }
+
+    fn error(&self, key: &Path, e: object_store::Error) -> StorageError {
+        let key = key.to_string();
+        match e {
+            object_store::Error::NotFound { .. } => StorageError::NotFound {
+                location: self.name.clone(),
+                key,
+            },
+            object_store::Error::AlreadyExists { .. }
+            | object_store::Error::Precondition { .. } => StorageError::AlreadyExists {
+                location: self.name.clone(),
+                key,
+            },
+            other => {
+                let known: Vec<&str> = self.secrets.iter().map(String::as_str).collect();
+                StorageError::Backend {
+                    location: self.name.clone(),
+                    message: redact(&format!("{key}: {other}"), &known),
+                }
+            }
+        }
+    }
+
+    pub async fn get(&self, key: &Path) -> Result<Bytes, StorageError> {
+        let r = self.store.get(key).await.map_err(|e| self.error(key, e))?;
+        r.bytes().await.map_err(|e| self.error(key, e))
+    }
+
+    pub async fn get_range(
+        &self,
+        key: &Path,
+        range: std::ops::Range<u64>,
+    ) -> Result<Bytes, StorageError> {
+        self.store
+            .get_range(key, range)
+            .await
+            .map_err(|e| self.error(key, e))
+    }
+
+    pub async fn size(&self, key: &Path) -> Result<u64, StorageError> {
+        Ok(self
+            .store
+            .head(key)
+            .await
+            .map_err(|e| self.error(key, e))?
+            .size)
+    }
+
+    pub async fn exists(&self, key: &Path) -> Result<bool, StorageError> {
+        match self.store.head(key).await {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::NotFound { .. }) => Ok(false),
+            Err(e) => Err(self.error(key, e)),
+        }
+    }
+
+    /// Writes `data` at `key`, replacing what is there.
+    pub async fn put(&self, key: &Path, data: Bytes) -> Result<(), StorageError> {
+        self.store
+            .put(key, PutPayload::from(data))
+            .await
+            .map_err(|e| self.error(key, e))?;
+        Ok(())
+    }
+
+    /// Writes `data` at `key` only if nothing is there: `AlreadyExists` otherwise.
+    pub async fn put_new(&self, key: &Path, data: Bytes) -> Result<(), StorageError> {
+        let opts = PutOptions {
+            mode: PutMode::Create,
+            ..Default::default()
+        };
+        self.store
+            .put_opts(key, PutPayload::from(data), opts)
+            .await
+            .map_err(|e| self.error(key, e))?;
+        Ok(())
+    }
+
+    /// Every key below `dir` with its size.
+    pub async fn list(&self, dir: &Path) -> Result<Vec<(Path, u64)>, StorageError> {
+        self.store
+            .list(Some(dir))
+            .map_ok(|m| (m.location, m.size))
+            .try_collect()
+            .await
+            .map_err(|e| self.error(dir, e))
+    }
+
+    pub async fn delete(&self, key: &Path) -> Result<(), StorageError> {
+        match self.store.delete(key).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(self.error(key, e)),
+        }
+    }
+
+    /// Deletes many keys, a few at a time.
+    pub async fn delete_all(&self, keys: Vec<Path>) -> Result<(), StorageError> {
+        futures::stream::iter(keys)
+            .map(|k| async move { self.delete(&k).await })
+            .buffer_unordered(8)
+            .try_collect::<Vec<_>>()
+            .await?;
+        Ok(())
+    }
+}
