@@ -9,6 +9,8 @@ use super::crypto::{self, KEY_LEN, Keys, Kind};
 
 pub const FORMAT: &str = "site-recovery/repository";
 pub const VERSION: u32 = 1;
+/// zstd level of chunks: see docs/repository-format.md for the measurements.
+pub const COMPRESSION_LEVEL: i32 = 1;
 pub const PACK_MAGIC: &[u8; 4] = b"SRPK";
 
 pub type ChunkId = [u8; 32];
@@ -411,7 +413,7 @@ pub fn seal_chunk(
     let mut plain = Vec::with_capacity(data.len() + 1);
     let compressed = if worth_compressing(data) {
         let c =
-            compressor.get_or_insert_with(|| zstd::bulk::Compressor::new(1).expect("zstd level 1"));
+            compressor.get_or_insert_with(|| zstd::bulk::Compressor::new(COMPRESSION_LEVEL).expect("zstd level"));
         c.compress(data)
             .ok()
             .filter(|z| z.len() + z.len() / 32 < data.len())

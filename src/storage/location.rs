@@ -62,7 +62,7 @@ impl LocationSpec {
             Ok(Self::Gcs { bucket, prefix })
         } else if let Some(path) = url.strip_prefix("file://") {
             Ok(Self::Filesystem(path.into()))
-        } else if url.starts_with('/') || url.starts_with('.') {
+        } else if !url.contains("://") && !url.is_empty() {
             Ok(Self::Filesystem(url.into()))
         } else {
             Err(StorageError::Config(format!(
