@@ -412,8 +412,9 @@ pub fn seal_chunk(
 ) -> Vec<u8> {
     let mut plain = Vec::with_capacity(data.len() + 1);
     let compressed = if worth_compressing(data) {
-        let c =
-            compressor.get_or_insert_with(|| zstd::bulk::Compressor::new(COMPRESSION_LEVEL).expect("zstd level"));
+        let c = compressor.get_or_insert_with(|| {
+            zstd::bulk::Compressor::new(COMPRESSION_LEVEL).expect("zstd level")
+        });
         c.compress(data)
             .ok()
             .filter(|z| z.len() + z.len() / 32 < data.len())

@@ -137,7 +137,9 @@ async fn collect_garbage(repo: &mut Repository, report: &mut PruneReport) -> Res
     repo.location.delete_all(stale).await?;
     let mut keys = Vec::new();
     for (pack, size) in stored {
-        if doomed.contains(&pack) {
+        // Packs in no index whose header cannot be read are torn uploads of dead writers (the
+        // exclusive lock guarantees no writer is alive).
+        if doomed.contains(&pack) || !repo.has_pack(&pack) {
             report.packs_removed += 1;
             report.bytes_freed += size;
             keys.push(layout::pack(repo.location.prefix(), &pack_name(&pack)));

@@ -7,5 +7,6 @@ mod binary;
 mod chart;
 mod generated;
 mod operator;
+mod repository;
 mod rig_api;
 mod transcripts;
