@@ -884,7 +884,7 @@ async fn killing_the_cli_mid_snapshot_loses_nothing_and_the_next_run_reuses_uplo
     let src = tmp.path().join("src");
     std::fs::create_dir(&src).unwrap();
     for i in 0..6 {
-        random_file(&src.join(format!("f{i}")), 24 << 20, 40 + i);
+        random_file(&src.join(format!("f{i}")), 12 << 20, 40 + i);
     }
     let key = tmp.path().join("key");
     std::fs::write(&key, KEY).unwrap();
@@ -967,7 +967,7 @@ async fn killing_the_cli_mid_snapshot_loses_nothing_and_the_next_run_reuses_uplo
     );
     let stats: serde_json::Value = serde_json::from_slice(&again.stdout).unwrap();
     let added = stats["stats"]["storedBytesAdded"].as_u64().unwrap();
-    let total = 6 * (24u64 << 20);
+    let total = 6 * (12u64 << 20);
     assert!(
         added <= total + (1 << 20) - durable,
         "the rerun reused the {durable} bytes of packs uploaded before the kill: added {added} of {total}"
