@@ -408,7 +408,7 @@ async fn replicated_point_restores_from_the_target_alone() {
     let target_loc = fs_location(&tmp.path().join("target"));
     cache.init_replica(target_loc.clone()).await.unwrap();
     let mut target = Repository::open(target_loc.clone(), KEY).await.unwrap();
-    let s1 = replicate(&cache, &mut target, &[p1.id.clone()])
+    let s1 = replicate(&cache, &mut target, std::slice::from_ref(&p1.id))
         .await
         .unwrap();
     let s2 = replicate(&cache, &mut target, &[p1.id.clone(), p2.id.clone()])
@@ -422,7 +422,7 @@ async fn replicated_point_restores_from_the_target_alone() {
         s2.bytes_copied < s1.bytes_copied,
         "the second point moves only its delta: {s1:?} then {s2:?}"
     );
-    let again = replicate(&cache, &mut target, &[p2.id.clone()])
+    let again = replicate(&cache, &mut target, std::slice::from_ref(&p2.id))
         .await
         .unwrap();
     assert_eq!(
