@@ -31,6 +31,16 @@ if ! command -v lua5.1 >/dev/null 2>&1 || ! lua5.1 -e 'require("cjson")' >/dev/n
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq lua5.1 lua-cjson >/dev/null
 fi
 
+# Object-store servers for the storage tests: moto (S3) from PyPI with boto3 to create the
+# bucket, Azurite (Azure Blob) from npm with the Azure SDK to create the container.
+if ! command -v moto_server >/dev/null 2>&1 || ! python3 -c 'import boto3, azure.storage.blob' >/dev/null 2>&1; then
+  python3 -m pip install --quiet --disable-pip-version-check 'moto[server]' azure-storage-blob
+fi
+if [ ! -f "$tools/npm/node_modules/azurite/dist/src/blob/main.js" ]; then
+  mkdir -p "$tools/npm"
+  (cd "$tools/npm" && npm install --silent --no-audit --no-fund azurite >/dev/null)
+fi
+
 if ! cargo nextest --version >/dev/null 2>&1; then
   cargo install --locked cargo-nextest >/dev/null
 fi

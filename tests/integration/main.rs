@@ -6,6 +6,7 @@ mod rig;
 mod binary;
 mod chart;
 mod generated;
+mod object_stores;
 mod operator;
 mod repository;
 mod rig_api;
