@@ -233,8 +233,13 @@ pub fn decode_index(keys: &Keys, name: &str, bytes: &[u8]) -> Result<IndexFile, 
     };
     let plain = crypto::open(&keys.data_key, Kind::Index, b"", bytes)
         .map_err(|e| corrupt(e.to_string()))?;
-    let raw = decompress_bounded(&plain, 1 << 30).map_err(corrupt)?;
-    postcard::from_bytes(&raw).map_err(|e| corrupt(format!("index: {e}")))
+    decode_index_plaintext(&plain).map_err(corrupt)
+}
+
+/// Decodes an index after decryption (a fuzz target's entry point).
+pub fn decode_index_plaintext(plain: &[u8]) -> Result<IndexFile, String> {
+    let raw = decompress_bounded(plain, 1 << 30)?;
+    postcard::from_bytes(&raw).map_err(|e| format!("index: {e}"))
 }
 
 /// Decompresses zstd data, refusing to expand past `limit` bytes (a hostile input cannot make us
@@ -383,6 +388,12 @@ pub fn encode_manifest(keys: &Keys, m: &Manifest) -> Vec<u8> {
     crypto::seal(&keys.data_key, Kind::Manifest, m.id.as_bytes(), &compressed)
 }
 
+/// Decodes a manifest after decryption (a fuzz target's entry point).
+pub fn decode_manifest_plaintext(plain: &[u8]) -> Result<Manifest, String> {
+    let raw = decompress_bounded(plain, 1 << 30)?;
+    postcard::from_bytes(&raw).map_err(|e| format!("manifest: {e}"))
+}
+
 pub fn decode_manifest(
     keys: &Keys,
     id: &str,
@@ -395,8 +406,7 @@ pub fn decode_manifest(
     };
     let plain = crypto::open(&keys.data_key, Kind::Manifest, id.as_bytes(), bytes)
         .map_err(|e| corrupt(e.to_string()))?;
-    let raw = decompress_bounded(&plain, 1 << 30).map_err(corrupt)?;
-    let m: Manifest = postcard::from_bytes(&raw).map_err(|e| corrupt(format!("manifest: {e}")))?;
+    let m = decode_manifest_plaintext(&plain).map_err(corrupt)?;
     if m.id != id {
         return Err(corrupt(format!("manifest names itself {}, not {id}", m.id)));
     }
