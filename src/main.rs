@@ -99,6 +99,13 @@ async fn main() -> std::process::ExitCode {
     // kube's rustls uses ring, object stores bring aws-lc-rs: with both linked, rustls needs the
     // process-wide provider chosen before the first TLS client is built.
     let _ = rustls::crypto::ring::default_provider().install_default();
+    // One malloc arena: the data path allocates on rayon threads and frees elsewhere, and
+    // per-thread arenas then hold freed memory (measured: 230 MiB peak RSS on a 4 GiB restore
+    // with the default, 122 MiB with one arena, at equal speed).
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 1);
+    }
     let cli = Cli::parse();
     init_logging(cli.log_format);
     match run(cli.command).await {

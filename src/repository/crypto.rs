@@ -76,6 +76,58 @@ pub fn seal(key: &[u8; KEY_LEN], kind: Kind, name: &[u8], plaintext: &[u8]) -> V
     out
 }
 
+/// Seals in place: `buf` holds `kind || salt || plaintext` as [`seal_prefix`] and the caller left
+/// them; the plaintext is encrypted where it is and the tag appended. Saves a copy per chunk.
+#[allow(deprecated)]
+pub fn seal_in_place(key: &[u8; KEY_LEN], kind: Kind, name: &[u8], buf: &mut Vec<u8>) {
+    use aes_gcm::aead::AeadInPlace;
+    let mut aad = Vec::with_capacity(1 + name.len());
+    aad.push(kind as u8);
+    aad.extend_from_slice(name);
+    let salt: [u8; SALT_LEN] = buf[1..1 + SALT_LEN]
+        .try_into()
+        .expect("prefix written by seal_prefix");
+    let tag = cipher(key, &salt)
+        .encrypt_in_place_detached(&Nonce::default(), &aad, &mut buf[1 + SALT_LEN..])
+        .expect("AES-GCM encryption of in-memory data cannot fail");
+    buf.extend_from_slice(&tag);
+}
+
+/// Starts a blob for [`seal_in_place`]: `kind || fresh salt`.
+pub fn seal_prefix(kind: Kind, capacity: usize) -> Vec<u8> {
+    let mut buf = Vec::with_capacity(OVERHEAD + capacity);
+    buf.push(kind as u8);
+    buf.extend_from_slice(&random_bytes::<SALT_LEN>());
+    buf
+}
+
+/// Opens a sealed blob into `buf` (reused across calls) and returns the plaintext.
+#[allow(deprecated)]
+pub fn open_into<'a>(
+    key: &[u8; KEY_LEN],
+    kind: Kind,
+    name: &[u8],
+    sealed: &[u8],
+    buf: &'a mut Vec<u8>,
+) -> Result<&'a [u8], CryptoError> {
+    use aes_gcm::aead::AeadInPlace;
+    if sealed.len() < OVERHEAD || sealed[0] != kind as u8 {
+        return Err(CryptoError::Malformed);
+    }
+    let (salt, body) = sealed[1..].split_at(SALT_LEN);
+    let (ciphertext, tag) = body.split_at(body.len() - 16);
+    let tag = aes_gcm::Tag::try_from(tag).map_err(|_| CryptoError::Malformed)?;
+    let mut aad = Vec::with_capacity(1 + name.len());
+    aad.push(kind as u8);
+    aad.extend_from_slice(name);
+    buf.clear();
+    buf.extend_from_slice(ciphertext);
+    cipher(key, salt)
+        .decrypt_in_place_detached(&Nonce::default(), &aad, buf, &tag)
+        .map_err(|_| CryptoError::Authentication)?;
+    Ok(&buf[..])
+}
+
 /// Opens a blob sealed by [`seal`] with the same key, kind and name.
 pub fn open(
     key: &[u8; KEY_LEN],

@@ -413,14 +413,13 @@ pub fn decode_manifest(
     Ok(m)
 }
 
-/// Seals one chunk: `flag || data`, where flag 1 means zstd-compressed.
+/// Seals one chunk: `flag || data`, where flag 1 means zstd-compressed, encrypted in place.
 pub fn seal_chunk(
     keys: &Keys,
     id: &ChunkId,
     data: &[u8],
     compressor: &mut Option<zstd::bulk::Compressor<'static>>,
 ) -> Vec<u8> {
-    let mut plain = Vec::with_capacity(data.len() + 1);
     let compressed = if worth_compressing(data) {
         let c = compressor.get_or_insert_with(|| {
             zstd::bulk::Compressor::new(COMPRESSION_LEVEL).expect("zstd level")
@@ -431,17 +430,51 @@ pub fn seal_chunk(
     } else {
         None
     };
-    match compressed {
-        Some(z) => {
-            plain.push(1);
-            plain.extend_from_slice(&z);
+    let body: &[u8] = compressed.as_deref().unwrap_or(data);
+    let mut buf = crypto::seal_prefix(Kind::Chunk, body.len() + 1);
+    buf.push(u8::from(compressed.is_some()));
+    buf.extend_from_slice(body);
+    crypto::seal_in_place(&keys.data_key, Kind::Chunk, id, &mut buf);
+    buf
+}
+
+/// Reusable buffers for opening chunks on one thread.
+#[derive(Default)]
+pub struct ChunkScratch {
+    plain: Vec<u8>,
+    out: Vec<u8>,
+    decompressor: Option<zstd::bulk::Decompressor<'static>>,
+}
+
+/// Opens a sealed chunk into `scratch` and returns its plaintext.
+pub fn open_chunk_into<'a>(
+    keys: &Keys,
+    id: &ChunkId,
+    raw_length: u32,
+    sealed: &[u8],
+    scratch: &'a mut ChunkScratch,
+) -> Result<&'a [u8], crypto::CryptoError> {
+    let plain = crypto::open_into(&keys.data_key, Kind::Chunk, id, sealed, &mut scratch.plain)?;
+    match plain.first() {
+        Some(0) if plain.len() - 1 == raw_length as usize => Ok(&scratch.plain[1..]),
+        Some(1) => {
+            let d = match &mut scratch.decompressor {
+                Some(d) => d,
+                None => scratch.decompressor.insert(
+                    zstd::bulk::Decompressor::new().map_err(|_| crypto::CryptoError::Malformed)?,
+                ),
+            };
+            scratch.out.clear();
+            scratch.out.reserve(raw_length as usize);
+            d.decompress_to_buffer(&scratch.plain[1..], &mut scratch.out)
+                .map_err(|_| crypto::CryptoError::Malformed)?;
+            if scratch.out.len() != raw_length as usize {
+                return Err(crypto::CryptoError::Malformed);
+            }
+            Ok(&scratch.out[..])
         }
-        None => {
-            plain.push(0);
-            plain.extend_from_slice(data);
-        }
+        _ => Err(crypto::CryptoError::Malformed),
     }
-    crypto::seal(&keys.data_key, Kind::Chunk, id, &plain)
 }
 
 /// Opens a sealed chunk and returns its plaintext.
@@ -451,19 +484,8 @@ pub fn open_chunk(
     raw_length: u32,
     sealed: &[u8],
 ) -> Result<Vec<u8>, crypto::CryptoError> {
-    let plain = crypto::open(&keys.data_key, Kind::Chunk, id, sealed)?;
-    match plain.first() {
-        Some(0) => Ok(plain[1..].to_vec()),
-        Some(1) => {
-            let out = zstd::bulk::decompress(&plain[1..], raw_length as usize)
-                .map_err(|_| crypto::CryptoError::Malformed)?;
-            if out.len() != raw_length as usize {
-                return Err(crypto::CryptoError::Malformed);
-            }
-            Ok(out)
-        }
-        _ => Err(crypto::CryptoError::Malformed),
-    }
+    let mut scratch = ChunkScratch::default();
+    open_chunk_into(keys, id, raw_length, sealed, &mut scratch).map(<[u8]>::to_vec)
 }
 
 /// A cheap entropy estimate on a sample: incompressible data (media, encrypted or already

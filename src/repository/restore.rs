@@ -213,48 +213,51 @@ async fn restore_data(
     };
     tokio::task::spawn_blocking(move || {
         let done = std::sync::atomic::AtomicU64::new(0);
-        packs.par_iter().try_for_each(|(pack, placements)| {
-            let key = layout::pack(location.prefix(), &pack_name(pack));
-            let name = format!("{}/{}", location.name(), key);
-            let bytes = handle.block_on(location.get(&key))?;
-            let mut open: HashMap<u32, std::fs::File> = HashMap::new();
-            for p in placements {
-                let start = p.at.offset as usize;
-                let end = start + p.at.length as usize;
-                let sealed = bytes.get(start..end).ok_or_else(|| RepoError::Corrupt {
-                    object: name.clone(),
-                    reason: format!("chunk {} lies outside the pack", hex::encode(p.id)),
-                })?;
-                let data =
-                    format::open_chunk(&keys, &p.id, p.at.raw_length, sealed).map_err(|e| {
-                        RepoError::Corrupt {
-                            object: name.clone(),
-                            reason: format!("chunk {}: {e}", hex::encode(p.id)),
-                        }
+        packs.par_iter().try_for_each_init(
+            format::ChunkScratch::default,
+            |scratch, (pack, placements)| {
+                let key = layout::pack(location.prefix(), &pack_name(pack));
+                let name = format!("{}/{}", location.name(), key);
+                let bytes = handle.block_on(location.get(&key))?;
+                let mut open: HashMap<u32, std::fs::File> = HashMap::new();
+                for p in placements {
+                    let start = p.at.offset as usize;
+                    let end = start + p.at.length as usize;
+                    let sealed = bytes.get(start..end).ok_or_else(|| RepoError::Corrupt {
+                        object: name.clone(),
+                        reason: format!("chunk {} lies outside the pack", hex::encode(p.id)),
                     })?;
-                let path = &files[p.file as usize].0;
-                let file = match open.entry(p.file) {
-                    std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
-                    std::collections::hash_map::Entry::Vacant(v) => v.insert(
-                        std::fs::OpenOptions::new()
-                            .write(true)
-                            .open(path)
-                            .map_err(|e| RepoError::io(path, e))?,
-                    ),
-                };
-                file.write_all_at(&data, p.offset)
-                    .map_err(|e| RepoError::io(path, e))?;
-                let now = done.fetch_add(data.len() as u64, std::sync::atomic::Ordering::Relaxed)
-                    + data.len() as u64;
-                if let Some(f) = &progress {
-                    f(Progress {
-                        bytes_done: now,
-                        bytes_total: total,
-                    });
+                    let data =
+                        format::open_chunk_into(&keys, &p.id, p.at.raw_length, sealed, scratch)
+                            .map_err(|e| RepoError::Corrupt {
+                                object: name.clone(),
+                                reason: format!("chunk {}: {e}", hex::encode(p.id)),
+                            })?;
+                    let path = &files[p.file as usize].0;
+                    let file = match open.entry(p.file) {
+                        std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
+                        std::collections::hash_map::Entry::Vacant(v) => v.insert(
+                            std::fs::OpenOptions::new()
+                                .write(true)
+                                .open(path)
+                                .map_err(|e| RepoError::io(path, e))?,
+                        ),
+                    };
+                    file.write_all_at(data, p.offset)
+                        .map_err(|e| RepoError::io(path, e))?;
+                    let now = done
+                        .fetch_add(data.len() as u64, std::sync::atomic::Ordering::Relaxed)
+                        + data.len() as u64;
+                    if let Some(f) = &progress {
+                        f(Progress {
+                            bytes_done: now,
+                            bytes_total: total,
+                        });
+                    }
                 }
-            }
-            Ok::<_, RepoError>(())
-        })
+                Ok::<_, RepoError>(())
+            },
+        )
     })
     .await
     .map_err(|e| RepoError::Invalid(format!("restore task panicked: {e}")))??;

@@ -1,7 +1,7 @@
 //! Taking a recovery point: a streaming pipeline with bounded memory.
 //!
 //! ```text
-//! reader thread ──batches (≤ 2 × 8 MiB)──▶ hash ∥ → dedup → compress+seal ∥ → packer ──packs (≤ 2 × 8 MiB)──▶ uploader
+//! reader thread ──batches (≤ 2 × 4 MiB)──▶ hash ∥ → dedup → compress+seal ∥ → packer ──packs (≤ 2 × 8 MiB)──▶ uploader
 //! ```
 //!
 //! Files whose size, mtime, ctime and inode match the parent point are not read again. The
@@ -32,7 +32,7 @@ use crate::storage::{Location, layout};
 /// Pack size the packer aims for.
 pub const PACK_TARGET: usize = 8 << 20;
 /// Bytes the reader hands over at a time.
-const BATCH_TARGET: usize = 8 << 20;
+const BATCH_TARGET: usize = 4 << 20;
 /// Packs per index file.
 const PACKS_PER_INDEX: usize = 16;
 

@@ -13,34 +13,58 @@ use site_recovery::storage::{Location, LocationSpec, StorageError};
 
 use crate::repository::{KEY, describe, options};
 
-pub const AZURITE_KEY: &str = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";
+pub const AZURITE_KEY: &str =
+    "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";
 
 fn endpoint(var: &str) -> String {
     std::env::var(var).unwrap_or_else(|_| panic!("{var} is not set: run the tests with `bash scripts/test.sh`, which starts the S3 and Azure servers"))
 }
 
 fn unique_prefix(name: &str) -> String {
-    format!("{name}-{}", hex::encode(site_recovery::repository::crypto::random_bytes::<6>()))
+    format!(
+        "{name}-{}",
+        hex::encode(site_recovery::repository::crypto::random_bytes::<6>())
+    )
 }
 
 fn s3(prefix: &str) -> Location {
     let options: Options = [
-        ("endpoint".to_string(), endpoint("SITE_RECOVERY_TEST_S3_ENDPOINT")),
+        (
+            "endpoint".to_string(),
+            endpoint("SITE_RECOVERY_TEST_S3_ENDPOINT"),
+        ),
         ("AWS_ACCESS_KEY_ID".into(), "test".into()),
         ("AWS_SECRET_ACCESS_KEY".into(), "test".into()),
     ]
     .into();
-    Location::open(&LocationSpec::S3 { bucket: "sr-test".into(), prefix: prefix.into() }, &options).unwrap()
+    Location::open(
+        &LocationSpec::S3 {
+            bucket: "sr-test".into(),
+            prefix: prefix.into(),
+        },
+        &options,
+    )
+    .unwrap()
 }
 
 fn azure(prefix: &str, key: &str) -> Location {
     let options: Options = [
-        ("endpoint".to_string(), endpoint("SITE_RECOVERY_TEST_AZURE_ENDPOINT")),
+        (
+            "endpoint".to_string(),
+            endpoint("SITE_RECOVERY_TEST_AZURE_ENDPOINT"),
+        ),
         ("accountName".into(), "devstoreaccount1".into()),
         ("accountKey".into(), key.into()),
     ]
     .into();
-    Location::open(&LocationSpec::Azure { container: "sr-test".into(), prefix: prefix.into() }, &options).unwrap()
+    Location::open(
+        &LocationSpec::Azure {
+            container: "sr-test".into(),
+            prefix: prefix.into(),
+        },
+        &options,
+    )
+    .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -49,33 +73,58 @@ async fn s3_cache_replicates_to_azure_target_and_restores_from_it_alone() {
     let src = tmp.path().join("src");
     std::fs::create_dir_all(src.join("dir")).unwrap();
     std::fs::write(src.join("dir/small"), b"hello from the source zone").unwrap();
-    let big: Vec<u8> = (0..6_000_000u32).map(|i| (i.wrapping_mul(2654435761) >> 7) as u8).collect();
+    let big: Vec<u8> = (0..6_000_000u32)
+        .map(|i| (i.wrapping_mul(2654435761) >> 7) as u8)
+        .collect();
     std::fs::write(src.join("big.img"), &big).unwrap();
 
     let prefix = unique_prefix("vault");
     let mut cache = Repository::init(s3(&prefix), KEY).await.unwrap();
     // Conditional create: a second init cannot overwrite the config.
-    let again = Repository::init(s3(&prefix), KEY).await.err().expect("init on an existing repository is refused");
+    let again = Repository::init(s3(&prefix), KEY)
+        .await
+        .err()
+        .expect("init on an existing repository is refused");
     assert!(again.to_string().contains("already exists"), "{again}");
-    let point = snapshot(&mut cache, vec![("data".into(), Source::Tree(src.clone()))], &options("db"), None).await.unwrap();
+    let point = snapshot(
+        &mut cache,
+        vec![("data".into(), Source::Tree(src.clone()))],
+        &options("db"),
+        None,
+    )
+    .await
+    .unwrap();
 
     let target_location = azure(&prefix, AZURITE_KEY);
     cache.init_replica(target_location.clone()).await.unwrap();
     let mut target = Repository::open(target_location, KEY).await.unwrap();
-    let stats = replicate(&cache, &mut target, std::slice::from_ref(&point.id)).await.unwrap();
+    let stats = replicate(&cache, &mut target, std::slice::from_ref(&point.id))
+        .await
+        .unwrap();
     assert_eq!(stats.points_copied, 1);
-    let again = replicate(&cache, &mut target, std::slice::from_ref(&point.id)).await.unwrap();
+    let again = replicate(&cache, &mut target, std::slice::from_ref(&point.id))
+        .await
+        .unwrap();
     assert_eq!(again.bytes_copied, 0);
 
     // Only the target location is used from here on.
     drop(cache);
-    let target = Repository::open(azure(&prefix, AZURITE_KEY), KEY).await.unwrap();
+    let target = Repository::open(azure(&prefix, AZURITE_KEY), KEY)
+        .await
+        .unwrap();
     let out = tmp.path().join("out");
-    restore(&target, &point.id, &out, &RestoreOptions::default(), None).await.unwrap();
+    restore(&target, &point.id, &out, &RestoreOptions::default(), None)
+        .await
+        .unwrap();
     assert_eq!(describe(&out), describe(&src));
     let report = verify(&target, true).await.unwrap();
-    assert!(report.problems.is_empty() && report.chunks_checked > 0, "{report:?}");
-    let report = verify(&Repository::open(s3(&prefix), KEY).await.unwrap(), true).await.unwrap();
+    assert!(
+        report.problems.is_empty() && report.chunks_checked > 0,
+        "{report:?}"
+    );
+    let report = verify(&Repository::open(s3(&prefix), KEY).await.unwrap(), true)
+        .await
+        .unwrap();
     assert!(report.problems.is_empty(), "{report:?}");
 }
 
@@ -83,10 +132,16 @@ async fn s3_cache_replicates_to_azure_target_and_restores_from_it_alone() {
 async fn storage_errors_never_carry_secrets() {
     let wrong = "d3JvbmctYnV0LXBsYXVzaWJsZS1rZXktdGhhdC1tdXN0LW5vdC1sZWFr";
     let location = azure(&unique_prefix("denied"), wrong);
-    let err = Repository::open(location, KEY).await.err().expect("a wrong account key is refused");
+    let err = Repository::open(location, KEY)
+        .await
+        .err()
+        .expect("a wrong account key is refused");
     let text = err.to_string();
     assert!(!text.contains(wrong), "the key leaked into: {text}");
-    assert!(text.contains("az://devstoreaccount1/sr-test"), "the message names the location: {text}");
+    assert!(
+        text.contains("az://devstoreaccount1/sr-test"),
+        "the message names the location: {text}"
+    );
 
     // A SAS token in the location is cleaned from errors too.
     let options: Options = [
@@ -95,15 +150,27 @@ async fn storage_errors_never_carry_secrets() {
         ("sasToken".into(), "sv=2022-11-02&ss=b&srt=sco&sp=rl&se=2000-01-01T00:00:00Z&sig=c2VjcmV0LXNpZ25hdHVyZQ%3D%3D".into()),
     ]
     .into();
-    let location = Location::open(&LocationSpec::Azure { container: "sr-test".into(), prefix: unique_prefix("sas") }, &options).unwrap();
-    let err = Repository::open(location, KEY).await.err().expect("an expired SAS is refused");
+    let location = Location::open(
+        &LocationSpec::Azure {
+            container: "sr-test".into(),
+            prefix: unique_prefix("sas"),
+        },
+        &options,
+    )
+    .unwrap();
+    let err = Repository::open(location, KEY)
+        .await
+        .err()
+        .expect("an expired SAS is refused");
     assert!(!err.to_string().contains("c2VjcmV0LXNpZ25hdHVyZQ"), "{err}");
 }
 
 #[test]
 fn gcs_locations_are_configured_from_a_vault_spec() {
-    let storage: site_recovery::api::vault::Storage =
-        serde_json::from_value(serde_json::json!({"gcs": {"bucket": "dr-target", "prefix": "site-recovery"}})).unwrap();
+    let storage: site_recovery::api::vault::Storage = serde_json::from_value(
+        serde_json::json!({"gcs": {"bucket": "dr-target", "prefix": "site-recovery"}}),
+    )
+    .unwrap();
     let location = Location::from_vault_storage(&storage, &Options::new()).unwrap();
     assert_eq!(location.name(), "gs://dr-target/site-recovery");
     let bad: Options = [("serviceAccountKey".to_string(), "{not json".to_string())].into();
