@@ -29,6 +29,7 @@ results="$work/results.tsv"
 measure() {
   local name=$1 label=$2 repo=$3; shift 3
   local before after
+  sync  # flush earlier steps' dirty pages so that their writeback is not charged to this one
   before=$(du -sb "$repo" | cut -f1)
   /usr/bin/time -v -o "$work/time.txt" "$@" > "$work/out.txt" 2>&1 || { cat "$work/out.txt" >&2; exit 1; }
   after=$(du -sb "$repo" | cut -f1)

@@ -54,7 +54,6 @@ names! {
         InvalidSpec,
         StorageReachable,
         StorageUnreachable,
-        StorageNotVerified,
         SecretNotFound,
         ClaimNotFound,
         ClaimNotBound,

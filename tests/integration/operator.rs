@@ -493,3 +493,89 @@ async fn malformed_object_is_reported_without_stopping_the_controller() {
     );
     running.stop().await;
 }
+
+#[tokio::test]
+async fn object_store_vaults_are_probed_with_their_credentials() {
+    let (rig, _dir) = cluster().await;
+    let s3 = std::env::var("SITE_RECOVERY_TEST_S3_ENDPOINT")
+        .expect("run with `bash scripts/test.sh`: it starts the S3 and Azure servers");
+    let azure = std::env::var("SITE_RECOVERY_TEST_AZURE_ENDPOINT")
+        .expect("run with `bash scripts/test.sh`");
+    rig.secret(
+        "apps",
+        "s3-credentials",
+        &[
+            ("AWS_ACCESS_KEY_ID", b"test"),
+            ("AWS_SECRET_ACCESS_KEY", b"s3-secret-value-0001"),
+        ],
+    )
+    .await;
+    rig.secret(
+        "apps",
+        "azure-credentials",
+        &[("accountKey", crate::object_stores::AZURITE_KEY.as_bytes())],
+    )
+    .await;
+    let wrong_key = "V3JvbmdLZXlXcm9uZ0tleVdyb25nS2V5V3JvbmdLZXk=";
+    rig.secret(
+        "apps",
+        "azure-wrong",
+        &[("accountKey", wrong_key.as_bytes())],
+    )
+    .await;
+    let running = start_operator(&rig, false).await;
+    let vaults: Api<RecoveryVault> = Api::namespaced(rig.client(), "apps");
+    let vault = |name: &str, azure_secret: &str| -> RecoveryVault {
+        serde_json::from_value(json!({
+            "apiVersion": "siterecovery.io/v1alpha1", "kind": "RecoveryVault",
+            "metadata": {"name": name, "namespace": "apps"},
+            "spec": {
+                "redundancy": "Zone",
+                "cache": {"zone": "zone-a", "storage": {"s3": {"bucket": "sr-test", "prefix": name, "endpoint": s3, "credentialsSecretRef": {"name": "s3-credentials"}}}},
+                "target": {"zone": "zone-b", "storage": {"azureBlob": {"container": "sr-test", "prefix": name, "accountName": "devstoreaccount1", "endpoint": azure, "credentialsSecretRef": {"name": azure_secret}}}},
+                "encryption": {"keySecretRef": {"name": "vault-key"}},
+            },
+        }))
+        .unwrap()
+    };
+    vaults
+        .create(
+            &PostParams::default(),
+            &vault("objects", "azure-credentials"),
+        )
+        .await
+        .unwrap();
+    vaults
+        .create(&PostParams::default(), &vault("denied", "azure-wrong"))
+        .await
+        .unwrap();
+    let good = eventually(
+        Duration::from_secs(30),
+        "the object-store vault Ready",
+        || async {
+            let s = vaults.get("objects").await.ok()?.status?;
+            (condition(&s.conditions, "Ready")?.0 == "True").then_some(s)
+        },
+    )
+    .await;
+    assert_eq!(
+        condition(&good.conditions, "StorageReachable").unwrap().1,
+        "StorageReachable"
+    );
+    let bad = eventually(
+        Duration::from_secs(30),
+        "the denied vault StorageUnreachable",
+        || async {
+            let s = vaults.get("denied").await.ok()?.status?;
+            (condition(&s.conditions, "StorageReachable")?.1 == "StorageUnreachable").then_some(s)
+        },
+    )
+    .await;
+    let message = condition(&bad.conditions, "StorageReachable").unwrap().2;
+    assert!(
+        message.starts_with("target location: az://devstoreaccount1/sr-test/denied"),
+        "{message}"
+    );
+    assert!(!message.contains(wrong_key), "the key leaked: {message}");
+    running.stop().await;
+}

@@ -7,9 +7,10 @@ use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Secret};
 use kube::Api;
 
-use crate::api::vault::{Location, RecoveryVaultSpec, SecretKeyRef};
+use crate::api::vault::{Location as VaultLocation, RecoveryVaultSpec, SecretKeyRef, Storage};
 use crate::controllers::context::NodeTopology;
 use crate::controllers::{Context, Error};
+use crate::storage::Location;
 
 /// What was found at a storage location.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -23,8 +24,8 @@ pub enum StorageProbe {
     ClaimBound,
     ClaimNotBound(String),
     ClaimMissing,
-    /// An object store whose credentials are present; it is first contacted by the data path.
-    CredentialsPresent,
+    /// An object store that answered.
+    ObjectStoreReachable,
     SecretMissing(String),
 }
 
@@ -63,7 +64,7 @@ pub async fn observe(
 async fn probe_location(
     secrets: &Api<Secret>,
     claims: &Api<PersistentVolumeClaim>,
-    location: &Location,
+    location: &VaultLocation,
 ) -> Result<StorageProbe, Error> {
     let storage = &location.storage;
     if let Some(fs) = &storage.filesystem {
@@ -80,16 +81,42 @@ async fn probe_location(
             },
         );
     }
-    if let Some(secret) = storage.credentials_secret()
-        && secrets
-            .get_metadata_opt(&secret.name)
-            .await
-            .map_err(Error::Kube)?
-            .is_none()
-    {
-        return Ok(StorageProbe::SecretMissing(secret.name.clone()));
+    let mut credentials = crate::storage::location::Options::new();
+    if let Some(secret) = storage.credentials_secret() {
+        let Some(found) = secrets.get_opt(&secret.name).await.map_err(Error::Kube)? else {
+            return Ok(StorageProbe::SecretMissing(secret.name.clone()));
+        };
+        for (k, ByteString(v)) in found.data.unwrap_or_default() {
+            credentials.insert(k, String::from_utf8_lossy(&v).into_owned());
+        }
+        credentials.extend(found.string_data.unwrap_or_default());
     }
-    Ok(StorageProbe::CredentialsPresent)
+    Ok(probe_object_store(storage, &credentials).await)
+}
+
+/// How long an object store may take to answer the probe.
+const PROBE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// Asks the object store for the repository config: any answer but an error (found or not
+/// found) proves the endpoint, the credentials and the bucket or container.
+async fn probe_object_store(
+    storage: &Storage,
+    credentials: &crate::storage::location::Options,
+) -> StorageProbe {
+    let location = match Location::from_vault_storage(storage, credentials) {
+        Ok(l) => l,
+        Err(e) => return StorageProbe::Unusable(e.to_string()),
+    };
+    let key = crate::storage::layout::config(location.prefix());
+    match tokio::time::timeout(PROBE_TIMEOUT, location.exists(&key)).await {
+        Ok(Ok(_)) => StorageProbe::ObjectStoreReachable,
+        Ok(Err(e)) => StorageProbe::Unusable(e.to_string()),
+        Err(_) => StorageProbe::Unusable(format!(
+            "{} did not answer within {}s",
+            location.name(),
+            PROBE_TIMEOUT.as_secs()
+        )),
+    }
 }
 
 /// Checks that `path` is a directory this process can create files in.

@@ -102,13 +102,14 @@ pub fn plan(
 
     // StorageReachable
     let mut storage_problems = Vec::new();
-    let mut storage_unverified = Vec::new();
     for (name, location, probe) in [
         ("cache", &spec.cache, &observed.cache),
         ("target", &spec.target, &observed.target),
     ] {
         match probe {
-            StorageProbe::Writable | StorageProbe::ClaimBound => {}
+            StorageProbe::Writable
+            | StorageProbe::ClaimBound
+            | StorageProbe::ObjectStoreReachable => {}
             StorageProbe::Missing => {
                 if let Some(fs) = &location.storage.filesystem {
                     actions.push(Action::CreateDirectory(fs.path.clone()));
@@ -135,10 +136,6 @@ pub fn plan(
                 R::SecretNotFound,
                 format!("spec.{name}.storage: credentials Secret {secret} not found"),
             )),
-            StorageProbe::CredentialsPresent => storage_unverified.push(format!(
-                "{name} ({} storage) is first contacted when a recovery point is written",
-                location.storage.kind()
-            )),
         }
     }
     let storage = if let Some((reason, _)) = storage_problems.first() {
@@ -153,19 +150,12 @@ pub fn plan(
             *reason,
             message,
         )
-    } else if !storage_unverified.is_empty() {
-        Condition::new(
-            T::StorageReachable,
-            ConditionStatus::Unknown,
-            R::StorageNotVerified,
-            storage_unverified.join("; "),
-        )
     } else {
         Condition::new(
             T::StorageReachable,
             ConditionStatus::True,
             R::StorageReachable,
-            "cache and target locations accept writes",
+            "cache and target locations answer",
         )
     };
 

@@ -119,12 +119,12 @@ fn table_of_vault_decisions() {
             message_has: "at least 32 are required",
         },
         Case {
-            name: "object store not yet contacted",
+            name: "object store does not answer",
             spec: json!({"target": {"storage": {"filesystem": null, "s3": {"bucket": "bkt"}}}}),
-            observed: |o| o.target = StorageProbe::CredentialsPresent,
+            observed: |o| o.target = StorageProbe::Unusable("s3://bkt/: connection refused".into()),
             ready: (ConditionStatus::False, R::StorageNotReady),
             separated: Some((ConditionStatus::True, R::Separated)),
-            message_has: "s3 storage",
+            message_has: "target location: s3://bkt/: connection refused",
         },
         Case {
             name: "spec bypassed admission",
