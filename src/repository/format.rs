@@ -383,9 +383,14 @@ impl Manifest {
 }
 
 pub fn encode_manifest(keys: &Keys, m: &Manifest) -> Vec<u8> {
-    let plain = postcard::to_stdvec(m).expect("manifest serializes");
-    let compressed = zstd::bulk::compress(&plain, 3).expect("zstd compresses in memory");
-    crypto::seal(&keys.data_key, Kind::Manifest, m.id.as_bytes(), &compressed)
+    // Serialized straight into the compressor: a large volume's manifest never exists
+    // uncompressed in memory.
+    let mut buf = crypto::seal_prefix(Kind::Manifest, 1 << 20);
+    let encoder = zstd::stream::Encoder::new(&mut buf, 3).expect("zstd encoder");
+    let encoder = postcard::to_io(m, encoder).expect("manifest serializes");
+    encoder.finish().expect("zstd finishes in memory");
+    crypto::seal_in_place(&keys.data_key, Kind::Manifest, m.id.as_bytes(), &mut buf);
+    buf
 }
 
 /// Decodes a manifest after decryption (a fuzz target's entry point).

@@ -280,11 +280,7 @@ impl Repository {
         &self,
         packs: Vec<(ChunkId, Vec<PackEntry>)>,
     ) -> Result<String, RepoError> {
-        let bytes = format::encode_index(&self.keys, &IndexFile { packs });
-        let name = hex::encode(blake3::hash(&bytes).as_bytes());
-        let key = layout::index(self.location.prefix(), &name);
-        self.location.put(&key, Bytes::from(bytes)).await?;
-        Ok(key.to_string())
+        write_index(&self.location, &self.keys, packs).await
     }
 
     /// Ids of the points in this location, oldest first (ids sort by time).
@@ -353,6 +349,20 @@ impl Repository {
         }
         Ok(used)
     }
+}
+
+/// Writes an index file naming `packs` and returns its key. The name is the hash of the bytes,
+/// so writing the same index twice is harmless.
+pub async fn write_index(
+    location: &Location,
+    keys: &Keys,
+    packs: Vec<(ChunkId, Vec<PackEntry>)>,
+) -> Result<String, RepoError> {
+    let bytes = format::encode_index(keys, &IndexFile { packs });
+    let name = hex::encode(blake3::hash(&bytes).as_bytes());
+    let key = layout::index(location.prefix(), &name);
+    location.put(&key, Bytes::from(bytes)).await?;
+    Ok(key.to_string())
 }
 
 /// The key-encryption secret must carry enough entropy to stand in for a key.

@@ -103,25 +103,20 @@ async fn collect_garbage(repo: &mut Repository, report: &mut PruneReport) -> Res
     repo.load_index().await?;
     let used = repo.referenced_chunks().await?;
     let stored = repo.list_packs().await?;
+    // Entries grouped by pack in one pass over the index.
+    let mut by_pack: Vec<Vec<super::format::PackEntry>> = vec![Vec::new(); repo.packs.len()];
+    for (id, at) in &repo.chunks {
+        by_pack[at.pack as usize].push(super::format::PackEntry {
+            id: *id,
+            offset: at.offset,
+            length: at.length,
+            raw_length: at.raw_length,
+        });
+    }
     let mut doomed = HashSet::new();
     let mut keep = Vec::new();
-    for (i, pack) in repo.packs.iter().enumerate() {
-        let any_used = repo
-            .chunks
-            .iter()
-            .any(|(id, at)| at.pack == i as u32 && used.contains(id));
-        if any_used {
-            let entries: Vec<_> = repo
-                .chunks
-                .iter()
-                .filter(|(_, at)| at.pack == i as u32)
-                .map(|(id, at)| super::format::PackEntry {
-                    id: *id,
-                    offset: at.offset,
-                    length: at.length,
-                    raw_length: at.raw_length,
-                })
-                .collect();
+    for (pack, entries) in repo.packs.iter().zip(by_pack) {
+        if entries.iter().any(|e| used.contains(&e.id)) {
             keep.push((*pack, entries));
         } else {
             doomed.insert(*pack);

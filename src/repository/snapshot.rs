@@ -1,7 +1,7 @@
 //! Taking a recovery point: a streaming pipeline with bounded memory.
 //!
 //! ```text
-//! reader thread ──batches (≤ 2 × 4 MiB)──▶ hash ∥ → dedup → compress+seal ∥ → packer ──packs (≤ 2 × 8 MiB)──▶ uploader
+//! reader thread ──batches (≤ 2 × 4 MiB)──▶ hash ∥ → dedup → compress+seal ∥ → packer ──packs (handed over, 2 uploading)──▶ uploader
 //! ```
 //!
 //! Files whose size, mtime, ctime and inode match the parent point are not read again. The
@@ -201,9 +201,12 @@ async fn snapshot_locked(
     .map_err(|e| RepoError::Invalid(format!("snapshot pipeline panicked: {e}")))?;
     let (known, result) = outcome;
     repo.chunks = known;
-    let result = result?;
-    for (pack, entries) in &result.packs {
-        repo.add_pack(pack, entries);
+    let mut result = result?;
+    // The index grows by the new chunks at once, without rehashing through doublings, and the
+    // pipeline's copy of the entries is released as they are added.
+    repo.chunks.reserve(result.new_chunks as usize);
+    for (pack, entries) in result.packs.drain(..) {
+        repo.add_pack(&pack, &entries);
     }
     stats.new_chunks = result.new_chunks;
     stats.stored_bytes_added = result.stored_bytes;
@@ -373,7 +376,7 @@ fn run_pipeline(
 ) -> Result<PipelineResult, RepoError> {
     let n = work.len();
     let (batch_tx, batch_rx) = sync_channel::<Batch>(1);
-    let (pack_tx, pack_rx) = sync_channel::<(ChunkId, Vec<u8>, Vec<PackEntry>)>(1);
+    let (pack_tx, pack_rx) = sync_channel::<(ChunkId, Vec<u8>, Vec<PackEntry>)>(0);
     std::thread::scope(|scope| {
         let reader = {
             let chunking = chunking.clone();
@@ -603,7 +606,7 @@ fn upload_all(
         }
         if unindexed.len() >= PACKS_PER_INDEX && first_error.is_none() {
             let batch = std::mem::take(&mut unindexed);
-            handle.block_on(write_index(location, keys, batch.clone()))?;
+            handle.block_on(super::write_index(location, keys, batch.clone()))?;
             all.extend(batch);
         }
     }
@@ -612,24 +615,11 @@ fn upload_all(
     }
     // Even after a failure, index what did arrive: the next run reuses it.
     if !unindexed.is_empty() {
-        handle.block_on(write_index(location, keys, unindexed.clone()))?;
+        handle.block_on(super::write_index(location, keys, unindexed.clone()))?;
         all.extend(unindexed);
     }
     match first_error {
         Some(e) => Err(e),
         None => Ok((all, stored)),
     }
-}
-
-pub async fn write_index(
-    location: &Location,
-    keys: &Keys,
-    packs: Vec<(ChunkId, Vec<PackEntry>)>,
-) -> Result<(), RepoError> {
-    let bytes = format::encode_index(keys, &format::IndexFile { packs });
-    let name = hex::encode(blake3::hash(&bytes).as_bytes());
-    location
-        .put(&layout::index(location.prefix(), &name), Bytes::from(bytes))
-        .await?;
-    Ok(())
 }
