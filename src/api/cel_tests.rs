@@ -294,3 +294,29 @@ fn failover_mode_and_workload_are_immutable_and_drills_never_commit() {
         "a drill is never committed",
     );
 }
+
+#[test]
+fn retention_is_at_least_a_minute() {
+    let mut spec = vault_spec();
+    spec["replicationPolicy"] = json!({"crashConsistentFrequency": "30s", "appConsistentFrequency": "off", "recoveryPointRetention": "30s"});
+    rejected_with(
+        vault(spec.clone()).validate_cel(),
+        "recoveryPointRetention must be a duration of at least 1m",
+    );
+    spec["replicationPolicy"]["recoveryPointRetention"] = json!("1m");
+    vault(spec)
+        .validate_cel()
+        .expect("one minute is the minimum");
+}
+
+#[test]
+fn target_zone_is_immutable() {
+    let old = failover(json!({"workloadName": "w", "targetZone": "zone-b"}));
+    failover(json!({"workloadName": "w", "targetZone": "zone-b"}))
+        .validate_cel_update(&old)
+        .expect("unchanged");
+    rejected_with(
+        failover(json!({"workloadName": "w", "targetZone": "zone-c"})).validate_cel_update(&old),
+        "spec.targetZone is immutable",
+    );
+}
