@@ -237,6 +237,28 @@ where
     })
 }
 
+/// The reconcile function of one kind: metrics and backoff around the kind's `reconcile`, and
+/// malformed objects reported instead of reconciled.
+macro_rules! reconciler {
+    ($kind:ident) => {
+        |obj, ctx| async move {
+            let started = begin(&ctx, controllers::$kind::CONTROLLER);
+            let result = match &obj.0 {
+                Ok(k) => controllers::$kind::reconcile(k, ctx.clone()).await,
+                Err(invalid) => invalid_object(&ctx, obj.as_ref(), &invalid.error).await,
+            };
+            finish(
+                &ctx,
+                controllers::$kind::CONTROLLER,
+                obj.as_ref(),
+                started,
+                &result,
+            );
+            result
+        }
+    };
+}
+
 fn guarded_ok<K: Clone>(g: &DeserializeGuard<K>) -> Option<&K> {
     g.0.as_ref().ok()
 }
@@ -394,21 +416,7 @@ async fn run_controllers(
         .watches_stream(nodes_deleted, move |_node| all_vaults_too())
         .graceful_shutdown_on(shutdown.wait())
         .run(
-            |obj, ctx| async move {
-                let started = begin(&ctx, controllers::vault::CONTROLLER);
-                let result = match &obj.0 {
-                    Ok(k) => controllers::vault::reconcile(k, ctx.clone()).await,
-                    Err(invalid) => invalid_object(&ctx, obj.as_ref(), &invalid.error).await,
-                };
-                finish(
-                    &ctx,
-                    controllers::vault::CONTROLLER,
-                    obj.as_ref(),
-                    started,
-                    &result,
-                );
-                result
-            },
+            reconciler!(vault),
             |obj, err, ctx| error_policy(obj, err, ctx, controllers::vault::CONTROLLER),
             ctx.clone(),
         )
@@ -503,21 +511,7 @@ async fn run_controllers(
         .watches_stream(pods, workloads_of_pod)
         .graceful_shutdown_on(shutdown.wait())
         .run(
-            |obj, ctx| async move {
-                let started = begin(&ctx, controllers::workload::CONTROLLER);
-                let result = match &obj.0 {
-                    Ok(k) => controllers::workload::reconcile(k, ctx.clone()).await,
-                    Err(invalid) => invalid_object(&ctx, obj.as_ref(), &invalid.error).await,
-                };
-                finish(
-                    &ctx,
-                    controllers::workload::CONTROLLER,
-                    obj.as_ref(),
-                    started,
-                    &result,
-                );
-                result
-            },
+            reconciler!(workload),
             |obj, err, ctx| error_policy(obj, err, ctx, controllers::workload::CONTROLLER),
             ctx.clone(),
         )
@@ -555,21 +549,7 @@ async fn run_controllers(
         .watches_stream(failovers_deleted, move |f| siblings_deleted(&f))
         .graceful_shutdown_on(shutdown.wait())
         .run(
-            |obj, ctx| async move {
-                let started = begin(&ctx, controllers::failover::CONTROLLER);
-                let result = match &obj.0 {
-                    Ok(k) => controllers::failover::reconcile(k, ctx.clone()).await,
-                    Err(invalid) => invalid_object(&ctx, obj.as_ref(), &invalid.error).await,
-                };
-                finish(
-                    &ctx,
-                    controllers::failover::CONTROLLER,
-                    obj.as_ref(),
-                    started,
-                    &result,
-                );
-                result
-            },
+            reconciler!(failover),
             |obj, err, ctx| error_policy(obj, err, ctx, controllers::failover::CONTROLLER),
             ctx.clone(),
         )
