@@ -91,6 +91,13 @@ pub fn merge_conditions(
     merged
 }
 
+/// Whether `fresh` says something new compared with the previous condition of its type (its
+/// status or reason changed, or it is the first): what deserves an Event.
+pub fn transitioned(previous: Option<&[Condition]>, fresh: &Condition) -> bool {
+    let before = previous.and_then(|p| find(p, &fresh.r#type));
+    !before.is_some_and(|b| b.status == fresh.status && b.reason == fresh.reason)
+}
+
 /// Finds a condition by type.
 pub fn find<'a>(conditions: &'a [Condition], r#type: &str) -> Option<&'a Condition> {
     conditions.iter().find(|c| c.r#type == r#type)

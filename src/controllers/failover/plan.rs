@@ -3,7 +3,7 @@
 use jiff::Timestamp;
 
 use super::observe::{Observed, WorkloadSummary};
-use crate::api::conditions::{Condition, ConditionStatus, find};
+use crate::api::conditions::{Condition, ConditionStatus, transitioned};
 use crate::api::failover::{FailoverSpec, FailoverStatus, ResolvedPoint};
 use crate::api::reasons::{ConditionType as T, EventReason, FailoverReason as R};
 use crate::api::workload::PointRef;
@@ -178,8 +178,7 @@ pub fn plan(
 }
 
 fn events(previous: Option<&FailoverStatus>, ready: &Condition) -> Vec<PlannedEvent> {
-    let before = previous.and_then(|p| find(&p.conditions, T::Ready.as_str()));
-    if before.is_some_and(|b| b.status == ready.status && b.reason == ready.reason) {
+    if !transitioned(previous.map(|p| p.conditions.as_slice()), ready) {
         return vec![];
     }
     let note = format!("{}: {}", ready.reason, ready.message);
@@ -193,6 +192,7 @@ fn events(previous: Option<&FailoverStatus>, ready: &Condition) -> Vec<PlannedEv
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::api::conditions::find;
     use crate::controllers::failover::observe::Sibling;
     use serde_json::json;
 

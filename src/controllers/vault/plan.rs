@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use crate::api::conditions::{Condition, ConditionStatus, find};
+use crate::api::conditions::{Condition, ConditionStatus, find, transitioned};
 use crate::api::policy::parse_duration;
 use crate::api::reasons::{ConditionType as T, EventReason, VaultReason as R};
 use crate::api::vault::{Location, RecoveryVaultSpec, RecoveryVaultStatus, Redundancy};
@@ -247,8 +247,7 @@ fn ready_events(
     let Some(ready) = find(conditions, T::Ready.as_str()) else {
         return vec![];
     };
-    let before = previous.and_then(|p| find(&p.conditions, T::Ready.as_str()));
-    if before.is_some_and(|b| b.status == ready.status && b.reason == ready.reason) {
+    if !transitioned(previous.map(|p| p.conditions.as_slice()), ready) {
         return vec![];
     }
     if ready.is_true() {

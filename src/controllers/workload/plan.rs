@@ -7,7 +7,7 @@ use std::time::Duration;
 use jiff::Timestamp;
 
 use super::observe::Observed;
-use crate::api::conditions::{Condition, ConditionStatus, find};
+use crate::api::conditions::{Condition, ConditionStatus, find, transitioned};
 use crate::api::reasons::{ConditionType as T, EventReason, WorkloadReason as R};
 use crate::api::workload::{ReplicatedWorkloadSpec, ReplicatedWorkloadStatus, VolumeStatus};
 use crate::controllers::PlannedEvent;
@@ -312,8 +312,7 @@ fn ready_events(
         let Some(now) = find(conditions, t.as_str()) else {
             continue;
         };
-        let before = previous.and_then(|p| find(&p.conditions, t.as_str()));
-        if before.is_some_and(|b| b.status == now.status && b.reason == now.reason) {
+        if !transitioned(previous.map(|p| p.conditions.as_slice()), now) {
             continue;
         }
         let reason = match (t, now.is_true()) {
