@@ -587,6 +587,31 @@ impl State {
         }
     }
 
+    /// Writes an object under a new resourceVersion and tells watchers: ADDED, or MODIFIED
+    /// when `previous` is given.
+    fn store(
+        &mut self,
+        tx: &broadcast::Sender<Arc<Change>>,
+        r: &ResourceType,
+        at: (String, String),
+        mut obj: Value,
+        previous: Option<Value>,
+    ) -> Value {
+        let rv = self.next_rv();
+        obj["metadata"]["resourceVersion"] = json!(rv.to_string());
+        self.objects
+            .entry(key(r))
+            .or_default()
+            .insert(at, obj.clone());
+        let kind = if previous.is_some() {
+            "MODIFIED"
+        } else {
+            "ADDED"
+        };
+        self.emit(tx, r, kind, obj.clone(), previous);
+        obj
+    }
+
     fn next_rv(&mut self) -> u64 {
         self.rv += 1;
         self.rv
@@ -823,13 +848,7 @@ impl State {
                     json!([{"key": "node.kubernetes.io/not-ready", "effect": "NoSchedule"}]);
             }
         }
-        let rv = self.next_rv();
-        obj["metadata"]["resourceVersion"] = json!(rv.to_string());
-        self.objects
-            .entry(key(r))
-            .or_default()
-            .insert((ns, name), obj.clone());
-        self.emit(tx, r, "ADDED", obj.clone(), None);
+        let obj = self.store(tx, r, (ns, name), obj, None);
         Reply(StatusCode::CREATED, obj)
     }
 
@@ -915,13 +934,7 @@ impl State {
         if cmp_old == cmp_new {
             return Reply(StatusCode::OK, old);
         }
-        let rv = self.next_rv();
-        new["metadata"]["resourceVersion"] = json!(rv.to_string());
-        self.objects
-            .entry(key(r))
-            .or_default()
-            .insert((ns, name), new.clone());
-        self.emit(tx, r, "MODIFIED", new.clone(), Some(old));
+        let new = self.store(tx, r, (ns, name), new, Some(old));
         Reply(StatusCode::OK, new)
     }
 
@@ -1156,14 +1169,8 @@ impl State {
                 let g = old["metadata"]["generation"].as_i64().unwrap_or(1);
                 new["metadata"]["generation"] = json!(g + 1);
             }
-            let rv = self.next_rv();
-            new["metadata"]["resourceVersion"] = json!(rv.to_string());
             let ns = self.ns_of(t);
-            self.objects
-                .entry(key(r))
-                .or_default()
-                .insert((ns, name.to_string()), new.clone());
-            self.emit(tx, r, "MODIFIED", new.clone(), Some(old));
+            let new = self.store(tx, r, (ns, name.to_string()), new, Some(old));
             return Reply(StatusCode::OK, new);
         }
         self.remove(tx, t, &old)
