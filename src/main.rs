@@ -55,7 +55,7 @@ enum Command {
         #[arg(long, default_value = "0.0.0.0:8080", env = "SITE_RECOVERY_HTTP_ADDR")]
         http_addr: SocketAddr,
     },
-    /// Run the node agent (DaemonSet): registers this node with the operator.
+    /// Run the node agent (DaemonSet): registers this node and captures its volumes.
     Agent {
         /// Name of this node [default: NODE_NAME, from the downward API].
         #[arg(long, env = "NODE_NAME")]
@@ -66,7 +66,7 @@ enum Command {
         /// Seconds a registration stays valid without renewal.
         #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(i32).range(3..=3600))]
         lease_duration: i32,
-        /// The kubelet's root directory, where pod volumes are mounted (read by later versions).
+        /// The kubelet's root directory: pod volumes are read below it, and nowhere else.
         #[arg(long, default_value = "/var/lib/kubelet", env = "KUBELET_ROOT")]
         kubelet_root: PathBuf,
     },
@@ -171,6 +171,7 @@ async fn run(command: Command) -> anyhow::Result<std::process::ExitCode> {
                 node_name,
                 namespace,
                 lease_duration_seconds: lease_duration,
+                kubelet_root,
             };
             site_recovery::agent::run(client, settings, wait_for_signal()).await?;
         }

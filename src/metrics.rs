@@ -25,6 +25,84 @@ pub struct Metrics {
     pub reconcile_duration: Family<ControllerLabels, Histogram>,
     pub status_writes: Family<ControllerLabels, Counter>,
     pub leader: Gauge,
+    pub replication: ReplicationMetrics,
+}
+
+/// Labels naming one protected workload.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WorkloadLabels {
+    pub namespace: String,
+    pub workload: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ConsistencyLabels {
+    pub consistency: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LocationLabels {
+    /// `cache` or `target`.
+    pub location: String,
+}
+
+/// The replication pipeline's metrics.
+#[derive(Clone)]
+pub struct ReplicationMetrics {
+    pub rpo_seconds: Family<WorkloadLabels, Gauge>,
+    pub recovery_points: Family<ConsistencyLabels, Counter>,
+    pub bytes_transferred: Family<LocationLabels, Counter>,
+    pub replication_duration: Family<WorkloadLabels, Histogram, fn() -> Histogram>,
+    pub missed_intervals: Family<WorkloadLabels, Counter>,
+    pub last_success: Family<WorkloadLabels, Gauge>,
+}
+
+fn duration_buckets() -> Histogram {
+    Histogram::new(exponential_buckets(0.05, 2.0, 14))
+}
+
+impl ReplicationMetrics {
+    fn new(registry: &mut Registry) -> Self {
+        let m = Self {
+            rpo_seconds: Family::default(),
+            recovery_points: Family::default(),
+            bytes_transferred: Family::default(),
+            replication_duration: Family::new_with_constructor(duration_buckets),
+            missed_intervals: Family::default(),
+            last_success: Family::default(),
+        };
+        registry.register(
+            "rpo_seconds",
+            "Seconds since the newest recovery point durable in the target location",
+            m.rpo_seconds.clone(),
+        );
+        registry.register(
+            "recovery_points",
+            "Recovery points created, by the consistency they have",
+            m.recovery_points.clone(),
+        );
+        registry.register(
+            "bytes_transferred",
+            "Bytes written to a location (after deduplication, compression and encryption)",
+            m.bytes_transferred.clone(),
+        );
+        registry.register(
+            "replication_duration_seconds",
+            "Time from a point's capture instant until it is durable in the target",
+            m.replication_duration.clone(),
+        );
+        registry.register(
+            "missed_intervals",
+            "Scheduled points that were not taken (late starts and failed points)",
+            m.missed_intervals.clone(),
+        );
+        registry.register(
+            "last_success_timestamp_seconds",
+            "Unix time of the newest point durable in the target",
+            m.last_success.clone(),
+        );
+        m
+    }
 }
 
 impl Default for Metrics {
@@ -63,7 +141,9 @@ impl Default for Metrics {
             "1 while this replica holds the leader Lease",
             leader.clone(),
         );
+        let replication = ReplicationMetrics::new(&mut registry);
         Self {
+            replication,
             registry,
             reconciliations,
             reconcile_errors,

@@ -1,8 +1,29 @@
-//! `site-recovery agent`: the node agent (the seed's mobility service). This version registers
-//! its node: one Lease per node in the operator's namespace, carrying the node's zone and region
-//! and the agent's version, renewed well within its duration. The agent never imports the
-//! controllers; it talks to them only through the API.
+//! `site-recovery agent`: the node agent (the seed's mobility service). It registers its node
+//! (one Lease per node in the operator's namespace, carrying zone, region, version and the
+//! agent's reports) and carries out the points the operator starts on the volumes mounted on
+//! its node. The agent never imports the controllers; it talks to them only through the API.
 
+pub mod capture;
 pub mod registration;
 
-pub use registration::{AgentSettings, run};
+pub use registration::{AgentSettings, Reports};
+
+/// Runs the agent until `shutdown` resolves. Dropping the returned future stops every capture
+/// in flight (they are resumed or failed by whoever runs next; see `crate::api::work`).
+pub async fn run(
+    client: kube::Client,
+    settings: AgentSettings,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let reports = Reports::default();
+    let register =
+        registration::keep_registered(client.clone(), settings.clone(), reports.clone());
+    let captures = capture::run_captures(client, settings.clone(), reports);
+    tokio::select! {
+        () = shutdown => {}
+        () = register => {}
+        () = captures => {}
+    }
+    tracing::info!(node = %settings.node_name, "agent stopped");
+    Ok(())
+}

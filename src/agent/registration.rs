@@ -1,5 +1,7 @@
-//! Keeps this node's registration Lease fresh.
+//! Keeps this node's registration Lease fresh, and publishes the agent's reports on it.
 
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::Lease;
@@ -7,11 +9,13 @@ use k8s_openapi::api::core::v1::Node;
 use kube::Client;
 use kube::api::{Api, Patch, PatchParams};
 use serde_json::json;
+use tokio::sync::Notify;
 
 use crate::api::registration::{
     COMPONENT_LABEL, COMPONENT_VALUE, NODE_LABEL, REGION_ANNOTATION, REGION_LABEL,
     VERSION_ANNOTATION, ZONE_ANNOTATION, ZONE_LABEL, lease_name,
 };
+use crate::api::work::{AgentWork, WORK_ANNOTATION};
 
 /// Field manager of the agent's writes.
 pub const FIELD_MANAGER: &str = "site-recovery-agent";
@@ -23,10 +27,58 @@ pub struct AgentSettings {
     pub namespace: String,
     /// How long a registration stays valid without renewal.
     pub lease_duration_seconds: i32,
+    /// The kubelet's root directory: the agent reads volumes below it and nowhere else.
+    pub kubelet_root: std::path::PathBuf,
 }
 
-/// Writes the registration once: the node's current zone and region, renewed now.
-pub async fn register(client: &Client, settings: &AgentSettings) -> Result<(), kube::Error> {
+/// The agent's reports, keyed by `namespace/workload`, and a bell that asks for them to be
+/// published now rather than at the next renewal.
+#[derive(Clone, Default)]
+pub struct Reports {
+    entries: Arc<Mutex<BTreeMap<String, AgentWork>>>,
+    pub changed: Arc<Notify>,
+}
+
+impl Reports {
+    pub fn get(&self, key: &str) -> Option<AgentWork> {
+        self.entries.lock().expect("reports lock").get(key).cloned()
+    }
+
+    /// Records a report; `publish` rings the bell (state changes), progress waits for renewal.
+    pub fn set(&self, key: String, work: AgentWork, publish: bool) {
+        self.entries.lock().expect("reports lock").insert(key, work);
+        if publish {
+            self.changed.notify_one();
+        }
+    }
+
+    /// Drops reports the operator no longer needs (their point is no longer in flight).
+    pub fn retain(&self, keep: impl Fn(&str, &AgentWork) -> bool) {
+        let mut entries = self.entries.lock().expect("reports lock");
+        let before = entries.len();
+        entries.retain(|k, v| keep(k, v));
+        if entries.len() != before {
+            self.changed.notify_one();
+        }
+    }
+
+    fn snapshot(&self) -> Vec<AgentWork> {
+        self.entries
+            .lock()
+            .expect("reports lock")
+            .values()
+            .cloned()
+            .collect()
+    }
+}
+
+/// Writes the registration once: the node's current zone and region, renewed now, with the
+/// current reports.
+pub async fn register(
+    client: &Client,
+    settings: &AgentSettings,
+    reports: &Reports,
+) -> Result<(), kube::Error> {
     let node = Api::<Node>::all(client.clone())
         .get_metadata(&settings.node_name)
         .await?;
@@ -39,6 +91,13 @@ pub async fn register(client: &Client, settings: &AgentSettings) -> Result<(), k
     }
     if let Some(region) = labels.get(REGION_LABEL) {
         annotations.insert(REGION_ANNOTATION.into(), json!(region));
+    }
+    let work = reports.snapshot();
+    if !work.is_empty() {
+        annotations.insert(
+            WORK_ANNOTATION.into(),
+            json!(serde_json::to_string(&work).expect("reports serialize")),
+        );
     }
     let lease = json!({
         "apiVersion": "coordination.k8s.io/v1",
@@ -64,27 +123,21 @@ pub async fn register(client: &Client, settings: &AgentSettings) -> Result<(), k
     Ok(())
 }
 
-/// Renews the registration every third of its duration until `shutdown` resolves. A failed
-/// renewal is retried at the next tick; the registration lapses only if renewals keep failing.
-pub async fn run(
-    client: Client,
-    settings: AgentSettings,
-    shutdown: impl std::future::Future<Output = ()>,
-) -> anyhow::Result<()> {
+/// Renews the registration every third of its duration, and at once when a report changes
+/// state. A failed renewal is retried at the next tick (or after a second when a report waits).
+pub async fn keep_registered(client: Client, settings: AgentSettings, reports: Reports) {
     let period = Duration::from_secs((settings.lease_duration_seconds.max(3) / 3) as u64);
     let mut ticker = tokio::time::interval(period);
-    tokio::pin!(shutdown);
     tracing::info!(node = %settings.node_name, namespace = %settings.namespace, "registering node");
     loop {
         tokio::select! {
-            () = &mut shutdown => break,
-            _ = ticker.tick() => {
-                if let Err(e) = register(&client, &settings).await {
-                    tracing::warn!(error = %e, node = %settings.node_name, "could not renew the node registration");
-                }
-            }
+            _ = ticker.tick() => {}
+            () = reports.changed.notified() => {}
+        }
+        if let Err(e) = register(&client, &settings, &reports).await {
+            tracing::warn!(error = %e, node = %settings.node_name, "could not renew the node registration");
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            reports.changed.notify_one();
         }
     }
-    tracing::info!(node = %settings.node_name, "agent stopped");
-    Ok(())
 }

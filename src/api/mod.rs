@@ -6,6 +6,7 @@ pub mod policy;
 pub mod reasons;
 pub mod registration;
 pub mod vault;
+pub mod work;
 pub mod workload;
 
 #[cfg(test)]

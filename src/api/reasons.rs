@@ -85,9 +85,23 @@ names! {
         AgentsRegistered,
         NotRegistered,
         ReplicationNotStarted,
+        /// A point is being captured or replicated now.
+        PointInProgress,
+        /// The last point was captured and replicated.
+        PointReplicated,
+        /// The last point could not be captured (an agent's error, a timeout).
+        CaptureFailed,
+        /// The last point is in the cache but could not be copied to the target.
+        ReplicationFailed,
+        /// A pre or post hook failed: the point carries the consistency it really has.
+        HookFailed,
+        /// A location holds a repository this vault's key does not open, or another one.
+        RepositoryRefused,
         NoRecoveryPoint,
         RecoveryPointReplicated,
         RPONotMeasured,
+        RPOWithinTarget,
+        RPOExceeded,
     }
 }
 
@@ -115,5 +129,11 @@ names! {
         FailoverNotReady,
         InvalidObject,
         ReconcileFailed,
+        RecoveryPointCreated,
+        RecoveryPointFailed,
+        ReplicationFailed,
+        HookFailed,
+        RecoveryPointsPruned,
+        RPOExceeded,
     }
 }

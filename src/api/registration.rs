@@ -38,6 +38,8 @@ pub struct AgentRegistration {
     pub version: Option<String>,
     pub renewed: Option<Timestamp>,
     pub duration_seconds: i64,
+    /// The agent's reports on points in flight.
+    pub work: Vec<super::work::AgentWork>,
 }
 
 impl AgentRegistration {
@@ -63,6 +65,7 @@ impl AgentRegistration {
                 .and_then(|s| s.lease_duration_seconds)
                 .unwrap_or(30)
                 .into(),
+            work: super::work::parse_reports(annotations.get(super::work::WORK_ANNOTATION)),
         })
     }
 

@@ -134,6 +134,12 @@ pub struct ReplicatedWorkloadStatus {
     #[serde(default)]
     #[schemars(length(max = 256))]
     pub volumes: Vec<VolumeStatus>,
+    /// The newest point durable in the target location: the RPO is measured from it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latest_replicated_point: Option<PointRef>,
+    /// The newest point of any consistency (Live points without a freeze are `FileLevel`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latest_point: Option<PointRef>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub latest_crash_consistent_point: Option<PointRef>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -147,6 +153,43 @@ pub struct ReplicatedWorkloadStatus {
     pub rpo_seconds: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub progress: Option<Progress>,
+    /// The point being taken now: the work the agents carry out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub point_in_progress: Option<PointInProgress>,
+    /// The outcome of the last point that was started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_attempt: Option<PointAttempt>,
+}
+
+/// A recovery point in flight. Agents read it (they write nothing here) and report on their
+/// registration Lease; the operator assembles, replicates and records the point.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PointInProgress {
+    pub id: String,
+    /// `CrashConsistent` or `AppConsistent`: what was asked for. The point records what it got.
+    pub consistency: String,
+    pub method: crate::api::vault::SnapshotMethod,
+    /// The capture instant the point is named for.
+    pub started: Timestamp,
+    /// Claims the point covers.
+    #[schemars(length(max = 256))]
+    pub claims: Vec<String>,
+    /// Why the consistency asked for was not reached (a failed hook), if it was not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub degraded: Option<String>,
+}
+
+/// How the last started point ended.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PointAttempt {
+    pub id: String,
+    pub started: Timestamp,
+    pub consistency: String,
+    pub succeeded: bool,
+    #[serde(default)]
+    pub message: String,
 }
 
 /// A protected claim and the node and zone it is mounted in.
@@ -168,6 +211,9 @@ pub struct PointRef {
     pub time: Timestamp,
     /// Whether the point is durable in the target location.
     pub replicated: bool,
+    /// CrashConsistent, AppConsistent or FileLevel.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub consistency: String,
 }
 
 /// Bytes of the point in flight.

@@ -233,6 +233,7 @@ pub async fn run(args: RepoArgs) -> anyhow::Result<std::process::ExitCode> {
                 consistency,
                 source_zone: zone,
                 use_parent: !no_parent,
+                part: None,
             };
             let (progress, done) = progress_reporter("snapshot");
             let started = Instant::now();
@@ -406,6 +407,7 @@ pub async fn run(args: RepoArgs) -> anyhow::Result<std::process::ExitCode> {
                     keep_within,
                     keep_last,
                     dry_run,
+                    workload: None,
                 },
             )
             .await?;

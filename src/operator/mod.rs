@@ -451,7 +451,9 @@ async fn run_controllers(
                 .filter(|w| {
                     guarded_ok(w).is_some_and(|w| {
                         w.status.as_ref().is_none_or(|s| {
-                            s.volumes.is_empty()
+                            // Reports of a point in flight may come from any node (reader pods).
+                            s.point_in_progress.is_some()
+                                || s.volumes.is_empty()
                                 || s.volumes
                                     .iter()
                                     .any(|v| v.node.as_deref() == Some(node.as_str()))

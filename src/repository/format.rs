@@ -383,13 +383,18 @@ impl Manifest {
 }
 
 pub fn encode_manifest(keys: &Keys, m: &Manifest) -> Vec<u8> {
+    encode_manifest_as(keys, &m.id, m)
+}
+
+/// Encodes a manifest bound to `name` (its point id, or `<point>/<part>` for a part).
+pub fn encode_manifest_as(keys: &Keys, name: &str, m: &Manifest) -> Vec<u8> {
     // Serialized straight into the compressor: a large volume's manifest never exists
     // uncompressed in memory.
     let mut buf = crypto::seal_prefix(Kind::Manifest, 1 << 20);
     let encoder = zstd::stream::Encoder::new(&mut buf, 3).expect("zstd encoder");
     let encoder = postcard::to_io(m, encoder).expect("manifest serializes");
     encoder.finish().expect("zstd finishes in memory");
-    crypto::seal_in_place(&keys.data_key, Kind::Manifest, m.id.as_bytes(), &mut buf);
+    crypto::seal_in_place(&keys.data_key, Kind::Manifest, name.as_bytes(), &mut buf);
     buf
 }
 
@@ -405,11 +410,22 @@ pub fn decode_manifest(
     name: &str,
     bytes: &[u8],
 ) -> Result<Manifest, RepoError> {
+    decode_manifest_as(keys, id, id, name, bytes)
+}
+
+/// Decodes a manifest sealed under `bound` (see [`encode_manifest_as`]) that must name point `id`.
+pub fn decode_manifest_as(
+    keys: &Keys,
+    bound: &str,
+    id: &str,
+    name: &str,
+    bytes: &[u8],
+) -> Result<Manifest, RepoError> {
     let corrupt = |why: String| RepoError::Corrupt {
         object: name.into(),
         reason: why,
     };
-    let plain = crypto::open(&keys.data_key, Kind::Manifest, id.as_bytes(), bytes)
+    let plain = crypto::open(&keys.data_key, Kind::Manifest, bound.as_bytes(), bytes)
         .map_err(|e| corrupt(e.to_string()))?;
     let m = decode_manifest_plaintext(&plain).map_err(corrupt)?;
     if m.id != id {

@@ -7,6 +7,7 @@ pub mod chunker;
 pub mod crypto;
 pub mod format;
 pub mod lock;
+pub mod parts;
 pub mod prune;
 pub mod replicate;
 pub mod restore;
@@ -341,10 +342,13 @@ impl Repository {
         }
     }
 
-    /// Chunks every point references.
+    /// Chunks every point, and every part of a point in flight, references.
     pub async fn referenced_chunks(&self) -> Result<HashSet<ChunkId>, RepoError> {
         let mut used = HashSet::new();
         for m in self.manifests().await? {
+            used.extend(m.chunks().copied());
+        }
+        for m in self.all_parts().await? {
             used.extend(m.chunks().copied());
         }
         Ok(used)

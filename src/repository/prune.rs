@@ -20,6 +20,8 @@ pub struct PruneOptions {
     pub keep_last: usize,
     /// Report what would be deleted without deleting.
     pub dry_run: bool,
+    /// Only this workload's points are considered; every workload's when `None`.
+    pub workload: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -36,6 +38,9 @@ pub struct PruneReport {
 pub fn select(points: &[Manifest], options: &PruneOptions, now: jiff::Timestamp) -> Vec<String> {
     let mut by_workload: BTreeMap<&str, Vec<&Manifest>> = BTreeMap::new();
     for m in points {
+        if options.workload.as_ref().is_some_and(|w| *w != m.workload) {
+            continue;
+        }
         by_workload.entry(&m.workload).or_default().push(m);
     }
     let mut remove = Vec::new();

@@ -52,6 +52,8 @@ pub struct SnapshotOptions {
     pub source_zone: Option<String>,
     /// Take the parent from the newest point of the same workload (metadata-based reuse).
     pub use_parent: bool,
+    /// Write a part of a multi-node point instead of a point (see [`super::parts`]).
+    pub part: Option<super::parts::PartOf>,
 }
 
 /// Bytes done of the total, reported as the snapshot proceeds.
@@ -83,6 +85,12 @@ pub async fn snapshot(
     options: &SnapshotOptions,
     progress: Option<ProgressFn>,
 ) -> Result<Manifest, RepoError> {
+    if let Some(part) = &options.part
+        && let Some(done) = repo.part(&part.point, &part.name).await?
+    {
+        // Already written by an earlier run that was interrupted before it could report.
+        return Ok(done);
+    }
     let lock = Lock::acquire(&repo.location, "snapshot", false).await?;
     let result = snapshot_locked(repo, volumes, options, progress).await;
     let released = lock.release().await;
@@ -224,8 +232,12 @@ async fn snapshot_locked(
         }
     }
 
+    let (id, time) = match &options.part {
+        Some(part) => (part.point.clone(), part.time),
+        None => (super::new_point_id(time), time),
+    };
     let manifest = Manifest {
-        id: super::new_point_id(time),
+        id,
         time: time.to_string(),
         workload: options.workload.clone(),
         consistency: options.consistency,
@@ -234,6 +246,9 @@ async fn snapshot_locked(
         volumes: manifests,
         stats,
     };
+    if let Some(part) = &options.part {
+        return repo.write_part(&part.name, &manifest).await;
+    }
     let key = layout::point(repo.location.prefix(), &manifest.id);
     repo.location
         .put_new(

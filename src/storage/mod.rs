@@ -6,5 +6,6 @@
 pub mod layout;
 pub mod location;
 pub mod redact;
+pub mod vault;
 
 pub use location::{Location, LocationSpec, StorageError};

@@ -34,6 +34,7 @@ pub fn options(workload: &str) -> SnapshotOptions {
         consistency: Consistency::CrashConsistent,
         source_zone: Some("zone-a".into()),
         use_parent: true,
+        part: None,
     }
 }
 
@@ -504,6 +505,7 @@ async fn prune_keeps_the_newest_app_consistent_point_and_frees_unused_packs() {
             keep_within: std::time::Duration::ZERO,
             keep_last: 1,
             dry_run: false,
+            workload: None,
         },
     )
     .await
@@ -536,6 +538,7 @@ async fn prune_keeps_the_newest_app_consistent_point_and_frees_unused_packs() {
             keep_within: std::time::Duration::ZERO,
             keep_last: 0,
             dry_run: false,
+            workload: None,
         },
     )
     .await
@@ -871,6 +874,7 @@ async fn storage_faults_at_every_write_leave_a_valid_repository_that_resumes() {
             keep_within: std::time::Duration::from_secs(3600),
             keep_last: 1,
             dry_run: false,
+            workload: None,
         },
     )
     .await

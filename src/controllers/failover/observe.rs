@@ -45,7 +45,9 @@ pub fn observe(ctx: &Context, failover: &Failover) -> Observed {
                 Ok(WorkloadSummary {
                     protected: find(&status.conditions, ConditionType::Protected.as_str())
                         .is_some_and(|c| c.is_true()),
-                    latest_crash_consistent: status.latest_crash_consistent_point,
+                    latest_crash_consistent: status
+                        .latest_crash_consistent_point
+                        .or(status.latest_point),
                     latest_app_consistent: status.latest_app_consistent_point,
                     source_zone: status.source_zone,
                     target_zone: status.target_zone,

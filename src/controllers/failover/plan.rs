@@ -213,11 +213,13 @@ mod tests {
                 id: "c2".into(),
                 time: t("2026-06-01T12:05:00Z"),
                 replicated: true,
+                consistency: String::new(),
             }),
             latest_app_consistent: Some(PointRef {
                 id: "a1".into(),
                 time: t("2026-06-01T12:00:00Z"),
                 replicated: true,
+                consistency: String::new(),
             }),
             source_zone: Some("zone-a".into()),
             target_zone: Some("zone-b".into()),

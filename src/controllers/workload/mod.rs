@@ -4,6 +4,8 @@
 pub mod apply;
 pub mod observe;
 pub mod plan;
+pub mod points;
+pub mod schedule;
 pub mod status;
 
 use std::sync::Arc;
@@ -21,13 +23,51 @@ pub async fn reconcile(workload: &ReplicatedWorkload, ctx: Arc<Context>) -> Resu
     let namespace = workload.namespace().unwrap_or_default();
     let now = crate::clock::now();
     let observed = observe::observe(&ctx, &namespace, &workload.spec).await?;
-    let plan = plan::plan(&workload.spec, workload.status.as_ref(), &observed, now);
-    let status = status::build(
-        workload.status.as_ref(),
-        &plan,
-        workload.metadata.generation,
+    let mut plan = plan::plan(&workload.spec, workload.status.as_ref(), &observed, now);
+    let ready = plan.conditions.iter().any(|c| c.r#type == "Ready" && c.is_true());
+    let mut next = workload.status.clone().unwrap_or_default();
+    let advanced =
+        points::advance(&ctx, workload, &observed, ready, &plan.volumes, &mut next, now).await;
+    let (replication, flips) = schedule::replication_conditions(
+        &next,
+        advanced.schedule.as_ref(),
+        advanced.failure.clone(),
         now,
     );
+    plan.events.extend(plan::replication_events(
+        workload.status.as_ref(),
+        &replication,
+    ));
+    plan.events.extend(advanced.events);
+    plan.conditions.extend(replication);
+    plan.requeue = plan.requeue.min(advanced.requeue);
+    if let Some(flips) = flips
+        && let Ok(d) = std::time::Duration::try_from(flips.duration_since(now))
+    {
+        plan.requeue = plan.requeue.min(d);
+    }
+    let rpo = schedule::rpo_seconds(&next, now);
+    if let Some(rpo) = rpo {
+        ctx.metrics
+            .replication
+            .rpo_seconds
+            .get_or_create(&crate::metrics::WorkloadLabels {
+                namespace: namespace.clone(),
+                workload: workload.name_any(),
+            })
+            .set(rpo);
+    }
+    if let Some(p) = &next.latest_replicated_point {
+        ctx.metrics
+            .replication
+            .last_success
+            .get_or_create(&crate::metrics::WorkloadLabels {
+                namespace: namespace.clone(),
+                workload: workload.name_any(),
+            })
+            .set(p.time.as_second());
+    }
+    let status = status::build(&next, workload.status.as_ref(), &plan, workload.metadata.generation, now, rpo);
     if write_status(&ctx, workload, workload.status.as_ref(), &status).await? {
         ctx.metrics
             .status_writes

@@ -22,6 +22,7 @@ pub struct VaultSummary {
     pub ready: bool,
     pub message: String,
     pub target_zone: Option<String>,
+    pub spec: Box<crate::api::vault::RecoveryVaultSpec>,
 }
 
 /// One pod of the workload.
@@ -67,6 +68,7 @@ pub async fn observe(
                         .map(|c| c.message.clone())
                         .unwrap_or_else(|| "not yet reconciled".into()),
                     target_zone: v.spec.target.zone.clone(),
+                    spec: Box::new(v.spec.clone()),
                 })
             }
             Err(e) => Err(e.to_string()),

@@ -265,24 +265,6 @@ pub fn plan(
     };
     conditions.push(ready);
     conditions.push(registered);
-    conditions.push(Condition::new(
-        T::Replicating,
-        ConditionStatus::False,
-        R::ReplicationNotStarted,
-        "no recovery point has been taken yet",
-    ));
-    conditions.push(Condition::new(
-        T::Protected,
-        ConditionStatus::False,
-        R::NoRecoveryPoint,
-        "no recovery point is durable in the target location yet",
-    ));
-    conditions.push(unknown(
-        T::RPOMet,
-        R::RPONotMeasured,
-        "the RPO is measured from the first replicated recovery point",
-    ));
-
     let source_zone = most_common(volumes.iter().filter_map(|v| v.zone.clone()));
     let events = ready_events(previous, &conditions);
     Plan {
@@ -301,6 +283,26 @@ fn most_common(items: impl Iterator<Item = String>) -> Option<String> {
         *counts.entry(i).or_default() += 1;
     }
     counts.into_iter().max_by_key(|(_, n)| *n).map(|(z, _)| z)
+}
+
+/// Events for transitions of the replication conditions that the pipeline's own events do not
+/// cover: the RPO objective missed or met again.
+pub fn replication_events(
+    previous: Option<&ReplicatedWorkloadStatus>,
+    conditions: &[Condition],
+) -> Vec<PlannedEvent> {
+    let mut events = Vec::new();
+    if let Some(rpo) = find(conditions, T::RPOMet.as_str())
+        && transitioned(previous.map(|p| p.conditions.as_slice()), rpo)
+        && rpo.reason == R::RPOExceeded.as_str()
+    {
+        events.push(PlannedEvent::warning(
+            EventReason::RPOExceeded,
+            "Replicate",
+            rpo.message.clone(),
+        ));
+    }
+    events
 }
 
 fn ready_events(

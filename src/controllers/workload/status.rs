@@ -1,5 +1,5 @@
-//! The workload's status, built from a plan and written only when it changes. Replication
-//! fields (points, RPO, progress) are carried over untouched: the replication pipeline owns them.
+//! The workload's status, built from a plan and the replication step's fields, and written only
+//! when it changes.
 
 use jiff::Timestamp;
 
@@ -7,19 +7,28 @@ use super::plan::Plan;
 use crate::api::conditions::merge_conditions;
 use crate::api::workload::ReplicatedWorkloadStatus;
 
+/// `replicated` carries the replication fields the pipeline set; `rpo_seconds` is refreshed only
+/// when something else changes, so that the RPO's ticking alone never causes a write.
 pub fn build(
+    replicated: &ReplicatedWorkloadStatus,
     previous: Option<&ReplicatedWorkloadStatus>,
     plan: &Plan,
     generation: Option<i64>,
     now: Timestamp,
+    rpo_seconds: Option<i64>,
 ) -> ReplicatedWorkloadStatus {
     let prev = previous.cloned().unwrap_or_default();
-    ReplicatedWorkloadStatus {
+    let mut next = ReplicatedWorkloadStatus {
         observed_generation: generation,
         conditions: merge_conditions(&prev.conditions, plan.conditions.clone(), generation, now),
         source_zone: plan.source_zone.clone(),
         target_zone: plan.target_zone.clone(),
         volumes: plan.volumes.clone(),
-        ..prev
+        rpo_seconds: prev.rpo_seconds,
+        ..replicated.clone()
+    };
+    if next != prev {
+        next.rpo_seconds = rpo_seconds;
     }
+    next
 }

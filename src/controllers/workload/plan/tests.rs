@@ -27,7 +27,17 @@ fn reg(node: &str, renewed_ago: i64) -> AgentRegistration {
         version: Some("0.1.0".into()),
         renewed: Some(now() - SignedDuration::from_secs(renewed_ago)),
         duration_seconds: 30,
+        work: vec![],
     }
+}
+
+pub fn vault_spec() -> Box<crate::api::vault::RecoveryVaultSpec> {
+    serde_json::from_value(json!({
+        "cache": {"zone": "zone-a", "storage": {"filesystem": {"path": "/cache"}}},
+        "target": {"zone": "zone-b", "storage": {"filesystem": {"path": "/target"}}},
+        "encryption": {"keySecretRef": {"name": "key"}},
+    }))
+    .unwrap()
 }
 
 fn observed() -> Observed {
@@ -36,6 +46,7 @@ fn observed() -> Observed {
             ready: true,
             message: "ok".into(),
             target_zone: Some("zone-b".into()),
+            spec: vault_spec(),
         })),
         workload_found: true,
         pods: vec![
@@ -108,6 +119,7 @@ fn table_of_workload_decisions() {
                     ready: false,
                     message: "storage".into(),
                     target_zone: None,
+                    spec: vault_spec(),
                 }))
             },
             ConditionStatus::False,
@@ -230,12 +242,4 @@ fn unscheduled_pod_leaves_registration_unknown() {
         (status, reason.as_str()),
         (ConditionStatus::Unknown, "PodNotScheduled")
     );
-}
-
-#[test]
-fn replication_conditions_are_reported_until_points_exist() {
-    let p = plan(&spec(None), None, &observed(), now());
-    assert_eq!(cond(&p, T::Protected).0, ConditionStatus::False);
-    assert_eq!(cond(&p, T::Replicating).1, "ReplicationNotStarted");
-    assert_eq!(cond(&p, T::RPOMet).0, ConditionStatus::Unknown);
 }

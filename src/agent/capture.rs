@@ -1,0 +1,347 @@
+//! Carries out the points the operator starts: for every ReplicatedWorkload with a
+//! `status.pointInProgress`, reads the claims of the point that are mounted on this node and
+//! writes them into the vault's cache as this node's part of the point. Reports go on the
+//! registration Lease (see `crate::api::work`).
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{Node, PersistentVolume, PersistentVolumeClaim, Pod};
+use kube::api::{Api, ListParams};
+use kube::core::DeserializeGuard;
+use kube::runtime::{WatchStreamExt, reflector, watcher};
+use kube::{Client, ResourceExt};
+use tokio::task::JoinSet;
+
+use super::registration::{AgentSettings, Reports};
+use crate::api::registration::ZONE_LABEL;
+use crate::api::vault::SnapshotMethod;
+use crate::api::work::{AgentWork, WorkState, read_claim};
+use crate::api::workload::PointInProgress;
+use crate::api::{RecoveryVault, ReplicatedWorkload};
+use crate::repository::format::Consistency;
+use crate::repository::parts::PartOf;
+use crate::repository::snapshot::{Progress, SnapshotOptions, Source, snapshot};
+use crate::storage::vault::VaultAccess;
+
+/// How often the agent looks for work it has not started.
+const SCAN: Duration = Duration::from_secs(1);
+
+/// One claim to read on this node.
+#[derive(Clone, Debug)]
+struct LocalVolume {
+    claim: String,
+    path: PathBuf,
+}
+
+/// What this node has to do for a point.
+enum LocalWork {
+    /// Not every claim is mounted yet (a reader pod not scheduled, a mount not there).
+    Wait,
+    /// Every claim is mounted; these are on this node (maybe none).
+    Read(Vec<LocalVolume>),
+}
+
+pub async fn run_captures(client: Client, settings: AgentSettings, reports: Reports) {
+    let api = Api::<DeserializeGuard<ReplicatedWorkload>>::all(client.clone());
+    let (store, writer) = reflector::store();
+    let watch = reflector(writer, watcher(api, watcher::Config::default()))
+        .default_backoff()
+        .applied_objects()
+        .for_each(|_| futures::future::ready(()));
+    tokio::pin!(watch);
+    let mut tasks = JoinSet::new();
+    let mut started: HashSet<(String, String)> = HashSet::new();
+    let mut ticker = tokio::time::interval(SCAN);
+    loop {
+        tokio::select! {
+            () = &mut watch => return,
+            _ = ticker.tick() => {}
+            Some(_) = tasks.join_next() => {}
+        }
+        let mut in_flight = HashSet::new();
+        for guard in store.state() {
+            let Ok(rw) = &guard.0 else { continue };
+            let Some(point) = rw.status.as_ref().and_then(|s| s.point_in_progress.clone()) else {
+                continue;
+            };
+            let key = format!("{}/{}", rw.namespace().unwrap_or_default(), rw.name_any());
+            in_flight.insert((key.clone(), point.id.clone()));
+            if started.contains(&(key.clone(), point.id.clone()))
+                || reports.get(&key).is_some_and(|w| w.point == point.id)
+            {
+                continue;
+            }
+            match local_work(&client, &settings, rw, &point).await {
+                Ok(LocalWork::Wait) => {}
+                Ok(LocalWork::Read(volumes)) => {
+                    started.insert((key.clone(), point.id.clone()));
+                    if volumes.is_empty() {
+                        continue;
+                    }
+                    let job = Capture {
+                        client: client.clone(),
+                        settings: settings.clone(),
+                        reports: reports.clone(),
+                        workload: rw.clone(),
+                        key,
+                        point,
+                        volumes,
+                    };
+                    tasks.spawn(job.run());
+                }
+                Err(message) => {
+                    tracing::warn!(workload = %key, point = %point.id, %message, "cannot capture");
+                    started.insert((key.clone(), point.id.clone()));
+                    reports.set(
+                        key.clone(),
+                        report(rw, &point, WorkState::Failed, message),
+                        true,
+                    );
+                }
+            }
+        }
+        started.retain(|k| in_flight.contains(k));
+        reports.retain(|k, w| in_flight.contains(&(k.to_string(), w.point.clone())));
+    }
+}
+
+fn report(
+    rw: &ReplicatedWorkload,
+    point: &PointInProgress,
+    state: WorkState,
+    message: String,
+) -> AgentWork {
+    AgentWork {
+        namespace: rw.namespace().unwrap_or_default(),
+        workload: rw.name_any(),
+        point: point.id.clone(),
+        state,
+        claims: vec![],
+        consistency: String::new(),
+        bytes_done: 0,
+        bytes_total: 0,
+        stored_bytes: 0,
+        message,
+    }
+}
+
+/// Finds, for every claim of the point, the pod that mounts the claim to read, and for those on
+/// this node, the mount directory under the kubelet root.
+async fn local_work(
+    client: &Client,
+    settings: &AgentSettings,
+    rw: &ReplicatedWorkload,
+    point: &PointInProgress,
+) -> Result<LocalWork, String> {
+    let namespace = rw.namespace().unwrap_or_default();
+    let pods = Api::<Pod>::namespaced(client.clone(), &namespace)
+        .list(&ListParams::default())
+        .await
+        .map_err(|e| format!("listing pods in {namespace}: {e}"))?;
+    let mut local = Vec::new();
+    for claim in &point.claims {
+        let wanted = read_claim(point.method, claim, &point.id);
+        let Some((pod, node)) = pods.items.iter().find_map(|p| {
+            let spec = p.spec.as_ref()?;
+            let node = spec.node_name.clone()?;
+            if p.metadata.deletion_timestamp.is_some() {
+                return None;
+            }
+            spec.volumes
+                .iter()
+                .flatten()
+                .any(|v| {
+                    v.persistent_volume_claim
+                        .as_ref()
+                        .is_some_and(|c| c.claim_name == wanted)
+                })
+                .then(|| (p, node))
+        }) else {
+            return Ok(LocalWork::Wait);
+        };
+        if node != settings.node_name {
+            continue;
+        }
+        let uid = pod.metadata.uid.clone().unwrap_or_default();
+        match mount_path(client, settings, &namespace, &wanted, &uid).await? {
+            Some(path) => local.push(LocalVolume {
+                claim: claim.clone(),
+                path,
+            }),
+            None => return Ok(LocalWork::Wait),
+        }
+    }
+    Ok(LocalWork::Read(local))
+}
+
+/// Where the kubelet mounted `claim` for pod `uid`; `None` while it is not mounted yet. Refuses
+/// volumes whose data is not below the kubelet root.
+async fn mount_path(
+    client: &Client,
+    settings: &AgentSettings,
+    namespace: &str,
+    claim: &str,
+    uid: &str,
+) -> Result<Option<PathBuf>, String> {
+    let pvc = Api::<PersistentVolumeClaim>::namespaced(client.clone(), namespace)
+        .get_opt(claim)
+        .await
+        .map_err(|e| format!("reading PersistentVolumeClaim {claim}: {e}"))?;
+    let Some(pv_name) = pvc.and_then(|c| c.spec).and_then(|s| s.volume_name) else {
+        return Ok(None);
+    };
+    let pv = Api::<PersistentVolume>::all(client.clone())
+        .get_opt(&pv_name)
+        .await
+        .map_err(|e| format!("reading PersistentVolume {pv_name}: {e}"))?;
+    let Some(spec) = pv.and_then(|p| p.spec) else {
+        return Ok(None);
+    };
+    let volumes = settings.kubelet_root.join("pods").join(uid).join("volumes");
+    let path = if spec.csi.is_some() {
+        volumes.join("kubernetes.io~csi").join(&pv_name).join("mount")
+    } else if spec.local.is_some() {
+        volumes.join("kubernetes.io~local-volume").join(&pv_name)
+    } else if let Some(h) = &spec.host_path {
+        return Err(format!(
+            "claim {claim}: PersistentVolume {pv_name} is a hostPath volume at {}, outside --kubelet-root {}; the agent reads only below the kubelet root: use a local or CSI PersistentVolume",
+            h.path,
+            settings.kubelet_root.display()
+        ));
+    } else {
+        return Err(format!(
+            "claim {claim}: PersistentVolume {pv_name} is neither CSI nor local; the agent cannot find its mount"
+        ));
+    };
+    if !path.is_dir() {
+        return Ok(None);
+    }
+    check_below(&settings.kubelet_root, &path)?;
+    Ok(Some(path))
+}
+
+/// Refuses a path that resolves (through symlinks) outside `root`.
+fn check_below(root: &Path, path: &Path) -> Result<(), String> {
+    let root = root
+        .canonicalize()
+        .map_err(|e| format!("--kubelet-root {}: {e}", root.display()))?;
+    let real = path
+        .canonicalize()
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    if !real.starts_with(&root) {
+        return Err(format!(
+            "{} resolves to {}, outside --kubelet-root {}; refusing to read it",
+            path.display(),
+            real.display(),
+            root.display()
+        ));
+    }
+    Ok(())
+}
+
+struct Capture {
+    client: Client,
+    settings: AgentSettings,
+    reports: Reports,
+    workload: ReplicatedWorkload,
+    key: String,
+    point: PointInProgress,
+    volumes: Vec<LocalVolume>,
+}
+
+impl Capture {
+    async fn run(self) {
+        let mut running = report(
+            &self.workload,
+            &self.point,
+            WorkState::Running,
+            String::new(),
+        );
+        running.claims = self.volumes.iter().map(|v| v.claim.clone()).collect();
+        self.reports.set(self.key.clone(), running.clone(), true);
+        let result = self.capture(&running).await;
+        let mut done = running;
+        match result {
+            Ok((consistency, bytes, stored)) => {
+                tracing::info!(workload = %self.key, point = %self.point.id, bytes, stored, "part written");
+                done.state = WorkState::Done;
+                done.consistency = consistency.as_str().into();
+                done.bytes_done = bytes;
+                done.bytes_total = bytes;
+                done.stored_bytes = stored;
+            }
+            Err(message) => {
+                tracing::warn!(workload = %self.key, point = %self.point.id, %message, "capture failed");
+                done.state = WorkState::Failed;
+                done.message = message;
+            }
+        }
+        self.reports.set(self.key.clone(), done, true);
+    }
+
+    async fn capture(&self, running: &AgentWork) -> Result<(Consistency, u64, u64), String> {
+        let namespace = self.workload.namespace().unwrap_or_default();
+        let vault_name = &self.workload.spec.vault_name;
+        let vault = Api::<RecoveryVault>::namespaced(self.client.clone(), &namespace)
+            .get(vault_name)
+            .await
+            .map_err(|e| format!("reading RecoveryVault {vault_name}: {e}"))?;
+        let access = VaultAccess::resolve(&self.client, &namespace, &vault.spec)
+            .await
+            .map_err(|e| format!("RecoveryVault {vault_name}: {e}"))?;
+        let mut repo = crate::repository::Repository::open(access.cache.clone(), &access.key)
+            .await
+            .map_err(|e| format!("cache location: {e}"))?;
+        let zone = Api::<Node>::all(self.client.clone())
+            .get_metadata(&self.settings.node_name)
+            .await
+            .ok()
+            .and_then(|n| n.metadata.labels.and_then(|l| l.get(ZONE_LABEL).cloned()));
+        let consistency = match self.point.method {
+            // Files read one by one from a live filesystem.
+            SnapshotMethod::Live => Consistency::FileLevel,
+            SnapshotMethod::Csi if self.point.degraded.is_some() => Consistency::CrashConsistent,
+            SnapshotMethod::Csi => self
+                .point
+                .consistency
+                .parse()
+                .unwrap_or(Consistency::CrashConsistent),
+        };
+        let options = SnapshotOptions {
+            workload: self.key.clone(),
+            consistency,
+            source_zone: zone,
+            use_parent: true,
+            part: Some(PartOf {
+                point: self.point.id.clone(),
+                time: self.point.started,
+                name: self.settings.node_name.clone(),
+            }),
+        };
+        let sources = self
+            .volumes
+            .iter()
+            .map(|v| (v.claim.clone(), Source::Tree(v.path.clone())))
+            .collect();
+        let reports = self.reports.clone();
+        let (key, base) = (self.key.clone(), running.clone());
+        let progress = Arc::new(move |p: Progress| {
+            let mut w = base.clone();
+            w.bytes_done = p.bytes_done;
+            w.bytes_total = p.bytes_total;
+            reports.set(key.clone(), w, false);
+        });
+        let manifest = snapshot(&mut repo, sources, &options, Some(progress))
+            .await
+            .map_err(|e| format!("writing to the cache location: {e}"))?;
+        Ok((
+            manifest.consistency,
+            manifest.stats.bytes,
+            manifest.stats.stored_bytes_added,
+        ))
+    }
+}

@@ -1,0 +1,313 @@
+//! The replication decision: when a point is due, whether the point in flight is finished or
+//! failed, and what the replication conditions say. Pure: status + reports + now.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use jiff::{SignedDuration, Timestamp};
+
+use crate::api::conditions::{Condition, ConditionStatus};
+use crate::api::policy::{ReplicationPolicy, parse_duration};
+use crate::api::reasons::{ConditionType as T, WorkloadReason as R};
+use crate::api::registration::AgentRegistration;
+use crate::api::work::WorkState;
+use crate::api::workload::{PointInProgress, ReplicatedWorkloadStatus, VolumeStatus};
+
+/// How long a point may wait for its first report before it is given up.
+pub const START_TIMEOUT: Duration = Duration::from_secs(120);
+/// How often a point in flight is looked at when no report arrives.
+pub const POLL: Duration = Duration::from_secs(2);
+
+/// The effective schedule of a workload.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Schedule {
+    pub crash: Duration,
+    /// `None`: app-consistent points are off (or impossible with this capture method).
+    pub app: Option<Duration>,
+    pub retention: Duration,
+}
+
+impl Schedule {
+    /// The policy's durations; `app_possible` is false for Live captures (nothing can make a
+    /// live read of a volume app-consistent) and when no hook or freeze is configured.
+    pub fn from_policy(policy: &ReplicationPolicy, app_possible: bool) -> Result<Self, String> {
+        let field = |name: &str, value: &str| {
+            parse_duration(value).map_err(|e| format!("replicationPolicy.{name}: {e}"))
+        };
+        Ok(Self {
+            crash: field("crashConsistentFrequency", &policy.crash_consistent_frequency)?,
+            app: if app_possible && policy.app_consistent_frequency != "off" {
+                Some(field(
+                    "appConsistentFrequency",
+                    &policy.app_consistent_frequency,
+                )?)
+            } else {
+                None
+            },
+            retention: field("recoveryPointRetention", &policy.recovery_point_retention)?,
+        })
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Step {
+    /// Nothing in flight; look again at `next`.
+    Idle { next: Timestamp },
+    /// Start a point now; `missed` scheduled points were skipped since the last start.
+    Start { consistency: &'static str, missed: u64 },
+    /// Agents are at work.
+    Wait { bytes_done: u64, bytes_total: u64 },
+    /// Every claim is in the cache: assemble these parts (node names).
+    Finish { parts: Vec<String>, stored_bytes: u64 },
+    /// The point cannot complete.
+    Fail { reason: R, message: String },
+}
+
+fn after(t: Timestamp, d: Duration) -> Timestamp {
+    t + SignedDuration::try_from(d).unwrap_or(SignedDuration::MAX)
+}
+
+/// What to do next about points. `ready` is the workload's Ready condition; `volumes` says on
+/// which node each protected claim is mounted (used to tell a lost agent from a slow one).
+pub fn decide(
+    key: (&str, &str),
+    schedule: &Schedule,
+    status: &ReplicatedWorkloadStatus,
+    ready: bool,
+    volumes: &[VolumeStatus],
+    registrations: &[AgentRegistration],
+    now: Timestamp,
+) -> Step {
+    if let Some(point) = &status.point_in_progress {
+        return in_flight(key, point, volumes, registrations, now);
+    }
+    let last_start = status.last_attempt.as_ref().map(|a| a.started);
+    let crash_due = last_start.map_or(now, |t| after(t, schedule.crash));
+    let app_due = schedule.app.map(|every| {
+        status
+            .latest_app_consistent_point
+            .as_ref()
+            .map_or(now, |p| after(p.time, every))
+            // A failed app-consistent attempt waits for the next crash interval, not for ever.
+            .max(crash_due.min(now))
+    });
+    let next = app_due.map_or(crash_due, |a| a.min(crash_due));
+    if !ready || now < next {
+        return Step::Idle { next };
+    }
+    let missed = match last_start {
+        Some(_) if now > crash_due => {
+            let late = now.duration_since(crash_due).as_secs_f64();
+            (late / schedule.crash.as_secs_f64()).floor() as u64
+        }
+        _ => 0,
+    };
+    let consistency = if app_due.is_some_and(|a| now >= a) {
+        "AppConsistent"
+    } else {
+        "CrashConsistent"
+    };
+    Step::Start {
+        consistency,
+        missed,
+    }
+}
+
+fn in_flight(
+    (namespace, workload): (&str, &str),
+    point: &PointInProgress,
+    volumes: &[VolumeStatus],
+    registrations: &[AgentRegistration],
+    now: Timestamp,
+) -> Step {
+    let mut covered = BTreeSet::new();
+    let mut parts = Vec::new();
+    let (mut done, mut total, mut stored) = (0, 0, 0);
+    let mut reported = false;
+    for r in registrations {
+        for w in &r.work {
+            if w.namespace != namespace || w.workload != workload || w.point != point.id {
+                continue;
+            }
+            reported = true;
+            done += w.bytes_done;
+            total += w.bytes_total;
+            match w.state {
+                WorkState::Failed => {
+                    return Step::Fail {
+                        reason: R::CaptureFailed,
+                        message: format!(
+                            "point {}: the agent on node {} failed: {}",
+                            point.id, r.node, w.message
+                        ),
+                    };
+                }
+                WorkState::Done => {
+                    covered.extend(w.claims.iter().cloned());
+                    stored += w.stored_bytes;
+                    if !w.claims.is_empty() {
+                        parts.push(r.node.clone());
+                    }
+                }
+                WorkState::Running => {}
+            }
+        }
+    }
+    if point.claims.iter().all(|c| covered.contains(c)) && !parts.is_empty() {
+        parts.sort();
+        parts.dedup();
+        return Step::Finish {
+            parts,
+            stored_bytes: stored,
+        };
+    }
+    // A claim whose node's agent stopped renewing will never be read.
+    for claim in point.claims.iter().filter(|c| !covered.contains(*c)) {
+        let node = volumes
+            .iter()
+            .find(|v| &v.claim_name == claim)
+            .and_then(|v| v.node.as_deref());
+        if let Some(node) = node
+            && let Some(r) = registrations.iter().find(|r| r.node == node)
+            && !r.is_alive(now)
+        {
+            return Step::Fail {
+                reason: R::AgentLost,
+                message: format!(
+                    "point {}: the agent on node {node}, which holds claim {claim}, stopped renewing its registration",
+                    point.id
+                ),
+            };
+        }
+    }
+    if !reported && now > after(point.started, START_TIMEOUT) {
+        return Step::Fail {
+            reason: R::CaptureFailed,
+            message: format!(
+                "point {}: no agent started reading claims {} within {}s; check that the pods mounting them are running and that an agent runs on their nodes",
+                point.id,
+                point.claims.join(", "),
+                START_TIMEOUT.as_secs()
+            ),
+        };
+    }
+    Step::Wait {
+        bytes_done: done,
+        bytes_total: total,
+    }
+}
+
+/// Seconds since the newest point durable in the target.
+pub fn rpo_seconds(status: &ReplicatedWorkloadStatus, now: Timestamp) -> Option<i64> {
+    status
+        .latest_replicated_point
+        .as_ref()
+        .map(|p| now.duration_since(p.time).as_secs().max(0))
+}
+
+/// Replicating, Protected and RPOMet, and when RPOMet would flip if nothing happened.
+///
+/// RPOMet rule: the newest replicated point is at most twice the crash-consistent frequency old
+/// (one missed interval is tolerated, two are not), as Ramen warns.
+pub fn replication_conditions(
+    status: &ReplicatedWorkloadStatus,
+    schedule: Option<&Schedule>,
+    failure: Option<(R, String)>,
+    now: Timestamp,
+) -> (Vec<Condition>, Option<Timestamp>) {
+    let replicating = if let Some((reason, message)) = failure {
+        Condition::new(T::Replicating, ConditionStatus::False, reason, message)
+    } else if let Some(p) = &status.point_in_progress {
+        Condition::new(
+            T::Replicating,
+            ConditionStatus::True,
+            R::PointInProgress,
+            format!("taking point {} ({})", p.id, p.consistency),
+        )
+    } else if let Some(a) = status.last_attempt.as_ref().filter(|a| !a.succeeded) {
+        Condition::new(
+            T::Replicating,
+            ConditionStatus::False,
+            R::CaptureFailed,
+            a.message.clone(),
+        )
+    } else if let Some(p) = &status.latest_point {
+        if p.replicated {
+            Condition::new(
+                T::Replicating,
+                ConditionStatus::True,
+                R::PointReplicated,
+                format!("point {} ({}) replicated to the target", p.id, p.consistency),
+            )
+        } else {
+            Condition::new(
+                T::Replicating,
+                ConditionStatus::False,
+                R::ReplicationFailed,
+                format!("point {} is in the cache but not yet in the target", p.id),
+            )
+        }
+    } else {
+        Condition::new(
+            T::Replicating,
+            ConditionStatus::False,
+            R::ReplicationNotStarted,
+            "no recovery point has been taken yet",
+        )
+    };
+    let protected = match &status.latest_replicated_point {
+        Some(p) => Condition::new(
+            T::Protected,
+            ConditionStatus::True,
+            R::RecoveryPointReplicated,
+            format!("point {} of {} is durable in the target location", p.id, p.time),
+        ),
+        None => Condition::new(
+            T::Protected,
+            ConditionStatus::False,
+            R::NoRecoveryPoint,
+            "no recovery point is durable in the target location yet",
+        ),
+    };
+    let mut flips = None;
+    let rpo_met = match (schedule, &status.latest_replicated_point) {
+        (Some(s), Some(p)) => {
+            let limit = s.crash * 2;
+            let rpo = now.duration_since(p.time);
+            if rpo.as_secs_f64() <= limit.as_secs_f64() {
+                flips = Some(after(p.time, limit) + SignedDuration::from_secs(1));
+                Condition::new(
+                    T::RPOMet,
+                    ConditionStatus::True,
+                    R::RPOWithinTarget,
+                    format!(
+                        "the newest replicated point, of {}, is within {}s (twice the crash-consistent frequency)",
+                        p.time,
+                        limit.as_secs()
+                    ),
+                )
+            } else {
+                Condition::new(
+                    T::RPOMet,
+                    ConditionStatus::False,
+                    R::RPOExceeded,
+                    format!(
+                        "the newest replicated point, of {}, is older than {}s (twice the crash-consistent frequency); see Replicating",
+                        p.time,
+                        limit.as_secs()
+                    ),
+                )
+            }
+        }
+        _ => Condition::new(
+            T::RPOMet,
+            ConditionStatus::Unknown,
+            R::RPONotMeasured,
+            "the RPO is measured from the first replicated recovery point",
+        ),
+    };
+    (vec![replicating, protected, rpo_met], flips)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,256 @@
+use jiff::{SignedDuration, Timestamp};
+
+use super::*;
+use crate::api::work::AgentWork;
+use crate::api::workload::{PointAttempt, PointRef};
+
+fn t0() -> Timestamp {
+    "2026-06-01T12:00:00Z".parse().unwrap()
+}
+
+fn at(secs: i64) -> Timestamp {
+    t0() + SignedDuration::from_secs(secs)
+}
+
+fn schedule(app: Option<u64>) -> Schedule {
+    Schedule {
+        crash: Duration::from_secs(30),
+        app: app.map(Duration::from_secs),
+        retention: Duration::from_secs(3600),
+    }
+}
+
+fn point(id: &str, started: i64) -> PointInProgress {
+    PointInProgress {
+        id: id.into(),
+        consistency: "CrashConsistent".into(),
+        method: crate::api::vault::SnapshotMethod::Live,
+        started: at(started),
+        claims: vec!["data-0".into(), "data-1".into()],
+        degraded: None,
+    }
+}
+
+fn volumes() -> Vec<VolumeStatus> {
+    vec![
+        VolumeStatus {
+            claim_name: "data-0".into(),
+            node: Some("n1".into()),
+            zone: None,
+        },
+        VolumeStatus {
+            claim_name: "data-1".into(),
+            node: Some("n2".into()),
+            zone: None,
+        },
+    ]
+}
+
+fn agent(node: &str, renewed: i64, work: Vec<(&str, WorkState, &[&str])>) -> AgentRegistration {
+    AgentRegistration {
+        node: node.into(),
+        zone: None,
+        region: None,
+        version: None,
+        renewed: Some(at(renewed)),
+        duration_seconds: 30,
+        work: work
+            .into_iter()
+            .map(|(p, state, claims)| AgentWork {
+                namespace: "ns".into(),
+                workload: "db".into(),
+                point: p.into(),
+                state,
+                claims: claims.iter().map(|c| c.to_string()).collect(),
+                consistency: "FileLevel".into(),
+                bytes_done: 10,
+                bytes_total: 20,
+                stored_bytes: 5,
+                message: if state == WorkState::Failed {
+                    "disk full".into()
+                } else {
+                    String::new()
+                },
+            })
+            .collect(),
+    }
+}
+
+fn attempted(started: i64) -> ReplicatedWorkloadStatus {
+    ReplicatedWorkloadStatus {
+        last_attempt: Some(PointAttempt {
+            id: "p0".into(),
+            started: at(started),
+            consistency: "CrashConsistent".into(),
+            succeeded: true,
+            message: String::new(),
+        }),
+        ..Default::default()
+    }
+}
+
+fn decide_at(status: &ReplicatedWorkloadStatus, agents: &[AgentRegistration], now: i64) -> Step {
+    decide(
+        ("ns", "db"),
+        &schedule(None),
+        status,
+        true,
+        &volumes(),
+        agents,
+        at(now),
+    )
+}
+
+#[test]
+fn the_first_point_starts_at_once_and_the_next_one_interval_later() {
+    let none = ReplicatedWorkloadStatus::default();
+    assert_eq!(
+        decide_at(&none, &[], 0),
+        Step::Start {
+            consistency: "CrashConsistent",
+            missed: 0
+        }
+    );
+    assert_eq!(
+        decide_at(&attempted(0), &[], 10),
+        Step::Idle { next: at(30) }
+    );
+    assert_eq!(
+        decide_at(&attempted(0), &[], 30),
+        Step::Start {
+            consistency: "CrashConsistent",
+            missed: 0
+        }
+    );
+    // Started 95 s after the last point: the points due at 30 and 60 were missed.
+    assert_eq!(
+        decide_at(&attempted(0), &[], 95),
+        Step::Start {
+            consistency: "CrashConsistent",
+            missed: 2
+        }
+    );
+}
+
+#[test]
+fn nothing_starts_while_the_workload_is_not_ready() {
+    let s = decide(
+        ("ns", "db"),
+        &schedule(None),
+        &ReplicatedWorkloadStatus::default(),
+        false,
+        &volumes(),
+        &[],
+        at(0),
+    );
+    assert!(matches!(s, Step::Idle { .. }));
+}
+
+#[test]
+fn app_consistent_points_come_at_their_own_frequency() {
+    let mut status = attempted(0);
+    status.latest_app_consistent_point = Some(PointRef {
+        id: "a".into(),
+        time: at(0),
+        replicated: true,
+        consistency: "AppConsistent".into(),
+    });
+    let app = |now| {
+        decide(
+            ("ns", "db"),
+            &schedule(Some(120)),
+            &status,
+            true,
+            &volumes(),
+            &[],
+            at(now),
+        )
+    };
+    assert!(matches!(app(30), Step::Start { consistency: "CrashConsistent", .. }));
+    assert!(matches!(app(120), Step::Start { consistency: "AppConsistent", .. }));
+}
+
+#[test]
+fn a_point_finishes_when_reports_cover_every_claim() {
+    let mut status = ReplicatedWorkloadStatus {
+        point_in_progress: Some(point("p1", 0)),
+        ..Default::default()
+    };
+    let half = [
+        agent("n1", 0, vec![("p1", WorkState::Done, &["data-0"])]),
+        agent("n2", 0, vec![("p1", WorkState::Running, &["data-1"])]),
+    ];
+    assert_eq!(
+        decide_at(&status, &half, 5),
+        Step::Wait {
+            bytes_done: 20,
+            bytes_total: 40
+        }
+    );
+    let all = [
+        agent("n1", 0, vec![("p1", WorkState::Done, &["data-0"])]),
+        agent("n2", 0, vec![("p1", WorkState::Done, &["data-1"])]),
+        // Reports about other points or workloads are not counted.
+        agent("n3", 0, vec![("p0", WorkState::Failed, &["data-1"])]),
+    ];
+    assert_eq!(
+        decide_at(&status, &all, 5),
+        Step::Finish {
+            parts: vec!["n1".into(), "n2".into()],
+            stored_bytes: 10
+        }
+    );
+    status.point_in_progress.as_mut().unwrap().claims.push("data-2".into());
+    assert!(matches!(decide_at(&status, &all, 5), Step::Wait { .. }));
+}
+
+#[test]
+fn a_point_fails_with_the_agents_reason_a_lost_agent_or_a_timeout() {
+    let status = ReplicatedWorkloadStatus {
+        point_in_progress: Some(point("p1", 0)),
+        ..Default::default()
+    };
+    let failed = [agent("n1", 0, vec![("p1", WorkState::Failed, &["data-0"])])];
+    let Step::Fail { reason, message } = decide_at(&status, &failed, 5) else {
+        panic!("expected a failure")
+    };
+    assert_eq!(reason, R::CaptureFailed);
+    assert!(message.contains("node n1") && message.contains("disk full"), "{message}");
+
+    let lost = [
+        agent("n1", 0, vec![("p1", WorkState::Done, &["data-0"])]),
+        agent("n2", -40, vec![("p1", WorkState::Running, &["data-1"])]),
+    ];
+    let Step::Fail { reason, message } = decide_at(&status, &lost, 5) else {
+        panic!("expected a failure")
+    };
+    assert_eq!(reason, R::AgentLost);
+    assert!(message.contains("n2") && message.contains("data-1"), "{message}");
+
+    assert!(matches!(decide_at(&status, &[], 60), Step::Wait { .. }));
+    assert!(matches!(
+        decide_at(&status, &[], 121),
+        Step::Fail { reason: R::CaptureFailed, .. }
+    ));
+}
+
+#[test]
+fn rpo_is_met_up_to_twice_the_frequency() {
+    let mut status = ReplicatedWorkloadStatus::default();
+    let s = schedule(None);
+    let (c, flips) = replication_conditions(&status, Some(&s), None, at(0));
+    assert_eq!(c[2].reason, "RPONotMeasured");
+    assert_eq!(flips, None);
+    status.latest_replicated_point = Some(PointRef {
+        id: "p".into(),
+        time: at(0),
+        replicated: true,
+        consistency: "FileLevel".into(),
+    });
+    let (c, flips) = replication_conditions(&status, Some(&s), None, at(60));
+    assert_eq!((c[1].reason.as_str(), c[2].reason.as_str()), ("RecoveryPointReplicated", "RPOWithinTarget"));
+    assert_eq!(flips, Some(at(61)));
+    let (c, _) = replication_conditions(&status, Some(&s), None, at(61));
+    assert_eq!(c[2].reason, "RPOExceeded");
+    assert_eq!(rpo_seconds(&status, at(61)), Some(61));
+}
