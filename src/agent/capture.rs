@@ -159,7 +159,7 @@ async fn local_work(
                         .as_ref()
                         .is_some_and(|c| c.claim_name == wanted)
                 })
-                .then(|| (p, node))
+                .then_some((p, node))
         }) else {
             return Ok(LocalWork::Wait);
         };
@@ -203,7 +203,10 @@ async fn mount_path(
     };
     let volumes = settings.kubelet_root.join("pods").join(uid).join("volumes");
     let path = if spec.csi.is_some() {
-        volumes.join("kubernetes.io~csi").join(&pv_name).join("mount")
+        volumes
+            .join("kubernetes.io~csi")
+            .join(&pv_name)
+            .join("mount")
     } else if spec.local.is_some() {
         volumes.join("kubernetes.io~local-volume").join(&pv_name)
     } else if let Some(h) = &spec.host_path {
@@ -262,7 +265,8 @@ impl Capture {
             String::new(),
         );
         running.claims = self.volumes.iter().map(|v| v.claim.clone()).collect();
-        self.reports.set(self.key.clone(), running.clone(), true);
+        // Running is published with the next renewal; only the outcome is worth a write of its own.
+        self.reports.set(self.key.clone(), running.clone(), false);
         let result = self.capture(&running).await;
         let mut done = running;
         match result {

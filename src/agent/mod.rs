@@ -16,8 +16,7 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let reports = Reports::default();
-    let register =
-        registration::keep_registered(client.clone(), settings.clone(), reports.clone());
+    let register = registration::keep_registered(client.clone(), settings.clone(), reports.clone());
     let captures = capture::run_captures(client, settings.clone(), reports);
     tokio::select! {
         () = shutdown => {}

@@ -16,6 +16,10 @@
 
 use serde::{Deserialize, Serialize};
 
+/// Annotation of a ReplicatedWorkload asking for a point now: any new value starts one (once
+/// nothing is in flight), e.g. `kubectl annotate rw db siterecovery.io/request-point=$(date +%s) --overwrite`.
+pub const POINT_REQUEST_ANNOTATION: &str = "siterecovery.io/request-point";
+
 /// Annotation of the registration Lease that carries the agent's reports.
 pub const WORK_ANNOTATION: &str = "siterecovery.io/work";
 /// Labels of the temporary objects of a CSI capture.

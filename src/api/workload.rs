@@ -156,6 +156,9 @@ pub struct ReplicatedWorkloadStatus {
     /// The point being taken now: the work the agents carry out.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub point_in_progress: Option<PointInProgress>,
+    /// The last `siterecovery.io/request-point` value a point was started for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub handled_point_request: Option<String>,
     /// The outcome of the last point that was started.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_attempt: Option<PointAttempt>,

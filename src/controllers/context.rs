@@ -68,4 +68,6 @@ pub struct Context {
     pub backoffs: Backoffs,
     /// Namespace of the operator, where agent registrations live.
     pub namespace: String,
+    /// Image of the reader pods of CSI captures.
+    pub reader_image: String,
 }

@@ -44,7 +44,12 @@ pub struct Settings {
     pub lease_duration: u64,
     /// Where `/healthz`, `/readyz` and `/metrics` are served; none when `None`.
     pub http_addr: Option<SocketAddr>,
+    /// Image of the pods that mount snapshot claims for agents to read (they run nothing).
+    pub reader_image: String,
 }
+
+/// The reader pods only hold a mount: the smallest image that sleeps.
+pub const DEFAULT_READER_IMAGE: &str = "registry.k8s.io/pause:3.10";
 
 impl Settings {
     pub fn new(namespace: impl Into<String>) -> Self {
@@ -57,6 +62,8 @@ impl Settings {
                 .unwrap_or_else(|_| format!("site-recovery-{}", std::process::id())),
             lease_duration: 15,
             http_addr: None,
+            reader_image: std::env::var("SITE_RECOVERY_READER_IMAGE")
+                .unwrap_or_else(|_| DEFAULT_READER_IMAGE.into()),
         }
     }
 }
@@ -372,6 +379,7 @@ async fn run_controllers(
         metrics,
         backoffs: Default::default(),
         namespace: settings.namespace.clone(),
+        reader_image: settings.reader_image.clone(),
     });
 
     // Readiness: every cache has its first full list.

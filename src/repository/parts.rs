@@ -115,7 +115,9 @@ impl Repository {
             }
         }
         let Some(first) = parts.first() else {
-            return Err(RepoError::Invalid(format!("{point}: a point needs at least one part")));
+            return Err(RepoError::Invalid(format!(
+                "{point}: a point needs at least one part"
+            )));
         };
         let mut merged = Manifest {
             id: point.to_string(),
@@ -139,7 +141,10 @@ impl Repository {
         let key = layout::point(self.location.prefix(), point);
         match self
             .location
-            .put_new(&key, Bytes::from(format::encode_manifest(&self.keys, &merged)))
+            .put_new(
+                &key,
+                Bytes::from(format::encode_manifest(&self.keys, &merged)),
+            )
             .await
         {
             Ok(()) | Err(StorageError::AlreadyExists { .. }) => {}
@@ -181,8 +186,14 @@ mod tests {
     #[test]
     fn a_point_is_as_consistent_as_its_weakest_part() {
         use Consistency::*;
-        assert_eq!(weakest([AppConsistent, AppConsistent].into_iter()), AppConsistent);
-        assert_eq!(weakest([AppConsistent, CrashConsistent].into_iter()), CrashConsistent);
+        assert_eq!(
+            weakest([AppConsistent, AppConsistent].into_iter()),
+            AppConsistent
+        );
+        assert_eq!(
+            weakest([AppConsistent, CrashConsistent].into_iter()),
+            CrashConsistent
+        );
         assert_eq!(weakest([CrashConsistent, FileLevel].into_iter()), FileLevel);
     }
 }

@@ -25,7 +25,10 @@ pub enum AccessError {
         key: String,
     },
     #[error("{field}: {message}")]
-    Storage { field: &'static str, message: String },
+    Storage {
+        field: &'static str,
+        message: String,
+    },
     #[error("reading Secrets: {0}")]
     Kube(#[from] kube::Error),
     #[error(transparent)]
@@ -63,14 +66,15 @@ async fn location(
 ) -> Result<Location, AccessError> {
     let mut credentials = Options::new();
     if let Some(secret) = storage.credentials_secret() {
-        let found = secrets
-            .get_opt(&secret.name)
-            .await?
-            .ok_or_else(|| AccessError::SecretNotFound {
-                field,
-                name: secret.name.clone(),
-                namespace: namespace.into(),
-            })?;
+        let found =
+            secrets
+                .get_opt(&secret.name)
+                .await?
+                .ok_or_else(|| AccessError::SecretNotFound {
+                    field,
+                    name: secret.name.clone(),
+                    namespace: namespace.into(),
+                })?;
         for (k, ByteString(v)) in found.data.unwrap_or_default() {
             credentials.insert(k, String::from_utf8_lossy(&v).into_owned());
         }
@@ -111,9 +115,20 @@ impl VaultAccess {
     ) -> Result<Self, AccessError> {
         let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
         Ok(Self {
-            cache: location(&secrets, namespace, "spec.cache.storage", &spec.cache.storage).await?,
-            target: location(&secrets, namespace, "spec.target.storage", &spec.target.storage)
-                .await?,
+            cache: location(
+                &secrets,
+                namespace,
+                "spec.cache.storage",
+                &spec.cache.storage,
+            )
+            .await?,
+            target: location(
+                &secrets,
+                namespace,
+                "spec.target.storage",
+                &spec.target.storage,
+            )
+            .await?,
             key: key(&secrets, namespace, &spec.encryption.key_secret_ref).await?,
         })
     }

@@ -8,6 +8,7 @@ mod chart;
 mod generated;
 mod object_stores;
 mod operator;
+mod replication;
 mod repository;
 mod rig_api;
 mod transcripts;

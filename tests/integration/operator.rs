@@ -10,21 +10,21 @@ use site_recovery::operator::{self, Settings, Shutdown};
 
 use crate::rig::{Rig, eventually};
 
-const OPERATOR_NS: &str = "site-recovery-system";
+pub const OPERATOR_NS: &str = "site-recovery-system";
 
-struct Running {
+pub struct Running {
     stop: tokio::sync::watch::Sender<bool>,
-    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+    pub task: tokio::task::JoinHandle<anyhow::Result<()>>,
 }
 
 impl Running {
-    async fn stop(self) {
+    pub async fn stop(self) {
         let _ = self.stop.send(true);
         let _ = tokio::time::timeout(Duration::from_secs(15), self.task).await;
     }
 }
 
-async fn start_operator(rig: &Rig, leader_election: bool) -> Running {
+pub async fn start_operator(rig: &Rig, leader_election: bool) -> Running {
     let mut settings = Settings::new(OPERATOR_NS);
     settings.leader_election = leader_election;
     settings.identity = "test-operator".into();
@@ -46,7 +46,7 @@ async fn cluster() -> (Rig, tempfile::TempDir) {
     (rig, tempfile::tempdir().unwrap())
 }
 
-fn vault(
+pub fn vault(
     name: &str,
     redundancy: &str,
     cache_zone: &str,
@@ -66,7 +66,7 @@ fn vault(
     .unwrap()
 }
 
-fn condition<'a>(
+pub fn condition<'a>(
     conditions: &'a [site_recovery::api::Condition],
     t: &str,
 ) -> Option<(&'a str, &'a str, &'a str)> {
@@ -244,6 +244,7 @@ async fn registered_flips_with_agent_registration() {
             node_name: node.into(),
             namespace: OPERATOR_NS.into(),
             lease_duration_seconds: 3,
+            kubelet_root: rig.kubelet_root.path().to_path_buf(),
         };
         let (stop, shutdown) = Shutdown::new();
         (

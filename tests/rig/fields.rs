@@ -293,6 +293,17 @@ pub fn apply(
             .any(|e| e.manager != manager && e.fields.iter().any(|q| related(q, p)));
         if !shared {
             remove(&mut obj, p);
+            // A map the manager created and no longer applies goes with its last field (the
+            // manager owned the map itself, `.` in fieldsV1); top-level fields stay.
+            for depth in (2..p.len()).rev() {
+                if get(&obj, &p[..depth])
+                    .is_some_and(|v| v.as_object().is_some_and(|m| m.is_empty()))
+                {
+                    remove(&mut obj, &p[..depth]);
+                } else {
+                    break;
+                }
+            }
         }
     }
     let mut scoped = config.clone();

@@ -4,6 +4,7 @@
 
 #![allow(dead_code)]
 
+pub mod csi;
 pub mod fields;
 pub mod resources;
 pub mod selector;
@@ -25,6 +26,23 @@ pub struct Rig {
     pub state: Shared,
     pub kubelet_root: tempfile::TempDir,
     server: tokio::task::JoinHandle<()>,
+    /// The cluster's address and kubelet root, shareable with tasks that play its parts.
+    pub cluster: Cluster,
+}
+
+/// What the helpers that play scheduler, kubelet and controllers need: the server's address
+/// and the kubelet root. Cheap to clone into a task.
+#[derive(Clone)]
+pub struct Cluster {
+    pub addr: SocketAddr,
+    pub kubelet: PathBuf,
+}
+
+impl std::ops::Deref for Rig {
+    type Target = Cluster;
+    fn deref(&self) -> &Cluster {
+        &self.cluster
+    }
 }
 
 impl Drop for Rig {
@@ -35,6 +53,13 @@ impl Drop for Rig {
 
 pub fn install_crypto() {
     let _ = rustls::crypto::ring::default_provider().install_default();
+    // Logs of the operator and agents under test, when asked for with RUST_LOG.
+    if std::env::var_os("RUST_LOG").is_some() {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_test_writer()
+            .try_init();
+    }
 }
 
 impl Rig {
@@ -51,38 +76,21 @@ impl Rig {
         let server = tokio::spawn(async move {
             axum::serve(listener, app).await.expect("rig server");
         });
+        let kubelet_root = tempfile::tempdir().unwrap();
         let rig = Rig {
             addr,
             state,
-            kubelet_root: tempfile::tempdir().unwrap(),
+            cluster: Cluster {
+                addr,
+                kubelet: kubelet_root.path().to_path_buf(),
+            },
+            kubelet_root,
             server,
         };
         for ns in ["default", "kube-system"] {
             rig.namespace(ns).await;
         }
         rig
-    }
-
-    pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
-    }
-
-    pub fn client(&self) -> Client {
-        let mut config = Config::new(self.url().parse().unwrap());
-        config.default_namespace = "default".into();
-        config.read_timeout = Some(Duration::from_secs(300));
-        Client::try_from(config).expect("client for the rig")
-    }
-
-    /// A kubeconfig file pointing at the rig, for running the real binary.
-    pub fn kubeconfig(&self, dir: &Path) -> PathBuf {
-        let path = dir.join("kubeconfig");
-        let text = format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: rig\n  cluster:\n    server: {}\ncontexts:\n- name: rig\n  context:\n    cluster: rig\n    user: rig\n    namespace: default\ncurrent-context: rig\nusers:\n- name: rig\n  user:\n    token: rig\n",
-            self.url()
-        );
-        std::fs::write(&path, text).unwrap();
-        path
     }
 
     /// An etcd compaction: exact lists and continue tokens older than now answer 410 Expired.
@@ -119,26 +127,66 @@ impl Rig {
             .copied()
             .unwrap_or(0)
     }
+}
 
-    /// Creates (or replaces) any object given as JSON, through the HTTP API.
-    pub async fn create(&self, obj: Value) -> Value {
-        let api_version = obj["apiVersion"].as_str().unwrap().to_string();
-        let kind = obj["kind"].as_str().unwrap().to_string();
-        let (group, version) = api_version.split_once('/').unwrap_or(("", &api_version));
-        let gvk = kube::core::GroupVersionKind::gvk(group, version, &kind);
-        let plural = plural_of(&kind);
-        let ar = kube::core::ApiResource::from_gvk_with_plural(&gvk, &plural);
-        let ns = obj["metadata"]["namespace"].as_str();
-        let api: Api<DynamicObject> = match ns {
+impl Cluster {
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn client(&self) -> Client {
+        let mut config = Config::new(self.url().parse().unwrap());
+        config.default_namespace = "default".into();
+        config.read_timeout = Some(Duration::from_secs(300));
+        Client::try_from(config).expect("client for the rig")
+    }
+
+    /// A kubeconfig file pointing at the rig, for running the real binary.
+    pub fn kubeconfig(&self, dir: &Path) -> PathBuf {
+        let path = dir.join("kubeconfig");
+        let text = format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: rig\n  cluster:\n    server: {}\ncontexts:\n- name: rig\n  context:\n    cluster: rig\n    user: rig\n    namespace: default\ncurrent-context: rig\nusers:\n- name: rig\n  user:\n    token: rig\n",
+            self.url()
+        );
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    /// The API of an object given as JSON (its apiVersion, kind and namespace).
+    fn api_for(&self, obj: &Value) -> Api<DynamicObject> {
+        let api_version = obj["apiVersion"].as_str().unwrap();
+        let kind = obj["kind"].as_str().unwrap();
+        let (group, version) = api_version.split_once('/').unwrap_or(("", api_version));
+        let gvk = kube::core::GroupVersionKind::gvk(group, version, kind);
+        let ar = kube::core::ApiResource::from_gvk_with_plural(&gvk, &plural_of(kind));
+        match obj["metadata"]["namespace"].as_str() {
             Some(ns) => Api::namespaced_with(self.client(), ns, &ar),
             None => Api::all_with(self.client(), &ar),
-        };
-        let dynamic: DynamicObject = serde_json::from_value(obj.clone()).unwrap();
+        }
+    }
+
+    /// Creates any object given as JSON, through the HTTP API.
+    pub async fn create(&self, obj: Value) -> Value {
+        let api = self.api_for(&obj);
+        let kind = obj["kind"].as_str().unwrap().to_string();
+        let dynamic: DynamicObject = serde_json::from_value(obj).unwrap();
         let created = api
             .create(&PostParams::default(), &dynamic)
             .await
             .unwrap_or_else(|e| panic!("create {kind}: {e}"));
         serde_json::to_value(created).unwrap()
+    }
+
+    /// Creates an object unless one of that name exists (what a controller that may run twice does).
+    pub async fn create_or_keep(&self, obj: Value) {
+        let api = self.api_for(&obj);
+        let kind = obj["kind"].as_str().unwrap().to_string();
+        let dynamic: DynamicObject = serde_json::from_value(obj).unwrap();
+        match api.create(&PostParams::default(), &dynamic).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.code == 409 => {}
+            Err(e) => panic!("create {kind}: {e}"),
+        }
     }
 
     pub async fn namespace(&self, name: &str) {
@@ -242,6 +290,14 @@ impl Rig {
                 let claim_name = format!("{claim}-{pod_name}");
                 let pv = format!("pv-{ns}-{claim_name}");
                 self.create(json!({
+                    "apiVersion": "v1", "kind": "PersistentVolume",
+                    "metadata": {"name": pv},
+                    "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteOnce"],
+                        "csi": {"driver": "rig.csi.example.com", "volumeHandle": pv},
+                        "claimRef": {"namespace": ns, "name": claim_name}},
+                }))
+                .await;
+                self.create(json!({
                     "apiVersion": "v1", "kind": "PersistentVolumeClaim",
                     "metadata": {"name": claim_name, "namespace": ns, "labels": {"app": name}},
                     "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}, "volumeName": pv},
@@ -281,8 +337,7 @@ impl Rig {
 
     /// Where the kubelet mounts a CSI volume of a pod.
     pub fn volume_dir(&self, pod_uid: &str, pv: &str) -> PathBuf {
-        self.kubelet_root
-            .path()
+        self.kubelet
             .join("pods")
             .join(pod_uid)
             .join("volumes/kubernetes.io~csi")

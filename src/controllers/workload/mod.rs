@@ -2,6 +2,7 @@
 //! and whether an agent is registered on each of those nodes.
 
 pub mod apply;
+pub mod csi;
 pub mod observe;
 pub mod plan;
 pub mod points;
@@ -24,10 +25,21 @@ pub async fn reconcile(workload: &ReplicatedWorkload, ctx: Arc<Context>) -> Resu
     let now = crate::clock::now();
     let observed = observe::observe(&ctx, &namespace, &workload.spec).await?;
     let mut plan = plan::plan(&workload.spec, workload.status.as_ref(), &observed, now);
-    let ready = plan.conditions.iter().any(|c| c.r#type == "Ready" && c.is_true());
+    let ready = plan
+        .conditions
+        .iter()
+        .any(|c| c.r#type == "Ready" && c.is_true());
     let mut next = workload.status.clone().unwrap_or_default();
-    let advanced =
-        points::advance(&ctx, workload, &observed, ready, &plan.volumes, &mut next, now).await;
+    let advanced = points::advance(
+        &ctx,
+        workload,
+        &observed,
+        ready,
+        &plan.volumes,
+        &mut next,
+        now,
+    )
+    .await;
     let (replication, flips) = schedule::replication_conditions(
         &next,
         advanced.schedule.as_ref(),
@@ -67,7 +79,14 @@ pub async fn reconcile(workload: &ReplicatedWorkload, ctx: Arc<Context>) -> Resu
             })
             .set(p.time.as_second());
     }
-    let status = status::build(&next, workload.status.as_ref(), &plan, workload.metadata.generation, now, rpo);
+    let status = status::build(
+        &next,
+        workload.status.as_ref(),
+        &plan,
+        workload.metadata.generation,
+        now,
+        rpo,
+    );
     if write_status(&ctx, workload, workload.status.as_ref(), &status).await? {
         ctx.metrics
             .status_writes

@@ -86,16 +86,53 @@ pub async fn advance(
         workload: name.clone(),
     };
     let metrics = &ctx.metrics.replication;
+    let requested = rw
+        .annotations()
+        .get(crate::api::work::POINT_REQUEST_ANNOTATION)
+        .cloned();
     let step = schedule::decide(
         (&namespace, &name),
         &schedule,
         status,
+        requested.as_deref(),
         ready,
         volumes,
         &observed.registrations,
         now,
     );
     let access = || VaultAccess::resolve(&ctx.client, &namespace, spec);
+    let csi = spec.snapshot_method == SnapshotMethod::Csi;
+    // A CSI point in flight is exposed to the agents step by step as its snapshots get ready.
+    let step = match &status.point_in_progress {
+        Some(point) if csi && matches!(step, Step::Wait { .. }) => {
+            match super::csi::expose(ctx, rw, point, volumes).await {
+                Ok(super::csi::Exposure::Failed(message)) => Step::Fail {
+                    reason: R::CaptureFailed,
+                    message: format!("point {}: {message}", point.id),
+                },
+                Ok(super::csi::Exposure::Pending) => step,
+                Err(e) => {
+                    out.failure = Some((
+                        R::CaptureFailed,
+                        format!("exposing the snapshots of point {}: {e}", point.id),
+                    ));
+                    out.requeue = POLL;
+                    return out;
+                }
+            }
+        }
+        _ => step,
+    };
+    if csi && !matches!(step, Step::Wait { .. } | Step::Start { .. }) {
+        // Temporary snapshots, claims and reader pods of finished, failed or abandoned points.
+        let keep = match &step {
+            Step::Finish { .. } | Step::Fail { .. } => None,
+            _ => status.point_in_progress.as_ref().map(|p| p.id.as_str()),
+        };
+        if let Err(e) = super::csi::cleanup(ctx, rw, keep).await {
+            tracing::warn!(workload = %name, namespace = %namespace, error = %e, "could not remove temporary objects yet");
+        }
+    }
     match step {
         Step::Idle { next } => {
             out.requeue = until(next, now).min(out.requeue);
@@ -115,7 +152,10 @@ pub async fn advance(
             missed,
         } => {
             if missed > 0 {
-                metrics.missed_intervals.get_or_create(&labels).inc_by(missed);
+                metrics
+                    .missed_intervals
+                    .get_or_create(&labels)
+                    .inc_by(missed);
             }
             // The repositories exist (and are ours) before any agent is asked to write.
             if let Err(message) = with_timeout(ensure_repositories(access)).await {
@@ -131,8 +171,26 @@ pub async fn advance(
                 claims: volumes.iter().map(|v| v.claim_name.clone()).collect(),
                 degraded: None,
             };
+            if csi
+                && let Err(e) = super::csi::take_snapshots(
+                    ctx,
+                    rw,
+                    &point,
+                    spec.volume_snapshot_class_name.as_deref(),
+                )
+                .await
+            {
+                // Snapshots created before the error are removed as strays at the next idle step.
+                out.failure = Some((
+                    R::CaptureFailed,
+                    format!("creating the VolumeSnapshots of a point: {e}"),
+                ));
+                out.requeue = Duration::from_secs(10);
+                return out;
+            }
             tracing::info!(workload = %labels.workload, namespace = %labels.namespace, point = %point.id, consistency, "starting a recovery point");
             status.point_in_progress = Some(point);
+            status.handled_point_request = requested;
             status.progress = None;
             out.requeue = POLL;
         }
@@ -247,9 +305,14 @@ pub async fn advance(
                             out.requeue = Duration::from_secs(30);
                         }
                     }
-                    if let Some(pruned) =
-                        retention(access, status, &schedule, &format!("{namespace}/{name}"), now)
-                            .await
+                    if let Some(pruned) = retention(
+                        access,
+                        status,
+                        &schedule,
+                        &format!("{namespace}/{name}"),
+                        now,
+                    )
+                    .await
                     {
                         match pruned {
                             Ok(removed) if removed > 0 => out.events.push(PlannedEvent::normal(
@@ -366,7 +429,11 @@ where
 }
 
 /// Copies the workload's points the target lacks; returns the bytes copied.
-async fn copy_missing(a: &VaultAccess, cache: &Repository, workload: &str) -> Result<u64, RepoError> {
+async fn copy_missing(
+    a: &VaultAccess,
+    cache: &Repository,
+    workload: &str,
+) -> Result<u64, RepoError> {
     let mut target = a.open_target(cache).await?;
     let present: std::collections::HashSet<String> =
         target.point_ids().await?.into_iter().collect();

@@ -35,7 +35,10 @@ impl Schedule {
             parse_duration(value).map_err(|e| format!("replicationPolicy.{name}: {e}"))
         };
         Ok(Self {
-            crash: field("crashConsistentFrequency", &policy.crash_consistent_frequency)?,
+            crash: field(
+                "crashConsistentFrequency",
+                &policy.crash_consistent_frequency,
+            )?,
             app: if app_possible && policy.app_consistent_frequency != "off" {
                 Some(field(
                     "appConsistentFrequency",
@@ -54,11 +57,17 @@ pub enum Step {
     /// Nothing in flight; look again at `next`.
     Idle { next: Timestamp },
     /// Start a point now; `missed` scheduled points were skipped since the last start.
-    Start { consistency: &'static str, missed: u64 },
+    Start {
+        consistency: &'static str,
+        missed: u64,
+    },
     /// Agents are at work.
     Wait { bytes_done: u64, bytes_total: u64 },
     /// Every claim is in the cache: assemble these parts (node names).
-    Finish { parts: Vec<String>, stored_bytes: u64 },
+    Finish {
+        parts: Vec<String>,
+        stored_bytes: u64,
+    },
     /// The point cannot complete.
     Fail { reason: R, message: String },
 }
@@ -69,10 +78,12 @@ fn after(t: Timestamp, d: Duration) -> Timestamp {
 
 /// What to do next about points. `ready` is the workload's Ready condition; `volumes` says on
 /// which node each protected claim is mounted (used to tell a lost agent from a slow one).
+#[allow(clippy::too_many_arguments)]
 pub fn decide(
     key: (&str, &str),
     schedule: &Schedule,
     status: &ReplicatedWorkloadStatus,
+    requested: Option<&str>,
     ready: bool,
     volumes: &[VolumeStatus],
     registrations: &[AgentRegistration],
@@ -92,11 +103,12 @@ pub fn decide(
             .max(crash_due.min(now))
     });
     let next = app_due.map_or(crash_due, |a| a.min(crash_due));
-    if !ready || now < next {
+    let on_request = requested.is_some() && requested != status.handled_point_request.as_deref();
+    if !ready || (now < next && !on_request) {
         return Step::Idle { next };
     }
     let missed = match last_start {
-        Some(_) if now > crash_due => {
+        Some(_) if now > crash_due && !on_request => {
             let late = now.duration_since(crash_due).as_secs_f64();
             (late / schedule.crash.as_secs_f64()).floor() as u64
         }
@@ -237,7 +249,10 @@ pub fn replication_conditions(
                 T::Replicating,
                 ConditionStatus::True,
                 R::PointReplicated,
-                format!("point {} ({}) replicated to the target", p.id, p.consistency),
+                format!(
+                    "point {} ({}) replicated to the target",
+                    p.id, p.consistency
+                ),
             )
         } else {
             Condition::new(
@@ -260,7 +275,10 @@ pub fn replication_conditions(
             T::Protected,
             ConditionStatus::True,
             R::RecoveryPointReplicated,
-            format!("point {} of {} is durable in the target location", p.id, p.time),
+            format!(
+                "point {} of {} is durable in the target location",
+                p.id, p.time
+            ),
         ),
         None => Condition::new(
             T::Protected,

@@ -94,6 +94,7 @@ fn decide_at(status: &ReplicatedWorkloadStatus, agents: &[AgentRegistration], no
         ("ns", "db"),
         &schedule(None),
         status,
+        None,
         true,
         &volumes(),
         agents,
@@ -133,11 +134,36 @@ fn the_first_point_starts_at_once_and_the_next_one_interval_later() {
 }
 
 #[test]
+fn a_request_starts_a_point_before_it_is_due_once() {
+    let mut status = attempted(0);
+    let ask = |status: &ReplicatedWorkloadStatus, token| {
+        decide(
+            ("ns", "db"),
+            &schedule(None),
+            status,
+            token,
+            true,
+            &volumes(),
+            &[],
+            at(10),
+        )
+    };
+    assert!(matches!(
+        ask(&status, Some("1")),
+        Step::Start { missed: 0, .. }
+    ));
+    status.handled_point_request = Some("1".into());
+    assert!(matches!(ask(&status, Some("1")), Step::Idle { .. }));
+    assert!(matches!(ask(&status, None), Step::Idle { .. }));
+}
+
+#[test]
 fn nothing_starts_while_the_workload_is_not_ready() {
     let s = decide(
         ("ns", "db"),
         &schedule(None),
         &ReplicatedWorkloadStatus::default(),
+        None,
         false,
         &volumes(),
         &[],
@@ -160,14 +186,27 @@ fn app_consistent_points_come_at_their_own_frequency() {
             ("ns", "db"),
             &schedule(Some(120)),
             &status,
+            None,
             true,
             &volumes(),
             &[],
             at(now),
         )
     };
-    assert!(matches!(app(30), Step::Start { consistency: "CrashConsistent", .. }));
-    assert!(matches!(app(120), Step::Start { consistency: "AppConsistent", .. }));
+    assert!(matches!(
+        app(30),
+        Step::Start {
+            consistency: "CrashConsistent",
+            ..
+        }
+    ));
+    assert!(matches!(
+        app(120),
+        Step::Start {
+            consistency: "AppConsistent",
+            ..
+        }
+    ));
 }
 
 #[test]
@@ -200,7 +239,12 @@ fn a_point_finishes_when_reports_cover_every_claim() {
             stored_bytes: 10
         }
     );
-    status.point_in_progress.as_mut().unwrap().claims.push("data-2".into());
+    status
+        .point_in_progress
+        .as_mut()
+        .unwrap()
+        .claims
+        .push("data-2".into());
     assert!(matches!(decide_at(&status, &all, 5), Step::Wait { .. }));
 }
 
@@ -215,7 +259,10 @@ fn a_point_fails_with_the_agents_reason_a_lost_agent_or_a_timeout() {
         panic!("expected a failure")
     };
     assert_eq!(reason, R::CaptureFailed);
-    assert!(message.contains("node n1") && message.contains("disk full"), "{message}");
+    assert!(
+        message.contains("node n1") && message.contains("disk full"),
+        "{message}"
+    );
 
     let lost = [
         agent("n1", 0, vec![("p1", WorkState::Done, &["data-0"])]),
@@ -225,12 +272,18 @@ fn a_point_fails_with_the_agents_reason_a_lost_agent_or_a_timeout() {
         panic!("expected a failure")
     };
     assert_eq!(reason, R::AgentLost);
-    assert!(message.contains("n2") && message.contains("data-1"), "{message}");
+    assert!(
+        message.contains("n2") && message.contains("data-1"),
+        "{message}"
+    );
 
     assert!(matches!(decide_at(&status, &[], 60), Step::Wait { .. }));
     assert!(matches!(
         decide_at(&status, &[], 121),
-        Step::Fail { reason: R::CaptureFailed, .. }
+        Step::Fail {
+            reason: R::CaptureFailed,
+            ..
+        }
     ));
 }
 
@@ -248,7 +301,10 @@ fn rpo_is_met_up_to_twice_the_frequency() {
         consistency: "FileLevel".into(),
     });
     let (c, flips) = replication_conditions(&status, Some(&s), None, at(60));
-    assert_eq!((c[1].reason.as_str(), c[2].reason.as_str()), ("RecoveryPointReplicated", "RPOWithinTarget"));
+    assert_eq!(
+        (c[1].reason.as_str(), c[2].reason.as_str()),
+        ("RecoveryPointReplicated", "RPOWithinTarget")
+    );
     assert_eq!(flips, Some(at(61)));
     let (c, _) = replication_conditions(&status, Some(&s), None, at(61));
     assert_eq!(c[2].reason, "RPOExceeded");

@@ -1,0 +1,253 @@
+//! CSI captures: VolumeSnapshots of every claim of a point, taken together; each exposed as a
+//! temporary claim restored from its snapshot and mounted by a reader pod in the claim's zone,
+//! where the agent of the pod's node reads it. Names are deterministic
+//! ([`crate::api::work::temporary_name`]) and every object carries the point's labels, so each
+//! step is idempotent and [`cleanup`] finds everything, also after a restart.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
+use kube::api::{
+    Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, ListParams, PostParams,
+};
+use kube::{Resource, ResourceExt};
+use serde_json::json;
+
+use crate::api::ReplicatedWorkload;
+use crate::api::registration::ZONE_LABEL;
+use crate::api::work::{CLAIM_LABEL, POINT_LABEL, WORKLOAD_LABEL, point_label, temporary_name};
+use crate::api::workload::{PointInProgress, VolumeStatus};
+use crate::controllers::{Context, Error};
+
+fn snapshots(ctx: &Context, namespace: &str) -> Api<DynamicObject> {
+    let gvk = GroupVersionKind::gvk("snapshot.storage.k8s.io", "v1", "VolumeSnapshot");
+    Api::namespaced_with(
+        ctx.client.clone(),
+        namespace,
+        &ApiResource::from_gvk_with_plural(&gvk, "volumesnapshots"),
+    )
+}
+
+fn labels(rw: &ReplicatedWorkload, point: &str, claim: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (
+            "app.kubernetes.io/managed-by".into(),
+            "site-recovery".into(),
+        ),
+        (WORKLOAD_LABEL.into(), rw.name_any()),
+        (POINT_LABEL.into(), point_label(point)),
+        (CLAIM_LABEL.into(), claim.to_string()),
+    ])
+}
+
+fn owner(rw: &ReplicatedWorkload) -> serde_json::Value {
+    let o = rw
+        .controller_owner_ref(&())
+        .expect("a stored object has a uid");
+    json!([o])
+}
+
+async fn create_if_missing<K>(api: &Api<K>, obj: &K) -> Result<(), Error>
+where
+    K: Clone + serde::de::DeserializeOwned + serde::Serialize + std::fmt::Debug,
+{
+    match api.create(&PostParams::default(), obj).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 409 => Ok(()),
+        Err(e) => Err(Error::Kube(e)),
+    }
+}
+
+/// Creates the point's VolumeSnapshots, one per claim, back to back: the capture instant.
+pub async fn take_snapshots(
+    ctx: &Context,
+    rw: &ReplicatedWorkload,
+    point: &PointInProgress,
+    class: Option<&str>,
+) -> Result<(), Error> {
+    let namespace = rw.namespace().unwrap_or_default();
+    let api = snapshots(ctx, &namespace);
+    for claim in &point.claims {
+        let mut spec = json!({"source": {"persistentVolumeClaimName": claim}});
+        if let Some(class) = class {
+            spec["volumeSnapshotClassName"] = json!(class);
+        }
+        let obj: DynamicObject = serde_json::from_value(json!({
+            "apiVersion": "snapshot.storage.k8s.io/v1", "kind": "VolumeSnapshot",
+            "metadata": {
+                "name": temporary_name(claim, &point.id), "namespace": namespace,
+                "labels": labels(rw, &point.id, claim), "ownerReferences": owner(rw),
+            },
+            "spec": spec,
+        }))
+        .expect("a VolumeSnapshot is a valid object");
+        create_if_missing(&api, &obj).await?;
+    }
+    Ok(())
+}
+
+/// Where the exposure of a point's snapshots stands.
+pub enum Exposure {
+    /// Waiting for snapshots to be ready or claims to be bound.
+    Pending,
+    /// A snapshot failed: the point cannot complete.
+    Failed(String),
+}
+
+/// Exposes every ready snapshot as a temporary claim and a reader pod in the claim's zone.
+pub async fn expose(
+    ctx: &Context,
+    rw: &ReplicatedWorkload,
+    point: &PointInProgress,
+    volumes: &[VolumeStatus],
+) -> Result<Exposure, Error> {
+    let namespace = rw.namespace().unwrap_or_default();
+    let snaps = snapshots(ctx, &namespace);
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &namespace);
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &namespace);
+    for claim in &point.claims {
+        let name = temporary_name(claim, &point.id);
+        let Some(snap) = snaps.get_opt(&name).await.map_err(Error::Kube)? else {
+            return Ok(Exposure::Failed(format!(
+                "VolumeSnapshot {name} of claim {claim} disappeared before it was read"
+            )));
+        };
+        let status = snap.data.get("status");
+        if let Some(message) = status
+            .and_then(|s| s.get("error"))
+            .and_then(|e| e.get("message"))
+            .and_then(|m| m.as_str())
+        {
+            return Ok(Exposure::Failed(format!(
+                "VolumeSnapshot {name} of claim {claim} failed: {message}"
+            )));
+        }
+        if status
+            .and_then(|s| s.get("readyToUse"))
+            .and_then(|r| r.as_bool())
+            != Some(true)
+        {
+            continue;
+        }
+        let source = claims.get_opt(claim).await.map_err(Error::Kube)?;
+        let Some(source_spec) = source.and_then(|c| c.spec) else {
+            return Ok(Exposure::Failed(format!(
+                "claim {claim} disappeared while its point was taken"
+            )));
+        };
+        let size = status
+            .and_then(|s| s.get("restoreSize"))
+            .cloned()
+            .or_else(|| {
+                source_spec
+                    .resources
+                    .as_ref()
+                    .and_then(|r| r.requests.as_ref())
+                    .and_then(|r| r.get("storage"))
+                    .map(|q| json!(q.0))
+            })
+            .unwrap_or(json!("1Gi"));
+        let temp: PersistentVolumeClaim = serde_json::from_value(json!({
+            "apiVersion": "v1", "kind": "PersistentVolumeClaim",
+            "metadata": {
+                "name": name, "namespace": namespace,
+                "labels": labels(rw, &point.id, claim), "ownerReferences": owner(rw),
+            },
+            "spec": {
+                "accessModes": ["ReadWriteOnce"],
+                "storageClassName": source_spec.storage_class_name,
+                "resources": {"requests": {"storage": size}},
+                "dataSource": {"apiGroup": "snapshot.storage.k8s.io", "kind": "VolumeSnapshot", "name": name},
+            },
+        }))
+        .expect("a claim is a valid object");
+        create_if_missing(&claims, &temp).await?;
+        let zone = volumes
+            .iter()
+            .find(|v| &v.claim_name == claim)
+            .and_then(|v| v.zone.clone());
+        let affinity = zone.map(|z| {
+            json!({"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
+                {"matchExpressions": [{"key": ZONE_LABEL, "operator": "In", "values": [z]}]}
+            ]}}})
+        });
+        let reader: Pod = serde_json::from_value(json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {
+                "name": name, "namespace": namespace,
+                "labels": labels(rw, &point.id, claim), "ownerReferences": owner(rw),
+            },
+            "spec": {
+                "affinity": affinity,
+                "automountServiceAccountToken": false,
+                "restartPolicy": "Never",
+                "containers": [{
+                    "name": "reader", "image": ctx.reader_image,
+                    "securityContext": {"runAsNonRoot": true, "runAsUser": 65532, "allowPrivilegeEscalation": false, "readOnlyRootFilesystem": true, "capabilities": {"drop": ["ALL"]}},
+                    "volumeMounts": [{"name": "snapshot", "mountPath": "/snapshot", "readOnly": true}],
+                }],
+                "volumes": [{"name": "snapshot", "persistentVolumeClaim": {"claimName": name, "readOnly": true}}],
+            },
+        }))
+        .expect("a pod is a valid object");
+        create_if_missing(&pods, &reader).await?;
+    }
+    Ok(Exposure::Pending)
+}
+
+/// Deletes the temporary objects of the workload's points, except those of `keep` (the point in
+/// flight). Returns how many objects were asked to go.
+pub async fn cleanup(
+    ctx: &Context,
+    rw: &ReplicatedWorkload,
+    keep: Option<&str>,
+) -> Result<usize, Error> {
+    let namespace = rw.namespace().unwrap_or_default();
+    let selector = format!("{WORKLOAD_LABEL}={}", rw.name_any());
+    let lp = ListParams::default().labels(&selector);
+    let keep = keep.map(point_label);
+    let doomed = |labels: &BTreeMap<String, String>| {
+        labels.get(POINT_LABEL).map(String::as_str) != keep.as_deref()
+    };
+    let mut deleted = 0;
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &namespace);
+    for p in pods.list_metadata(&lp).await.map_err(Error::Kube)?.items {
+        if doomed(p.labels()) && p.metadata.deletion_timestamp.is_none() {
+            delete(&pods, &p.name_any()).await?;
+            deleted += 1;
+        }
+    }
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &namespace);
+    for c in claims.list_metadata(&lp).await.map_err(Error::Kube)?.items {
+        if doomed(c.labels()) && c.metadata.deletion_timestamp.is_none() {
+            delete(&claims, &c.name_any()).await?;
+            deleted += 1;
+        }
+    }
+    let snaps = snapshots(ctx, &namespace);
+    match snaps.list_metadata(&lp).await {
+        Ok(list) => {
+            for s in list.items {
+                if doomed(s.labels()) && s.metadata.deletion_timestamp.is_none() {
+                    delete(&snaps, &s.name_any()).await?;
+                    deleted += 1;
+                }
+            }
+        }
+        // No snapshot API in this cluster: there is nothing of ours to delete.
+        Err(kube::Error::Api(s)) if s.code == 404 => {}
+        Err(e) => return Err(Error::Kube(e)),
+    }
+    Ok(deleted)
+}
+
+async fn delete<K>(api: &Api<K>, name: &str) -> Result<(), Error>
+where
+    K: Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    match api.delete(name, &DeleteParams::background()).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+        Err(e) => Err(Error::Kube(e)),
+    }
+}

@@ -1,0 +1,857 @@
+//! The replication pipeline end to end: the real operator and real agents (one per node) against
+//! the rig, which plays scheduler and kubelet; the test writes into the volume directories,
+//! takes points, and restores every point from the target location with the repository library.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::events::v1::Event;
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use serde_json::json;
+use site_recovery::api::work::{POINT_REQUEST_ANNOTATION, WORK_ANNOTATION};
+use site_recovery::api::workload::ReplicatedWorkloadStatus;
+use site_recovery::api::{RecoveryVault, ReplicatedWorkload};
+use site_recovery::operator::Shutdown;
+use site_recovery::repository::Repository;
+use site_recovery::repository::restore::{RestoreOptions, restore};
+use site_recovery::storage::{Location, LocationSpec};
+
+use crate::operator::{OPERATOR_NS, condition, start_operator};
+use crate::rig::{Rig, eventually};
+
+const KEY: [u8; 32] = [7u8; 32];
+
+/// Three nodes in two zones; the vault's cache is in zone-a, its target in zone-b.
+async fn cluster() -> (Rig, tempfile::TempDir) {
+    let rig = Rig::start().await;
+    rig.apply_crds().await;
+    rig.namespace(OPERATOR_NS).await;
+    rig.namespace("apps").await;
+    rig.node("node-a1", "zone-a", "region-1").await;
+    rig.node("node-a2", "zone-a", "region-1").await;
+    rig.node("node-b1", "zone-b", "region-1").await;
+    rig.secret("apps", "vault-key", &[("key", &KEY)]).await;
+    (rig, tempfile::tempdir().unwrap())
+}
+
+fn live_vault(dir: &Path, policy: serde_json::Value) -> RecoveryVault {
+    serde_json::from_value(json!({
+        "apiVersion": "siterecovery.io/v1alpha1", "kind": "RecoveryVault",
+        "metadata": {"name": "vault", "namespace": "apps"},
+        "spec": {
+            "cache": {"zone": "zone-a", "storage": {"filesystem": {"path": dir.join("cache")}}},
+            "target": {"zone": "zone-b", "storage": {"filesystem": {"path": dir.join("target")}}},
+            "snapshotMethod": "Live",
+            "encryption": {"keySecretRef": {"name": "vault-key"}},
+            "replicationPolicy": policy,
+        },
+    }))
+    .unwrap()
+}
+
+struct Agent {
+    stop: tokio::sync::watch::Sender<bool>,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl Agent {
+    /// Like a SIGKILL: the task and every capture it runs are dropped where they are.
+    fn kill(self) {
+        self.task.abort();
+        drop(self.stop);
+    }
+}
+
+fn start_agent(rig: &Rig, node: &str, lease_seconds: i32) -> Agent {
+    let settings = site_recovery::agent::AgentSettings {
+        node_name: node.into(),
+        namespace: OPERATOR_NS.into(),
+        lease_duration_seconds: lease_seconds,
+        kubelet_root: rig.kubelet_root.path().to_path_buf(),
+    };
+    let (stop, shutdown) = Shutdown::new();
+    let task = tokio::spawn(site_recovery::agent::run(
+        rig.client(),
+        settings,
+        shutdown.wait(),
+    ));
+    Agent { stop, task }
+}
+
+/// A StatefulSet `db` with one claim per pod, `data-db-0` on node-a1 and `data-db-1` on
+/// node-a2; returns each claim's mount directory.
+async fn database(rig: &Rig) -> BTreeMap<String, PathBuf> {
+    let pods = rig
+        .statefulset("apps", "db", &["data"], &["node-a1", "node-a2"])
+        .await;
+    pods.iter()
+        .map(|p| {
+            let name = p["metadata"]["name"].as_str().unwrap();
+            let uid = p["metadata"]["uid"].as_str().unwrap();
+            let claim = format!("data-{name}");
+            let dir = rig.volume_dir(uid, &format!("pv-apps-{claim}"));
+            (claim, dir)
+        })
+        .collect()
+}
+
+async fn protect(rig: &Rig) -> Api<ReplicatedWorkload> {
+    let workloads: Api<ReplicatedWorkload> = Api::namespaced(rig.client(), "apps");
+    let rw: ReplicatedWorkload = serde_json::from_value(json!({
+        "apiVersion": "siterecovery.io/v1alpha1", "kind": "ReplicatedWorkload",
+        "metadata": {"name": "db", "namespace": "apps"},
+        "spec": {"vaultName": "vault", "workloadRef": {"kind": "StatefulSet", "name": "db"}},
+    }))
+    .unwrap();
+    workloads.create(&PostParams::default(), &rw).await.unwrap();
+    workloads
+}
+
+/// What a test wrote into each volume: relative path → content.
+type Content = BTreeMap<String, BTreeMap<String, Vec<u8>>>;
+
+/// Writes version `v` of the data: a file that changes every version, one that grows, one that
+/// is deleted after the first version, and one big file with a changed middle.
+fn write_version(volumes: &BTreeMap<String, PathBuf>, v: u32) -> Content {
+    let mut all = Content::new();
+    for (claim, dir) in volumes {
+        let mut files = BTreeMap::new();
+        files.insert(
+            "state.txt".to_string(),
+            format!("{claim} version {v}\n").into_bytes(),
+        );
+        let log: Vec<u8> = (1..=v)
+            .flat_map(|i| format!("entry {i} of {claim}\n").into_bytes())
+            .collect();
+        files.insert("wal/log".to_string(), log);
+        if v == 1 {
+            files.insert("tmp/first-only".to_string(), b"removed later".to_vec());
+        } else {
+            let _ = std::fs::remove_dir_all(dir.join("tmp"));
+        }
+        let mut big: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+        big[1_500_000..1_500_064].copy_from_slice(&[v as u8; 64]);
+        files.insert("table.db".to_string(), big);
+        for (path, bytes) in &files {
+            let p = dir.join(path);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(&p, bytes).unwrap();
+        }
+        all.insert(claim.clone(), files);
+    }
+    all
+}
+
+fn read_tree(root: &Path) -> BTreeMap<String, Vec<u8>> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let entry = entry.unwrap();
+            let path = entry.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                let rel = path
+                    .strip_prefix(root)
+                    .unwrap()
+                    .to_string_lossy()
+                    .into_owned();
+                out.insert(rel, std::fs::read(&path).unwrap());
+            }
+        }
+    }
+    out
+}
+
+async fn open(dir: &Path) -> Repository {
+    let location = Location::open(
+        &LocationSpec::Filesystem(dir.to_path_buf()),
+        &Default::default(),
+    )
+    .unwrap();
+    Repository::open(location, &KEY).await.unwrap()
+}
+
+/// Restores every volume of `point` from the target location alone and compares it with what
+/// was written before the point was taken.
+async fn assert_restores(target: &Path, point: &str, expected: &Content) {
+    let repo = open(target).await;
+    for (claim, files) in expected {
+        let into = tempfile::tempdir().unwrap();
+        let dest = into.path().join("restored");
+        restore(
+            &repo,
+            point,
+            &dest,
+            &RestoreOptions {
+                volume: Some(claim.clone()),
+                sync: false,
+            },
+            None,
+        )
+        .await
+        .unwrap_or_else(|e| panic!("restoring {claim} of {point}: {e}"));
+        let got = read_tree(&dest);
+        assert_eq!(
+            got.keys().collect::<Vec<_>>(),
+            files.keys().collect::<Vec<_>>(),
+            "files of {claim} in point {point}"
+        );
+        for (path, bytes) in files {
+            assert!(
+                got[path] == *bytes,
+                "{claim}/{path} in point {point} differs from what was written"
+            );
+        }
+    }
+}
+
+async fn request_point(workloads: &Api<ReplicatedWorkload>, token: &str) {
+    workloads
+        .patch(
+            "db",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"annotations": {POINT_REQUEST_ANNOTATION: token}}})),
+        )
+        .await
+        .unwrap();
+}
+
+/// Waits for the point started for request `token` to be replicated; returns its id.
+async fn replicated_point(
+    workloads: &Api<ReplicatedWorkload>,
+    token: &str,
+    within: Duration,
+) -> (String, ReplicatedWorkloadStatus) {
+    eventually(
+        within,
+        &format!("point for request {token} replicated"),
+        || async {
+            let s = workloads.get("db").await.ok()?.status?;
+            if s.handled_point_request.as_deref() != Some(token) || s.point_in_progress.is_some() {
+                return None;
+            }
+            let p = s.latest_replicated_point.clone()?;
+            (s.last_attempt.as_ref()?.id == p.id).then(|| (p.id.clone(), s))
+        },
+    )
+    .await
+}
+
+fn parts_left(cache: &Path) -> Vec<PathBuf> {
+    let parts = cache.join("parts");
+    let mut out = Vec::new();
+    let mut stack = vec![parts];
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            if e.path().is_dir() {
+                stack.push(e.path());
+            } else {
+                out.push(e.path());
+            }
+        }
+    }
+    out
+}
+
+async fn events(rig: &Rig, reason: &str) -> Vec<String> {
+    Api::<Event>::namespaced(rig.client(), "apps")
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|e| e.reason.as_deref() == Some(reason))
+        .map(|e| e.note.unwrap_or_default())
+        .collect()
+}
+
+/// How many times an event was recorded (a repeated event is one object with a series count).
+async fn event_count(rig: &Rig, reason: &str) -> i32 {
+    Api::<Event>::namespaced(rig.client(), "apps")
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|e| e.reason.as_deref() == Some(reason))
+        .map(|e| e.series.map_or(1, |s| s.count))
+        .sum()
+}
+
+#[tokio::test]
+async fn points_span_two_nodes_and_every_point_restores_from_the_target() {
+    let (rig, dir) = cluster().await;
+    let running = start_operator(&rig, false).await;
+    Api::<RecoveryVault>::namespaced(rig.client(), "apps")
+        .create(&PostParams::default(), &live_vault(dir.path(), json!({})))
+        .await
+        .unwrap();
+    let volumes = database(&rig).await;
+    let agents: Vec<Agent> = ["node-a1", "node-a2", "node-b1"]
+        .iter()
+        .map(|n| start_agent(&rig, n, 10))
+        .collect();
+    let mut written = vec![write_version(&volumes, 1)];
+    let workloads = protect(&rig).await;
+
+    // The first point is due at once.
+    let first = eventually(
+        Duration::from_secs(60),
+        "first point replicated",
+        || async {
+            let s = workloads.get("db").await.ok()?.status?;
+            let p = s.latest_replicated_point.clone()?;
+            (s.point_in_progress.is_none()).then_some((p.id, s))
+        },
+    )
+    .await;
+    let (first_id, status) = first;
+    assert_eq!(
+        condition(&status.conditions, "Protected").unwrap().0,
+        "True"
+    );
+    assert_eq!(
+        condition(&status.conditions, "Replicating").unwrap().1,
+        "PointReplicated"
+    );
+    assert_eq!(condition(&status.conditions, "RPOMet").unwrap().0, "True");
+    let latest = status.latest_point.clone().unwrap();
+    assert_eq!(
+        (latest.consistency.as_str(), latest.replicated),
+        ("FileLevel", true),
+        "a live read without a freeze is labelled file-level, never crash-consistent"
+    );
+    assert!(status.latest_crash_consistent_point.is_none());
+    let mut points = vec![first_id];
+
+    // Two more points on request, with writes in between; count the API writes they cost.
+    let status_writes = rig.request_count("PATCH", "replicatedworkloads");
+    let lease_writes = rig.request_count("PATCH", "leases");
+    let started = std::time::Instant::now();
+    for v in 2..=3 {
+        written.push(write_version(&volumes, v));
+        request_point(&workloads, &v.to_string()).await;
+        let (id, _) = replicated_point(&workloads, &v.to_string(), Duration::from_secs(60)).await;
+        points.push(id);
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    // The test's own annotation patches are not the operator's.
+    let status_per_point =
+        (rig.request_count("PATCH", "replicatedworkloads") - status_writes - 2) as f64 / 2.0;
+    let lease_per_point = (rig.request_count("PATCH", "leases") - lease_writes) as f64 / 2.0;
+    println!(
+        "API writes per point: {status_per_point} workload status, {lease_per_point} Lease (3 agents, {elapsed:.1}s for 2 points, renewals included)"
+    );
+    assert!(
+        status_per_point <= 3.0,
+        "status writes per point: {status_per_point}"
+    );
+
+    for (point, expected) in points.iter().zip(&written) {
+        assert_restores(&dir.path().join("target"), point, expected).await;
+    }
+    let status = workloads.get("db").await.unwrap().status.unwrap();
+    assert_eq!(status.point_count, Some(3));
+    let created = events(&rig, "RecoveryPointCreated").await;
+    assert!(created[0].contains("2 volume(s)"), "{}", created[0]);
+    assert_eq!(
+        event_count(&rig, "RecoveryPointCreated").await,
+        3,
+        "{created:?}"
+    );
+    assert!(parts_left(&dir.path().join("cache")).is_empty());
+    // The points carry the workload's name and both claims, in both locations.
+    let cache = open(&dir.path().join("cache")).await;
+    let m = cache.manifest(&points[2]).await.unwrap();
+    assert_eq!(m.workload, "apps/db");
+    assert_eq!(
+        m.volumes
+            .iter()
+            .map(|v| v.name.as_str())
+            .collect::<Vec<_>>(),
+        ["data-db-0", "data-db-1"]
+    );
+    running.stop().await;
+    for a in agents {
+        a.kill();
+    }
+}
+
+#[tokio::test]
+async fn killed_agent_and_operator_resume_the_point_in_flight() {
+    let (rig, dir) = cluster().await;
+    let running = start_operator(&rig, false).await;
+    Api::<RecoveryVault>::namespaced(rig.client(), "apps")
+        .create(&PostParams::default(), &live_vault(dir.path(), json!({})))
+        .await
+        .unwrap();
+    let volumes = database(&rig).await;
+    let a1 = start_agent(&rig, "node-a1", 20);
+    let a2 = start_agent(&rig, "node-a2", 20);
+    write_version(&volumes, 1);
+    let workloads = protect(&rig).await;
+    eventually(
+        Duration::from_secs(60),
+        "first point replicated",
+        || async {
+            let s = workloads.get("db").await.ok()?.status?;
+            s.latest_replicated_point.is_some().then_some(())
+        },
+    )
+    .await;
+
+    // node-a2's agent dies; a point is requested; node-a1's agent writes its part.
+    a2.kill();
+    let expected = write_version(&volumes, 2);
+    request_point(&workloads, "2").await;
+    let point = eventually(Duration::from_secs(30), "the point starts", || async {
+        let s = workloads.get("db").await.ok()?.status?;
+        (s.handled_point_request.as_deref() == Some("2")).then_some(())?;
+        s.point_in_progress
+    })
+    .await;
+    let leases: Api<Lease> = Api::namespaced(rig.client(), OPERATOR_NS);
+    let reported = |node: &'static str, id: String| {
+        let leases = leases.clone();
+        async move {
+            let l = leases
+                .get(&format!("site-recovery-agent-{node}"))
+                .await
+                .ok()?;
+            let work = l.metadata.annotations?.get(WORK_ANNOTATION)?.clone();
+            (work.contains(&id) && work.contains("\"Done\"")).then_some(())
+        }
+    };
+    eventually(
+        Duration::from_secs(30),
+        "node-a1 reports its part done",
+        || reported("node-a1", point.id.clone()),
+    )
+    .await;
+    let s = workloads.get("db").await.unwrap().status.unwrap();
+    assert_eq!(
+        s.point_in_progress.as_ref(),
+        Some(&point),
+        "the point waits for node-a2"
+    );
+    assert_eq!(
+        condition(&s.conditions, "Replicating").unwrap().1,
+        "PointInProgress"
+    );
+
+    // The operator dies too; node-a2's agent comes back, then the operator.
+    running.task.abort();
+    let a2 = start_agent(&rig, "node-a2", 20);
+    eventually(
+        Duration::from_secs(30),
+        "node-a2 reports its part done",
+        || reported("node-a2", point.id.clone()),
+    )
+    .await;
+    let running = start_operator(&rig, false).await;
+    let (id, status) = replicated_point(&workloads, "2", Duration::from_secs(60)).await;
+    assert_eq!(
+        id, point.id,
+        "the interrupted point completes under its own id"
+    );
+    assert_eq!(status.point_count, Some(2));
+    assert_restores(&dir.path().join("target"), &id, &expected).await;
+    assert!(parts_left(&dir.path().join("cache")).is_empty());
+    running.stop().await;
+    a1.kill();
+    a2.kill();
+}
+
+#[tokio::test]
+async fn a_lost_agent_fails_the_point_with_a_reason_and_the_next_point_succeeds() {
+    let (rig, dir) = cluster().await;
+    let running = start_operator(&rig, false).await;
+    Api::<RecoveryVault>::namespaced(rig.client(), "apps")
+        .create(&PostParams::default(), &live_vault(dir.path(), json!({})))
+        .await
+        .unwrap();
+    let volumes = database(&rig).await;
+    let a1 = start_agent(&rig, "node-a1", 3);
+    let a2 = start_agent(&rig, "node-a2", 3);
+    write_version(&volumes, 1);
+    let workloads = protect(&rig).await;
+    eventually(
+        Duration::from_secs(60),
+        "first point replicated",
+        || async {
+            let s = workloads.get("db").await.ok()?.status?;
+            s.latest_replicated_point.is_some().then_some(())
+        },
+    )
+    .await;
+
+    a2.kill();
+    request_point(&workloads, "2").await;
+    let s = eventually(
+        Duration::from_secs(30),
+        "point failed: AgentLost",
+        || async {
+            let s = workloads.get("db").await.ok()?.status?;
+            let a = s.last_attempt.clone()?;
+            (!a.succeeded && s.point_in_progress.is_none()).then_some(s)
+        },
+    )
+    .await;
+    let attempt = s.last_attempt.unwrap();
+    assert!(
+        attempt.message.contains("node-a2") && attempt.message.contains("data-db-1"),
+        "{}",
+        attempt.message
+    );
+    let failed = events(&rig, "RecoveryPointFailed").await;
+    assert_eq!(failed.len(), 1, "{failed:?}");
+    assert!(
+        parts_left(&dir.path().join("cache")).is_empty(),
+        "the failed point's parts are removed"
+    );
+    // The last good point still protects the workload.
+    assert_eq!(condition(&s.conditions, "Protected").unwrap().0, "True");
+
+    let a2 = start_agent(&rig, "node-a2", 3);
+    let expected = write_version(&volumes, 3);
+    request_point(&workloads, "3").await;
+    let (id, _) = replicated_point(&workloads, "3", Duration::from_secs(60)).await;
+    assert_restores(&dir.path().join("target"), &id, &expected).await;
+    running.stop().await;
+    a1.kill();
+    a2.kill();
+}
+
+/// Replaces a location's `data` directory with a file, so that every pack upload fails; returns
+/// a guard that puts the directory back.
+fn break_data(location: &Path) -> impl FnOnce() {
+    let data = location.join("data");
+    let aside = location.join("data.aside");
+    std::fs::rename(&data, &aside).unwrap();
+    std::fs::write(&data, b"not a directory").unwrap();
+    move || {
+        std::fs::remove_file(&data).unwrap();
+        std::fs::rename(&aside, &data).unwrap();
+    }
+}
+
+#[tokio::test]
+async fn storage_errors_at_cache_and_target_are_reported_and_recovered() {
+    let (rig, dir) = cluster().await;
+    let running = start_operator(&rig, false).await;
+    Api::<RecoveryVault>::namespaced(rig.client(), "apps")
+        .create(&PostParams::default(), &live_vault(dir.path(), json!({})))
+        .await
+        .unwrap();
+    let volumes = database(&rig).await;
+    let agents: Vec<Agent> = ["node-a1", "node-a2"]
+        .iter()
+        .map(|n| start_agent(&rig, n, 10))
+        .collect();
+    write_version(&volumes, 1);
+    let workloads = protect(&rig).await;
+    eventually(
+        Duration::from_secs(60),
+        "first point replicated",
+        || async {
+            let s = workloads.get("db").await.ok()?.status?;
+            s.latest_replicated_point.is_some().then_some(())
+        },
+    )
+    .await;
+    let (cache, target) = (dir.path().join("cache"), dir.path().join("target"));
+
+    // The cache refuses writes: the agents' failure becomes the point's stated reason.
+    let mend = break_data(&cache);
+    write_version(&volumes, 2);
+    request_point(&workloads, "2").await;
+    let s = eventually(
+        Duration::from_secs(30),
+        "point failed at the cache",
+        || async {
+            let s = workloads.get("db").await.ok()?.status?;
+            let a = s.last_attempt.clone()?;
+            (!a.succeeded).then_some(s)
+        },
+    )
+    .await;
+    let message = &s.last_attempt.as_ref().unwrap().message;
+    assert!(message.contains("cache location"), "{message}");
+    assert_eq!(
+        condition(&s.conditions, "Replicating").unwrap().1,
+        "CaptureFailed"
+    );
+    mend();
+
+    // The target refuses writes: the point is complete in the cache, not replicated.
+    let mend = break_data(&target);
+    let expected = write_version(&volumes, 3);
+    request_point(&workloads, "3").await;
+    let s = eventually(Duration::from_secs(30), "point in cache only", || async {
+        let s = workloads.get("db").await.ok()?.status?;
+        let p = s.latest_point.clone()?;
+        (s.handled_point_request.as_deref() == Some("3")
+            && !p.replicated
+            && s.point_in_progress.is_none())
+        .then_some(s)
+    })
+    .await;
+    assert_eq!(
+        condition(&s.conditions, "Replicating").unwrap().1,
+        "ReplicationFailed"
+    );
+    let pending = s.latest_point.unwrap().id;
+    assert_ne!(s.latest_replicated_point.unwrap().id, pending);
+    assert_eq!(events(&rig, "ReplicationFailed").await.len(), 1);
+
+    // The target comes back: the operator catches up without a new point.
+    mend();
+    let s = eventually(Duration::from_secs(60), "caught up", || async {
+        let s = workloads.get("db").await.ok()?.status?;
+        (s.latest_replicated_point.as_ref()?.id == pending).then_some(s)
+    })
+    .await;
+    assert_eq!(
+        condition(&s.conditions, "Replicating").unwrap().1,
+        "PointReplicated"
+    );
+    assert_restores(&target, &pending, &expected).await;
+    running.stop().await;
+    for a in agents {
+        a.kill();
+    }
+}
+
+/// Real time, not simulated: the operator's clock, the agents' reads and the storage are all
+/// real, so the RPO measured here includes every delay a point really has.
+#[tokio::test]
+async fn rpo_stays_within_45s_at_a_30s_frequency_and_retention_prunes_both_locations() {
+    let (rig, dir) = cluster().await;
+    let running = start_operator(&rig, false).await;
+    let policy = json!({"crashConsistentFrequency": "30s", "recoveryPointRetention": "1m"});
+    Api::<RecoveryVault>::namespaced(rig.client(), "apps")
+        .create(&PostParams::default(), &live_vault(dir.path(), policy))
+        .await
+        .unwrap();
+    let volumes = database(&rig).await;
+    let agents: Vec<Agent> = ["node-a1", "node-a2"]
+        .iter()
+        .map(|n| start_agent(&rig, n, 10))
+        .collect();
+    write_version(&volumes, 1);
+    let workloads = protect(&rig).await;
+    let first = eventually(
+        Duration::from_secs(60),
+        "first point replicated",
+        || async {
+            let s = workloads.get("db").await.ok()?.status?;
+            s.latest_replicated_point.clone()
+        },
+    )
+    .await;
+
+    let run_for = Duration::from_secs(150);
+    let start = std::time::Instant::now();
+    let mut worst = 0i64;
+    let mut worst_reported = 0i64;
+    let mut v = 2;
+    while start.elapsed() < run_for {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        if start.elapsed().as_secs().is_multiple_of(10) {
+            write_version(&volumes, v);
+            v += 1;
+        }
+        let s = workloads.get("db").await.unwrap().status.unwrap();
+        let newest = s.latest_replicated_point.unwrap().time;
+        let rpo = jiff::Timestamp::now().duration_since(newest).as_secs();
+        worst = worst.max(rpo);
+        worst_reported = worst_reported.max(s.rpo_seconds.unwrap_or(0));
+        assert!(rpo <= 45, "RPO {rpo}s after {:?}", start.elapsed());
+        assert_eq!(condition(&s.conditions, "RPOMet").unwrap().0, "True");
+    }
+    println!("worst RPO over {run_for:?}: {worst}s measured, {worst_reported}s reported in status");
+
+    // Retention (1m) removed the first point from both locations, keeping the recent ones.
+    let s = eventually(Duration::from_secs(40), "first point pruned", || async {
+        let s = workloads.get("db").await.ok()?.status?;
+        (s.oldest_point? > first.time).then_some(s)
+    })
+    .await;
+    for location in ["cache", "target"] {
+        let repo = open(&dir.path().join(location)).await;
+        let ids = repo.point_ids().await.unwrap();
+        assert!(
+            !ids.contains(&first.id),
+            "{location} still holds {}",
+            first.id
+        );
+        assert!(
+            ids.len() >= 2,
+            "{location} keeps the recent points: {ids:?}"
+        );
+    }
+    assert!(s.point_count.unwrap() >= 2);
+    assert!(!events(&rig, "RecoveryPointsPruned").await.is_empty());
+    running.stop().await;
+    for a in agents {
+        a.kill();
+    }
+}
+
+fn csi_vault(dir: &Path) -> RecoveryVault {
+    let mut v = live_vault(dir, json!({}));
+    v.spec.snapshot_method = site_recovery::api::vault::SnapshotMethod::Csi;
+    v.spec.volume_snapshot_class_name = Some("rig-snapshots".into());
+    v
+}
+
+async fn temporaries(rig: &Rig) -> Vec<String> {
+    use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
+    let lp = ListParams::default().labels("siterecovery.io/replicated-workload=db");
+    let mut out: Vec<String> = crate::rig::csi::snapshots(rig, "apps")
+        .list_metadata(&lp)
+        .await
+        .unwrap()
+        .items
+        .iter()
+        .map(|o| format!("VolumeSnapshot/{}", o.metadata.name.clone().unwrap()))
+        .collect();
+    for c in Api::<PersistentVolumeClaim>::namespaced(rig.client(), "apps")
+        .list_metadata(&lp)
+        .await
+        .unwrap()
+        .items
+    {
+        out.push(format!(
+            "PersistentVolumeClaim/{}",
+            c.metadata.name.unwrap()
+        ));
+    }
+    for p in Api::<Pod>::namespaced(rig.client(), "apps")
+        .list_metadata(&lp)
+        .await
+        .unwrap()
+        .items
+    {
+        out.push(format!("Pod/{}", p.metadata.name.unwrap()));
+    }
+    out
+}
+
+#[tokio::test]
+async fn csi_points_are_read_from_snapshots_through_reader_pods_that_are_removed_after() {
+    let (rig, dir) = cluster().await;
+    rig.create(crate::rig::csi::volume_snapshot_crd()).await;
+    let running = start_operator(&rig, false).await;
+    Api::<RecoveryVault>::namespaced(rig.client(), "apps")
+        .create(&PostParams::default(), &csi_vault(dir.path()))
+        .await
+        .unwrap();
+    let volumes = database(&rig).await;
+    let agents: Vec<Agent> = ["node-a1", "node-a2", "node-b1"]
+        .iter()
+        .map(|n| start_agent(&rig, n, 10))
+        .collect();
+    let (driver, log) = crate::rig::csi::run_driver(
+        &rig,
+        "apps",
+        BTreeMap::from([("zone-a".to_string(), "node-a2".to_string())]),
+    );
+    let at_snapshot = write_version(&volumes, 1);
+    let workloads = protect(&rig).await;
+
+    // The snapshots are taken; the volumes change before the reader pods are even scheduled.
+    eventually(Duration::from_secs(30), "snapshots taken", || async {
+        (log.lock().unwrap().snapshots_taken.len() == 2).then_some(())
+    })
+    .await;
+    write_version(&volumes, 2);
+    let (id, status) = eventually(
+        Duration::from_secs(60),
+        "first point replicated",
+        || async {
+            let s = workloads.get("db").await.ok()?.status?;
+            let p = s.latest_replicated_point.clone()?;
+            s.point_in_progress.is_none().then_some((p.id, s))
+        },
+    )
+    .await;
+    let latest = status
+        .latest_crash_consistent_point
+        .clone()
+        .expect("a crash-consistent point");
+    assert_eq!(
+        (latest.id.as_str(), latest.consistency.as_str()),
+        (id.as_str(), "CrashConsistent")
+    );
+    // The point holds the volumes as they were at the snapshot instant.
+    assert_restores(&dir.path().join("target"), &id, &at_snapshot).await;
+    {
+        let log = log.lock().unwrap();
+        assert_eq!(log.readers_scheduled.len(), 2);
+        assert!(
+            log.readers_scheduled
+                .iter()
+                .all(|(_, node)| node == "node-a2")
+        );
+    }
+    // Every temporary object is gone.
+    eventually(
+        Duration::from_secs(20),
+        "temporary objects removed",
+        || async {
+            let left = temporaries(&rig).await;
+            left.is_empty().then_some(())
+        },
+    )
+    .await;
+
+    // A snapshot the driver reports as failed fails the point with the driver's message.
+    driver.abort();
+    request_point(&workloads, "2").await;
+    let point = eventually(Duration::from_secs(30), "second point started", || async {
+        let s = workloads.get("db").await.ok()?.status?;
+        (s.handled_point_request.as_deref() == Some("2")).then_some(())?;
+        s.point_in_progress
+    })
+    .await;
+    let snaps = crate::rig::csi::snapshots(&rig, "apps");
+    let name = site_recovery::api::work::temporary_name("data-db-0", &point.id);
+    snaps
+        .patch_status(
+            &name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {"readyToUse": false, "error": {"message": "snapshot quota exceeded"}}})),
+        )
+        .await
+        .unwrap();
+    let s = eventually(Duration::from_secs(30), "second point failed", || async {
+        let s = workloads.get("db").await.ok()?.status?;
+        let a = s.last_attempt.clone()?;
+        (a.id == point.id && !a.succeeded).then_some(s)
+    })
+    .await;
+    assert!(
+        s.last_attempt
+            .unwrap()
+            .message
+            .contains("snapshot quota exceeded")
+    );
+    eventually(
+        Duration::from_secs(20),
+        "temporary objects of the failed point removed",
+        || async { temporaries(&rig).await.is_empty().then_some(()) },
+    )
+    .await;
+    running.stop().await;
+    for a in agents {
+        a.kill();
+    }
+}
