@@ -178,9 +178,13 @@ pub struct PointInProgress {
     /// Claims the point covers.
     #[schemars(length(max = 256))]
     pub claims: Vec<String>,
-    /// Why the consistency asked for was not reached (a failed hook), if it was not.
+    /// Why the consistency asked for was not reached (a failed pre hook), if it was not.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub degraded: Option<String>,
+    /// Hooks that failed without lowering the consistency (post hooks).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16), inner(length(max = 2048)))]
+    pub warnings: Vec<String>,
 }
 
 /// How the last started point ended.

@@ -855,3 +855,147 @@ async fn csi_points_are_read_from_snapshots_through_reader_pods_that_are_removed
         a.kill();
     }
 }
+
+async fn set_hooks(workloads: &Api<ReplicatedWorkload>, hooks: serde_json::Value) {
+    workloads
+        .patch(
+            "db",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"appConsistency": {"hooks": hooks}}})),
+        )
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn hooks_wrap_the_snapshot_and_a_failing_hook_is_never_called_app_consistent() {
+    let (rig, dir) = cluster().await;
+    rig.create(crate::rig::csi::volume_snapshot_crd()).await;
+    let running = start_operator(&rig, false).await;
+    Api::<RecoveryVault>::namespaced(rig.client(), "apps")
+        .create(&PostParams::default(), &csi_vault(dir.path()))
+        .await
+        .unwrap();
+    let volumes = database(&rig).await;
+    let agents: Vec<Agent> = ["node-a1", "node-a2"]
+        .iter()
+        .map(|n| start_agent(&rig, n, 10))
+        .collect();
+    let (_driver, _log) = crate::rig::csi::run_driver(
+        &rig,
+        "apps",
+        BTreeMap::from([("zone-a".to_string(), "node-a1".to_string())]),
+    );
+    write_version(&volumes, 1);
+    let marker = dir.path().join("hooks.log");
+    let dirs: Vec<String> = volumes.values().map(|d| d.display().to_string()).collect();
+    let quiesce = format!(
+        "echo pre >> {m}; for d in {d}; do echo quiesced > $d/quiesce.flag; done",
+        m = marker.display(),
+        d = dirs.join(" ")
+    );
+    let resume = format!(
+        "echo post >> {m}; for d in {d}; do rm -f $d/quiesce.flag; done",
+        m = marker.display(),
+        d = dirs.join(" ")
+    );
+    let workloads: Api<ReplicatedWorkload> = Api::namespaced(rig.client(), "apps");
+    let rw: ReplicatedWorkload = serde_json::from_value(json!({
+        "apiVersion": "siterecovery.io/v1alpha1", "kind": "ReplicatedWorkload",
+        "metadata": {"name": "db", "namespace": "apps"},
+        "spec": {
+            "vaultName": "vault", "workloadRef": {"kind": "StatefulSet", "name": "db"},
+            "appConsistency": {"hooks": {
+                // A failing pre hook and one that outlives its timeout.
+                "pre": [
+                    {"container": "main", "command": ["sh", "-c", "echo flush failed >&2; exit 3"]},
+                    {"container": "main", "command": ["sleep", "5"], "timeout": "1s"},
+                ],
+                "post": [{"container": "main", "command": ["sh", "-c", resume]}],
+            }},
+        },
+    }))
+    .unwrap();
+    workloads.create(&PostParams::default(), &rw).await.unwrap();
+
+    // Point 1: the pre hooks failed, so the point is crash-consistent and says why.
+    let s = eventually(
+        Duration::from_secs(60),
+        "first point replicated",
+        || async {
+            let s = workloads.get("db").await.ok()?.status?;
+            s.latest_replicated_point.as_ref()?;
+            s.point_in_progress.is_none().then_some(s)
+        },
+    )
+    .await;
+    let p = s.latest_point.clone().unwrap();
+    assert_eq!(p.consistency, "CrashConsistent");
+    assert!(s.latest_app_consistent_point.is_none());
+    let (status, reason, message) = condition(&s.conditions, "Replicating").unwrap();
+    assert_eq!((status, reason), ("True", "HookFailed"));
+    assert!(
+        message.contains("exit code")
+            && message.contains("flush failed")
+            && message.contains("timeout of 1s"),
+        "{message}"
+    );
+    assert_eq!(event_count(&rig, "HookFailed").await, 1);
+    // Post hooks run even when pre hooks fail: once per pod.
+    let log = std::fs::read_to_string(&marker).unwrap();
+    assert_eq!(log.matches("post").count(), 2, "{log}");
+
+    // Point 2: pre hooks quiesce, the snapshot is cut, then post hooks resume; a post hook
+    // failing afterwards is reported but does not change what was captured.
+    std::fs::remove_file(&marker).unwrap();
+    set_hooks(
+        &workloads,
+        json!({
+            "pre": [{"container": "main", "command": ["sh", "-c", quiesce]}],
+            "post": [
+                {"container": "main", "command": ["sh", "-c", resume]},
+                {"container": "main", "command": ["sh", "-c", "echo resume failed >&2; exit 4"]},
+            ],
+        }),
+    )
+    .await;
+    let expected = write_version(&volumes, 2);
+    request_point(&workloads, "2").await;
+    let (id, s) = replicated_point(&workloads, "2", Duration::from_secs(60)).await;
+    let app = s
+        .latest_app_consistent_point
+        .clone()
+        .expect("an app-consistent point");
+    assert_eq!(
+        (app.id.as_str(), app.consistency.as_str()),
+        (id.as_str(), "AppConsistent")
+    );
+    let (_, reason, message) = condition(&s.conditions, "Replicating").unwrap();
+    assert_eq!(reason, "HookFailed");
+    assert!(message.contains("resume failed"), "{message}");
+    // The point holds the quiesced state: the flag the pre hook wrote and the post hook removed.
+    let mut quiesced = expected.clone();
+    for files in quiesced.values_mut() {
+        files.insert("quiesce.flag".into(), b"quiesced\n".to_vec());
+    }
+    assert_restores(&dir.path().join("target"), &id, &quiesced).await;
+    for d in volumes.values() {
+        assert!(
+            !d.join("quiesce.flag").exists(),
+            "the post hook resumed the application"
+        );
+    }
+    let log = std::fs::read_to_string(&marker).unwrap();
+    assert_eq!(
+        log.lines().collect::<Vec<_>>(),
+        ["pre", "pre", "post", "post"]
+    );
+    // Hooks ran in the named container of both pods.
+    let execs = rig.state.0.lock().unwrap().execs.clone();
+    assert!(execs.iter().all(|e| e.container == "main"));
+    assert!(execs.iter().any(|e| e.pod == "db-0") && execs.iter().any(|e| e.pod == "db-1"));
+    running.stop().await;
+    for a in agents {
+        a.kill();
+    }
+}

@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod csi;
+pub mod exec;
 pub mod fields;
 pub mod resources;
 pub mod selector;
@@ -67,7 +68,7 @@ impl Rig {
         install_crypto();
         let state = server::new_state();
         let app = axum::Router::new()
-            .fallback(server::handle)
+            .fallback(server::entry)
             .with_state(state.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await

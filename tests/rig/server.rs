@@ -48,6 +48,8 @@ pub struct State {
     pub expired_watches: u64,
     /// Count of requests by (method, resource), for tests that bound API traffic.
     pub requests: BTreeMap<(String, String), u64>,
+    /// Every pods/exec the rig ran.
+    pub execs: Vec<super::exec::ExecRecord>,
 }
 
 pub type Shared = Arc<(Mutex<State>, broadcast::Sender<Arc<Change>>)>;
@@ -58,6 +60,7 @@ pub fn new_state() -> Shared {
         Mutex::new(State {
             resources: builtins(),
             objects: BTreeMap::new(),
+            execs: Vec::new(),
             rv: 100,
             log: VecDeque::new(),
             floor: 0,
@@ -280,7 +283,7 @@ fn query_map(uri: &Uri) -> BTreeMap<String, String> {
         .unwrap_or_default()
 }
 
-fn percent_decode(s: &str) -> String {
+pub fn percent_decode(s: &str) -> String {
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
@@ -331,6 +334,37 @@ fn wants_metadata_only(headers: &HeaderMap) -> bool {
 
 fn as_metadata(obj: &Value) -> Value {
     json!({"apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadata", "metadata": obj["metadata"]})
+}
+
+/// Every request: pods/exec upgrades go to the exec handler, the rest to [`handle`].
+pub async fn entry(
+    axum::extract::State(shared): axum::extract::State<Shared>,
+    req: axum::http::Request<axum::body::Body>,
+) -> Response {
+    if let Some((ns, pod)) = super::exec::is_exec(&req) {
+        return super::exec::exec(shared, ns, pod, req).await;
+    }
+    let (parts, body) = req.into_parts();
+    let body = match axum::body::to_bytes(body, usize::MAX).await {
+        Ok(b) => b,
+        Err(e) => {
+            return status_error(
+                400,
+                "BadRequest",
+                format!("reading the body: {e}"),
+                Value::Null,
+            )
+            .into_response();
+        }
+    };
+    handle(
+        axum::extract::State(shared),
+        parts.method,
+        parts.uri,
+        parts.headers,
+        body,
+    )
+    .await
 }
 
 pub async fn handle(

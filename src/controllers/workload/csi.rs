@@ -86,6 +86,48 @@ pub async fn take_snapshots(
     Ok(())
 }
 
+/// Waits until the snapshot controller has cut every snapshot of the point (`creationTime` set,
+/// or ready, or failed), so that post hooks resume the application only after the capture
+/// instant. Gives up after `limit`; the point then goes on, and its snapshots may postdate the
+/// post hooks (said in the returned message).
+pub async fn wait_until_cut(
+    ctx: &Context,
+    rw: &ReplicatedWorkload,
+    point: &PointInProgress,
+    limit: std::time::Duration,
+) -> Result<(), String> {
+    let namespace = rw.namespace().unwrap_or_default();
+    let api = snapshots(ctx, &namespace);
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        let mut pending = Vec::new();
+        for claim in &point.claims {
+            let name = temporary_name(claim, &point.id);
+            let snap = api.get_opt(&name).await.map_err(|e| e.to_string())?;
+            let status = snap.as_ref().and_then(|s| s.data.get("status"));
+            let cut = status.is_some_and(|s| {
+                s.get("creationTime").is_some_and(|t| !t.is_null())
+                    || s.get("readyToUse").and_then(|r| r.as_bool()) == Some(true)
+                    || s.get("error").is_some_and(|e| !e.is_null())
+            });
+            if !cut {
+                pending.push(name);
+            }
+        }
+        if pending.is_empty() {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(format!(
+                "VolumeSnapshot(s) {} were not cut within {}s of their creation; the post hooks ran anyway",
+                pending.join(", "),
+                limit.as_secs()
+            ));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}
+
 /// Where the exposure of a point's snapshots stands.
 pub enum Exposure {
     /// Waiting for snapshots to be ready or claims to be bound.

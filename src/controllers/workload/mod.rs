@@ -3,6 +3,7 @@
 
 pub mod apply;
 pub mod csi;
+pub mod hooks;
 pub mod observe;
 pub mod plan;
 pub mod points;

@@ -170,16 +170,56 @@ pub async fn advance(
                 started: now,
                 claims: volumes.iter().map(|v| v.claim_name.clone()).collect(),
                 degraded: None,
+                warnings: vec![],
             };
-            if csi
-                && let Err(e) = super::csi::take_snapshots(
+            let mut point = point;
+            let hooks = rw
+                .spec
+                .app_consistency
+                .as_ref()
+                .and_then(|a| a.hooks.clone())
+                .filter(|_| consistency == "AppConsistent");
+            let pods: Vec<String> = observed.pods.iter().map(|p| p.name.clone()).collect();
+            if let Some(hooks) = &hooks {
+                let failed = super::hooks::run(ctx, &namespace, &pods, &hooks.pre, "pre").await;
+                if !failed.is_empty() {
+                    point.degraded = Some(format!(
+                        "the point is CrashConsistent, not AppConsistent: {}",
+                        failed.join("; ")
+                    ));
+                }
+            }
+            // The capture instant, between the pre and post hooks.
+            let captured = if csi {
+                super::csi::take_snapshots(
                     ctx,
                     rw,
                     &point,
                     spec.volume_snapshot_class_name.as_deref(),
                 )
                 .await
+            } else {
+                Ok(())
+            };
+            if let Some(_) = &hooks
+                && captured.is_ok()
+                && let Err(message) =
+                    super::csi::wait_until_cut(ctx, rw, &point, Duration::from_secs(60)).await
             {
+                point.warnings.push(message);
+            }
+            if let Some(hooks) = &hooks {
+                point.warnings =
+                    super::hooks::run(ctx, &namespace, &pods, &hooks.post, "post").await;
+            }
+            for message in point.degraded.iter().chain(&point.warnings) {
+                out.events.push(PlannedEvent::warning(
+                    EventReason::HookFailed,
+                    "Quiesce",
+                    format!("point {}: {message}", point.id),
+                ));
+            }
+            if let Err(e) = captured {
                 // Snapshots created before the error are removed as strays at the next idle step.
                 out.failure = Some((
                     R::CaptureFailed,
@@ -248,7 +288,14 @@ pub async fn advance(
                         started: point.started,
                         consistency: consistency.clone(),
                         succeeded: true,
-                        message: String::new(),
+                        // Hook failures the point survived, for the Replicating condition.
+                        message: point
+                            .degraded
+                            .iter()
+                            .chain(&point.warnings)
+                            .cloned()
+                            .collect::<Vec<_>>()
+                            .join("; "),
                     });
                     metrics
                         .recovery_points

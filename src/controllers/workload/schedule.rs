@@ -99,8 +99,9 @@ pub fn decide(
             .latest_app_consistent_point
             .as_ref()
             .map_or(now, |p| after(p.time, every))
-            // A failed app-consistent attempt waits for the next crash interval, not for ever.
-            .max(crash_due.min(now))
+            // Never more often than crash-consistent points: an app-consistent attempt whose
+            // hooks failed is retried at the next interval, not at once.
+            .max(crash_due)
     });
     let next = app_due.map_or(crash_due, |a| a.min(crash_due));
     let on_request = requested.is_some() && requested != status.handled_point_request.as_deref();
@@ -114,7 +115,9 @@ pub fn decide(
         }
         _ => 0,
     };
-    let consistency = if app_due.is_some_and(|a| now >= a) {
+    // A requested point (before maintenance, a planned failover) gets the best consistency the
+    // workload can have.
+    let consistency = if app_due.is_some_and(|a| now >= a || on_request) {
         "AppConsistent"
     } else {
         "CrashConsistent"
@@ -242,6 +245,26 @@ pub fn replication_conditions(
             ConditionStatus::False,
             R::CaptureFailed,
             a.message.clone(),
+        )
+    } else if let Some(a) = status
+        .last_attempt
+        .as_ref()
+        .filter(|a| a.succeeded && !a.message.is_empty())
+        .filter(|a| {
+            status
+                .latest_point
+                .as_ref()
+                .is_some_and(|p| p.id == a.id && p.replicated)
+        })
+    {
+        Condition::new(
+            T::Replicating,
+            ConditionStatus::True,
+            R::HookFailed,
+            format!(
+                "point {} ({}) replicated, but {}",
+                a.id, a.consistency, a.message
+            ),
         )
     } else if let Some(p) = &status.latest_point {
         if p.replicated {

@@ -28,6 +28,7 @@ fn point(id: &str, started: i64) -> PointInProgress {
         started: at(started),
         claims: vec!["data-0".into(), "data-1".into()],
         degraded: None,
+        warnings: vec![],
     }
 }
 
