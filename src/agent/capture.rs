@@ -349,3 +349,24 @@ impl Capture {
         ))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::check_below;
+
+    #[test]
+    fn paths_that_resolve_outside_the_kubelet_root_are_refused() {
+        let root = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        let inside = root
+            .path()
+            .join("pods/uid/volumes/kubernetes.io~csi/pv/mount");
+        std::fs::create_dir_all(&inside).unwrap();
+        assert!(check_below(root.path(), &inside).is_ok());
+        let escape = root.path().join("pods/uid2");
+        std::fs::create_dir_all(root.path().join("pods")).unwrap();
+        std::os::unix::fs::symlink(outside.path(), &escape).unwrap();
+        let err = check_below(root.path(), &escape).unwrap_err();
+        assert!(err.contains("outside --kubelet-root"), "{err}");
+    }
+}

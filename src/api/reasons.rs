@@ -95,6 +95,8 @@ names! {
         ReplicationFailed,
         /// A pre or post hook failed: the point carries the consistency it really has.
         HookFailed,
+        /// `spec.appConsistency.freezeFilesystems` is asked for but not carried out by this version.
+        FreezeNotSupported,
         /// A location holds a repository this vault's key does not open, or another one.
         RepositoryRefused,
         NoRecoveryPoint,

@@ -23,7 +23,10 @@ use super::policy::ReplicationPolicyOverride;
     printcolumn = r#"{"name":"Vault","type":"string","jsonPath":".spec.vaultName"}"#,
     printcolumn = r#"{"name":"Workload","type":"string","jsonPath":".spec.workloadRef.name"}"#,
     printcolumn = r#"{"name":"Source","type":"string","jsonPath":".status.sourceZone"}"#,
+    printcolumn = r#"{"name":"Protected","type":"string","jsonPath":".status.conditions[?(@.type==\"Protected\")].status"}"#,
     printcolumn = r#"{"name":"RPO","type":"integer","jsonPath":".status.rpoSeconds"}"#,
+    printcolumn = r#"{"name":"Latest","type":"date","jsonPath":".status.latestReplicatedPoint.time"}"#,
+    printcolumn = r#"{"name":"In flight","type":"string","jsonPath":".status.pointInProgress.id","priority":1}"#,
     printcolumn = r#"{"name":"Status","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].message"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]

@@ -13,7 +13,7 @@ use crate::rig::{Rig, eventually};
 pub const OPERATOR_NS: &str = "site-recovery-system";
 
 pub struct Running {
-    stop: tokio::sync::watch::Sender<bool>,
+    pub stop: tokio::sync::watch::Sender<bool>,
     pub task: tokio::task::JoinHandle<anyhow::Result<()>>,
 }
 

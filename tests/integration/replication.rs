@@ -18,7 +18,7 @@ use site_recovery::repository::Repository;
 use site_recovery::repository::restore::{RestoreOptions, restore};
 use site_recovery::storage::{Location, LocationSpec};
 
-use crate::operator::{OPERATOR_NS, condition, start_operator};
+use crate::operator::{OPERATOR_NS, Running, condition, start_operator};
 use crate::rig::{Rig, eventually};
 
 const KEY: [u8; 32] = [7u8; 32];
@@ -285,10 +285,39 @@ async fn event_count(rig: &Rig, reason: &str) -> i32 {
         .sum()
 }
 
+/// The operator with its HTTP endpoints on a free local port.
+async fn start_operator_with_metrics(rig: &Rig) -> (Running, std::net::SocketAddr) {
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let mut settings = site_recovery::operator::Settings::new(OPERATOR_NS);
+    settings.leader_election = false;
+    settings.http_addr = Some(addr);
+    let (stop, shutdown) = Shutdown::new();
+    let task = tokio::spawn(site_recovery::operator::run(
+        rig.client(),
+        settings,
+        shutdown,
+    ));
+    (Running { stop, task }, addr)
+}
+
+async fn scrape(addr: std::net::SocketAddr) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    out
+}
+
 #[tokio::test]
 async fn points_span_two_nodes_and_every_point_restores_from_the_target() {
     let (rig, dir) = cluster().await;
-    let running = start_operator(&rig, false).await;
+    let (running, metrics_addr) = start_operator_with_metrics(&rig).await;
     Api::<RecoveryVault>::namespaced(rig.client(), "apps")
         .create(&PostParams::default(), &live_vault(dir.path(), json!({})))
         .await
@@ -378,6 +407,20 @@ async fn points_span_two_nodes_and_every_point_restores_from_the_target() {
             .collect::<Vec<_>>(),
         ["data-db-0", "data-db-1"]
     );
+    let metrics = scrape(metrics_addr).await;
+    for line in [
+        "site_recovery_recovery_points_total{consistency=\"FileLevel\"} 3",
+        "site_recovery_rpo_seconds{namespace=\"apps\",workload=\"db\"}",
+        "site_recovery_bytes_transferred_total{location=\"cache\"}",
+        "site_recovery_bytes_transferred_total{location=\"target\"}",
+        "site_recovery_replication_duration_seconds_count{namespace=\"apps\",workload=\"db\"} 3",
+        "site_recovery_last_success_timestamp_seconds{namespace=\"apps\",workload=\"db\"}",
+    ] {
+        assert!(
+            metrics.contains(line),
+            "{line} missing from /metrics:\n{metrics}"
+        );
+    }
     running.stop().await;
     for a in agents {
         a.kill();
@@ -998,4 +1041,68 @@ async fn hooks_wrap_the_snapshot_and_a_failing_hook_is_never_called_app_consiste
     for a in agents {
         a.kill();
     }
+}
+
+#[tokio::test]
+async fn an_agent_killed_mid_capture_leaves_a_valid_cache_and_the_point_completes() {
+    let (rig, dir) = cluster().await;
+    let running = start_operator(&rig, false).await;
+    Api::<RecoveryVault>::namespaced(rig.client(), "apps")
+        .create(&PostParams::default(), &live_vault(dir.path(), json!({})))
+        .await
+        .unwrap();
+    let volumes = database(&rig).await;
+    let a2 = start_agent(&rig, "node-a2", 20);
+    let mut expected = write_version(&volumes, 1);
+    // node-a1's volume is big enough that its capture takes a while.
+    let big: Vec<u8> = {
+        let mut state = 0x9e3779b97f4a7c15u64;
+        (0..96 << 20)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                state as u8
+            })
+            .collect()
+    };
+    std::fs::write(volumes["data-db-0"].join("big.bin"), &big).unwrap();
+    expected
+        .get_mut("data-db-0")
+        .unwrap()
+        .insert("big.bin".into(), big);
+    let cache = dir.path().join("cache");
+    let a1 = start_agent(&rig, "node-a1", 20);
+    let workloads = protect(&rig).await;
+
+    // Killed as soon as a capture holds its lock in the cache: mid-write.
+    eventually(Duration::from_secs(30), "a capture in flight", || async {
+        let locks = std::fs::read_dir(cache.join("locks")).ok()?;
+        (locks.count() > 0).then_some(())
+    })
+    .await;
+    a1.kill();
+    let s = workloads.get("db").await.unwrap().status.unwrap();
+    assert!(
+        s.latest_point.is_none(),
+        "no point exists before every byte is in the cache"
+    );
+    let a1 = start_agent(&rig, "node-a1", 20);
+    let (id, status) = eventually(Duration::from_secs(90), "the point completes", || async {
+        let s = workloads.get("db").await.ok()?.status?;
+        let p = s.latest_replicated_point.clone()?;
+        Some((p.id, s))
+    })
+    .await;
+    assert_eq!(status.point_count, Some(1));
+    assert_restores(&dir.path().join("target"), &id, &expected).await;
+    let repo = open(&cache).await;
+    let report = site_recovery::repository::verify::verify(&repo, true)
+        .await
+        .unwrap();
+    assert_eq!((report.points, report.problems.len()), (1, 0), "{report:?}");
+    assert!(parts_left(&cache).is_empty());
+    running.stop().await;
+    a1.kill();
+    a2.kill();
 }

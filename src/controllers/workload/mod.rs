@@ -41,10 +41,16 @@ pub async fn reconcile(workload: &ReplicatedWorkload, ctx: Arc<Context>) -> Resu
         now,
     )
     .await;
+    let freeze = workload
+        .spec
+        .app_consistency
+        .as_ref()
+        .is_some_and(|a| a.freeze_filesystems);
     let (replication, flips) = schedule::replication_conditions(
         &next,
         advanced.schedule.as_ref(),
         advanced.failure.clone(),
+        freeze,
         now,
     );
     plan.events.extend(plan::replication_events(

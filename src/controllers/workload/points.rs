@@ -65,12 +65,15 @@ pub async fn advance(
     let policy = spec
         .replication_policy
         .with_override(rw.spec.replication_policy.as_ref());
+    // Only hooks quiesce an application here: a filesystem freeze is not carried out (the
+    // Replicating condition says so when it is asked for), and a live read is never an instant.
     let app_possible = spec.snapshot_method == SnapshotMethod::Csi
         && rw
             .spec
             .app_consistency
             .as_ref()
-            .is_some_and(|a| a.freeze_filesystems || a.hooks.is_some());
+            .and_then(|a| a.hooks.as_ref())
+            .is_some_and(|h| !h.pre.is_empty());
     let schedule = match Schedule::from_policy(&policy, app_possible) {
         Ok(s) => s,
         Err(message) => {

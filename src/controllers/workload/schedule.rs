@@ -228,6 +228,7 @@ pub fn replication_conditions(
     status: &ReplicatedWorkloadStatus,
     schedule: Option<&Schedule>,
     failure: Option<(R, String)>,
+    freeze_requested: bool,
     now: Timestamp,
 ) -> (Vec<Condition>, Option<Timestamp>) {
     let replicating = if let Some((reason, message)) = failure {
@@ -292,6 +293,19 @@ pub fn replication_conditions(
             R::ReplicationNotStarted,
             "no recovery point has been taken yet",
         )
+    };
+    let replicating = if freeze_requested && replicating.is_true() {
+        Condition::new(
+            T::Replicating,
+            ConditionStatus::True,
+            R::FreezeNotSupported,
+            format!(
+                "{}; spec.appConsistency.freezeFilesystems is not carried out by this version: points are app-consistent only through pre hooks (CSI), and Live points stay FileLevel",
+                replicating.message
+            ),
+        )
+    } else {
+        replicating
     };
     let protected = match &status.latest_replicated_point {
         Some(p) => Condition::new(

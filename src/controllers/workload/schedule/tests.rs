@@ -292,7 +292,7 @@ fn a_point_fails_with_the_agents_reason_a_lost_agent_or_a_timeout() {
 fn rpo_is_met_up_to_twice_the_frequency() {
     let mut status = ReplicatedWorkloadStatus::default();
     let s = schedule(None);
-    let (c, flips) = replication_conditions(&status, Some(&s), None, at(0));
+    let (c, flips) = replication_conditions(&status, Some(&s), None, false, at(0));
     assert_eq!(c[2].reason, "RPONotMeasured");
     assert_eq!(flips, None);
     status.latest_replicated_point = Some(PointRef {
@@ -301,13 +301,36 @@ fn rpo_is_met_up_to_twice_the_frequency() {
         replicated: true,
         consistency: "FileLevel".into(),
     });
-    let (c, flips) = replication_conditions(&status, Some(&s), None, at(60));
+    let (c, flips) = replication_conditions(&status, Some(&s), None, false, at(60));
     assert_eq!(
         (c[1].reason.as_str(), c[2].reason.as_str()),
         ("RecoveryPointReplicated", "RPOWithinTarget")
     );
     assert_eq!(flips, Some(at(61)));
-    let (c, _) = replication_conditions(&status, Some(&s), None, at(61));
+    let (c, _) = replication_conditions(&status, Some(&s), None, false, at(61));
     assert_eq!(c[2].reason, "RPOExceeded");
     assert_eq!(rpo_seconds(&status, at(61)), Some(61));
+}
+
+#[test]
+fn an_unsupported_freeze_is_said_not_hidden() {
+    let status = ReplicatedWorkloadStatus {
+        latest_point: Some(PointRef {
+            id: "p".into(),
+            time: at(0),
+            replicated: true,
+            consistency: "FileLevel".into(),
+        }),
+        ..Default::default()
+    };
+    let (c, _) = replication_conditions(&status, None, None, true, at(1));
+    assert_eq!(
+        (c[0].reason.as_str(), c[0].is_true()),
+        ("FreezeNotSupported", true)
+    );
+    assert!(
+        c[0].message.contains("freezeFilesystems"),
+        "{}",
+        c[0].message
+    );
 }
