@@ -421,6 +421,40 @@ async fn points_span_two_nodes_and_every_point_restores_from_the_target() {
             "{line} missing from /metrics:\n{metrics}"
         );
     }
+    shut_down(&rig, dir.path(), running, agents).await;
+}
+
+/// A cluster with the operator running, the vault `vault(dir)` created and the `db`
+/// StatefulSet laid out; returns its volume directories too.
+async fn setup(
+    vault: impl FnOnce(&Path) -> RecoveryVault,
+) -> (Rig, tempfile::TempDir, Running, BTreeMap<String, PathBuf>) {
+    let (rig, dir) = cluster().await;
+    rig.create(crate::rig::csi::volume_snapshot_crd()).await;
+    let running = start_operator(&rig, false).await;
+    Api::<RecoveryVault>::namespaced(rig.client(), "apps")
+        .create(&PostParams::default(), &vault(dir.path()))
+        .await
+        .unwrap();
+    let volumes = database(&rig).await;
+    (rig, dir, running, volumes)
+}
+
+/// Ends a test: once no point is in flight, no temporary object (VolumeSnapshot, claim, reader
+/// pod) and no part is left; then the operator and agents stop.
+async fn shut_down(rig: &Rig, dir: &Path, running: Running, agents: Vec<Agent>) {
+    let workloads: Api<ReplicatedWorkload> = Api::namespaced(rig.client(), "apps");
+    eventually(
+        Duration::from_secs(60),
+        "nothing temporary left",
+        || async {
+            let s = workloads.get("db").await.ok()?.status?;
+            s.point_in_progress.is_none().then_some(())?;
+            temporaries(rig).await.is_empty().then_some(())?;
+            parts_left(&dir.join("cache")).is_empty().then_some(())
+        },
+    )
+    .await;
     running.stop().await;
     for a in agents {
         a.kill();
@@ -429,13 +463,7 @@ async fn points_span_two_nodes_and_every_point_restores_from_the_target() {
 
 #[tokio::test]
 async fn killed_agent_and_operator_resume_the_point_in_flight() {
-    let (rig, dir) = cluster().await;
-    let running = start_operator(&rig, false).await;
-    Api::<RecoveryVault>::namespaced(rig.client(), "apps")
-        .create(&PostParams::default(), &live_vault(dir.path(), json!({})))
-        .await
-        .unwrap();
-    let volumes = database(&rig).await;
+    let (rig, dir, running, volumes) = setup(|d| live_vault(d, json!({}))).await;
     let a1 = start_agent(&rig, "node-a1", 20);
     let a2 = start_agent(&rig, "node-a2", 20);
     write_version(&volumes, 1);
@@ -507,20 +535,12 @@ async fn killed_agent_and_operator_resume_the_point_in_flight() {
     assert_eq!(status.point_count, Some(2));
     assert_restores(&dir.path().join("target"), &id, &expected).await;
     assert!(parts_left(&dir.path().join("cache")).is_empty());
-    running.stop().await;
-    a1.kill();
-    a2.kill();
+    shut_down(&rig, dir.path(), running, vec![a1, a2]).await;
 }
 
 #[tokio::test]
 async fn a_lost_agent_fails_the_point_with_a_reason_and_the_next_point_succeeds() {
-    let (rig, dir) = cluster().await;
-    let running = start_operator(&rig, false).await;
-    Api::<RecoveryVault>::namespaced(rig.client(), "apps")
-        .create(&PostParams::default(), &live_vault(dir.path(), json!({})))
-        .await
-        .unwrap();
-    let volumes = database(&rig).await;
+    let (rig, dir, running, volumes) = setup(|d| live_vault(d, json!({}))).await;
     let a1 = start_agent(&rig, "node-a1", 3);
     let a2 = start_agent(&rig, "node-a2", 3);
     write_version(&volumes, 1);
@@ -567,9 +587,7 @@ async fn a_lost_agent_fails_the_point_with_a_reason_and_the_next_point_succeeds(
     request_point(&workloads, "3").await;
     let (id, _) = replicated_point(&workloads, "3", Duration::from_secs(60)).await;
     assert_restores(&dir.path().join("target"), &id, &expected).await;
-    running.stop().await;
-    a1.kill();
-    a2.kill();
+    shut_down(&rig, dir.path(), running, vec![a1, a2]).await;
 }
 
 /// Replaces a location's `data` directory with a file, so that every pack upload fails; returns
@@ -587,13 +605,7 @@ fn break_data(location: &Path) -> impl FnOnce() {
 
 #[tokio::test]
 async fn storage_errors_at_cache_and_target_are_reported_and_recovered() {
-    let (rig, dir) = cluster().await;
-    let running = start_operator(&rig, false).await;
-    Api::<RecoveryVault>::namespaced(rig.client(), "apps")
-        .create(&PostParams::default(), &live_vault(dir.path(), json!({})))
-        .await
-        .unwrap();
-    let volumes = database(&rig).await;
+    let (rig, dir, running, volumes) = setup(|d| live_vault(d, json!({}))).await;
     let agents: Vec<Agent> = ["node-a1", "node-a2"]
         .iter()
         .map(|n| start_agent(&rig, n, 10))
@@ -666,24 +678,15 @@ async fn storage_errors_at_cache_and_target_are_reported_and_recovered() {
         "PointReplicated"
     );
     assert_restores(&target, &pending, &expected).await;
-    running.stop().await;
-    for a in agents {
-        a.kill();
-    }
+    shut_down(&rig, dir.path(), running, agents).await;
 }
 
 /// Real time, not simulated: the operator's clock, the agents' reads and the storage are all
 /// real, so the RPO measured here includes every delay a point really has.
 #[tokio::test]
 async fn rpo_stays_within_45s_at_a_30s_frequency_and_retention_prunes_both_locations() {
-    let (rig, dir) = cluster().await;
-    let running = start_operator(&rig, false).await;
     let policy = json!({"crashConsistentFrequency": "30s", "recoveryPointRetention": "1m"});
-    Api::<RecoveryVault>::namespaced(rig.client(), "apps")
-        .create(&PostParams::default(), &live_vault(dir.path(), policy))
-        .await
-        .unwrap();
-    let volumes = database(&rig).await;
+    let (rig, dir, running, volumes) = setup(|d| live_vault(d, policy)).await;
     let agents: Vec<Agent> = ["node-a1", "node-a2"]
         .iter()
         .map(|n| start_agent(&rig, n, 10))
@@ -742,10 +745,7 @@ async fn rpo_stays_within_45s_at_a_30s_frequency_and_retention_prunes_both_locat
     }
     assert!(s.point_count.unwrap() >= 2);
     assert!(!events(&rig, "RecoveryPointsPruned").await.is_empty());
-    running.stop().await;
-    for a in agents {
-        a.kill();
-    }
+    shut_down(&rig, dir.path(), running, agents).await;
 }
 
 fn csi_vault(dir: &Path) -> RecoveryVault {
@@ -790,14 +790,7 @@ async fn temporaries(rig: &Rig) -> Vec<String> {
 
 #[tokio::test]
 async fn csi_points_are_read_from_snapshots_through_reader_pods_that_are_removed_after() {
-    let (rig, dir) = cluster().await;
-    rig.create(crate::rig::csi::volume_snapshot_crd()).await;
-    let running = start_operator(&rig, false).await;
-    Api::<RecoveryVault>::namespaced(rig.client(), "apps")
-        .create(&PostParams::default(), &csi_vault(dir.path()))
-        .await
-        .unwrap();
-    let volumes = database(&rig).await;
+    let (rig, dir, running, volumes) = setup(csi_vault).await;
     let agents: Vec<Agent> = ["node-a1", "node-a2", "node-b1"]
         .iter()
         .map(|n| start_agent(&rig, n, 10))
@@ -893,10 +886,7 @@ async fn csi_points_are_read_from_snapshots_through_reader_pods_that_are_removed
         || async { temporaries(&rig).await.is_empty().then_some(()) },
     )
     .await;
-    running.stop().await;
-    for a in agents {
-        a.kill();
-    }
+    shut_down(&rig, dir.path(), running, agents).await;
 }
 
 async fn set_hooks(workloads: &Api<ReplicatedWorkload>, hooks: serde_json::Value) {
@@ -912,14 +902,7 @@ async fn set_hooks(workloads: &Api<ReplicatedWorkload>, hooks: serde_json::Value
 
 #[tokio::test]
 async fn hooks_wrap_the_snapshot_and_a_failing_hook_is_never_called_app_consistent() {
-    let (rig, dir) = cluster().await;
-    rig.create(crate::rig::csi::volume_snapshot_crd()).await;
-    let running = start_operator(&rig, false).await;
-    Api::<RecoveryVault>::namespaced(rig.client(), "apps")
-        .create(&PostParams::default(), &csi_vault(dir.path()))
-        .await
-        .unwrap();
-    let volumes = database(&rig).await;
+    let (rig, dir, running, volumes) = setup(csi_vault).await;
     let agents: Vec<Agent> = ["node-a1", "node-a2"]
         .iter()
         .map(|n| start_agent(&rig, n, 10))
@@ -1037,21 +1020,12 @@ async fn hooks_wrap_the_snapshot_and_a_failing_hook_is_never_called_app_consiste
     let execs = rig.state.0.lock().unwrap().execs.clone();
     assert!(execs.iter().all(|e| e.container == "main"));
     assert!(execs.iter().any(|e| e.pod == "db-0") && execs.iter().any(|e| e.pod == "db-1"));
-    running.stop().await;
-    for a in agents {
-        a.kill();
-    }
+    shut_down(&rig, dir.path(), running, agents).await;
 }
 
 #[tokio::test]
 async fn an_agent_killed_mid_capture_leaves_a_valid_cache_and_the_point_completes() {
-    let (rig, dir) = cluster().await;
-    let running = start_operator(&rig, false).await;
-    Api::<RecoveryVault>::namespaced(rig.client(), "apps")
-        .create(&PostParams::default(), &live_vault(dir.path(), json!({})))
-        .await
-        .unwrap();
-    let volumes = database(&rig).await;
+    let (rig, dir, running, volumes) = setup(|d| live_vault(d, json!({}))).await;
     let a2 = start_agent(&rig, "node-a2", 20);
     let mut expected = write_version(&volumes, 1);
     // node-a1's volume is big enough that its capture takes a while.
@@ -1102,7 +1076,5 @@ async fn an_agent_killed_mid_capture_leaves_a_valid_cache_and_the_point_complete
         .unwrap();
     assert_eq!((report.points, report.problems.len()), (1, 0), "{report:?}");
     assert!(parts_left(&cache).is_empty());
-    running.stop().await;
-    a1.kill();
-    a2.kill();
+    shut_down(&rig, dir.path(), running, vec![a1, a2]).await;
 }
