@@ -886,6 +886,25 @@ async fn csi_points_are_read_from_snapshots_through_reader_pods_that_are_removed
         || async { temporaries(&rig).await.is_empty().then_some(()) },
     )
     .await;
+
+    // The operator is killed while a point's reader pods exist; its successor finishes the
+    // point and removes them.
+    let (_driver, _log) = crate::rig::csi::run_driver(
+        &rig,
+        "apps",
+        BTreeMap::from([("zone-a".to_string(), "node-a2".to_string())]),
+    );
+    let expected = write_version(&volumes, 3);
+    request_point(&workloads, "3").await;
+    eventually(Duration::from_secs(30), "reader pods exist", || async {
+        let left = temporaries(&rig).await;
+        (left.iter().filter(|o| o.starts_with("Pod/")).count() == 2).then_some(())
+    })
+    .await;
+    running.task.abort();
+    let running = start_operator(&rig, false).await;
+    let (id, _) = replicated_point(&workloads, "3", Duration::from_secs(60)).await;
+    assert_restores(&dir.path().join("target"), &id, &expected).await;
     shut_down(&rig, dir.path(), running, agents).await;
 }
 
