@@ -73,6 +73,11 @@ enum Command {
     /// Recovery-point repository operations (init, snapshot, replicate, restore, points,
     /// verify, prune, stats) against a location.
     Repo(site_recovery::cli::repo::RepoArgs),
+    /// Vaults and protected workloads: readiness, protection, RPO, latest and in-flight points.
+    /// (Installed as `kubectl-siterecovery`, this is `kubectl siterecovery status`.)
+    Status(site_recovery::cli::plugin::StatusArgs),
+    /// A workload's recovery points, listed from the vault's target location (or cache).
+    Points(site_recovery::cli::plugin::PointsArgs),
     /// Check manifests against the CRDs' admission rules (CEL) without a cluster.
     Validate {
         /// YAML files with RecoveryVault, ReplicatedWorkload or Failover documents.
@@ -117,6 +122,12 @@ async fn main() -> std::process::ExitCode {
     }
 }
 
+async fn kube_client() -> anyhow::Result<kube::Client> {
+    kube::Client::try_default()
+        .await
+        .context("no usable kube context: set KUBECONFIG or run in a cluster")
+}
+
 async fn run(command: Command) -> anyhow::Result<std::process::ExitCode> {
     match command {
         Command::Crd { chart } => {
@@ -133,9 +144,7 @@ async fn run(command: Command) -> anyhow::Result<std::process::ExitCode> {
             install_crds,
             http_addr,
         } => {
-            let client = kube::Client::try_default()
-                .await
-                .context("no usable kube context: set KUBECONFIG or run in a cluster")?;
+            let client = kube_client().await?;
             if install_crds {
                 operator::install_crds(&client)
                     .await
@@ -160,9 +169,7 @@ async fn run(command: Command) -> anyhow::Result<std::process::ExitCode> {
             lease_duration,
             kubelet_root,
         } => {
-            let client = kube::Client::try_default()
-                .await
-                .context("no usable kube context: set KUBECONFIG or run in a cluster")?;
+            let client = kube_client().await?;
             if !kubelet_root.is_dir() {
                 tracing::warn!(path = %kubelet_root.display(), "--kubelet-root is not a directory; volumes cannot be read");
             }
@@ -176,6 +183,12 @@ async fn run(command: Command) -> anyhow::Result<std::process::ExitCode> {
             site_recovery::agent::run(client, settings, wait_for_signal()).await?;
         }
         Command::Repo(args) => return site_recovery::cli::repo::run(args).await,
+        Command::Status(args) => {
+            site_recovery::cli::plugin::status(kube_client().await?, args).await?
+        }
+        Command::Points(args) => {
+            site_recovery::cli::plugin::points(kube_client().await?, args).await?
+        }
         Command::Validate { files } => {
             let mut failed = false;
             for file in &files {

@@ -52,14 +52,13 @@ impl Reports {
         }
     }
 
-    /// Drops reports the operator no longer needs (their point is no longer in flight).
+    /// Drops reports the operator no longer needs (their point is no longer in flight). The
+    /// next renewal carries the shorter list: the operator ignores reports of finished points.
     pub fn retain(&self, keep: impl Fn(&str, &AgentWork) -> bool) {
-        let mut entries = self.entries.lock().expect("reports lock");
-        let before = entries.len();
-        entries.retain(|k, v| keep(k, v));
-        if entries.len() != before {
-            self.changed.notify_one();
-        }
+        self.entries
+            .lock()
+            .expect("reports lock")
+            .retain(|k, v| keep(k, v));
     }
 
     fn snapshot(&self) -> Vec<AgentWork> {

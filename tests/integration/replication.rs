@@ -430,7 +430,6 @@ async fn setup(
     vault: impl FnOnce(&Path) -> RecoveryVault,
 ) -> (Rig, tempfile::TempDir, Running, BTreeMap<String, PathBuf>) {
     let (rig, dir) = cluster().await;
-    rig.create(crate::rig::csi::volume_snapshot_crd()).await;
     let running = start_operator(&rig, false).await;
     Api::<RecoveryVault>::namespaced(rig.client(), "apps")
         .create(&PostParams::default(), &vault(dir.path()))
@@ -1096,4 +1095,116 @@ async fn an_agent_killed_mid_capture_leaves_a_valid_cache_and_the_point_complete
     assert_eq!((report.points, report.problems.len()), (1, 0), "{report:?}");
     assert!(parts_left(&cache).is_empty());
     shut_down(&rig, dir.path(), running, vec![a1, a2]).await;
+}
+
+#[tokio::test]
+async fn a_csi_vault_without_the_snapshot_api_says_so() {
+    let (rig, dir) = cluster().await;
+    rig.remove_api("snapshot.storage.k8s.io", "volumesnapshots");
+    let running = start_operator(&rig, false).await;
+    Api::<RecoveryVault>::namespaced(rig.client(), "apps")
+        .create(&PostParams::default(), &csi_vault(dir.path()))
+        .await
+        .unwrap();
+    database(&rig).await;
+    let agents = vec![
+        start_agent(&rig, "node-a1", 10),
+        start_agent(&rig, "node-a2", 10),
+    ];
+    let workloads = protect(&rig).await;
+    let s = eventually(Duration::from_secs(30), "CaptureFailed", || async {
+        let s = workloads.get("db").await.ok()?.status?;
+        (condition(&s.conditions, "Replicating")?.1 == "CaptureFailed").then_some(s)
+    })
+    .await;
+    let (_, _, message) = condition(&s.conditions, "Replicating").unwrap();
+    assert!(
+        message.contains("snapshot.storage.k8s.io/v1") && message.contains("snapshotMethod: Live"),
+        "{message}"
+    );
+    assert!(
+        s.point_in_progress.is_none(),
+        "no point starts without a way to capture it"
+    );
+    running.stop().await;
+    for a in agents {
+        a.kill();
+    }
+}
+
+#[tokio::test]
+async fn the_plugin_shows_status_and_lists_points_from_the_target_alone() {
+    let (rig, dir, running, volumes) = setup(|d| live_vault(d, json!({}))).await;
+    let agents = vec![
+        start_agent(&rig, "node-a1", 10),
+        start_agent(&rig, "node-a2", 10),
+    ];
+    write_version(&volumes, 1);
+    let workloads = protect(&rig).await;
+    let (id, _) = eventually(
+        Duration::from_secs(60),
+        "first point replicated",
+        || async {
+            let s = workloads.get("db").await.ok()?.status?;
+            let p = s.latest_replicated_point.clone()?;
+            s.point_in_progress.is_none().then_some((p.id, s))
+        },
+    )
+    .await;
+    // Installed under the name kubectl looks for: `kubectl siterecovery …` runs it.
+    let plugin = dir.path().join("kubectl-siterecovery");
+    std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_site-recovery"), &plugin).unwrap();
+    let kubeconfig = rig.kubeconfig(dir.path());
+    let run = |args: &[&str]| {
+        let mut cmd = tokio::process::Command::new(&plugin);
+        cmd.args(args).env("KUBECONFIG", &kubeconfig);
+        async move {
+            // Asynchronously: the rig answers on this test's runtime.
+            let out = cmd.output().await.unwrap();
+            (
+                out.status.code(),
+                String::from_utf8_lossy(&out.stdout).into_owned(),
+                String::from_utf8_lossy(&out.stderr).into_owned(),
+            )
+        }
+    };
+    let (code, table, err) = run(&["status", "-n", "apps"]).await;
+    assert_eq!(code, Some(0), "{err}");
+    let line = table
+        .lines()
+        .find(|l| l.starts_with("apps") && l.contains(" db "))
+        .unwrap_or_else(|| panic!("{table}"));
+    for word in ["vault", "True", &id, "FileLevel"] {
+        assert!(line.contains(word), "{word} missing in {line:?}");
+    }
+    let (code, json, err) = run(&["status", "-A", "-o", "json"]).await;
+    assert_eq!(code, Some(0), "{err}");
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(v["workloads"][0]["latestPoint"], json!(id));
+    assert_eq!(v["vaults"][0]["ready"], json!("True"));
+
+    // The source zone's cache is gone: the points are listed from the target alone.
+    running.stop().await;
+    for a in agents {
+        a.kill();
+    }
+    std::fs::remove_dir_all(dir.path().join("cache")).unwrap();
+    let (code, yaml, err) = run(&["points", "db", "-n", "apps", "-o", "yaml"]).await;
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        yaml.contains(&id) && yaml.contains("data-db-0") && yaml.contains("data-db-1"),
+        "{yaml}"
+    );
+    let (code, _, err) = run(&["points", "db", "-n", "apps", "--location", "cache"]).await;
+    assert_eq!(code, Some(1));
+    assert!(
+        err.contains("opening the cache location of RecoveryVault vault"),
+        "{err}"
+    );
+    let (code, _, err) = run(&["points", "nope", "-n", "apps"]).await;
+    assert_eq!(code, Some(1));
+    assert!(
+        err.contains("ReplicatedWorkload nope not found in namespace apps"),
+        "{err}"
+    );
 }

@@ -2,7 +2,7 @@
 //! temporary objects of CSI captures: a VolumeSnapshot copies its claim's volume directory at
 //! the moment it is seen (and is marked ready), a claim restored from a snapshot gets a volume
 //! with that copy, and a reader pod is bound to a node of the zone its affinity asks for, with
-//! the volume laid out under the kubelet root.
+//! the volume laid out under the kubelet root. (The rig serves the VolumeSnapshot API itself.)
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -17,21 +17,6 @@ use kube::api::{
 use serde_json::json;
 
 use super::Cluster;
-
-/// The VolumeSnapshot API, as the external-snapshotter installs it (schema kept open).
-pub fn volume_snapshot_crd() -> serde_json::Value {
-    json!({
-        "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
-        "metadata": {"name": "volumesnapshots.snapshot.storage.k8s.io"},
-        "spec": {
-            "group": "snapshot.storage.k8s.io", "scope": "Namespaced",
-            "names": {"plural": "volumesnapshots", "singular": "volumesnapshot", "kind": "VolumeSnapshot", "listKind": "VolumeSnapshotList"},
-            "versions": [{"name": "v1", "served": true, "storage": true,
-                "subresources": {"status": {}},
-                "schema": {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}}}],
-        },
-    })
-}
 
 pub fn snapshots(rig: &Cluster, ns: &str) -> Api<DynamicObject> {
     let gvk = GroupVersionKind::gvk("snapshot.storage.k8s.io", "v1", "VolumeSnapshot");

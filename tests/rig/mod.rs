@@ -94,6 +94,17 @@ impl Rig {
         rig
     }
 
+    /// A cluster without an API (e.g. no snapshot controller installed): `group`'s `plural`
+    /// answers 404 from now on.
+    pub fn remove_api(&self, group: &str, plural: &str) {
+        self.state
+            .0
+            .lock()
+            .unwrap()
+            .resources
+            .retain(|r| !(r.group == group && r.plural == plural));
+    }
+
     /// An etcd compaction: exact lists and continue tokens older than now answer 410 Expired.
     pub fn compact(&self) {
         self.state.0.lock().unwrap().compact();

@@ -5,6 +5,7 @@
 //! step is idempotent and [`cleanup`] finds everything, also after a restart.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
 use kube::api::{
@@ -18,6 +19,9 @@ use crate::api::registration::ZONE_LABEL;
 use crate::api::work::{CLAIM_LABEL, POINT_LABEL, WORKLOAD_LABEL, point_label, temporary_name};
 use crate::api::workload::{PointInProgress, VolumeStatus};
 use crate::controllers::{Context, Error};
+
+/// How long a snapshot may take to become ready before its point is given up.
+pub const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(300);
 
 fn snapshots(ctx: &Context, namespace: &str) -> Api<DynamicObject> {
     let gvk = GroupVersionKind::gvk("snapshot.storage.k8s.io", "v1", "VolumeSnapshot");
@@ -58,13 +62,29 @@ where
     }
 }
 
+/// Whether the VolumeSnapshot API is served, checked before hooks quiesce anything.
+pub async fn api_available(ctx: &Context, rw: &ReplicatedWorkload) -> Result<(), String> {
+    let namespace = rw.namespace().unwrap_or_default();
+    match snapshots(ctx, &namespace)
+        .list_metadata(&ListParams::default().limit(1))
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 404 => Err(format!(
+            "RecoveryVault {}: spec.snapshotMethod is CSI, but the VolumeSnapshot API (snapshot.storage.k8s.io/v1) is not installed in this cluster: install the external-snapshotter and a VolumeSnapshotClass, or use snapshotMethod: Live",
+            rw.spec.vault_name
+        )),
+        Err(e) => Err(format!("listing VolumeSnapshots: {e}")),
+    }
+}
+
 /// Creates the point's VolumeSnapshots, one per claim, back to back: the capture instant.
 pub async fn take_snapshots(
     ctx: &Context,
     rw: &ReplicatedWorkload,
     point: &PointInProgress,
     class: Option<&str>,
-) -> Result<(), Error> {
+) -> Result<(), String> {
     let namespace = rw.namespace().unwrap_or_default();
     let api = snapshots(ctx, &namespace);
     for claim in &point.claims {
@@ -81,7 +101,22 @@ pub async fn take_snapshots(
             "spec": spec,
         }))
         .expect("a VolumeSnapshot is a valid object");
-        create_if_missing(&api, &obj).await?;
+        match api.create(&PostParams::default(), &obj).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.code == 409 => {}
+            Err(kube::Error::Api(s)) if s.code == 404 => {
+                return Err(format!(
+                    "RecoveryVault {}: spec.snapshotMethod is CSI, but the VolumeSnapshot API (snapshot.storage.k8s.io/v1) is not installed in this cluster: install the external-snapshotter and a VolumeSnapshotClass, or use snapshotMethod: Live",
+                    rw.spec.vault_name
+                ));
+            }
+            Err(e) => {
+                return Err(format!(
+                    "creating VolumeSnapshot {}: {e}",
+                    temporary_name(claim, &point.id)
+                ));
+            }
+        }
     }
     Ok(())
 }
@@ -142,6 +177,7 @@ pub async fn expose(
     rw: &ReplicatedWorkload,
     point: &PointInProgress,
     volumes: &[VolumeStatus],
+    now: jiff::Timestamp,
 ) -> Result<Exposure, Error> {
     let namespace = rw.namespace().unwrap_or_default();
     let snaps = snapshots(ctx, &namespace);
@@ -169,6 +205,13 @@ pub async fn expose(
             .and_then(|r| r.as_bool())
             != Some(true)
         {
+            let waited = Duration::try_from(now.duration_since(point.started)).unwrap_or_default();
+            if waited > SNAPSHOT_TIMEOUT {
+                return Ok(Exposure::Failed(format!(
+                    "VolumeSnapshot {name} of claim {claim} is not ready after {}s: check that a VolumeSnapshotClass serves the claim's CSI driver (spec.volumeSnapshotClassName of the vault) and the snapshot controller's logs",
+                    SNAPSHOT_TIMEOUT.as_secs()
+                )));
+            }
             continue;
         }
         let source = claims.get_opt(claim).await.map_err(Error::Kube)?;

@@ -108,7 +108,7 @@ pub async fn advance(
     // A CSI point in flight is exposed to the agents step by step as its snapshots get ready.
     let step = match &status.point_in_progress {
         Some(point) if csi && matches!(step, Step::Wait { .. }) => {
-            match super::csi::expose(ctx, rw, point, volumes).await {
+            match super::csi::expose(ctx, rw, point, volumes, now).await {
                 Ok(super::csi::Exposure::Failed(message)) => Step::Fail {
                     reason: R::CaptureFailed,
                     message: format!("point {}: {message}", point.id),
@@ -176,6 +176,11 @@ pub async fn advance(
                 warnings: vec![],
             };
             let mut point = point;
+            if csi && let Err(message) = super::csi::api_available(ctx, rw).await {
+                out.failure = Some((R::CaptureFailed, message));
+                out.requeue = Duration::from_secs(60);
+                return out;
+            }
             let hooks = rw
                 .spec
                 .app_consistency
@@ -224,10 +229,7 @@ pub async fn advance(
             }
             if let Err(e) = captured {
                 // Snapshots created before the error are removed as strays at the next idle step.
-                out.failure = Some((
-                    R::CaptureFailed,
-                    format!("creating the VolumeSnapshots of a point: {e}"),
-                ));
+                out.failure = Some((R::CaptureFailed, e));
                 out.requeue = Duration::from_secs(10);
                 return out;
             }

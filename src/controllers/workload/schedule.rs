@@ -195,14 +195,19 @@ fn in_flight(
             };
         }
     }
-    if !reported && now > after(point.started, START_TIMEOUT) {
+    // CSI points wait for their snapshots first (bounded by the snapshot timeout).
+    let patience = match point.method {
+        crate::api::vault::SnapshotMethod::Live => START_TIMEOUT,
+        crate::api::vault::SnapshotMethod::Csi => START_TIMEOUT * 3,
+    };
+    if !reported && now > after(point.started, patience) {
         return Step::Fail {
             reason: R::CaptureFailed,
             message: format!(
                 "point {}: no agent started reading claims {} within {}s; check that the pods mounting them are running and that an agent runs on their nodes",
                 point.id,
                 point.claims.join(", "),
-                START_TIMEOUT.as_secs()
+                patience.as_secs()
             ),
         };
     }
