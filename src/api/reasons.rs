@@ -114,6 +114,8 @@ names! {
         InvalidSpec,
         WorkloadNotFound,
         WorkloadNotProtected,
+        /// The target location cannot be read: no point can be resolved or restored.
+        TargetUnreachable,
         DuplicateFailover,
         NotStarted,
         NotCommitted,

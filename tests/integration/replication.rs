@@ -1208,3 +1208,84 @@ async fn the_plugin_shows_status_and_lists_points_from_the_target_alone() {
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn failovers_resolve_points_from_the_target_location_alone() {
+    let (rig, dir, running, volumes) = setup(|d| live_vault(d, json!({}))).await;
+    let agents = vec![
+        start_agent(&rig, "node-a1", 10),
+        start_agent(&rig, "node-a2", 10),
+    ];
+    write_version(&volumes, 1);
+    let workloads = protect(&rig).await;
+    let (first, _) = eventually(
+        Duration::from_secs(60),
+        "first point replicated",
+        || async {
+            let s = workloads.get("db").await.ok()?.status?;
+            let p = s.latest_replicated_point.clone()?;
+            s.point_in_progress.is_none().then_some((p, s))
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    write_version(&volumes, 2);
+    request_point(&workloads, "2").await;
+    let (second, _) = replicated_point(&workloads, "2", Duration::from_secs(60)).await;
+    shut_down(&rig, dir.path(), running, agents).await;
+
+    // The source zone is gone with its cache; a new operator resolves points from the target.
+    std::fs::remove_dir_all(dir.path().join("cache")).unwrap();
+    let running = start_operator(&rig, false).await;
+    let failovers: Api<site_recovery::api::Failover> = Api::namespaced(rig.client(), "apps");
+    let resolved = |name: &'static str| {
+        let failovers = failovers.clone();
+        async move {
+            eventually(
+                Duration::from_secs(30),
+                &format!("{name} resolved"),
+                || async {
+                    let s = failovers.get(name).await.ok()?.status?;
+                    let c = condition(&s.conditions, "Ready")?;
+                    (c.0 == "True").then_some(())?;
+                    s.resolved_point
+                },
+            )
+            .await
+        }
+    };
+    let create = |name: &str, point: serde_json::Value| {
+        serde_json::from_value::<site_recovery::api::Failover>(json!({
+            "apiVersion": "siterecovery.io/v1alpha1", "kind": "Failover",
+            "metadata": {"name": name, "namespace": "apps"},
+            "spec": {"workloadName": "db", "recoveryPoint": point},
+        }))
+        .unwrap()
+    };
+    // The newest point at or before the first point's time is the first one, not the latest.
+    failovers
+        .create(
+            &PostParams::default(),
+            &create("to-time", json!({"time": first.time})),
+        )
+        .await
+        .unwrap();
+    let p = resolved("to-time").await;
+    assert_eq!(
+        (p.id.as_str(), p.consistency.as_str()),
+        (first.id.as_str(), "FileLevel")
+    );
+    failovers
+        .delete("to-time", &Default::default())
+        .await
+        .unwrap();
+    failovers
+        .create(
+            &PostParams::default(),
+            &create("latest", json!({"latest": true})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(resolved("latest").await.id, second);
+    running.stop().await;
+}

@@ -1,4 +1,5 @@
-//! Failover controller: validates the Failover and resolves its workload and recovery point.
+//! Failover controller: validates the Failover and resolves its workload and recovery point
+//! (from the vault's target location).
 
 pub mod apply;
 pub mod observe;
@@ -18,7 +19,7 @@ use crate::metrics::ControllerLabels;
 pub const CONTROLLER: &str = "failover";
 
 pub async fn reconcile(failover: &Failover, ctx: Arc<Context>) -> Result<Action, Error> {
-    let observed = observe::observe(&ctx, failover);
+    let observed = observe::observe(&ctx, failover).await;
     let name = failover.name_any();
     let me = plan::Me {
         name: &name,

@@ -1,21 +1,21 @@
-//! Reads what the failover decision needs, all from the shared caches: the protected workload's
-//! status and the other Failovers of the namespace.
+//! Reads what the failover decision needs: the protected workload (shared cache), its points as
+//! the vault's target location lists them (the source zone and its cache may be gone), and the
+//! other Failovers of the namespace.
 
 use jiff::Timestamp;
 use kube::ResourceExt;
 use kube::runtime::reflector::ObjectRef;
 
-use crate::api::Failover;
-use crate::api::conditions::find;
-use crate::api::reasons::ConditionType;
 use crate::api::workload::PointRef;
+use crate::api::{Failover, ReplicatedWorkload};
 use crate::controllers::Context;
+use crate::repository::Repository;
+use crate::storage::vault::VaultAccess;
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct WorkloadSummary {
-    pub protected: bool,
-    pub latest_crash_consistent: Option<PointRef>,
-    pub latest_app_consistent: Option<PointRef>,
+    /// The workload's points in the target location, oldest first; why they cannot be listed.
+    pub points: Result<Vec<PointRef>, String>,
     pub source_zone: Option<String>,
     pub target_zone: Option<String>,
 }
@@ -33,28 +33,28 @@ pub struct Observed {
     pub siblings: Vec<Sibling>,
 }
 
-pub fn observe(ctx: &Context, failover: &Failover) -> Observed {
+pub async fn observe(ctx: &Context, failover: &Failover) -> Observed {
     let namespace = failover.namespace().unwrap_or_default();
-    let workload = ctx
+    let found = ctx
         .stores
         .workloads
         .get(&ObjectRef::new(&failover.spec.workload_name).within(&namespace))
         .map(|guard| match &guard.0 {
-            Ok(w) => {
-                let status = w.status.clone().unwrap_or_default();
-                Ok(WorkloadSummary {
-                    protected: find(&status.conditions, ConditionType::Protected.as_str())
-                        .is_some_and(|c| c.is_true()),
-                    latest_crash_consistent: status
-                        .latest_crash_consistent_point
-                        .or(status.latest_point),
-                    latest_app_consistent: status.latest_app_consistent_point,
-                    source_zone: status.source_zone,
-                    target_zone: status.target_zone,
-                })
-            }
+            Ok(w) => Ok(w.clone()),
             Err(e) => Err(e.to_string()),
         });
+    let workload = match found {
+        None => None,
+        Some(Err(e)) => Some(Err(e)),
+        Some(Ok(w)) => {
+            let status = w.status.clone().unwrap_or_default();
+            Some(Ok(WorkloadSummary {
+                points: target_points(ctx, &namespace, &w).await,
+                source_zone: status.source_zone,
+                target_zone: status.target_zone,
+            }))
+        }
+    };
     let siblings = ctx
         .stores
         .failovers
@@ -73,4 +73,51 @@ pub fn observe(ctx: &Context, failover: &Failover) -> Observed {
         })
         .collect();
     Observed { workload, siblings }
+}
+
+/// The workload's points in the vault's target location.
+async fn target_points(
+    ctx: &Context,
+    namespace: &str,
+    w: &ReplicatedWorkload,
+) -> Result<Vec<PointRef>, String> {
+    let vault_name = &w.spec.vault_name;
+    let vault = ctx
+        .stores
+        .vaults
+        .get(&ObjectRef::new(vault_name).within(namespace))
+        .ok_or_else(|| format!("RecoveryVault {vault_name} not found"))?;
+    let vault = vault.0.as_ref().map_err(|e| e.to_string())?;
+    let access = VaultAccess::resolve(&ctx.client, namespace, &vault.spec)
+        .await
+        .map_err(|e| format!("RecoveryVault {vault_name}: {e}"))?;
+    let key = format!("{namespace}/{}", w.name_any());
+    let list = async {
+        let repo = Repository::open(access.target.clone(), &access.key).await?;
+        let manifests = repo.manifests().await?;
+        Ok::<_, crate::repository::RepoError>(
+            manifests
+                .into_iter()
+                .filter(|m| m.workload == key)
+                .filter_map(|m| {
+                    Some(PointRef {
+                        time: m.time.parse().ok()?,
+                        id: m.id,
+                        replicated: true,
+                        consistency: m.consistency.as_str().into(),
+                    })
+                })
+                .collect(),
+        )
+    };
+    match tokio::time::timeout(std::time::Duration::from_secs(60), list).await {
+        Ok(Ok(points)) => Ok(points),
+        Ok(Err(crate::repository::RepoError::NotARepository { .. })) => Ok(vec![]),
+        Ok(Err(e)) => Err(format!(
+            "target location of RecoveryVault {vault_name}: {e}"
+        )),
+        Err(_) => Err(format!(
+            "target location of RecoveryVault {vault_name} did not answer within 60s"
+        )),
+    }
 }

@@ -2,7 +2,7 @@
 
 use jiff::Timestamp;
 
-use super::observe::{Observed, WorkloadSummary};
+use super::observe::Observed;
 use crate::api::conditions::{Condition, ConditionStatus, transitioned};
 use crate::api::failover::{FailoverSpec, FailoverStatus, ResolvedPoint};
 use crate::api::reasons::{ConditionType as T, EventReason, FailoverReason as R};
@@ -24,52 +24,49 @@ pub struct Me<'a> {
     pub created: Option<Timestamp>,
 }
 
-/// Picks the point the selector names among the points the workload reports.
-fn resolve(spec: &FailoverSpec, w: &WorkloadSummary) -> Result<ResolvedPoint, String> {
-    let replicated = |p: &Option<PointRef>| p.clone().filter(|p| p.replicated);
-    let crash = replicated(&w.latest_crash_consistent);
-    let app = replicated(&w.latest_app_consistent);
-    let as_point = |p: PointRef, consistency: &str| ResolvedPoint {
-        id: p.id,
+/// Picks the point the selector names among the workload's points in the target location
+/// (oldest first): the newest; the newest app-consistent; an id (or a unique prefix of one); the
+/// newest at or before a time.
+fn resolve(spec: &FailoverSpec, points: &[PointRef]) -> Result<ResolvedPoint, String> {
+    let as_point = |p: &PointRef| ResolvedPoint {
+        id: p.id.clone(),
         time: p.time,
-        consistency: consistency.into(),
+        consistency: p.consistency.clone(),
     };
-    let newest = || match (crash.clone(), app.clone()) {
-        (Some(c), Some(a)) if a.time > c.time => Some(as_point(a, "AppConsistent")),
-        (Some(c), _) => Some(as_point(c, "CrashConsistent")),
-        (None, Some(a)) => Some(as_point(a, "AppConsistent")),
-        (None, None) => None,
+    let newest = |pred: &dyn Fn(&PointRef) -> bool| {
+        points
+            .iter()
+            .filter(|p| pred(p))
+            .max_by(|a, b| (a.time, &a.id).cmp(&(b.time, &b.id)))
+            .map(as_point)
     };
     let selector = spec.recovery_point.clone().unwrap_or_default();
     if selector.latest_app_consistent == Some(true) {
-        return app
-            .map(|a| as_point(a, "AppConsistent"))
-            .ok_or_else(|| "no app-consistent point is replicated yet".into());
+        return newest(&|p| p.consistency == "AppConsistent")
+            .ok_or_else(|| "spec.recoveryPoint.latestAppConsistent: no app-consistent point is in the target location".into());
     }
     if let Some(id) = &selector.id {
-        return [
-            crash.map(|c| as_point(c, "CrashConsistent")),
-            app.map(|a| as_point(a, "AppConsistent")),
-        ]
-        .into_iter()
-        .flatten()
-        .find(|p| &p.id == id)
-        .ok_or_else(|| format!("spec.recoveryPoint.id: no replicated point {id}"));
+        let matching: Vec<&PointRef> = points
+            .iter()
+            .filter(|p| p.id.starts_with(id.as_str()))
+            .collect();
+        return match matching.as_slice() {
+            [one] => Ok(as_point(one)),
+            [] => Err(format!(
+                "spec.recoveryPoint.id: no point {id} in the target location"
+            )),
+            many => Err(format!(
+                "spec.recoveryPoint.id: {id} matches {} points; give more of the id",
+                many.len()
+            )),
+        };
     }
     if let Some(time) = selector.time {
-        return [
-            crash.map(|c| as_point(c, "CrashConsistent")),
-            app.map(|a| as_point(a, "AppConsistent")),
-        ]
-        .into_iter()
-        .flatten()
-        .filter(|p| p.time <= time)
-        .max_by_key(|p| p.time)
-        .ok_or_else(|| {
-            format!("spec.recoveryPoint.time: no replicated point at or before {time}")
+        return newest(&|p| p.time <= time).ok_or_else(|| {
+            format!("spec.recoveryPoint.time: no point at or before {time} in the target location")
         });
     }
-    newest().ok_or_else(|| "no recovery point is replicated yet".into())
+    newest(&|_| true).ok_or_else(|| "no recovery point is in the target location yet".into())
 }
 
 pub fn plan(
@@ -119,8 +116,14 @@ pub fn plan(
             Some(Ok(w)) => {
                 source_zone = w.source_zone.clone();
                 target_zone = spec.target_zone.clone().or_else(|| w.target_zone.clone());
-                if !w.protected {
-                    Condition::new(
+                match &w.points {
+                    Err(message) => Condition::new(
+                        T::Ready,
+                        ConditionStatus::False,
+                        R::TargetUnreachable,
+                        message.clone(),
+                    ),
+                    Ok(points) if points.is_empty() => Condition::new(
                         T::Ready,
                         ConditionStatus::False,
                         R::WorkloadNotProtected,
@@ -128,9 +131,8 @@ pub fn plan(
                             "ReplicatedWorkload {} has no recovery point in the target location yet",
                             spec.workload_name
                         ),
-                    )
-                } else {
-                    match resolve(spec, w) {
+                    ),
+                    Ok(points) => match resolve(spec, points) {
                         Ok(p) => {
                             let message = format!(
                                 "recovery point {} ({}, {}) selected",
@@ -150,7 +152,7 @@ pub fn plan(
                             R::InvalidSpec,
                             message,
                         ),
-                    }
+                    },
                 }
             }
         }
@@ -193,7 +195,7 @@ fn events(previous: Option<&FailoverStatus>, ready: &Condition) -> Vec<PlannedEv
 mod tests {
     use super::*;
     use crate::api::conditions::find;
-    use crate::controllers::failover::observe::Sibling;
+    use crate::controllers::failover::observe::{Sibling, WorkloadSummary};
     use serde_json::json;
 
     fn t(s: &str) -> Timestamp {
@@ -206,21 +208,34 @@ mod tests {
         serde_json::from_value(base).unwrap()
     }
 
+    fn point(id: &str, time: &str, consistency: &str) -> PointRef {
+        PointRef {
+            id: id.into(),
+            time: t(time),
+            replicated: true,
+            consistency: consistency.into(),
+        }
+    }
+
     fn protected() -> WorkloadSummary {
         WorkloadSummary {
-            protected: true,
-            latest_crash_consistent: Some(PointRef {
-                id: "c2".into(),
-                time: t("2026-06-01T12:05:00Z"),
-                replicated: true,
-                consistency: String::new(),
-            }),
-            latest_app_consistent: Some(PointRef {
-                id: "a1".into(),
-                time: t("2026-06-01T12:00:00Z"),
-                replicated: true,
-                consistency: String::new(),
-            }),
+            points: Ok(vec![
+                point(
+                    "20260601T115500000Z-0a",
+                    "2026-06-01T11:55:00Z",
+                    "CrashConsistent",
+                ),
+                point(
+                    "20260601T120000000Z-a1",
+                    "2026-06-01T12:00:00Z",
+                    "AppConsistent",
+                ),
+                point(
+                    "20260601T120500000Z-c2",
+                    "2026-06-01T12:05:00Z",
+                    "CrashConsistent",
+                ),
+            ]),
             source_zone: Some("zone-a".into()),
             target_zone: Some("zone-b".into()),
         }
@@ -246,28 +261,28 @@ mod tests {
                 json!({}),
                 Some(Ok(protected())),
                 "FailoverReady",
-                Some("c2"),
+                Some("20260601T120500000Z-c2"),
             ),
             (
                 "latest app-consistent",
                 json!({"recoveryPoint": {"latestAppConsistent": true}}),
                 Some(Ok(protected())),
                 "FailoverReady",
-                Some("a1"),
+                Some("20260601T120000000Z-a1"),
             ),
             (
                 "by id",
-                json!({"recoveryPoint": {"id": "a1"}}),
+                json!({"recoveryPoint": {"id": "20260601T120000000Z-a1"}}),
                 Some(Ok(protected())),
                 "FailoverReady",
-                Some("a1"),
+                Some("20260601T120000000Z-a1"),
             ),
             (
                 "by time",
                 json!({"recoveryPoint": {"time": "2026-06-01T12:03:00Z"}}),
                 Some(Ok(protected())),
                 "FailoverReady",
-                Some("a1"),
+                Some("20260601T120000000Z-a1"),
             ),
             (
                 "time before every point",
@@ -294,10 +309,41 @@ mod tests {
                 "not protected",
                 json!({}),
                 Some(Ok(WorkloadSummary {
-                    protected: false,
+                    points: Ok(vec![]),
                     ..protected()
                 })),
                 "WorkloadNotProtected",
+                None,
+            ),
+            (
+                "an older point by id prefix",
+                json!({"recoveryPoint": {"id": "20260601T1155"}}),
+                Some(Ok(protected())),
+                "FailoverReady",
+                Some("20260601T115500000Z-0a"),
+            ),
+            (
+                "ambiguous id prefix",
+                json!({"recoveryPoint": {"id": "20260601T12"}}),
+                Some(Ok(protected())),
+                "InvalidSpec",
+                None,
+            ),
+            (
+                "by time, among all points",
+                json!({"recoveryPoint": {"time": "2026-06-01T11:58:00Z"}}),
+                Some(Ok(protected())),
+                "FailoverReady",
+                Some("20260601T115500000Z-0a"),
+            ),
+            (
+                "target unreachable",
+                json!({}),
+                Some(Ok(WorkloadSummary {
+                    points: Err("target location: connection refused".into()),
+                    ..protected()
+                })),
+                "TargetUnreachable",
                 None,
             ),
         ];

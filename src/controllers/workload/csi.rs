@@ -44,10 +44,14 @@ fn labels(rw: &ReplicatedWorkload, point: &str, claim: &str) -> BTreeMap<String,
     ])
 }
 
+/// Owned by the workload, so that deleting it collects them. Without `blockOwnerDeletion`:
+/// setting it needs update on the owner's finalizers where OwnerReferencesPermissionEnforcement
+/// is enabled, and nothing here needs foreground deletion.
 fn owner(rw: &ReplicatedWorkload) -> serde_json::Value {
-    let o = rw
+    let mut o = rw
         .controller_owner_ref(&())
         .expect("a stored object has a uid");
+    o.block_owner_deletion = None;
     json!([o])
 }
 
