@@ -70,4 +70,6 @@ pub struct Context {
     pub namespace: String,
     /// Image of the reader pods of CSI captures.
     pub reader_image: String,
+    /// Workloads (`namespace/name`) whose temporary objects were swept since this start.
+    pub swept: std::sync::Mutex<std::collections::HashSet<String>>,
 }

@@ -380,6 +380,7 @@ async fn run_controllers(
         backoffs: Default::default(),
         namespace: settings.namespace.clone(),
         reader_image: settings.reader_image.clone(),
+        swept: Default::default(),
     });
 
     // Readiness: every cache has its first full list.

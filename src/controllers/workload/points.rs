@@ -126,14 +126,25 @@ pub async fn advance(
         }
         _ => step,
     };
-    if csi && !matches!(step, Step::Wait { .. } | Step::Start { .. }) {
-        // Temporary snapshots, claims and reader pods of finished, failed or abandoned points.
-        let keep = match &step {
-            Step::Finish { .. } | Step::Fail { .. } => None,
-            _ => status.point_in_progress.as_ref().map(|p| p.id.as_str()),
-        };
-        if let Err(e) = super::csi::cleanup(ctx, rw, keep).await {
-            tracing::warn!(workload = %name, namespace = %namespace, error = %e, "could not remove temporary objects yet");
+    // Temporary snapshots, claims and reader pods of finished, failed or abandoned points: after
+    // every point, and once per workload after the operator starts (strays of a predecessor);
+    // not at every idle reconcile, which would list three kinds per workload each time.
+    let key = format!("{namespace}/{name}");
+    let swept = ctx.swept.lock().expect("swept lock").contains(&key);
+    let sweep = match &step {
+        Step::Finish { .. } | Step::Fail { .. } => true,
+        Step::Idle { .. } => !swept,
+        _ => false,
+    };
+    if csi && sweep {
+        match super::csi::cleanup(ctx, rw, None).await {
+            Ok(_) => {
+                ctx.swept.lock().expect("swept lock").insert(key.clone());
+            }
+            Err(e) => {
+                tracing::warn!(workload = %name, namespace = %namespace, error = %e, "could not remove temporary objects yet");
+                ctx.swept.lock().expect("swept lock").remove(&key);
+            }
         }
     }
     match step {
@@ -229,6 +240,7 @@ pub async fn advance(
             }
             if let Err(e) = captured {
                 // Snapshots created before the error are removed as strays at the next idle step.
+                ctx.swept.lock().expect("swept lock").remove(&key);
                 out.failure = Some((R::CaptureFailed, e));
                 out.requeue = Duration::from_secs(10);
                 return out;
