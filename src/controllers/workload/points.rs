@@ -107,7 +107,8 @@ pub async fn advance(
     let csi = spec.snapshot_method == SnapshotMethod::Csi;
     // A CSI point in flight is exposed to the agents step by step as its snapshots get ready.
     let step = match &status.point_in_progress {
-        Some(point) if csi && matches!(step, Step::Wait { .. }) => {
+        // The point's own method: the vault's may have changed since the point started.
+        Some(point) if point.method == SnapshotMethod::Csi && matches!(step, Step::Wait { .. }) => {
             match super::csi::expose(ctx, rw, point, volumes, now).await {
                 Ok(super::csi::Exposure::Failed(message)) => Step::Fail {
                     reason: R::CaptureFailed,
@@ -136,7 +137,8 @@ pub async fn advance(
         Step::Idle { .. } => !swept,
         _ => false,
     };
-    if csi && sweep {
+    // Also for Live vaults: one that was CSI before may have left objects behind.
+    if sweep {
         match super::csi::cleanup(ctx, rw, None).await {
             Ok(_) => {
                 ctx.swept.lock().expect("swept lock").insert(key.clone());
