@@ -19,7 +19,7 @@ use tokio::task::JoinSet;
 use super::registration::{AgentSettings, Reports};
 use crate::api::registration::ZONE_LABEL;
 use crate::api::vault::SnapshotMethod;
-use crate::api::work::{AgentWork, WorkState, read_claim};
+use crate::api::work::{AgentWork, WorkKind, WorkState, read_claim};
 use crate::api::workload::PointInProgress;
 use crate::api::{RecoveryVault, ReplicatedWorkload};
 use crate::repository::format::Consistency;
@@ -105,7 +105,9 @@ pub async fn run_captures(client: Client, settings: AgentSettings, reports: Repo
             }
         }
         started.retain(|k| in_flight.contains(k));
-        reports.retain(|k, w| in_flight.contains(&(k.to_string(), w.point.clone())));
+        reports.retain(|k, w| {
+            w.kind != WorkKind::Capture || in_flight.contains(&(k.to_string(), w.point.clone()))
+        });
     }
 }
 
@@ -116,6 +118,7 @@ fn report(
     message: String,
 ) -> AgentWork {
     AgentWork {
+        kind: crate::api::work::WorkKind::Capture,
         namespace: rw.namespace().unwrap_or_default(),
         workload: rw.name_any(),
         point: point.id.clone(),
@@ -180,7 +183,7 @@ async fn local_work(
 
 /// Where the kubelet mounted `claim` for pod `uid`; `None` while it is not mounted yet. Refuses
 /// volumes whose data is not below the kubelet root.
-async fn mount_path(
+pub(crate) async fn mount_path(
     client: &Client,
     settings: &AgentSettings,
     namespace: &str,

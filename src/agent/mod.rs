@@ -5,6 +5,7 @@
 
 pub mod capture;
 pub mod registration;
+pub mod restore;
 
 pub use registration::{AgentSettings, Reports};
 
@@ -17,11 +18,13 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let reports = Reports::default();
     let register = registration::keep_registered(client.clone(), settings.clone(), reports.clone());
-    let captures = capture::run_captures(client, settings.clone(), reports);
+    let captures = capture::run_captures(client.clone(), settings.clone(), reports.clone());
+    let restores = restore::run_restores(client, settings.clone(), reports);
     tokio::select! {
         () = shutdown => {}
         () = register => {}
         () = captures => {}
+        () = restores => {}
     }
     tracing::info!(node = %settings.node_name, "agent stopped");
     Ok(())

@@ -112,6 +112,41 @@ pub struct FailoverStatus {
     /// Seconds from the start of the failover until the workload was Ready in the target zone.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rto_seconds: Option<f64>,
+    /// The restore in flight or done: which claims are filled from which volume of the point.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restore: Option<Restore>,
+    /// Replicas of the source workload before it was scaled to zero (restored on cancel).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_replicas: Option<i32>,
+    /// The workload running in the target zone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_workload: Option<String>,
+}
+
+/// Volumes of the point restored into new claims in the target zone, through writer pods that
+/// agents fill. The claims reach the workload only once every one is restored and verified.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Restore {
+    pub point: String,
+    pub started: Timestamp,
+    #[schemars(length(max = 256))]
+    pub volumes: Vec<VolumeRestore>,
+    /// Set once every volume is restored and verified.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completed: Option<Timestamp>,
+    /// Why the restore failed (the workload was not started).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failed: Option<String>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct VolumeRestore {
+    /// The claim (volume of the point) in the source zone.
+    pub source_claim: String,
+    /// The new claim in the target zone.
+    pub target_claim: String,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]

@@ -118,6 +118,16 @@ names! {
         TargetUnreachable,
         DuplicateFailover,
         NotStarted,
+        /// Volumes are being restored in the target zone.
+        Restoring,
+        /// A volume could not be restored or verified: the workload was not started there.
+        RestoreFailed,
+        /// The restored workload is starting in the target zone.
+        WaitingForPods,
+        /// The workload runs in the target zone.
+        FailedOver,
+        /// This mode is not carried out by this version.
+        ModeNotSupported,
         NotCommitted,
     }
 }

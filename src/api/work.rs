@@ -34,10 +34,21 @@ pub enum WorkState {
     Failed,
 }
 
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum WorkKind {
+    /// A part of a ReplicatedWorkload's point (`workload` names the ReplicatedWorkload).
+    #[default]
+    Capture,
+    /// Volumes of a Failover's restore (`workload` names the Failover).
+    Restore,
+}
+
 /// An agent's report on one workload's point.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct AgentWork {
+    #[serde(default)]
+    pub kind: WorkKind,
     pub namespace: String,
     pub workload: String,
     pub point: String,
@@ -88,4 +99,12 @@ pub fn read_claim(method: crate::api::vault::SnapshotMethod, claim: &str, point:
         crate::api::vault::SnapshotMethod::Live => claim.to_string(),
         crate::api::vault::SnapshotMethod::Csi => temporary_name(claim, point),
     }
+}
+
+/// Label of a Failover's writer pods and target claims.
+pub const FAILOVER_LABEL: &str = "siterecovery.io/failover";
+
+/// Name of the writer pod that fills `target_claim` for a failover.
+pub fn writer_name(failover: &str, index: usize) -> String {
+    format!("sr-restore-{failover}-{index}")
 }

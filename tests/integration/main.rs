@@ -5,6 +5,7 @@ mod rig;
 
 mod binary;
 mod chart;
+mod failover;
 mod generated;
 mod object_stores;
 mod operator;

@@ -21,10 +21,10 @@ use site_recovery::storage::{Location, LocationSpec};
 use crate::operator::{OPERATOR_NS, Running, condition, start_operator};
 use crate::rig::{Rig, eventually};
 
-const KEY: [u8; 32] = [7u8; 32];
+pub(crate) const KEY: [u8; 32] = [7u8; 32];
 
 /// Three nodes in two zones; the vault's cache is in zone-a, its target in zone-b.
-async fn cluster() -> (Rig, tempfile::TempDir) {
+pub(crate) async fn cluster() -> (Rig, tempfile::TempDir) {
     let rig = Rig::start().await;
     rig.apply_crds().await;
     rig.namespace(OPERATOR_NS).await;
@@ -36,7 +36,7 @@ async fn cluster() -> (Rig, tempfile::TempDir) {
     (rig, tempfile::tempdir().unwrap())
 }
 
-fn live_vault(dir: &Path, policy: serde_json::Value) -> RecoveryVault {
+pub(crate) fn live_vault(dir: &Path, policy: serde_json::Value) -> RecoveryVault {
     serde_json::from_value(json!({
         "apiVersion": "siterecovery.io/v1alpha1", "kind": "RecoveryVault",
         "metadata": {"name": "vault", "namespace": "apps"},
@@ -51,20 +51,20 @@ fn live_vault(dir: &Path, policy: serde_json::Value) -> RecoveryVault {
     .unwrap()
 }
 
-struct Agent {
+pub(crate) struct Agent {
     stop: tokio::sync::watch::Sender<bool>,
     task: tokio::task::JoinHandle<anyhow::Result<()>>,
 }
 
 impl Agent {
     /// Like a SIGKILL: the task and every capture it runs are dropped where they are.
-    fn kill(self) {
+    pub(crate) fn kill(self) {
         self.task.abort();
         drop(self.stop);
     }
 }
 
-fn start_agent(rig: &Rig, node: &str, lease_seconds: i32) -> Agent {
+pub(crate) fn start_agent(rig: &Rig, node: &str, lease_seconds: i32) -> Agent {
     let settings = site_recovery::agent::AgentSettings {
         node_name: node.into(),
         namespace: OPERATOR_NS.into(),
@@ -82,7 +82,7 @@ fn start_agent(rig: &Rig, node: &str, lease_seconds: i32) -> Agent {
 
 /// A StatefulSet `db` with one claim per pod, `data-db-0` on node-a1 and `data-db-1` on
 /// node-a2; returns each claim's mount directory.
-async fn database(rig: &Rig) -> BTreeMap<String, PathBuf> {
+pub(crate) async fn database(rig: &Rig) -> BTreeMap<String, PathBuf> {
     let pods = rig
         .statefulset("apps", "db", &["data"], &["node-a1", "node-a2"])
         .await;
@@ -97,7 +97,7 @@ async fn database(rig: &Rig) -> BTreeMap<String, PathBuf> {
         .collect()
 }
 
-async fn protect(rig: &Rig) -> Api<ReplicatedWorkload> {
+pub(crate) async fn protect(rig: &Rig) -> Api<ReplicatedWorkload> {
     let workloads: Api<ReplicatedWorkload> = Api::namespaced(rig.client(), "apps");
     let rw: ReplicatedWorkload = serde_json::from_value(json!({
         "apiVersion": "siterecovery.io/v1alpha1", "kind": "ReplicatedWorkload",
@@ -110,11 +110,11 @@ async fn protect(rig: &Rig) -> Api<ReplicatedWorkload> {
 }
 
 /// What a test wrote into each volume: relative path → content.
-type Content = BTreeMap<String, BTreeMap<String, Vec<u8>>>;
+pub(crate) type Content = BTreeMap<String, BTreeMap<String, Vec<u8>>>;
 
 /// Writes version `v` of the data: a file that changes every version, one that grows, one that
 /// is deleted after the first version, and one big file with a changed middle.
-fn write_version(volumes: &BTreeMap<String, PathBuf>, v: u32) -> Content {
+pub(crate) fn write_version(volumes: &BTreeMap<String, PathBuf>, v: u32) -> Content {
     let mut all = Content::new();
     for (claim, dir) in volumes {
         let mut files = BTreeMap::new();
@@ -144,7 +144,7 @@ fn write_version(volumes: &BTreeMap<String, PathBuf>, v: u32) -> Content {
     all
 }
 
-fn read_tree(root: &Path) -> BTreeMap<String, Vec<u8>> {
+pub(crate) fn read_tree(root: &Path) -> BTreeMap<String, Vec<u8>> {
     let mut out = BTreeMap::new();
     let mut stack = vec![root.to_path_buf()];
     while let Some(dir) = stack.pop() {
@@ -209,7 +209,7 @@ async fn assert_restores(target: &Path, point: &str, expected: &Content) {
     }
 }
 
-async fn request_point(workloads: &Api<ReplicatedWorkload>, token: &str) {
+pub(crate) async fn request_point(workloads: &Api<ReplicatedWorkload>, token: &str) {
     workloads
         .patch(
             "db",
@@ -221,7 +221,7 @@ async fn request_point(workloads: &Api<ReplicatedWorkload>, token: &str) {
 }
 
 /// Waits for the point started for request `token` to be replicated; returns its id.
-async fn replicated_point(
+pub(crate) async fn replicated_point(
     workloads: &Api<ReplicatedWorkload>,
     token: &str,
     within: Duration,
@@ -241,7 +241,7 @@ async fn replicated_point(
     .await
 }
 
-fn parts_left(cache: &Path) -> Vec<PathBuf> {
+pub(crate) fn parts_left(cache: &Path) -> Vec<PathBuf> {
     let parts = cache.join("parts");
     let mut out = Vec::new();
     let mut stack = vec![parts];
@@ -273,7 +273,7 @@ async fn events(rig: &Rig, reason: &str) -> Vec<String> {
 }
 
 /// How many times an event was recorded (a repeated event is one object with a series count).
-async fn event_count(rig: &Rig, reason: &str) -> i32 {
+pub(crate) async fn event_count(rig: &Rig, reason: &str) -> i32 {
     Api::<Event>::namespaced(rig.client(), "apps")
         .list(&ListParams::default())
         .await
@@ -426,7 +426,7 @@ async fn points_span_two_nodes_and_every_point_restores_from_the_target() {
 
 /// A cluster with the operator running, the vault `vault(dir)` created and the `db`
 /// StatefulSet laid out; returns its volume directories too.
-async fn setup(
+pub(crate) async fn setup(
     vault: impl FnOnce(&Path) -> RecoveryVault,
 ) -> (Rig, tempfile::TempDir, Running, BTreeMap<String, PathBuf>) {
     let (rig, dir) = cluster().await;
@@ -441,7 +441,7 @@ async fn setup(
 
 /// Ends a test: once no point is in flight, no temporary object (VolumeSnapshot, claim, reader
 /// pod) and no part is left; then the operator and agents stop.
-async fn shut_down(rig: &Rig, dir: &Path, running: Running, agents: Vec<Agent>) {
+pub(crate) async fn shut_down(rig: &Rig, dir: &Path, running: Running, agents: Vec<Agent>) {
     let workloads: Api<ReplicatedWorkload> = Api::namespaced(rig.client(), "apps");
     eventually(
         Duration::from_secs(60),
@@ -754,7 +754,7 @@ fn csi_vault(dir: &Path) -> RecoveryVault {
     v
 }
 
-async fn temporaries(rig: &Rig) -> Vec<String> {
+pub(crate) async fn temporaries(rig: &Rig) -> Vec<String> {
     use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
     let lp = ListParams::default().labels("siterecovery.io/replicated-workload=db");
     let mut out: Vec<String> = crate::rig::csi::snapshots(rig, "apps")

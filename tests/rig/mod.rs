@@ -6,6 +6,7 @@
 
 pub mod csi;
 pub mod exec;
+pub mod failover;
 pub mod fields;
 pub mod resources;
 pub mod selector;

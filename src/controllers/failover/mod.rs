@@ -2,6 +2,7 @@
 //! (from the vault's target location).
 
 pub mod apply;
+pub mod execute;
 pub mod observe;
 pub mod plan;
 pub mod status;
@@ -19,19 +20,36 @@ use crate::metrics::ControllerLabels;
 pub const CONTROLLER: &str = "failover";
 
 pub async fn reconcile(failover: &Failover, ctx: Arc<Context>) -> Result<Action, Error> {
+    if failover.metadata.deletion_timestamp.is_some() {
+        execute::roll_back(&ctx, failover).await?;
+        return Ok(Action::await_change());
+    }
+    let now = crate::clock::now();
     let observed = observe::observe(&ctx, failover).await;
     let name = failover.name_any();
     let me = plan::Me {
         name: &name,
         created: failover.metadata.creation_timestamp.as_ref().map(|t| t.0),
     };
-    let plan = plan::plan(&failover.spec, failover.status.as_ref(), &observed, me);
-    let status = status::build(
-        failover.status.as_ref(),
-        &plan,
-        failover.metadata.generation,
-        crate::clock::now(),
-    );
+    let mut plan = plan::plan(&failover.spec, failover.status.as_ref(), &observed, me);
+    let ready = plan
+        .conditions
+        .iter()
+        .any(|c| c.r#type == "Ready" && c.is_true());
+    let mut next = failover.status.clone().unwrap_or_default();
+    // Once the restore started, its point is the failover's point.
+    if next.restore.is_none() {
+        next.resolved_point = plan.resolved_point.clone();
+    } else {
+        plan.resolved_point = next.resolved_point.clone();
+    }
+    next.target_zone = plan.target_zone.clone().or(next.target_zone);
+    let step = execute::advance(&ctx, failover, ready, &mut next, now).await?;
+    if let Some(c) = step.failed_over {
+        plan.conditions.retain(|x| x.r#type != c.r#type);
+        plan.conditions.push(c);
+    }
+    let status = status::build(Some(&next), &plan, failover.metadata.generation, now);
     if write_status(&ctx, failover, failover.status.as_ref(), &status).await? {
         ctx.metrics
             .status_writes
@@ -41,5 +59,9 @@ pub async fn reconcile(failover: &Failover, ctx: Arc<Context>) -> Result<Action,
             .inc();
     }
     apply::apply(&ctx, failover, &plan).await;
-    Ok(Action::requeue(Duration::from_secs(300)))
+    Ok(Action::requeue(if step.busy {
+        Duration::from_secs(2)
+    } else {
+        Duration::from_secs(300)
+    }))
 }

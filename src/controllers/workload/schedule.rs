@@ -141,7 +141,11 @@ fn in_flight(
     let mut reported = false;
     for r in registrations {
         for w in &r.work {
-            if w.namespace != namespace || w.workload != workload || w.point != point.id {
+            if w.kind != crate::api::work::WorkKind::Capture
+                || w.namespace != namespace
+                || w.workload != workload
+                || w.point != point.id
+            {
                 continue;
             }
             reported = true;

@@ -58,6 +58,7 @@ fn agent(node: &str, renewed: i64, work: Vec<(&str, WorkState, &[&str])>) -> Age
         work: work
             .into_iter()
             .map(|(p, state, claims)| AgentWork {
+                kind: Default::default(),
                 namespace: "ns".into(),
                 workload: "db".into(),
                 point: p.into(),

@@ -1,0 +1,239 @@
+//! Carries out the restores of Failovers: for every Failover with a `status.restore` in flight,
+//! fills the target claims mounted by writer pods on this node from the vault's target location
+//! (the source zone may be gone), verifies them, and reports on the registration Lease. A claim
+//! is reported Done only when every byte was authenticated and the restore finished (the
+//! incomplete marker removed); anything else is Failed with the reason.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, ListParams};
+use kube::core::DeserializeGuard;
+use kube::runtime::{WatchStreamExt, reflector, watcher};
+use kube::{Client, ResourceExt};
+use tokio::task::JoinSet;
+
+use super::capture::mount_path;
+use super::registration::{AgentSettings, Reports};
+use crate::api::failover::Restore;
+use crate::api::work::{AgentWork, FAILOVER_LABEL, WorkKind, WorkState, writer_name};
+use crate::api::{Failover, RecoveryVault, ReplicatedWorkload};
+use crate::repository::Repository;
+use crate::repository::restore::{INCOMPLETE_MARKER, RestoreOptions, restore};
+use crate::storage::vault::VaultAccess;
+
+/// (source claim = volume of the point, target claim, mount directory)
+type Local = Vec<(String, String, std::path::PathBuf)>;
+
+pub async fn run_restores(client: Client, settings: AgentSettings, reports: Reports) {
+    let api = Api::<DeserializeGuard<Failover>>::all(client.clone());
+    let (store, writer) = reflector::store();
+    let watch = reflector(writer, watcher(api, watcher::Config::default()))
+        .default_backoff()
+        .applied_objects()
+        .for_each(|_| futures::future::ready(()));
+    tokio::pin!(watch);
+    let mut tasks = JoinSet::new();
+    let mut started: HashSet<(String, String)> = HashSet::new();
+    let mut ticker = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            () = &mut watch => return,
+            _ = ticker.tick() => {}
+            Some(_) = tasks.join_next() => {}
+        }
+        let mut in_flight = HashSet::new();
+        for guard in store.state() {
+            let Ok(f) = &guard.0 else { continue };
+            let Some(r) = f.status.as_ref().and_then(|s| s.restore.clone()) else {
+                continue;
+            };
+            if r.completed.is_some()
+                || r.failed.is_some()
+                || f.metadata.deletion_timestamp.is_some()
+            {
+                continue;
+            }
+            let key = format!(
+                "restore:{}/{}",
+                f.namespace().unwrap_or_default(),
+                f.name_any()
+            );
+            in_flight.insert((key.clone(), r.point.clone()));
+            if started.contains(&(key.clone(), r.point.clone())) {
+                continue;
+            }
+            match local_writers(&client, &settings, f, &r).await {
+                Ok(None) => {}
+                Ok(Some(local)) => {
+                    started.insert((key.clone(), r.point.clone()));
+                    if !local.is_empty() {
+                        tasks.spawn(run_one(
+                            client.clone(),
+                            reports.clone(),
+                            f.clone(),
+                            r,
+                            key,
+                            local,
+                        ));
+                    }
+                }
+                Err(message) => {
+                    started.insert((key.clone(), r.point.clone()));
+                    reports.set(key, report(f, &r, WorkState::Failed, vec![], message), true);
+                }
+            }
+        }
+        started.retain(|k| in_flight.contains(k));
+        reports.retain(|k, w| {
+            w.kind != WorkKind::Restore || in_flight.contains(&(k.to_string(), w.point.clone()))
+        });
+    }
+}
+
+fn report(
+    f: &Failover,
+    r: &Restore,
+    state: WorkState,
+    claims: Vec<String>,
+    message: String,
+) -> AgentWork {
+    AgentWork {
+        kind: WorkKind::Restore,
+        namespace: f.namespace().unwrap_or_default(),
+        workload: f.name_any(),
+        point: r.point.clone(),
+        state,
+        claims,
+        consistency: String::new(),
+        bytes_done: 0,
+        bytes_total: 0,
+        stored_bytes: 0,
+        message,
+    }
+}
+
+/// The writer pods of this restore on this node, once every writer pod is scheduled and its
+/// claim mounted; `None` while waiting.
+async fn local_writers(
+    client: &Client,
+    settings: &AgentSettings,
+    f: &Failover,
+    r: &Restore,
+) -> Result<Option<Local>, String> {
+    let namespace = f.namespace().unwrap_or_default();
+    let pods = Api::<Pod>::namespaced(client.clone(), &namespace)
+        .list(&ListParams::default().labels(&format!("{FAILOVER_LABEL}={}", f.name_any())))
+        .await
+        .map_err(|e| format!("listing writer pods: {e}"))?;
+    let mut local = Vec::new();
+    for (i, v) in r.volumes.iter().enumerate() {
+        let name = writer_name(&f.name_any(), i);
+        let Some(pod) = pods.items.iter().find(|p| p.name_any() == name) else {
+            return Ok(None);
+        };
+        let Some(node) = pod.spec.as_ref().and_then(|s| s.node_name.clone()) else {
+            return Ok(None);
+        };
+        if node != settings.node_name {
+            continue;
+        }
+        let uid = pod.metadata.uid.clone().unwrap_or_default();
+        match mount_path(client, settings, &namespace, &v.target_claim, &uid).await? {
+            Some(path) => local.push((v.source_claim.clone(), v.target_claim.clone(), path)),
+            None => return Ok(None),
+        }
+    }
+    Ok(Some(local))
+}
+
+async fn run_one(
+    client: Client,
+    reports: Reports,
+    f: Failover,
+    r: Restore,
+    key: String,
+    local: Local,
+) {
+    let claims: Vec<String> = local.iter().map(|(_, t, _)| t.clone()).collect();
+    reports.set(
+        key.clone(),
+        report(&f, &r, WorkState::Running, claims.clone(), String::new()),
+        false,
+    );
+    let outcome = restore_all(&client, &f, &r, &local).await;
+    let done = match outcome {
+        Ok(()) => report(&f, &r, WorkState::Done, claims, String::new()),
+        Err(message) => {
+            tracing::warn!(failover = %key, %message, "restore failed");
+            report(&f, &r, WorkState::Failed, claims, message)
+        }
+    };
+    reports.set(key, done, true);
+}
+
+async fn restore_all(
+    client: &Client,
+    f: &Failover,
+    r: &Restore,
+    local: &Local,
+) -> Result<(), String> {
+    let namespace = f.namespace().unwrap_or_default();
+    let rw = Api::<ReplicatedWorkload>::namespaced(client.clone(), &namespace)
+        .get(&f.spec.workload_name)
+        .await
+        .map_err(|e| format!("reading ReplicatedWorkload {}: {e}", f.spec.workload_name))?;
+    let vault_name = &rw.spec.vault_name;
+    let vault = Api::<RecoveryVault>::namespaced(client.clone(), &namespace)
+        .get(vault_name)
+        .await
+        .map_err(|e| format!("reading RecoveryVault {vault_name}: {e}"))?;
+    let access = VaultAccess::resolve(client, &namespace, &vault.spec)
+        .await
+        .map_err(|e| format!("RecoveryVault {vault_name}: {e}"))?;
+    let repo = Repository::open(access.target.clone(), &access.key)
+        .await
+        .map_err(|e| format!("target location: {e}"))?;
+    for (source, target, path) in local {
+        // A restore interrupted earlier leaves its marker: start that claim again from empty.
+        if path.join(INCOMPLETE_MARKER).exists() {
+            clear(path)
+                .map_err(|e| format!("claim {target}: emptying an interrupted restore: {e}"))?;
+        }
+        restore(
+            &repo,
+            &r.point,
+            path,
+            &RestoreOptions {
+                volume: Some(source.clone()),
+                sync: true,
+            },
+            None,
+        )
+        .await
+        .map_err(|e| {
+            format!(
+                "claim {target} from volume {source} of point {}: {e}",
+                r.point
+            )
+        })?;
+        if path.join(INCOMPLETE_MARKER).exists() {
+            return Err(format!("claim {target}: the restore did not complete"));
+        }
+    }
+    Ok(())
+}
+
+fn clear(dir: &std::path::Path) -> std::io::Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let p = entry?.path();
+        if p.is_dir() && !p.is_symlink() {
+            std::fs::remove_dir_all(&p)?;
+        } else {
+            std::fs::remove_file(&p)?;
+        }
+    }
+    Ok(())
+}

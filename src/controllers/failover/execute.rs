@@ -1,0 +1,552 @@
+//! Phase one of an Unplanned failover of a StatefulSet, step by step, each step idempotent and
+//! derived from the status and the objects that exist (so an operator killed anywhere resumes):
+//!
+//! 1. new claims in the target zone, one per volume of the point, each mounted by a writer pod
+//!    pinned to the target zone (`status.restore`);
+//! 2. the agents restore the point's volumes into them from the target location and verify;
+//!    a failed restore stops here (fail closed: the workload never sees a half-filled volume);
+//! 3. the source StatefulSet is scaled to zero (never deleted) and a copy, `<name>-failover`,
+//!    whose claim templates resolve to the restored claims, starts in the target zone;
+//! 4. `FailedOver=True` once its pods are Ready, with the measured RTO.
+//!
+//! Deleting the Failover before commit rolls back: the copy, the new claims and the writer pods
+//! go, and the source returns to its replica count. Its data was never touched.
+
+use std::collections::BTreeMap;
+
+use jiff::Timestamp;
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
+use kube::ResourceExt;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::runtime::reflector::ObjectRef;
+use serde_json::json;
+
+use crate::api::conditions::{Condition, ConditionStatus};
+use crate::api::failover::{FailoverMode, FailoverStatus, Restore, TimelineStep, VolumeRestore};
+use crate::api::reasons::{ConditionType as T, FailoverReason as R};
+use crate::api::registration::ZONE_LABEL;
+use crate::api::work::{FAILOVER_LABEL, WorkKind, WorkState, writer_name};
+use crate::api::workload::WorkloadKind;
+use crate::api::{Failover, ReplicatedWorkload};
+use crate::controllers::{Context, Error};
+
+pub const FINALIZER: &str = "siterecovery.io/failover";
+
+/// The FailedOver condition after this step, and whether to look again soon.
+pub struct Step {
+    pub failed_over: Option<Condition>,
+    pub busy: bool,
+}
+
+fn condition(status: ConditionStatus, reason: R, message: impl Into<String>) -> Condition {
+    Condition::new(T::FailedOver, status, reason, message)
+}
+
+fn mark(status: &mut FailoverStatus, step: &str, message: String, now: Timestamp) {
+    if !status.timeline.iter().any(|t| t.step == step) {
+        status.timeline.push(TimelineStep {
+            step: step.into(),
+            time: now,
+            message,
+        });
+    }
+}
+
+fn labels(failover: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (
+            "app.kubernetes.io/managed-by".into(),
+            "site-recovery".into(),
+        ),
+        (FAILOVER_LABEL.into(), failover.to_string()),
+    ])
+}
+
+/// `data-db-0` of StatefulSet `db` → (`data`, `0`).
+fn template_of(claim: &str, sts: &str) -> Option<(String, String)> {
+    let (rest, ordinal) = claim.rsplit_once('-')?;
+    ordinal.parse::<u32>().ok()?;
+    let template = rest.strip_suffix(&format!("-{sts}"))?;
+    Some((template.to_string(), ordinal.to_string()))
+}
+
+pub fn target_name(sts: &str) -> String {
+    format!("{sts}-failover")
+}
+
+async fn create<K>(api: &Api<K>, obj: serde_json::Value) -> Result<(), Error>
+where
+    K: Clone + serde::de::DeserializeOwned + serde::Serialize + std::fmt::Debug,
+{
+    let obj: K = serde_json::from_value(obj).map_err(|e| Error::InvalidObject {
+        kind: "object".into(),
+        name: String::new(),
+        message: e.to_string(),
+    })?;
+    match api.create(&PostParams::default(), &obj).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 409 => Ok(()),
+        Err(e) => Err(Error::Kube(e)),
+    }
+}
+
+pub async fn advance(
+    ctx: &Context,
+    f: &Failover,
+    ready: bool,
+    status: &mut FailoverStatus,
+    now: Timestamp,
+) -> Result<Step, Error> {
+    let idle = |c| {
+        Ok(Step {
+            failed_over: Some(c),
+            busy: false,
+        })
+    };
+    if f.spec.mode != FailoverMode::Unplanned {
+        return idle(condition(
+            ConditionStatus::False,
+            R::ModeNotSupported,
+            "this version carries out Unplanned failovers only; Planned and Test modes are not implemented yet",
+        ));
+    }
+    let namespace = f.namespace().unwrap_or_default();
+    let name = f.name_any();
+    let Some(point) = status.resolved_point.clone() else {
+        return Ok(Step {
+            failed_over: None,
+            busy: false,
+        });
+    };
+    if status.restore.is_none() && !ready {
+        return Ok(Step {
+            failed_over: None,
+            busy: false,
+        });
+    }
+    let rw = ctx
+        .stores
+        .workloads
+        .get(&ObjectRef::new(&f.spec.workload_name).within(&namespace))
+        .and_then(|g| g.0.as_ref().ok().cloned());
+    let Some(rw) = rw else {
+        return Ok(Step {
+            failed_over: None,
+            busy: false,
+        });
+    };
+    if rw.spec.workload_ref.kind != WorkloadKind::StatefulSet {
+        return idle(condition(
+            ConditionStatus::False,
+            R::ModeNotSupported,
+            "this version fails over StatefulSets only; Deployments are not implemented yet",
+        ));
+    }
+    let sts = rw.spec.workload_ref.name.clone();
+    let target_zone = status.target_zone.clone();
+    ensure_finalizer(ctx, f).await?;
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &namespace);
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &namespace);
+    let sets: Api<StatefulSet> = Api::namespaced(ctx.client.clone(), &namespace);
+
+    // 1. Claims and writer pods in the target zone.
+    if status.restore.is_none() {
+        let volumes = restore_plan(&rw, &sts)?;
+        for (i, v) in volumes.iter().enumerate() {
+            let source = claims.get_opt(&v.source_claim).await.map_err(Error::Kube)?;
+            let source_spec = source.and_then(|c| c.spec).unwrap_or_default();
+            let size = source_spec
+                .resources
+                .as_ref()
+                .and_then(|r| r.requests.as_ref())
+                .and_then(|r| r.get("storage"))
+                .map(|q| q.0.clone())
+                .unwrap_or_else(|| "1Gi".into());
+            create(&claims, json!({
+                "apiVersion": "v1", "kind": "PersistentVolumeClaim",
+                "metadata": {"name": v.target_claim, "namespace": namespace, "labels": labels(&name)},
+                "spec": {"accessModes": ["ReadWriteOnce"], "storageClassName": source_spec.storage_class_name,
+                    "resources": {"requests": {"storage": size}}},
+            }))
+            .await?;
+            create(
+                &pods,
+                writer_pod(
+                    ctx,
+                    &namespace,
+                    &name,
+                    i,
+                    &v.target_claim,
+                    target_zone.as_deref(),
+                ),
+            )
+            .await?;
+        }
+        mark(
+            status,
+            "RestoreStarted",
+            format!(
+                "restoring point {} into {} claim(s) in the target zone",
+                point.id,
+                volumes.len()
+            ),
+            now,
+        );
+        status.restore = Some(Restore {
+            point: point.id.clone(),
+            started: now,
+            volumes,
+            completed: None,
+            failed: None,
+        });
+        return Ok(Step {
+            failed_over: Some(condition(
+                ConditionStatus::False,
+                R::Restoring,
+                format!("restoring point {}", point.id),
+            )),
+            busy: true,
+        });
+    }
+    let mut restore = status.restore.clone().expect("checked above");
+
+    // 2. The agents' reports.
+    if restore.completed.is_none() && restore.failed.is_none() {
+        let mut done = std::collections::BTreeSet::new();
+        for r in ctx.stores.registrations() {
+            for w in &r.work {
+                if w.kind != WorkKind::Restore
+                    || w.namespace != namespace
+                    || w.workload != name
+                    || w.point != restore.point
+                {
+                    continue;
+                }
+                match w.state {
+                    WorkState::Failed => {
+                        restore.failed = Some(format!(
+                            "the agent on node {} failed: {}",
+                            r.node, w.message
+                        ));
+                    }
+                    WorkState::Done => done.extend(w.claims.iter().cloned()),
+                    WorkState::Running => {}
+                }
+            }
+        }
+        if restore.failed.is_none()
+            && restore
+                .volumes
+                .iter()
+                .all(|v| done.contains(&v.target_claim))
+        {
+            restore.completed = Some(now);
+            mark(
+                status,
+                "Restored",
+                format!("{} claim(s) restored and verified", restore.volumes.len()),
+                now,
+            );
+        }
+        if let Some(message) = &restore.failed {
+            mark(status, "RestoreFailed", message.clone(), now);
+        }
+        status.restore = Some(restore.clone());
+        if restore.completed.is_none() && restore.failed.is_none() {
+            return Ok(Step {
+                failed_over: Some(condition(
+                    ConditionStatus::False,
+                    R::Restoring,
+                    format!("restoring point {}", restore.point),
+                )),
+                busy: true,
+            });
+        }
+    }
+    // Writer pods are done either way.
+    for (i, _) in restore.volumes.iter().enumerate() {
+        delete(&pods, &writer_name(&name, i)).await?;
+    }
+    if let Some(message) = &restore.failed {
+        return idle(condition(
+            ConditionStatus::False,
+            R::RestoreFailed,
+            format!(
+                "{message}; the workload was not started in the target zone (delete this Failover to clean up, or pick another point)"
+            ),
+        ));
+    }
+
+    // 3. The source scaled to zero, the copy started in the target zone.
+    let target = target_name(&sts);
+    if status.target_workload.is_none() {
+        let source = sets.get_opt(&sts).await.map_err(Error::Kube)?;
+        let Some(source) = source else {
+            return idle(condition(
+                ConditionStatus::False,
+                R::RestoreFailed,
+                format!("StatefulSet {sts} is gone: its spec is needed to start the copy"),
+            ));
+        };
+        let replicas = source.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+        if status.source_replicas.is_none() {
+            status.source_replicas = Some(replicas);
+        }
+        sets.patch(
+            &sts,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"replicas": 0}})),
+        )
+        .await
+        .map_err(Error::Kube)?;
+        create(
+            &sets,
+            target_statefulset(
+                &source,
+                &target,
+                &name,
+                status.source_replicas.unwrap_or(replicas),
+                target_zone.as_deref(),
+            ),
+        )
+        .await?;
+        status.target_workload = Some(target.clone());
+        mark(
+            status,
+            "WorkloadStarted",
+            format!("StatefulSet {sts} scaled to 0; {target} started in the target zone"),
+            now,
+        );
+    }
+
+    // 4. Ready in the target zone.
+    let want = status.source_replicas.unwrap_or(1);
+    let ready_pods = pods
+        .list(&ListParams::default().labels(&format!("{FAILOVER_LABEL}={name}")))
+        .await
+        .map_err(Error::Kube)?
+        .items
+        .iter()
+        .filter(|p| p.name_any().starts_with(&format!("{target}-")))
+        .filter(|p| {
+            p.status
+                .as_ref()
+                .and_then(|s| s.conditions.as_ref())
+                .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+        })
+        .count() as i32;
+    if ready_pods >= want {
+        if status.rto_seconds.is_none() {
+            status.rto_seconds = Some(now.duration_since(restore.started).as_secs_f64());
+        }
+        mark(
+            status,
+            "FailedOver",
+            format!("{ready_pods} pod(s) of {target} Ready in the target zone"),
+            now,
+        );
+        return idle(condition(
+            ConditionStatus::True,
+            R::FailedOver,
+            format!(
+                "{target} runs in the target zone from point {}; set spec.commit to commit, or delete this Failover to roll back",
+                restore.point
+            ),
+        ));
+    }
+    Ok(Step {
+        failed_over: Some(condition(
+            ConditionStatus::False,
+            R::WaitingForPods,
+            format!("{ready_pods} of {want} pod(s) of {target} Ready"),
+        )),
+        busy: true,
+    })
+}
+
+fn restore_plan(rw: &ReplicatedWorkload, sts: &str) -> Result<Vec<VolumeRestore>, Error> {
+    let target = target_name(sts);
+    let volumes = rw
+        .status
+        .as_ref()
+        .map(|s| s.volumes.clone())
+        .unwrap_or_default();
+    volumes
+        .iter()
+        .map(|v| {
+            let (template, ordinal) =
+                template_of(&v.claim_name, sts).ok_or_else(|| Error::InvalidObject {
+                    kind: "ReplicatedWorkload".into(),
+                    name: rw.name_any(),
+                    message: format!(
+                        "claim {} is not a claim template's claim of StatefulSet {sts}",
+                        v.claim_name
+                    ),
+                })?;
+            Ok(VolumeRestore {
+                source_claim: v.claim_name.clone(),
+                target_claim: format!("{template}-{target}-{ordinal}"),
+            })
+        })
+        .collect()
+}
+
+fn zone_affinity(zone: Option<&str>) -> serde_json::Value {
+    match zone {
+        Some(z) => {
+            json!({"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
+                {"matchExpressions": [{"key": ZONE_LABEL, "operator": "In", "values": [z]}]}
+            ]}}})
+        }
+        None => serde_json::Value::Null,
+    }
+}
+
+fn writer_pod(
+    ctx: &Context,
+    namespace: &str,
+    failover: &str,
+    i: usize,
+    claim: &str,
+    zone: Option<&str>,
+) -> serde_json::Value {
+    json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": writer_name(failover, i), "namespace": namespace, "labels": labels(failover)},
+        "spec": {
+            "affinity": zone_affinity(zone),
+            "automountServiceAccountToken": false,
+            "restartPolicy": "Never",
+            "containers": [{
+                "name": "writer", "image": ctx.reader_image,
+                "securityContext": {"runAsNonRoot": true, "runAsUser": 65532, "allowPrivilegeEscalation": false, "readOnlyRootFilesystem": true, "capabilities": {"drop": ["ALL"]}},
+                "volumeMounts": [{"name": "target", "mountPath": "/target"}],
+            }],
+            "volumes": [{"name": "target", "persistentVolumeClaim": {"claimName": claim}}],
+        },
+    })
+}
+
+/// The source's spec under a new name, pinned to the target zone, with a label of its own so
+/// that the two StatefulSets never claim each other's pods; the Service, selecting the app's
+/// labels, follows the new pods.
+fn target_statefulset(
+    source: &StatefulSet,
+    name: &str,
+    failover: &str,
+    replicas: i32,
+    zone: Option<&str>,
+) -> serde_json::Value {
+    let mut spec =
+        serde_json::to_value(source.spec.clone().unwrap_or_default()).unwrap_or_default();
+    spec["replicas"] = json!(replicas);
+    spec["selector"]["matchLabels"][FAILOVER_LABEL] = json!(failover);
+    spec["template"]["metadata"]["labels"][FAILOVER_LABEL] = json!(failover);
+    if let Some(z) = zone {
+        spec["template"]["spec"]["affinity"] = zone_affinity(Some(z));
+    }
+    let mut metadata_labels = source.labels().clone();
+    metadata_labels.extend(labels(failover));
+    json!({
+        "apiVersion": "apps/v1", "kind": "StatefulSet",
+        "metadata": {"name": name, "namespace": source.namespace(), "labels": metadata_labels},
+        "spec": spec,
+    })
+}
+
+async fn ensure_finalizer(ctx: &Context, f: &Failover) -> Result<(), Error> {
+    if f.finalizers().iter().any(|x| x == FINALIZER) {
+        return Ok(());
+    }
+    let mut list = f.finalizers().to_vec();
+    list.push(FINALIZER.into());
+    Api::<Failover>::namespaced(ctx.client.clone(), &f.namespace().unwrap_or_default())
+        .patch(
+            &f.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(
+                json!({"metadata": {"finalizers": list, "resourceVersion": f.resource_version()}}),
+            ),
+        )
+        .await
+        .map_err(Error::Kube)?;
+    Ok(())
+}
+
+async fn delete<K>(api: &Api<K>, name: &str) -> Result<(), Error>
+where
+    K: Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    match api.delete(name, &DeleteParams::background()).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+        Err(e) => Err(Error::Kube(e)),
+    }
+}
+
+/// A Failover deleted before commit: the copy, the new claims and the writer pods go, the
+/// source returns to its replica count; then the finalizer is removed.
+pub async fn roll_back(ctx: &Context, f: &Failover) -> Result<(), Error> {
+    if !f.finalizers().iter().any(|x| x == FINALIZER) {
+        return Ok(());
+    }
+    let namespace = f.namespace().unwrap_or_default();
+    let name = f.name_any();
+    let status = f.status.clone().unwrap_or_default();
+    if !f.spec.commit {
+        let sets: Api<StatefulSet> = Api::namespaced(ctx.client.clone(), &namespace);
+        if let Some(target) = &status.target_workload {
+            delete(&sets, target).await?;
+        }
+        let selector = ListParams::default().labels(&format!("{FAILOVER_LABEL}={name}"));
+        let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &namespace);
+        for p in pods
+            .list_metadata(&selector)
+            .await
+            .map_err(Error::Kube)?
+            .items
+        {
+            delete(&pods, &p.name_any()).await?;
+        }
+        let claims: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &namespace);
+        for c in claims
+            .list_metadata(&selector)
+            .await
+            .map_err(Error::Kube)?
+            .items
+        {
+            delete(&claims, &c.name_any()).await?;
+        }
+        if let (Some(replicas), Some(rw)) = (
+            status.source_replicas,
+            ctx.stores
+                .workloads
+                .get(&ObjectRef::new(&f.spec.workload_name).within(&namespace))
+                .and_then(|g| g.0.as_ref().ok().cloned()),
+        ) {
+            sets.patch(
+                &rw.spec.workload_ref.name,
+                &PatchParams::default(),
+                &Patch::Merge(json!({"spec": {"replicas": replicas}})),
+            )
+            .await
+            .map_err(Error::Kube)?;
+        }
+    }
+    let rest: Vec<String> = f
+        .finalizers()
+        .iter()
+        .filter(|x| *x != FINALIZER)
+        .cloned()
+        .collect();
+    Api::<Failover>::namespaced(ctx.client.clone(), &namespace)
+        .patch(
+            &name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"finalizers": rest}})),
+        )
+        .await
+        .map_err(Error::Kube)?;
+    Ok(())
+}

@@ -1,0 +1,266 @@
+//! Phase one of a failover end to end: the operator, the agents (the one in the target zone
+//! restores) and the rig playing binder, scheduler, kubelet and StatefulSet controller.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
+use kube::api::{Api, ListParams, PostParams};
+use serde_json::json;
+use site_recovery::api::Failover;
+
+use crate::operator::condition;
+use crate::replication::{
+    live_vault, protect, read_tree, replicated_point, request_point, setup, start_agent,
+    write_version,
+};
+use crate::rig::{Rig, eventually};
+
+fn failover(name: &str, point: serde_json::Value) -> Failover {
+    serde_json::from_value(json!({
+        "apiVersion": "siterecovery.io/v1alpha1", "kind": "Failover",
+        "metadata": {"name": name, "namespace": "apps"},
+        "spec": {"workloadName": "db", "recoveryPoint": point},
+    }))
+    .unwrap()
+}
+
+async fn failover_objects(rig: &Rig) -> Vec<String> {
+    let lp = ListParams::default().labels("siterecovery.io/failover");
+    let mut out = Vec::new();
+    for p in Api::<Pod>::namespaced(rig.client(), "apps")
+        .list_metadata(&lp)
+        .await
+        .unwrap()
+        .items
+    {
+        out.push(format!("Pod/{}", p.metadata.name.unwrap()));
+    }
+    for c in Api::<PersistentVolumeClaim>::namespaced(rig.client(), "apps")
+        .list_metadata(&lp)
+        .await
+        .unwrap()
+        .items
+    {
+        out.push(format!(
+            "PersistentVolumeClaim/{}",
+            c.metadata.name.unwrap()
+        ));
+    }
+    if Api::<StatefulSet>::namespaced(rig.client(), "apps")
+        .get_opt("db-failover")
+        .await
+        .unwrap()
+        .is_some()
+    {
+        out.push("StatefulSet/db-failover".into());
+    }
+    out
+}
+
+async fn replicas(rig: &Rig, name: &str) -> Option<i32> {
+    Api::<StatefulSet>::namespaced(rig.client(), "apps")
+        .get_opt(name)
+        .await
+        .unwrap()
+        .and_then(|s| s.spec)
+        .and_then(|s| s.replicas)
+}
+
+#[tokio::test]
+async fn failover_to_an_older_point_brings_the_workload_up_in_the_target_zone_and_rolls_back() {
+    let (rig, _dir, running, volumes) = setup(|d| live_vault(d, json!({}))).await;
+    let agents: Vec<_> = ["node-a1", "node-a2", "node-b1"]
+        .iter()
+        .map(|n| start_agent(&rig, n, 10))
+        .collect();
+    let first_content = write_version(&volumes, 1);
+    let workloads = protect(&rig).await;
+    let first = eventually(
+        Duration::from_secs(60),
+        "first point replicated",
+        || async {
+            let s = workloads.get("db").await.ok()?.status?;
+            s.point_in_progress.is_none().then_some(())?;
+            s.latest_replicated_point.map(|p| p.id)
+        },
+    )
+    .await;
+    let second_content = write_version(&volumes, 2);
+    request_point(&workloads, "2").await;
+    replicated_point(&workloads, "2", Duration::from_secs(60)).await;
+    let _cluster = crate::rig::failover::run(
+        &rig,
+        "apps",
+        BTreeMap::from([("zone-b".to_string(), "node-b1".to_string())]),
+    );
+
+    let failovers: Api<Failover> = Api::namespaced(rig.client(), "apps");
+    failovers
+        .create(
+            &PostParams::default(),
+            &failover("fo", json!({"id": first})),
+        )
+        .await
+        .unwrap();
+    let s = eventually(Duration::from_secs(60), "FailedOver=True", || async {
+        let s = failovers.get("fo").await.ok()?.status?;
+        (condition(&s.conditions, "FailedOver")?.0 == "True").then_some(s)
+    })
+    .await;
+    let steps: Vec<&str> = s.timeline.iter().map(|t| t.step.as_str()).collect();
+    assert_eq!(
+        steps,
+        [
+            "RestoreStarted",
+            "Restored",
+            "WorkloadStarted",
+            "FailedOver"
+        ]
+    );
+    let rto = s.rto_seconds.expect("the RTO is measured");
+    println!(
+        "RTO {rto:.1}s: {:?}",
+        s.timeline
+            .iter()
+            .map(|t| (&t.step, t.time.to_string()))
+            .collect::<Vec<_>>()
+    );
+    // The copy runs in the target zone on the restored claims, holding the chosen point.
+    assert_eq!(
+        replicas(&rig, "db").await,
+        Some(0),
+        "the source is scaled to zero"
+    );
+    assert_eq!(replicas(&rig, "db-failover").await, Some(2));
+    for (i, claim) in ["data-db-0", "data-db-1"].iter().enumerate() {
+        let disk = crate::rig::failover::disk(&rig, &format!("pv-apps-data-db-failover-{i}"));
+        assert_eq!(
+            read_tree(&disk),
+            first_content[*claim],
+            "{claim} restored from point {first}"
+        );
+    }
+    let pod: Pod = Api::namespaced(rig.client(), "apps")
+        .get("db-failover-0")
+        .await
+        .unwrap();
+    assert_eq!(pod.spec.unwrap().node_name.as_deref(), Some("node-b1"));
+    assert!(
+        !failover_objects(&rig)
+            .await
+            .iter()
+            .any(|o| o.starts_with("Pod/sr-restore")),
+        "writer pods are removed"
+    );
+
+    // Deleting the Failover before commit rolls back; the source's data is untouched.
+    failovers.delete("fo", &Default::default()).await.unwrap();
+    eventually(Duration::from_secs(30), "rolled back", || async {
+        failovers
+            .get_opt("fo")
+            .await
+            .ok()?
+            .is_none()
+            .then_some(())?;
+        failover_objects(&rig).await.is_empty().then_some(())
+    })
+    .await;
+    assert_eq!(
+        replicas(&rig, "db").await,
+        Some(2),
+        "the source is back at its replica count"
+    );
+    for (claim, dir) in &volumes {
+        assert_eq!(
+            read_tree(dir),
+            second_content[claim],
+            "{claim} is untouched"
+        );
+    }
+    running.stop().await;
+    for a in agents {
+        a.kill();
+    }
+}
+
+#[tokio::test]
+async fn a_restore_that_fails_verification_never_reaches_the_workload() {
+    let (rig, dir, running, volumes) = setup(|d| live_vault(d, json!({}))).await;
+    let agents: Vec<_> = ["node-a1", "node-a2", "node-b1"]
+        .iter()
+        .map(|n| start_agent(&rig, n, 10))
+        .collect();
+    write_version(&volumes, 1);
+    let workloads = protect(&rig).await;
+    eventually(
+        Duration::from_secs(60),
+        "first point replicated",
+        || async {
+            let s = workloads.get("db").await.ok()?.status?;
+            s.point_in_progress.is_none().then_some(())?;
+            s.latest_replicated_point
+        },
+    )
+    .await;
+    running.stop().await;
+    // Every pack in the target is damaged: nothing it holds authenticates any more.
+    let mut stack = vec![dir.path().join("target/data")];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                let mut bytes = std::fs::read(&p).unwrap();
+                let at = bytes.len() / 3;
+                bytes[at] ^= 0xff;
+                std::fs::write(&p, bytes).unwrap();
+            }
+        }
+    }
+    let running = crate::operator::start_operator(&rig, false).await;
+    let _cluster = crate::rig::failover::run(
+        &rig,
+        "apps",
+        BTreeMap::from([("zone-b".to_string(), "node-b1".to_string())]),
+    );
+    let failovers: Api<Failover> = Api::namespaced(rig.client(), "apps");
+    failovers
+        .create(
+            &PostParams::default(),
+            &failover("fo", json!({"latest": true})),
+        )
+        .await
+        .unwrap();
+    let s = eventually(Duration::from_secs(60), "RestoreFailed", || async {
+        let s = failovers.get("fo").await.ok()?.status?;
+        (condition(&s.conditions, "FailedOver")?.1 == "RestoreFailed").then_some(s)
+    })
+    .await;
+    let (_, _, message) = condition(&s.conditions, "FailedOver").unwrap();
+    assert!(
+        message.contains("node-b1") && message.contains("not started"),
+        "{message}"
+    );
+    assert_eq!(
+        replicas(&rig, "db-failover").await,
+        None,
+        "no workload on damaged data"
+    );
+    assert_eq!(
+        replicas(&rig, "db").await,
+        Some(2),
+        "the source was not stopped"
+    );
+    failovers.delete("fo", &Default::default()).await.unwrap();
+    eventually(Duration::from_secs(30), "cleaned up", || async {
+        failover_objects(&rig).await.is_empty().then_some(())
+    })
+    .await;
+    running.stop().await;
+    for a in agents {
+        a.kill();
+    }
+}
