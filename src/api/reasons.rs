@@ -85,6 +85,8 @@ names! {
         AgentsRegistered,
         NotRegistered,
         ReplicationNotStarted,
+        /// A Failover of the workload has started: replication stops (re-protection is separate).
+        FailoverInProgress,
         /// A point is being captured or replicated now.
         PointInProgress,
         /// The last point was captured and replicated.
@@ -129,6 +131,10 @@ names! {
         /// This mode is not carried out by this version.
         ModeNotSupported,
         NotCommitted,
+        /// Committed: the points are deleted; the workload runs in the target zone.
+        Committed,
+        /// Commit asked for, waiting for FailedOver, or deleting the points.
+        Committing,
     }
 }
 

@@ -297,6 +297,7 @@ async fn run_controllers(
     let workload_for_failovers = workload_writer.subscribe().expect(subscribe);
     let failover_main = failover_writer.subscribe().expect(subscribe);
     let failover_for_siblings = failover_writer.subscribe().expect(subscribe);
+    let failover_for_workloads = failover_writer.subscribe().expect(subscribe);
     let node_for_vaults = node_writer.subscribe().expect(subscribe);
     let registration_for_workloads = registration_writer.subscribe().expect(subscribe);
     // Subscribe to deletions before the roots start, so that none is missed.
@@ -516,6 +517,13 @@ async fn run_controllers(
     let (on_node, on_deleted_node) = (workloads_on_node.clone(), workloads_on_node);
     let workload_controller = Controller::for_shared_stream(workload_main, workloads.clone())
         .watches_shared_stream(vault_for_workloads, move |v| of_vault(&v))
+        // A failover that starts stops the workload's points.
+        .watches_shared_stream(failover_for_workloads, |f| {
+            guarded_ok(&f).map(|fo| {
+                ObjectRef::<DeserializeGuard<ReplicatedWorkload>>::new(&fo.spec.workload_name)
+                    .within(&fo.namespace().unwrap_or_default())
+            })
+        })
         .watches_stream(vaults_deleted, move |v| of_deleted_vault(&v))
         .watches_shared_stream(registration_for_workloads, move |l| on_node(&l))
         .watches_stream(registrations_deleted, move |l| on_deleted_node(&l))

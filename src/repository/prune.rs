@@ -83,6 +83,33 @@ pub async fn prune(
         report.points_removed = remove;
         return Ok(report);
     }
+    remove_points(repo, remove, report).await
+}
+
+/// Removes every point of `workload` (a committed failover: the seed's commit deletes the
+/// recovery points), then collects the garbage as [`prune`] does.
+pub async fn forget_workload(
+    repo: &mut Repository,
+    workload: &str,
+) -> Result<PruneReport, RepoError> {
+    let manifests = repo.manifests().await?;
+    let remove: Vec<String> = manifests
+        .iter()
+        .filter(|m| m.workload == workload)
+        .map(|m| m.id.clone())
+        .collect();
+    let report = PruneReport {
+        points_kept: manifests.len() - remove.len(),
+        ..Default::default()
+    };
+    remove_points(repo, remove, report).await
+}
+
+async fn remove_points(
+    repo: &mut Repository,
+    remove: Vec<String>,
+    mut report: PruneReport,
+) -> Result<PruneReport, RepoError> {
     for id in &remove {
         repo.location
             .delete(&layout::point(repo.location.prefix(), id))

@@ -9,6 +9,8 @@ use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
 use kube::api::{Api, ListParams, PostParams};
 use serde_json::json;
 use site_recovery::api::Failover;
+use site_recovery::repository::Repository;
+use site_recovery::storage::{Location, LocationSpec};
 
 use crate::operator::condition;
 use crate::replication::{
@@ -259,6 +261,79 @@ async fn a_restore_that_fails_verification_never_reaches_the_workload() {
         failover_objects(&rig).await.is_empty().then_some(())
     })
     .await;
+    running.stop().await;
+    for a in agents {
+        a.kill();
+    }
+}
+
+#[tokio::test]
+async fn commit_deletes_the_points_and_keeps_the_workload_in_the_target_zone() {
+    let (rig, dir, running, volumes) = setup(|d| live_vault(d, json!({}))).await;
+    let agents: Vec<_> = ["node-a1", "node-a2", "node-b1"]
+        .iter()
+        .map(|n| start_agent(&rig, n, 10))
+        .collect();
+    let content = write_version(&volumes, 1);
+    let workloads = protect(&rig).await;
+    eventually(
+        Duration::from_secs(60),
+        "first point replicated",
+        || async {
+            let s = workloads.get("db").await.ok()?.status?;
+            s.point_in_progress.is_none().then_some(())?;
+            s.latest_replicated_point
+        },
+    )
+    .await;
+    let _cluster = crate::rig::failover::run(
+        &rig,
+        "apps",
+        BTreeMap::from([("zone-b".to_string(), "node-b1".to_string())]),
+    );
+    let failovers: Api<Failover> = Api::namespaced(rig.client(), "apps");
+    let mut fo = failover("fo", json!({"latest": true}));
+    fo.spec.commit = true;
+    failovers.create(&PostParams::default(), &fo).await.unwrap();
+    let s = eventually(Duration::from_secs(60), "Committed=True", || async {
+        let s = failovers.get("fo").await.ok()?.status?;
+        (condition(&s.conditions, "Committed")?.0 == "True").then_some(s)
+    })
+    .await;
+    assert_eq!(condition(&s.conditions, "FailedOver").unwrap().0, "True");
+    for location in ["cache", "target"] {
+        let repo = Repository::open(
+            Location::open(
+                &LocationSpec::Filesystem(dir.path().join(location)),
+                &Default::default(),
+            )
+            .unwrap(),
+            &[7u8; 32],
+        )
+        .await
+        .unwrap();
+        assert!(
+            repo.point_ids().await.unwrap().is_empty(),
+            "{location} still holds points"
+        );
+    }
+    // Replication of the workload stops and says why.
+    let w = eventually(Duration::from_secs(30), "workload paused", || async {
+        let s = workloads.get("db").await.ok()?.status?;
+        (condition(&s.conditions, "Ready")?.1 == "FailoverInProgress").then_some(s)
+    })
+    .await;
+    assert!(w.point_in_progress.is_none());
+    // Deleting a committed Failover leaves the workload where it now runs.
+    failovers.delete("fo", &Default::default()).await.unwrap();
+    eventually(Duration::from_secs(30), "Failover gone", || async {
+        failovers.get_opt("fo").await.ok()?.is_none().then_some(())
+    })
+    .await;
+    assert_eq!(replicas(&rig, "db-failover").await, Some(2));
+    assert_eq!(replicas(&rig, "db").await, Some(0));
+    let disk = crate::rig::failover::disk(&rig, "pv-apps-data-db-failover-0");
+    assert_eq!(read_tree(&disk), content["data-db-0"]);
     running.stop().await;
     for a in agents {
         a.kill();

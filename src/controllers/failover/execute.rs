@@ -36,6 +36,7 @@ pub const FINALIZER: &str = "siterecovery.io/failover";
 /// The FailedOver condition after this step, and whether to look again soon.
 pub struct Step {
     pub failed_over: Option<Condition>,
+    pub committed: Option<Condition>,
     pub busy: bool,
 }
 
@@ -101,6 +102,7 @@ pub async fn advance(
     let idle = |c| {
         Ok(Step {
             failed_over: Some(c),
+            committed: None,
             busy: false,
         })
     };
@@ -116,12 +118,14 @@ pub async fn advance(
     let Some(point) = status.resolved_point.clone() else {
         return Ok(Step {
             failed_over: None,
+            committed: None,
             busy: false,
         });
     };
     if status.restore.is_none() && !ready {
         return Ok(Step {
             failed_over: None,
+            committed: None,
             busy: false,
         });
     }
@@ -133,6 +137,7 @@ pub async fn advance(
     let Some(rw) = rw else {
         return Ok(Step {
             failed_over: None,
+            committed: None,
             busy: false,
         });
     };
@@ -206,6 +211,7 @@ pub async fn advance(
                 R::Restoring,
                 format!("restoring point {}", point.id),
             )),
+            committed: None,
             busy: true,
         });
     }
@@ -260,6 +266,7 @@ pub async fn advance(
                     R::Restoring,
                     format!("restoring point {}", restore.point),
                 )),
+                committed: None,
                 busy: true,
             });
         }
@@ -346,14 +353,25 @@ pub async fn advance(
             format!("{ready_pods} pod(s) of {target} Ready in the target zone"),
             now,
         );
-        return idle(condition(
+        let failed_over = condition(
             ConditionStatus::True,
             R::FailedOver,
             format!(
                 "{target} runs in the target zone from point {}; set spec.commit to commit, or delete this Failover to roll back",
                 restore.point
             ),
-        ));
+        );
+        let committed = if f.spec.commit {
+            Some(commit(ctx, f, &rw, status, now).await)
+        } else {
+            None
+        };
+        let busy = committed.as_ref().is_some_and(|c| !c.is_true());
+        return Ok(Step {
+            failed_over: Some(failed_over),
+            committed,
+            busy,
+        });
     }
     Ok(Step {
         failed_over: Some(condition(
@@ -361,6 +379,14 @@ pub async fn advance(
             R::WaitingForPods,
             format!("{ready_pods} of {want} pod(s) of {target} Ready"),
         )),
+        committed: f.spec.commit.then(|| {
+            Condition::new(
+                T::Committed,
+                ConditionStatus::False,
+                R::Committing,
+                "commit waits until the workload is Ready in the target zone",
+            )
+        }),
         busy: true,
     })
 }
@@ -549,4 +575,86 @@ pub async fn roll_back(ctx: &Context, f: &Failover) -> Result<(), Error> {
         .await
         .map_err(Error::Kube)?;
     Ok(())
+}
+
+/// Phase two: every point of the workload is deleted in cache and target (the seed's commit);
+/// the source's claims and volumes are kept. Idempotent: a commit interrupted halfway deletes
+/// what is left the next time.
+async fn commit(
+    ctx: &Context,
+    f: &Failover,
+    rw: &ReplicatedWorkload,
+    status: &mut FailoverStatus,
+    now: Timestamp,
+) -> Condition {
+    if status.timeline.iter().any(|t| t.step == "Committed") {
+        return Condition::new(
+            T::Committed,
+            ConditionStatus::True,
+            R::Committed,
+            committed_message(rw),
+        );
+    }
+    let namespace = f.namespace().unwrap_or_default();
+    let workload = format!("{namespace}/{}", rw.name_any());
+    let run = async {
+        let vault = ctx
+            .stores
+            .vaults
+            .get(&ObjectRef::new(&rw.spec.vault_name).within(&namespace))
+            .and_then(|g| g.0.as_ref().ok().cloned())
+            .ok_or_else(|| format!("RecoveryVault {} not found", rw.spec.vault_name))?;
+        let access =
+            crate::storage::vault::VaultAccess::resolve(&ctx.client, &namespace, &vault.spec)
+                .await
+                .map_err(|e| e.to_string())?;
+        let mut removed = 0;
+        for (name, location) in [("target", &access.target), ("cache", &access.cache)] {
+            match crate::repository::Repository::open(location.clone(), &access.key).await {
+                Ok(mut repo) => {
+                    removed += crate::repository::prune::forget_workload(&mut repo, &workload)
+                        .await
+                        .map_err(|e| format!("{name} location: {e}"))?
+                        .points_removed
+                        .len();
+                }
+                // The source zone's cache may be gone with the zone: nothing to delete there.
+                Err(e) if name == "cache" => {
+                    tracing::warn!(error = %e, "cache location unreachable at commit; its points stay until it returns")
+                }
+                Err(e) => return Err(format!("{name} location: {e}")),
+            }
+        }
+        Ok::<_, String>(removed)
+    };
+    match run.await {
+        Ok(removed) => {
+            mark(
+                status,
+                "Committed",
+                format!("{removed} recovery point(s) deleted"),
+                now,
+            );
+            Condition::new(
+                T::Committed,
+                ConditionStatus::True,
+                R::Committed,
+                committed_message(rw),
+            )
+        }
+        Err(message) => Condition::new(
+            T::Committed,
+            ConditionStatus::False,
+            R::Committing,
+            format!("deleting the recovery points: {message}; retrying"),
+        ),
+    }
+}
+
+fn committed_message(rw: &ReplicatedWorkload) -> String {
+    format!(
+        "committed: the recovery points of {} are deleted; the source StatefulSet {} (0 replicas) and its claims are kept until you delete them",
+        rw.name_any(),
+        rw.spec.workload_ref.name
+    )
 }

@@ -45,7 +45,7 @@ pub async fn reconcile(failover: &Failover, ctx: Arc<Context>) -> Result<Action,
     }
     next.target_zone = plan.target_zone.clone().or(next.target_zone);
     let step = execute::advance(&ctx, failover, ready, &mut next, now).await?;
-    if let Some(c) = step.failed_over {
+    for c in [step.failed_over, step.committed].into_iter().flatten() {
         plan.conditions.retain(|x| x.r#type != c.r#type);
         plan.conditions.push(c);
     }

@@ -24,7 +24,7 @@ pub const CONTROLLER: &str = "replicatedworkload";
 pub async fn reconcile(workload: &ReplicatedWorkload, ctx: Arc<Context>) -> Result<Action, Error> {
     let namespace = workload.namespace().unwrap_or_default();
     let now = crate::clock::now();
-    let observed = observe::observe(&ctx, &namespace, &workload.spec).await?;
+    let observed = observe::observe(&ctx, &namespace, &workload.name_any(), &workload.spec).await?;
     let mut plan = plan::plan(&workload.spec, workload.status.as_ref(), &observed, now);
     let ready = plan
         .conditions

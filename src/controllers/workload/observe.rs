@@ -45,11 +45,14 @@ pub struct Observed {
     pub claims: Vec<String>,
     pub nodes: Vec<NodeTopology>,
     pub registrations: Vec<AgentRegistration>,
+    /// A Failover of this workload that has started (its restore began).
+    pub failover: Option<String>,
 }
 
 pub async fn observe(
     ctx: &Context,
     namespace: &str,
+    workload_name: &str,
     spec: &ReplicatedWorkloadSpec,
 ) -> Result<Observed, Error> {
     let vault = ctx
@@ -107,6 +110,18 @@ pub async fn observe(
         claims,
         nodes: ctx.stores.node_topology(),
         registrations: ctx.stores.registrations(),
+        failover: ctx
+            .stores
+            .failovers
+            .state()
+            .iter()
+            .filter_map(|g| g.0.as_ref().ok())
+            .find(|f| {
+                f.namespace().as_deref() == Some(namespace)
+                    && f.spec.workload_name == workload_name
+                    && f.status.as_ref().is_some_and(|s| s.restore.is_some())
+            })
+            .map(|f| f.name_any()),
     })
 }
 

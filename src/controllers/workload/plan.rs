@@ -174,6 +174,14 @@ pub fn plan(
     let mut requeue = RECHECK;
 
     let blocker: Option<Blocker> = match &observed.vault {
+        // Checked first: after a failover the selector also finds the copy's pods.
+        _ if observed.failover.is_some() => Some((
+            R::FailoverInProgress,
+            format!(
+                "Failover {} of this workload has started: no point is taken while it runs or after it is committed (re-protection in the reverse direction is not implemented yet)",
+                observed.failover.clone().unwrap_or_default()
+            ),
+        )),
         None => Some((
             R::VaultNotFound,
             format!(

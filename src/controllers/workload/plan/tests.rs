@@ -74,6 +74,7 @@ fn observed() -> Observed {
                 region: None,
             },
         ],
+        failover: None,
         registrations: vec![reg("n1", 5), reg("n2", 5)],
     }
 }
