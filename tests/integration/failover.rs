@@ -295,6 +295,13 @@ async fn commit_deletes_the_points_and_keeps_the_workload_in_the_target_zone() {
     let mut fo = failover("fo", json!({"latest": true}));
     fo.spec.commit = true;
     failovers.create(&PostParams::default(), &fo).await.unwrap();
+    // The operator dies once the restore has started; its successor carries on.
+    eventually(Duration::from_secs(30), "restore started", || async {
+        failovers.get("fo").await.ok()?.status?.restore.map(|_| ())
+    })
+    .await;
+    running.task.abort();
+    let running = crate::operator::start_operator(&rig, false).await;
     let s = eventually(Duration::from_secs(60), "Committed=True", || async {
         let s = failovers.get("fo").await.ok()?.status?;
         (condition(&s.conditions, "Committed")?.0 == "True").then_some(s)
