@@ -138,6 +138,9 @@ pub struct Restore {
     /// Why the restore failed (the workload was not started).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failed: Option<String>,
+    /// The Failover's generation the restore was started for: a later spec may switch points.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generation: Option<i64>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]

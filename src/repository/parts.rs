@@ -168,6 +168,27 @@ impl Repository {
     }
 }
 
+impl Repository {
+    /// Removes the parts of `workload`'s points other than `keep`: parts written after their
+    /// point was given up (an agent that finished after another agent failed).
+    pub async fn discard_stale_parts(
+        &self,
+        workload: &str,
+        keep: Option<&str>,
+    ) -> Result<usize, RepoError> {
+        let mut stale = std::collections::BTreeSet::new();
+        for m in self.all_parts().await? {
+            if m.workload == workload && Some(m.id.as_str()) != keep {
+                stale.insert(m.id);
+            }
+        }
+        for point in &stale {
+            self.discard_parts(point).await?;
+        }
+        Ok(stale.len())
+    }
+}
+
 /// A point is only as consistent as its least consistent part.
 fn weakest(all: impl Iterator<Item = Consistency>) -> Consistency {
     all.fold(Consistency::AppConsistent, |a, b| match (a, b) {

@@ -137,7 +137,8 @@ async fn failover_to_an_older_point_brings_the_workload_up_in_the_target_zone_an
     );
     assert_eq!(replicas(&rig, "db-failover").await, Some(2));
     for (i, claim) in ["data-db-0", "data-db-1"].iter().enumerate() {
-        let disk = crate::rig::failover::disk(&rig, &format!("pv-apps-data-db-failover-{i}"));
+        let disk =
+            crate::rig::failover::claim_disk(&rig, "apps", &format!("data-db-failover-{i}")).await;
         assert_eq!(
             read_tree(&disk),
             first_content[*claim],
@@ -156,6 +157,42 @@ async fn failover_to_an_older_point_brings_the_workload_up_in_the_target_zone_an
             .any(|o| o.starts_with("Pod/sr-restore")),
         "writer pods are removed"
     );
+
+    // Before commit, another point: the copy is stopped, its claims restored again.
+    failovers
+        .patch(
+            "fo",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(
+                json!({"spec": {"recoveryPoint": {"id": null, "latest": true}}}),
+            ),
+        )
+        .await
+        .unwrap();
+    let s = eventually(
+        Duration::from_secs(60),
+        "switched and FailedOver",
+        || async {
+            let s = failovers.get("fo").await.ok()?.status?;
+            (s.restore.as_ref()?.point != first).then_some(())?;
+            (condition(&s.conditions, "FailedOver")?.0 == "True").then_some(s)
+        },
+    )
+    .await;
+    assert!(s.timeline.iter().any(|t| t.step == "PointSwitched"));
+    assert_eq!(
+        s.resolved_point.as_ref().map(|p| &p.id),
+        s.restore.as_ref().map(|r| &r.point)
+    );
+    for (i, claim) in ["data-db-0", "data-db-1"].iter().enumerate() {
+        let disk =
+            crate::rig::failover::claim_disk(&rig, "apps", &format!("data-db-failover-{i}")).await;
+        assert_eq!(
+            read_tree(&disk),
+            second_content[*claim],
+            "{claim} restored from the newer point"
+        );
+    }
 
     // Deleting the Failover before commit rolls back; the source's data is untouched.
     failovers.delete("fo", &Default::default()).await.unwrap();
@@ -339,7 +376,7 @@ async fn commit_deletes_the_points_and_keeps_the_workload_in_the_target_zone() {
     .await;
     assert_eq!(replicas(&rig, "db-failover").await, Some(2));
     assert_eq!(replicas(&rig, "db").await, Some(0));
-    let disk = crate::rig::failover::disk(&rig, "pv-apps-data-db-failover-0");
+    let disk = crate::rig::failover::claim_disk(&rig, "apps", "data-db-failover-0").await;
     assert_eq!(read_tree(&disk), content["data-db-0"]);
     running.stop().await;
     for a in agents {

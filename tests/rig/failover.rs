@@ -21,6 +21,15 @@ pub fn disk(cluster: &Cluster, pv: &str) -> PathBuf {
     cluster.kubelet.join("disks").join(pv)
 }
 
+/// The data of the volume bound to `claim`.
+pub async fn claim_disk(cluster: &Cluster, ns: &str, claim: &str) -> PathBuf {
+    let c: PersistentVolumeClaim = Api::namespaced(cluster.client(), ns)
+        .get(claim)
+        .await
+        .unwrap();
+    disk(cluster, &c.spec.unwrap().volume_name.unwrap())
+}
+
 pub fn run(
     cluster: &Cluster,
     ns: &str,
@@ -52,7 +61,9 @@ pub fn run(
                 if c.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Bound") {
                     continue;
                 }
-                let pv = format!("pv-{ns}-{name}");
+                // A new claim gets a new, empty volume, also when it reuses a name.
+                let uid = c.metadata.uid.clone().unwrap();
+                let pv = format!("pv-{ns}-{name}-{}", &uid[uid.len() - 6..]);
                 std::fs::create_dir_all(disk(&rig, &pv)).unwrap();
                 rig.create_or_keep(json!({
                     "apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": pv},
@@ -110,9 +121,10 @@ pub fn run(
             // Scheduler and kubelet for pods pinned to a zone.
             for p in pods.list(&ListParams::default()).await.unwrap().items {
                 let name = p.name_any();
+                let uid = p.metadata.uid.clone().unwrap();
                 let spec = p.spec.clone().unwrap_or_default();
                 if spec.node_name.is_some()
-                    || scheduled.contains(&name)
+                    || scheduled.contains(&uid)
                     || p.metadata.deletion_timestamp.is_some()
                 {
                     continue;
@@ -143,7 +155,6 @@ pub fn run(
                 if !bound {
                     continue;
                 }
-                let uid = p.metadata.uid.clone().unwrap();
                 for pv in mounts {
                     let dir = rig.volume_dir(&uid, &pv);
                     std::fs::create_dir_all(dir.parent().unwrap()).unwrap();
@@ -152,7 +163,7 @@ pub fn run(
                 }
                 rig.bind_pod(&ns, &name, node).await;
                 rig.mark_ready(&ns, &name).await;
-                scheduled.insert(name);
+                scheduled.insert(uid);
             }
         }
     })

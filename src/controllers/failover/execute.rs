@@ -54,6 +54,19 @@ fn mark(status: &mut FailoverStatus, step: &str, message: String, now: Timestamp
     }
 }
 
+/// Like [`mark`], for steps that may happen more than once.
+fn mark_again(status: &mut FailoverStatus, step: &str, message: String, now: Timestamp) {
+    status.timeline.push(TimelineStep {
+        step: step.into(),
+        time: now,
+        message,
+    });
+    // The timeline is bounded by the schema: the oldest entries go first.
+    while status.timeline.len() > 60 {
+        status.timeline.remove(0);
+    }
+}
+
 fn labels(failover: &str) -> BTreeMap<String, String> {
     BTreeMap::from([
         (
@@ -96,6 +109,7 @@ pub async fn advance(
     ctx: &Context,
     f: &Failover,
     ready: bool,
+    wanted: Option<&crate::api::failover::ResolvedPoint>,
     status: &mut FailoverStatus,
     now: Timestamp,
 ) -> Result<Step, Error> {
@@ -155,9 +169,63 @@ pub async fn advance(
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &namespace);
     let sets: Api<StatefulSet> = Api::namespaced(ctx.client.clone(), &namespace);
 
+    // Between the phases, a changed spec.recoveryPoint re-restores: stop the copy, drop the
+    // restored claims, start again from step 1 with the new point.
+    if let (Some(r), Some(wanted)) = (status.restore.clone(), wanted)
+        && !f.spec.commit
+        && r.generation != f.metadata.generation
+        && wanted.id != r.point
+    {
+        tear_down(ctx, f, status.target_workload.as_deref()).await?;
+        mark_again(
+            status,
+            "PointSwitched",
+            format!(
+                "from point {} to {}: the copy is stopped and its claims restored again",
+                r.point, wanted.id
+            ),
+            now,
+        );
+        status.restore = None;
+        status.target_workload = None;
+        status.rto_seconds = None;
+        status.resolved_point = Some(wanted.clone());
+        return Ok(Step {
+            failed_over: Some(condition(
+                ConditionStatus::False,
+                R::Restoring,
+                format!("switching to point {}", wanted.id),
+            )),
+            committed: None,
+            busy: true,
+        });
+    }
+
     // 1. Claims and writer pods in the target zone.
     if status.restore.is_none() {
         let volumes = restore_plan(&rw, &sts)?;
+        // Claims of a previous point are still going away: their names are needed again.
+        for v in &volumes {
+            if claims
+                .get_opt(&v.target_claim)
+                .await
+                .map_err(Error::Kube)?
+                .is_some_and(|c| c.metadata.deletion_timestamp.is_some())
+            {
+                return Ok(Step {
+                    failed_over: Some(condition(
+                        ConditionStatus::False,
+                        R::Restoring,
+                        format!(
+                            "waiting for claim {} of the previous point to be deleted",
+                            v.target_claim
+                        ),
+                    )),
+                    committed: None,
+                    busy: true,
+                });
+            }
+        }
         for (i, v) in volumes.iter().enumerate() {
             let source = claims.get_opt(&v.source_claim).await.map_err(Error::Kube)?;
             let source_spec = source.and_then(|c| c.spec).unwrap_or_default();
@@ -204,6 +272,7 @@ pub async fn advance(
             volumes,
             completed: None,
             failed: None,
+            generation: f.metadata.generation,
         });
         return Ok(Step {
             failed_over: Some(condition(
@@ -522,28 +591,7 @@ pub async fn roll_back(ctx: &Context, f: &Failover) -> Result<(), Error> {
     let status = f.status.clone().unwrap_or_default();
     if !f.spec.commit {
         let sets: Api<StatefulSet> = Api::namespaced(ctx.client.clone(), &namespace);
-        if let Some(target) = &status.target_workload {
-            delete(&sets, target).await?;
-        }
-        let selector = ListParams::default().labels(&format!("{FAILOVER_LABEL}={name}"));
-        let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &namespace);
-        for p in pods
-            .list_metadata(&selector)
-            .await
-            .map_err(Error::Kube)?
-            .items
-        {
-            delete(&pods, &p.name_any()).await?;
-        }
-        let claims: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &namespace);
-        for c in claims
-            .list_metadata(&selector)
-            .await
-            .map_err(Error::Kube)?
-            .items
-        {
-            delete(&claims, &c.name_any()).await?;
-        }
+        tear_down(ctx, f, status.target_workload.as_deref()).await?;
         if let (Some(replicas), Some(rw)) = (
             status.source_replicas,
             ctx.stores
@@ -657,4 +705,33 @@ fn committed_message(rw: &ReplicatedWorkload) -> String {
         rw.name_any(),
         rw.spec.workload_ref.name
     )
+}
+
+/// Removes what a failover created in the target zone: the copy, writer pods, restored claims.
+async fn tear_down(ctx: &Context, f: &Failover, target: Option<&str>) -> Result<(), Error> {
+    let namespace = f.namespace().unwrap_or_default();
+    let sets: Api<StatefulSet> = Api::namespaced(ctx.client.clone(), &namespace);
+    if let Some(target) = target {
+        delete(&sets, target).await?;
+    }
+    let selector = ListParams::default().labels(&format!("{FAILOVER_LABEL}={}", f.name_any()));
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &namespace);
+    for p in pods
+        .list_metadata(&selector)
+        .await
+        .map_err(Error::Kube)?
+        .items
+    {
+        delete(&pods, &p.name_any()).await?;
+    }
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &namespace);
+    for c in claims
+        .list_metadata(&selector)
+        .await
+        .map_err(Error::Kube)?
+        .items
+    {
+        delete(&claims, &c.name_any()).await?;
+    }
+    Ok(())
 }

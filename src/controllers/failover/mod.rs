@@ -37,14 +37,14 @@ pub async fn reconcile(failover: &Failover, ctx: Arc<Context>) -> Result<Action,
         .iter()
         .any(|c| c.r#type == "Ready" && c.is_true());
     let mut next = failover.status.clone().unwrap_or_default();
-    // Once the restore started, its point is the failover's point.
+    // Once the restore started, its point is the failover's point until the spec switches it.
+    let wanted = plan.resolved_point.clone();
     if next.restore.is_none() {
         next.resolved_point = plan.resolved_point.clone();
-    } else {
-        plan.resolved_point = next.resolved_point.clone();
     }
     next.target_zone = plan.target_zone.clone().or(next.target_zone);
-    let step = execute::advance(&ctx, failover, ready, &mut next, now).await?;
+    let step = execute::advance(&ctx, failover, ready, wanted.as_ref(), &mut next, now).await?;
+    plan.resolved_point = next.resolved_point.clone();
     for c in [step.failed_over, step.committed].into_iter().flatten() {
         plan.conditions.retain(|x| x.r#type != c.r#type);
         plan.conditions.push(c);

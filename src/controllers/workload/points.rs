@@ -488,6 +488,9 @@ where
         .assemble(&point.id, parts)
         .await
         .map_err(|e| format!("assembling point {}: {e}", point.id))?;
+    if let Err(e) = cache.discard_stale_parts(&manifest.workload, None).await {
+        tracing::warn!(error = %e, "could not remove the parts of abandoned points yet");
+    }
     let replicated = copy_missing(&a, &cache, &manifest.workload)
         .await
         .map_err(|e| format!("target location: {e}"));
