@@ -78,6 +78,12 @@ enum Command {
     Status(site_recovery::cli::plugin::StatusArgs),
     /// A workload's recovery points, listed from the vault's target location (or cache).
     Points(site_recovery::cli::plugin::PointsArgs),
+    /// Fail a workload over to its target zone (creates a Failover) and wait until it runs there.
+    Failover(site_recovery::cli::plugin::FailoverArgs),
+    /// Commit a failover (phase two: the recovery points are deleted) and wait.
+    Commit(site_recovery::cli::plugin::NamedArgs),
+    /// Cancel a failover before commit (deletes it: rolls back) and wait.
+    Cancel(site_recovery::cli::plugin::NamedArgs),
     /// Check manifests against the CRDs' admission rules (CEL) without a cluster.
     Validate {
         /// YAML files with RecoveryVault, ReplicatedWorkload or Failover documents.
@@ -188,6 +194,15 @@ async fn run(command: Command) -> anyhow::Result<std::process::ExitCode> {
         }
         Command::Points(args) => {
             site_recovery::cli::plugin::points(kube_client().await?, args).await?
+        }
+        Command::Failover(args) => {
+            site_recovery::cli::plugin::failover(kube_client().await?, args).await?
+        }
+        Command::Commit(args) => {
+            site_recovery::cli::plugin::commit(kube_client().await?, args).await?
+        }
+        Command::Cancel(args) => {
+            site_recovery::cli::plugin::cancel(kube_client().await?, args).await?
         }
         Command::Validate { files } => {
             let mut failed = false;

@@ -11,7 +11,7 @@ use kube::{Client, ResourceExt};
 use serde::Serialize;
 
 use crate::api::conditions::find;
-use crate::api::{RecoveryVault, ReplicatedWorkload};
+use crate::api::{Failover, RecoveryVault, ReplicatedWorkload};
 use crate::repository::Repository;
 use crate::storage::vault::VaultAccess;
 
@@ -364,4 +364,259 @@ pub async fn points(client: Client, args: PointsArgs) -> anyhow::Result<()> {
                 .collect(),
         )
     })
+}
+
+#[derive(Args, Debug)]
+pub struct FailoverArgs {
+    /// The ReplicatedWorkload to fail over.
+    pub workload: String,
+    #[command(flatten)]
+    pub scope: Scope,
+    /// Name of the Failover [default: <workload>-failover].
+    #[arg(long)]
+    pub name: Option<String>,
+    /// A point id (or a unique prefix of one).
+    #[arg(long, conflicts_with_all = ["time", "latest_app_consistent"])]
+    pub point_id: Option<String>,
+    /// The newest point at or before this RFC 3339 time.
+    #[arg(long, conflicts_with = "latest_app_consistent")]
+    pub time: Option<jiff::Timestamp>,
+    /// The newest app-consistent point.
+    #[arg(long)]
+    pub latest_app_consistent: bool,
+    #[command(flatten)]
+    pub wait: Wait,
+}
+
+#[derive(Args, Debug)]
+pub struct NamedArgs {
+    /// The Failover.
+    pub name: String,
+    #[command(flatten)]
+    pub scope: Scope,
+    #[command(flatten)]
+    pub wait: Wait,
+}
+
+#[derive(Args, Debug)]
+pub struct Wait {
+    /// Return once the change is made, without waiting for its outcome.
+    #[arg(long)]
+    pub no_wait: bool,
+    /// How long to wait for the outcome.
+    #[arg(long, default_value = "15m", value_parser = parse_wait)]
+    pub timeout: std::time::Duration,
+}
+
+fn parse_wait(text: &str) -> Result<std::time::Duration, String> {
+    crate::api::policy::parse_duration(text)
+}
+
+/// Field manager of the plugin's writes (the spec it sets stays visible to GitOps tools).
+const PLUGIN_MANAGER: &str = "kubectl-siterecovery";
+
+fn namespace_of(client: &Client, scope: &Scope) -> String {
+    scope
+        .namespace
+        .clone()
+        .unwrap_or_else(|| client.default_namespace().to_string())
+}
+
+/// Waits until `done` says the Failover reached its outcome (Ok) or failed (Err), printing each
+/// new timeline step and condition message on the way (table output only).
+async fn wait_for(
+    api: &Api<Failover>,
+    name: &str,
+    wait: &Wait,
+    output: Output,
+    done: impl Fn(&Failover) -> Option<Result<(), String>>,
+) -> anyhow::Result<Option<Failover>> {
+    let deadline = tokio::time::Instant::now() + wait.timeout;
+    let mut seen_steps = 0;
+    let mut last_message = String::new();
+    loop {
+        let current = api.get_opt(name).await.context("reading the Failover")?;
+        if let Some(f) = &current {
+            let status = f.status.clone().unwrap_or_default();
+            if output == Output::Table {
+                for step in status.timeline.iter().skip(seen_steps) {
+                    eprintln!("{}  {:<16} {}", step.time, step.step, step.message);
+                }
+                let message = ["FailedOver", "Committed", "Ready"]
+                    .iter()
+                    .filter_map(|t| find(&status.conditions, t))
+                    .map(|c| format!("{} {}: {}", c.r#type, c.reason, c.message))
+                    .next()
+                    .unwrap_or_default();
+                if message != last_message {
+                    eprintln!("  {message}");
+                    last_message = message;
+                }
+            }
+            seen_steps = status.timeline.len();
+        }
+        let Some(f) = &current else {
+            return Ok(None);
+        };
+        match done(f) {
+            Some(Ok(())) => return Ok(current),
+            Some(Err(message)) => anyhow::bail!("Failover {name}: {message}"),
+            None => {}
+        }
+        if tokio::time::Instant::now() >= deadline {
+            anyhow::bail!(
+                "Failover {name}: no outcome within {}s (it goes on in the cluster; `kubectl siterecovery status` shows it)",
+                wait.timeout.as_secs()
+            );
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    }
+}
+
+fn print_failover(output: Output, f: Option<&Failover>) -> anyhow::Result<()> {
+    match (output, f) {
+        (Output::Table, _) | (_, None) => Ok(()),
+        (output, Some(f)) => print(output, f, String::new),
+    }
+}
+
+fn condition_is(f: &Failover, t: &str, want: &str) -> bool {
+    f.status
+        .as_ref()
+        .and_then(|s| find(&s.conditions, t))
+        .is_some_and(|c| c.reason == want)
+}
+
+/// `failover`: creates the Failover (phase one) and waits until the workload runs in the
+/// target zone.
+pub async fn failover(client: Client, args: FailoverArgs) -> anyhow::Result<()> {
+    let ns = namespace_of(&client, &args.scope);
+    let name = args
+        .name
+        .clone()
+        .unwrap_or_else(|| format!("{}-failover", args.workload));
+    let point = if let Some(id) = &args.point_id {
+        serde_json::json!({"id": id})
+    } else if let Some(t) = &args.time {
+        serde_json::json!({"time": t.to_string()})
+    } else if args.latest_app_consistent {
+        serde_json::json!({"latestAppConsistent": true})
+    } else {
+        serde_json::json!({"latest": true})
+    };
+    let api: Api<Failover> = Api::namespaced(client.clone(), &ns);
+    let obj = serde_json::json!({
+        "apiVersion": "siterecovery.io/v1alpha1", "kind": "Failover",
+        "metadata": {"name": name, "namespace": ns},
+        "spec": {"workloadName": args.workload, "recoveryPoint": point},
+    });
+    api.patch(
+        &name,
+        &kube::api::PatchParams::apply(PLUGIN_MANAGER),
+        &kube::api::Patch::Apply(&obj),
+    )
+    .await
+    .with_context(|| format!("creating Failover {name}"))?;
+    eprintln!(
+        "Failover {name} of {} created in namespace {ns}",
+        args.workload
+    );
+    if args.wait.no_wait {
+        return Ok(());
+    }
+    let f = wait_for(&api, &name, &args.wait, args.scope.output, |f| {
+        if condition_is(f, "FailedOver", "FailedOver") {
+            Some(Ok(()))
+        } else if condition_is(f, "FailedOver", "RestoreFailed")
+            || condition_is(f, "FailedOver", "ModeNotSupported")
+        {
+            Some(Err(message_of(f, "FailedOver")))
+        } else if [
+            "DuplicateFailover",
+            "InvalidSpec",
+            "TargetUnreachable",
+            "WorkloadNotFound",
+        ]
+        .iter()
+        .any(|r| condition_is(f, "Ready", r))
+        {
+            Some(Err(message_of(f, "Ready")))
+        } else {
+            None
+        }
+    })
+    .await?
+    .with_context(|| format!("Failover {name} was deleted while it ran"))?;
+    let f = Some(f);
+    if let Some(rto) = f
+        .as_ref()
+        .and_then(|f| f.status.as_ref())
+        .and_then(|s| s.rto_seconds)
+    {
+        eprintln!(
+            "failed over in {rto:.0}s; `kubectl siterecovery commit {name}` commits, `kubectl siterecovery cancel {name}` rolls back"
+        );
+    }
+    print_failover(args.scope.output, f.as_ref())
+}
+
+fn message_of(f: &Failover, t: &str) -> String {
+    f.status
+        .as_ref()
+        .and_then(|s| find(&s.conditions, t))
+        .map(|c| format!("{}: {}", c.reason, c.message))
+        .unwrap_or_default()
+}
+
+/// `commit`: sets `spec.commit` (phase two) and waits for `Committed=True`.
+pub async fn commit(client: Client, args: NamedArgs) -> anyhow::Result<()> {
+    let ns = namespace_of(&client, &args.scope);
+    let api: Api<Failover> = Api::namespaced(client.clone(), &ns);
+    api.patch(
+        &args.name,
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Merge(serde_json::json!({"spec": {"commit": true}})),
+    )
+    .await
+    .with_context(|| format!("committing Failover {}", args.name))?;
+    if args.wait.no_wait {
+        return Ok(());
+    }
+    let f = wait_for(&api, &args.name, &args.wait, args.scope.output, |f| {
+        condition_is(f, "Committed", "Committed").then_some(Ok(()))
+    })
+    .await?
+    .with_context(|| format!("Failover {} was deleted before it was committed", args.name))?;
+    let f = Some(f);
+    eprintln!("Failover {} committed", args.name);
+    print_failover(args.scope.output, f.as_ref())
+}
+
+/// `cancel`: deletes the Failover before commit, which rolls back, and waits until it is gone.
+pub async fn cancel(client: Client, args: NamedArgs) -> anyhow::Result<()> {
+    let ns = namespace_of(&client, &args.scope);
+    let api: Api<Failover> = Api::namespaced(client.clone(), &ns);
+    let f = api
+        .get_opt(&args.name)
+        .await?
+        .with_context(|| format!("Failover {} not found in namespace {ns}", args.name))?;
+    if f.spec.commit {
+        anyhow::bail!(
+            "Failover {} is committed: there is nothing to roll back (delete it with kubectl if you no longer want the object)",
+            args.name
+        );
+    }
+    api.delete(&args.name, &Default::default())
+        .await
+        .with_context(|| format!("deleting Failover {}", args.name))?;
+    if args.wait.no_wait {
+        return Ok(());
+    }
+    // Quietly: the failover's history is not news to the one cancelling it.
+    wait_for(&api, &args.name, &args.wait, Output::Json, |_| None).await?;
+    eprintln!(
+        "Failover {} cancelled: the workload is back in its source zone",
+        args.name
+    );
+    Ok(())
 }

@@ -383,3 +383,74 @@ async fn commit_deletes_the_points_and_keeps_the_workload_in_the_target_zone() {
         a.kill();
     }
 }
+
+#[tokio::test]
+async fn the_plugin_fails_over_cancels_and_commits() {
+    let (rig, dir, running, volumes) = setup(|d| live_vault(d, json!({}))).await;
+    let agents: Vec<_> = ["node-a1", "node-a2", "node-b1"]
+        .iter()
+        .map(|n| start_agent(&rig, n, 10))
+        .collect();
+    write_version(&volumes, 1);
+    let workloads = protect(&rig).await;
+    let first = eventually(
+        Duration::from_secs(60),
+        "first point replicated",
+        || async {
+            let s = workloads.get("db").await.ok()?.status?;
+            s.point_in_progress.is_none().then_some(())?;
+            s.latest_replicated_point.map(|p| p.id)
+        },
+    )
+    .await;
+    let _cluster = crate::rig::failover::run(
+        &rig,
+        "apps",
+        BTreeMap::from([("zone-b".to_string(), "node-b1".to_string())]),
+    );
+    let plugin = dir.path().join("kubectl-siterecovery");
+    std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_site-recovery"), &plugin).unwrap();
+    let kubeconfig = rig.kubeconfig(dir.path());
+    let run = |args: &[&str]| {
+        let mut cmd = tokio::process::Command::new(&plugin);
+        cmd.args(args).env("KUBECONFIG", &kubeconfig);
+        let shown = args.join(" ");
+        async move {
+            let out = cmd.output().await.unwrap();
+            let err = String::from_utf8_lossy(&out.stderr).into_owned();
+            println!("$ kubectl siterecovery {shown}\n{err}");
+            (
+                out.status.code(),
+                String::from_utf8_lossy(&out.stdout).into_owned(),
+                err,
+            )
+        }
+    };
+    let (code, _, err) = run(&["failover", "db", "-n", "apps", "--point-id", &first[..20]]).await;
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        err.contains("RestoreStarted") && err.contains("failed over in"),
+        "{err}"
+    );
+    assert_eq!(replicas(&rig, "db-failover").await, Some(2));
+    let (code, _, err) = run(&["cancel", "db-failover", "-n", "apps"]).await;
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(replicas(&rig, "db").await, Some(2));
+    assert_eq!(replicas(&rig, "db-failover").await, None);
+
+    let (code, json_out, err) = run(&["failover", "db", "-n", "apps", "-o", "json"]).await;
+    assert_eq!(code, Some(0), "{err}");
+    let f: serde_json::Value = serde_json::from_str(&json_out).unwrap();
+    assert_eq!(f["status"]["targetWorkload"], json!("db-failover"));
+    let (code, _, err) = run(&["commit", "db-failover", "-n", "apps"]).await;
+    assert_eq!(code, Some(0), "{err}");
+    let (code, _, err) = run(&["cancel", "db-failover", "-n", "apps"]).await;
+    assert_eq!(code, Some(1));
+    assert!(err.contains("is committed"), "{err}");
+    let (code, _, err) = run(&["points", "db", "-n", "apps"]).await;
+    assert_eq!(code, Some(0), "{err}");
+    running.stop().await;
+    for a in agents {
+        a.kill();
+    }
+}
