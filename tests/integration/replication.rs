@@ -220,6 +220,20 @@ pub(crate) async fn request_point(workloads: &Api<ReplicatedWorkload>, token: &s
         .unwrap();
 }
 
+/// Waits for the first point to be replicated with nothing in flight; returns the status then.
+pub(crate) async fn first_point(workloads: &Api<ReplicatedWorkload>) -> ReplicatedWorkloadStatus {
+    eventually(
+        Duration::from_secs(60),
+        "first point replicated",
+        || async {
+            let s = workloads.get("db").await.ok()?.status?;
+            s.latest_replicated_point.as_ref()?;
+            s.point_in_progress.is_none().then_some(s)
+        },
+    )
+    .await
+}
+
 /// Waits for the point started for request `token` to be replicated; returns its id.
 pub(crate) async fn replicated_point(
     workloads: &Api<ReplicatedWorkload>,
@@ -331,16 +345,10 @@ async fn points_span_two_nodes_and_every_point_restores_from_the_target() {
     let workloads = protect(&rig).await;
 
     // The first point is due at once.
-    let first = eventually(
-        Duration::from_secs(60),
-        "first point replicated",
-        || async {
-            let s = workloads.get("db").await.ok()?.status?;
-            let p = s.latest_replicated_point.clone()?;
-            (s.point_in_progress.is_none()).then_some((p.id, s))
-        },
-    )
-    .await;
+    let first = {
+        let s = first_point(&workloads).await;
+        (s.latest_replicated_point.clone().unwrap().id, s)
+    };
     let (first_id, status) = first;
     assert_eq!(
         condition(&status.conditions, "Protected").unwrap().0,
@@ -467,15 +475,10 @@ async fn killed_agent_and_operator_resume_the_point_in_flight() {
     let a2 = start_agent(&rig, "node-a2", 20);
     write_version(&volumes, 1);
     let workloads = protect(&rig).await;
-    eventually(
-        Duration::from_secs(60),
-        "first point replicated",
-        || async {
-            let s = workloads.get("db").await.ok()?.status?;
-            s.latest_replicated_point.is_some().then_some(())
-        },
-    )
-    .await;
+    first_point(&workloads)
+        .await
+        .latest_replicated_point
+        .unwrap();
 
     // node-a2's agent dies; a point is requested; node-a1's agent writes its part.
     a2.kill();
@@ -544,15 +547,10 @@ async fn a_lost_agent_fails_the_point_with_a_reason_and_the_next_point_succeeds(
     let a2 = start_agent(&rig, "node-a2", 3);
     write_version(&volumes, 1);
     let workloads = protect(&rig).await;
-    eventually(
-        Duration::from_secs(60),
-        "first point replicated",
-        || async {
-            let s = workloads.get("db").await.ok()?.status?;
-            s.latest_replicated_point.is_some().then_some(())
-        },
-    )
-    .await;
+    first_point(&workloads)
+        .await
+        .latest_replicated_point
+        .unwrap();
 
     a2.kill();
     request_point(&workloads, "2").await;
@@ -611,15 +609,10 @@ async fn storage_errors_at_cache_and_target_are_reported_and_recovered() {
         .collect();
     write_version(&volumes, 1);
     let workloads = protect(&rig).await;
-    eventually(
-        Duration::from_secs(60),
-        "first point replicated",
-        || async {
-            let s = workloads.get("db").await.ok()?.status?;
-            s.latest_replicated_point.is_some().then_some(())
-        },
-    )
-    .await;
+    first_point(&workloads)
+        .await
+        .latest_replicated_point
+        .unwrap();
     let (cache, target) = (dir.path().join("cache"), dir.path().join("target"));
 
     // The cache refuses writes: the agents' failure becomes the point's stated reason.
@@ -692,15 +685,10 @@ async fn rpo_stays_within_45s_at_a_30s_frequency_and_retention_prunes_both_locat
         .collect();
     write_version(&volumes, 1);
     let workloads = protect(&rig).await;
-    let first = eventually(
-        Duration::from_secs(60),
-        "first point replicated",
-        || async {
-            let s = workloads.get("db").await.ok()?.status?;
-            s.latest_replicated_point.clone()
-        },
-    )
-    .await;
+    let first = first_point(&workloads)
+        .await
+        .latest_replicated_point
+        .unwrap();
 
     let run_for = Duration::from_secs(150);
     let start = std::time::Instant::now();
@@ -808,16 +796,10 @@ async fn csi_points_are_read_from_snapshots_through_reader_pods_that_are_removed
     })
     .await;
     write_version(&volumes, 2);
-    let (id, status) = eventually(
-        Duration::from_secs(60),
-        "first point replicated",
-        || async {
-            let s = workloads.get("db").await.ok()?.status?;
-            let p = s.latest_replicated_point.clone()?;
-            s.point_in_progress.is_none().then_some((p.id, s))
-        },
-    )
-    .await;
+    let (id, status) = {
+        let s = first_point(&workloads).await;
+        (s.latest_replicated_point.clone().unwrap().id, s)
+    };
     let latest = status
         .latest_crash_consistent_point
         .clone()
@@ -963,16 +945,7 @@ async fn hooks_wrap_the_snapshot_and_a_failing_hook_is_never_called_app_consiste
     workloads.create(&PostParams::default(), &rw).await.unwrap();
 
     // Point 1: the pre hooks failed, so the point is crash-consistent and says why.
-    let s = eventually(
-        Duration::from_secs(60),
-        "first point replicated",
-        || async {
-            let s = workloads.get("db").await.ok()?.status?;
-            s.latest_replicated_point.as_ref()?;
-            s.point_in_progress.is_none().then_some(s)
-        },
-    )
-    .await;
+    let s = first_point(&workloads).await;
     let p = s.latest_point.clone().unwrap();
     assert_eq!(p.consistency, "CrashConsistent");
     assert!(s.latest_app_consistent_point.is_none());
@@ -1141,16 +1114,10 @@ async fn the_plugin_shows_status_and_lists_points_from_the_target_alone() {
     ];
     write_version(&volumes, 1);
     let workloads = protect(&rig).await;
-    let (id, _) = eventually(
-        Duration::from_secs(60),
-        "first point replicated",
-        || async {
-            let s = workloads.get("db").await.ok()?.status?;
-            let p = s.latest_replicated_point.clone()?;
-            s.point_in_progress.is_none().then_some((p.id, s))
-        },
-    )
-    .await;
+    let (id, _) = {
+        let s = first_point(&workloads).await;
+        (s.latest_replicated_point.clone().unwrap().id, s)
+    };
     // Installed under the name kubectl looks for: `kubectl siterecovery …` runs it.
     let plugin = dir.path().join("kubectl-siterecovery");
     std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_site-recovery"), &plugin).unwrap();
@@ -1218,16 +1185,10 @@ async fn failovers_resolve_points_from_the_target_location_alone() {
     ];
     write_version(&volumes, 1);
     let workloads = protect(&rig).await;
-    let (first, _) = eventually(
-        Duration::from_secs(60),
-        "first point replicated",
-        || async {
-            let s = workloads.get("db").await.ok()?.status?;
-            let p = s.latest_replicated_point.clone()?;
-            s.point_in_progress.is_none().then_some((p, s))
-        },
-    )
-    .await;
+    let (first, _) = {
+        let s = first_point(&workloads).await;
+        (s.latest_replicated_point.clone().unwrap(), s)
+    };
     tokio::time::sleep(Duration::from_millis(1100)).await;
     write_version(&volumes, 2);
     request_point(&workloads, "2").await;
