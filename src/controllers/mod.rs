@@ -19,6 +19,33 @@ use kube::{Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+/// Deletes an object the operator created; one already gone is fine (every cleanup repeats).
+pub async fn delete_if_present<K>(api: &Api<K>, name: &str) -> Result<(), Error>
+where
+    K: Clone + DeserializeOwned + std::fmt::Debug,
+{
+    match api
+        .delete(name, &kube::api::DeleteParams::background())
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+        Err(e) => Err(Error::Kube(e)),
+    }
+}
+
+/// Node affinity that pins a pod to a zone (`null`: anywhere).
+pub fn zone_affinity(zone: Option<&str>) -> serde_json::Value {
+    match zone {
+        Some(z) => {
+            serde_json::json!({"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
+                {"matchExpressions": [{"key": crate::api::registration::ZONE_LABEL, "operator": "In", "values": [z]}]}
+            ]}}})
+        }
+        None => serde_json::Value::Null,
+    }
+}
+
 /// Field manager of every write the operator makes.
 pub const FIELD_MANAGER: &str = "site-recovery-operator";
 

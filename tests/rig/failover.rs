@@ -129,10 +129,9 @@ pub fn run(
                 {
                     continue;
                 }
-                let Some(zone) = serde_json::to_value(&spec.affinity).ok().and_then(|a| {
-                    a.pointer("/nodeAffinity/requiredDuringSchedulingIgnoredDuringExecution/nodeSelectorTerms/0/matchExpressions/0/values/0")
-                        .and_then(|z| z.as_str().map(String::from))
-                }) else { continue };
+                let Some(zone) = super::zone_of(&spec) else {
+                    continue;
+                };
                 let Some(node) = nodes.get(&zone) else {
                     continue;
                 };

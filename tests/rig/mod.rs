@@ -405,6 +405,14 @@ impl Cluster {
     }
 }
 
+/// The zone a pod's required node affinity pins it to, as the operator writes it.
+pub fn zone_of(spec: &k8s_openapi::api::core::v1::PodSpec) -> Option<String> {
+    serde_json::to_value(&spec.affinity).ok().and_then(|a| {
+        a.pointer("/nodeAffinity/requiredDuringSchedulingIgnoredDuringExecution/nodeSelectorTerms/0/matchExpressions/0/values/0")
+            .and_then(|z| z.as_str().map(String::from))
+    })
+}
+
 pub fn plural_of(kind: &str) -> String {
     let lower = kind.to_lowercase();
     if lower.ends_with('s') {

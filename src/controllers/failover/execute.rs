@@ -18,18 +18,17 @@ use jiff::Timestamp;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
 use kube::ResourceExt;
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::reflector::ObjectRef;
 use serde_json::json;
 
 use crate::api::conditions::{Condition, ConditionStatus};
 use crate::api::failover::{FailoverMode, FailoverStatus, Restore, TimelineStep, VolumeRestore};
 use crate::api::reasons::{ConditionType as T, FailoverReason as R};
-use crate::api::registration::ZONE_LABEL;
 use crate::api::work::{FAILOVER_LABEL, WorkKind, WorkState, writer_name};
 use crate::api::workload::WorkloadKind;
 use crate::api::{Failover, ReplicatedWorkload};
-use crate::controllers::{Context, Error};
+use crate::controllers::{Context, Error, delete_if_present, zone_affinity};
 
 pub const FINALIZER: &str = "siterecovery.io/failover";
 
@@ -342,7 +341,7 @@ pub async fn advance(
     }
     // Writer pods are done either way.
     for (i, _) in restore.volumes.iter().enumerate() {
-        delete(&pods, &writer_name(&name, i)).await?;
+        delete_if_present(&pods, &writer_name(&name, i)).await?;
     }
     if let Some(message) = &restore.failed {
         return idle(condition(
@@ -487,17 +486,6 @@ fn restore_plan(rw: &ReplicatedWorkload, sts: &str) -> Result<Vec<VolumeRestore>
         .collect()
 }
 
-fn zone_affinity(zone: Option<&str>) -> serde_json::Value {
-    match zone {
-        Some(z) => {
-            json!({"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
-                {"matchExpressions": [{"key": ZONE_LABEL, "operator": "In", "values": [z]}]}
-            ]}}})
-        }
-        None => serde_json::Value::Null,
-    }
-}
-
 fn writer_pod(
     ctx: &Context,
     namespace: &str,
@@ -567,17 +555,6 @@ async fn ensure_finalizer(ctx: &Context, f: &Failover) -> Result<(), Error> {
         .await
         .map_err(Error::Kube)?;
     Ok(())
-}
-
-async fn delete<K>(api: &Api<K>, name: &str) -> Result<(), Error>
-where
-    K: Clone + serde::de::DeserializeOwned + std::fmt::Debug,
-{
-    match api.delete(name, &DeleteParams::background()).await {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
-        Err(e) => Err(Error::Kube(e)),
-    }
 }
 
 /// A Failover deleted before commit: the copy, the new claims and the writer pods go, the
@@ -712,7 +689,7 @@ async fn tear_down(ctx: &Context, f: &Failover, target: Option<&str>) -> Result<
     let namespace = f.namespace().unwrap_or_default();
     let sets: Api<StatefulSet> = Api::namespaced(ctx.client.clone(), &namespace);
     if let Some(target) = target {
-        delete(&sets, target).await?;
+        delete_if_present(&sets, target).await?;
     }
     let selector = ListParams::default().labels(&format!("{FAILOVER_LABEL}={}", f.name_any()));
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &namespace);
@@ -722,7 +699,7 @@ async fn tear_down(ctx: &Context, f: &Failover, target: Option<&str>) -> Result<
         .map_err(Error::Kube)?
         .items
     {
-        delete(&pods, &p.name_any()).await?;
+        delete_if_present(&pods, &p.name_any()).await?;
     }
     let claims: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &namespace);
     for c in claims
@@ -731,7 +708,7 @@ async fn tear_down(ctx: &Context, f: &Failover, target: Option<&str>) -> Result<
         .map_err(Error::Kube)?
         .items
     {
-        delete(&claims, &c.name_any()).await?;
+        delete_if_present(&claims, &c.name_any()).await?;
     }
     Ok(())
 }

@@ -8,17 +8,14 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
-use kube::api::{
-    Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, ListParams, PostParams,
-};
+use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, ListParams, PostParams};
 use kube::{Resource, ResourceExt};
 use serde_json::json;
 
 use crate::api::ReplicatedWorkload;
-use crate::api::registration::ZONE_LABEL;
 use crate::api::work::{CLAIM_LABEL, POINT_LABEL, WORKLOAD_LABEL, point_label, temporary_name};
 use crate::api::workload::{PointInProgress, VolumeStatus};
-use crate::controllers::{Context, Error};
+use crate::controllers::{Context, Error, delete_if_present, zone_affinity};
 
 /// How long a snapshot may take to become ready before its point is given up.
 pub const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(300);
@@ -255,11 +252,7 @@ pub async fn expose(
             .iter()
             .find(|v| &v.claim_name == claim)
             .and_then(|v| v.zone.clone());
-        let affinity = zone.map(|z| {
-            json!({"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
-                {"matchExpressions": [{"key": ZONE_LABEL, "operator": "In", "values": [z]}]}
-            ]}}})
-        });
+        let affinity = zone_affinity(zone.as_deref());
         let reader: Pod = serde_json::from_value(json!({
             "apiVersion": "v1", "kind": "Pod",
             "metadata": {
@@ -302,14 +295,14 @@ pub async fn cleanup(
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &namespace);
     for p in pods.list_metadata(&lp).await.map_err(Error::Kube)?.items {
         if doomed(p.labels()) && p.metadata.deletion_timestamp.is_none() {
-            delete(&pods, &p.name_any()).await?;
+            delete_if_present(&pods, &p.name_any()).await?;
             deleted += 1;
         }
     }
     let claims: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &namespace);
     for c in claims.list_metadata(&lp).await.map_err(Error::Kube)?.items {
         if doomed(c.labels()) && c.metadata.deletion_timestamp.is_none() {
-            delete(&claims, &c.name_any()).await?;
+            delete_if_present(&claims, &c.name_any()).await?;
             deleted += 1;
         }
     }
@@ -318,7 +311,7 @@ pub async fn cleanup(
         Ok(list) => {
             for s in list.items {
                 if doomed(s.labels()) && s.metadata.deletion_timestamp.is_none() {
-                    delete(&snaps, &s.name_any()).await?;
+                    delete_if_present(&snaps, &s.name_any()).await?;
                     deleted += 1;
                 }
             }
@@ -328,15 +321,4 @@ pub async fn cleanup(
         Err(e) => return Err(Error::Kube(e)),
     }
     Ok(deleted)
-}
-
-async fn delete<K>(api: &Api<K>, name: &str) -> Result<(), Error>
-where
-    K: Clone + serde::de::DeserializeOwned + std::fmt::Debug,
-{
-    match api.delete(name, &DeleteParams::background()).await {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
-        Err(e) => Err(Error::Kube(e)),
-    }
 }
