@@ -129,6 +129,7 @@ fn report(
         bytes_total: 0,
         stored_bytes: 0,
         message,
+        owner: rw.uid().unwrap_or_default(),
     }
 }
 

@@ -57,9 +57,10 @@ pub async fn run_restores(client: Client, settings: AgentSettings, reports: Repo
                 continue;
             }
             let key = format!(
-                "restore:{}/{}",
+                "restore:{}/{}/{}",
                 f.namespace().unwrap_or_default(),
-                f.name_any()
+                f.name_any(),
+                f.uid().unwrap_or_default()
             );
             in_flight.insert((key.clone(), r.point.clone()));
             if started.contains(&(key.clone(), r.point.clone())) {
@@ -112,6 +113,7 @@ fn report(
         bytes_total: 0,
         stored_bytes: 0,
         message,
+        owner: f.uid().unwrap_or_default(),
     }
 }
 

@@ -158,6 +158,9 @@ pub struct ResolvedPoint {
     pub id: String,
     pub time: Timestamp,
     pub consistency: String,
+    /// The volumes (the source zone's claims) the point holds: what the failover restores.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub volumes: Vec<String>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]

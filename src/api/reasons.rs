@@ -126,6 +126,8 @@ names! {
         RestoreFailed,
         /// The restored workload is starting in the target zone.
         WaitingForPods,
+        /// An object the failover must create has a name taken by an object it did not make.
+        NameInUse,
         /// The workload runs in the target zone.
         FailedOver,
         /// This mode is not carried out by this version.

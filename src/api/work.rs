@@ -68,6 +68,10 @@ pub struct AgentWork {
     pub stored_bytes: u64,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub message: String,
+    /// Restores: the uid of the Failover, so that a report never counts for a later Failover
+    /// that reuses the name.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub owner: String,
 }
 
 /// Reads the reports in a Lease's annotations; a malformed annotation reads as none.
@@ -103,6 +107,9 @@ pub fn read_claim(method: crate::api::vault::SnapshotMethod, claim: &str, point:
 
 /// Label of a Failover's writer pods and target claims.
 pub const FAILOVER_LABEL: &str = "siterecovery.io/failover";
+/// The uid of the Failover that made an object: an object left by an earlier Failover of the
+/// same name is never taken for this one's.
+pub const FAILOVER_UID_LABEL: &str = "siterecovery.io/failover-uid";
 
 /// Name of the writer pod that fills `target_claim` for a failover.
 pub fn writer_name(failover: &str, index: usize) -> String {

@@ -404,12 +404,40 @@ async fn the_plugin_fails_over_and_commits() {
             )
         }
     };
-    let (code, _, err) = run(&["failover", "db", "-n", "apps", "--point-id", &first[..20]]).await;
+    let (code, _, err) = run(&[
+        "failover",
+        "db",
+        "-n",
+        "apps",
+        "--point-id",
+        &first[..20],
+        "--timeout",
+        "90s",
+    ])
+    .await;
     assert_eq!(code, Some(0), "{err}");
     assert!(
         err.contains("RestoreStarted") && err.contains("failed over in"),
         "{err}"
     );
+    assert_eq!(replicas(&rig, "db-failover").await, Some(2));
+    // Cancelled, then started again: the second failover reuses the names the first one freed.
+    let (code, _, err) = run(&["cancel", "db-failover", "-n", "apps"]).await;
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(replicas(&rig, "db").await, Some(2), "the source is back");
+    assert_eq!(replicas(&rig, "db-failover").await, None);
+    let (code, _, err) = run(&[
+        "failover",
+        "db",
+        "-n",
+        "apps",
+        "--point-id",
+        &first[..20],
+        "--timeout",
+        "90s",
+    ])
+    .await;
+    assert_eq!(code, Some(0), "{err}");
     assert_eq!(replicas(&rig, "db-failover").await, Some(2));
     let (code, _, err) = run(&["commit", "db-failover", "-n", "apps"]).await;
     assert_eq!(code, Some(0), "{err}");

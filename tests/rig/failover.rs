@@ -38,132 +38,149 @@ pub fn run(
     let rig = cluster.clone();
     let ns = ns.to_string();
     tokio::spawn(async move {
-        let claims: Api<PersistentVolumeClaim> = Api::namespaced(rig.client(), &ns);
-        let pods: Api<Pod> = Api::namespaced(rig.client(), &ns);
-        let sets: Api<StatefulSet> = Api::namespaced(rig.client(), &ns);
         let mut scheduled = HashSet::new();
-        let selector = ListParams::default().labels("siterecovery.io/failover");
         loop {
             tokio::time::sleep(Duration::from_millis(100)).await;
-            for c in claims.list(&selector).await.unwrap().items {
-                let name = c.name_any();
-                if c.metadata.deletion_timestamp.is_some() {
-                    claims
-                        .patch(
-                            &name,
-                            &PatchParams::default(),
-                            &Patch::Merge(json!({"metadata": {"finalizers": null}})),
-                        )
-                        .await
-                        .ok();
-                    continue;
-                }
-                if c.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Bound") {
-                    continue;
-                }
-                // A new claim gets a new, empty volume, also when it reuses a name.
-                let uid = c.metadata.uid.clone().unwrap();
-                let pv = format!("pv-{ns}-{name}-{}", &uid[uid.len() - 6..]);
-                std::fs::create_dir_all(disk(&rig, &pv)).unwrap();
-                rig.create_or_keep(json!({
-                    "apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": pv},
-                    "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteOnce"],
-                        "csi": {"driver": "rig.csi.example.com", "volumeHandle": pv},
-                        "claimRef": {"namespace": ns, "name": name}},
-                }))
-                .await;
-                claims
-                    .patch(
-                        &name,
-                        &PatchParams::default(),
-                        &Patch::Merge(json!({"spec": {"volumeName": pv}})),
-                    )
-                    .await
-                    .unwrap();
-                rig.patch_status(
-                    "v1",
-                    "PersistentVolumeClaim",
-                    Some(&ns),
-                    &name,
-                    json!({"status": {"phase": "Bound"}}),
-                )
-                .await;
-            }
-            // The StatefulSet controller for the copies.
-            for s in sets.list(&ListParams::default()).await.unwrap().items {
-                let name = s.name_any();
-                if !name.ends_with("-failover") {
-                    continue;
-                }
-                let spec = s.spec.clone().unwrap_or_default();
-                for i in 0..spec.replicas.unwrap_or(1) {
-                    let pod = format!("{name}-{i}");
-                    let volumes: Vec<_> = spec
-                        .volume_claim_templates
-                        .iter()
-                        .flatten()
-                        .map(|t| {
-                            let tmpl = t.metadata.name.clone().unwrap();
-                            json!({"name": tmpl, "persistentVolumeClaim": {"claimName": format!("{tmpl}-{pod}")}})
-                        })
-                        .collect();
-                    let mut template_spec = serde_json::to_value(&spec.template.spec).unwrap();
-                    template_spec["volumes"] = json!(volumes);
-                    rig.create_or_keep(json!({
-                        "apiVersion": "v1", "kind": "Pod",
-                        "metadata": {"name": pod, "namespace": ns, "labels": spec.template.metadata.as_ref().and_then(|m| m.labels.clone()),
-                            "ownerReferences": [{"apiVersion": "apps/v1", "kind": "StatefulSet", "name": name, "uid": s.metadata.uid.clone().unwrap(), "controller": true}]},
-                        "spec": template_spec,
-                    }))
-                    .await;
-                }
-            }
-            // Scheduler and kubelet for pods pinned to a zone.
-            for p in pods.list(&ListParams::default()).await.unwrap().items {
-                let name = p.name_any();
-                let uid = p.metadata.uid.clone().unwrap();
-                let spec = p.spec.clone().unwrap_or_default();
-                if spec.node_name.is_some()
-                    || scheduled.contains(&uid)
-                    || p.metadata.deletion_timestamp.is_some()
-                {
-                    continue;
-                }
-                let Some(zone) = super::zone_of(&spec) else {
-                    continue;
-                };
-                let Some(node) = nodes.get(&zone) else {
-                    continue;
-                };
-                let mut bound = true;
-                let mut mounts = Vec::new();
-                for v in spec.volumes.iter().flatten() {
-                    let Some(c) = &v.persistent_volume_claim else {
-                        continue;
-                    };
-                    match claims.get_opt(&c.claim_name).await.unwrap() {
-                        Some(claim)
-                            if claim.status.as_ref().and_then(|s| s.phase.as_deref())
-                                == Some("Bound") =>
-                        {
-                            mounts.push(claim.spec.unwrap().volume_name.unwrap())
-                        }
-                        _ => bound = false,
-                    }
-                }
-                if !bound {
-                    continue;
-                }
-                for pv in mounts {
-                    let dir = rig.volume_dir(&uid, &pv);
-                    std::fs::create_dir_all(dir.parent().unwrap()).unwrap();
-                    std::fs::create_dir_all(disk(&rig, &pv)).unwrap();
-                    std::os::unix::fs::symlink(disk(&rig, &pv), &dir).unwrap();
-                }
-                rig.bind_pod(&ns, &name, node).await;
-                rig.mark_ready(&ns, &name).await;
-                scheduled.insert(uid);
+            // Objects come and go under the rig's feet (the operator deletes what it made): a
+            // pass that meets one that is gone gives up and the next pass starts over, as
+            // controllers do.
+            if let Err(e) = pass(&rig, &ns, &nodes, &mut scheduled).await {
+                tracing::debug!(error = %e, "rig failover controllers: retrying");
             }
         }
     })
+}
+
+async fn pass(
+    rig: &Cluster,
+    ns: &str,
+    nodes: &BTreeMap<String, String>,
+    scheduled: &mut HashSet<String>,
+) -> Result<(), kube::Error> {
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(rig.client(), ns);
+    let pods: Api<Pod> = Api::namespaced(rig.client(), ns);
+    let sets: Api<StatefulSet> = Api::namespaced(rig.client(), ns);
+    let selector = ListParams::default().labels("siterecovery.io/failover");
+    for c in claims.list(&selector).await?.items {
+        let name = c.name_any();
+        if c.metadata.deletion_timestamp.is_some() {
+            claims
+                .patch(
+                    &name,
+                    &PatchParams::default(),
+                    &Patch::Merge(json!({"metadata": {"finalizers": null}})),
+                )
+                .await
+                .ok();
+            continue;
+        }
+        if c.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Bound") {
+            continue;
+        }
+        // A new claim gets a new, empty volume, also when it reuses a name.
+        let uid = c.metadata.uid.clone().unwrap();
+        let pv = format!("pv-{ns}-{name}-{}", &uid[uid.len() - 6..]);
+        std::fs::create_dir_all(disk(rig, &pv)).unwrap();
+        rig.try_create_or_keep(json!({
+            "apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": pv},
+            "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteOnce"],
+                "csi": {"driver": "rig.csi.example.com", "volumeHandle": pv},
+                "claimRef": {"namespace": ns, "name": name, "uid": uid}},
+        }))
+        .await?;
+        claims
+            .patch(
+                &name,
+                &PatchParams::default(),
+                &Patch::Merge(json!({"spec": {"volumeName": pv}})),
+            )
+            .await?;
+        rig.try_patch_status(
+            "v1",
+            "PersistentVolumeClaim",
+            Some(ns),
+            &name,
+            json!({"status": {"phase": "Bound"}}),
+        )
+        .await?;
+    }
+    // The StatefulSet controller for the copies.
+    for s in sets.list(&ListParams::default()).await?.items {
+        let name = s.name_any();
+        if !name.ends_with("-failover") || s.metadata.deletion_timestamp.is_some() {
+            continue;
+        }
+        let spec = s.spec.clone().unwrap_or_default();
+        for i in 0..spec.replicas.unwrap_or(1) {
+            let pod = format!("{name}-{i}");
+            let volumes: Vec<_> = spec
+                .volume_claim_templates
+                .iter()
+                .flatten()
+                .map(|t| {
+                    let tmpl = t.metadata.name.clone().unwrap();
+                    json!({"name": tmpl, "persistentVolumeClaim": {"claimName": format!("{tmpl}-{pod}")}})
+                })
+                .collect();
+            let mut template_spec = serde_json::to_value(&spec.template.spec).unwrap();
+            template_spec["volumes"] = json!(volumes);
+            rig.try_create_or_keep(json!({
+                "apiVersion": "v1", "kind": "Pod",
+                "metadata": {"name": pod, "namespace": ns, "labels": spec.template.metadata.as_ref().and_then(|m| m.labels.clone()),
+                    "ownerReferences": [{"apiVersion": "apps/v1", "kind": "StatefulSet", "name": name, "uid": s.metadata.uid.clone().unwrap(), "controller": true}]},
+                "spec": template_spec,
+            }))
+            .await?;
+        }
+    }
+    // Scheduler and kubelet for pods pinned to a zone.
+    for p in pods.list(&ListParams::default()).await?.items {
+        let name = p.name_any();
+        let uid = p.metadata.uid.clone().unwrap();
+        let spec = p.spec.clone().unwrap_or_default();
+        if spec.node_name.is_some()
+            || scheduled.contains(&uid)
+            || p.metadata.deletion_timestamp.is_some()
+        {
+            continue;
+        }
+        let Some(zone) = super::zone_of(&spec) else {
+            continue;
+        };
+        let Some(node) = nodes.get(&zone) else {
+            continue;
+        };
+        let mut bound = true;
+        let mut mounts = Vec::new();
+        for v in spec.volumes.iter().flatten() {
+            let Some(c) = &v.persistent_volume_claim else {
+                continue;
+            };
+            match claims.get_opt(&c.claim_name).await? {
+                Some(claim)
+                    if claim.metadata.deletion_timestamp.is_none()
+                        && claim.status.as_ref().and_then(|s| s.phase.as_deref())
+                            == Some("Bound") =>
+                {
+                    mounts.push(claim.spec.unwrap().volume_name.unwrap())
+                }
+                _ => bound = false,
+            }
+        }
+        if !bound {
+            continue;
+        }
+        for pv in mounts {
+            let dir = rig.volume_dir(&uid, &pv);
+            std::fs::create_dir_all(dir.parent().unwrap()).unwrap();
+            std::fs::create_dir_all(disk(rig, &pv)).unwrap();
+            if !dir.exists() {
+                std::os::unix::fs::symlink(disk(rig, &pv), &dir).unwrap();
+            }
+        }
+        rig.try_bind_pod(ns, &name, node).await?;
+        rig.try_mark_ready(ns, &name).await?;
+        scheduled.insert(uid);
+    }
+    Ok(())
 }

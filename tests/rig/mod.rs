@@ -192,13 +192,20 @@ impl Cluster {
 
     /// Creates an object unless one of that name exists (what a controller that may run twice does).
     pub async fn create_or_keep(&self, obj: Value) {
-        let api = self.api_for(&obj);
         let kind = obj["kind"].as_str().unwrap().to_string();
+        self.try_create_or_keep(obj)
+            .await
+            .unwrap_or_else(|e| panic!("create {kind}: {e}"));
+    }
+
+    /// [`Self::create_or_keep`] for the rig's controllers, which retry on their next pass.
+    pub async fn try_create_or_keep(&self, obj: Value) -> Result<(), kube::Error> {
+        let api = self.api_for(&obj);
         let dynamic: DynamicObject = serde_json::from_value(obj).unwrap();
         match api.create(&PostParams::default(), &dynamic).await {
-            Ok(_) => {}
-            Err(kube::Error::Api(s)) if s.code == 409 => {}
-            Err(e) => panic!("create {kind}: {e}"),
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(s)) if s.code == 409 => Ok(()),
+            Err(e) => Err(e),
         }
     }
 
@@ -360,17 +367,27 @@ impl Cluster {
 
     /// Plays the scheduler: POST pods/binding.
     pub async fn bind_pod(&self, ns: &str, pod: &str, node: &str) {
+        self.try_bind_pod(ns, pod, node).await.expect("bind pod");
+    }
+
+    pub async fn try_bind_pod(&self, ns: &str, pod: &str, node: &str) -> Result<(), kube::Error> {
         let client = self.client();
         let req = http::Request::post(format!("/api/v1/namespaces/{ns}/pods/{pod}/binding"))
             .header("content-type", "application/json")
             .body(serde_json::to_vec(&json!({"apiVersion": "v1", "kind": "Binding", "metadata": {"name": pod}, "target": {"apiVersion": "v1", "kind": "Node", "name": node}})).unwrap())
             .unwrap();
-        client.request_text(req).await.expect("bind pod");
+        client.request_text(req).await.map(|_| ())
     }
 
     /// Plays the kubelet: the pod is Running and Ready.
     pub async fn mark_ready(&self, ns: &str, pod: &str) {
-        self.patch_status(
+        self.try_mark_ready(ns, pod)
+            .await
+            .unwrap_or_else(|e| panic!("mark pod {pod} Ready: {e}"));
+    }
+
+    pub async fn try_mark_ready(&self, ns: &str, pod: &str) -> Result<(), kube::Error> {
+        self.try_patch_status(
             "v1",
             "Pod",
             Some(ns),
@@ -381,7 +398,7 @@ impl Cluster {
                 {"type": "ContainersReady", "status": "True", "lastProbeTime": null},
             ]}}),
         )
-        .await;
+        .await
     }
 
     pub async fn patch_status(
@@ -392,6 +409,19 @@ impl Cluster {
         name: &str,
         patch: Value,
     ) {
+        self.try_patch_status(api_version, kind, ns, name, patch)
+            .await
+            .unwrap_or_else(|e| panic!("patch status of {kind} {name}: {e}"));
+    }
+
+    pub async fn try_patch_status(
+        &self,
+        api_version: &str,
+        kind: &str,
+        ns: Option<&str>,
+        name: &str,
+        patch: Value,
+    ) -> Result<(), kube::Error> {
         let (group, version) = api_version.split_once('/').unwrap_or(("", api_version));
         let gvk = kube::core::GroupVersionKind::gvk(group, version, kind);
         let ar = kube::core::ApiResource::from_gvk_with_plural(&gvk, &plural_of(kind));
@@ -401,7 +431,7 @@ impl Cluster {
         };
         api.patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))
             .await
-            .unwrap_or_else(|e| panic!("patch status of {kind} {name}: {e}"));
+            .map(|_| ())
     }
 }
 

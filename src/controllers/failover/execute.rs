@@ -25,7 +25,7 @@ use serde_json::json;
 use crate::api::conditions::{Condition, ConditionStatus};
 use crate::api::failover::{FailoverMode, FailoverStatus, Restore, TimelineStep, VolumeRestore};
 use crate::api::reasons::{ConditionType as T, FailoverReason as R};
-use crate::api::work::{FAILOVER_LABEL, WorkKind, WorkState, writer_name};
+use crate::api::work::{FAILOVER_LABEL, FAILOVER_UID_LABEL, WorkKind, WorkState, writer_name};
 use crate::api::workload::WorkloadKind;
 use crate::api::{Failover, ReplicatedWorkload};
 use crate::controllers::{Context, Error, delete_if_present, zone_affinity};
@@ -66,14 +66,72 @@ fn mark_again(status: &mut FailoverStatus, step: &str, message: String, now: Tim
     }
 }
 
-fn labels(failover: &str) -> BTreeMap<String, String> {
+/// The source StatefulSet's replica count before the failover scaled it to zero: written in the
+/// same patch that scales it, so the count survives a lost status write.
+pub const REPLICAS_ANNOTATION: &str = "siterecovery.io/replicas-before-failover";
+
+fn labels(f: &Failover) -> BTreeMap<String, String> {
     BTreeMap::from([
         (
             "app.kubernetes.io/managed-by".into(),
             "site-recovery".into(),
         ),
-        (FAILOVER_LABEL.into(), failover.to_string()),
+        (FAILOVER_LABEL.into(), f.name_any()),
+        (FAILOVER_UID_LABEL.into(), f.uid().unwrap_or_default()),
     ])
+}
+
+/// What stands in the way of creating object `name` for this Failover: nothing (absent, or made
+/// by this Failover), an object of an earlier one still being deleted (`Going`), or an object
+/// this Failover did not make (`Taken`), which it never adopts.
+enum Leftover {
+    None,
+    Going(String),
+    Taken(String),
+}
+
+async fn leftover<K>(api: &Api<K>, f: &Failover, kind: &str, name: &str) -> Result<Leftover, Error>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let Some(existing) = api.get_opt(name).await.map_err(Error::Kube)? else {
+        return Ok(Leftover::None);
+    };
+    if existing.meta().deletion_timestamp.is_some() {
+        return Ok(Leftover::Going(format!(
+            "waiting for {kind} {name} of an earlier restore to be deleted"
+        )));
+    }
+    let mine = f.uid();
+    Ok(
+        if existing
+            .meta()
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(FAILOVER_UID_LABEL))
+            == mine.as_ref()
+        {
+            Leftover::None
+        } else {
+            Leftover::Taken(format!(
+                "{kind} {name} exists and was not made by this Failover; delete or rename it and the failover goes on"
+            ))
+        },
+    )
+}
+
+/// The step that waits for a name to be free.
+fn blocked(l: Leftover) -> Option<Step> {
+    let (reason, message) = match l {
+        Leftover::None => return None,
+        Leftover::Going(m) => (R::Restoring, m),
+        Leftover::Taken(m) => (R::NameInUse, m),
+    };
+    Some(Step {
+        failed_over: Some(condition(ConditionStatus::False, reason, message)),
+        committed: None,
+        busy: true,
+    })
 }
 
 /// `data-db-0` of StatefulSet `db` → (`data`, `0`).
@@ -202,28 +260,21 @@ pub async fn advance(
 
     // 1. Claims and writer pods in the target zone.
     if status.restore.is_none() {
-        let volumes = restore_plan(&rw, &sts)?;
-        // Claims of a previous point are still going away: their names are needed again.
-        for v in &volumes {
-            if claims
-                .get_opt(&v.target_claim)
-                .await
-                .map_err(Error::Kube)?
-                .is_some_and(|c| c.metadata.deletion_timestamp.is_some())
-            {
-                return Ok(Step {
-                    failed_over: Some(condition(
-                        ConditionStatus::False,
-                        R::Restoring,
-                        format!(
-                            "waiting for claim {} of the previous point to be deleted",
-                            v.target_claim
-                        ),
-                    )),
-                    committed: None,
-                    busy: true,
-                });
+        let volumes = restore_plan(&point, &sts);
+        // Names used by an earlier failover (a previous point, a cancelled Failover of the same
+        // name) must be free: a restore never lands in a claim it did not create.
+        for (i, v) in volumes.iter().enumerate() {
+            let l = leftover(&claims, f, "PersistentVolumeClaim", &v.target_claim).await?;
+            if let Some(step) = blocked(l) {
+                return Ok(step);
             }
+            let l = leftover(&pods, f, "Pod", &writer_name(&name, i)).await?;
+            if let Some(step) = blocked(l) {
+                return Ok(step);
+            }
+        }
+        if let Some(step) = blocked(leftover(&sets, f, "StatefulSet", &target_name(&sts)).await?) {
+            return Ok(step);
         }
         for (i, v) in volumes.iter().enumerate() {
             let source = claims.get_opt(&v.source_claim).await.map_err(Error::Kube)?;
@@ -237,21 +288,14 @@ pub async fn advance(
                 .unwrap_or_else(|| "1Gi".into());
             create(&claims, json!({
                 "apiVersion": "v1", "kind": "PersistentVolumeClaim",
-                "metadata": {"name": v.target_claim, "namespace": namespace, "labels": labels(&name)},
+                "metadata": {"name": v.target_claim, "namespace": namespace, "labels": labels(f)},
                 "spec": {"accessModes": ["ReadWriteOnce"], "storageClassName": source_spec.storage_class_name,
                     "resources": {"requests": {"storage": size}}},
             }))
             .await?;
             create(
                 &pods,
-                writer_pod(
-                    ctx,
-                    &namespace,
-                    &name,
-                    i,
-                    &v.target_claim,
-                    target_zone.as_deref(),
-                ),
+                writer_pod(ctx, f, i, &v.target_claim, target_zone.as_deref()),
             )
             .await?;
         }
@@ -293,6 +337,7 @@ pub async fn advance(
                 if w.kind != WorkKind::Restore
                     || w.namespace != namespace
                     || w.workload != name
+                    || Some(&w.owner) != f.metadata.uid.as_ref()
                     || w.point != restore.point
                 {
                     continue;
@@ -364,26 +409,33 @@ pub async fn advance(
                 format!("StatefulSet {sts} is gone: its spec is needed to start the copy"),
             ));
         };
-        let replicas = source.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
-        if status.source_replicas.is_none() {
-            status.source_replicas = Some(replicas);
+        // The count before the failover: from the annotation when an earlier pass (whose
+        // status write may have been lost) already scaled the source down.
+        let replicas = source
+            .annotations()
+            .get(REPLICAS_ANNOTATION)
+            .and_then(|r| r.parse::<i32>().ok())
+            .or(status.source_replicas)
+            .unwrap_or_else(|| source.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1));
+        // A StatefulSet stopped at zero replicas still comes up in the target zone: with one.
+        let replicas = replicas.max(1);
+        status.source_replicas = Some(replicas);
+        if let Some(step) = blocked(leftover(&sets, f, "StatefulSet", &target).await?) {
+            return Ok(step);
         }
         sets.patch(
             &sts,
             &PatchParams::default(),
-            &Patch::Merge(json!({"spec": {"replicas": 0}})),
+            &Patch::Merge(json!({
+                "metadata": {"annotations": {REPLICAS_ANNOTATION: replicas.to_string()}},
+                "spec": {"replicas": 0},
+            })),
         )
         .await
         .map_err(Error::Kube)?;
         create(
             &sets,
-            target_statefulset(
-                &source,
-                &target,
-                &name,
-                status.source_replicas.unwrap_or(replicas),
-                target_zone.as_deref(),
-            ),
+            target_statefulset(&source, &target, f, replicas, target_zone.as_deref()),
         )
         .await?;
         status.target_workload = Some(target.clone());
@@ -459,44 +511,34 @@ pub async fn advance(
     })
 }
 
-fn restore_plan(rw: &ReplicatedWorkload, sts: &str) -> Result<Vec<VolumeRestore>, Error> {
+/// One new claim per volume of the point: `data-db-0` of StatefulSet `db` is restored into
+/// `data-db-failover-0`, the claim the copy's template `data` resolves to for ordinal 0. A
+/// volume that is not a claim template's claim keeps its name with a `-failover` suffix.
+fn restore_plan(point: &crate::api::failover::ResolvedPoint, sts: &str) -> Vec<VolumeRestore> {
     let target = target_name(sts);
-    let volumes = rw
-        .status
-        .as_ref()
-        .map(|s| s.volumes.clone())
-        .unwrap_or_default();
-    volumes
+    point
+        .volumes
         .iter()
-        .map(|v| {
-            let (template, ordinal) =
-                template_of(&v.claim_name, sts).ok_or_else(|| Error::InvalidObject {
-                    kind: "ReplicatedWorkload".into(),
-                    name: rw.name_any(),
-                    message: format!(
-                        "claim {} is not a claim template's claim of StatefulSet {sts}",
-                        v.claim_name
-                    ),
-                })?;
-            Ok(VolumeRestore {
-                source_claim: v.claim_name.clone(),
-                target_claim: format!("{template}-{target}-{ordinal}"),
-            })
+        .map(|claim| VolumeRestore {
+            source_claim: claim.clone(),
+            target_claim: match template_of(claim, sts) {
+                Some((template, ordinal)) => format!("{template}-{target}-{ordinal}"),
+                None => format!("{claim}-failover"),
+            },
         })
         .collect()
 }
 
 fn writer_pod(
     ctx: &Context,
-    namespace: &str,
-    failover: &str,
+    f: &Failover,
     i: usize,
     claim: &str,
     zone: Option<&str>,
 ) -> serde_json::Value {
     json!({
         "apiVersion": "v1", "kind": "Pod",
-        "metadata": {"name": writer_name(failover, i), "namespace": namespace, "labels": labels(failover)},
+        "metadata": {"name": writer_name(&f.name_any(), i), "namespace": f.namespace(), "labels": labels(f)},
         "spec": {
             "affinity": zone_affinity(zone),
             "automountServiceAccountToken": false,
@@ -517,10 +559,11 @@ fn writer_pod(
 fn target_statefulset(
     source: &StatefulSet,
     name: &str,
-    failover: &str,
+    f: &Failover,
     replicas: i32,
     zone: Option<&str>,
 ) -> serde_json::Value {
+    let failover = f.name_any();
     let mut spec =
         serde_json::to_value(source.spec.clone().unwrap_or_default()).unwrap_or_default();
     spec["replicas"] = json!(replicas);
@@ -530,7 +573,7 @@ fn target_statefulset(
         spec["template"]["spec"]["affinity"] = zone_affinity(Some(z));
     }
     let mut metadata_labels = source.labels().clone();
-    metadata_labels.extend(labels(failover));
+    metadata_labels.extend(labels(f));
     json!({
         "apiVersion": "apps/v1", "kind": "StatefulSet",
         "metadata": {"name": name, "namespace": source.namespace(), "labels": metadata_labels},
@@ -569,20 +612,31 @@ pub async fn roll_back(ctx: &Context, f: &Failover) -> Result<(), Error> {
     if !f.spec.commit {
         let sets: Api<StatefulSet> = Api::namespaced(ctx.client.clone(), &namespace);
         tear_down(ctx, f, status.target_workload.as_deref()).await?;
-        if let (Some(replicas), Some(rw)) = (
-            status.source_replicas,
-            ctx.stores
-                .workloads
-                .get(&ObjectRef::new(&f.spec.workload_name).within(&namespace))
-                .and_then(|g| g.0.as_ref().ok().cloned()),
-        ) {
-            sets.patch(
-                &rw.spec.workload_ref.name,
-                &PatchParams::default(),
-                &Patch::Merge(json!({"spec": {"replicas": replicas}})),
-            )
-            .await
-            .map_err(Error::Kube)?;
+        let rw = ctx
+            .stores
+            .workloads
+            .get(&ObjectRef::new(&f.spec.workload_name).within(&namespace))
+            .and_then(|g| g.0.as_ref().ok().cloned());
+        if let Some(rw) = rw {
+            let sts = rw.spec.workload_ref.name.clone();
+            if let Some(source) = sets.get_opt(&sts).await.map_err(Error::Kube)? {
+                let noted = source
+                    .annotations()
+                    .get(REPLICAS_ANNOTATION)
+                    .and_then(|r| r.parse::<i32>().ok());
+                if let Some(replicas) = noted.or(status.source_replicas) {
+                    sets.patch(
+                        &sts,
+                        &PatchParams::default(),
+                        &Patch::Merge(json!({
+                            "metadata": {"annotations": {REPLICAS_ANNOTATION: null}},
+                            "spec": {"replicas": replicas},
+                        })),
+                    )
+                    .await
+                    .map_err(Error::Kube)?;
+                }
+            }
         }
     }
     let rest: Vec<String> = f

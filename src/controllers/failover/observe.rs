@@ -2,6 +2,8 @@
 //! the vault's target location lists them (the source zone and its cache may be gone), and the
 //! other Failovers of the namespace.
 
+use std::collections::BTreeMap;
+
 use jiff::Timestamp;
 use kube::ResourceExt;
 use kube::runtime::reflector::ObjectRef;
@@ -16,6 +18,8 @@ use crate::storage::vault::VaultAccess;
 pub struct WorkloadSummary {
     /// The workload's points in the target location, oldest first; why they cannot be listed.
     pub points: Result<Vec<PointRef>, String>,
+    /// The volumes each point holds, by point id.
+    pub volumes: BTreeMap<String, Vec<String>>,
     pub source_zone: Option<String>,
     pub target_zone: Option<String>,
 }
@@ -48,10 +52,28 @@ pub async fn observe(ctx: &Context, failover: &Failover) -> Observed {
         Some(Err(e)) => Some(Err(e)),
         Some(Ok(w)) => {
             let status = w.status.clone().unwrap_or_default();
+            // The target zone comes from the vault itself: the workload's status may be stale
+            // while a failover runs.
+            let vault_zone = ctx
+                .stores
+                .vaults
+                .get(&ObjectRef::new(&w.spec.vault_name).within(&namespace))
+                .and_then(|g| g.0.as_ref().ok().and_then(|v| v.spec.target.zone.clone()));
+            let (points, volumes) = match target_points(ctx, &namespace, &w).await {
+                Ok(listed) => {
+                    let volumes = listed
+                        .iter()
+                        .map(|(p, v)| (p.id.clone(), v.clone()))
+                        .collect();
+                    (Ok(listed.into_iter().map(|(p, _)| p).collect()), volumes)
+                }
+                Err(e) => (Err(e), BTreeMap::new()),
+            };
             Some(Ok(WorkloadSummary {
-                points: target_points(ctx, &namespace, &w).await,
+                points,
+                volumes,
                 source_zone: status.source_zone,
-                target_zone: status.target_zone,
+                target_zone: vault_zone.or(status.target_zone),
             }))
         }
     };
@@ -75,12 +97,12 @@ pub async fn observe(ctx: &Context, failover: &Failover) -> Observed {
     Observed { workload, siblings }
 }
 
-/// The workload's points in the vault's target location.
+/// The workload's points in the vault's target location, each with the volumes it holds.
 async fn target_points(
     ctx: &Context,
     namespace: &str,
     w: &ReplicatedWorkload,
-) -> Result<Vec<PointRef>, String> {
+) -> Result<Vec<(PointRef, Vec<String>)>, String> {
     let vault_name = &w.spec.vault_name;
     let vault = ctx
         .stores
@@ -100,12 +122,16 @@ async fn target_points(
                 .into_iter()
                 .filter(|m| m.workload == key)
                 .filter_map(|m| {
-                    Some(PointRef {
-                        time: m.time.parse().ok()?,
-                        id: m.id,
-                        replicated: true,
-                        consistency: m.consistency.as_str().into(),
-                    })
+                    let volumes = m.volumes.iter().map(|v| v.name.clone()).collect();
+                    Some((
+                        PointRef {
+                            time: m.time.parse().ok()?,
+                            id: m.id,
+                            replicated: true,
+                            consistency: m.consistency.as_str().into(),
+                        },
+                        volumes,
+                    ))
                 })
                 .collect(),
         )

@@ -32,6 +32,7 @@ fn resolve(spec: &FailoverSpec, points: &[PointRef]) -> Result<ResolvedPoint, St
         id: p.id.clone(),
         time: p.time,
         consistency: p.consistency.clone(),
+        volumes: vec![],
     };
     let newest = |pred: &dyn Fn(&PointRef) -> bool| {
         points
@@ -132,7 +133,22 @@ pub fn plan(
                             spec.workload_name
                         ),
                     ),
-                    Ok(points) => match resolve(spec, points) {
+                    Ok(_) if target_zone.is_none() => Condition::new(
+                        T::Ready,
+                        ConditionStatus::False,
+                        R::InvalidSpec,
+                        "spec.targetZone: no target zone is known (the vault's spec.target.zone is empty); set one",
+                    ),
+                    Ok(points) => match resolve(spec, points).and_then(|mut p| {
+                        p.volumes = w.volumes.get(&p.id).cloned().unwrap_or_default();
+                        if p.volumes.is_empty() {
+                            return Err(format!(
+                                "recovery point {} holds no volume: there is nothing to fail over",
+                                p.id
+                            ));
+                        }
+                        Ok(p)
+                    }) {
                         Ok(p) => {
                             let message = format!(
                                 "recovery point {} ({}, {}) selected",
@@ -236,6 +252,14 @@ mod tests {
                     "CrashConsistent",
                 ),
             ]),
+            volumes: [
+                "20260601T115500000Z-0a",
+                "20260601T120000000Z-a1",
+                "20260601T120500000Z-c2",
+            ]
+            .into_iter()
+            .map(|id| (id.to_string(), vec!["data-db-0".to_string()]))
+            .collect(),
             source_zone: Some("zone-a".into()),
             target_zone: Some("zone-b".into()),
         }
@@ -344,6 +368,26 @@ mod tests {
                     ..protected()
                 })),
                 "TargetUnreachable",
+                None,
+            ),
+            (
+                "no target zone anywhere",
+                json!({}),
+                Some(Ok(WorkloadSummary {
+                    target_zone: None,
+                    ..protected()
+                })),
+                "InvalidSpec",
+                None,
+            ),
+            (
+                "a point that holds no volume",
+                json!({}),
+                Some(Ok(WorkloadSummary {
+                    volumes: Default::default(),
+                    ..protected()
+                })),
+                "InvalidSpec",
                 None,
             ),
         ];

@@ -73,6 +73,7 @@ fn agent(node: &str, renewed: i64, work: Vec<(&str, WorkState, &[&str])>) -> Age
                 } else {
                     String::new()
                 },
+                owner: String::new(),
             })
             .collect(),
     }
