@@ -125,7 +125,11 @@ async fn local_writers(
     f: &Failover,
     r: &Restore,
 ) -> Result<Option<Local>, String> {
-    let namespace = f.namespace().unwrap_or_default();
+    // A drill's claims are in the drill's namespace.
+    let namespace = r
+        .namespace
+        .clone()
+        .unwrap_or_else(|| f.namespace().unwrap_or_default());
     let pods = Api::<Pod>::namespaced(client.clone(), &namespace)
         .list(&ListParams::default().labels(&format!("{FAILOVER_LABEL}={}", f.name_any())))
         .await

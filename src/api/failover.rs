@@ -31,7 +31,8 @@ use super::conditions::{Condition, conditions_schema};
 #[x_kube(
     validation = kube::core::Rule::new("!oldSelf.commit || self.commit").message("spec.commit cannot change from true to false: a committed failover is final"),
     validation = kube::core::Rule::new("!oldSelf.commit || (has(self.recoveryPoint) == has(oldSelf.recoveryPoint) && (!has(self.recoveryPoint) || self.recoveryPoint == oldSelf.recoveryPoint))").message("spec.recoveryPoint cannot change once spec.commit is true"),
-    validation = kube::core::Rule::new("self.mode != 'Test' || !self.commit").message("spec.commit cannot be true when spec.mode is Test: a drill is never committed")
+    validation = kube::core::Rule::new("self.mode != 'Test' || !self.commit").message("spec.commit cannot be true when spec.mode is Test: a drill is never committed"),
+    validation = kube::core::Rule::new("self.mode == 'Test' || (!has(self.testNamespace) && !has(self.verification))").message("spec.testNamespace and spec.verification apply to mode Test only")
 )]
 pub struct FailoverSpec {
     /// Name of the ReplicatedWorkload, in this namespace, to fail over.
@@ -53,6 +54,34 @@ pub struct FailoverSpec {
     #[schemars(length(min = 1, max = 63))]
     #[x_kube(validation = kube::core::Rule::new("self == oldSelf").message("spec.targetZone is immutable"))]
     pub target_zone: Option<String>,
+    /// Test mode: the namespace the drill's copy runs in, created (isolated by a NetworkPolicy)
+    /// and deleted with the Failover; `<name>-drill` when omitted. Never an existing namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 63))]
+    #[x_kube(
+        validation = kube::core::Rule::new("self == oldSelf").message("spec.testNamespace is immutable"),
+        validation = kube::core::Rule::new("self.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$')").message("spec.testNamespace must be a DNS label: lower-case letters, digits and '-'")
+    )]
+    pub test_namespace: Option<String>,
+    /// Test mode: a Job run in the drill's namespace once the copy is Ready (to reach the copy
+    /// through its Service, say); the drill is `Verified` when the Job succeeds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verification: Option<Verification>,
+}
+
+/// A check of the drill's copy, run as a Job next to it.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Verification {
+    #[schemars(length(min = 1, max = 512))]
+    pub image: String,
+    /// The command; the Job succeeds when it exits 0.
+    #[schemars(length(min = 1, max = 64))]
+    pub command: Vec<String>,
+    /// How long the Job may run, e.g. `10m` (the default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 32))]
+    pub timeout: Option<String>,
 }
 
 /// Exactly one way of choosing a recovery point.
@@ -132,6 +161,9 @@ pub struct Restore {
     pub started: Timestamp,
     #[schemars(length(max = 256))]
     pub volumes: Vec<VolumeRestore>,
+    /// Where the new claims are, when not in the Failover's namespace (a drill's namespace).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
     /// Set once every volume is restored and verified.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub completed: Option<Timestamp>,
@@ -160,6 +192,7 @@ pub struct ResolvedPoint {
     pub consistency: String,
     /// The volumes (the source zone's claims) the point holds: what the failover restores.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 256))]
     pub volumes: Vec<String>,
 }
 

@@ -44,6 +44,8 @@ names! {
         FailedOver,
         /// Failover: the failover is committed.
         Committed,
+        /// Failover (Test mode): the drill's copy is Ready and its verification Job succeeded.
+        Verified,
     }
 }
 
@@ -128,6 +130,14 @@ names! {
         WaitingForPods,
         /// An object the failover must create has a name taken by an object it did not make.
         NameInUse,
+        /// Test mode: a drill never fails over; its copy runs in its own namespace.
+        Drill,
+        /// Test mode: waiting for the copy to be Ready or for the verification Job.
+        Verifying,
+        /// Test mode: the copy is Ready and the verification (if any) succeeded.
+        Verified,
+        /// Test mode: the verification Job failed or timed out.
+        VerificationFailed,
         /// The workload runs in the target zone.
         FailedOver,
         /// This mode is not carried out by this version.
@@ -157,5 +167,12 @@ names! {
         HookFailed,
         RecoveryPointsPruned,
         RPOExceeded,
+        FailoverRestoreStarted,
+        FailoverRestoreFailed,
+        FailedOver,
+        FailoverCommitted,
+        FailoverRolledBack,
+        DrillVerified,
+        DrillFailed,
     }
 }

@@ -451,3 +451,161 @@ async fn the_plugin_fails_over_and_commits() {
         a.kill();
     }
 }
+
+fn drill(name: &str, namespace: &str, command: &[&str]) -> Failover {
+    serde_json::from_value(json!({
+        "apiVersion": "siterecovery.io/v1alpha1", "kind": "Failover",
+        "metadata": {"name": name, "namespace": "apps"},
+        "spec": {"workloadName": "db", "mode": "Test", "testNamespace": namespace,
+            "verification": {"image": "busybox", "command": command}},
+    }))
+    .unwrap()
+}
+
+#[tokio::test]
+async fn a_drill_runs_a_verified_copy_in_its_own_namespace_and_leaves_the_source_alone() {
+    let (rig, _dir, running, volumes) = setup(|d| live_vault(d, json!({}))).await;
+    let agents: Vec<_> = ["node-a1", "node-a2", "node-b1"]
+        .iter()
+        .map(|n| start_agent(&rig, n, 10))
+        .collect();
+    let content = write_version(&volumes, 1);
+    let workloads = protect(&rig).await;
+    let point = first_point(&workloads)
+        .await
+        .latest_replicated_point
+        .unwrap()
+        .id;
+    rig.create(json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "db", "namespace": "apps"},
+        "spec": {"clusterIP": "None", "selector": {"app": "db"}, "ports": [{"name": "sql", "port": 5432}]}}))
+        .await;
+    let zone_b = BTreeMap::from([("zone-b".to_string(), "node-b1".to_string())]);
+    let _cluster = crate::rig::failover::run(&rig, "apps", zone_b.clone());
+    let _drill_cluster = crate::rig::failover::run(&rig, "db-drill", zone_b.clone());
+
+    let failovers: Api<Failover> = Api::namespaced(rig.client(), "apps");
+    failovers
+        .create(
+            &PostParams::default(),
+            &drill("drill", "db-drill", &["true"]),
+        )
+        .await
+        .unwrap();
+    let s = eventually(Duration::from_secs(60), "Verified=True", || async {
+        let s = failovers.get("drill").await.ok()?.status?;
+        (condition(&s.conditions, "Verified")?.0 == "True").then_some(s)
+    })
+    .await;
+    let (_, reason, message) = condition(&s.conditions, "FailedOver").unwrap();
+    assert_eq!(reason, "Drill", "{message}");
+    assert!(s.rto_seconds.is_some(), "a drill measures the RTO");
+    assert_eq!(s.restore.as_ref().unwrap().point, point);
+    // The copy runs under the source's names, in the drill's namespace, isolated.
+    let drill_sets: Api<StatefulSet> = Api::namespaced(rig.client(), "db-drill");
+    assert_eq!(
+        drill_sets.get("db").await.unwrap().spec.unwrap().replicas,
+        Some(2)
+    );
+    for claim in ["data-db-0", "data-db-1"] {
+        let disk = crate::rig::failover::claim_disk(&rig, "db-drill", claim).await;
+        assert_eq!(read_tree(&disk), content[claim], "{claim} in the drill");
+    }
+    let policies = Api::<k8s_openapi::api::networking::v1::NetworkPolicy>::namespaced(
+        rig.client(),
+        "db-drill",
+    )
+    .list(&Default::default())
+    .await
+    .unwrap();
+    assert_eq!(policies.items.len(), 1, "the drill's namespace is isolated");
+    assert!(
+        Api::<k8s_openapi::api::core::v1::Service>::namespaced(rig.client(), "db-drill")
+            .get_opt("db")
+            .await
+            .unwrap()
+            .is_some(),
+        "the Service the StatefulSet names is copied"
+    );
+    assert!(
+        !crate::replication::events(&rig, "DrillVerified")
+            .await
+            .is_empty()
+    );
+    // The source runs on, and so does its replication.
+    assert_eq!(replicas(&rig, "db").await, Some(2));
+    assert_eq!(replicas(&rig, "db-failover").await, None);
+    let content = write_version(&volumes, 2);
+    request_point(&workloads, "during-drill").await;
+    replicated_point(&workloads, "during-drill", Duration::from_secs(60)).await;
+
+    // A drill whose verification fails says so; another drill of the workload waits its turn.
+    failovers
+        .create(
+            &PostParams::default(),
+            &drill("drill-2", "db-drill-2", &["false"]),
+        )
+        .await
+        .unwrap();
+    eventually(Duration::from_secs(30), "DuplicateFailover", || async {
+        let s = failovers.get("drill-2").await.ok()?.status?;
+        (condition(&s.conditions, "Ready")?.1 == "DuplicateFailover").then_some(())
+    })
+    .await;
+    failovers
+        .delete("drill", &Default::default())
+        .await
+        .unwrap();
+    eventually(Duration::from_secs(30), "drill removed", || async {
+        failovers
+            .get_opt("drill")
+            .await
+            .ok()?
+            .is_none()
+            .then_some(())?;
+        Api::<k8s_openapi::api::core::v1::Namespace>::all(rig.client())
+            .get_opt("db-drill")
+            .await
+            .ok()?
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    let _drill_cluster_2 = crate::rig::failover::run(&rig, "db-drill-2", zone_b);
+    let s = eventually(Duration::from_secs(60), "VerificationFailed", || async {
+        let s = failovers.get("drill-2").await.ok()?.status?;
+        (condition(&s.conditions, "Verified")?.1 == "VerificationFailed").then_some(s)
+    })
+    .await;
+    let (_, _, message) = condition(&s.conditions, "Verified").unwrap();
+    assert!(message.contains("exited with 1"), "{message}");
+    for claim in ["data-db-0", "data-db-1"] {
+        let disk = crate::rig::failover::claim_disk(&rig, "db-drill-2", claim).await;
+        assert_eq!(
+            read_tree(&disk),
+            content[claim],
+            "{claim}: the newest point"
+        );
+    }
+    failovers
+        .delete("drill-2", &Default::default())
+        .await
+        .unwrap();
+    eventually(Duration::from_secs(30), "second drill removed", || async {
+        failovers
+            .get_opt("drill-2")
+            .await
+            .ok()?
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    // Nothing of the source was touched.
+    assert_eq!(replicas(&rig, "db").await, Some(2));
+    for (claim, dir) in &volumes {
+        assert_eq!(read_tree(dir), content[claim], "{claim} is untouched");
+    }
+    running.stop().await;
+    for a in agents {
+        a.kill();
+    }
+}

@@ -274,7 +274,7 @@ pub(crate) fn parts_left(cache: &Path) -> Vec<PathBuf> {
     out
 }
 
-async fn events(rig: &Rig, reason: &str) -> Vec<String> {
+pub(crate) async fn events(rig: &Rig, reason: &str) -> Vec<String> {
     Api::<Event>::namespaced(rig.client(), "apps")
         .list(&ListParams::default())
         .await

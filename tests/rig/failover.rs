@@ -2,13 +2,14 @@
 //! failover: claims labelled with a failover get a volume whose data lives in one directory per
 //! volume (as a disk outlives the pods that mount it); pods pinned to a zone are bound to that
 //! zone's node with the volume's directory mounted (a symlink) under the kubelet root; a
-//! StatefulSet named `<x>-failover` gets its pods.
+//! StatefulSet a failover made gets its pods; a verification Job runs its command here.
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
 use kube::ResourceExt;
 use kube::api::{Api, ListParams, Patch, PatchParams};
@@ -107,7 +108,9 @@ async fn pass(
     // The StatefulSet controller for the copies.
     for s in sets.list(&ListParams::default()).await?.items {
         let name = s.name_any();
-        if !name.ends_with("-failover") || s.metadata.deletion_timestamp.is_some() {
+        if !s.labels().contains_key("siterecovery.io/failover")
+            || s.metadata.deletion_timestamp.is_some()
+        {
             continue;
         }
         let spec = s.spec.clone().unwrap_or_default();
@@ -132,6 +135,51 @@ async fn pass(
             }))
             .await?;
         }
+    }
+    // The Job controller and kubelet for verification Jobs: the command runs here.
+    let jobs: Api<Job> = Api::namespaced(rig.client(), ns);
+    for j in jobs.list(&ListParams::default()).await?.items {
+        if j.status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .is_some()
+        {
+            continue;
+        }
+        let command = j
+            .spec
+            .as_ref()
+            .and_then(|s| s.template.spec.as_ref())
+            .and_then(|s| s.containers.first())
+            .and_then(|c| c.command.clone())
+            .unwrap_or_default();
+        let Some((program, args)) = command.split_first() else {
+            continue;
+        };
+        let out = tokio::process::Command::new(program)
+            .args(args)
+            .output()
+            .await;
+        let (kind, message) = match out {
+            Ok(o) if o.status.success() => ("Complete", String::new()),
+            Ok(o) => (
+                "Failed",
+                format!(
+                    "the container exited with {}: {}",
+                    o.status.code().unwrap_or(-1),
+                    String::from_utf8_lossy(&o.stderr).trim()
+                ),
+            ),
+            Err(e) => ("Failed", format!("cannot run {program}: {e}")),
+        };
+        rig.try_patch_status(
+            "batch/v1",
+            "Job",
+            Some(ns),
+            &j.name_any(),
+            json!({"status": {"conditions": [{"type": kind, "status": "True", "reason": if kind == "Complete" { "Completed" } else { "BackoffLimitExceeded" }, "message": message}]}}),
+        )
+        .await?;
     }
     // Scheduler and kubelet for pods pinned to a zone.
     for p in pods.list(&ListParams::default()).await?.items {

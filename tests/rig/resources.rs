@@ -168,6 +168,15 @@ pub fn builtins() -> Vec<ResourceType> {
         b("apps", "v1", "deployments", "Deployment", true, true),
         b("apps", "v1", "replicasets", "ReplicaSet", true, true),
         b("coordination.k8s.io", "v1", "leases", "Lease", true, false),
+        b(
+            "networking.k8s.io",
+            "v1",
+            "networkpolicies",
+            "NetworkPolicy",
+            true,
+            false,
+        ),
+        b("batch", "v1", "jobs", "Job", true, true),
         b("events.k8s.io", "v1", "events", "Event", true, false),
         b(
             "snapshot.storage.k8s.io",

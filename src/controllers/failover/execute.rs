@@ -16,7 +16,9 @@ use std::collections::BTreeMap;
 
 use jiff::Timestamp;
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::{Namespace, PersistentVolumeClaim, Pod, Service};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::ResourceExt;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::reflector::ObjectRef;
@@ -24,18 +26,23 @@ use serde_json::json;
 
 use crate::api::conditions::{Condition, ConditionStatus};
 use crate::api::failover::{FailoverMode, FailoverStatus, Restore, TimelineStep, VolumeRestore};
-use crate::api::reasons::{ConditionType as T, FailoverReason as R};
+use crate::api::reasons::{ConditionType as T, EventReason, FailoverReason as R};
 use crate::api::work::{FAILOVER_LABEL, FAILOVER_UID_LABEL, WorkKind, WorkState, writer_name};
 use crate::api::workload::WorkloadKind;
 use crate::api::{Failover, ReplicatedWorkload};
-use crate::controllers::{Context, Error, delete_if_present, zone_affinity};
+use crate::controllers::{
+    Context, Error, PlannedEvent, delete_if_present, publish_events, zone_affinity,
+};
 
 pub const FINALIZER: &str = "siterecovery.io/failover";
 
-/// The FailedOver condition after this step, and whether to look again soon.
+/// The conditions after this step, the events it asks for, and whether to look again soon.
+#[derive(Default)]
 pub struct Step {
     pub failed_over: Option<Condition>,
     pub committed: Option<Condition>,
+    pub verified: Option<Condition>,
+    pub events: Vec<PlannedEvent>,
     pub busy: bool,
 }
 
@@ -43,14 +50,17 @@ fn condition(status: ConditionStatus, reason: R, message: impl Into<String>) -> 
     Condition::new(T::FailedOver, status, reason, message)
 }
 
-fn mark(status: &mut FailoverStatus, step: &str, message: String, now: Timestamp) {
-    if !status.timeline.iter().any(|t| t.step == step) {
-        status.timeline.push(TimelineStep {
-            step: step.into(),
-            time: now,
-            message,
-        });
+/// Records a step once; true when it is new.
+fn mark(status: &mut FailoverStatus, step: &str, message: String, now: Timestamp) -> bool {
+    if status.timeline.iter().any(|t| t.step == step) {
+        return false;
     }
+    status.timeline.push(TimelineStep {
+        step: step.into(),
+        time: now,
+        message,
+    });
+    true
 }
 
 /// Like [`mark`], for steps that may happen more than once.
@@ -127,11 +137,7 @@ fn blocked(l: Leftover) -> Option<Step> {
         Leftover::Going(m) => (R::Restoring, m),
         Leftover::Taken(m) => (R::NameInUse, m),
     };
-    Some(Step {
-        failed_over: Some(condition(ConditionStatus::False, reason, message)),
-        committed: None,
-        busy: true,
-    })
+    Some(wait(condition(ConditionStatus::False, reason, message)))
 }
 
 /// `data-db-0` of StatefulSet `db` → (`data`, `0`).
@@ -162,6 +168,49 @@ where
     }
 }
 
+/// Where a failover puts what it creates: the Failover's own namespace and a copy named
+/// `<sts>-failover` (Unplanned), or the drill's namespace and a copy under the source's own name,
+/// so the application's names resolve inside the drill as they do in production (Test).
+struct Place {
+    namespace: String,
+    copy: String,
+    drill: bool,
+}
+
+impl Place {
+    fn of(f: &Failover, sts: &str) -> Self {
+        if f.spec.mode == FailoverMode::Test {
+            Place {
+                namespace: drill_namespace(f),
+                copy: sts.to_string(),
+                drill: true,
+            }
+        } else {
+            Place {
+                namespace: f.namespace().unwrap_or_default(),
+                copy: target_name(sts),
+                drill: false,
+            }
+        }
+    }
+}
+
+/// The drill's namespace: `spec.testNamespace`, or `<name>-drill`.
+pub fn drill_namespace(f: &Failover) -> String {
+    f.spec.test_namespace.clone().unwrap_or_else(|| {
+        let base: String = f.name_any().replace('.', "-").chars().take(57).collect();
+        format!("{}-drill", base.trim_end_matches('-'))
+    })
+}
+
+fn wait(failed_over: Condition) -> Step {
+    Step {
+        failed_over: Some(failed_over),
+        busy: true,
+        ..Default::default()
+    }
+}
+
 pub async fn advance(
     ctx: &Context,
     f: &Failover,
@@ -173,32 +222,23 @@ pub async fn advance(
     let idle = |c| {
         Ok(Step {
             failed_over: Some(c),
-            committed: None,
-            busy: false,
+            ..Default::default()
         })
     };
-    if f.spec.mode != FailoverMode::Unplanned {
+    if f.spec.mode == FailoverMode::Planned {
         return idle(condition(
             ConditionStatus::False,
             R::ModeNotSupported,
-            "this version carries out Unplanned failovers only; Planned and Test modes are not implemented yet",
+            "this version carries out Unplanned failovers and Test drills; Planned mode is not implemented yet",
         ));
     }
     let namespace = f.namespace().unwrap_or_default();
     let name = f.name_any();
     let Some(point) = status.resolved_point.clone() else {
-        return Ok(Step {
-            failed_over: None,
-            committed: None,
-            busy: false,
-        });
+        return Ok(Step::default());
     };
     if status.restore.is_none() && !ready {
-        return Ok(Step {
-            failed_over: None,
-            committed: None,
-            busy: false,
-        });
+        return Ok(Step::default());
     }
     let rw = ctx
         .stores
@@ -206,11 +246,7 @@ pub async fn advance(
         .get(&ObjectRef::new(&f.spec.workload_name).within(&namespace))
         .and_then(|g| g.0.as_ref().ok().cloned());
     let Some(rw) = rw else {
-        return Ok(Step {
-            failed_over: None,
-            committed: None,
-            busy: false,
-        });
+        return Ok(Step::default());
     };
     if rw.spec.workload_ref.kind != WorkloadKind::StatefulSet {
         return idle(condition(
@@ -220,11 +256,14 @@ pub async fn advance(
         ));
     }
     let sts = rw.spec.workload_ref.name.clone();
+    let place = Place::of(f, &sts);
     let target_zone = status.target_zone.clone();
     ensure_finalizer(ctx, f).await?;
-    let claims: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &namespace);
-    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &namespace);
-    let sets: Api<StatefulSet> = Api::namespaced(ctx.client.clone(), &namespace);
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &place.namespace);
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &place.namespace);
+    let sets: Api<StatefulSet> = Api::namespaced(ctx.client.clone(), &place.namespace);
+    let source_sets: Api<StatefulSet> = Api::namespaced(ctx.client.clone(), &namespace);
+    let mut events = Vec::new();
 
     // Between the phases, a changed spec.recoveryPoint re-restores: stop the copy, drop the
     // restored claims, start again from step 1 with the new point.
@@ -233,7 +272,7 @@ pub async fn advance(
         && r.generation != f.metadata.generation
         && wanted.id != r.point
     {
-        tear_down(ctx, f, status.target_workload.as_deref()).await?;
+        tear_down(ctx, f, &place).await?;
         mark_again(
             status,
             "PointSwitched",
@@ -247,20 +286,21 @@ pub async fn advance(
         status.target_workload = None;
         status.rto_seconds = None;
         status.resolved_point = Some(wanted.clone());
-        return Ok(Step {
-            failed_over: Some(condition(
-                ConditionStatus::False,
-                R::Restoring,
-                format!("switching to point {}", wanted.id),
-            )),
-            committed: None,
-            busy: true,
-        });
+        return Ok(wait(condition(
+            ConditionStatus::False,
+            R::Restoring,
+            format!("switching to point {}", wanted.id),
+        )));
     }
 
-    // 1. Claims and writer pods in the target zone.
+    // 1. Claims and writer pods in the target zone (in a drill, in its own namespace).
     if status.restore.is_none() {
-        let volumes = restore_plan(&point, &sts);
+        if place.drill
+            && let Some(step) = blocked(ensure_drill_namespace(ctx, f, &place.namespace).await?)
+        {
+            return Ok(step);
+        }
+        let volumes = restore_plan(&point, &sts, &place.copy);
         // Names used by an earlier failover (a previous point, a cancelled Failover of the same
         // name) must be free: a restore never lands in a claim it did not create.
         for (i, v) in volumes.iter().enumerate() {
@@ -273,11 +313,16 @@ pub async fn advance(
                 return Ok(step);
             }
         }
-        if let Some(step) = blocked(leftover(&sets, f, "StatefulSet", &target_name(&sts)).await?) {
+        if let Some(step) = blocked(leftover(&sets, f, "StatefulSet", &place.copy).await?) {
             return Ok(step);
         }
+        let source_claims: Api<PersistentVolumeClaim> =
+            Api::namespaced(ctx.client.clone(), &namespace);
         for (i, v) in volumes.iter().enumerate() {
-            let source = claims.get_opt(&v.source_claim).await.map_err(Error::Kube)?;
+            let source = source_claims
+                .get_opt(&v.source_claim)
+                .await
+                .map_err(Error::Kube)?;
             let source_spec = source.and_then(|c| c.spec).unwrap_or_default();
             let size = source_spec
                 .resources
@@ -288,44 +333,57 @@ pub async fn advance(
                 .unwrap_or_else(|| "1Gi".into());
             create(&claims, json!({
                 "apiVersion": "v1", "kind": "PersistentVolumeClaim",
-                "metadata": {"name": v.target_claim, "namespace": namespace, "labels": labels(f)},
+                "metadata": {"name": v.target_claim, "namespace": place.namespace, "labels": labels(f)},
                 "spec": {"accessModes": ["ReadWriteOnce"], "storageClassName": source_spec.storage_class_name,
                     "resources": {"requests": {"storage": size}}},
             }))
             .await?;
             create(
                 &pods,
-                writer_pod(ctx, f, i, &v.target_claim, target_zone.as_deref()),
+                writer_pod(
+                    ctx,
+                    f,
+                    &place.namespace,
+                    i,
+                    &v.target_claim,
+                    target_zone.as_deref(),
+                ),
             )
             .await?;
         }
-        mark(
-            status,
-            "RestoreStarted",
-            format!(
-                "restoring point {} into {} claim(s) in the target zone",
-                point.id,
-                volumes.len()
-            ),
-            now,
+        let message = format!(
+            "restoring point {} into {} claim(s) in the target zone{}",
+            point.id,
+            volumes.len(),
+            if place.drill {
+                format!(", namespace {}", place.namespace)
+            } else {
+                String::new()
+            }
         );
+        if mark(status, "RestoreStarted", message.clone(), now) {
+            events.push(PlannedEvent::normal(
+                EventReason::FailoverRestoreStarted,
+                "Restore",
+                message,
+            ));
+        }
         status.restore = Some(Restore {
             point: point.id.clone(),
             started: now,
             volumes,
+            namespace: place.drill.then(|| place.namespace.clone()),
             completed: None,
             failed: None,
             generation: f.metadata.generation,
         });
-        return Ok(Step {
-            failed_over: Some(condition(
-                ConditionStatus::False,
-                R::Restoring,
-                format!("restoring point {}", point.id),
-            )),
-            committed: None,
-            busy: true,
-        });
+        let mut step = wait(condition(
+            ConditionStatus::False,
+            R::Restoring,
+            format!("restoring point {}", point.id),
+        ));
+        step.events = events;
+        return Ok(step);
     }
     let mut restore = status.restore.clone().expect("checked above");
 
@@ -368,20 +426,22 @@ pub async fn advance(
                 now,
             );
         }
-        if let Some(message) = &restore.failed {
-            mark(status, "RestoreFailed", message.clone(), now);
+        if let Some(message) = &restore.failed
+            && mark(status, "RestoreFailed", message.clone(), now)
+        {
+            events.push(PlannedEvent::warning(
+                EventReason::FailoverRestoreFailed,
+                "Restore",
+                format!("{message}; the workload was not started in the target zone"),
+            ));
         }
         status.restore = Some(restore.clone());
         if restore.completed.is_none() && restore.failed.is_none() {
-            return Ok(Step {
-                failed_over: Some(condition(
-                    ConditionStatus::False,
-                    R::Restoring,
-                    format!("restoring point {}", restore.point),
-                )),
-                committed: None,
-                busy: true,
-            });
+            return Ok(wait(condition(
+                ConditionStatus::False,
+                R::Restoring,
+                format!("restoring point {}", restore.point),
+            )));
         }
     }
     // Writer pods are done either way.
@@ -389,19 +449,32 @@ pub async fn advance(
         delete_if_present(&pods, &writer_name(&name, i)).await?;
     }
     if let Some(message) = &restore.failed {
-        return idle(condition(
-            ConditionStatus::False,
-            R::RestoreFailed,
-            format!(
-                "{message}; the workload was not started in the target zone (delete this Failover to clean up, or pick another point)"
-            ),
-        ));
+        return Ok(Step {
+            failed_over: Some(condition(
+                ConditionStatus::False,
+                R::RestoreFailed,
+                format!(
+                    "{message}; the workload was not started in the target zone (delete this Failover to clean up, or pick another point)"
+                ),
+            )),
+            verified: place.drill.then(|| {
+                Condition::new(
+                    T::Verified,
+                    ConditionStatus::False,
+                    R::VerificationFailed,
+                    format!("the restore failed: {message}"),
+                )
+            }),
+            events,
+            ..Default::default()
+        });
     }
 
-    // 3. The source scaled to zero, the copy started in the target zone.
-    let target = target_name(&sts);
+    // 3. The copy starts in the target zone; for a failover, the source is scaled to zero
+    //    first (never deleted). A drill leaves the source alone.
+    let target = place.copy.clone();
     if status.target_workload.is_none() {
-        let source = sets.get_opt(&sts).await.map_err(Error::Kube)?;
+        let source = source_sets.get_opt(&sts).await.map_err(Error::Kube)?;
         let Some(source) = source else {
             return idle(condition(
                 ConditionStatus::False,
@@ -423,26 +496,45 @@ pub async fn advance(
         if let Some(step) = blocked(leftover(&sets, f, "StatefulSet", &target).await?) {
             return Ok(step);
         }
-        sets.patch(
-            &sts,
-            &PatchParams::default(),
-            &Patch::Merge(json!({
-                "metadata": {"annotations": {REPLICAS_ANNOTATION: replicas.to_string()}},
-                "spec": {"replicas": 0},
-            })),
-        )
-        .await
-        .map_err(Error::Kube)?;
+        if place.drill {
+            copy_service(ctx, f, &source, &place.namespace).await?;
+        } else {
+            source_sets
+                .patch(
+                    &sts,
+                    &PatchParams::default(),
+                    &Patch::Merge(json!({
+                        "metadata": {"annotations": {REPLICAS_ANNOTATION: replicas.to_string()}},
+                        "spec": {"replicas": 0},
+                    })),
+                )
+                .await
+                .map_err(Error::Kube)?;
+        }
         create(
             &sets,
-            target_statefulset(&source, &target, f, replicas, target_zone.as_deref()),
+            target_statefulset(
+                &source,
+                &target,
+                &place.namespace,
+                f,
+                replicas,
+                target_zone.as_deref(),
+            ),
         )
         .await?;
         status.target_workload = Some(target.clone());
         mark(
             status,
             "WorkloadStarted",
-            format!("StatefulSet {sts} scaled to 0; {target} started in the target zone"),
+            if place.drill {
+                format!(
+                    "{target} started in the target zone in namespace {}; the source is untouched",
+                    place.namespace
+                )
+            } else {
+                format!("StatefulSet {sts} scaled to 0; {target} started in the target zone")
+            },
             now,
         );
     }
@@ -463,59 +555,281 @@ pub async fn advance(
                 .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
         })
         .count() as i32;
-    if ready_pods >= want {
-        if status.rto_seconds.is_none() {
-            status.rto_seconds = Some(now.duration_since(restore.started).as_secs_f64());
-        }
-        mark(
-            status,
-            "FailedOver",
-            format!("{ready_pods} pod(s) of {target} Ready in the target zone"),
-            now,
-        );
-        let failed_over = condition(
-            ConditionStatus::True,
-            R::FailedOver,
-            format!(
-                "{target} runs in the target zone from point {}; set spec.commit to commit, or delete this Failover to roll back",
-                restore.point
-            ),
-        );
-        let committed = if f.spec.commit {
-            Some(commit(ctx, f, &rw, status, now).await)
-        } else {
-            None
-        };
-        let busy = committed.as_ref().is_some_and(|c| !c.is_true());
-        return Ok(Step {
-            failed_over: Some(failed_over),
-            committed,
-            busy,
-        });
-    }
-    Ok(Step {
-        failed_over: Some(condition(
+    if ready_pods < want {
+        let mut step = wait(condition(
             ConditionStatus::False,
             R::WaitingForPods,
             format!("{ready_pods} of {want} pod(s) of {target} Ready"),
-        )),
-        committed: f.spec.commit.then(|| {
+        ));
+        step.committed = f.spec.commit.then(|| {
             Condition::new(
                 T::Committed,
                 ConditionStatus::False,
                 R::Committing,
                 "commit waits until the workload is Ready in the target zone",
             )
-        }),
-        busy: true,
+        });
+        step.verified = place.drill.then(|| {
+            Condition::new(
+                T::Verified,
+                ConditionStatus::False,
+                R::Verifying,
+                format!("{ready_pods} of {want} pod(s) of the copy Ready"),
+            )
+        });
+        step.events = events;
+        return Ok(step);
+    }
+    if status.rto_seconds.is_none() {
+        status.rto_seconds = Some(now.duration_since(restore.started).as_secs_f64());
+    }
+    let ready_message = format!("{ready_pods} pod(s) of {target} Ready in the target zone");
+    if place.drill {
+        mark(status, "CopyReady", ready_message, now);
+        let verified = verify(ctx, f, &place.namespace, status, now, &mut events).await?;
+        let busy = verified.reason == R::Verifying.as_str();
+        return Ok(Step {
+            failed_over: Some(condition(
+                ConditionStatus::False,
+                R::Drill,
+                format!(
+                    "a drill does not fail over: the copy runs in namespace {}; delete this Failover to remove it",
+                    place.namespace
+                ),
+            )),
+            verified: Some(verified),
+            busy,
+            events,
+            ..Default::default()
+        });
+    }
+    if mark(status, "FailedOver", ready_message, now) {
+        events.push(PlannedEvent::normal(
+            EventReason::FailedOver,
+            "FailOver",
+            format!(
+                "{target} runs in the target zone from point {} after {:.0}s",
+                restore.point,
+                status.rto_seconds.unwrap_or_default()
+            ),
+        ));
+    }
+    let failed_over = condition(
+        ConditionStatus::True,
+        R::FailedOver,
+        format!(
+            "{target} runs in the target zone from point {}; set spec.commit to commit, or delete this Failover to roll back",
+            restore.point
+        ),
+    );
+    let committed = if f.spec.commit {
+        Some(commit(ctx, f, &rw, status, now, &mut events).await)
+    } else {
+        None
+    };
+    let busy = committed.as_ref().is_some_and(|c| !c.is_true());
+    Ok(Step {
+        failed_over: Some(failed_over),
+        committed,
+        busy,
+        events,
+        ..Default::default()
     })
+}
+
+/// The drill's namespace, made by this Failover and isolated: its pods reach each other and DNS,
+/// nothing else, and nothing outside reaches them (a copy must never talk to production).
+async fn ensure_drill_namespace(
+    ctx: &Context,
+    f: &Failover,
+    namespace: &str,
+) -> Result<Leftover, Error> {
+    let namespaces: Api<Namespace> = Api::all(ctx.client.clone());
+    match leftover(&namespaces, f, "Namespace", namespace).await? {
+        Leftover::None => {}
+        other => return Ok(other),
+    }
+    create(
+        &namespaces,
+        json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace, "labels": labels(f),
+            "annotations": {"siterecovery.io/drill-of": format!("{}/{}", f.namespace().unwrap_or_default(), f.name_any())}}}),
+    )
+    .await?;
+    let policies: Api<NetworkPolicy> = Api::namespaced(ctx.client.clone(), namespace);
+    create(
+        &policies,
+        json!({
+            "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+            "metadata": {"name": "site-recovery-drill-isolation", "namespace": namespace, "labels": labels(f)},
+            "spec": {
+                "podSelector": {},
+                "policyTypes": ["Ingress", "Egress"],
+                "ingress": [{"from": [{"podSelector": {}}]}],
+                "egress": [
+                    {"to": [{"podSelector": {}}]},
+                    {"to": [{"namespaceSelector": {}, "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}}}],
+                     "ports": [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}]},
+                ],
+            },
+        }),
+    )
+    .await?;
+    Ok(Leftover::None)
+}
+
+/// The Service the source StatefulSet names (`spec.serviceName`), copied into the drill's
+/// namespace so the copy's pods get the names the application expects.
+async fn copy_service(
+    ctx: &Context,
+    f: &Failover,
+    source: &StatefulSet,
+    namespace: &str,
+) -> Result<(), Error> {
+    let Some(service_name) = source
+        .spec
+        .as_ref()
+        .and_then(|s| s.service_name.clone())
+        .filter(|s| !s.is_empty())
+    else {
+        return Ok(());
+    };
+    let services: Api<Service> =
+        Api::namespaced(ctx.client.clone(), &source.namespace().unwrap_or_default());
+    let Some(service) = services.get_opt(&service_name).await.map_err(Error::Kube)? else {
+        return Ok(());
+    };
+    let spec = service.spec.unwrap_or_default();
+    let mut copy = json!({
+        "selector": spec.selector,
+        "ports": spec.ports,
+        "publishNotReadyAddresses": spec.publish_not_ready_addresses,
+    });
+    if spec.cluster_ip.as_deref() == Some("None") {
+        copy["clusterIP"] = json!("None");
+    }
+    create(
+        &Api::<Service>::namespaced(ctx.client.clone(), namespace),
+        json!({"apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": service_name, "namespace": namespace, "labels": labels(f)},
+            "spec": copy}),
+    )
+    .await
+}
+
+/// A drill's verdict: Verified once the copy is Ready and the verification Job (if any)
+/// succeeded; VerificationFailed when the Job failed or ran out of time.
+async fn verify(
+    ctx: &Context,
+    f: &Failover,
+    namespace: &str,
+    status: &mut FailoverStatus,
+    now: Timestamp,
+    events: &mut Vec<PlannedEvent>,
+) -> Result<Condition, Error> {
+    let verified = |s, r: R, m: String| Condition::new(T::Verified, s, r, m);
+    let Some(check) = &f.spec.verification else {
+        let message = "the copy is Ready in the target zone (no verification Job set)".to_string();
+        if mark(status, "Verified", message.clone(), now) {
+            events.push(PlannedEvent::normal(
+                EventReason::DrillVerified,
+                "Verify",
+                message.clone(),
+            ));
+        }
+        return Ok(verified(ConditionStatus::True, R::Verified, message));
+    };
+    let timeout = match check
+        .timeout
+        .as_deref()
+        .map(crate::api::policy::parse_duration)
+    {
+        None => std::time::Duration::from_secs(600),
+        Some(Ok(d)) => d,
+        Some(Err(e)) => {
+            return Ok(verified(
+                ConditionStatus::False,
+                R::VerificationFailed,
+                format!("spec.verification.timeout: {e}"),
+            ));
+        }
+    };
+    let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), namespace);
+    let job_name = verification_job_name(&f.name_any());
+    create(
+        &jobs,
+        json!({
+            "apiVersion": "batch/v1", "kind": "Job",
+            "metadata": {"name": job_name, "namespace": namespace, "labels": labels(f)},
+            "spec": {
+                "backoffLimit": 0,
+                "activeDeadlineSeconds": timeout.as_secs().max(1),
+                "template": {"metadata": {"labels": labels(f)}, "spec": {
+                    "restartPolicy": "Never",
+                    "containers": [{"name": "verify", "image": check.image, "command": check.command}],
+                }},
+            },
+        }),
+    )
+    .await?;
+    let job = jobs.get_opt(&job_name).await.map_err(Error::Kube)?;
+    let conditions = job
+        .and_then(|j| j.status)
+        .and_then(|s| s.conditions)
+        .unwrap_or_default();
+    let is = |t: &str| {
+        conditions
+            .iter()
+            .find(|c| c.type_ == t && c.status == "True")
+    };
+    if is("Complete").is_some() {
+        let message = format!("the copy is Ready and Job {job_name} succeeded");
+        if mark(status, "Verified", message.clone(), now) {
+            events.push(PlannedEvent::normal(
+                EventReason::DrillVerified,
+                "Verify",
+                message.clone(),
+            ));
+        }
+        return Ok(verified(ConditionStatus::True, R::Verified, message));
+    }
+    if let Some(c) = is("Failed") {
+        let message = format!(
+            "Job {job_name} failed: {}",
+            c.message.clone().or(c.reason.clone()).unwrap_or_default()
+        );
+        if mark(status, "VerificationFailed", message.clone(), now) {
+            events.push(PlannedEvent::warning(
+                EventReason::DrillFailed,
+                "Verify",
+                message.clone(),
+            ));
+        }
+        return Ok(verified(
+            ConditionStatus::False,
+            R::VerificationFailed,
+            message,
+        ));
+    }
+    Ok(verified(
+        ConditionStatus::False,
+        R::Verifying,
+        format!("the copy is Ready; waiting for Job {job_name}"),
+    ))
+}
+
+pub fn verification_job_name(failover: &str) -> String {
+    let base: String = failover.chars().take(50).collect();
+    format!("sr-verify-{base}")
 }
 
 /// One new claim per volume of the point: `data-db-0` of StatefulSet `db` is restored into
 /// `data-db-failover-0`, the claim the copy's template `data` resolves to for ordinal 0. A
 /// volume that is not a claim template's claim keeps its name with a `-failover` suffix.
-fn restore_plan(point: &crate::api::failover::ResolvedPoint, sts: &str) -> Vec<VolumeRestore> {
-    let target = target_name(sts);
+fn restore_plan(
+    point: &crate::api::failover::ResolvedPoint,
+    sts: &str,
+    target: &str,
+) -> Vec<VolumeRestore> {
     point
         .volumes
         .iter()
@@ -523,6 +837,7 @@ fn restore_plan(point: &crate::api::failover::ResolvedPoint, sts: &str) -> Vec<V
             source_claim: claim.clone(),
             target_claim: match template_of(claim, sts) {
                 Some((template, ordinal)) => format!("{template}-{target}-{ordinal}"),
+                None if target == sts => claim.clone(),
                 None => format!("{claim}-failover"),
             },
         })
@@ -532,13 +847,14 @@ fn restore_plan(point: &crate::api::failover::ResolvedPoint, sts: &str) -> Vec<V
 fn writer_pod(
     ctx: &Context,
     f: &Failover,
+    namespace: &str,
     i: usize,
     claim: &str,
     zone: Option<&str>,
 ) -> serde_json::Value {
     json!({
         "apiVersion": "v1", "kind": "Pod",
-        "metadata": {"name": writer_name(&f.name_any(), i), "namespace": f.namespace(), "labels": labels(f)},
+        "metadata": {"name": writer_name(&f.name_any(), i), "namespace": namespace, "labels": labels(f)},
         "spec": {
             "affinity": zone_affinity(zone),
             "automountServiceAccountToken": false,
@@ -559,6 +875,7 @@ fn writer_pod(
 fn target_statefulset(
     source: &StatefulSet,
     name: &str,
+    namespace: &str,
     f: &Failover,
     replicas: i32,
     zone: Option<&str>,
@@ -576,7 +893,7 @@ fn target_statefulset(
     metadata_labels.extend(labels(f));
     json!({
         "apiVersion": "apps/v1", "kind": "StatefulSet",
-        "metadata": {"name": name, "namespace": source.namespace(), "labels": metadata_labels},
+        "metadata": {"name": name, "namespace": namespace, "labels": metadata_labels},
         "spec": spec,
     })
 }
@@ -609,16 +926,38 @@ pub async fn roll_back(ctx: &Context, f: &Failover) -> Result<(), Error> {
     let namespace = f.namespace().unwrap_or_default();
     let name = f.name_any();
     let status = f.status.clone().unwrap_or_default();
-    if !f.spec.commit {
+    let rw = ctx
+        .stores
+        .workloads
+        .get(&ObjectRef::new(&f.spec.workload_name).within(&namespace))
+        .and_then(|g| g.0.as_ref().ok().cloned());
+    if f.spec.mode == FailoverMode::Test {
+        // The drill's namespace goes, and everything in it; only a namespace this Failover made.
+        let drill = drill_namespace(f);
+        let namespaces: Api<Namespace> = Api::all(ctx.client.clone());
+        let ours = namespaces
+            .get_opt(&drill)
+            .await
+            .map_err(Error::Kube)?
+            .is_some_and(|n| n.labels().get(FAILOVER_UID_LABEL) == f.uid().as_ref());
+        if ours {
+            delete_if_present(&namespaces, &drill).await?;
+        }
+        publish_events(
+            ctx,
+            f,
+            &[PlannedEvent::normal(
+                EventReason::FailoverRolledBack,
+                "RollBack",
+                format!("drill namespace {drill} deleted; the source was never touched"),
+            )],
+        )
+        .await;
+    } else if !f.spec.commit {
         let sets: Api<StatefulSet> = Api::namespaced(ctx.client.clone(), &namespace);
-        tear_down(ctx, f, status.target_workload.as_deref()).await?;
-        let rw = ctx
-            .stores
-            .workloads
-            .get(&ObjectRef::new(&f.spec.workload_name).within(&namespace))
-            .and_then(|g| g.0.as_ref().ok().cloned());
-        if let Some(rw) = rw {
+        if let Some(rw) = &rw {
             let sts = rw.spec.workload_ref.name.clone();
+            tear_down(ctx, f, &Place::of(f, &sts)).await?;
             if let Some(source) = sets.get_opt(&sts).await.map_err(Error::Kube)? {
                 let noted = source
                     .annotations()
@@ -637,6 +976,19 @@ pub async fn roll_back(ctx: &Context, f: &Failover) -> Result<(), Error> {
                     .map_err(Error::Kube)?;
                 }
             }
+            publish_events(
+                ctx,
+                f,
+                &[PlannedEvent::normal(
+                    EventReason::FailoverRolledBack,
+                    "RollBack",
+                    format!(
+                        "the copy and its claims are deleted; StatefulSet {sts} is back at {} replica(s) in its zone",
+                        status.source_replicas.unwrap_or(1)
+                    ),
+                )],
+            )
+            .await;
         }
     }
     let rest: Vec<String> = f
@@ -665,6 +1017,7 @@ async fn commit(
     rw: &ReplicatedWorkload,
     status: &mut FailoverStatus,
     now: Timestamp,
+    events: &mut Vec<PlannedEvent>,
 ) -> Condition {
     if status.timeline.iter().any(|t| t.step == "Committed") {
         return Condition::new(
@@ -708,12 +1061,14 @@ async fn commit(
     };
     match run.await {
         Ok(removed) => {
-            mark(
-                status,
-                "Committed",
-                format!("{removed} recovery point(s) deleted"),
-                now,
-            );
+            let message = format!("{removed} recovery point(s) deleted");
+            if mark(status, "Committed", message.clone(), now) {
+                events.push(PlannedEvent::normal(
+                    EventReason::FailoverCommitted,
+                    "Commit",
+                    format!("{}; {message}", committed_message(rw)),
+                ));
+            }
             Condition::new(
                 T::Committed,
                 ConditionStatus::True,
@@ -738,15 +1093,27 @@ fn committed_message(rw: &ReplicatedWorkload) -> String {
     )
 }
 
-/// Removes what a failover created in the target zone: the copy, writer pods, restored claims.
-async fn tear_down(ctx: &Context, f: &Failover, target: Option<&str>) -> Result<(), Error> {
-    let namespace = f.namespace().unwrap_or_default();
-    let sets: Api<StatefulSet> = Api::namespaced(ctx.client.clone(), &namespace);
-    if let Some(target) = target {
-        delete_if_present(&sets, target).await?;
+/// Removes what a failover created in the target zone: the copy, writer pods, restored claims,
+/// a drill's verification Job.
+async fn tear_down(ctx: &Context, f: &Failover, place: &Place) -> Result<(), Error> {
+    let sets: Api<StatefulSet> = Api::namespaced(ctx.client.clone(), &place.namespace);
+    if let Leftover::None = leftover(&sets, f, "StatefulSet", &place.copy).await? {
+        delete_if_present(&sets, &place.copy).await?;
     }
-    let selector = ListParams::default().labels(&format!("{FAILOVER_LABEL}={}", f.name_any()));
-    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &namespace);
+    let selector = ListParams::default().labels(&format!(
+        "{FAILOVER_UID_LABEL}={}",
+        f.uid().unwrap_or_default()
+    ));
+    let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), &place.namespace);
+    for j in jobs
+        .list_metadata(&selector)
+        .await
+        .map_err(Error::Kube)?
+        .items
+    {
+        delete_if_present(&jobs, &j.name_any()).await?;
+    }
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &place.namespace);
     for p in pods
         .list_metadata(&selector)
         .await
@@ -755,7 +1122,7 @@ async fn tear_down(ctx: &Context, f: &Failover, target: Option<&str>) -> Result<
     {
         delete_if_present(&pods, &p.name_any()).await?;
     }
-    let claims: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &namespace);
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &place.namespace);
     for c in claims
         .list_metadata(&selector)
         .await

@@ -45,10 +45,14 @@ pub async fn reconcile(failover: &Failover, ctx: Arc<Context>) -> Result<Action,
     next.target_zone = plan.target_zone.clone().or(next.target_zone);
     let step = execute::advance(&ctx, failover, ready, wanted.as_ref(), &mut next, now).await?;
     plan.resolved_point = next.resolved_point.clone();
-    for c in [step.failed_over, step.committed].into_iter().flatten() {
+    for c in [step.failed_over, step.committed, step.verified]
+        .into_iter()
+        .flatten()
+    {
         plan.conditions.retain(|x| x.r#type != c.r#type);
         plan.conditions.push(c);
     }
+    plan.events.extend(step.events);
     let status = status::build(Some(&next), &plan, failover.metadata.generation, now);
     if write_status(&ctx, failover, failover.status.as_ref(), &status).await? {
         ctx.metrics

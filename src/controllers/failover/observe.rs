@@ -29,6 +29,8 @@ pub struct WorkloadSummary {
 pub struct Sibling {
     pub name: String,
     pub created: Option<Timestamp>,
+    /// A drill: drills and failovers never block each other.
+    pub test: bool,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -92,6 +94,7 @@ pub async fn observe(ctx: &Context, failover: &Failover) -> Observed {
         .map(|f| Sibling {
             name: f.name_any(),
             created: f.metadata.creation_timestamp.as_ref().map(|t| t.0),
+            test: f.spec.mode == crate::api::failover::FailoverMode::Test,
         })
         .collect();
     Observed { workload, siblings }

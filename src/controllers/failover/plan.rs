@@ -79,9 +79,12 @@ pub fn plan(
     let mut resolved_point = None;
     let (mut source_zone, mut target_zone) = (None, None);
     // The oldest Failover of a workload wins; ties go to the smaller name.
+    // A drill never blocks a failover (the zone may fail during a drill), nor one the other.
+    let test = spec.mode == crate::api::failover::FailoverMode::Test;
     let older = observed
         .siblings
         .iter()
+        .filter(|s| s.test == test)
         .filter(|s| (s.created, s.name.as_str()) < (me.created, me.name))
         .min_by_key(|s| (s.created, s.name.clone()));
     let ready = if let Some(first) = older {
@@ -183,11 +186,24 @@ pub fn plan(
         T::Committed,
         ConditionStatus::False,
         R::NotCommitted,
-        "set spec.commit to true to commit the failover",
+        if test {
+            "a drill is never committed"
+        } else {
+            "set spec.commit to true to commit the failover"
+        },
     );
-    let events = events(previous, &ready);
+    let mut conditions = vec![ready, failed_over, committed];
+    if test {
+        conditions.push(Condition::new(
+            T::Verified,
+            ConditionStatus::False,
+            R::NotStarted,
+            "the drill's copy has not been started",
+        ));
+    }
+    let events = events(previous, &conditions[0]);
     Plan {
-        conditions: vec![ready, failed_over, committed],
+        conditions,
         resolved_point,
         source_zone,
         target_zone,
@@ -413,6 +429,7 @@ mod tests {
             siblings: vec![Sibling {
                 name: "first".into(),
                 created: Some(t("2026-06-01T12:59:00Z")),
+                test: false,
             }],
         };
         let p = plan(&spec(json!({})), None, &observed, me());
@@ -428,11 +445,46 @@ mod tests {
             siblings: vec![Sibling {
                 name: "second".into(),
                 created: Some(t("2026-06-01T14:00:00Z")),
+                test: false,
             }],
         };
         assert_eq!(
             ready(&plan(&spec(json!({})), None, &younger, me())).0,
             "FailoverReady"
+        );
+    }
+
+    #[test]
+    fn a_drill_and_a_failover_never_block_each_other() {
+        let observed = |test| Observed {
+            workload: Some(Ok(protected())),
+            siblings: vec![Sibling {
+                name: "first".into(),
+                created: Some(t("2026-06-01T12:59:00Z")),
+                test,
+            }],
+        };
+        // The zone fails during a drill: the failover goes ahead.
+        let p = plan(&spec(json!({})), None, &observed(true), me());
+        assert_eq!(ready(&p).0, "FailoverReady");
+        // A drill started during a failover, too; but not two drills at once.
+        let drill = spec(json!({"mode": "Test"}));
+        assert_eq!(
+            ready(&plan(&drill, None, &observed(false), me())).0,
+            "FailoverReady"
+        );
+        assert_eq!(
+            ready(&plan(&drill, None, &observed(true), me())).0,
+            "DuplicateFailover"
+        );
+        assert_eq!(
+            find(
+                &plan(&drill, None, &observed(false), me()).conditions,
+                "Verified"
+            )
+            .unwrap()
+            .reason,
+            "NotStarted"
         );
     }
 }

@@ -119,6 +119,7 @@ pub async fn observe(
             .find(|f| {
                 f.namespace().as_deref() == Some(namespace)
                     && f.spec.workload_name == workload_name
+                    && f.spec.mode != crate::api::failover::FailoverMode::Test
                     && f.status.as_ref().is_some_and(|s| s.restore.is_some())
             })
             .map(|f| f.name_any()),
