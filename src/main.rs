@@ -80,6 +80,9 @@ enum Command {
     Points(site_recovery::cli::plugin::PointsArgs),
     /// Fail a workload over to its target zone (creates a Failover) and wait until it runs there.
     Failover(site_recovery::cli::plugin::FailoverArgs),
+    /// Test a failover without touching the source: a copy from a point in a namespace of its
+    /// own (a Failover in Test mode), verified by an optional command; wait for the verdict.
+    Drill(site_recovery::cli::plugin::DrillArgs),
     /// Commit a failover (phase two: the recovery points are deleted) and wait.
     Commit(site_recovery::cli::plugin::NamedArgs),
     /// Cancel a failover before commit (deletes it: rolls back) and wait.
@@ -197,6 +200,9 @@ async fn run(command: Command) -> anyhow::Result<std::process::ExitCode> {
         }
         Command::Failover(args) => {
             site_recovery::cli::plugin::failover(kube_client().await?, args).await?
+        }
+        Command::Drill(args) => {
+            site_recovery::cli::plugin::drill(kube_client().await?, args).await?
         }
         Command::Commit(args) => {
             site_recovery::cli::plugin::commit(kube_client().await?, args).await?

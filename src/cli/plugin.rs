@@ -366,15 +366,9 @@ pub async fn points(client: Client, args: PointsArgs) -> anyhow::Result<()> {
     })
 }
 
+/// Which recovery point: the newest when none of these is given.
 #[derive(Args, Debug)]
-pub struct FailoverArgs {
-    /// The ReplicatedWorkload to fail over.
-    pub workload: String,
-    #[command(flatten)]
-    pub scope: Scope,
-    /// Name of the Failover [default: <workload>-failover].
-    #[arg(long)]
-    pub name: Option<String>,
+pub struct PointChoice {
     /// A point id (or a unique prefix of one).
     #[arg(long, conflicts_with_all = ["time", "latest_app_consistent"])]
     pub point_id: Option<String>,
@@ -384,6 +378,61 @@ pub struct FailoverArgs {
     /// The newest app-consistent point.
     #[arg(long)]
     pub latest_app_consistent: bool,
+}
+
+impl PointChoice {
+    fn selector(&self) -> serde_json::Value {
+        if let Some(id) = &self.point_id {
+            serde_json::json!({"id": id})
+        } else if let Some(t) = &self.time {
+            serde_json::json!({"time": t.to_string()})
+        } else if self.latest_app_consistent {
+            serde_json::json!({"latestAppConsistent": true})
+        } else {
+            serde_json::json!({"latest": true})
+        }
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct FailoverArgs {
+    /// The ReplicatedWorkload to fail over.
+    pub workload: String,
+    #[command(flatten)]
+    pub scope: Scope,
+    /// Name of the Failover [default: <workload>-failover].
+    #[arg(long)]
+    pub name: Option<String>,
+    #[command(flatten)]
+    pub point: PointChoice,
+    #[command(flatten)]
+    pub wait: Wait,
+}
+
+#[derive(Args, Debug)]
+pub struct DrillArgs {
+    /// The ReplicatedWorkload to test.
+    pub workload: String,
+    #[command(flatten)]
+    pub scope: Scope,
+    /// Name of the Failover [default: <workload>-drill].
+    #[arg(long)]
+    pub name: Option<String>,
+    #[command(flatten)]
+    pub point: PointChoice,
+    /// The namespace the copy runs in, created for the drill [default: <name>-drill].
+    #[arg(long)]
+    pub test_namespace: Option<String>,
+    /// Image of the verification Job (with the command after `--`).
+    #[arg(long, default_value = "busybox")]
+    pub verify_image: String,
+    /// How long the verification Job may run.
+    #[arg(long)]
+    pub verify_timeout: Option<String>,
+    /// The verification command, run as a Job next to the copy once it is Ready; the drill is
+    /// verified when it exits 0.
+    #[arg(last = true)]
+    pub verify: Vec<String>,
     #[command(flatten)]
     pub wait: Wait,
 }
@@ -495,15 +544,7 @@ pub async fn failover(client: Client, args: FailoverArgs) -> anyhow::Result<()> 
         .name
         .clone()
         .unwrap_or_else(|| format!("{}-failover", args.workload));
-    let point = if let Some(id) = &args.point_id {
-        serde_json::json!({"id": id})
-    } else if let Some(t) = &args.time {
-        serde_json::json!({"time": t.to_string()})
-    } else if args.latest_app_consistent {
-        serde_json::json!({"latestAppConsistent": true})
-    } else {
-        serde_json::json!({"latest": true})
-    };
+    let point = args.point.selector();
     let api: Api<Failover> = Api::namespaced(client.clone(), &ns);
     let obj = serde_json::json!({
         "apiVersion": "siterecovery.io/v1alpha1", "kind": "Failover",
@@ -560,6 +601,78 @@ pub async fn failover(client: Client, args: FailoverArgs) -> anyhow::Result<()> 
     print_failover(args.scope.output, f.as_ref())
 }
 
+/// `drill`: creates a Failover in Test mode and waits until its copy is verified.
+pub async fn drill(client: Client, args: DrillArgs) -> anyhow::Result<()> {
+    let ns = namespace_of(&client, &args.scope);
+    let name = args
+        .name
+        .clone()
+        .unwrap_or_else(|| format!("{}-drill", args.workload));
+    let mut spec = serde_json::json!({
+        "workloadName": args.workload, "mode": "Test", "recoveryPoint": args.point.selector(),
+    });
+    if let Some(test_namespace) = &args.test_namespace {
+        spec["testNamespace"] = serde_json::json!(test_namespace);
+    }
+    if !args.verify.is_empty() {
+        spec["verification"] =
+            serde_json::json!({"image": args.verify_image, "command": args.verify});
+        if let Some(t) = &args.verify_timeout {
+            spec["verification"]["timeout"] = serde_json::json!(t);
+        }
+    }
+    let api: Api<Failover> = Api::namespaced(client.clone(), &ns);
+    let obj = serde_json::json!({
+        "apiVersion": "siterecovery.io/v1alpha1", "kind": "Failover",
+        "metadata": {"name": name, "namespace": ns},
+        "spec": spec,
+    });
+    api.patch(
+        &name,
+        &kube::api::PatchParams::apply(PLUGIN_MANAGER),
+        &kube::api::Patch::Apply(&obj),
+    )
+    .await
+    .with_context(|| format!("creating Failover {name}"))?;
+    eprintln!(
+        "Drill {name} of {} created in namespace {ns}",
+        args.workload
+    );
+    if args.wait.no_wait {
+        return Ok(());
+    }
+    let f = wait_for(&api, &name, &args.wait, args.scope.output, |f| {
+        if condition_is(f, "Verified", "Verified") {
+            Some(Ok(()))
+        } else if condition_is(f, "Verified", "VerificationFailed") {
+            Some(Err(message_of(f, "Verified")))
+        } else if condition_is(f, "FailedOver", "RestoreFailed") {
+            Some(Err(message_of(f, "FailedOver")))
+        } else if [
+            "DuplicateFailover",
+            "InvalidSpec",
+            "TargetUnreachable",
+            "WorkloadNotFound",
+        ]
+        .iter()
+        .any(|r| condition_is(f, "Ready", r))
+        {
+            Some(Err(message_of(f, "Ready")))
+        } else {
+            None
+        }
+    })
+    .await?
+    .with_context(|| format!("Failover {name} was deleted while it ran"))?;
+    let status = f.status.clone().unwrap_or_default();
+    eprintln!(
+        "drill verified: the copy was Ready {:.0}s after the restore started, in namespace {}; `kubectl siterecovery cancel {name}` removes it",
+        status.rto_seconds.unwrap_or_default(),
+        status.restore.and_then(|r| r.namespace).unwrap_or_default()
+    );
+    print_failover(args.scope.output, Some(&f))
+}
+
 fn message_of(f: &Failover, t: &str) -> String {
     f.status
         .as_ref()
@@ -614,9 +727,16 @@ pub async fn cancel(client: Client, args: NamedArgs) -> anyhow::Result<()> {
     }
     // Quietly: the failover's history is not news to the one cancelling it.
     wait_for(&api, &args.name, &args.wait, Output::Json, |_| None).await?;
-    eprintln!(
-        "Failover {} cancelled: the workload is back in its source zone",
-        args.name
-    );
+    if f.spec.mode == crate::api::failover::FailoverMode::Test {
+        eprintln!(
+            "Drill {} removed with its namespace; the source was never touched",
+            args.name
+        );
+    } else {
+        eprintln!(
+            "Failover {} cancelled: the workload is back in its source zone",
+            args.name
+        );
+    }
     Ok(())
 }

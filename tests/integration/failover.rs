@@ -404,6 +404,31 @@ async fn the_plugin_fails_over_and_commits() {
             )
         }
     };
+    // A drill first: verified by a command, then removed; the source runs on.
+    let _drill_cluster = crate::rig::failover::run(
+        &rig,
+        "db-drill",
+        BTreeMap::from([("zone-b".to_string(), "node-b1".to_string())]),
+    );
+    let (code, _, err) = run(&[
+        "drill",
+        "db",
+        "-n",
+        "apps",
+        "--test-namespace",
+        "db-drill",
+        "--timeout",
+        "90s",
+        "--",
+        "true",
+    ])
+    .await;
+    assert_eq!(code, Some(0), "{err}");
+    assert!(err.contains("drill verified"), "{err}");
+    let (code, _, err) = run(&["cancel", "db-drill", "-n", "apps"]).await;
+    assert_eq!(code, Some(0), "{err}");
+    assert!(err.contains("removed with its namespace"), "{err}");
+    assert_eq!(replicas(&rig, "db").await, Some(2));
     let (code, _, err) = run(&[
         "failover",
         "db",
