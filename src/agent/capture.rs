@@ -227,12 +227,11 @@ pub(crate) async fn mount_path(
     if !path.is_dir() {
         return Ok(None);
     }
-    check_below(&settings.kubelet_root, &path)?;
-    Ok(Some(path))
+    Ok(Some(check_below(&settings.kubelet_root, &path)?))
 }
 
-/// Refuses a path that resolves (through symlinks) outside `root`.
-fn check_below(root: &Path, path: &Path) -> Result<(), String> {
+/// The real path of `path`, refused when it resolves (through symlinks) outside `root`.
+fn check_below(root: &Path, path: &Path) -> Result<PathBuf, String> {
     let root = root
         .canonicalize()
         .map_err(|e| format!("--kubelet-root {}: {e}", root.display()))?;
@@ -247,7 +246,7 @@ fn check_below(root: &Path, path: &Path) -> Result<(), String> {
             root.display()
         ));
     }
-    Ok(())
+    Ok(real)
 }
 
 struct Capture {

@@ -32,7 +32,8 @@ use super::conditions::{Condition, conditions_schema};
     validation = kube::core::Rule::new("!oldSelf.commit || self.commit").message("spec.commit cannot change from true to false: a committed failover is final"),
     validation = kube::core::Rule::new("!oldSelf.commit || (has(self.recoveryPoint) == has(oldSelf.recoveryPoint) && (!has(self.recoveryPoint) || self.recoveryPoint == oldSelf.recoveryPoint))").message("spec.recoveryPoint cannot change once spec.commit is true"),
     validation = kube::core::Rule::new("self.mode != 'Test' || !self.commit").message("spec.commit cannot be true when spec.mode is Test: a drill is never committed"),
-    validation = kube::core::Rule::new("self.mode == 'Test' || (!has(self.testNamespace) && !has(self.verification))").message("spec.testNamespace and spec.verification apply to mode Test only")
+    validation = kube::core::Rule::new("self.mode == 'Test' || (!has(self.testNamespace) && !has(self.verification))").message("spec.testNamespace and spec.verification apply to mode Test only"),
+    validation = kube::core::Rule::new("self.mode != 'Planned' || !has(self.recoveryPoint) || (has(self.recoveryPoint.latest) && self.recoveryPoint.latest)").message("spec.recoveryPoint does not apply to mode Planned: its point is the final one, taken after the source stops")
 )]
 pub struct FailoverSpec {
     /// Name of the ReplicatedWorkload, in this namespace, to fail over.
@@ -138,12 +139,16 @@ pub struct FailoverStatus {
     #[serde(default)]
     #[schemars(length(max = 64))]
     pub timeline: Vec<TimelineStep>,
-    /// Seconds from the start of the failover until the workload was Ready in the target zone.
+    /// Seconds from the start of the outage (the source stopped, in Planned mode; the restore
+    /// started, otherwise) until the workload was Ready in the target zone.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rto_seconds: Option<f64>,
     /// The restore in flight or done: which claims are filled from which volume of the point.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub restore: Option<Restore>,
+    /// Planned mode: when the last pod of the source stopped; the final point is taken after.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_stopped: Option<Timestamp>,
     /// Replicas of the source workload before it was scaled to zero (restored on cancel).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source_replicas: Option<i32>,

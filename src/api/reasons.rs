@@ -130,6 +130,8 @@ names! {
         WaitingForPods,
         /// An object the failover must create has a name taken by an object it did not make.
         NameInUse,
+        /// Planned mode: the source is stopping, or its final point is being taken.
+        StoppingSource,
         /// Test mode: a drill never fails over; its copy runs in its own namespace.
         Drill,
         /// Test mode: waiting for the copy to be Ready or for the verification Job.
@@ -167,6 +169,7 @@ names! {
         HookFailed,
         RecoveryPointsPruned,
         RPOExceeded,
+        FailoverSourceStopped,
         FailoverRestoreStarted,
         FailoverRestoreFailed,
         FailedOver,

@@ -110,6 +110,14 @@ pub const FAILOVER_LABEL: &str = "siterecovery.io/failover";
 /// The uid of the Failover that made an object: an object left by an earlier Failover of the
 /// same name is never taken for this one's.
 pub const FAILOVER_UID_LABEL: &str = "siterecovery.io/failover-uid";
+/// On a pod that holds a stopped workload's claims mounted (read-only) so that its final
+/// point can be read: the ReplicatedWorkload it holds them for.
+pub const HOLD_LABEL: &str = "siterecovery.io/holds-for";
+
+/// The holder pod of volume `index` of a planned failover.
+pub fn holder_name(failover: &str, index: usize) -> String {
+    format!("sr-hold-{failover}-{index}")
+}
 
 /// Name of the writer pod that fills `target_claim` for a failover.
 pub fn writer_name(failover: &str, index: usize) -> String {

@@ -634,3 +634,104 @@ async fn a_drill_runs_a_verified_copy_in_its_own_namespace_and_leaves_the_source
         a.kill();
     }
 }
+
+#[tokio::test]
+async fn a_planned_failover_stops_the_source_and_loses_no_write() {
+    let (rig, _dir, running, volumes) = setup(|d| live_vault(d, json!({}))).await;
+    let agents: Vec<_> = ["node-a1", "node-a2", "node-b1"]
+        .iter()
+        .map(|n| start_agent(&rig, n, 10))
+        .collect();
+    write_version(&volumes, 1);
+    let workloads = protect(&rig).await;
+    let before = first_point(&workloads)
+        .await
+        .latest_replicated_point
+        .unwrap();
+    let _cluster = crate::rig::failover::run(
+        &rig,
+        "apps",
+        BTreeMap::from([("zone-b".to_string(), "node-b1".to_string())]),
+    );
+    // Written after the newest point: an unplanned failover would lose it, a planned one not.
+    let last_writes = write_version(&volumes, 2);
+    let failovers: Api<Failover> = Api::namespaced(rig.client(), "apps");
+    let mut fo = failover("planned", json!({"latest": true}));
+    fo.spec.mode = site_recovery::api::failover::FailoverMode::Planned;
+    failovers.create(&PostParams::default(), &fo).await.unwrap();
+    let s = eventually(Duration::from_secs(90), "FailedOver=True", || async {
+        let s = failovers.get("planned").await.ok()?.status?;
+        (condition(&s.conditions, "FailedOver")?.0 == "True").then_some(s)
+    })
+    .await;
+    let steps: Vec<&str> = s.timeline.iter().map(|t| t.step.as_str()).collect();
+    assert_eq!(
+        steps,
+        [
+            "SourceStopped",
+            "FinalPointRequested",
+            "FinalPointReplicated",
+            "RestoreStarted",
+            "Restored",
+            "WorkloadStarted",
+            "FailedOver"
+        ]
+    );
+    println!(
+        "planned failover, RTO {:?}s: {:?}",
+        s.rto_seconds,
+        s.timeline
+            .iter()
+            .map(|t| (&t.step, t.time.to_string()))
+            .collect::<Vec<_>>()
+    );
+    let point = s.resolved_point.clone().unwrap();
+    assert_ne!(point.id, before.id, "a new, final point");
+    assert!(point.time >= s.source_stopped.unwrap());
+    for (i, claim) in ["data-db-0", "data-db-1"].iter().enumerate() {
+        let disk =
+            crate::rig::failover::claim_disk(&rig, "apps", &format!("data-db-failover-{i}")).await;
+        assert_eq!(
+            read_tree(&disk),
+            last_writes[*claim],
+            "{claim}: every write made before the failover is in the target zone"
+        );
+    }
+    assert_eq!(replicas(&rig, "db").await, Some(0));
+    assert_eq!(replicas(&rig, "db-failover").await, Some(2));
+    assert!(
+        !failover_objects(&rig)
+            .await
+            .iter()
+            .any(|o| o.starts_with("Pod/sr-hold") || o.starts_with("Pod/sr-restore")),
+        "holder and writer pods are removed"
+    );
+    assert!(
+        !crate::replication::events(&rig, "FailoverSourceStopped")
+            .await
+            .is_empty()
+    );
+    // Cancelled: the source comes back at its replica count, its data as it was.
+    failovers
+        .delete("planned", &Default::default())
+        .await
+        .unwrap();
+    eventually(Duration::from_secs(30), "rolled back", || async {
+        failovers
+            .get_opt("planned")
+            .await
+            .ok()?
+            .is_none()
+            .then_some(())?;
+        failover_objects(&rig).await.is_empty().then_some(())
+    })
+    .await;
+    assert_eq!(replicas(&rig, "db").await, Some(2));
+    for (claim, dir) in &volumes {
+        assert_eq!(read_tree(dir), last_writes[claim], "{claim} is untouched");
+    }
+    running.stop().await;
+    for a in agents {
+        a.kill();
+    }
+}

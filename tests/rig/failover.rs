@@ -105,12 +105,41 @@ async fn pass(
         )
         .await?;
     }
-    // The StatefulSet controller for the copies.
-    for s in sets.list(&ListParams::default()).await?.items {
+    let all_sets = sets.list(&ListParams::default()).await?.items;
+    // The garbage collector: a pod created for a StatefulSet deleted meanwhile goes too.
+    let uids: HashSet<String> = all_sets
+        .iter()
+        .filter_map(|s| s.metadata.uid.clone())
+        .collect();
+    for p in pods.list(&ListParams::default()).await?.items {
+        let orphan = p
+            .owner_references()
+            .iter()
+            .any(|o| o.kind == "StatefulSet" && !uids.contains(&o.uid));
+        if orphan {
+            pods.delete(&p.name_any(), &Default::default()).await?;
+        }
+    }
+    // The StatefulSet controller: a source scaled down loses its pods of higher ordinals; the
+    // copies get theirs.
+    for s in all_sets {
         let name = s.name_any();
-        if !s.labels().contains_key("siterecovery.io/failover")
-            || s.metadata.deletion_timestamp.is_some()
-        {
+        if !s.labels().contains_key("siterecovery.io/failover") {
+            let replicas = s.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+            let uid = s.metadata.uid.clone().unwrap_or_default();
+            for p in pods.list(&ListParams::default()).await?.items {
+                let owned = p.owner_references().iter().any(|o| o.uid == uid);
+                let ordinal = p
+                    .name_any()
+                    .rsplit_once('-')
+                    .and_then(|(_, n)| n.parse::<i32>().ok());
+                if owned && ordinal.is_some_and(|n| n >= replicas) {
+                    pods.delete(&p.name_any(), &Default::default()).await?;
+                }
+            }
+            continue;
+        }
+        if s.metadata.deletion_timestamp.is_some() {
             continue;
         }
         let spec = s.spec.clone().unwrap_or_default();
@@ -192,12 +221,15 @@ async fn pass(
         {
             continue;
         }
-        let Some(zone) = super::zone_of(&spec) else {
+        // Pinned to a zone (writer pods, copies), or by its volumes to their node (holders).
+        let node = match super::zone_of(&spec) {
+            Some(zone) => nodes.get(&zone).cloned(),
+            None => volume_node(rig, &claims, &spec).await?,
+        };
+        let Some(node) = node else {
             continue;
         };
-        let Some(node) = nodes.get(&zone) else {
-            continue;
-        };
+        let node = &node;
         let mut bound = true;
         let mut mounts = Vec::new();
         for v in spec.volumes.iter().flatten() {
@@ -221,9 +253,9 @@ async fn pass(
         for pv in mounts {
             let dir = rig.volume_dir(&uid, &pv);
             std::fs::create_dir_all(dir.parent().unwrap()).unwrap();
-            std::fs::create_dir_all(disk(rig, &pv)).unwrap();
+            let data = data_dir(rig, &pv);
             if !dir.exists() {
-                std::os::unix::fs::symlink(disk(rig, &pv), &dir).unwrap();
+                std::os::unix::fs::symlink(data, &dir).unwrap();
             }
         }
         rig.try_bind_pod(ns, &name, node).await?;
@@ -231,4 +263,59 @@ async fn pass(
         scheduled.insert(uid);
     }
     Ok(())
+}
+
+/// The node a pod's volumes pin it to (their PersistentVolume's required node affinity).
+async fn volume_node(
+    rig: &Cluster,
+    claims: &Api<PersistentVolumeClaim>,
+    spec: &k8s_openapi::api::core::v1::PodSpec,
+) -> Result<Option<String>, kube::Error> {
+    let volumes: Api<k8s_openapi::api::core::v1::PersistentVolume> = Api::all(rig.client());
+    for v in spec.volumes.iter().flatten() {
+        let Some(c) = &v.persistent_volume_claim else {
+            continue;
+        };
+        let Some(pv) = claims
+            .get_opt(&c.claim_name)
+            .await?
+            .and_then(|c| c.spec)
+            .and_then(|s| s.volume_name)
+        else {
+            continue;
+        };
+        let node = volumes.get_opt(&pv).await?.and_then(|pv| {
+            let affinity = serde_json::to_value(pv.spec?.node_affinity?).ok()?;
+            affinity
+                .pointer("/required/nodeSelectorTerms/0/matchExpressions/0/values/0")?
+                .as_str()
+                .map(String::from)
+        });
+        if node.is_some() {
+            return Ok(node);
+        }
+    }
+    Ok(None)
+}
+
+/// Where the data of volume `pv` lives: its disk, or for a volume the rig laid out under the
+/// first pod that mounted it, that pod's directory.
+fn data_dir(rig: &Cluster, pv: &str) -> PathBuf {
+    let disk = disk(rig, pv);
+    if disk.exists() {
+        return disk;
+    }
+    let pods = rig.kubelet.join("pods");
+    for entry in std::fs::read_dir(&pods).into_iter().flatten().flatten() {
+        let dir = entry
+            .path()
+            .join("volumes/kubernetes.io~csi")
+            .join(pv)
+            .join("mount");
+        if dir.symlink_metadata().is_ok_and(|m| m.is_dir()) {
+            return dir;
+        }
+    }
+    std::fs::create_dir_all(&disk).unwrap();
+    disk
 }

@@ -314,7 +314,10 @@ impl Cluster {
                     "metadata": {"name": pv},
                     "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteOnce"],
                         "csi": {"driver": "rig.csi.example.com", "volumeHandle": pv},
-                        "claimRef": {"namespace": ns, "name": claim_name}},
+                        "claimRef": {"namespace": ns, "name": claim_name},
+                        // A node-local disk: any pod that mounts it runs on this node.
+                        "nodeAffinity": {"required": {"nodeSelectorTerms": [{"matchExpressions": [
+                            {"key": "kubernetes.io/hostname", "operator": "In", "values": [node]}]}]}}},
                 }))
                 .await;
                 self.create(json!({

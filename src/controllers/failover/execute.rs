@@ -27,7 +27,10 @@ use serde_json::json;
 use crate::api::conditions::{Condition, ConditionStatus};
 use crate::api::failover::{FailoverMode, FailoverStatus, Restore, TimelineStep, VolumeRestore};
 use crate::api::reasons::{ConditionType as T, EventReason, FailoverReason as R};
-use crate::api::work::{FAILOVER_LABEL, FAILOVER_UID_LABEL, WorkKind, WorkState, writer_name};
+use crate::api::work::{
+    FAILOVER_LABEL, FAILOVER_UID_LABEL, HOLD_LABEL, POINT_REQUEST_ANNOTATION, WorkKind, WorkState,
+    holder_name, writer_name,
+};
 use crate::api::workload::WorkloadKind;
 use crate::api::{Failover, ReplicatedWorkload};
 use crate::controllers::{
@@ -225,18 +228,8 @@ pub async fn advance(
             ..Default::default()
         })
     };
-    if f.spec.mode == FailoverMode::Planned {
-        return idle(condition(
-            ConditionStatus::False,
-            R::ModeNotSupported,
-            "this version carries out Unplanned failovers and Test drills; Planned mode is not implemented yet",
-        ));
-    }
     let namespace = f.namespace().unwrap_or_default();
     let name = f.name_any();
-    let Some(point) = status.resolved_point.clone() else {
-        return Ok(Step::default());
-    };
     if status.restore.is_none() && !ready {
         return Ok(Step::default());
     }
@@ -292,6 +285,21 @@ pub async fn advance(
             format!("switching to point {}", wanted.id),
         )));
     }
+
+    // 0. Planned: the source stops, a final point is taken and replicated; it is the point.
+    if f.spec.mode == FailoverMode::Planned && status.restore.is_none() {
+        match final_point(ctx, f, &rw, wanted, status, now, &mut events).await? {
+            Ok(p) => status.resolved_point = Some(p),
+            Err(mut step) => {
+                status.resolved_point = None;
+                step.events.extend(events);
+                return Ok(step);
+            }
+        }
+    }
+    let Some(point) = status.resolved_point.clone() else {
+        return Ok(Step::default());
+    };
 
     // 1. Claims and writer pods in the target zone (in a drill, in its own namespace).
     if status.restore.is_none() {
@@ -482,35 +490,18 @@ pub async fn advance(
                 format!("StatefulSet {sts} is gone: its spec is needed to start the copy"),
             ));
         };
-        // The count before the failover: from the annotation when an earlier pass (whose
-        // status write may have been lost) already scaled the source down.
-        let replicas = source
-            .annotations()
-            .get(REPLICAS_ANNOTATION)
-            .and_then(|r| r.parse::<i32>().ok())
-            .or(status.source_replicas)
-            .unwrap_or_else(|| source.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1));
-        // A StatefulSet stopped at zero replicas still comes up in the target zone: with one.
-        let replicas = replicas.max(1);
-        status.source_replicas = Some(replicas);
         if let Some(step) = blocked(leftover(&sets, f, "StatefulSet", &target).await?) {
             return Ok(step);
         }
-        if place.drill {
+        let replicas = if place.drill {
             copy_service(ctx, f, &source, &place.namespace).await?;
+            let replicas = source.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+            // A StatefulSet stopped at zero replicas still comes up in the target zone: with one.
+            replicas.max(1)
         } else {
-            source_sets
-                .patch(
-                    &sts,
-                    &PatchParams::default(),
-                    &Patch::Merge(json!({
-                        "metadata": {"annotations": {REPLICAS_ANNOTATION: replicas.to_string()}},
-                        "spec": {"replicas": 0},
-                    })),
-                )
-                .await
-                .map_err(Error::Kube)?;
-        }
+            stop_source(&source_sets, &source, status).await?
+        };
+        status.source_replicas = Some(replicas);
         create(
             &sets,
             target_statefulset(
@@ -581,7 +572,9 @@ pub async fn advance(
         return Ok(step);
     }
     if status.rto_seconds.is_none() {
-        status.rto_seconds = Some(now.duration_since(restore.started).as_secs_f64());
+        // The outage began when the source stopped (planned), else when the restore started.
+        let outage = status.source_stopped.unwrap_or(restore.started);
+        status.rto_seconds = Some(now.duration_since(outage).as_secs_f64());
     }
     let ready_message = format!("{ready_pods} pod(s) of {target} Ready in the target zone");
     if place.drill {
@@ -635,6 +628,199 @@ pub async fn advance(
         events,
         ..Default::default()
     })
+}
+
+/// Scales the source StatefulSet to zero (never deletes it), noting its replica count in an
+/// annotation in the same patch; returns the count the copy runs with.
+async fn stop_source(
+    sets: &Api<StatefulSet>,
+    source: &StatefulSet,
+    status: &FailoverStatus,
+) -> Result<i32, Error> {
+    // The count before the failover: from the annotation when an earlier pass (whose status
+    // write may have been lost) already scaled the source down.
+    let replicas = source
+        .annotations()
+        .get(REPLICAS_ANNOTATION)
+        .and_then(|r| r.parse::<i32>().ok())
+        .or(status.source_replicas)
+        .unwrap_or_else(|| source.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1));
+    // A StatefulSet stopped at zero replicas still comes up in the target zone: with one.
+    let replicas = replicas.max(1);
+    sets.patch(
+        &source.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(json!({
+            "metadata": {"annotations": {REPLICAS_ANNOTATION: replicas.to_string()}},
+            "spec": {"replicas": 0},
+        })),
+    )
+    .await
+    .map_err(Error::Kube)?;
+    Ok(replicas)
+}
+
+/// Planned mode, before the restore: stop the source, wait until its last pod is gone, hold its
+/// claims mounted read-only by holder pods (so the agents can read them), ask the workload for
+/// a point, and wait until a point taken after the stop is replicated: no write is lost. Returns
+/// that point, or the step to report while waiting.
+async fn final_point(
+    ctx: &Context,
+    f: &Failover,
+    rw: &ReplicatedWorkload,
+    latest: Option<&crate::api::failover::ResolvedPoint>,
+    status: &mut FailoverStatus,
+    now: Timestamp,
+    events: &mut Vec<PlannedEvent>,
+) -> Result<Result<crate::api::failover::ResolvedPoint, Step>, Error> {
+    let namespace = f.namespace().unwrap_or_default();
+    let name = f.name_any();
+    let sts = rw.spec.workload_ref.name.clone();
+    let sets: Api<StatefulSet> = Api::namespaced(ctx.client.clone(), &namespace);
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &namespace);
+    let waiting = |message: String| {
+        Ok(Err(wait(condition(
+            ConditionStatus::False,
+            R::StoppingSource,
+            message,
+        ))))
+    };
+    let Some(source) = sets.get_opt(&sts).await.map_err(Error::Kube)? else {
+        return Ok(Err(Step {
+            failed_over: Some(condition(
+                ConditionStatus::False,
+                R::RestoreFailed,
+                format!("StatefulSet {sts} is gone: a planned failover stops it first"),
+            )),
+            ..Default::default()
+        }));
+    };
+    // The claims to hold: those of the workload's newest point.
+    let Some(latest) = latest else {
+        return waiting("waiting for the workload's points to be listed".into());
+    };
+    if status.source_stopped.is_none() {
+        let replicas = stop_source(&sets, &source, status).await?;
+        status.source_replicas = Some(replicas);
+        let uid = source.uid().unwrap_or_default();
+        let running = pods
+            .list(&ListParams::default())
+            .await
+            .map_err(Error::Kube)?
+            .items
+            .into_iter()
+            .filter(|p| {
+                p.owner_references()
+                    .iter()
+                    .any(|o| o.uid == uid && o.controller == Some(true))
+            })
+            .count();
+        if running > 0 {
+            return waiting(format!(
+                "StatefulSet {sts} scaled to 0; waiting for {running} pod(s) to stop"
+            ));
+        }
+        status.source_stopped = Some(now);
+        let message = format!("StatefulSet {sts} stopped: no pod writes to its claims any more");
+        if mark(status, "SourceStopped", message.clone(), now) {
+            events.push(PlannedEvent::normal(
+                EventReason::FailoverSourceStopped,
+                "Stop",
+                message,
+            ));
+        }
+    }
+    let stopped = status.source_stopped.expect("set above");
+    if latest.time >= stopped {
+        // Holders are done.
+        for (i, _) in latest.volumes.iter().enumerate() {
+            delete_if_present(&pods, &holder_name(&name, i)).await?;
+        }
+        mark(
+            status,
+            "FinalPointReplicated",
+            format!(
+                "point {} taken after the source stopped is in the target location",
+                latest.id
+            ),
+            now,
+        );
+        return Ok(Ok(latest.clone()));
+    }
+    for (i, claim) in latest.volumes.iter().enumerate() {
+        create(
+            &pods,
+            json!({
+                "apiVersion": "v1", "kind": "Pod",
+                "metadata": {"name": holder_name(&name, i), "namespace": namespace,
+                    "labels": {HOLD_LABEL: rw.name_any(), FAILOVER_LABEL: name, FAILOVER_UID_LABEL: f.uid().unwrap_or_default(),
+                        "app.kubernetes.io/managed-by": "site-recovery"}},
+                "spec": {
+                    "automountServiceAccountToken": false,
+                    "restartPolicy": "Never",
+                    "containers": [{
+                        "name": "hold", "image": ctx.reader_image,
+                        "securityContext": {"runAsNonRoot": true, "runAsUser": 65532, "allowPrivilegeEscalation": false, "readOnlyRootFilesystem": true, "capabilities": {"drop": ["ALL"]}},
+                        "volumeMounts": [{"name": "source", "mountPath": "/source", "readOnly": true}],
+                    }],
+                    "volumes": [{"name": "source", "persistentVolumeClaim": {"claimName": claim, "readOnly": true}}],
+                },
+            }),
+        )
+        .await?;
+    }
+    // The point is asked for once every claim is mounted: the workload's controller reads the
+    // holders as the workload's pods.
+    let mut unmounted = 0;
+    for (i, _) in latest.volumes.iter().enumerate() {
+        let running = pods
+            .get_opt(&holder_name(&name, i))
+            .await
+            .map_err(Error::Kube)?
+            .and_then(|p| p.status)
+            .and_then(|s| s.phase)
+            .is_some_and(|phase| phase == "Running");
+        if !running {
+            unmounted += 1;
+        }
+    }
+    if unmounted > 0 {
+        return waiting(format!(
+            "StatefulSet {sts} stopped; waiting for {unmounted} holder pod(s) to mount its claims for the final point"
+        ));
+    }
+    let token = format!("planned-{}", f.uid().unwrap_or_default());
+    if rw.annotations().get(POINT_REQUEST_ANNOTATION) != Some(&token) {
+        Api::<ReplicatedWorkload>::namespaced(ctx.client.clone(), &namespace)
+            .patch(
+                &rw.name_any(),
+                &PatchParams::default(),
+                &Patch::Merge(
+                    json!({"metadata": {"annotations": {POINT_REQUEST_ANNOTATION: token}}}),
+                ),
+            )
+            .await
+            .map_err(Error::Kube)?;
+        mark(
+            status,
+            "FinalPointRequested",
+            format!(
+                "a point of the stopped claims is requested from ReplicatedWorkload {}",
+                rw.name_any()
+            ),
+            now,
+        );
+    }
+    let last = rw
+        .status
+        .as_ref()
+        .and_then(|s| s.last_attempt.as_ref())
+        .filter(|a| a.started >= stopped && !a.succeeded)
+        .map(|a| format!("; point {} failed: {}", a.id, a.message))
+        .unwrap_or_default();
+    waiting(format!(
+        "waiting for the final point (taken after {stopped}) to be replicated{last}"
+    ))
 }
 
 /// The drill's namespace, made by this Failover and isolated: its pods reach each other and DNS,

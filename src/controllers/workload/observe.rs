@@ -3,7 +3,6 @@
 
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::api::ListParams;
 use kube::core::Selector;
 use kube::runtime::reflector::ObjectRef;
@@ -12,6 +11,7 @@ use kube::{Api, ResourceExt};
 use crate::api::conditions::find;
 use crate::api::reasons::ConditionType;
 use crate::api::registration::AgentRegistration;
+use crate::api::work::HOLD_LABEL;
 use crate::api::workload::{ReplicatedWorkloadSpec, WorkloadKind};
 use crate::controllers::context::NodeTopology;
 use crate::controllers::{Context, Error};
@@ -91,10 +91,20 @@ pub async fn observe(
             .and_then(|d| d.spec.map(|s| s.selector)),
     };
     let workload_found = selector.is_some();
-    let pods = match selector {
-        Some(selector) => list_pods(ctx, namespace, selector).await?,
+    let mut pods = match selector {
+        Some(selector) => {
+            let selector = Selector::try_from(selector).map_err(|e| Error::InvalidObject {
+                kind: "workload".into(),
+                name: namespace.into(),
+                message: format!("spec.selector cannot be used: {e}"),
+            })?;
+            list_pods(ctx, namespace, ListParams::default().labels_from(&selector)).await?
+        }
         None => vec![],
     };
+    // A planned failover stopped the workload and holds its claims mounted for a final point.
+    let holders = format!("{HOLD_LABEL}={workload_name}");
+    pods.extend(list_pods(ctx, namespace, ListParams::default().labels(&holders)).await?);
     let claims = Api::<PersistentVolumeClaim>::namespaced(ctx.client.clone(), namespace)
         .list_metadata(&ListParams::default())
         .await
@@ -129,15 +139,10 @@ pub async fn observe(
 async fn list_pods(
     ctx: &Context,
     namespace: &str,
-    selector: LabelSelector,
+    params: ListParams,
 ) -> Result<Vec<PodInfo>, Error> {
-    let selector = Selector::try_from(selector).map_err(|e| Error::InvalidObject {
-        kind: "workload".into(),
-        name: namespace.into(),
-        message: format!("spec.selector cannot be used: {e}"),
-    })?;
     let pods = Api::<Pod>::namespaced(ctx.client.clone(), namespace)
-        .list(&ListParams::default().labels_from(&selector))
+        .list(&params)
         .await
         .map_err(Error::Kube)?;
     Ok(pods
