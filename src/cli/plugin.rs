@@ -405,6 +405,10 @@ pub struct FailoverArgs {
     pub name: Option<String>,
     #[command(flatten)]
     pub point: PointChoice,
+    /// A planned failover: stop the workload, take and replicate a final point, fail over to
+    /// it (no write is lost; the source zone must still be up).
+    #[arg(long, conflicts_with_all = ["point_id", "time", "latest_app_consistent"])]
+    pub planned: bool,
     #[command(flatten)]
     pub wait: Wait,
 }
@@ -489,7 +493,7 @@ async fn wait_for(
             let status = f.status.clone().unwrap_or_default();
             if output == Output::Table {
                 for step in status.timeline.iter().skip(seen_steps) {
-                    eprintln!("{}  {:<16} {}", step.time, step.step, step.message);
+                    eprintln!("{}  {:<20} {}", step.time, step.step, step.message);
                 }
                 let message = ["FailedOver", "Committed", "Ready"]
                     .iter()
@@ -544,12 +548,16 @@ pub async fn failover(client: Client, args: FailoverArgs) -> anyhow::Result<()> 
         .name
         .clone()
         .unwrap_or_else(|| format!("{}-failover", args.workload));
-    let point = args.point.selector();
+    let spec = if args.planned {
+        serde_json::json!({"workloadName": args.workload, "mode": "Planned"})
+    } else {
+        serde_json::json!({"workloadName": args.workload, "recoveryPoint": args.point.selector()})
+    };
     let api: Api<Failover> = Api::namespaced(client.clone(), &ns);
     let obj = serde_json::json!({
         "apiVersion": "siterecovery.io/v1alpha1", "kind": "Failover",
         "metadata": {"name": name, "namespace": ns},
-        "spec": {"workloadName": args.workload, "recoveryPoint": point},
+        "spec": spec,
     });
     api.patch(
         &name,

@@ -456,13 +456,16 @@ async fn the_plugin_fails_over_and_commits() {
         "db",
         "-n",
         "apps",
-        "--point-id",
-        &first[..20],
+        "--planned",
         "--timeout",
         "90s",
     ])
     .await;
     assert_eq!(code, Some(0), "{err}");
+    assert!(
+        err.contains("SourceStopped") && err.contains("FinalPointReplicated"),
+        "{err}"
+    );
     assert_eq!(replicas(&rig, "db-failover").await, Some(2));
     let (code, _, err) = run(&["commit", "db-failover", "-n", "apps"]).await;
     assert_eq!(code, Some(0), "{err}");
