@@ -738,3 +738,108 @@ async fn a_planned_failover_stops_the_source_and_loses_no_write() {
         a.kill();
     }
 }
+
+/// The operator dies after every status write of a planned failover and its commit (a write may
+/// record several steps); each successor picks up where the last one stopped, and the outcome
+/// is the one an undisturbed run gives.
+#[tokio::test]
+async fn the_operator_killed_after_every_step_resumes_the_failover() {
+    let (rig, dir, mut running, volumes) = setup(|d| live_vault(d, json!({}))).await;
+    let agents: Vec<_> = ["node-a1", "node-a2", "node-b1"]
+        .iter()
+        .map(|n| start_agent(&rig, n, 10))
+        .collect();
+    write_version(&volumes, 1);
+    let workloads = protect(&rig).await;
+    first_point(&workloads).await;
+    let _cluster = crate::rig::failover::run(
+        &rig,
+        "apps",
+        BTreeMap::from([("zone-b".to_string(), "node-b1".to_string())]),
+    );
+    let last_writes = write_version(&volumes, 2);
+    let failovers: Api<Failover> = Api::namespaced(rig.client(), "apps");
+    let mut fo = failover("planned", json!({"latest": true}));
+    fo.spec.mode = site_recovery::api::failover::FailoverMode::Planned;
+    fo.spec.commit = true;
+    failovers.create(&PostParams::default(), &fo).await.unwrap();
+    let mut seen = 0;
+    let mut kills = Vec::new();
+    loop {
+        let s = eventually(Duration::from_secs(90), "the next step", || async {
+            let s = failovers.get("planned").await.ok()?.status?;
+            (s.timeline.len() > seen).then_some(s)
+        })
+        .await;
+        seen = s.timeline.len();
+        let step = s.timeline.last().unwrap().step.clone();
+        if step == "Committed" {
+            break;
+        }
+        // Killed right after the step was recorded, its successor starts from the status.
+        running.task.abort();
+        kills.push(step);
+        running = crate::operator::start_operator(&rig, false).await;
+    }
+    println!("operator killed after {kills:?}");
+    assert!(kills.len() >= 4, "killed after {kills:?}");
+    let s = failovers.get("planned").await.unwrap().status.unwrap();
+    let steps: Vec<&str> = s.timeline.iter().map(|t| t.step.as_str()).collect();
+    assert_eq!(
+        steps,
+        [
+            "SourceStopped",
+            "FinalPointRequested",
+            "FinalPointReplicated",
+            "RestoreStarted",
+            "Restored",
+            "WorkloadStarted",
+            "FailedOver",
+            "Committed"
+        ],
+        "every step once"
+    );
+    assert_eq!(condition(&s.conditions, "Committed").unwrap().0, "True");
+    for (i, claim) in ["data-db-0", "data-db-1"].iter().enumerate() {
+        let disk =
+            crate::rig::failover::claim_disk(&rig, "apps", &format!("data-db-failover-{i}")).await;
+        assert_eq!(read_tree(&disk), last_writes[*claim], "{claim}");
+    }
+    assert_eq!(replicas(&rig, "db").await, Some(0));
+    assert_eq!(replicas(&rig, "db-failover").await, Some(2));
+    // The source's replica count survived every restart, for whoever scales it back.
+    let source: StatefulSet = Api::namespaced(rig.client(), "apps")
+        .get("db")
+        .await
+        .unwrap();
+    assert_eq!(
+        source
+            .metadata
+            .annotations
+            .unwrap_or_default()
+            .get("siterecovery.io/replicas-before-failover")
+            .map(String::as_str),
+        Some("2")
+    );
+    let left: Vec<String> = failover_objects(&rig)
+        .await
+        .into_iter()
+        .filter(|o| o.starts_with("Pod/sr-"))
+        .collect();
+    assert!(left.is_empty(), "temporary pods left: {left:?}");
+    let target = Repository::open(
+        Location::open(
+            &LocationSpec::Filesystem(dir.path().join("target")),
+            &Default::default(),
+        )
+        .unwrap(),
+        &[7u8; 32],
+    )
+    .await
+    .unwrap();
+    assert!(target.point_ids().await.unwrap().is_empty());
+    running.stop().await;
+    for a in agents {
+        a.kill();
+    }
+}
