@@ -142,8 +142,6 @@ names! {
         VerificationFailed,
         /// The workload runs in the target zone.
         FailedOver,
-        /// This mode is not carried out by this version.
-        ModeNotSupported,
         NotCommitted,
         /// Committed: the points are deleted; the workload runs in the target zone.
         Committed,

@@ -577,7 +577,7 @@ pub async fn failover(client: Client, args: FailoverArgs) -> anyhow::Result<()> 
         if condition_is(f, "FailedOver", "FailedOver") {
             Some(Ok(()))
         } else if condition_is(f, "FailedOver", "RestoreFailed")
-            || condition_is(f, "FailedOver", "ModeNotSupported")
+            || condition_is(f, "FailedOver", "NameInUse")
         {
             Some(Err(message_of(f, "FailedOver")))
         } else if [

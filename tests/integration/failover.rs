@@ -843,3 +843,103 @@ async fn the_operator_killed_after_every_step_resumes_the_failover() {
         a.kill();
     }
 }
+
+#[tokio::test]
+async fn a_deployment_fails_over_onto_restored_claims_and_rolls_back() {
+    let (rig, _dir, running, _volumes) = setup(|d| live_vault(d, json!({}))).await;
+    let agents: Vec<_> = ["node-a1", "node-a2", "node-b1"]
+        .iter()
+        .map(|n| start_agent(&rig, n, 10))
+        .collect();
+    let mount = rig.deployment("apps", "web", "web-data", "node-a1").await;
+    std::fs::create_dir_all(mount.join("html")).unwrap();
+    std::fs::write(mount.join("html/index.html"), "<h1>zone a</h1>\n").unwrap();
+    let content = read_tree(&mount);
+    let workloads: Api<site_recovery::api::ReplicatedWorkload> =
+        Api::namespaced(rig.client(), "apps");
+    workloads
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({
+                "apiVersion": "siterecovery.io/v1alpha1", "kind": "ReplicatedWorkload",
+                "metadata": {"name": "web", "namespace": "apps"},
+                "spec": {"vaultName": "vault", "workloadRef": {"kind": "Deployment", "name": "web"}},
+            }))
+            .unwrap(),
+        )
+        .await
+        .unwrap();
+    eventually(Duration::from_secs(60), "web protected", || async {
+        let s = workloads.get("web").await.ok()?.status?;
+        s.latest_replicated_point.as_ref()?;
+        s.point_in_progress.is_none().then_some(())
+    })
+    .await;
+    let _cluster = crate::rig::failover::run(
+        &rig,
+        "apps",
+        BTreeMap::from([("zone-b".to_string(), "node-b1".to_string())]),
+    );
+    let failovers: Api<Failover> = Api::namespaced(rig.client(), "apps");
+    let mut fo = failover("web-fo", json!({"latest": true}));
+    fo.spec.workload_name = "web".into();
+    failovers.create(&PostParams::default(), &fo).await.unwrap();
+    let s = eventually(Duration::from_secs(60), "FailedOver=True", || async {
+        let s = failovers.get("web-fo").await.ok()?.status?;
+        (condition(&s.conditions, "FailedOver")?.0 == "True").then_some(s)
+    })
+    .await;
+    assert_eq!(s.target_workload.as_deref(), Some("web-failover"));
+    let deployments: Api<k8s_openapi::api::apps::v1::Deployment> =
+        Api::namespaced(rig.client(), "apps");
+    let copy = deployments.get("web-failover").await.unwrap().spec.unwrap();
+    let claim = copy.template.spec.unwrap().volumes.unwrap()[0]
+        .persistent_volume_claim
+        .clone()
+        .unwrap()
+        .claim_name;
+    assert_eq!(
+        claim, "web-data-failover",
+        "the copy mounts the restored claim"
+    );
+    let disk = crate::rig::failover::claim_disk(&rig, "apps", "web-data-failover").await;
+    assert_eq!(read_tree(&disk), content);
+    let pod: Pod = Api::namespaced(rig.client(), "apps")
+        .get("web-failover-0")
+        .await
+        .unwrap();
+    assert_eq!(pod.spec.unwrap().node_name.as_deref(), Some("node-b1"));
+    assert_eq!(
+        deployments.get("web").await.unwrap().spec.unwrap().replicas,
+        Some(0),
+        "the source is scaled to zero"
+    );
+    failovers
+        .delete("web-fo", &Default::default())
+        .await
+        .unwrap();
+    eventually(Duration::from_secs(30), "rolled back", || async {
+        failovers
+            .get_opt("web-fo")
+            .await
+            .ok()?
+            .is_none()
+            .then_some(())?;
+        deployments
+            .get_opt("web-failover")
+            .await
+            .ok()?
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    assert_eq!(
+        deployments.get("web").await.unwrap().spec.unwrap().replicas,
+        Some(1)
+    );
+    assert_eq!(read_tree(&mount), content, "the source's data is untouched");
+    running.stop().await;
+    for a in agents {
+        a.kill();
+    }
+}

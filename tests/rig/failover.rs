@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
 use kube::ResourceExt;
@@ -105,28 +105,42 @@ async fn pass(
         )
         .await?;
     }
-    let all_sets = sets.list(&ListParams::default()).await?.items;
-    // The garbage collector: a pod created for a StatefulSet deleted meanwhile goes too.
-    let uids: HashSet<String> = all_sets
+    // StatefulSets and Deployments alike: (kind, object as JSON).
+    let mut workloads: Vec<(&str, serde_json::Value)> = Vec::new();
+    for s in sets.list(&ListParams::default()).await?.items {
+        workloads.push(("StatefulSet", serde_json::to_value(s).unwrap()));
+    }
+    let deployments: Api<Deployment> = Api::namespaced(rig.client(), ns);
+    for d in deployments.list(&ListParams::default()).await?.items {
+        workloads.push(("Deployment", serde_json::to_value(d).unwrap()));
+    }
+    // The garbage collector: a pod created for a workload deleted meanwhile goes too.
+    let uids: HashSet<String> = workloads
         .iter()
-        .filter_map(|s| s.metadata.uid.clone())
+        .filter_map(|(_, w)| w["metadata"]["uid"].as_str().map(String::from))
         .collect();
     for p in pods.list(&ListParams::default()).await?.items {
         let orphan = p
             .owner_references()
             .iter()
-            .any(|o| o.kind == "StatefulSet" && !uids.contains(&o.uid));
+            .any(|o| (o.kind == "StatefulSet" || o.kind == "Deployment") && !uids.contains(&o.uid));
         if orphan {
             pods.delete(&p.name_any(), &Default::default()).await?;
         }
     }
-    // The StatefulSet controller: a source scaled down loses its pods of higher ordinals; the
-    // copies get theirs.
-    for s in all_sets {
-        let name = s.name_any();
-        if !s.labels().contains_key("siterecovery.io/failover") {
-            let replicas = s.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
-            let uid = s.metadata.uid.clone().unwrap_or_default();
+    // The workload controllers: a source scaled down loses its pods of higher ordinals; the
+    // copies get theirs (pods `<name>-<i>`; a StatefulSet's claims from its templates).
+    for (kind, w) in workloads {
+        let name = w["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        let uid = w["metadata"]["uid"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        let replicas = w["spec"]["replicas"].as_i64().unwrap_or(1) as i32;
+        if w["metadata"]["labels"]["siterecovery.io/failover"].is_null() {
             for p in pods.list(&ListParams::default()).await?.items {
                 let owned = p.owner_references().iter().any(|o| o.uid == uid);
                 let ordinal = p
@@ -139,27 +153,28 @@ async fn pass(
             }
             continue;
         }
-        if s.metadata.deletion_timestamp.is_some() {
+        if !w["metadata"]["deletionTimestamp"].is_null() {
             continue;
         }
-        let spec = s.spec.clone().unwrap_or_default();
-        for i in 0..spec.replicas.unwrap_or(1) {
+        for i in 0..replicas {
             let pod = format!("{name}-{i}");
-            let volumes: Vec<_> = spec
-                .volume_claim_templates
-                .iter()
-                .flatten()
-                .map(|t| {
-                    let tmpl = t.metadata.name.clone().unwrap();
-                    json!({"name": tmpl, "persistentVolumeClaim": {"claimName": format!("{tmpl}-{pod}")}})
-                })
-                .collect();
-            let mut template_spec = serde_json::to_value(&spec.template.spec).unwrap();
-            template_spec["volumes"] = json!(volumes);
+            let mut template_spec = w["spec"]["template"]["spec"].clone();
+            if kind == "StatefulSet" {
+                let volumes: Vec<_> = w["spec"]["volumeClaimTemplates"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|t| {
+                        let tmpl = t["metadata"]["name"].as_str().unwrap_or_default();
+                        json!({"name": tmpl, "persistentVolumeClaim": {"claimName": format!("{tmpl}-{pod}")}})
+                    })
+                    .collect();
+                template_spec["volumes"] = json!(volumes);
+            }
             rig.try_create_or_keep(json!({
                 "apiVersion": "v1", "kind": "Pod",
-                "metadata": {"name": pod, "namespace": ns, "labels": spec.template.metadata.as_ref().and_then(|m| m.labels.clone()),
-                    "ownerReferences": [{"apiVersion": "apps/v1", "kind": "StatefulSet", "name": name, "uid": s.metadata.uid.clone().unwrap(), "controller": true}]},
+                "metadata": {"name": pod, "namespace": ns, "labels": w["spec"]["template"]["metadata"]["labels"],
+                    "ownerReferences": [{"apiVersion": "apps/v1", "kind": kind, "name": name, "uid": uid, "controller": true}]},
                 "spec": template_spec,
             }))
             .await?;

@@ -358,6 +358,65 @@ impl Cluster {
         pods
     }
 
+    /// A Deployment with one replica whose pod mounts claim `claim` on `node` (the rig as
+    /// Deployment controller, scheduler and kubelet); returns the claim's mount directory.
+    pub async fn deployment(&self, ns: &str, name: &str, claim: &str, node: &str) -> PathBuf {
+        let deployment = self
+            .create(json!({
+                "apiVersion": "apps/v1", "kind": "Deployment",
+                "metadata": {"name": name, "namespace": ns},
+                "spec": {
+                    "replicas": 1,
+                    "selector": {"matchLabels": {"app": name}},
+                    "template": {"metadata": {"labels": {"app": name}}, "spec": {
+                        "containers": [{"name": "main", "image": "busybox"}],
+                        "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": claim}}],
+                    }},
+                },
+            }))
+            .await;
+        let pv = format!("pv-{ns}-{claim}");
+        self.create(json!({
+            "apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": pv},
+            "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteOnce"],
+                "csi": {"driver": "rig.csi.example.com", "volumeHandle": pv},
+                "claimRef": {"namespace": ns, "name": claim},
+                "nodeAffinity": {"required": {"nodeSelectorTerms": [{"matchExpressions": [
+                    {"key": "kubernetes.io/hostname", "operator": "In", "values": [node]}]}]}}},
+        }))
+        .await;
+        self.create(json!({
+            "apiVersion": "v1", "kind": "PersistentVolumeClaim",
+            "metadata": {"name": claim, "namespace": ns, "labels": {"app": name}},
+            "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}, "volumeName": pv},
+        }))
+        .await;
+        self.patch_status(
+            "v1",
+            "PersistentVolumeClaim",
+            Some(ns),
+            claim,
+            json!({"status": {"phase": "Bound"}}),
+        )
+        .await;
+        let pod_name = format!("{name}-0");
+        let pod = self
+            .create(json!({
+                "apiVersion": "v1", "kind": "Pod",
+                "metadata": {"name": pod_name, "namespace": ns, "labels": {"app": name},
+                    "ownerReferences": [{"apiVersion": "apps/v1", "kind": "Deployment", "name": name,
+                        "uid": deployment["metadata"]["uid"], "controller": true}]},
+                "spec": {"containers": [{"name": "main", "image": "busybox"}],
+                    "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": claim}}]},
+            }))
+            .await;
+        self.bind_pod(ns, &pod_name, node).await;
+        let dir = self.volume_dir(pod["metadata"]["uid"].as_str().unwrap(), &pv);
+        std::fs::create_dir_all(&dir).unwrap();
+        self.mark_ready(ns, &pod_name).await;
+        dir
+    }
+
     /// Where the kubelet mounts a CSI volume of a pod.
     pub fn volume_dir(&self, pod_uid: &str, pv: &str) -> PathBuf {
         self.kubelet

@@ -15,12 +15,12 @@
 use std::collections::BTreeMap;
 
 use jiff::Timestamp;
-use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{Namespace, PersistentVolumeClaim, Pod, Service};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::ResourceExt;
-use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, ApiResource, DynamicObject, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::reflector::ObjectRef;
 use serde_json::json;
 
@@ -177,21 +177,26 @@ where
 struct Place {
     namespace: String,
     copy: String,
+    kind: WorkloadKind,
     drill: bool,
 }
 
 impl Place {
-    fn of(f: &Failover, sts: &str) -> Self {
+    fn of(f: &Failover, rw: &ReplicatedWorkload) -> Self {
+        let name = &rw.spec.workload_ref.name;
+        let kind = rw.spec.workload_ref.kind;
         if f.spec.mode == FailoverMode::Test {
             Place {
                 namespace: drill_namespace(f),
-                copy: sts.to_string(),
+                copy: name.clone(),
+                kind,
                 drill: true,
             }
         } else {
             Place {
                 namespace: f.namespace().unwrap_or_default(),
-                copy: target_name(sts),
+                copy: target_name(name),
+                kind,
                 drill: false,
             }
         }
@@ -241,21 +246,15 @@ pub async fn advance(
     let Some(rw) = rw else {
         return Ok(Step::default());
     };
-    if rw.spec.workload_ref.kind != WorkloadKind::StatefulSet {
-        return idle(condition(
-            ConditionStatus::False,
-            R::ModeNotSupported,
-            "this version fails over StatefulSets only; Deployments are not implemented yet",
-        ));
-    }
     let sts = rw.spec.workload_ref.name.clone();
-    let place = Place::of(f, &sts);
+    let place = Place::of(f, &rw);
     let target_zone = status.target_zone.clone();
     ensure_finalizer(ctx, f).await?;
     let claims: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &place.namespace);
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &place.namespace);
-    let sets: Api<StatefulSet> = Api::namespaced(ctx.client.clone(), &place.namespace);
-    let source_sets: Api<StatefulSet> = Api::namespaced(ctx.client.clone(), &namespace);
+    let kind = rw.spec.workload_ref.kind;
+    let sets = workload_api(ctx, &place.namespace, kind);
+    let source_sets = workload_api(ctx, &namespace, kind);
     let mut events = Vec::new();
 
     // Between the phases, a changed spec.recoveryPoint re-restores: stop the copy, drop the
@@ -321,7 +320,7 @@ pub async fn advance(
                 return Ok(step);
             }
         }
-        if let Some(step) = blocked(leftover(&sets, f, "StatefulSet", &place.copy).await?) {
+        if let Some(step) = blocked(leftover(&sets, f, kind.as_str(), &place.copy).await?) {
             return Ok(step);
         }
         let source_claims: Api<PersistentVolumeClaim> =
@@ -487,15 +486,18 @@ pub async fn advance(
             return idle(condition(
                 ConditionStatus::False,
                 R::RestoreFailed,
-                format!("StatefulSet {sts} is gone: its spec is needed to start the copy"),
+                format!(
+                    "{} {sts} is gone: its spec is needed to start the copy",
+                    kind.as_str()
+                ),
             ));
         };
-        if let Some(step) = blocked(leftover(&sets, f, "StatefulSet", &target).await?) {
+        if let Some(step) = blocked(leftover(&sets, f, kind.as_str(), &target).await?) {
             return Ok(step);
         }
         let replicas = if place.drill {
-            copy_service(ctx, f, &source, &place.namespace).await?;
-            let replicas = source.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+            copy_services(ctx, f, &source, &place.namespace).await?;
+            let replicas = replicas_of(&source).unwrap_or(1);
             // A StatefulSet stopped at zero replicas still comes up in the target zone: with one.
             replicas.max(1)
         } else {
@@ -504,13 +506,15 @@ pub async fn advance(
         status.source_replicas = Some(replicas);
         create(
             &sets,
-            target_statefulset(
+            copy_of(
                 &source,
+                kind,
                 &target,
                 &place.namespace,
                 f,
                 replicas,
                 target_zone.as_deref(),
+                &restore.volumes,
             ),
         )
         .await?;
@@ -524,7 +528,10 @@ pub async fn advance(
                     place.namespace
                 )
             } else {
-                format!("StatefulSet {sts} scaled to 0; {target} started in the target zone")
+                format!(
+                    "{} {sts} scaled to 0; {target} started in the target zone",
+                    kind.as_str()
+                )
             },
             now,
         );
@@ -633,8 +640,8 @@ pub async fn advance(
 /// Scales the source StatefulSet to zero (never deletes it), noting its replica count in an
 /// annotation in the same patch; returns the count the copy runs with.
 async fn stop_source(
-    sets: &Api<StatefulSet>,
-    source: &StatefulSet,
+    api: &Api<DynamicObject>,
+    source: &DynamicObject,
     status: &FailoverStatus,
 ) -> Result<i32, Error> {
     // The count before the failover: from the annotation when an earlier pass (whose status
@@ -644,10 +651,10 @@ async fn stop_source(
         .get(REPLICAS_ANNOTATION)
         .and_then(|r| r.parse::<i32>().ok())
         .or(status.source_replicas)
-        .unwrap_or_else(|| source.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1));
-    // A StatefulSet stopped at zero replicas still comes up in the target zone: with one.
+        .unwrap_or_else(|| replicas_of(source).unwrap_or(1));
+    // A workload stopped at zero replicas still comes up in the target zone: with one.
     let replicas = replicas.max(1);
-    sets.patch(
+    api.patch(
         &source.name_any(),
         &PatchParams::default(),
         &Patch::Merge(json!({
@@ -658,6 +665,39 @@ async fn stop_source(
     .await
     .map_err(Error::Kube)?;
     Ok(replicas)
+}
+
+fn replicas_of(source: &DynamicObject) -> Option<i32> {
+    source.data["spec"]["replicas"].as_i64().map(|r| r as i32)
+}
+
+/// The StatefulSet or Deployment API, one dynamic API for both kinds a failover moves.
+fn workload_api(ctx: &Context, namespace: &str, kind: WorkloadKind) -> Api<DynamicObject> {
+    let resource = match kind {
+        WorkloadKind::StatefulSet => ApiResource::erase::<StatefulSet>(&()),
+        WorkloadKind::Deployment => ApiResource::erase::<Deployment>(&()),
+    };
+    Api::namespaced_with(ctx.client.clone(), namespace, &resource)
+}
+
+/// The workload's pods still running: they match its selector and are not a failover's.
+async fn pods_of(pods: &Api<Pod>, source: &DynamicObject) -> Result<usize, Error> {
+    let Some(labels) = source.data["spec"]["selector"]["matchLabels"].as_object() else {
+        return Ok(0);
+    };
+    let selector = labels
+        .iter()
+        .filter_map(|(k, v)| Some(format!("{k}={}", v.as_str()?)))
+        .collect::<Vec<_>>()
+        .join(",");
+    Ok(pods
+        .list(&ListParams::default().labels(&selector))
+        .await
+        .map_err(Error::Kube)?
+        .items
+        .iter()
+        .filter(|p| !p.labels().contains_key(FAILOVER_LABEL))
+        .count())
 }
 
 /// Planned mode, before the restore: stop the source, wait until its last pod is gone, hold its
@@ -676,7 +716,8 @@ async fn final_point(
     let namespace = f.namespace().unwrap_or_default();
     let name = f.name_any();
     let sts = rw.spec.workload_ref.name.clone();
-    let sets: Api<StatefulSet> = Api::namespaced(ctx.client.clone(), &namespace);
+    let kind = rw.spec.workload_ref.kind.as_str();
+    let sets = workload_api(ctx, &namespace, rw.spec.workload_ref.kind);
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &namespace);
     let waiting = |message: String| {
         Ok(Err(wait(condition(
@@ -690,7 +731,7 @@ async fn final_point(
             failed_over: Some(condition(
                 ConditionStatus::False,
                 R::RestoreFailed,
-                format!("StatefulSet {sts} is gone: a planned failover stops it first"),
+                format!("{kind} {sts} is gone: a planned failover stops it first"),
             )),
             ..Default::default()
         }));
@@ -702,26 +743,14 @@ async fn final_point(
     if status.source_stopped.is_none() {
         let replicas = stop_source(&sets, &source, status).await?;
         status.source_replicas = Some(replicas);
-        let uid = source.uid().unwrap_or_default();
-        let running = pods
-            .list(&ListParams::default())
-            .await
-            .map_err(Error::Kube)?
-            .items
-            .into_iter()
-            .filter(|p| {
-                p.owner_references()
-                    .iter()
-                    .any(|o| o.uid == uid && o.controller == Some(true))
-            })
-            .count();
+        let running = pods_of(&pods, &source).await?;
         if running > 0 {
             return waiting(format!(
-                "StatefulSet {sts} scaled to 0; waiting for {running} pod(s) to stop"
+                "{kind} {sts} scaled to 0; waiting for {running} pod(s) to stop"
             ));
         }
         status.source_stopped = Some(now);
-        let message = format!("StatefulSet {sts} stopped: no pod writes to its claims any more");
+        let message = format!("{kind} {sts} stopped: no pod writes to its claims any more");
         if mark(status, "SourceStopped", message.clone(), now) {
             events.push(PlannedEvent::normal(
                 EventReason::FailoverSourceStopped,
@@ -786,7 +815,7 @@ async fn final_point(
     }
     if unmounted > 0 {
         return waiting(format!(
-            "StatefulSet {sts} stopped; waiting for {unmounted} holder pod(s) to mount its claims for the final point"
+            "{kind} {sts} stopped; waiting for {unmounted} holder pod(s) to mount its claims for the final point"
         ));
     }
     let token = format!("planned-{}", f.uid().unwrap_or_default());
@@ -863,43 +892,54 @@ async fn ensure_drill_namespace(
     Ok(Leftover::None)
 }
 
-/// The Service the source StatefulSet names (`spec.serviceName`), copied into the drill's
-/// namespace so the copy's pods get the names the application expects.
-async fn copy_service(
+/// The Services that select the workload's pods (a StatefulSet's `spec.serviceName` among
+/// them), copied into the drill's namespace so the copy's pods get the names the application
+/// expects.
+async fn copy_services(
     ctx: &Context,
     f: &Failover,
-    source: &StatefulSet,
+    source: &DynamicObject,
     namespace: &str,
 ) -> Result<(), Error> {
-    let Some(service_name) = source
-        .spec
-        .as_ref()
-        .and_then(|s| s.service_name.clone())
-        .filter(|s| !s.is_empty())
-    else {
-        return Ok(());
-    };
+    let pod_labels = source.data["spec"]["template"]["metadata"]["labels"]
+        .as_object()
+        .cloned()
+        .unwrap_or_default();
+    let named = source.data["spec"]["serviceName"].as_str();
     let services: Api<Service> =
         Api::namespaced(ctx.client.clone(), &source.namespace().unwrap_or_default());
-    let Some(service) = services.get_opt(&service_name).await.map_err(Error::Kube)? else {
-        return Ok(());
-    };
-    let spec = service.spec.unwrap_or_default();
-    let mut copy = json!({
-        "selector": spec.selector,
-        "ports": spec.ports,
-        "publishNotReadyAddresses": spec.publish_not_ready_addresses,
-    });
-    if spec.cluster_ip.as_deref() == Some("None") {
-        copy["clusterIP"] = json!("None");
+    for service in services
+        .list(&ListParams::default())
+        .await
+        .map_err(Error::Kube)?
+        .items
+    {
+        let spec = service.spec.clone().unwrap_or_default();
+        let selector = spec.selector.clone().unwrap_or_default();
+        let selects = !selector.is_empty()
+            && selector
+                .iter()
+                .all(|(k, v)| pod_labels.get(k).and_then(|l| l.as_str()) == Some(v.as_str()));
+        if !selects && named != Some(service.name_any().as_str()) {
+            continue;
+        }
+        let mut copy = json!({
+            "selector": spec.selector,
+            "ports": spec.ports,
+            "publishNotReadyAddresses": spec.publish_not_ready_addresses,
+        });
+        if spec.cluster_ip.as_deref() == Some("None") {
+            copy["clusterIP"] = json!("None");
+        }
+        create(
+            &Api::<Service>::namespaced(ctx.client.clone(), namespace),
+            json!({"apiVersion": "v1", "kind": "Service",
+                "metadata": {"name": service.name_any(), "namespace": namespace, "labels": labels(f)},
+                "spec": copy}),
+        )
+        .await?;
     }
-    create(
-        &Api::<Service>::namespaced(ctx.client.clone(), namespace),
-        json!({"apiVersion": "v1", "kind": "Service",
-            "metadata": {"name": service_name, "namespace": namespace, "labels": labels(f)},
-            "spec": copy}),
-    )
-    .await
+    Ok(())
 }
 
 /// A drill's verdict: Verified once the copy is Ready and the verification Job (if any)
@@ -1056,29 +1096,45 @@ fn writer_pod(
 }
 
 /// The source's spec under a new name, pinned to the target zone, with a label of its own so
-/// that the two StatefulSets never claim each other's pods; the Service, selecting the app's
-/// labels, follows the new pods.
-fn target_statefulset(
-    source: &StatefulSet,
+/// that source and copy never claim each other's pods; the Service, selecting the app's labels,
+/// follows the new pods. A StatefulSet's claim templates resolve to the restored claims by name;
+/// a Deployment's claims are replaced by the restored ones.
+#[allow(clippy::too_many_arguments)]
+fn copy_of(
+    source: &DynamicObject,
+    kind: WorkloadKind,
     name: &str,
     namespace: &str,
     f: &Failover,
     replicas: i32,
     zone: Option<&str>,
+    volumes: &[VolumeRestore],
 ) -> serde_json::Value {
     let failover = f.name_any();
-    let mut spec =
-        serde_json::to_value(source.spec.clone().unwrap_or_default()).unwrap_or_default();
+    let mut spec = source.data["spec"].clone();
     spec["replicas"] = json!(replicas);
     spec["selector"]["matchLabels"][FAILOVER_LABEL] = json!(failover);
     spec["template"]["metadata"]["labels"][FAILOVER_LABEL] = json!(failover);
     if let Some(z) = zone {
         spec["template"]["spec"]["affinity"] = zone_affinity(Some(z));
     }
+    if kind == WorkloadKind::Deployment
+        && let Some(list) = spec["template"]["spec"]["volumes"].as_array_mut()
+    {
+        for v in list {
+            let claim = &mut v["persistentVolumeClaim"]["claimName"];
+            if let Some(r) = volumes
+                .iter()
+                .find(|r| claim.as_str() == Some(&r.source_claim))
+            {
+                *claim = json!(r.target_claim);
+            }
+        }
+    }
     let mut metadata_labels = source.labels().clone();
     metadata_labels.extend(labels(f));
     json!({
-        "apiVersion": "apps/v1", "kind": "StatefulSet",
+        "apiVersion": "apps/v1", "kind": kind.as_str(),
         "metadata": {"name": name, "namespace": namespace, "labels": metadata_labels},
         "spec": spec,
     })
@@ -1140,10 +1196,10 @@ pub async fn roll_back(ctx: &Context, f: &Failover) -> Result<(), Error> {
         )
         .await;
     } else if !f.spec.commit {
-        let sets: Api<StatefulSet> = Api::namespaced(ctx.client.clone(), &namespace);
         if let Some(rw) = &rw {
+            let sets = workload_api(ctx, &namespace, rw.spec.workload_ref.kind);
             let sts = rw.spec.workload_ref.name.clone();
-            tear_down(ctx, f, &Place::of(f, &sts)).await?;
+            tear_down(ctx, f, &Place::of(f, rw)).await?;
             if let Some(source) = sets.get_opt(&sts).await.map_err(Error::Kube)? {
                 let noted = source
                     .annotations()
@@ -1169,7 +1225,8 @@ pub async fn roll_back(ctx: &Context, f: &Failover) -> Result<(), Error> {
                     EventReason::FailoverRolledBack,
                     "RollBack",
                     format!(
-                        "the copy and its claims are deleted; StatefulSet {sts} is back at {} replica(s) in its zone",
+                        "the copy and its claims are deleted; {} {sts} is back at {} replica(s) in its zone",
+                        rw.spec.workload_ref.kind.as_str(),
                         status.source_replicas.unwrap_or(1)
                     ),
                 )],
@@ -1273,8 +1330,9 @@ async fn commit(
 
 fn committed_message(rw: &ReplicatedWorkload) -> String {
     format!(
-        "committed: the recovery points of {} are deleted; the source StatefulSet {} (0 replicas) and its claims are kept until you delete them",
+        "committed: the recovery points of {} are deleted; the source {} {} (0 replicas) and its claims are kept until you delete them",
         rw.name_any(),
+        rw.spec.workload_ref.kind.as_str(),
         rw.spec.workload_ref.name
     )
 }
@@ -1282,8 +1340,8 @@ fn committed_message(rw: &ReplicatedWorkload) -> String {
 /// Removes what a failover created in the target zone: the copy, writer pods, restored claims,
 /// a drill's verification Job.
 async fn tear_down(ctx: &Context, f: &Failover, place: &Place) -> Result<(), Error> {
-    let sets: Api<StatefulSet> = Api::namespaced(ctx.client.clone(), &place.namespace);
-    if let Leftover::None = leftover(&sets, f, "StatefulSet", &place.copy).await? {
+    let sets = workload_api(ctx, &place.namespace, place.kind);
+    if let Leftover::None = leftover(&sets, f, place.kind.as_str(), &place.copy).await? {
         delete_if_present(&sets, &place.copy).await?;
     }
     let selector = ListParams::default().labels(&format!(
