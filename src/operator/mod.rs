@@ -300,6 +300,7 @@ async fn run_controllers(
     let failover_for_workloads = failover_writer.subscribe().expect(subscribe);
     let node_for_vaults = node_writer.subscribe().expect(subscribe);
     let registration_for_workloads = registration_writer.subscribe().expect(subscribe);
+    let registration_for_failovers = registration_writer.subscribe().expect(subscribe);
     // Subscribe to deletions before the roots start, so that none is missed.
     let vaults_deleted = deleted(&vault_deletes);
     let workloads_deleted = deleted(&workload_deletes);
@@ -559,6 +560,50 @@ async fn run_controllers(
         Some(fo) => failovers_of_workload(fo.namespace(), &fo.spec.workload_name),
         None => vec![],
     };
+    // An agent's restore report, or a pod a failover made (writer, holder, the copy's pods),
+    // moves the failover on at once instead of at its next poll.
+    let restoring = {
+        let failovers = failovers.clone();
+        move |lease: &Lease| {
+            let reports = crate::api::work::parse_reports(
+                lease.annotations().get(crate::api::work::WORK_ANNOTATION),
+            );
+            failovers
+                .state()
+                .iter()
+                .filter(|f| {
+                    guarded_ok(f).is_some_and(|f| {
+                        reports.iter().any(|r| {
+                            r.kind == crate::api::work::WorkKind::Restore
+                                && Some(&r.owner) == f.metadata.uid.as_ref()
+                        })
+                    })
+                })
+                .map(|f| ObjectRef::from_obj(f.as_ref()))
+                .collect::<Vec<_>>()
+        }
+    };
+    let failover_of_pod = {
+        let failovers = failovers.clone();
+        move |pod: PartialObjectMeta<Pod>| {
+            let uid = pod
+                .labels()
+                .get(crate::api::work::FAILOVER_UID_LABEL)
+                .cloned();
+            failovers
+                .state()
+                .iter()
+                .filter(|f| guarded_ok(f).is_some_and(|f| f.metadata.uid == uid))
+                .map(|f| ObjectRef::from_obj(f.as_ref()))
+                .collect::<Vec<_>>()
+        }
+    };
+    let failover_pods = watcher(
+        Api::<PartialObjectMeta<Pod>>::all(client.clone()),
+        watcher::Config::default().labels(crate::api::work::FAILOVER_UID_LABEL),
+    )
+    .default_backoff()
+    .touched_objects();
     let (of_workload_applied, of_workload_deleted) = (of_workload.clone(), of_workload);
     let (siblings_applied, siblings_deleted) = (siblings.clone(), siblings);
     let failover_controller = Controller::for_shared_stream(failover_main, failovers.clone())
@@ -566,6 +611,8 @@ async fn run_controllers(
         .watches_stream(workloads_deleted, move |w| of_workload_deleted(&w))
         .watches_shared_stream(failover_for_siblings, move |f| siblings_applied(&f))
         .watches_stream(failovers_deleted, move |f| siblings_deleted(&f))
+        .watches_shared_stream(registration_for_failovers, move |l| restoring(&l))
+        .watches_stream(failover_pods, failover_of_pod)
         .graceful_shutdown_on(shutdown.wait())
         .run(
             reconciler!(failover),

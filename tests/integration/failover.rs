@@ -690,7 +690,7 @@ async fn a_planned_failover_stops_the_source_and_loses_no_write() {
     );
     let point = s.resolved_point.clone().unwrap();
     assert_ne!(point.id, before.id, "a new, final point");
-    assert!(point.time >= s.source_stopped.unwrap());
+    assert!(point.time > s.source_stopped.unwrap());
     for (i, claim) in ["data-db-0", "data-db-1"].iter().enumerate() {
         let disk =
             crate::rig::failover::claim_disk(&rig, "apps", &format!("data-db-failover-{i}")).await;

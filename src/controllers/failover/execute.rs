@@ -760,7 +760,8 @@ async fn final_point(
         }
     }
     let stopped = status.source_stopped.expect("set above");
-    if latest.time >= stopped {
+    // Times are whole seconds: only a point of a later second surely started after the stop.
+    if latest.time > stopped {
         // Holders are done.
         for (i, _) in latest.volumes.iter().enumerate() {
             delete_if_present(&pods, &holder_name(&name, i)).await?;
@@ -816,6 +817,11 @@ async fn final_point(
     if unmounted > 0 {
         return waiting(format!(
             "{kind} {sts} stopped; waiting for {unmounted} holder pod(s) to mount its claims for the final point"
+        ));
+    }
+    if now <= stopped {
+        return waiting(format!(
+            "{kind} {sts} stopped; the final point is asked for in the next second"
         ));
     }
     let token = format!("planned-{}", f.uid().unwrap_or_default());
@@ -1115,6 +1121,8 @@ fn copy_of(
     spec["replicas"] = json!(replicas);
     spec["selector"]["matchLabels"][FAILOVER_LABEL] = json!(failover);
     spec["template"]["metadata"]["labels"][FAILOVER_LABEL] = json!(failover);
+    // Not in the selector: the copy's pods tell the operator whose they are.
+    spec["template"]["metadata"]["labels"][FAILOVER_UID_LABEL] = json!(f.uid());
     if let Some(z) = zone {
         spec["template"]["spec"]["affinity"] = zone_affinity(Some(z));
     }
