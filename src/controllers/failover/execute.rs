@@ -1203,30 +1203,31 @@ pub async fn roll_back(ctx: &Context, f: &Failover) -> Result<(), Error> {
             )],
         )
         .await;
-    } else if !f.spec.commit {
-        if let Some(rw) = &rw {
-            let sets = workload_api(ctx, &namespace, rw.spec.workload_ref.kind);
-            let sts = rw.spec.workload_ref.name.clone();
-            tear_down(ctx, f, &Place::of(f, rw)).await?;
-            if let Some(source) = sets.get_opt(&sts).await.map_err(Error::Kube)? {
-                let noted = source
-                    .annotations()
-                    .get(REPLICAS_ANNOTATION)
-                    .and_then(|r| r.parse::<i32>().ok());
-                if let Some(replicas) = noted.or(status.source_replicas) {
-                    sets.patch(
-                        &sts,
-                        &PatchParams::default(),
-                        &Patch::Merge(json!({
-                            "metadata": {"annotations": {REPLICAS_ANNOTATION: null}},
-                            "spec": {"replicas": replicas},
-                        })),
-                    )
-                    .await
-                    .map_err(Error::Kube)?;
-                }
+    } else if !f.spec.commit
+        && let Some(rw) = &rw
+    {
+        let sets = workload_api(ctx, &namespace, rw.spec.workload_ref.kind);
+        let sts = rw.spec.workload_ref.name.clone();
+        tear_down(ctx, f, &Place::of(f, rw)).await?;
+        if let Some(source) = sets.get_opt(&sts).await.map_err(Error::Kube)? {
+            let noted = source
+                .annotations()
+                .get(REPLICAS_ANNOTATION)
+                .and_then(|r| r.parse::<i32>().ok());
+            if let Some(replicas) = noted.or(status.source_replicas) {
+                sets.patch(
+                    &sts,
+                    &PatchParams::default(),
+                    &Patch::Merge(json!({
+                        "metadata": {"annotations": {REPLICAS_ANNOTATION: null}},
+                        "spec": {"replicas": replicas},
+                    })),
+                )
+                .await
+                .map_err(Error::Kube)?;
             }
-            publish_events(
+        }
+        publish_events(
                 ctx,
                 f,
                 &[PlannedEvent::normal(
@@ -1240,7 +1241,6 @@ pub async fn roll_back(ctx: &Context, f: &Failover) -> Result<(), Error> {
                 )],
             )
             .await;
-        }
     }
     let rest: Vec<String> = f
         .finalizers()
