@@ -89,6 +89,8 @@ names! {
         ReplicationNotStarted,
         /// A Failover of the workload has started: replication stops (re-protection is separate).
         FailoverInProgress,
+        /// A Failover of the workload is committed: it runs in the target zone, unprotected.
+        FailoverCommitted,
         /// A point is being captured or replicated now.
         PointInProgress,
         /// The last point was captured and replicated.

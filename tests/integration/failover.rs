@@ -344,13 +344,24 @@ async fn commit_deletes_the_points_and_keeps_the_workload_in_the_target_zone() {
             "{location} still holds points"
         );
     }
-    // Replication of the workload stops and says why.
-    let w = eventually(Duration::from_secs(30), "workload paused", || async {
+    // Replication of the workload stops, and it says where it runs and that it is unprotected.
+    let w = eventually(Duration::from_secs(30), "workload committed", || async {
         let s = workloads.get("db").await.ok()?.status?;
-        (condition(&s.conditions, "Ready")?.1 == "FailoverInProgress").then_some(s)
+        (condition(&s.conditions, "Ready")?.1 == "FailoverCommitted").then_some(s)
     })
     .await;
     assert!(w.point_in_progress.is_none());
+    let (_, _, message) = condition(&w.conditions, "Ready").unwrap();
+    assert!(
+        message.contains("runs as db-failover in zone zone-b"),
+        "{message}"
+    );
+    let (protected, reason, _) = condition(&w.conditions, "Protected").unwrap();
+    assert_eq!((protected, reason), ("False", "FailoverCommitted"));
+    assert!(
+        w.latest_replicated_point.is_none() && w.latest_point.is_none(),
+        "no deleted point is shown"
+    );
     // Deleting a committed Failover leaves the workload where it now runs.
     failovers.delete("fo", &Default::default()).await.unwrap();
     eventually(Duration::from_secs(30), "Failover gone", || async {

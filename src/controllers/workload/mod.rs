@@ -41,6 +41,17 @@ pub async fn reconcile(workload: &ReplicatedWorkload, ctx: Arc<Context>) -> Resu
         now,
     )
     .await;
+    // A committed failover deleted every point: the status says so rather than show points
+    // that no longer exist.
+    let committed = observed.failover.as_ref().filter(|f| f.committed);
+    if committed.is_some() {
+        next.latest_point = None;
+        next.latest_crash_consistent_point = None;
+        next.latest_app_consistent_point = None;
+        next.latest_replicated_point = None;
+        next.point_count = Some(0);
+        next.oldest_point = None;
+    }
     let freeze = workload
         .spec
         .app_consistency
@@ -59,6 +70,23 @@ pub async fn reconcile(workload: &ReplicatedWorkload, ctx: Arc<Context>) -> Resu
     ));
     plan.events.extend(advanced.events);
     plan.conditions.extend(replication);
+    if let Some(f) = committed {
+        for c in plan
+            .conditions
+            .iter_mut()
+            .filter(|c| c.r#type == "Protected")
+        {
+            *c = crate::api::conditions::Condition::new(
+                crate::api::reasons::ConditionType::Protected,
+                crate::api::conditions::ConditionStatus::False,
+                crate::api::reasons::WorkloadReason::FailoverCommitted,
+                format!(
+                    "Failover {} is committed and its recovery points are deleted; the workload runs in the target zone, unprotected",
+                    f.name
+                ),
+            );
+        }
+    }
     plan.requeue = plan.requeue.min(advanced.requeue);
     if let Some(flips) = flips
         && let Ok(d) = std::time::Duration::try_from(flips.duration_since(now))

@@ -46,7 +46,17 @@ pub struct Observed {
     pub nodes: Vec<NodeTopology>,
     pub registrations: Vec<AgentRegistration>,
     /// A Failover of this workload that has started (its restore began).
-    pub failover: Option<String>,
+    pub failover: Option<FailoverSummary>,
+}
+
+/// What the workload's status says of a Failover that took it over.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct FailoverSummary {
+    pub name: String,
+    /// Committed: the points are gone, the copy is the workload now.
+    pub committed: bool,
+    pub target_workload: Option<String>,
+    pub target_zone: Option<String>,
 }
 
 pub async fn observe(
@@ -132,7 +142,15 @@ pub async fn observe(
                     && f.spec.mode != crate::api::failover::FailoverMode::Test
                     && f.status.as_ref().is_some_and(|s| s.restore.is_some())
             })
-            .map(|f| f.name_any()),
+            .map(|f| {
+                let status = f.status.clone().unwrap_or_default();
+                FailoverSummary {
+                    name: f.name_any(),
+                    committed: status.timeline.iter().any(|t| t.step == "Committed"),
+                    target_workload: status.target_workload,
+                    target_zone: status.target_zone,
+                }
+            }),
     })
 }
 

@@ -175,13 +175,30 @@ pub fn plan(
 
     let blocker: Option<Blocker> = match &observed.vault {
         // Checked first: after a failover the selector also finds the copy's pods.
-        _ if observed.failover.is_some() => Some((
-            R::FailoverInProgress,
-            format!(
-                "Failover {} of this workload has started: no point is taken while it runs or after it is committed (re-protection in the reverse direction is not implemented yet)",
-                observed.failover.clone().unwrap_or_default()
-            ),
-        )),
+        _ if observed.failover.is_some() => {
+            let f = observed.failover.clone().unwrap_or_default();
+            Some(if f.committed {
+                (
+                    R::FailoverCommitted,
+                    format!(
+                        "Failover {} is committed: {} {} runs as {} in zone {}; it is not protected until it is re-protected (re-protection in the reverse direction is not implemented yet)",
+                        f.name,
+                        spec.workload_ref.kind.as_str(),
+                        spec.workload_ref.name,
+                        f.target_workload.as_deref().unwrap_or("its copy"),
+                        f.target_zone.as_deref().unwrap_or("the target zone"),
+                    ),
+                )
+            } else {
+                (
+                    R::FailoverInProgress,
+                    format!(
+                        "Failover {} of this workload has started: no point is taken while it runs",
+                        f.name
+                    ),
+                )
+            })
+        }
         None => Some((
             R::VaultNotFound,
             format!(
