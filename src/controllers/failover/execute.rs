@@ -746,7 +746,7 @@ async fn final_point(
         let running = pods_of(&pods, &source).await?;
         if running > 0 {
             return waiting(format!(
-                "{kind} {sts} scaled to 0; waiting for {running} pod(s) to stop"
+                "{kind} {sts} scaled to 0; waiting for {running} pod(s) to stop (if the source zone is down they never will: delete this Failover and fail over with mode Unplanned)"
             ));
         }
         status.source_stopped = Some(now);
