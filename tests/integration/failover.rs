@@ -362,6 +362,12 @@ async fn commit_deletes_the_points_and_keeps_the_workload_in_the_target_zone() {
         w.latest_replicated_point.is_none() && w.latest_point.is_none(),
         "no deleted point is shown"
     );
+    assert_eq!(
+        w.volumes.len(),
+        2,
+        "what was protected, and where, stays on record"
+    );
+    assert_eq!(w.target_zone.as_deref(), Some("zone-b"));
     // Deleting a committed Failover leaves the workload where it now runs.
     failovers.delete("fo", &Default::default()).await.unwrap();
     eventually(Duration::from_secs(30), "Failover gone", || async {

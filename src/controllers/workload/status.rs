@@ -5,6 +5,7 @@ use jiff::Timestamp;
 
 use super::plan::Plan;
 use crate::api::conditions::merge_conditions;
+use crate::api::reasons::WorkloadReason;
 use crate::api::workload::ReplicatedWorkloadStatus;
 
 /// `replicated` carries the replication fields the pipeline set; `rpo_seconds` is refreshed only
@@ -18,12 +19,31 @@ pub fn build(
     rpo_seconds: Option<i64>,
 ) -> ReplicatedWorkloadStatus {
     let prev = previous.cloned().unwrap_or_default();
+    // While a failover holds the workload, what was protected, and where, stays on record.
+    let held = plan.conditions.iter().any(|c| {
+        c.r#type == "Ready"
+            && (c.reason == WorkloadReason::FailoverInProgress.as_str()
+                || c.reason == WorkloadReason::FailoverCommitted.as_str())
+    });
+    let (source_zone, target_zone, volumes) = if held {
+        (
+            prev.source_zone.clone(),
+            prev.target_zone.clone(),
+            prev.volumes.clone(),
+        )
+    } else {
+        (
+            plan.source_zone.clone(),
+            plan.target_zone.clone(),
+            plan.volumes.clone(),
+        )
+    };
     let mut next = ReplicatedWorkloadStatus {
         observed_generation: generation,
         conditions: merge_conditions(&prev.conditions, plan.conditions.clone(), generation, now),
-        source_zone: plan.source_zone.clone(),
-        target_zone: plan.target_zone.clone(),
-        volumes: plan.volumes.clone(),
+        source_zone,
+        target_zone,
+        volumes,
         rpo_seconds: prev.rpo_seconds,
         ..replicated.clone()
     };
