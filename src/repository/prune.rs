@@ -87,7 +87,9 @@ pub async fn prune(
 }
 
 /// Removes every point of `workload` (a committed failover: the seed's commit deletes the
-/// recovery points), then collects the garbage as [`prune`] does.
+/// recovery points). The data stays: it is the base a re-protection in the reverse direction
+/// deduplicates against, so that a failback moves only what changed. The next prune collects
+/// whatever no point references by then.
 pub async fn forget_workload(
     repo: &mut Repository,
     workload: &str,
@@ -98,11 +100,17 @@ pub async fn forget_workload(
         .filter(|m| m.workload == workload)
         .map(|m| m.id.clone())
         .collect();
-    let report = PruneReport {
+    for id in &remove {
+        repo.location
+            .delete(&layout::point(repo.location.prefix(), id))
+            .await?;
+    }
+    Ok(PruneReport {
         points_kept: manifests.len() - remove.len(),
+        points_removed: remove,
+        gc_skipped: Some("a committed failover keeps the data as the base for failback".into()),
         ..Default::default()
-    };
-    remove_points(repo, remove, report).await
+    })
 }
 
 async fn remove_points(

@@ -960,3 +960,160 @@ async fn a_deployment_fails_over_onto_restored_claims_and_rolls_back() {
         a.kill();
     }
 }
+
+/// Bytes stored below `dir` (a filesystem location).
+fn stored_bytes(dir: &std::path::Path) -> u64 {
+    let mut total = 0;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let m = e.metadata().unwrap();
+            if m.is_dir() {
+                stack.push(e.path());
+            } else {
+                total += m.len();
+            }
+        }
+    }
+    total
+}
+
+/// Incompressible, deterministic bytes.
+fn noise(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn reprotect_then_failback_moves_only_the_delta() {
+    let (rig, dir, running, volumes) = setup(|d| live_vault(d, json!({}))).await;
+    let agents: Vec<_> = ["node-a1", "node-a2", "node-b1"]
+        .iter()
+        .map(|n| start_agent(&rig, n, 10))
+        .collect();
+    const SIZE: usize = 4 << 20;
+    for (i, dir) in volumes.values().enumerate() {
+        std::fs::write(dir.join("blob.bin"), noise(i as u64 + 7, SIZE)).unwrap();
+    }
+    let workloads = protect(&rig).await;
+    first_point(&workloads).await;
+    let _cluster = crate::rig::failover::run(
+        &rig,
+        "apps",
+        BTreeMap::from([
+            ("zone-a".to_string(), "node-a1".to_string()),
+            ("zone-b".to_string(), "node-b1".to_string()),
+        ]),
+    );
+    // Failed over to zone-b and committed.
+    let failovers: Api<Failover> = Api::namespaced(rig.client(), "apps");
+    let mut fo = failover("away", json!({"latest": true}));
+    fo.spec.commit = true;
+    failovers.create(&PostParams::default(), &fo).await.unwrap();
+    eventually(Duration::from_secs(60), "Committed=True", || async {
+        let s = failovers.get("away").await.ok()?.status?;
+        (condition(&s.conditions, "Committed")?.0 == "True").then_some(())
+    })
+    .await;
+    // The workload runs on in zone-b and changes a little.
+    let mut in_zone_b = BTreeMap::new();
+    for i in 0..2 {
+        let claim = format!("data-db-failover-{i}");
+        let disk = crate::rig::failover::claim_disk(&rig, "apps", &claim).await;
+        std::fs::write(
+            disk.join("written-in-zone-b.txt"),
+            format!("{claim} moved\n"),
+        )
+        .unwrap();
+        in_zone_b.insert(format!("data-db-failover-failover-{i}"), read_tree(&disk));
+    }
+
+    // Re-protect: the copy, replicated the other way (zone-b's location is now the cache, the
+    // original zone's the target), with the same key: the same repositories.
+    let before = stored_bytes(&dir.path().join("cache"));
+    let vaults: Api<site_recovery::api::RecoveryVault> = Api::namespaced(rig.client(), "apps");
+    vaults
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({
+                "apiVersion": "siterecovery.io/v1alpha1", "kind": "RecoveryVault",
+                "metadata": {"name": "vault-back", "namespace": "apps"},
+                "spec": {
+                    "cache": {"zone": "zone-b", "storage": {"filesystem": {"path": dir.path().join("target")}}},
+                    "target": {"zone": "zone-a", "storage": {"filesystem": {"path": dir.path().join("cache")}}},
+                    "snapshotMethod": "Live",
+                    "encryption": {"keySecretRef": {"name": "vault-key"}},
+                },
+            }))
+            .unwrap(),
+        )
+        .await
+        .unwrap();
+    workloads
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({
+                "apiVersion": "siterecovery.io/v1alpha1", "kind": "ReplicatedWorkload",
+                "metadata": {"name": "db-back", "namespace": "apps"},
+                "spec": {"vaultName": "vault-back", "workloadRef": {"kind": "StatefulSet", "name": "db-failover"}},
+            }))
+            .unwrap(),
+        )
+        .await
+        .unwrap();
+    eventually(Duration::from_secs(60), "re-protected", || async {
+        let s = workloads.get("db-back").await.ok()?.status?;
+        s.latest_replicated_point.as_ref()?;
+        s.point_in_progress.is_none().then_some(())
+    })
+    .await;
+    let moved = stored_bytes(&dir.path().join("cache")) - before;
+    println!(
+        "re-protect moved {moved} bytes back to the original zone for {} bytes of data",
+        2 * SIZE
+    );
+    assert!(
+        moved < (SIZE / 4) as u64,
+        "only the delta crosses back: {moved} bytes for {} bytes of data",
+        2 * SIZE
+    );
+
+    // Failback: a planned failover of the copy, back to the original zone.
+    let mut back = failover("back", json!({"latest": true}));
+    back.spec.workload_name = "db-back".into();
+    back.spec.mode = site_recovery::api::failover::FailoverMode::Planned;
+    failovers
+        .create(&PostParams::default(), &back)
+        .await
+        .unwrap();
+    let s = eventually(Duration::from_secs(90), "failed back", || async {
+        let s = failovers.get("back").await.ok()?.status?;
+        (condition(&s.conditions, "FailedOver")?.0 == "True").then_some(s)
+    })
+    .await;
+    assert_eq!(s.target_zone.as_deref(), Some("zone-a"));
+    for (claim, content) in &in_zone_b {
+        let disk = crate::rig::failover::claim_disk(&rig, "apps", claim).await;
+        assert_eq!(
+            &read_tree(&disk),
+            content,
+            "{claim}: back in zone-a with zone-b's writes"
+        );
+    }
+    let pod: Pod = Api::namespaced(rig.client(), "apps")
+        .get("db-failover-failover-0")
+        .await
+        .unwrap();
+    assert_eq!(pod.spec.unwrap().node_name.as_deref(), Some("node-a1"));
+    running.stop().await;
+    for a in agents {
+        a.kill();
+    }
+}

@@ -265,7 +265,24 @@ async fn pass(
         if !bound {
             continue;
         }
+        let volumes: Api<k8s_openapi::api::core::v1::PersistentVolume> = Api::all(rig.client());
         for pv in mounts {
+            // Provisioned for its first consumer: from then on the volume lives on its node.
+            let pinned = volumes
+                .get_opt(&pv)
+                .await?
+                .and_then(|v| v.spec)
+                .is_some_and(|s| s.node_affinity.is_some());
+            if !pinned {
+                volumes
+                    .patch(
+                        &pv,
+                        &PatchParams::default(),
+                        &Patch::Merge(json!({"spec": {"nodeAffinity": {"required": {"nodeSelectorTerms": [{"matchExpressions": [
+                            {"key": "kubernetes.io/hostname", "operator": "In", "values": [node]}]}]}}}})),
+                    )
+                    .await?;
+            }
             let dir = rig.volume_dir(&uid, &pv);
             std::fs::create_dir_all(dir.parent().unwrap()).unwrap();
             let data = data_dir(rig, &pv);
