@@ -54,6 +54,11 @@ pub struct RecoveryVaultSpec {
     /// How often points are taken and how long they are kept.
     #[serde(default)]
     pub replication_policy: ReplicationPolicy,
+    /// StorageClass of the claims a failover creates, by zone (e.g. `zone-b: ssd-zone-b`); a
+    /// zone not listed gets the source claim's class.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    #[schemars(extend("maxProperties" = 64))]
+    pub storage_classes: std::collections::BTreeMap<String, String>,
 }
 
 /// The separation between cache and target, after the seed's Machine / Zone / Region scenarios.

@@ -401,7 +401,10 @@ async fn the_plugin_fails_over_and_commits() {
     let _cluster = crate::rig::failover::run(
         &rig,
         "apps",
-        BTreeMap::from([("zone-b".to_string(), "node-b1".to_string())]),
+        BTreeMap::from([
+            ("zone-a".to_string(), "node-a1".to_string()),
+            ("zone-b".to_string(), "node-b1".to_string()),
+        ]),
     );
     let plugin = dir.path().join("kubectl-siterecovery");
     std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_site-recovery"), &plugin).unwrap();
@@ -490,6 +493,50 @@ async fn the_plugin_fails_over_and_commits() {
     assert_eq!(code, Some(1));
     assert!(err.contains("is committed"), "{err}");
     let (code, _, err) = run(&["points", "db", "-n", "apps"]).await;
+    assert_eq!(code, Some(0), "{err}");
+
+    // Re-protect (examples/reprotect.yaml, with this test's paths), then fail back.
+    rig.create(json!({
+        "apiVersion": "siterecovery.io/v1alpha1", "kind": "RecoveryVault",
+        "metadata": {"name": "vault-back", "namespace": "apps"},
+        "spec": {
+            "cache": {"zone": "zone-b", "storage": {"filesystem": {"path": dir.path().join("target")}}},
+            "target": {"zone": "zone-a", "storage": {"filesystem": {"path": dir.path().join("cache")}}},
+            "snapshotMethod": "Live",
+            "encryption": {"keySecretRef": {"name": "vault-key"}},
+        },
+    }))
+    .await;
+    rig.create(json!({
+        "apiVersion": "siterecovery.io/v1alpha1", "kind": "ReplicatedWorkload",
+        "metadata": {"name": "db-back", "namespace": "apps"},
+        "spec": {"vaultName": "vault-back", "workloadRef": {"kind": "StatefulSet", "name": "db-failover"}},
+    }))
+    .await;
+    eventually(Duration::from_secs(60), "re-protected", || async {
+        let s = workloads.get("db-back").await.ok()?.status?;
+        s.latest_replicated_point.as_ref()?;
+        s.point_in_progress.is_none().then_some(())
+    })
+    .await;
+    let (code, out, err) = run(&["status", "-n", "apps"]).await;
+    assert_eq!(code, Some(0), "{err}");
+    println!("{out}");
+    let (code, _, err) = run(&[
+        "failover",
+        "db-back",
+        "-n",
+        "apps",
+        "--planned",
+        "--name",
+        "db-failback",
+        "--timeout",
+        "90s",
+    ])
+    .await;
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(replicas(&rig, "db-failover-failover").await, Some(2));
+    let (code, _, err) = run(&["commit", "db-failback", "-n", "apps"]).await;
     assert_eq!(code, Some(0), "{err}");
     running.stop().await;
     for a in agents {
@@ -897,6 +944,15 @@ async fn a_deployment_fails_over_onto_restored_claims_and_rolls_back() {
         "apps",
         BTreeMap::from([("zone-b".to_string(), "node-b1".to_string())]),
     );
+    // Claims in zone-b get that zone's class.
+    Api::<site_recovery::api::RecoveryVault>::namespaced(rig.client(), "apps")
+        .patch(
+            "vault",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(json!({"spec": {"storageClasses": {"zone-b": "ssd-zone-b"}}})),
+        )
+        .await
+        .unwrap();
     let failovers: Api<Failover> = Api::namespaced(rig.client(), "apps");
     let mut fo = failover("web-fo", json!({"latest": true}));
     fo.spec.workload_name = "web".into();
@@ -918,6 +974,15 @@ async fn a_deployment_fails_over_onto_restored_claims_and_rolls_back() {
     assert_eq!(
         claim, "web-data-failover",
         "the copy mounts the restored claim"
+    );
+    let restored: PersistentVolumeClaim = Api::namespaced(rig.client(), "apps")
+        .get("web-data-failover")
+        .await
+        .unwrap();
+    assert_eq!(
+        restored.spec.unwrap().storage_class_name.as_deref(),
+        Some("ssd-zone-b"),
+        "the vault's class for the target zone"
     );
     let disk = crate::rig::failover::claim_disk(&rig, "apps", "web-data-failover").await;
     assert_eq!(read_tree(&disk), content);

@@ -325,6 +325,17 @@ pub async fn advance(
         }
         let source_claims: Api<PersistentVolumeClaim> =
             Api::namespaced(ctx.client.clone(), &namespace);
+        // The vault's class for the target zone, else the source claim's.
+        let zone_class = ctx
+            .stores
+            .vaults
+            .get(&ObjectRef::new(&rw.spec.vault_name).within(&namespace))
+            .and_then(|g| g.0.as_ref().ok().cloned())
+            .and_then(|v| {
+                target_zone
+                    .as_ref()
+                    .and_then(|z| v.spec.storage_classes.get(z).cloned())
+            });
         for (i, v) in volumes.iter().enumerate() {
             let source = source_claims
                 .get_opt(&v.source_claim)
@@ -341,7 +352,7 @@ pub async fn advance(
             create(&claims, json!({
                 "apiVersion": "v1", "kind": "PersistentVolumeClaim",
                 "metadata": {"name": v.target_claim, "namespace": place.namespace, "labels": labels(f)},
-                "spec": {"accessModes": ["ReadWriteOnce"], "storageClassName": source_spec.storage_class_name,
+                "spec": {"accessModes": ["ReadWriteOnce"], "storageClassName": zone_class.clone().or(source_spec.storage_class_name),
                     "resources": {"requests": {"storage": size}}},
             }))
             .await?;

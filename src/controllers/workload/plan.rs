@@ -181,7 +181,7 @@ pub fn plan(
                 (
                     R::FailoverCommitted,
                     format!(
-                        "Failover {} is committed: {} {} runs as {} in zone {}; it is not protected until it is re-protected (re-protection in the reverse direction is not implemented yet)",
+                        "Failover {} is committed: {} {} runs as {} in zone {}; it is not protected until it is re-protected (a ReplicatedWorkload of the copy on a vault in the reverse direction, as in examples/reprotect.yaml)",
                         f.name,
                         spec.workload_ref.kind.as_str(),
                         spec.workload_ref.name,
