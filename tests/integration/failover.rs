@@ -393,11 +393,11 @@ async fn the_plugin_fails_over_and_commits() {
         .collect();
     write_version(&volumes, 1);
     let workloads = protect(&rig).await;
-    let first = first_point(&workloads)
+    let first_point = first_point(&workloads)
         .await
         .latest_replicated_point
-        .unwrap()
-        .id;
+        .unwrap();
+    let (first, first_time) = (first_point.id, first_point.time.to_string());
     let _cluster = crate::rig::failover::run(
         &rig,
         "apps",
@@ -437,6 +437,8 @@ async fn the_plugin_fails_over_and_commits() {
         "apps",
         "--test-namespace",
         "db-drill",
+        "--time",
+        &first_time,
         "--timeout",
         "90s",
         "--",
@@ -445,6 +447,10 @@ async fn the_plugin_fails_over_and_commits() {
     .await;
     assert_eq!(code, Some(0), "{err}");
     assert!(err.contains("drill verified"), "{err}");
+    assert!(
+        err.contains(&format!("restoring point {first}")),
+        "the newest point at or before the time: {err}"
+    );
     let (code, _, err) = run(&["cancel", "db-drill", "-n", "apps"]).await;
     assert_eq!(code, Some(0), "{err}");
     assert!(err.contains("removed with its namespace"), "{err}");
