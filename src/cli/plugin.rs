@@ -553,19 +553,7 @@ pub async fn failover(client: Client, args: FailoverArgs) -> anyhow::Result<()> 
     } else {
         serde_json::json!({"workloadName": args.workload, "recoveryPoint": args.point.selector()})
     };
-    let api: Api<Failover> = Api::namespaced(client.clone(), &ns);
-    let obj = serde_json::json!({
-        "apiVersion": "siterecovery.io/v1alpha1", "kind": "Failover",
-        "metadata": {"name": name, "namespace": ns},
-        "spec": spec,
-    });
-    api.patch(
-        &name,
-        &kube::api::PatchParams::apply(PLUGIN_MANAGER),
-        &kube::api::Patch::Apply(&obj),
-    )
-    .await
-    .with_context(|| format!("creating Failover {name}"))?;
+    let api = apply_failover(&client, &ns, &name, spec).await?;
     eprintln!(
         "Failover {name} of {} created in namespace {ns}",
         args.workload
@@ -576,22 +564,8 @@ pub async fn failover(client: Client, args: FailoverArgs) -> anyhow::Result<()> 
     let f = wait_for(&api, &name, &args.wait, args.scope.output, |f| {
         if condition_is(f, "FailedOver", "FailedOver") {
             Some(Ok(()))
-        } else if condition_is(f, "FailedOver", "RestoreFailed")
-            || condition_is(f, "FailedOver", "NameInUse")
-        {
-            Some(Err(message_of(f, "FailedOver")))
-        } else if [
-            "DuplicateFailover",
-            "InvalidSpec",
-            "TargetUnreachable",
-            "WorkloadNotFound",
-        ]
-        .iter()
-        .any(|r| condition_is(f, "Ready", r))
-        {
-            Some(Err(message_of(f, "Ready")))
         } else {
-            None
+            stuck(f)
         }
     })
     .await?
@@ -629,19 +603,7 @@ pub async fn drill(client: Client, args: DrillArgs) -> anyhow::Result<()> {
             spec["verification"]["timeout"] = serde_json::json!(t);
         }
     }
-    let api: Api<Failover> = Api::namespaced(client.clone(), &ns);
-    let obj = serde_json::json!({
-        "apiVersion": "siterecovery.io/v1alpha1", "kind": "Failover",
-        "metadata": {"name": name, "namespace": ns},
-        "spec": spec,
-    });
-    api.patch(
-        &name,
-        &kube::api::PatchParams::apply(PLUGIN_MANAGER),
-        &kube::api::Patch::Apply(&obj),
-    )
-    .await
-    .with_context(|| format!("creating Failover {name}"))?;
+    let api = apply_failover(&client, &ns, &name, spec).await?;
     eprintln!(
         "Drill {name} of {} created in namespace {ns}",
         args.workload
@@ -654,20 +616,8 @@ pub async fn drill(client: Client, args: DrillArgs) -> anyhow::Result<()> {
             Some(Ok(()))
         } else if condition_is(f, "Verified", "VerificationFailed") {
             Some(Err(message_of(f, "Verified")))
-        } else if condition_is(f, "FailedOver", "RestoreFailed") {
-            Some(Err(message_of(f, "FailedOver")))
-        } else if [
-            "DuplicateFailover",
-            "InvalidSpec",
-            "TargetUnreachable",
-            "WorkloadNotFound",
-        ]
-        .iter()
-        .any(|r| condition_is(f, "Ready", r))
-        {
-            Some(Err(message_of(f, "Ready")))
         } else {
-            None
+            stuck(f)
         }
     })
     .await?
@@ -679,6 +629,49 @@ pub async fn drill(client: Client, args: DrillArgs) -> anyhow::Result<()> {
         status.restore.and_then(|r| r.namespace).unwrap_or_default()
     );
     print_failover(args.scope.output, Some(&f))
+}
+
+/// Creates (or updates) a Failover with server-side apply, as the plugin's field manager.
+async fn apply_failover(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    spec: serde_json::Value,
+) -> anyhow::Result<Api<Failover>> {
+    let api: Api<Failover> = Api::namespaced(client.clone(), ns);
+    let obj = serde_json::json!({
+        "apiVersion": "siterecovery.io/v1alpha1", "kind": "Failover",
+        "metadata": {"name": name, "namespace": ns},
+        "spec": spec,
+    });
+    api.patch(
+        name,
+        &kube::api::PatchParams::apply(PLUGIN_MANAGER),
+        &kube::api::Patch::Apply(&obj),
+    )
+    .await
+    .with_context(|| format!("creating Failover {name}"))?;
+    Ok(api)
+}
+
+/// A Failover that will not get further without the user: its restore failed, a name it needs
+/// is taken, or it cannot start.
+fn stuck(f: &Failover) -> Option<Result<(), String>> {
+    if ["RestoreFailed", "NameInUse"]
+        .iter()
+        .any(|r| condition_is(f, "FailedOver", r))
+    {
+        return Some(Err(message_of(f, "FailedOver")));
+    }
+    [
+        "DuplicateFailover",
+        "InvalidSpec",
+        "TargetUnreachable",
+        "WorkloadNotFound",
+    ]
+    .iter()
+    .any(|r| condition_is(f, "Ready", r))
+    .then(|| Err(message_of(f, "Ready")))
 }
 
 fn message_of(f: &Failover, t: &str) -> String {

@@ -1367,32 +1367,29 @@ async fn tear_down(ctx: &Context, f: &Failover, place: &Place) -> Result<(), Err
         "{FAILOVER_UID_LABEL}={}",
         f.uid().unwrap_or_default()
     ));
-    let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), &place.namespace);
-    for j in jobs
-        .list_metadata(&selector)
+    let ns = &place.namespace;
+    delete_selected(&Api::<Job>::namespaced(ctx.client.clone(), ns), &selector).await?;
+    delete_selected(&Api::<Pod>::namespaced(ctx.client.clone(), ns), &selector).await?;
+    delete_selected(
+        &Api::<PersistentVolumeClaim>::namespaced(ctx.client.clone(), ns),
+        &selector,
+    )
+    .await?;
+    Ok(())
+}
+
+/// Deletes every object of `api` that `selector` selects.
+async fn delete_selected<K>(api: &Api<K>, selector: &ListParams) -> Result<(), Error>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    for o in api
+        .list_metadata(selector)
         .await
         .map_err(Error::Kube)?
         .items
     {
-        delete_if_present(&jobs, &j.name_any()).await?;
-    }
-    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &place.namespace);
-    for p in pods
-        .list_metadata(&selector)
-        .await
-        .map_err(Error::Kube)?
-        .items
-    {
-        delete_if_present(&pods, &p.name_any()).await?;
-    }
-    let claims: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &place.namespace);
-    for c in claims
-        .list_metadata(&selector)
-        .await
-        .map_err(Error::Kube)?
-        .items
-    {
-        delete_if_present(&claims, &c.name_any()).await?;
+        delete_if_present(api, &o.name_any()).await?;
     }
     Ok(())
 }
