@@ -296,6 +296,35 @@ fn failover_mode_and_workload_are_immutable_and_drills_never_commit() {
 }
 
 #[test]
+fn planned_failovers_pick_no_point_and_only_drills_take_drill_settings() {
+    rejected_with(
+        failover(
+            json!({"workloadName": "w", "mode": "Planned", "recoveryPoint": {"id": "20261127T"}}),
+        )
+        .validate_cel(),
+        "spec.recoveryPoint does not apply to mode Planned",
+    );
+    failover(json!({"workloadName": "w", "mode": "Planned", "recoveryPoint": {"latest": true}}))
+        .validate_cel()
+        .expect("latest is what a planned failover takes anyway");
+    rejected_with(
+        failover(json!({"workloadName": "w", "testNamespace": "w-drill"})).validate_cel(),
+        "apply to mode Test only",
+    );
+    failover(
+        json!({"workloadName": "w", "mode": "Test", "testNamespace": "w-drill",
+        "verification": {"image": "busybox", "command": ["true"]}}),
+    )
+    .validate_cel()
+    .expect("a drill with its namespace and check");
+    rejected_with(
+        failover(json!({"workloadName": "w", "mode": "Test", "testNamespace": "W_Drill"}))
+            .validate_cel(),
+        "spec.testNamespace must be a DNS label",
+    );
+}
+
+#[test]
 fn retention_is_at_least_a_minute() {
     let mut spec = vault_spec();
     spec["replicationPolicy"] = json!({"crashConsistentFrequency": "30s", "appConsistentFrequency": "off", "recoveryPointRetention": "30s"});
