@@ -8,11 +8,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Node, PersistentVolume, PersistentVolumeClaim, Pod};
 use kube::api::{Api, ListParams};
-use kube::core::DeserializeGuard;
-use kube::runtime::{WatchStreamExt, reflector, watcher};
 use kube::{Client, ResourceExt};
 use tokio::task::JoinSet;
 
@@ -46,12 +43,7 @@ enum LocalWork {
 }
 
 pub async fn run_captures(client: Client, settings: AgentSettings, reports: Reports) {
-    let api = Api::<DeserializeGuard<ReplicatedWorkload>>::all(client.clone());
-    let (store, writer) = reflector::store();
-    let watch = reflector(writer, watcher(api, watcher::Config::default()))
-        .default_backoff()
-        .applied_objects()
-        .for_each(|_| futures::future::ready(()));
+    let (store, watch) = super::watch_all::<ReplicatedWorkload>(&client);
     tokio::pin!(watch);
     let mut tasks = JoinSet::new();
     let mut started: HashSet<(String, String)> = HashSet::new();

@@ -7,11 +7,8 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, ListParams};
-use kube::core::DeserializeGuard;
-use kube::runtime::{WatchStreamExt, reflector, watcher};
 use kube::{Client, ResourceExt};
 use tokio::task::JoinSet;
 
@@ -28,12 +25,7 @@ use crate::storage::vault::VaultAccess;
 type Local = Vec<(String, String, std::path::PathBuf)>;
 
 pub async fn run_restores(client: Client, settings: AgentSettings, reports: Reports) {
-    let api = Api::<DeserializeGuard<Failover>>::all(client.clone());
-    let (store, writer) = reflector::store();
-    let watch = reflector(writer, watcher(api, watcher::Config::default()))
-        .default_backoff()
-        .applied_objects()
-        .for_each(|_| futures::future::ready(()));
+    let (store, watch) = super::watch_all::<Failover>(&client);
     tokio::pin!(watch);
     let mut tasks = JoinSet::new();
     let mut started: HashSet<(String, String)> = HashSet::new();
