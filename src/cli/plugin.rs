@@ -570,17 +570,12 @@ pub async fn failover(client: Client, args: FailoverArgs) -> anyhow::Result<()> 
     })
     .await?
     .with_context(|| format!("Failover {name} was deleted while it ran"))?;
-    let f = Some(f);
-    if let Some(rto) = f
-        .as_ref()
-        .and_then(|f| f.status.as_ref())
-        .and_then(|s| s.rto_seconds)
-    {
+    if let Some(rto) = f.status.as_ref().and_then(|s| s.rto_seconds) {
         eprintln!(
             "failed over in {rto:.0}s; `kubectl siterecovery commit {name}` commits, `kubectl siterecovery cancel {name}` rolls back"
         );
     }
-    print_failover(args.scope.output, f.as_ref())
+    print_failover(args.scope.output, Some(&f))
 }
 
 /// `drill`: creates a Failover in Test mode and waits until its copy is verified.
@@ -701,9 +696,8 @@ pub async fn commit(client: Client, args: NamedArgs) -> anyhow::Result<()> {
     })
     .await?
     .with_context(|| format!("Failover {} was deleted before it was committed", args.name))?;
-    let f = Some(f);
     eprintln!("Failover {} committed", args.name);
-    print_failover(args.scope.output, f.as_ref())
+    print_failover(args.scope.output, Some(&f))
 }
 
 /// `cancel`: deletes the Failover before commit, which rolls back, and waits until it is gone.

@@ -46,6 +46,35 @@ pub fn zone_affinity(zone: Option<&str>) -> serde_json::Value {
     }
 }
 
+/// A pod of the operator's reader image whose only job is to mount one claim, at
+/// `/<volume>`, on a node where the agent reads or fills it: non-root, no token, no
+/// privileges, never restarted; pinned to `zone` when given.
+pub fn claim_pod(
+    image: &str,
+    metadata: serde_json::Value,
+    container: &str,
+    volume: &str,
+    claim: &str,
+    read_only: bool,
+    zone: Option<&str>,
+) -> serde_json::Value {
+    serde_json::json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": metadata,
+        "spec": {
+            "affinity": zone_affinity(zone),
+            "automountServiceAccountToken": false,
+            "restartPolicy": "Never",
+            "containers": [{
+                "name": container, "image": image,
+                "securityContext": {"runAsNonRoot": true, "runAsUser": 65532, "allowPrivilegeEscalation": false, "readOnlyRootFilesystem": true, "capabilities": {"drop": ["ALL"]}},
+                "volumeMounts": [{"name": volume, "mountPath": format!("/{volume}"), "readOnly": read_only}],
+            }],
+            "volumes": [{"name": volume, "persistentVolumeClaim": {"claimName": claim, "readOnly": read_only}}],
+        },
+    })
+}
+
 /// Field manager of every write the operator makes.
 pub const FIELD_MANAGER: &str = "site-recovery-operator";
 

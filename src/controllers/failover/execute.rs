@@ -34,7 +34,7 @@ use crate::api::work::{
 use crate::api::workload::WorkloadKind;
 use crate::api::{Failover, ReplicatedWorkload};
 use crate::controllers::{
-    Context, Error, PlannedEvent, delete_if_present, publish_events, zone_affinity,
+    Context, Error, PlannedEvent, claim_pod, delete_if_present, publish_events, zone_affinity,
 };
 
 pub const FINALIZER: &str = "siterecovery.io/failover";
@@ -665,6 +665,10 @@ async fn stop_source(
         .unwrap_or_else(|| replicas_of(source).unwrap_or(1));
     // A workload stopped at zero replicas still comes up in the target zone: with one.
     let replicas = replicas.max(1);
+    let noted = source.annotations().get(REPLICAS_ANNOTATION) == Some(&replicas.to_string());
+    if noted && replicas_of(source) == Some(0) {
+        return Ok(replicas);
+    }
     api.patch(
         &source.name_any(),
         &PatchParams::default(),
@@ -788,40 +792,31 @@ async fn final_point(
         );
         return Ok(Ok(latest.clone()));
     }
-    for (i, claim) in latest.volumes.iter().enumerate() {
-        create(
-            &pods,
-            json!({
-                "apiVersion": "v1", "kind": "Pod",
-                "metadata": {"name": holder_name(&name, i), "namespace": namespace,
-                    "labels": {HOLD_LABEL: rw.name_any(), FAILOVER_LABEL: name, FAILOVER_UID_LABEL: f.uid().unwrap_or_default(),
-                        "app.kubernetes.io/managed-by": "site-recovery"}},
-                "spec": {
-                    "automountServiceAccountToken": false,
-                    "restartPolicy": "Never",
-                    "containers": [{
-                        "name": "hold", "image": ctx.reader_image,
-                        "securityContext": {"runAsNonRoot": true, "runAsUser": 65532, "allowPrivilegeEscalation": false, "readOnlyRootFilesystem": true, "capabilities": {"drop": ["ALL"]}},
-                        "volumeMounts": [{"name": "source", "mountPath": "/source", "readOnly": true}],
-                    }],
-                    "volumes": [{"name": "source", "persistentVolumeClaim": {"claimName": claim, "readOnly": true}}],
-                },
-            }),
-        )
-        .await?;
-    }
     // The point is asked for once every claim is mounted: the workload's controller reads the
     // holders as the workload's pods.
     let mut unmounted = 0;
-    for (i, _) in latest.volumes.iter().enumerate() {
-        let running = pods
-            .get_opt(&holder_name(&name, i))
-            .await
-            .map_err(Error::Kube)?
-            .and_then(|p| p.status)
-            .and_then(|s| s.phase)
-            .is_some_and(|phase| phase == "Running");
-        if !running {
+    for (i, claim) in latest.volumes.iter().enumerate() {
+        let holder = holder_name(&name, i);
+        let Some(pod) = pods.get_opt(&holder).await.map_err(Error::Kube)? else {
+            let mut labels = labels(f);
+            labels.insert(HOLD_LABEL.into(), rw.name_any());
+            create(
+                &pods,
+                claim_pod(
+                    &ctx.reader_image,
+                    json!({"name": holder, "namespace": namespace, "labels": labels}),
+                    "hold",
+                    "source",
+                    claim,
+                    true,
+                    None,
+                ),
+            )
+            .await?;
+            unmounted += 1;
+            continue;
+        };
+        if pod.status.and_then(|s| s.phase).as_deref() != Some("Running") {
             unmounted += 1;
         }
     }
@@ -970,8 +965,7 @@ async fn verify(
     events: &mut Vec<PlannedEvent>,
 ) -> Result<Condition, Error> {
     let verified = |s, r: R, m: String| Condition::new(T::Verified, s, r, m);
-    let Some(check) = &f.spec.verification else {
-        let message = "the copy is Ready in the target zone (no verification Job set)".to_string();
+    let mut passed = |message: String| {
         if mark(status, "Verified", message.clone(), now) {
             events.push(PlannedEvent::normal(
                 EventReason::DrillVerified,
@@ -979,7 +973,10 @@ async fn verify(
                 message.clone(),
             ));
         }
-        return Ok(verified(ConditionStatus::True, R::Verified, message));
+        Ok(verified(ConditionStatus::True, R::Verified, message))
+    };
+    let Some(check) = &f.spec.verification else {
+        return passed("the copy is Ready in the target zone (no verification Job set)".into());
     };
     let timeout = match check
         .timeout
@@ -998,42 +995,37 @@ async fn verify(
     };
     let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), namespace);
     let job_name = verification_job_name(&f.name_any());
-    create(
-        &jobs,
-        json!({
-            "apiVersion": "batch/v1", "kind": "Job",
-            "metadata": {"name": job_name, "namespace": namespace, "labels": labels(f)},
-            "spec": {
-                "backoffLimit": 0,
-                "activeDeadlineSeconds": timeout.as_secs().max(1),
-                "template": {"metadata": {"labels": labels(f)}, "spec": {
-                    "restartPolicy": "Never",
-                    "containers": [{"name": "verify", "image": check.image, "command": check.command}],
-                }},
-            },
-        }),
-    )
-    .await?;
-    let job = jobs.get_opt(&job_name).await.map_err(Error::Kube)?;
-    let conditions = job
-        .and_then(|j| j.status)
-        .and_then(|s| s.conditions)
-        .unwrap_or_default();
+    let Some(job) = jobs.get_opt(&job_name).await.map_err(Error::Kube)? else {
+        create(
+            &jobs,
+            json!({
+                "apiVersion": "batch/v1", "kind": "Job",
+                "metadata": {"name": job_name, "namespace": namespace, "labels": labels(f)},
+                "spec": {
+                    "backoffLimit": 0,
+                    "activeDeadlineSeconds": timeout.as_secs().max(1),
+                    "template": {"metadata": {"labels": labels(f)}, "spec": {
+                        "restartPolicy": "Never",
+                        "containers": [{"name": "verify", "image": check.image, "command": check.command}],
+                    }},
+                },
+            }),
+        )
+        .await?;
+        return Ok(verified(
+            ConditionStatus::False,
+            R::Verifying,
+            format!("the copy is Ready; Job {job_name} started"),
+        ));
+    };
+    let conditions = job.status.and_then(|s| s.conditions).unwrap_or_default();
     let is = |t: &str| {
         conditions
             .iter()
             .find(|c| c.type_ == t && c.status == "True")
     };
     if is("Complete").is_some() {
-        let message = format!("the copy is Ready and Job {job_name} succeeded");
-        if mark(status, "Verified", message.clone(), now) {
-            events.push(PlannedEvent::normal(
-                EventReason::DrillVerified,
-                "Verify",
-                message.clone(),
-            ));
-        }
-        return Ok(verified(ConditionStatus::True, R::Verified, message));
+        return passed(format!("the copy is Ready and Job {job_name} succeeded"));
     }
     if let Some(c) = is("Failed") {
         let message = format!(
@@ -1095,21 +1087,15 @@ fn writer_pod(
     claim: &str,
     zone: Option<&str>,
 ) -> serde_json::Value {
-    json!({
-        "apiVersion": "v1", "kind": "Pod",
-        "metadata": {"name": writer_name(&f.name_any(), i), "namespace": namespace, "labels": labels(f)},
-        "spec": {
-            "affinity": zone_affinity(zone),
-            "automountServiceAccountToken": false,
-            "restartPolicy": "Never",
-            "containers": [{
-                "name": "writer", "image": ctx.reader_image,
-                "securityContext": {"runAsNonRoot": true, "runAsUser": 65532, "allowPrivilegeEscalation": false, "readOnlyRootFilesystem": true, "capabilities": {"drop": ["ALL"]}},
-                "volumeMounts": [{"name": "target", "mountPath": "/target"}],
-            }],
-            "volumes": [{"name": "target", "persistentVolumeClaim": {"claimName": claim}}],
-        },
-    })
+    claim_pod(
+        &ctx.reader_image,
+        json!({"name": writer_name(&f.name_any(), i), "namespace": namespace, "labels": labels(f)}),
+        "writer",
+        "target",
+        claim,
+        false,
+        zone,
+    )
 }
 
 /// The source's spec under a new name, pinned to the target zone, with a label of its own so

@@ -15,7 +15,7 @@ use serde_json::json;
 use crate::api::ReplicatedWorkload;
 use crate::api::work::{CLAIM_LABEL, POINT_LABEL, WORKLOAD_LABEL, point_label, temporary_name};
 use crate::api::workload::{PointInProgress, VolumeStatus};
-use crate::controllers::{Context, Error, delete_if_present, zone_affinity};
+use crate::controllers::{Context, Error, claim_pod, delete_if_present};
 
 /// How long a snapshot may take to become ready before its point is given up.
 pub const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(300);
@@ -252,25 +252,18 @@ pub async fn expose(
             .iter()
             .find(|v| &v.claim_name == claim)
             .and_then(|v| v.zone.clone());
-        let affinity = zone_affinity(zone.as_deref());
-        let reader: Pod = serde_json::from_value(json!({
-            "apiVersion": "v1", "kind": "Pod",
-            "metadata": {
+        let reader: Pod = serde_json::from_value(claim_pod(
+            &ctx.reader_image,
+            json!({
                 "name": name, "namespace": namespace,
                 "labels": labels(rw, &point.id, claim), "ownerReferences": owner(rw),
-            },
-            "spec": {
-                "affinity": affinity,
-                "automountServiceAccountToken": false,
-                "restartPolicy": "Never",
-                "containers": [{
-                    "name": "reader", "image": ctx.reader_image,
-                    "securityContext": {"runAsNonRoot": true, "runAsUser": 65532, "allowPrivilegeEscalation": false, "readOnlyRootFilesystem": true, "capabilities": {"drop": ["ALL"]}},
-                    "volumeMounts": [{"name": "snapshot", "mountPath": "/snapshot", "readOnly": true}],
-                }],
-                "volumes": [{"name": "snapshot", "persistentVolumeClaim": {"claimName": name, "readOnly": true}}],
-            },
-        }))
+            }),
+            "reader",
+            "snapshot",
+            &name,
+            true,
+            zone.as_deref(),
+        ))
         .expect("a pod is a valid object");
         create_if_missing(&pods, &reader).await?;
     }
