@@ -308,32 +308,7 @@ impl Cluster {
             let mut volumes = Vec::new();
             for claim in claims {
                 let claim_name = format!("{claim}-{pod_name}");
-                let pv = format!("pv-{ns}-{claim_name}");
-                self.create(json!({
-                    "apiVersion": "v1", "kind": "PersistentVolume",
-                    "metadata": {"name": pv},
-                    "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteOnce"],
-                        "csi": {"driver": "rig.csi.example.com", "volumeHandle": pv},
-                        "claimRef": {"namespace": ns, "name": claim_name},
-                        // A node-local disk: any pod that mounts it runs on this node.
-                        "nodeAffinity": {"required": {"nodeSelectorTerms": [{"matchExpressions": [
-                            {"key": "kubernetes.io/hostname", "operator": "In", "values": [node]}]}]}}},
-                }))
-                .await;
-                self.create(json!({
-                    "apiVersion": "v1", "kind": "PersistentVolumeClaim",
-                    "metadata": {"name": claim_name, "namespace": ns, "labels": {"app": name}},
-                    "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}, "volumeName": pv},
-                }))
-                .await;
-                self.patch_status(
-                    "v1",
-                    "PersistentVolumeClaim",
-                    Some(ns),
-                    &claim_name,
-                    json!({"status": {"phase": "Bound"}}),
-                )
-                .await;
+                self.local_claim(ns, &claim_name, name, node).await;
                 volumes.push(
                     json!({"name": claim, "persistentVolumeClaim": {"claimName": claim_name}}),
                 );
@@ -358,6 +333,38 @@ impl Cluster {
         pods
     }
 
+    /// Plays the provisioner and binder: claim `claim` (labelled `app: <app>`) bound to a new
+    /// node-local volume on `node`; returns the volume's name.
+    async fn local_claim(&self, ns: &str, claim: &str, app: &str, node: &str) -> String {
+        let pv = format!("pv-{ns}-{claim}");
+        self.create(json!({
+            "apiVersion": "v1", "kind": "PersistentVolume",
+            "metadata": {"name": pv},
+            "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteOnce"],
+                "csi": {"driver": "rig.csi.example.com", "volumeHandle": pv},
+                "claimRef": {"namespace": ns, "name": claim},
+                // A node-local disk: any pod that mounts it runs on this node.
+                "nodeAffinity": {"required": {"nodeSelectorTerms": [{"matchExpressions": [
+                    {"key": "kubernetes.io/hostname", "operator": "In", "values": [node]}]}]}}},
+        }))
+        .await;
+        self.create(json!({
+            "apiVersion": "v1", "kind": "PersistentVolumeClaim",
+            "metadata": {"name": claim, "namespace": ns, "labels": {"app": app}},
+            "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}, "volumeName": pv},
+        }))
+        .await;
+        self.patch_status(
+            "v1",
+            "PersistentVolumeClaim",
+            Some(ns),
+            claim,
+            json!({"status": {"phase": "Bound"}}),
+        )
+        .await;
+        pv
+    }
+
     /// A Deployment with one replica whose pod mounts claim `claim` on `node` (the rig as
     /// Deployment controller, scheduler and kubelet); returns the claim's mount directory.
     pub async fn deployment(&self, ns: &str, name: &str, claim: &str, node: &str) -> PathBuf {
@@ -375,30 +382,7 @@ impl Cluster {
                 },
             }))
             .await;
-        let pv = format!("pv-{ns}-{claim}");
-        self.create(json!({
-            "apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": pv},
-            "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteOnce"],
-                "csi": {"driver": "rig.csi.example.com", "volumeHandle": pv},
-                "claimRef": {"namespace": ns, "name": claim},
-                "nodeAffinity": {"required": {"nodeSelectorTerms": [{"matchExpressions": [
-                    {"key": "kubernetes.io/hostname", "operator": "In", "values": [node]}]}]}}},
-        }))
-        .await;
-        self.create(json!({
-            "apiVersion": "v1", "kind": "PersistentVolumeClaim",
-            "metadata": {"name": claim, "namespace": ns, "labels": {"app": name}},
-            "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}, "volumeName": pv},
-        }))
-        .await;
-        self.patch_status(
-            "v1",
-            "PersistentVolumeClaim",
-            Some(ns),
-            claim,
-            json!({"status": {"phase": "Bound"}}),
-        )
-        .await;
+        let pv = self.local_claim(ns, claim, name, node).await;
         let pod_name = format!("{name}-0");
         let pod = self
             .create(json!({
