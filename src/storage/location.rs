@@ -23,6 +23,13 @@ pub enum StorageError {
     NotFound { location: String, key: String },
     #[error("{location}: {key} already exists")]
     AlreadyExists { location: String, key: String },
+    #[error("{location}: {key} is {size} bytes, more than the {max} an object of its kind may have")]
+    TooLarge {
+        location: String,
+        key: String,
+        size: u64,
+        max: u64,
+    },
     #[error("{location}: {message}")]
     Backend { location: String, message: String },
     #[error("storage configuration: {0}")]
@@ -127,9 +134,12 @@ impl Location {
                         path.display()
                     ))
                 })?;
+                // fsync: a put returns only once the file and its directory entry are on disk,
+                // so a manifest written after its packs is never durable before them.
                 let fs = LocalFileSystem::new_with_prefix(path)
                     .map_err(config)?
-                    .with_automatic_cleanup(true);
+                    .with_automatic_cleanup(true)
+                    .with_fsync(true);
                 (
                     Arc::new(fs),
                     String::new(),
@@ -293,6 +303,30 @@ impl Location {
         r.bytes().await.map_err(|e| self.error(key, e))
     }
 
+    /// Reads `key` whole, refusing an object larger than `max` bytes before reading its body:
+    /// stored objects are untrusted, and their size is how an attacker exhausts memory.
+    pub async fn get_max(&self, key: &Path, max: u64) -> Result<Bytes, StorageError> {
+        let r = self.store.get(key).await.map_err(|e| self.error(key, e))?;
+        if r.meta.size > max {
+            return Err(StorageError::TooLarge {
+                location: self.name.clone(),
+                key: key.to_string(),
+                size: r.meta.size,
+                max,
+            });
+        }
+        let bytes = r.bytes().await.map_err(|e| self.error(key, e))?;
+        if bytes.len() as u64 > max {
+            return Err(StorageError::TooLarge {
+                location: self.name.clone(),
+                key: key.to_string(),
+                size: bytes.len() as u64,
+                max,
+            });
+        }
+        Ok(bytes)
+    }
+
     pub async fn get_range(
         &self,
         key: &Path,
@@ -348,6 +382,24 @@ impl Location {
         self.store
             .list(Some(dir))
             .map_ok(|m| (m.location, m.size))
+            .try_collect()
+            .await
+            .map_err(|e| self.error(dir, e))
+    }
+
+    /// Every key below `dir` with its size and the storage's own last-modified time (what lock
+    /// staleness is judged by, so that no host's clock matters).
+    pub async fn list_modified(
+        &self,
+        dir: &Path,
+    ) -> Result<Vec<(Path, u64, jiff::Timestamp)>, StorageError> {
+        self.store
+            .list(Some(dir))
+            .map_ok(|m| {
+                let t = jiff::Timestamp::from_millisecond(m.last_modified.timestamp_millis())
+                    .unwrap_or(jiff::Timestamp::UNIX_EPOCH);
+                (m.location, m.size, t)
+            })
             .try_collect()
             .await
             .map_err(|e| self.error(dir, e))
