@@ -307,13 +307,21 @@ pub async fn run(args: RepoArgs) -> anyhow::Result<std::process::ExitCode> {
             done();
             let stats = stats?;
             print(
-                serde_json::json!({"point": id, "files": stats.files, "bytes": stats.bytes, "seconds": started.elapsed().as_secs_f64()}),
+                serde_json::json!({"point": id, "files": stats.files, "bytes": stats.bytes, "seconds": started.elapsed().as_secs_f64(), "setidCleared": stats.setid_cleared, "xattrsSkipped": stats.xattrs_skipped}),
                 format!(
-                    "restored point {id} to {}: {} files, {} bytes, {:.1}s",
+                    "restored point {id} to {}: {} files, {} bytes, {:.1}s{}",
                     target.display(),
                     stats.files,
                     stats.bytes,
-                    started.elapsed().as_secs_f64()
+                    started.elapsed().as_secs_f64(),
+                    if stats.setid_cleared + stats.xattrs_skipped > 0 {
+                        format!(
+                            " ({} setuid/setgid bits and {} security/trusted extended attributes not restored)",
+                            stats.setid_cleared, stats.xattrs_skipped
+                        )
+                    } else {
+                        String::new()
+                    }
                 ),
             );
         }
@@ -412,9 +420,9 @@ pub async fn run(args: RepoArgs) -> anyhow::Result<std::process::ExitCode> {
             )
             .await?;
             print(
-                serde_json::json!({"pointsRemoved": report.points_removed, "pointsKept": report.points_kept, "packsRemoved": report.packs_removed, "bytesFreed": report.bytes_freed, "gcSkipped": report.gc_skipped}),
+                serde_json::json!({"pointsRemoved": report.points_removed, "pointsKept": report.points_kept, "packsRemoved": report.packs_removed, "bytesFreed": report.bytes_freed, "gcSkipped": report.gc_skipped, "packsUnreadable": report.packs_unreadable}),
                 format!(
-                    "{} points removed, {} kept, {} packs ({} bytes) freed{}",
+                    "{} points removed, {} kept, {} packs ({} bytes) freed{}{}",
                     report.points_removed.len(),
                     report.points_kept,
                     report.packs_removed,
@@ -422,7 +430,16 @@ pub async fn run(args: RepoArgs) -> anyhow::Result<std::process::ExitCode> {
                     report
                         .gc_skipped
                         .map(|r| format!("; garbage collection skipped: {r}"))
-                        .unwrap_or_default()
+                        .unwrap_or_default(),
+                    if report.packs_unreadable.is_empty() {
+                        String::new()
+                    } else {
+                        format!(
+                            "; {} packs no index names could not be read and were kept (check them with `repo verify`): {}",
+                            report.packs_unreadable.len(),
+                            report.packs_unreadable.join("; ")
+                        )
+                    }
                 ),
             );
         }

@@ -8,7 +8,26 @@ use super::RepoError;
 use super::crypto::{self, KEY_LEN, Keys, Kind};
 
 pub const FORMAT: &str = "site-recovery/repository";
-pub const VERSION: u32 = 1;
+/// Version 2 authenticates the config and declares the plaintext size of every compressed blob.
+pub const VERSION: u32 = 2;
+pub const COMPRESSION: &str = "zstd";
+pub const CIPHER: &str = "aes-256-gcm, per-blob key blake3-keyed(data key, salt)";
+pub const CHUNK_ID: &str = "blake3-keyed";
+pub const KEY_DERIVATION: &str = "blake3-derive-key";
+
+/// The most bytes each kind of object may have in storage; a larger one is refused before its
+/// body is read. Chosen from what the writers produce (see docs/repository-format.md).
+pub mod limits {
+    pub const CONFIG: u64 = 64 << 10;
+    pub const LOCK: u64 = 4 << 10;
+    /// A pack: 8 MiB of chunks, one chunk over, and its header.
+    pub const PACK: u64 = 64 << 20;
+    /// A manifest's or index's plaintext, and so their sealed objects.
+    pub const MANIFEST: u64 = 128 << 20;
+    pub const INDEX: u64 = 256 << 20;
+    /// A chunk's plaintext: the largest block or content-defined chunk a config may ask for.
+    pub const CHUNK: u32 = 16 << 20;
+}
 /// zstd level of chunks: see docs/repository-format.md for the measurements.
 pub const COMPRESSION_LEVEL: i32 = 1;
 pub const PACK_MAGIC: &[u8; 4] = b"SRPK";
@@ -65,26 +84,92 @@ pub struct Config {
     pub master_key: WrappedKey,
 }
 
+impl Chunking {
+    /// Bounds every field: a config is read before anything is authenticated, and its numbers
+    /// size buffers and divide offsets.
+    pub fn check(&self) -> Result<(), String> {
+        use fastcdc::v2020 as cdc;
+        let b = self.block_size;
+        if !b.is_power_of_two() || !(4096..=(8 << 20)).contains(&b) {
+            return Err(format!(
+                "chunking.blockSize {b}: expected a power of two from 4096 to 8388608"
+            ));
+        }
+        // Files below the threshold are read whole into memory.
+        if self.block_threshold < b as u64 || self.block_threshold > 64 << 20 {
+            return Err(format!(
+                "chunking.blockThreshold {}: expected blockSize ({b}) to 67108864",
+                self.block_threshold
+            ));
+        }
+        let (min, avg, max) = (
+            self.cdc_min as usize,
+            self.cdc_avg as usize,
+            self.cdc_max as usize,
+        );
+        if !(cdc::MINIMUM_MIN..=cdc::MINIMUM_MAX).contains(&min)
+            || !(cdc::AVERAGE_MIN..=cdc::AVERAGE_MAX).contains(&avg)
+            || !(cdc::MAXIMUM_MIN..=cdc::MAXIMUM_MAX).contains(&max)
+            || min > avg
+            || avg > max
+        {
+            return Err(format!(
+                "chunking.cdcMin/cdcAvg/cdcMax {min}/{avg}/{max}: expected {}..={} ≤ {}..={} ≤ {}..={}",
+                cdc::MINIMUM_MIN,
+                cdc::MINIMUM_MAX,
+                cdc::AVERAGE_MIN,
+                cdc::AVERAGE_MAX,
+                cdc::MAXIMUM_MIN,
+                cdc::MAXIMUM_MAX
+            ));
+        }
+        Ok(())
+    }
+}
+
 impl Config {
     pub fn new(secret: &[u8]) -> (Self, Keys) {
         let master: [u8; KEY_LEN] = crypto::random_bytes();
         let id = hex::encode(crypto::random_bytes::<16>());
-        let kek = crypto::key_encryption_key(secret);
-        let sealed = crypto::seal(&kek, Kind::MasterKey, id.as_bytes(), &master);
-        let config = Self {
+        let mut config = Self {
             format: FORMAT.into(),
             version: VERSION,
             id,
             chunking: Chunking::default(),
-            compression: "zstd".into(),
-            cipher: "aes-256-gcm, per-blob key blake3-keyed(data key, salt)".into(),
-            chunk_id: "blake3-keyed".into(),
+            compression: COMPRESSION.into(),
+            cipher: CIPHER.into(),
+            chunk_id: CHUNK_ID.into(),
             master_key: WrappedKey {
-                key_derivation: "blake3-derive-key".into(),
-                sealed: hex::encode(sealed),
+                key_derivation: KEY_DERIVATION.into(),
+                sealed: String::new(),
             },
         };
+        let kek = crypto::key_encryption_key(secret);
+        let sealed = crypto::seal(&kek, Kind::MasterKey, &config.authenticated(), &master);
+        config.master_key.sealed = hex::encode(sealed);
         (config, Keys::from_master(&master))
+    }
+
+    /// What the wrapped master key is bound to: every field but the wrapped key itself. A config
+    /// altered in storage no longer unlocks, so its fields are trusted once `unlock` succeeded.
+    fn authenticated(&self) -> Vec<u8> {
+        let c = &self.chunking;
+        format!(
+            "{}\n{}\n{}\n{} {} {} {} {}\n{}\n{}\n{}\n{}",
+            self.format,
+            self.version,
+            self.id,
+            c.block_threshold,
+            c.block_size,
+            c.cdc_min,
+            c.cdc_avg,
+            c.cdc_max,
+            self.compression,
+            self.cipher,
+            self.chunk_id,
+            self.master_key.key_derivation
+        )
+        .into_bytes()
     }
 
     /// Reads a config; refuses foreign and newer formats without touching anything.
@@ -114,10 +199,41 @@ impl Config {
                 supported: VERSION,
             });
         }
-        serde_json::from_value(value).map_err(|e| RepoError::Foreign {
+        let config: Self = serde_json::from_value(value).map_err(|e| RepoError::Foreign {
             location: location.into(),
             reason: format!("config: {e}"),
-        })
+        })?;
+        config.check().map_err(|reason| RepoError::Foreign {
+            location: location.into(),
+            reason: format!("config.{reason}"),
+        })?;
+        Ok(config)
+    }
+
+    /// Every field must be one this build writes, or within the bounds it can work with.
+    fn check(&self) -> Result<(), String> {
+        if self.id.len() != 32 || !self.id.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(format!("id {:?}: expected 32 hex digits", self.id));
+        }
+        for (field, found, expected) in [
+            ("compression", &self.compression, COMPRESSION),
+            ("cipher", &self.cipher, CIPHER),
+            ("chunkId", &self.chunk_id, CHUNK_ID),
+            (
+                "masterKey.keyDerivation",
+                &self.master_key.key_derivation,
+                KEY_DERIVATION,
+            ),
+        ] {
+            if found != expected {
+                return Err(format!("{field} {found:?}: expected {expected:?}"));
+            }
+        }
+        // kind, salt, 32-byte key, tag: hex.
+        if self.master_key.sealed.len() != 2 * (crypto::OVERHEAD + KEY_LEN) {
+            return Err("masterKey.sealed: not a wrapped 32-byte key".into());
+        }
+        self.chunking.check()
     }
 
     pub fn unlock(&self, location: &str, secret: &[u8]) -> Result<Keys, RepoError> {
@@ -127,7 +243,7 @@ impl Config {
         })?;
         let kek = crypto::key_encryption_key(secret);
         let master =
-            crypto::open(&kek, Kind::MasterKey, self.id.as_bytes(), &sealed).map_err(|_| {
+            crypto::open(&kek, Kind::MasterKey, &self.authenticated(), &sealed).map_err(|_| {
                 RepoError::WrongKey {
                     location: location.into(),
                 }
@@ -169,12 +285,17 @@ pub fn finish_pack(keys: &Keys, mut body: Vec<u8>, entries: &[PackEntry]) -> Vec
 /// Reads the entries of a pack from its header (the last bytes of the pack).
 pub fn read_pack_header(keys: &Keys, name: &str, pack: &[u8]) -> Result<Vec<PackEntry>, RepoError> {
     let len = pack_header_length(name, pack)?;
-    parse_pack_header(
-        keys,
-        name,
-        &pack[pack.len() - 8 - len..],
-        pack.len() - 8 - len,
-    )
+    // The trailer is not authenticated: its length is checked before it is used.
+    let Some(body_len) = pack.len().checked_sub(8).and_then(|n| n.checked_sub(len)) else {
+        return Err(RepoError::Corrupt {
+            object: name.into(),
+            reason: format!(
+                "pack header length {len} exceeds the pack ({} bytes)",
+                pack.len()
+            ),
+        });
+    };
+    parse_pack_header(keys, name, &pack[body_len..], body_len)
 }
 
 /// The sealed header's length, from a pack's last 8 bytes.
@@ -204,26 +325,44 @@ pub fn parse_pack_header(
         reason: why,
     };
     let len = pack_header_length(name, tail)?;
-    if len + 8 != tail.len() {
+    if len.checked_add(8) != Some(tail.len()) {
         return Err(corrupt("pack header length does not match the pack".into()));
     }
     let plain = crypto::open(&keys.data_key, Kind::PackHeader, b"", &tail[..len])
         .map_err(|e| corrupt(format!("pack header: {e}")))?;
+    decode_pack_header_plaintext(&plain, body_len).map_err(corrupt)
+}
+
+/// Decodes a pack header after decryption and checks it against the body before it (a fuzz
+/// target's entry point).
+pub fn decode_pack_header_plaintext(
+    plain: &[u8],
+    body_len: usize,
+) -> Result<Vec<PackEntry>, String> {
     let entries: Vec<PackEntry> =
-        postcard::from_bytes(&plain).map_err(|e| corrupt(format!("pack header: {e}")))?;
+        postcard::from_bytes(plain).map_err(|e| format!("pack header: {e}"))?;
     if entries
         .iter()
         .any(|e| e.offset as usize + e.length as usize > body_len)
     {
-        return Err(corrupt("pack header points outside the pack".into()));
+        return Err("pack header points outside the pack".into());
+    }
+    if let Some(e) = entries.iter().find(|e| e.raw_length > limits::CHUNK) {
+        return Err(format!(
+            "pack header gives chunk {} a plaintext of {} bytes, more than {}",
+            hex::encode(e.id),
+            e.raw_length,
+            limits::CHUNK
+        ));
     }
     Ok(entries)
 }
 
 pub fn encode_index(keys: &Keys, index: &IndexFile) -> Vec<u8> {
     let plain = postcard::to_stdvec(index).expect("index serializes");
-    let compressed = zstd::bulk::compress(&plain, 3).expect("zstd compresses in memory");
-    crypto::seal(&keys.data_key, Kind::Index, b"", &compressed)
+    let mut sized = (plain.len() as u64).to_le_bytes().to_vec();
+    sized.extend(zstd::bulk::compress(&plain, 3).expect("zstd compresses in memory"));
+    crypto::seal(&keys.data_key, Kind::Index, b"", &sized)
 }
 
 pub fn decode_index(keys: &Keys, name: &str, bytes: &[u8]) -> Result<IndexFile, RepoError> {
@@ -238,22 +377,45 @@ pub fn decode_index(keys: &Keys, name: &str, bytes: &[u8]) -> Result<IndexFile, 
 
 /// Decodes an index after decryption (a fuzz target's entry point).
 pub fn decode_index_plaintext(plain: &[u8]) -> Result<IndexFile, String> {
-    let raw = decompress_bounded(plain, 1 << 30)?;
-    postcard::from_bytes(&raw).map_err(|e| format!("index: {e}"))
+    let raw = decompress_sized(plain, limits::INDEX as usize)?;
+    let index: IndexFile = postcard::from_bytes(&raw).map_err(|e| format!("index: {e}"))?;
+    for (pack, entries) in &index.packs {
+        if let Some(e) = entries.iter().find(|e| e.raw_length > limits::CHUNK) {
+            return Err(format!(
+                "index gives chunk {} of pack {} a plaintext of {} bytes, more than {}",
+                hex::encode(e.id),
+                hex::encode(pack),
+                e.raw_length,
+                limits::CHUNK
+            ));
+        }
+    }
+    Ok(index)
 }
 
-/// Decompresses zstd data, refusing to expand past `limit` bytes (a hostile input cannot make us
-/// allocate without bound).
-pub fn decompress_bounded(data: &[u8], limit: usize) -> Result<Vec<u8>, String> {
-    use std::io::Read;
-    let mut out = Vec::new();
-    let decoder = zstd::stream::read::Decoder::new(data).map_err(|e| format!("zstd: {e}"))?;
-    decoder
-        .take(limit as u64 + 1)
-        .read_to_end(&mut out)
-        .map_err(|e| format!("zstd: {e}"))?;
-    if out.len() > limit {
-        return Err(format!("decompresses to more than {limit} bytes"));
+/// Decompresses `declared size (u64 LE) || zstd data`. The declared size is authenticated with
+/// the blob; it must be within `limit` and the data must decompress to exactly that many bytes,
+/// so no input makes us allocate more than the smaller of the two.
+pub fn decompress_sized(data: &[u8], limit: usize) -> Result<Vec<u8>, String> {
+    let (size, body) = data
+        .split_first_chunk::<8>()
+        .ok_or("too short for its declared size")?;
+    let size = u64::from_le_bytes(*size);
+    if size > limit as u64 {
+        return Err(format!(
+            "declares {size} bytes of plaintext, more than the {limit} allowed"
+        ));
+    }
+    let size = size as usize;
+    let mut out = Vec::with_capacity(size);
+    let mut d = zstd::bulk::Decompressor::new().map_err(|e| format!("zstd: {e}"))?;
+    d.decompress_to_buffer(body, &mut out)
+        .map_err(|e| format!("zstd (declared {size} bytes): {e}"))?;
+    if out.len() != size {
+        return Err(format!(
+            "decompresses to {} bytes, not the {size} declared",
+            out.len()
+        ));
     }
     Ok(out)
 }
@@ -348,6 +510,10 @@ pub struct Stats {
     /// Chunks and bytes this point added to the repository (after compression and encryption).
     pub new_chunks: u64,
     pub stored_bytes_added: u64,
+    /// Entries left out (FIFOs, sockets, devices, names that are not UTF-8, files that changed
+    /// between scan and read) and the first few of them by name.
+    pub skipped: u64,
+    pub warnings: Vec<String>,
 }
 
 /// One recovery point: written last, so that it exists only once everything it references is
@@ -391,17 +557,37 @@ pub fn encode_manifest_as(keys: &Keys, name: &str, m: &Manifest) -> Vec<u8> {
     // Serialized straight into the compressor: a large volume's manifest never exists
     // uncompressed in memory.
     let mut buf = crypto::seal_prefix(Kind::Manifest, 1 << 20);
+    let at = buf.len();
+    buf.extend_from_slice(&[0; 8]);
     let encoder = zstd::stream::Encoder::new(&mut buf, 3).expect("zstd encoder");
-    let encoder = postcard::to_io(m, encoder).expect("manifest serializes");
-    encoder.finish().expect("zstd finishes in memory");
+    let counted = postcard::to_io(m, Counting(encoder, 0)).expect("manifest serializes");
+    let size = counted.1 as u64;
+    counted.0.finish().expect("zstd finishes in memory");
+    buf[at..at + 8].copy_from_slice(&size.to_le_bytes());
     crypto::seal_in_place(&keys.data_key, Kind::Manifest, name.as_bytes(), &mut buf);
     buf
 }
 
-/// Decodes a manifest after decryption (a fuzz target's entry point).
+/// Counts the bytes written through it (a manifest's plaintext size, declared before its data).
+struct Counting<W>(W, usize);
+
+impl<W: std::io::Write> std::io::Write for Counting<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.0.write(buf)?;
+        self.1 += n;
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.0.flush()
+    }
+}
+
+/// Decodes and checks a manifest after decryption (a fuzz target's entry point).
 pub fn decode_manifest_plaintext(plain: &[u8]) -> Result<Manifest, String> {
-    let raw = decompress_bounded(plain, 1 << 30)?;
-    postcard::from_bytes(&raw).map_err(|e| format!("manifest: {e}"))
+    let raw = decompress_sized(plain, limits::MANIFEST as usize)?;
+    let m: Manifest = postcard::from_bytes(&raw).map_err(|e| format!("manifest: {e}"))?;
+    super::tree::check_manifest(&m)?;
+    Ok(m)
 }
 
 pub fn decode_manifest(
@@ -475,6 +661,9 @@ pub fn open_chunk_into<'a>(
     sealed: &[u8],
     scratch: &'a mut ChunkScratch,
 ) -> Result<&'a [u8], crypto::CryptoError> {
+    if raw_length > limits::CHUNK {
+        return Err(crypto::CryptoError::Malformed);
+    }
     let plain = crypto::open_into(&keys.data_key, Kind::Chunk, id, sealed, &mut scratch.plain)?;
     match plain.first() {
         Some(0) if plain.len() - 1 == raw_length as usize => Ok(&scratch.plain[1..]),

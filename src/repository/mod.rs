@@ -4,6 +4,7 @@
 //! docs/repository-format.md. This module never imports the controllers.
 
 pub mod chunker;
+pub mod confined;
 pub mod crypto;
 pub mod format;
 pub mod lock;
@@ -12,6 +13,7 @@ pub mod prune;
 pub mod replicate;
 pub mod restore;
 pub mod snapshot;
+pub mod tree;
 pub mod verify;
 
 use std::collections::{HashMap, HashSet};
@@ -82,6 +84,8 @@ pub struct Repository {
     pub chunks: HashMap<ChunkId, ChunkLocation>,
     /// Index files read (names), to replace them after a prune.
     pub index_files: Vec<String>,
+    /// Packs no index names whose header could not be read, and why: never deleted.
+    pub unreadable_packs: Vec<(ChunkId, String)>,
 }
 
 pub fn pack_name(id: &ChunkId) -> String {
@@ -99,7 +103,9 @@ impl Repository {
             .await
         {
             Err(StorageError::AlreadyExists { .. }) => {
-                let existing = location.get(&layout::config(location.prefix())).await?;
+                let existing = location
+                    .get_max(&layout::config(location.prefix()), format::limits::CONFIG)
+                    .await?;
                 Config::parse(location.name(), &existing)?;
                 return Err(RepoError::Invalid(format!(
                     "{}: a repository already exists here",
@@ -118,7 +124,10 @@ impl Repository {
         match location.put_new(&key, Bytes::from(bytes)).await {
             Ok(()) => Ok(()),
             Err(StorageError::AlreadyExists { .. }) => {
-                let existing = Config::parse(location.name(), &location.get(&key).await?)?;
+                let existing = Config::parse(
+                    location.name(),
+                    &location.get_max(&key, format::limits::CONFIG).await?,
+                )?;
                 if existing.id != self.config.id {
                     return Err(RepoError::Foreign {
                         location: location.name().into(),
@@ -137,7 +146,10 @@ impl Repository {
     /// Opens a repository: reads its config (refusing foreign or newer ones), unlocks the
     /// master key and loads the index.
     pub async fn open(location: Location, secret: &[u8]) -> Result<Self, RepoError> {
-        let config = match location.get(&layout::config(location.prefix())).await {
+        let config = match location
+            .get_max(&layout::config(location.prefix()), format::limits::CONFIG)
+            .await
+        {
             Ok(bytes) => Config::parse(location.name(), &bytes)?,
             Err(StorageError::NotFound { .. }) => {
                 return Err(RepoError::NotARepository {
@@ -161,6 +173,7 @@ impl Repository {
             pack_numbers: HashMap::new(),
             chunks: HashMap::new(),
             index_files: vec![],
+            unreadable_packs: vec![],
         }
     }
 
@@ -198,6 +211,7 @@ impl Repository {
         self.pack_numbers.clear();
         self.chunks.clear();
         self.index_files.clear();
+        self.unreadable_packs.clear();
         let loc = self.location.clone();
         let listed = loc.list(&layout::dir(loc.prefix(), layout::INDEX)).await?;
         let keys = self.keys.clone();
@@ -206,7 +220,7 @@ impl Repository {
                 let loc = loc.clone();
                 let keys = keys.clone();
                 async move {
-                    let bytes = loc.get(&key).await?;
+                    let bytes = loc.get_max(&key, format::limits::INDEX).await?;
                     let name = format!("{}/{}", loc.name(), key);
                     Ok::<_, RepoError>((
                         key.to_string(),
@@ -229,8 +243,9 @@ impl Repository {
             .filter(|(id, _)| !self.has_pack(id))
             .collect();
         for (pack, size) in orphans {
-            if let Ok(entries) = self.read_pack_header(&pack, size).await {
-                self.add_pack(&pack, &entries);
+            match self.read_pack_header(&pack, size).await {
+                Ok(entries) => self.add_pack(&pack, &entries),
+                Err(e) => self.unreadable_packs.push((pack, e.to_string())),
             }
         }
         Ok(())
@@ -259,10 +274,13 @@ impl Repository {
     ) -> Result<Vec<PackEntry>, RepoError> {
         let key = layout::pack(self.location.prefix(), &pack_name(pack));
         let name = format!("{}/{}", self.location.name(), key);
-        if size < 8 {
+        if !(8..=format::limits::PACK).contains(&size) {
             return Err(RepoError::Corrupt {
                 object: name,
-                reason: "pack is too short".into(),
+                reason: format!(
+                    "a pack of {size} bytes (packs have 8 to {} bytes)",
+                    format::limits::PACK
+                ),
             });
         }
         let trailer = self.location.get_range(&key, size - 8..size).await?;
@@ -300,7 +318,7 @@ impl Repository {
 
     pub async fn manifest(&self, id: &str) -> Result<Manifest, RepoError> {
         let key = layout::point(self.location.prefix(), id);
-        let bytes = match self.location.get(&key).await {
+        let bytes = match self.location.get_max(&key, format::limits::MANIFEST).await {
             Ok(b) => b,
             Err(StorageError::NotFound { .. }) => return Err(RepoError::PointNotFound(id.into())),
             Err(e) => return Err(e.into()),

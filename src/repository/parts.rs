@@ -44,7 +44,7 @@ impl Repository {
     /// A part's manifest, or `None` when it has not been written.
     pub async fn part(&self, point: &str, name: &str) -> Result<Option<Manifest>, RepoError> {
         let key = layout::part(self.location.prefix(), point, name);
-        let bytes = match self.location.get(&key).await {
+        let bytes = match self.location.get_max(&key, format::limits::MANIFEST).await {
             Ok(b) => b,
             Err(StorageError::NotFound { .. }) => return Ok(None),
             Err(e) => return Err(e.into()),
@@ -136,6 +136,12 @@ impl Repository {
             merged.stats.bytes_read += p.stats.bytes_read;
             merged.stats.new_chunks += p.stats.new_chunks;
             merged.stats.stored_bytes_added += p.stats.stored_bytes_added;
+            merged.stats.skipped += p.stats.skipped;
+            let room = super::confined::MAX_WARNINGS.saturating_sub(merged.stats.warnings.len());
+            merged
+                .stats
+                .warnings
+                .extend(p.stats.warnings.into_iter().take(room));
         }
         merged.volumes.sort_by(|a, b| a.name.cmp(&b.name));
         let key = layout::point(self.location.prefix(), point);

@@ -32,6 +32,8 @@ pub struct PruneReport {
     pub bytes_freed: u64,
     /// Why garbage collection was skipped, if it was.
     pub gc_skipped: Option<String>,
+    /// Packs in storage that no index names and whose header did not open: kept, not deleted.
+    pub packs_unreadable: Vec<String>,
 }
 
 /// Which points retention removes: pure, for tests.
@@ -133,13 +135,17 @@ async fn remove_points(
         }
         Err(e) => return Err(e),
     };
-    let result = collect_garbage(repo, &mut report).await;
+    let result = collect_garbage(repo, &mut report, &lock).await;
     lock.release().await?;
     result?;
     Ok(report)
 }
 
-async fn collect_garbage(repo: &mut Repository, report: &mut PruneReport) -> Result<(), RepoError> {
+async fn collect_garbage(
+    repo: &mut Repository,
+    report: &mut PruneReport,
+    lock: &Lock,
+) -> Result<(), RepoError> {
     repo.load_index().await?;
     let used = repo.referenced_chunks().await?;
     let stored = repo.list_packs().await?;
@@ -162,6 +168,7 @@ async fn collect_garbage(repo: &mut Repository, report: &mut PruneReport) -> Res
             doomed.insert(*pack);
         }
     }
+    lock.ensure_held()?;
     let old_indexes = repo.index_files.clone();
     let new_index = repo.write_index(keep).await?;
     let stale: Vec<_> = old_indexes
@@ -172,14 +179,20 @@ async fn collect_garbage(repo: &mut Repository, report: &mut PruneReport) -> Res
     repo.location.delete_all(stale).await?;
     let mut keys = Vec::new();
     for (pack, size) in stored {
-        // Packs in no index whose header cannot be read are torn uploads of dead writers (the
-        // exclusive lock guarantees no writer is alive).
-        if doomed.contains(&pack) || !repo.has_pack(&pack) {
+        // Only packs whose header or index entry authenticated, and that nothing references,
+        // are deleted. A pack that could not be read (corrupt, foreign, or a read that failed
+        // just now) is kept and reported: deleting it would "repair" by losing data.
+        if doomed.contains(&pack) {
             report.packs_removed += 1;
             report.bytes_freed += size;
             keys.push(layout::pack(repo.location.prefix(), &pack_name(&pack)));
         }
     }
+    report.packs_unreadable = repo
+        .unreadable_packs
+        .iter()
+        .map(|(p, why)| format!("{}: {why}", pack_name(p)))
+        .collect();
     repo.location.delete_all(keys).await?;
     repo.load_index().await?;
     Ok(())

@@ -38,7 +38,7 @@ pub async fn replicate(
         });
     }
     let lock = Lock::acquire(&dest.location, "replicate", false).await?;
-    let result = replicate_locked(source, dest, points).await;
+    let result = replicate_locked(source, dest, points, &lock).await;
     let released = lock.release().await;
     let stats = result?;
     released?;
@@ -49,6 +49,7 @@ async fn replicate_locked(
     source: &Repository,
     dest: &mut Repository,
     points: &[String],
+    lock: &Lock,
 ) -> Result<ReplicateStats, RepoError> {
     dest.load_index().await?;
     let present: HashSet<String> = dest.point_ids().await?.into_iter().collect();
@@ -86,7 +87,7 @@ async fn replicate_locked(
         let copied: Vec<(ChunkId, Vec<format::PackEntry>, u64)> = futures::stream::iter(needed)
             .map(|pack| async move {
                 let key = layout::pack(source.location.prefix(), &pack_name(&pack));
-                let bytes = source.location.get(&key).await?;
+                let bytes = source.location.get_max(&key, format::limits::PACK).await?;
                 // Never copy what does not authenticate: the header must open with our key.
                 let entries = format::read_pack_header(
                     &source.keys,
@@ -119,6 +120,7 @@ async fn replicate_locked(
         }
         stats.packs_copied += copied.len() as u64;
         stats.bytes_copied += copied.iter().map(|(_, _, s)| s).sum::<u64>();
+        lock.ensure_held()?;
         let key = layout::point(dest.location.prefix(), id);
         match dest
             .location

@@ -1,19 +1,25 @@
 //! Restoring a point: into a directory (a tree volume) or a file (a raw image). Packs are
 //! fetched in parallel, every chunk is authenticated on opening (AES-GCM bound to its id), and
-//! holes are skipped so sparse files stay sparse. Fail closed: a directory restore carries a
+//! holes are skipped so sparse files stay sparse. A tree is confined to its target: the
+//! manifest was checked on decoding (`super::tree`), and every entry is made relative to a
+//! directory descriptor without following symlinks, so no manifest and nothing already in the
+//! target can make a restore write outside it. Fail closed: a directory restore carries a
 //! marker file until the last byte and attribute are in place, a raw image is written beside
 //! its target and renamed at the end; an interrupted restore never looks finished.
 
 use std::collections::HashMap;
-use std::os::unix::fs::{FileExt, PermissionsExt};
+use std::io::Write;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use rayon::prelude::*;
+use rustix::fs::{AtFlags, FileType, Mode, OFlags};
+use rustix::io::Errno;
 
-use super::format::{self, ChunkId, FileData, Manifest, NodeKind, VolumeContent};
+use super::format::{self, ChunkId, FileData, Manifest, Node, NodeKind, VolumeContent};
 use super::snapshot::{Progress, ProgressFn};
-use super::{ChunkLocation, RepoError, Repository, pack_name};
+use super::{ChunkLocation, RepoError, Repository, confined, pack_name, tree};
 use crate::storage::layout;
 
 /// Present in a restore target until the restore completed.
@@ -32,6 +38,10 @@ pub struct RestoreStats {
     pub files: u64,
     pub bytes: u64,
     pub packs_read: u64,
+    /// Files whose setuid or setgid bit was not restored.
+    pub setid_cleared: u64,
+    /// Extended attributes outside `user.*` and POSIX ACLs, not restored.
+    pub xattrs_skipped: u64,
 }
 
 /// One chunk to place: where in which file.
@@ -54,8 +64,24 @@ pub async fn restore(
     match &volume.content {
         VolumeContent::Raw(data) => {
             let partial = PathBuf::from(format!("{}.partial", target.display()));
-            let files = vec![(partial.clone(), data.clone())];
-            let stats = restore_data(repo, &manifest, files, progress).await?;
+            // A fresh file: never one planted at the name, never through a symlink.
+            let _ = std::fs::remove_file(&partial);
+            let file = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(&partial)
+                .map_err(|e| RepoError::io(&partial, e))?;
+            file.set_len(data.size)
+                .map_err(|e| RepoError::io(&partial, e))?;
+            let stats = restore_data(
+                repo,
+                &manifest,
+                vec![(partial.clone(), file)],
+                vec![data.clone()],
+                progress,
+            )
+            .await?;
             if options.sync {
                 std::fs::File::open(&partial)
                     .and_then(|f| f.sync_all())
@@ -66,76 +92,210 @@ pub async fn restore(
         }
         VolumeContent::Tree(nodes) => {
             std::fs::create_dir_all(target).map_err(|e| RepoError::io(target, e))?;
-            let marker = target.join(INCOMPLETE_MARKER);
-            std::fs::write(&marker, manifest.id.as_bytes())
-                .map_err(|e| RepoError::io(&marker, e))?;
-            // Directories and empty files first, then data, then links and metadata.
+            let root = confined::open_dir(target).map_err(|e| RepoError::io(target, e))?;
+            let tree = TreeWriter { root, target };
+            tree.replace_file(INCOMPLETE_MARKER)?
+                .write_all(manifest.id.as_bytes())
+                .map_err(|e| tree.error(INCOMPLETE_MARKER, e))?;
+            // Every entry first (directories, files at their size, links), then the data, then
+            // ownership, modes, attributes and times, deepest first.
             let mut files = Vec::new();
-            for n in nodes {
-                let path = target.join(&n.path);
+            let mut contents = Vec::new();
+            for n in &nodes[1..] {
                 match &n.kind {
-                    NodeKind::Dir => {
-                        std::fs::create_dir_all(&path).map_err(|e| RepoError::io(&path, e))?
+                    NodeKind::Dir => tree.make_dir(&n.path)?,
+                    NodeKind::File(data) => {
+                        let f = tree.replace_file(&n.path)?;
+                        f.set_len(data.size).map_err(|e| tree.error(&n.path, e))?;
+                        files.push((target.join(&n.path), f));
+                        contents.push(data.clone());
                     }
-                    NodeKind::File(data) => files.push((path, data.clone())),
-                    _ => {}
+                    NodeKind::Symlink(to) => tree.make_symlink(&n.path, to)?,
+                    NodeKind::HardLink(first) => tree.make_hard_link(&n.path, first)?,
                 }
             }
-            let stats = restore_data(repo, &manifest, files, progress).await?;
-            for n in nodes {
-                let path = target.join(&n.path);
-                match &n.kind {
-                    NodeKind::Symlink(to) => {
-                        let _ = std::fs::remove_file(&path);
-                        std::os::unix::fs::symlink(to, &path)
-                            .map_err(|e| RepoError::io(&path, e))?;
-                    }
-                    NodeKind::HardLink(first) => {
-                        let _ = std::fs::remove_file(&path);
-                        std::fs::hard_link(target.join(first), &path)
-                            .map_err(|e| RepoError::io(&path, e))?;
-                    }
-                    _ => {}
-                }
-            }
-            let root = unsafe { libc::geteuid() } == 0;
-            // Attributes deepest first, so that setting a directory's mtime comes after its content.
+            let mut stats = restore_data(repo, &manifest, files, contents, progress).await?;
             for n in nodes.iter().rev() {
-                let path = target.join(&n.path);
-                let is_link = matches!(n.kind, NodeKind::Symlink(_));
-                if matches!(n.kind, NodeKind::HardLink(_)) {
-                    continue;
-                }
-                if root {
-                    std::os::unix::fs::lchown(&path, Some(n.uid), Some(n.gid))
-                        .map_err(|e| RepoError::io(&path, e))?;
-                }
-                if !is_link {
-                    for (name, value) in &n.xattrs {
-                        let _ = xattr::set(&path, name, value);
-                    }
-                    std::fs::set_permissions(
-                        &path,
-                        std::fs::Permissions::from_mode(n.mode & 0o7777),
-                    )
-                    .map_err(|e| RepoError::io(&path, e))?;
-                }
-                let mtime = filetime::FileTime::from_unix_time(
-                    n.mtime_ns.div_euclid(1_000_000_000),
-                    n.mtime_ns.rem_euclid(1_000_000_000) as u32,
-                );
-                filetime::set_symlink_file_times(&path, mtime, mtime)
-                    .map_err(|e| RepoError::io(&path, e))?;
+                tree.set_attributes(n, &mut stats)?;
             }
             if options.sync {
-                let dir = std::fs::File::open(target).map_err(|e| RepoError::io(target, e))?;
-                if unsafe { libc::syncfs(std::os::fd::AsRawFd::as_raw_fd(&dir)) } != 0 {
-                    return Err(RepoError::io(target, std::io::Error::last_os_error()));
-                }
+                rustix::fs::syncfs(&tree.root).map_err(|e| RepoError::io(target, e.into()))?;
             }
-            std::fs::remove_file(&marker).map_err(|e| RepoError::io(&marker, e))?;
+            rustix::fs::unlinkat(&tree.root, INCOMPLETE_MARKER, rustix::fs::AtFlags::empty())
+                .map_err(|e| tree.error(INCOMPLETE_MARKER, e.into()))?;
             Ok(stats)
         }
+    }
+}
+
+/// Writes a tree below one directory descriptor: every entry is made in its parent's descriptor
+/// (opened beneath the root without following symlinks), nothing already at a name is followed,
+/// and attributes are set on descriptors (or with `AT_SYMLINK_NOFOLLOW` for symlinks).
+struct TreeWriter<'a> {
+    root: std::fs::File,
+    target: &'a Path,
+}
+
+/// Extended attributes a restore sets: the user namespace and POSIX ACLs. `security.*` (file
+/// capabilities, SELinux labels) and `trusted.*` would let a manifest grant privileges, as
+/// setuid bits would.
+fn restorable_xattr(name: &str) -> bool {
+    name.starts_with("user.")
+        || name == "system.posix_acl_access"
+        || name == "system.posix_acl_default"
+}
+
+impl TreeWriter<'_> {
+    fn error(&self, rel: &str, e: std::io::Error) -> RepoError {
+        RepoError::io(&self.target.join(rel), e)
+    }
+
+    fn parent(&self, rel: &str) -> Result<(std::fs::File, String), RepoError> {
+        let (parent, name) = tree::split_parent(rel);
+        let dir = confined::open_beneath(&self.root, parent, OFlags::RDONLY | OFlags::DIRECTORY)
+            .map_err(|e| self.error(parent, e))?;
+        Ok((dir, name.to_string()))
+    }
+
+    /// Removes what is at `name` unless it is a directory (which is kept, or refused).
+    fn clear(
+        &self,
+        dir: &std::fs::File,
+        rel: &str,
+        name: &str,
+        want_dir: bool,
+    ) -> Result<bool, RepoError> {
+        match rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW) {
+            Err(Errno::NOENT) => Ok(false),
+            Err(e) => Err(self.error(rel, e.into())),
+            Ok(st) if FileType::from_raw_mode(st.st_mode) == FileType::Directory => {
+                if want_dir {
+                    Ok(true)
+                } else {
+                    Err(self.error(
+                        rel,
+                        std::io::Error::other("the restore target already has a directory here"),
+                    ))
+                }
+            }
+            Ok(_) => rustix::fs::unlinkat(dir, name, AtFlags::empty())
+                .map(|()| false)
+                .map_err(|e| self.error(rel, e.into())),
+        }
+    }
+
+    fn make_dir(&self, rel: &str) -> Result<(), RepoError> {
+        let (dir, name) = self.parent(rel)?;
+        if !self.clear(&dir, rel, &name, true)? {
+            rustix::fs::mkdirat(&dir, name.as_str(), Mode::from_raw_mode(0o700))
+                .map_err(|e| self.error(rel, e.into()))?;
+        }
+        Ok(())
+    }
+
+    /// A new, empty regular file at `rel` (whatever was there removed, never followed).
+    fn replace_file(&self, rel: &str) -> Result<std::fs::File, RepoError> {
+        let (dir, name) = self.parent(rel)?;
+        self.clear(&dir, rel, &name, false)?;
+        rustix::fs::openat(
+            &dir,
+            name.as_str(),
+            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::from_raw_mode(0o600),
+        )
+        .map(std::fs::File::from)
+        .map_err(|e| self.error(rel, e.into()))
+    }
+
+    fn make_symlink(&self, rel: &str, to: &str) -> Result<(), RepoError> {
+        let (dir, name) = self.parent(rel)?;
+        self.clear(&dir, rel, &name, false)?;
+        rustix::fs::symlinkat(to, &dir, name.as_str()).map_err(|e| self.error(rel, e.into()))
+    }
+
+    /// Another name for a file restored earlier (the manifest check made sure `first` is one);
+    /// `linkat` without `AT_SYMLINK_FOLLOW` never follows a symlink at `first`.
+    fn make_hard_link(&self, rel: &str, first: &str) -> Result<(), RepoError> {
+        let (dir, name) = self.parent(rel)?;
+        let (first_dir, first_name) = self.parent(first)?;
+        self.clear(&dir, rel, &name, false)?;
+        rustix::fs::linkat(
+            &first_dir,
+            first_name.as_str(),
+            &dir,
+            name.as_str(),
+            AtFlags::empty(),
+        )
+        .map_err(|e| self.error(rel, e.into()))
+    }
+
+    fn set_attributes(&self, n: &Node, stats: &mut RestoreStats) -> Result<(), RepoError> {
+        let as_root = rustix::process::geteuid().is_root();
+        let owner = (
+            Some(rustix::fs::Uid::from_raw(n.uid)),
+            Some(rustix::fs::Gid::from_raw(n.gid)),
+        );
+        let time = rustix::fs::Timespec {
+            tv_sec: n.mtime_ns.div_euclid(1_000_000_000),
+            tv_nsec: n.mtime_ns.rem_euclid(1_000_000_000) as _,
+        };
+        let times = rustix::fs::Timestamps {
+            last_access: time,
+            last_modification: time,
+        };
+        let fail = |e: Errno| self.error(&n.path, e.into());
+        let mode = match &n.kind {
+            NodeKind::HardLink(_) => return Ok(()),
+            NodeKind::Symlink(_) => {
+                let (dir, name) = self.parent(&n.path)?;
+                if as_root {
+                    rustix::fs::chownat(
+                        &dir,
+                        name.as_str(),
+                        owner.0,
+                        owner.1,
+                        AtFlags::SYMLINK_NOFOLLOW,
+                    )
+                    .map_err(fail)?;
+                }
+                return rustix::fs::utimensat(
+                    &dir,
+                    name.as_str(),
+                    &times,
+                    AtFlags::SYMLINK_NOFOLLOW,
+                )
+                .map_err(fail);
+            }
+            // setgid on a directory only passes its group on; setuid means nothing there.
+            NodeKind::Dir => n.mode & 0o3777,
+            // setuid and setgid are never restored on files: see the README.
+            NodeKind::File(_) => {
+                if n.mode & 0o6000 != 0 {
+                    stats.setid_cleared += 1;
+                }
+                n.mode & 0o1777
+            }
+        };
+        let flags = match n.kind {
+            NodeKind::Dir => OFlags::RDONLY | OFlags::DIRECTORY,
+            _ => OFlags::RDONLY | OFlags::NONBLOCK | OFlags::NOCTTY,
+        };
+        let f = confined::open_beneath(&self.root, &n.path, flags)
+            .map_err(|e| self.error(&n.path, e))?;
+        if as_root {
+            rustix::fs::fchown(&f, owner.0, owner.1).map_err(fail)?;
+        }
+        for (name, value) in &n.xattrs {
+            if restorable_xattr(name) {
+                use xattr::FileExt;
+                // A filesystem without user xattrs loses them, as a copy would.
+                let _ = f.set_xattr(name, value);
+            } else {
+                stats.xattrs_skipped += 1;
+            }
+        }
+        rustix::fs::fchmod(&f, Mode::from_raw_mode(mode)).map_err(fail)?;
+        rustix::fs::futimens(&f, &times).map_err(fail)
     }
 }
 
@@ -161,17 +321,18 @@ pub fn pick_volume<'a>(
 }
 
 /// Creates each file at its size (holes stay holes) and fills its chunks, pack by pack.
+/// Fills files already created at their size (holes stay holes), pack by pack. The files are
+/// written through the descriptors they were created with, never reopened by a path.
 async fn restore_data(
     repo: &Repository,
     manifest: &Manifest,
-    files: Vec<(PathBuf, FileData)>,
+    files: Vec<(PathBuf, std::fs::File)>,
+    contents: Vec<FileData>,
     progress: Option<ProgressFn>,
 ) -> Result<RestoreStats, RepoError> {
     let mut by_pack: HashMap<u32, Vec<Placement>> = HashMap::new();
     let mut total = 0u64;
-    for (i, (path, data)) in files.iter().enumerate() {
-        let f = std::fs::File::create(path).map_err(|e| RepoError::io(path, e))?;
-        f.set_len(data.size).map_err(|e| RepoError::io(path, e))?;
+    for (i, ((path, _), data)) in files.iter().zip(&contents).enumerate() {
         let mut offset = 0u64;
         for e in &data.extents {
             if let Some(id) = e.chunk {
@@ -210,6 +371,7 @@ async fn restore_data(
         files: files.len() as u64,
         bytes: total,
         packs_read: packs.len() as u64,
+        ..Default::default()
     };
     tokio::task::spawn_blocking(move || {
         let done = std::sync::atomic::AtomicU64::new(0);
@@ -218,8 +380,7 @@ async fn restore_data(
             |scratch, (pack, placements)| {
                 let key = layout::pack(location.prefix(), &pack_name(pack));
                 let name = format!("{}/{}", location.name(), key);
-                let bytes = handle.block_on(location.get(&key))?;
-                let mut open: HashMap<u32, std::fs::File> = HashMap::new();
+                let bytes = handle.block_on(location.get_max(&key, format::limits::PACK))?;
                 for p in placements {
                     let start = p.at.offset as usize;
                     let end = start + p.at.length as usize;
@@ -233,16 +394,7 @@ async fn restore_data(
                                 object: name.clone(),
                                 reason: format!("chunk {}: {e}", hex::encode(p.id)),
                             })?;
-                    let path = &files[p.file as usize].0;
-                    let file = match open.entry(p.file) {
-                        std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
-                        std::collections::hash_map::Entry::Vacant(v) => v.insert(
-                            std::fs::OpenOptions::new()
-                                .write(true)
-                                .open(path)
-                                .map_err(|e| RepoError::io(path, e))?,
-                        ),
-                    };
+                    let (path, file) = &files[p.file as usize];
                     file.write_all_at(data, p.offset)
                         .map_err(|e| RepoError::io(path, e))?;
                     let now = done

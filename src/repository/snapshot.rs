@@ -11,10 +11,11 @@
 //! (their headers say what they hold) instead of uploading them again.
 
 use std::collections::{HashMap, HashSet};
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+use std::sync::Mutex;
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, sync_channel};
+use std::time::Duration;
 
 use bytes::Bytes;
 use rayon::prelude::*;
@@ -26,7 +27,7 @@ use super::format::{
     VolumeContent, VolumeManifest,
 };
 use super::lock::Lock;
-use super::{ChunkLocation, RepoError, Repository};
+use super::{ChunkLocation, RepoError, Repository, confined};
 use crate::storage::{Location, layout};
 
 /// Pack size the packer aims for.
@@ -65,11 +66,24 @@ pub struct Progress {
 
 pub type ProgressFn = Arc<dyn Fn(Progress) + Send + Sync>;
 
+/// A read that returns nothing for this long fails the point (a stalled network filesystem, a
+/// device that stopped answering) instead of holding it forever.
+pub const READ_STALL: Duration = Duration::from_secs(120);
+
 /// A file whose content must be read.
 struct Work {
+    /// For messages; a raw image is opened by it.
     path: PathBuf,
     size: u64,
-    raw_image: bool,
+    /// Where a tree's file is: below the tree's root descriptor, and what it must still be.
+    at: Option<TreeFile>,
+}
+
+struct TreeFile {
+    root: Arc<std::fs::File>,
+    rel: String,
+    dev: u64,
+    ino: u64,
 }
 
 struct Piece {
@@ -92,7 +106,7 @@ pub async fn snapshot(
         return Ok(done);
     }
     let lock = Lock::acquire(&repo.location, "snapshot", false).await?;
-    let result = snapshot_locked(repo, volumes, options, progress).await;
+    let result = snapshot_locked(repo, volumes, options, progress, &lock).await;
     let released = lock.release().await;
     let manifest = result?;
     released?;
@@ -104,6 +118,7 @@ async fn snapshot_locked(
     volumes: Vec<(String, Source)>,
     options: &SnapshotOptions,
     progress: Option<ProgressFn>,
+    lock: &Lock,
 ) -> Result<Manifest, RepoError> {
     let time = jiff::Timestamp::now();
     // Packs uploaded since the index was read (another writer, or a killed run) are adopted.
@@ -151,7 +166,7 @@ async fn snapshot_locked(
                 work.push(Work {
                     path: path.clone(),
                     size,
-                    raw_image: true,
+                    at: None,
                 });
                 work_targets.push((v, usize::MAX));
                 manifests.push(VolumeManifest {
@@ -160,8 +175,16 @@ async fn snapshot_locked(
                 });
             }
             Source::Tree(root) => {
-                let nodes = scan_tree(root)?;
-                let mut nodes = nodes;
+                let scan = confined::scan_tree(root).map_err(|e| RepoError::io(root, e))?;
+                stats.skipped += scan.skipped;
+                stats.warnings.extend(
+                    scan.warnings
+                        .iter()
+                        .map(|w| format!("{name}: {w}"))
+                        .take(confined::MAX_WARNINGS.saturating_sub(stats.warnings.len())),
+                );
+                let tree_root = Arc::new(scan.root);
+                let mut nodes = scan.nodes;
                 for (i, node) in nodes.iter_mut().enumerate() {
                     let key = (name.clone(), reuse_key(node));
                     if let NodeKind::File(data) = &mut node.kind {
@@ -177,7 +200,12 @@ async fn snapshot_locked(
                                 work.push(Work {
                                     path: root.join(&node.path),
                                     size: data.size,
-                                    raw_image: false,
+                                    at: Some(TreeFile {
+                                        root: tree_root.clone(),
+                                        rel: node.path.clone(),
+                                        dev: scan.dev,
+                                        ino: node.inode,
+                                    }),
                                 });
                                 work_targets.push((v, i));
                             }
@@ -219,6 +247,12 @@ async fn snapshot_locked(
     stats.new_chunks = result.new_chunks;
     stats.stored_bytes_added = result.stored_bytes;
 
+    // Files that changed between the scan and their read are left out of the point.
+    let mut gone: HashMap<usize, HashSet<usize>> = HashMap::new();
+    for &w in &result.changed {
+        let (v, i) = work_targets[w];
+        gone.entry(v).or_default().insert(i);
+    }
     // Put each file's extents in its node.
     for ((v, i), extents) in work_targets.into_iter().zip(result.extents) {
         let data = FileData {
@@ -229,6 +263,12 @@ async fn snapshot_locked(
             (VolumeContent::Raw(f), usize::MAX) => *f = data,
             (VolumeContent::Tree(nodes), i) => nodes[i].kind = NodeKind::File(data),
             _ => unreachable!("raw images have no nodes"),
+        }
+    }
+    for (v, indices) in gone {
+        let VolumeManifest { name, content } = &mut manifests[v];
+        if let VolumeContent::Tree(nodes) = content {
+            drop_changed(nodes, &indices, name, &mut stats);
         }
     }
 
@@ -246,6 +286,8 @@ async fn snapshot_locked(
         volumes: manifests,
         stats,
     };
+    // A garbage collection may have judged a lock that could not be refreshed stale.
+    lock.ensure_held()?;
     if let Some(part) = &options.part {
         return repo.write_part(&part.name, &manifest).await;
     }
@@ -270,6 +312,27 @@ pub async fn latest_of(repo: &Repository, workload: &str) -> Result<Option<Manif
     Ok(None)
 }
 
+/// Removes the files that changed between scan and read (and the hard links to them), saying so
+/// in the point's warnings.
+fn drop_changed(nodes: &mut Vec<Node>, indices: &HashSet<usize>, volume: &str, stats: &mut Stats) {
+    let removed: HashSet<String> = indices.iter().map(|&i| nodes[i].path.clone()).collect();
+    let mut i = 0;
+    nodes.retain(|n| {
+        let keep = !indices.contains(&i)
+            && !matches!(&n.kind, NodeKind::HardLink(first) if removed.contains(first));
+        i += 1;
+        if !keep {
+            stats.skipped += 1;
+            if stats.warnings.len() < confined::MAX_WARNINGS {
+                stats
+                    .warnings
+                    .push(format!("{volume}: {}: changed while being read", n.path));
+            }
+        }
+        keep
+    });
+}
+
 /// Files are matched with the parent point by path and the metadata that changes with content.
 fn reuse_key(n: &Node) -> String {
     format!("{}\0{}\0{}\0{}", n.path, n.mtime_ns, n.ctime_ns, n.inode)
@@ -282,97 +345,10 @@ fn raw_size(path: &Path) -> Result<u64, RepoError> {
         .map_err(|e| RepoError::io(path, e))
 }
 
-/// Walks a tree: directories, regular files, symlinks and hard links, with metadata. Entries are
-/// sorted by name so that equal trees give equal manifests.
-pub fn scan_tree(root: &Path) -> Result<Vec<Node>, RepoError> {
-    let meta = std::fs::symlink_metadata(root).map_err(|e| RepoError::io(root, e))?;
-    if !meta.is_dir() {
-        return Err(RepoError::Invalid(format!(
-            "{}: not a directory",
-            root.display()
-        )));
-    }
-    let mut nodes = vec![node("", root, &meta, NodeKind::Dir)];
-    let mut links: HashMap<(u64, u64), String> = HashMap::new();
-    let mut stack = vec![String::new()];
-    while let Some(dir) = stack.pop() {
-        let full = if dir.is_empty() {
-            root.to_path_buf()
-        } else {
-            root.join(&dir)
-        };
-        let mut entries: Vec<_> = std::fs::read_dir(&full)
-            .map_err(|e| RepoError::io(&full, e))?
-            .collect::<Result<_, _>>()
-            .map_err(|e| RepoError::io(&full, e))?;
-        entries.sort_by_key(|e| e.file_name());
-        let mut subdirs = Vec::new();
-        for entry in entries {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            let rel = if dir.is_empty() {
-                name
-            } else {
-                format!("{dir}/{name}")
-            };
-            let path = entry.path();
-            let m = std::fs::symlink_metadata(&path).map_err(|e| RepoError::io(&path, e))?;
-            let ft = m.file_type();
-            let kind = if ft.is_dir() {
-                subdirs.push(rel.clone());
-                NodeKind::Dir
-            } else if ft.is_symlink() {
-                let target = std::fs::read_link(&path).map_err(|e| RepoError::io(&path, e))?;
-                NodeKind::Symlink(target.to_string_lossy().into_owned())
-            } else if ft.is_file() {
-                if m.nlink() > 1 {
-                    if let Some(first) = links.get(&(m.dev(), m.ino())) {
-                        nodes.push(node(&rel, &path, &m, NodeKind::HardLink(first.clone())));
-                        continue;
-                    }
-                    links.insert((m.dev(), m.ino()), rel.clone());
-                }
-                NodeKind::File(FileData {
-                    size: m.len(),
-                    extents: vec![],
-                })
-            } else {
-                // Sockets, FIFOs and device nodes carry no data to recover.
-                continue;
-            };
-            nodes.push(node(&rel, &path, &m, kind));
-        }
-        // Depth-first in name order.
-        stack.extend(subdirs.into_iter().rev());
-    }
-    Ok(nodes)
-}
-
-fn node(rel: &str, path: &Path, m: &std::fs::Metadata, kind: NodeKind) -> Node {
-    let xattrs = xattr::list(path)
-        .map(|names| {
-            names
-                .filter_map(|n| {
-                    let value = xattr::get(path, &n).ok().flatten()?;
-                    Some((n.to_string_lossy().into_owned(), value))
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    Node {
-        path: rel.to_string(),
-        kind,
-        mode: m.mode(),
-        uid: m.uid(),
-        gid: m.gid(),
-        mtime_ns: m.mtime() * 1_000_000_000 + m.mtime_nsec(),
-        ctime_ns: m.ctime() * 1_000_000_000 + m.ctime_nsec(),
-        inode: m.ino(),
-        xattrs,
-    }
-}
-
 struct PipelineResult {
     extents: Vec<Vec<Extent>>,
+    /// Work items whose file was no longer the one scanned.
+    changed: Vec<usize>,
     packs: Vec<(ChunkId, Vec<PackEntry>)>,
     new_chunks: u64,
     stored_bytes: u64,
@@ -392,11 +368,15 @@ fn run_pipeline(
     let n = work.len();
     let (batch_tx, batch_rx) = sync_channel::<Batch>(1);
     let (pack_tx, pack_rx) = sync_channel::<(ChunkId, Vec<u8>, Vec<PackEntry>)>(0);
+    let reading = Arc::new(Reading::default());
+    // Not scoped: a read stuck in the kernel must not hold the point; the thread is left to end
+    // by itself (its next send fails) when the read returns.
+    let reader = {
+        let chunking = chunking.clone();
+        let reading = reading.clone();
+        std::thread::spawn(move || read_all(work, &chunking, batch_tx, &reading))
+    };
     std::thread::scope(|scope| {
-        let reader = {
-            let chunking = chunking.clone();
-            scope.spawn(move || read_all(work, &chunking, batch_tx))
-        };
         let uploader = scope.spawn(|| upload_all(handle, location, keys, pack_rx));
 
         let mut extents: Vec<Vec<Extent>> = vec![Vec::new(); n];
@@ -405,11 +385,25 @@ fn run_pipeline(
         let mut new_chunks = 0u64;
         let mut done = 0u64;
         let mut failure = None;
-        for batch in batch_rx.iter() {
-            let batch = match batch {
-                Ok(b) => b,
-                Err(e) => {
+        let mut stalled = false;
+        loop {
+            let batch = match batch_rx.recv_timeout(READ_STALL) {
+                Ok(Ok(b)) => b,
+                Ok(Err(e)) => {
                     failure = Some(e);
+                    break;
+                }
+                Err(RecvTimeoutError::Disconnected) => break,
+                Err(RecvTimeoutError::Timeout) => {
+                    let path = reading.path.lock().map(|p| p.clone()).unwrap_or_default();
+                    failure = Some(RepoError::Io {
+                        path: path.display().to_string(),
+                        message: format!(
+                            "no data could be read for {} s (a stalled filesystem or device?); the point is given up",
+                            READ_STALL.as_secs()
+                        ),
+                    });
+                    stalled = true;
                     break;
                 }
             };
@@ -465,14 +459,25 @@ fn run_pipeline(
         }
         drop(pack_tx);
         drop(batch_rx);
-        let read_result = reader.join().expect("reader thread does not panic");
-        let upload_result = uploader.join().expect("uploader thread does not panic");
+        let read_result = if stalled {
+            Ok(())
+        } else {
+            reader
+                .join()
+                .unwrap_or_else(|_| Err(RepoError::Invalid("the volume reader panicked".into())))
+        };
+        let upload_result = uploader
+            .join()
+            .unwrap_or_else(|_| Err(RepoError::Invalid("the pack uploader panicked".into())));
         if let Some(e) = failure {
             return Err(e);
         }
         read_result?;
         let (packs, stored_bytes) = upload_result?;
+        let changed =
+            std::mem::take(&mut *reading.changed.lock().unwrap_or_else(|p| p.into_inner()));
         Ok(PipelineResult {
+            changed,
             extents,
             packs,
             new_chunks,
@@ -481,17 +486,42 @@ fn run_pipeline(
     })
 }
 
-/// Reads every work item in order and hands over batches of pieces.
+/// What the reader is doing, for the watchdog and for the files it had to leave out.
+#[derive(Default)]
+struct Reading {
+    path: Mutex<PathBuf>,
+    changed: Mutex<Vec<usize>>,
+}
+
+/// Opens a work item: a tree's file below its root descriptor, checked to be the file the scan
+/// saw (`None` when it is not any more), or a raw image by its path.
+fn open_work(w: &Work) -> Result<Option<std::fs::File>, RepoError> {
+    match &w.at {
+        Some(t) => confined::open_scanned_file(&t.root, &t.rel, t.dev, t.ino)
+            .map_err(|e| RepoError::io(&w.path, e)),
+        None => std::fs::File::open(&w.path)
+            .map(Some)
+            .map_err(|e| RepoError::io(&w.path, e)),
+    }
+}
+
+/// Reads every work item in order, never more than its scanned size, and hands over batches of
+/// pieces.
 fn read_all(
     work: Vec<Work>,
     chunking: &format::Chunking,
     tx: SyncSender<Batch>,
+    reading: &Reading,
 ) -> Result<(), RepoError> {
+    use std::io::Read;
     let mut batch: Vec<Piece> = Vec::new();
     let mut batch_bytes = 0usize;
     let block = chunking.block_size as usize;
     let buffer = (BATCH_TARGET / block).max(1) * block;
     for (i, w) in work.iter().enumerate() {
+        if let Ok(mut p) = reading.path.lock() {
+            p.clone_from(&w.path);
+        }
         let push =
             |pieces: Vec<(u64, Bytes)>, batch: &mut Vec<Piece>, batch_bytes: &mut usize| -> bool {
                 for (_, data) in pieces {
@@ -508,9 +538,14 @@ fn read_all(
                 true
             };
         let result: Result<(), RepoError> = (|| {
-            if w.raw_image || w.size >= chunking.block_threshold {
-                let mut file =
-                    std::fs::File::open(&w.path).map_err(|e| RepoError::io(&w.path, e))?;
+            let Some(file) = open_work(w)? else {
+                if let Ok(mut c) = reading.changed.lock() {
+                    c.push(i);
+                }
+                return Ok(());
+            };
+            let mut file = file.take(w.size);
+            if w.at.is_none() || w.size >= chunking.block_threshold {
                 let mut offset = 0u64;
                 loop {
                     let pieces = chunker::read_blocks(&mut file, offset, buffer, block)
@@ -528,7 +563,9 @@ fn read_all(
                     }
                 }
             } else {
-                let data = std::fs::read(&w.path).map_err(|e| RepoError::io(&w.path, e))?;
+                let mut data = Vec::with_capacity(w.size as usize);
+                file.read_to_end(&mut data)
+                    .map_err(|e| RepoError::io(&w.path, e))?;
                 let pieces = chunker::cut_by_content(Bytes::from(data), chunking);
                 push(pieces, &mut batch, &mut batch_bytes);
             }

@@ -68,7 +68,7 @@ pub async fn verify(repo: &Repository, read_data: bool) -> Result<VerifyReport, 
 async fn check_pack(repo: &Repository, pack: format::ChunkId) -> (u64, Vec<String>) {
     let key = layout::pack(repo.location.prefix(), &pack_name(&pack));
     let name = format!("{}/{}", repo.location.name(), key);
-    let bytes = match repo.location.get(&key).await {
+    let bytes = match repo.location.get_max(&key, format::limits::PACK).await {
         Ok(b) => b,
         Err(e) => return (0, vec![e.to_string()]),
     };

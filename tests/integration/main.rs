@@ -7,6 +7,7 @@ mod binary;
 mod chart;
 mod failover;
 mod generated;
+mod hostile;
 mod object_stores;
 mod operator;
 mod replication;
