@@ -319,10 +319,12 @@ fn node(path: String, st: &Stat, kind: NodeKind, xattrs: Vec<(String, Vec<u8>)>)
         uid: st.st_uid,
         gid: st.st_gid,
         // Saturating: a workload can set any time, and a time cannot be allowed to panic.
-        mtime_ns: st.st_mtime
+        mtime_ns: st
+            .st_mtime
             .saturating_mul(1_000_000_000)
             .saturating_add(st.st_mtime_nsec as i64),
-        ctime_ns: st.st_ctime
+        ctime_ns: st
+            .st_ctime
             .saturating_mul(1_000_000_000)
             .saturating_add(st.st_ctime_nsec as i64),
         inode: st.st_ino,

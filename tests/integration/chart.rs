@@ -1,43 +1,14 @@
-//! The Helm chart rendered by the real helm binary (`HELM`, or `.tools/helm` as
-//! scripts/install-tools.sh leaves it).
+//! The Helm chart rendered by the real helm binary (see `rig::chart`).
 
 use std::path::PathBuf;
 use std::process::Command;
 
 use serde_json::Value;
 
-fn helm() -> PathBuf {
-    let from_env = std::env::var_os("HELM").map(PathBuf::from);
-    let local = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".tools/helm");
-    from_env.or_else(|| local.exists().then_some(local)).expect(
-        "helm not found: run `bash scripts/test.sh` (it installs helm) or set HELM to a helm binary",
-    )
-}
+use crate::rig::chart::helm;
 
 fn render(args: &[&str]) -> Vec<Value> {
-    let chart = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("charts/site-recovery");
-    let out = Command::new(helm())
-        .args([
-            "template",
-            "sr",
-            chart.to_str().unwrap(),
-            "--namespace",
-            "site-recovery-system",
-        ])
-        .args(args)
-        .output()
-        .expect("run helm");
-    assert!(
-        out.status.success(),
-        "helm template failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8(out.stdout).unwrap();
-    serde_saphyr::from_multiple::<Value>(&text)
-        .unwrap()
-        .into_iter()
-        .filter(|d| !d.is_null())
-        .collect()
+    crate::rig::chart::render_as("sr", args)
 }
 
 fn kinds(docs: &[Value], kind: &str) -> Vec<Value> {

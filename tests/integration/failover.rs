@@ -577,6 +577,11 @@ async fn a_drill_runs_a_verified_copy_in_its_own_namespace_and_leaves_the_source
     rig.create(json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "db", "namespace": "apps"},
         "spec": {"clusterIP": "None", "selector": {"app": "db"}, "ports": [{"name": "sql", "port": 5432}]}}))
         .await;
+    // A NodePort Service selecting the pods: its copy must not claim the source's node port.
+    rig.create(json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "db-public", "namespace": "apps"},
+        "spec": {"type": "NodePort", "clusterIP": "10.96.0.15", "selector": {"app": "db"},
+            "ports": [{"name": "sql", "port": 5432, "nodePort": 30432}]}}))
+        .await;
     let zone_b = BTreeMap::from([("zone-b".to_string(), "node-b1".to_string())]);
     let _cluster = crate::rig::failover::run(&rig, "apps", zone_b.clone());
     let _drill_cluster = crate::rig::failover::run(&rig, "db-drill", zone_b.clone());
@@ -623,6 +628,20 @@ async fn a_drill_runs_a_verified_copy_in_its_own_namespace_and_leaves_the_source
             .unwrap()
             .is_some(),
         "the Service the StatefulSet names is copied"
+    );
+    let public = Api::<k8s_openapi::api::core::v1::Service>::namespaced(rig.client(), "db-drill")
+        .get("db-public")
+        .await
+        .expect("the NodePort Service selecting the pods is copied")
+        .spec
+        .unwrap();
+    assert_eq!(
+        (
+            public.ports.unwrap()[0].node_port,
+            public.cluster_ip.as_deref()
+        ),
+        (None, None),
+        "the copy allocates no node port and no cluster IP of the source's"
     );
     assert!(
         !crate::replication::events(&rig, "DrillVerified")
@@ -972,7 +991,14 @@ async fn a_deployment_fails_over_onto_restored_claims_and_rolls_back() {
     let deployments: Api<k8s_openapi::api::apps::v1::Deployment> =
         Api::namespaced(rig.client(), "apps");
     let copy = deployments.get("web-failover").await.unwrap().spec.unwrap();
-    let claim = copy.template.spec.unwrap().volumes.unwrap()[0]
+    let source = deployments.get("web").await.unwrap().spec.unwrap();
+    let copied = copy.template.spec.unwrap().volumes.unwrap();
+    assert_eq!(
+        copied[1..],
+        source.template.spec.unwrap().volumes.unwrap()[1..],
+        "the ConfigMap and emptyDir volumes are carried over exactly"
+    );
+    let claim = copied[0]
         .persistent_volume_claim
         .clone()
         .unwrap()

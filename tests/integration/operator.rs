@@ -29,7 +29,7 @@ pub async fn start_operator(rig: &Rig, leader_election: bool) -> Running {
     settings.leader_election = leader_election;
     settings.identity = "test-operator".into();
     let (stop, shutdown) = Shutdown::new();
-    let task = tokio::spawn(operator::run(rig.client(), settings, shutdown));
+    let task = tokio::spawn(operator::run(rig.operator_client(), settings, shutdown));
     Running { stop, task }
 }
 
@@ -37,6 +37,7 @@ async fn cluster() -> (Rig, tempfile::TempDir) {
     let rig = Rig::start().await;
     rig.apply_crds().await;
     rig.namespace(OPERATOR_NS).await;
+    rig.install_chart_rbac(&[]).await;
     rig.namespace("apps").await;
     rig.node("node-a1", "zone-a", "region-1").await;
     rig.node("node-b1", "zone-b", "region-1").await;
@@ -250,7 +251,7 @@ async fn registered_flips_with_agent_registration() {
         (
             stop,
             tokio::spawn(site_recovery::agent::run(
-                rig.client(),
+                rig.agent_client(),
                 settings,
                 shutdown.wait(),
             )),
@@ -417,6 +418,7 @@ async fn malformed_object_is_reported_without_stopping_the_controller() {
     // vault our types cannot read.
     let rig = Rig::start().await;
     rig.namespace(OPERATOR_NS).await;
+    rig.install_chart_rbac(&[]).await;
     rig.namespace("apps").await;
     rig.node("node-a1", "zone-a", "region-1").await;
     rig.node("node-b1", "zone-b", "region-1").await;

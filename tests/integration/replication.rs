@@ -28,6 +28,7 @@ pub(crate) async fn cluster() -> (Rig, tempfile::TempDir) {
     let rig = Rig::start().await;
     rig.apply_crds().await;
     rig.namespace(OPERATOR_NS).await;
+    rig.install_chart_rbac(&[]).await;
     rig.namespace("apps").await;
     rig.node("node-a1", "zone-a", "region-1").await;
     rig.node("node-a2", "zone-a", "region-1").await;
@@ -73,7 +74,7 @@ pub(crate) fn start_agent(rig: &Rig, node: &str, lease_seconds: i32) -> Agent {
     };
     let (stop, shutdown) = Shutdown::new();
     let task = tokio::spawn(site_recovery::agent::run(
-        rig.client(),
+        rig.agent_client(),
         settings,
         shutdown.wait(),
     ));
@@ -310,7 +311,7 @@ async fn start_operator_with_metrics(rig: &Rig) -> (Running, std::net::SocketAdd
     settings.http_addr = Some(addr);
     let (stop, shutdown) = Shutdown::new();
     let task = tokio::spawn(site_recovery::operator::run(
-        rig.client(),
+        rig.operator_client(),
         settings,
         shutdown,
     ));

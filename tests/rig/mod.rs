@@ -4,6 +4,8 @@
 
 #![allow(dead_code)]
 
+pub mod authz;
+pub mod chart;
 pub mod csi;
 pub mod exec;
 pub mod failover;
@@ -22,6 +24,9 @@ use kube::{Client, Config};
 use serde_json::{Value, json};
 
 pub use server::Shared;
+
+/// The bearer token of the test's own admin; the kubeconfig for the real binary uses "rig".
+pub const ADMIN_TOKEN: &str = "rig-admin";
 
 pub struct Rig {
     pub addr: SocketAddr,
@@ -48,8 +53,30 @@ impl std::ops::Deref for Rig {
 }
 
 impl Drop for Rig {
+    /// A test that passed while a component was denied something fails here: on a cluster the
+    /// same request would fail, whatever the test asserted.
     fn drop(&mut self) {
         self.server.abort();
+        let auth = &self.state.0.lock().unwrap().auth;
+        if auth.denials_expected || auth.denied.is_empty() {
+            return;
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        let report = format!(
+            "RBAC denied {} requests the chart's roles should allow:\n{}",
+            auth.denied.len(),
+            auth.denied
+                .iter()
+                .filter(|d| seen.insert(*d))
+                .map(|(who, what)| format!("  {who}: {what}"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+        if std::thread::panicking() {
+            eprintln!("{report}");
+        } else {
+            panic!("{report}");
+        }
     }
 }
 
@@ -93,6 +120,75 @@ impl Rig {
             rig.namespace(ns).await;
         }
         rig
+    }
+
+    /// From now on every request must carry a known token and pass RBAC, as on a cluster.
+    pub fn enforce_rbac(&self) {
+        self.state.0.lock().unwrap().auth.enforce = true;
+    }
+
+    /// A client authenticated as ServiceAccount `namespace/name` (its token registered with
+    /// the rig), authorized by whatever roles are bound to it.
+    pub fn client_as(&self, namespace: &str, name: &str) -> Client {
+        let token = format!("sa-{namespace}-{name}");
+        self.state.0.lock().unwrap().auth.tokens.insert(
+            token.clone(),
+            authz::Identity::service_account(namespace, name),
+        );
+        self.cluster.client_with_token(&token)
+    }
+
+    /// Installs the chart's ServiceAccounts, roles and bindings (rendered by helm with `args`;
+    /// the release namespace must exist) and enforces RBAC: what the operator and agents may do is what the chart grants.
+    pub async fn install_chart_rbac(&self, args: &[&str]) {
+        for doc in chart::rbac_documents(args) {
+            self.apply_document(doc).await;
+        }
+        self.enforce_rbac();
+    }
+
+    /// Creates (or replaces) any object, as `kubectl apply` of a rendered manifest would.
+    pub async fn apply_document(&self, doc: Value) {
+        let gvk = kube::api::GroupVersionKind::try_from(&kube::api::TypeMeta {
+            api_version: doc["apiVersion"].as_str().unwrap().into(),
+            kind: doc["kind"].as_str().unwrap().into(),
+        })
+        .unwrap();
+        let plural = format!("{}s", gvk.kind.to_ascii_lowercase());
+        let resource = kube::api::ApiResource::from_gvk_with_plural(&gvk, &plural);
+        let obj: DynamicObject = serde_json::from_value(doc.clone()).unwrap();
+        let api: Api<DynamicObject> = match obj.metadata.namespace.as_deref() {
+            Some(ns) => Api::namespaced_with(self.client(), ns, &resource),
+            None => Api::all_with(self.client(), &resource),
+        };
+        let name = obj.metadata.name.clone().unwrap();
+        api.patch(
+            &name,
+            &PatchParams::apply("rig").force(),
+            &Patch::Apply(doc),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("applying {} {name}: {e}", gvk.kind));
+    }
+
+    /// A client of the chart's operator ServiceAccount.
+    pub fn operator_client(&self) -> Client {
+        self.client_as(chart::RELEASE_NAMESPACE, chart::OPERATOR_SA)
+    }
+
+    /// A client of the chart's agent ServiceAccount.
+    pub fn agent_client(&self) -> Client {
+        self.client_as(chart::RELEASE_NAMESPACE, chart::AGENT_SA)
+    }
+
+    /// This test provokes denials on purpose: the rig does not fail it for them.
+    pub fn expect_denials(&self) {
+        self.state.0.lock().unwrap().auth.denials_expected = true;
+    }
+
+    /// What RBAC denied so far: (user, the 403's message).
+    pub fn denied(&self) -> Vec<(String, String)> {
+        self.state.0.lock().unwrap().auth.denied.clone()
     }
 
     /// A cluster without an API (e.g. no snapshot controller installed): `group`'s `plural`
@@ -147,8 +243,15 @@ impl Cluster {
         format!("http://{}", self.addr)
     }
 
+    /// A client of the test's own admin (`system:masters`), for setting up and for playing
+    /// kubelet, scheduler and controllers.
     pub fn client(&self) -> Client {
+        self.client_with_token(ADMIN_TOKEN)
+    }
+
+    fn client_with_token(&self, token: &str) -> Client {
         let mut config = Config::new(self.url().parse().unwrap());
+        config.auth_info.token = Some(token.to_string().into());
         config.default_namespace = "default".into();
         config.read_timeout = Some(Duration::from_secs(300));
         Client::try_from(config).expect("client for the rig")
@@ -377,7 +480,12 @@ impl Cluster {
                     "selector": {"matchLabels": {"app": name}},
                     "template": {"metadata": {"labels": {"app": name}}, "spec": {
                         "containers": [{"name": "main", "image": "busybox"}],
-                        "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": claim}}],
+                        // Volumes a failover must carry over exactly as they are.
+                        "volumes": [
+                            {"name": "data", "persistentVolumeClaim": {"claimName": claim}},
+                            {"name": "config", "configMap": {"name": format!("{name}-config")}},
+                            {"name": "scratch", "emptyDir": {}},
+                        ],
                     }},
                 },
             }))

@@ -14,6 +14,7 @@ use base64::Engine;
 use serde_json::{Value, json};
 use tokio::sync::broadcast;
 
+use super::authz;
 use super::fields::{self, Scope};
 use super::resources::{ResourceType, builtins};
 use super::selector::{FieldSelector, LabelSelector};
@@ -50,6 +51,8 @@ pub struct State {
     pub requests: BTreeMap<(String, String), u64>,
     /// Every pods/exec the rig ran.
     pub execs: Vec<super::exec::ExecRecord>,
+    /// Tokens, identities and what RBAC denied.
+    pub auth: authz::Auth,
 }
 
 pub type Shared = Arc<(Mutex<State>, broadcast::Sender<Arc<Change>>)>;
@@ -69,6 +72,13 @@ pub fn new_state() -> Shared {
             uid_counter: 0,
             bookmark_interval: Duration::from_secs(2),
             requests: BTreeMap::new(),
+            auth: authz::Auth {
+                tokens: [super::ADMIN_TOKEN, "rig"]
+                    .into_iter()
+                    .map(|t| (t.to_string(), authz::Identity::admin()))
+                    .collect(),
+                ..Default::default()
+            },
         }),
         tx,
     ))
@@ -341,7 +351,11 @@ pub async fn entry(
     axum::extract::State(shared): axum::extract::State<Shared>,
     req: axum::http::Request<axum::body::Body>,
 ) -> Response {
-    if let Some((ns, pod)) = super::exec::is_exec(&req) {
+    let exec = super::exec::is_exec(&req);
+    if let Err(denied) = authorize(&shared, &req, exec.as_ref()) {
+        return denied.into_response();
+    }
+    if let Some((ns, pod)) = exec {
         return super::exec::exec(shared, ns, pod, req).await;
     }
     let (parts, body) = req.into_parts();
@@ -365,6 +379,70 @@ pub async fn entry(
         body,
     )
     .await
+}
+
+/// Authenticates the request's bearer token and authorizes what it asks as RBAC would.
+fn authorize(
+    shared: &Shared,
+    req: &axum::http::Request<axum::body::Body>,
+    exec: Option<&(String, String)>,
+) -> Result<(), Reply> {
+    let mut state = shared.0.lock().unwrap();
+    let who = authz::authenticate(&state.auth, req.headers())?;
+    let query = query_map(req.uri());
+    let attributes = match exec {
+        Some((ns, pod)) => authz::Attributes {
+            verb: "create".into(),
+            group: String::new(),
+            resource: "pods".into(),
+            subresource: Some("exec".into()),
+            namespace: Some(ns.clone()),
+            name: Some(pod.clone()),
+            path: None,
+        },
+        None => match route(&state, req.uri().path()) {
+            // Not found is not a secret: the route's own error answers it.
+            Err(_) => return Ok(()),
+            Ok(Route::Discovery(_)) => authz::Attributes {
+                verb: "get".into(),
+                group: String::new(),
+                resource: String::new(),
+                subresource: None,
+                namespace: None,
+                name: None,
+                path: Some(req.uri().path().to_string()),
+            },
+            Ok(Route::Resource(t)) => {
+                let watch = query.get("watch").is_some_and(|w| w == "true" || w == "1");
+                // A list or watch of one object by name is authorized for that name.
+                let by_field = query
+                    .get("fieldSelector")
+                    .and_then(|f| f.strip_prefix("metadata.name="))
+                    .filter(|n| !n.contains(','))
+                    .map(String::from);
+                authz::Attributes {
+                    verb: authz::verb(req.method(), t.name.is_some(), watch).into(),
+                    group: t.resource.group.clone(),
+                    resource: t.resource.plural.clone(),
+                    subresource: t.sub.clone(),
+                    namespace: if t.resource.namespaced {
+                        t.namespace.clone()
+                    } else {
+                        None
+                    },
+                    name: t.name.clone().or(by_field),
+                    path: None,
+                }
+            }
+        },
+    };
+    if authz::allowed(&state, &who, &attributes) {
+        return Ok(());
+    }
+    let reply = authz::forbidden(&who, &attributes);
+    let message = reply.1["message"].as_str().unwrap_or_default().to_string();
+    state.auth.denied.push((who.user.clone(), message));
+    Err(reply)
 }
 
 pub async fn handle(
@@ -702,15 +780,16 @@ impl State {
 
     /// Applies CRD defaults and validates; returns the Status to send on failure.
     fn admit(&self, r: &ResourceType, obj: &mut Value, old: Option<&Value>) -> Result<(), Reply> {
-        let Some(schema) = &r.schema else {
-            return Ok(());
-        };
-        *obj = kube::core::cel::apply_defaults(schema, obj);
         let name = obj["metadata"]["name"]
             .as_str()
             .unwrap_or_default()
             .to_string();
         let mut causes = Vec::new();
+        let Some(schema) = &r.schema else {
+            builtin_errors(r, obj, &mut causes);
+            return invalid(r, &name, causes);
+        };
+        *obj = kube::core::cel::apply_defaults(schema, obj);
         schema_errors(schema, obj, "", &mut causes);
         if !causes.is_empty() {
             if has_rules(schema) {
@@ -733,30 +812,7 @@ impl State {
                 }
             }
         }
-        if causes.is_empty() {
-            return Ok(());
-        }
-        let text = |c: &Value| {
-            format!(
-                "{}: {}",
-                c["field"].as_str().unwrap_or(""),
-                c["message"].as_str().unwrap_or("")
-            )
-        };
-        let summary = if causes.len() == 1 {
-            text(&causes[0])
-        } else {
-            format!(
-                "[{}]",
-                causes.iter().map(text).collect::<Vec<_>>().join(", ")
-            )
-        };
-        Err(status_error(
-            422,
-            "Invalid",
-            format!("{} \"{name}\" is invalid: {summary}", r.qualified_kind()),
-            json!({"name": name, "group": r.group, "kind": r.kind, "causes": causes}),
-        ))
+        invalid(r, &name, causes)
     }
 
     fn create(
@@ -1585,5 +1641,74 @@ fn translate(
             }
         }
         (kind, _) => now.then(|| (kind, c.object.clone())),
+    }
+}
+
+/// The 422 for `causes`, or Ok when there are none.
+fn invalid(r: &ResourceType, name: &str, causes: Vec<Value>) -> Result<(), Reply> {
+    if causes.is_empty() {
+        return Ok(());
+    }
+    let text = |c: &Value| {
+        format!(
+            "{}: {}",
+            c["field"].as_str().unwrap_or(""),
+            c["message"].as_str().unwrap_or("")
+        )
+    };
+    let summary = if causes.len() == 1 {
+        text(&causes[0])
+    } else {
+        format!(
+            "[{}]",
+            causes.iter().map(text).collect::<Vec<_>>().join(", ")
+        )
+    };
+    Err(status_error(
+        422,
+        "Invalid",
+        format!("{} \"{name}\" is invalid: {summary}", r.qualified_kind()),
+        json!({"name": name, "group": r.group, "kind": r.kind, "causes": causes}),
+    ))
+}
+
+/// The volume checks of built-in workloads that a real API server makes and our copies must
+/// pass: each volume has exactly one source, and a claim volume names its claim.
+fn builtin_errors(r: &ResourceType, obj: &Value, causes: &mut Vec<Value>) {
+    if r.kind == "Service" {
+        let cluster_ip = matches!(obj["spec"]["type"].as_str(), None | Some("ClusterIP"));
+        for (i, p) in obj["spec"]["ports"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .enumerate()
+        {
+            if cluster_ip && p.get("nodePort").is_some_and(|n| !n.is_null()) {
+                causes.push(json!({"reason": "FieldValueForbidden", "message": "Forbidden: may not be used when `type` is 'ClusterIP'", "field": format!("spec.ports[{i}].nodePort")}));
+            }
+        }
+        return;
+    }
+    let (volumes, path) = match r.kind.as_str() {
+        "Pod" => (&obj["spec"]["volumes"], "spec.volumes"),
+        "Deployment" | "StatefulSet" | "Job" => (
+            &obj["spec"]["template"]["spec"]["volumes"],
+            "spec.template.spec.volumes",
+        ),
+        _ => return,
+    };
+    for (i, v) in volumes.as_array().into_iter().flatten().enumerate() {
+        let sources: Vec<&String> = v
+            .as_object()
+            .map(|m| m.keys().filter(|k| *k != "name").collect())
+            .unwrap_or_default();
+        if sources.len() > 1 {
+            causes.push(json!({"reason": "FieldValueForbidden", "message": "Forbidden: may not specify more than 1 volume type", "field": format!("{path}[{i}].{}", sources[1])}));
+        }
+        if let Some(c) = v.get("persistentVolumeClaim")
+            && c["claimName"].as_str().is_none_or(|n| n.is_empty())
+        {
+            causes.push(json!({"reason": "FieldValueRequired", "message": "Required value", "field": format!("{path}[{i}].persistentVolumeClaim.claimName")}));
+        }
     }
 }

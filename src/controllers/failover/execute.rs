@@ -935,9 +935,21 @@ async fn copy_services(
         if !selects && named != Some(service.name_any().as_str()) {
             continue;
         }
+        // The copy is a ClusterIP Service of its own: the source's allocated node ports and
+        // cluster IP belong to the source (reusing them is refused with 422).
+        let ports: Vec<_> = spec
+            .ports
+            .clone()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|mut p| {
+                p.node_port = None;
+                p
+            })
+            .collect();
         let mut copy = json!({
             "selector": spec.selector,
-            "ports": spec.ports,
+            "ports": ports,
             "publishNotReadyAddresses": spec.publish_not_ready_addresses,
         });
         if spec.cluster_ip.as_deref() == Some("None") {
@@ -1126,8 +1138,15 @@ fn copy_of(
     if kind == WorkloadKind::Deployment
         && let Some(list) = spec["template"]["spec"]["volumes"].as_array_mut()
     {
+        // Only claim volumes change; indexing a ConfigMap or emptyDir volume would insert a
+        // `persistentVolumeClaim: {claimName: null}` into it, which an API server refuses.
         for v in list {
-            let claim = &mut v["persistentVolumeClaim"]["claimName"];
+            let Some(claim) = v
+                .get_mut("persistentVolumeClaim")
+                .and_then(|c| c.get_mut("claimName"))
+            else {
+                continue;
+            };
             if let Some(r) = volumes
                 .iter()
                 .find(|r| claim.as_str() == Some(&r.source_claim))
