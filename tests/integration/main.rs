@@ -10,6 +10,7 @@ mod generated;
 mod hostile;
 mod object_stores;
 mod operator;
+mod rbac;
 mod replication;
 mod repository;
 mod rig_api;

@@ -141,7 +141,12 @@ impl Rig {
     /// Installs the chart's ServiceAccounts, roles and bindings (rendered by helm with `args`;
     /// the release namespace must exist) and enforces RBAC: what the operator and agents may do is what the chart grants.
     pub async fn install_chart_rbac(&self, args: &[&str]) {
-        for doc in chart::rbac_documents(args) {
+        self.install_rbac(chart::rbac_documents(args)).await;
+    }
+
+    /// Installs these RBAC documents and enforces RBAC.
+    pub async fn install_rbac(&self, docs: Vec<Value>) {
+        for doc in docs {
             self.apply_document(doc).await;
         }
         self.enforce_rbac();
