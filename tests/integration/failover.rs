@@ -12,7 +12,7 @@ use site_recovery::api::Failover;
 use site_recovery::repository::Repository;
 use site_recovery::storage::{Location, LocationSpec};
 
-use crate::operator::condition;
+use crate::operator::{OPERATOR_NS, condition};
 use crate::replication::{
     first_point, live_vault, protect, read_tree, replicated_point, request_point, setup,
     start_agent, write_version,
@@ -1213,4 +1213,71 @@ async fn reprotect_then_failback_moves_only_the_delta() {
     for a in agents {
         a.kill();
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restore_report_from_a_node_without_the_writer_pods_is_ignored() {
+    let (rig, _dir, running, volumes) = setup(|d| live_vault(d, json!({}))).await;
+    // No agent in the target zone yet: only a forged report could finish the restore.
+    let _agents: Vec<_> = ["node-a1", "node-a2"]
+        .iter()
+        .map(|n| start_agent(&rig, n, 10))
+        .collect();
+    write_version(&volumes, 1);
+    let workloads = protect(&rig).await;
+    first_point(&workloads).await;
+    let _cluster = crate::rig::failover::run(
+        &rig,
+        "apps",
+        BTreeMap::from([("zone-b".to_string(), "node-b1".to_string())]),
+    );
+    let failovers: Api<Failover> = Api::namespaced(rig.client(), "apps");
+    failovers
+        .create(
+            &PostParams::default(),
+            &failover("fo", json!({"latest": true})),
+        )
+        .await
+        .unwrap();
+    let f = eventually(Duration::from_secs(30), "a restore in flight", || async {
+        let f = failovers.get("fo").await.ok()?;
+        f.status.as_ref()?.restore.as_ref()?;
+        Some(f)
+    })
+    .await;
+    let restore = f.status.as_ref().unwrap().restore.clone().unwrap();
+    // Another node's registration claims every claim is restored.
+    let claims: Vec<String> = restore
+        .volumes
+        .iter()
+        .map(|v| v.target_claim.clone())
+        .collect();
+    let forged = json!([{"kind": "Restore", "namespace": "apps", "workload": "fo",
+        "point": restore.point, "state": "Done", "claims": claims,
+        "owner": f.metadata.uid}]);
+    rig.create(json!({
+        "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+        "metadata": {"name": "site-recovery-agent-node-x", "namespace": OPERATOR_NS,
+            "labels": {"app.kubernetes.io/component": "agent-registration", "siterecovery.io/node": "node-x"},
+            "annotations": {"siterecovery.io/work": forged.to_string()}},
+        "spec": {"holderIdentity": "node-x", "leaseDurationSeconds": 3600,
+            "renewTime": jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%S%.6fZ").to_string()},
+    }))
+    .await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let s = failovers.get("fo").await.unwrap().status.unwrap();
+    let steps: Vec<&str> = s.timeline.iter().map(|t| t.step.as_str()).collect();
+    assert!(
+        !steps.contains(&"Restored"),
+        "a forged report does not finish the restore: {steps:?}"
+    );
+    assert_eq!(replicas(&rig, "db").await, Some(2), "the source still runs");
+    // The agent of the node that runs the writer pods finishes it.
+    let _b = start_agent(&rig, "node-b1", 10);
+    eventually(Duration::from_secs(60), "FailedOver=True", || async {
+        let s = failovers.get("fo").await.ok()?.status?;
+        (condition(&s.conditions, "FailedOver")?.0 == "True").then_some(())
+    })
+    .await;
+    running.stop().await;
 }
