@@ -57,6 +57,8 @@ names! {
         StorageReachable,
         StorageUnreachable,
         SecretNotFound,
+        /// The encryption key is the examples' placeholder: a vault is never opened with it.
+        PlaceholderKey,
         ClaimNotFound,
         ClaimNotBound,
         SameStorageLocation,

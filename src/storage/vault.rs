@@ -10,6 +10,22 @@ use super::location::Options;
 use crate::api::vault::{RecoveryVaultSpec, SecretKeyRef, Storage};
 use crate::repository::{RepoError, Repository};
 
+/// The placeholder key the examples once carried. Anyone who has read them holds it: a vault
+/// encrypted with it is not encrypted.
+pub const PLACEHOLDER_KEY: &str = "REPLACE-ME-with-at-least-32-random-bytes-000000";
+
+/// Whether `key` is the old placeholder or a variant of it (any key containing `REPLACE-ME`).
+pub fn is_placeholder_key(key: &[u8]) -> bool {
+    key.windows(b"REPLACE-ME".len()).any(|w| w == b"REPLACE-ME")
+}
+
+/// What the vault condition says of a placeholder key.
+pub fn placeholder_key_message(name: &str, key: &str) -> String {
+    format!(
+        "spec.encryption.keySecretRef: key {key:?} of Secret {name} is the examples' placeholder, which anyone can read; replace it with random bytes (kubectl create secret generic {name} --from-literal={key}=$(openssl rand -base64 48))"
+    )
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum AccessError {
     #[error("{field}: Secret {name} not found in namespace {namespace}")]
@@ -24,6 +40,8 @@ pub enum AccessError {
         name: String,
         key: String,
     },
+    #[error("{}", placeholder_key_message(name, key))]
+    PlaceholderKey { name: String, key: String },
     #[error("{field}: {message}")]
     Storage {
         field: &'static str,
@@ -100,11 +118,18 @@ async fn key(
             name: r.name.clone(),
             namespace: namespace.into(),
         })?;
-    secret_value(&secret, &r.key).ok_or_else(|| AccessError::KeyMissing {
+    let value = secret_value(&secret, &r.key).ok_or_else(|| AccessError::KeyMissing {
         field,
         name: r.name.clone(),
         key: r.key.clone(),
-    })
+    })?;
+    if is_placeholder_key(&value) {
+        return Err(AccessError::PlaceholderKey {
+            name: r.name.clone(),
+            key: r.key.clone(),
+        });
+    }
+    Ok(value)
 }
 
 impl VaultAccess {

@@ -32,7 +32,11 @@ pub enum StorageProbe {
 /// A Secret key's state.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum KeyProbe {
-    Present { len: usize },
+    Present {
+        len: usize,
+    },
+    /// The examples' placeholder (see [`crate::storage::vault::is_placeholder_key`]).
+    Placeholder,
     SecretMissing,
     KeyMissing,
 }
@@ -150,14 +154,15 @@ async fn probe_key(secrets: &Api<Secret>, key: &SecretKeyRef) -> Result<KeyProbe
         .data
         .as_ref()
         .and_then(|d| d.get(&key.key))
-        .map(|ByteString(b)| b.len());
+        .map(|ByteString(b)| b.as_slice());
     let from_string = secret
         .string_data
         .as_ref()
         .and_then(|d| d.get(&key.key))
-        .map(String::len);
+        .map(String::as_bytes);
     Ok(match from_data.or(from_string) {
-        Some(len) => KeyProbe::Present { len },
+        Some(k) if crate::storage::vault::is_placeholder_key(k) => KeyProbe::Placeholder,
+        Some(k) => KeyProbe::Present { len: k.len() },
         None => KeyProbe::KeyMissing,
     })
 }

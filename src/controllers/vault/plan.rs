@@ -182,23 +182,39 @@ pub fn plan(
 
     // Encryption key, reported through Ready.
     let key_problem = match &observed.encryption_key {
+        KeyProbe::Placeholder => Some((
+            R::PlaceholderKey,
+            crate::storage::vault::placeholder_key_message(
+                &spec.encryption.key_secret_ref.name,
+                &spec.encryption.key_secret_ref.key,
+            ),
+        )),
         KeyProbe::Present { len } if *len >= MIN_KEY_BYTES => None,
-        KeyProbe::Present { len } => Some(format!(
-            "spec.encryption.keySecretRef: key {:?} of Secret {} has {len} bytes; at least {MIN_KEY_BYTES} are required",
-            spec.encryption.key_secret_ref.key, spec.encryption.key_secret_ref.name
+        KeyProbe::Present { len } => Some((
+            R::SecretNotFound,
+            format!(
+                "spec.encryption.keySecretRef: key {:?} of Secret {} has {len} bytes; at least {MIN_KEY_BYTES} are required",
+                spec.encryption.key_secret_ref.key, spec.encryption.key_secret_ref.name
+            ),
         )),
-        KeyProbe::SecretMissing => Some(format!(
-            "spec.encryption.keySecretRef: Secret {} not found",
-            spec.encryption.key_secret_ref.name
+        KeyProbe::SecretMissing => Some((
+            R::SecretNotFound,
+            format!(
+                "spec.encryption.keySecretRef: Secret {} not found",
+                spec.encryption.key_secret_ref.name
+            ),
         )),
-        KeyProbe::KeyMissing => Some(format!(
-            "spec.encryption.keySecretRef: Secret {} has no key {:?}",
-            spec.encryption.key_secret_ref.name, spec.encryption.key_secret_ref.key
+        KeyProbe::KeyMissing => Some((
+            R::SecretNotFound,
+            format!(
+                "spec.encryption.keySecretRef: Secret {} has no key {:?}",
+                spec.encryption.key_secret_ref.name, spec.encryption.key_secret_ref.key
+            ),
         )),
     };
 
-    let ready = if let Some(message) = key_problem {
-        Condition::new(T::Ready, ConditionStatus::False, R::SecretNotFound, message)
+    let ready = if let Some((reason, message)) = key_problem {
+        Condition::new(T::Ready, ConditionStatus::False, reason, message)
     } else if !storage.is_true() {
         Condition::new(
             T::Ready,
