@@ -76,6 +76,8 @@ names! {
     /// Reasons of ReplicatedWorkload conditions.
     pub enum WorkloadReason {
         WorkloadReady,
+        /// The spec (or the name) cannot take effect; the message names the field.
+        InvalidSpec,
         VaultNotFound,
         VaultNotReady,
         WorkloadNotFound,
@@ -99,6 +101,8 @@ names! {
         PointReplicated,
         /// The last point could not be captured (an agent's error, a timeout).
         CaptureFailed,
+        /// The agents' reports of the last point stopped moving: it was given up.
+        CaptureStalled,
         /// The last point is in the cache but could not be copied to the target.
         ReplicationFailed,
         /// A pre or post hook failed: the point carries the consistency it really has.

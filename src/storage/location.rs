@@ -23,7 +23,9 @@ pub enum StorageError {
     NotFound { location: String, key: String },
     #[error("{location}: {key} already exists")]
     AlreadyExists { location: String, key: String },
-    #[error("{location}: {key} is {size} bytes, more than the {max} an object of its kind may have")]
+    #[error(
+        "{location}: {key} is {size} bytes, more than the {max} an object of its kind may have"
+    )]
     TooLarge {
         location: String,
         key: String,

@@ -87,7 +87,15 @@ pub fn plan(
         .filter(|s| s.test == test)
         .filter(|s| (s.created, s.name.as_str()) < (me.created, me.name))
         .min_by_key(|s| (s.created, s.name.clone()));
-    let ready = if let Some(first) = older {
+    // The name is the value of the label that marks every object the failover makes.
+    let name_problem = crate::api::names::label_value_problem(
+        "metadata.name",
+        me.name,
+        crate::api::work::FAILOVER_LABEL,
+    );
+    let ready = if let Some(message) = name_problem {
+        Condition::new(T::Ready, ConditionStatus::False, R::InvalidSpec, message)
+    } else if let Some(first) = older {
         Condition::new(
             T::Ready,
             ConditionStatus::False,
@@ -420,6 +428,38 @@ mod tests {
                 "{name}"
             );
         }
+    }
+
+    #[test]
+    fn a_name_that_cannot_be_a_label_value_is_invalid_at_once() {
+        let observed = Observed {
+            workload: Some(Ok(protected())),
+            siblings: vec![],
+        };
+        let long = "f".repeat(64);
+        let me = Me {
+            name: &long,
+            created: Some(t("2026-06-01T13:00:00Z")),
+        };
+        let p = plan(&spec(json!({})), None, &observed, me);
+        let (reason, message) = ready(&p);
+        assert_eq!(reason, "InvalidSpec", "{message}");
+        assert!(
+            message.starts_with("metadata.name: ")
+                && message.contains("siterecovery.io/failover")
+                && message.contains("at most 63"),
+            "{message}"
+        );
+        assert_eq!(p.resolved_point, None, "nothing is restored");
+        let ok = "f".repeat(63);
+        let me = Me {
+            name: &ok,
+            created: Some(t("2026-06-01T13:00:00Z")),
+        };
+        assert_eq!(
+            ready(&plan(&spec(json!({})), None, &observed, me)).0,
+            "FailoverReady"
+        );
     }
 
     #[test]
