@@ -1250,3 +1250,60 @@ async fn failovers_resolve_points_from_the_target_location_alone() {
     assert_eq!(resolved("latest").await.id, second);
     running.stop().await;
 }
+
+#[tokio::test]
+async fn hook_output_is_cut_at_its_limit_and_the_exec_closed() {
+    let rig = Rig::start().await;
+    rig.namespace("apps").await;
+    rig.create(
+        json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "db-0", "namespace": "apps"},
+        "spec": {"containers": [{"name": "main", "image": "db"}]}}),
+    )
+    .await;
+    let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(rig.client(), "apps");
+    let hook = |command: &[&str]| -> site_recovery::api::workload::ExecHook {
+        serde_json::from_value(json!({"container": "main", "command": command, "timeout": "1h"}))
+            .unwrap()
+    };
+    use site_recovery::controllers::workload::hooks::exec;
+    // Endless output: cut at 64 KiB at once, not read for the hook's hour.
+    let started = std::time::Instant::now();
+    let message = tokio::time::timeout(
+        Duration::from_secs(20),
+        exec(&pods, "db-0", &hook(&["cat", "/dev/zero"])),
+    )
+    .await
+    .expect("the hook is stopped long before its timeout")
+    .unwrap_err();
+    assert!(
+        message.contains("stdout passed 64 KiB") && message.contains("truncated"),
+        "{message}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(20));
+    eventually(Duration::from_secs(10), "the command killed", || async {
+        (rig.state.0.lock().unwrap().execs_killed == 1).then_some(())
+    })
+    .await;
+    // The same on stderr.
+    let message = exec(&pods, "db-0", &hook(&["sh", "-c", "cat /dev/zero >&2"]))
+        .await
+        .unwrap_err();
+    assert!(message.contains("stderr passed 64 KiB"), "{message}");
+    // Output under the limit changes nothing: a failure carries its stderr.
+    let message = exec(
+        &pods,
+        "db-0",
+        &hook(&[
+            "sh",
+            "-c",
+            "head -c 60000 /dev/zero; echo flushed tables >&2; exit 3",
+        ]),
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        message.contains("exit status 3") && message.contains("stderr: flushed tables"),
+        "{message}"
+    );
+    exec(&pods, "db-0", &hook(&["true"])).await.unwrap();
+}

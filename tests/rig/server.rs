@@ -50,6 +50,8 @@ pub struct State {
     pub requests: BTreeMap<(String, String), u64>,
     /// Every pods/exec the rig ran.
     pub execs: Vec<super::exec::ExecRecord>,
+    /// Execs whose client went away before the command ended (the command was killed).
+    pub execs_killed: u64,
 }
 
 pub type Shared = Arc<(Mutex<State>, broadcast::Sender<Arc<Change>>)>;
@@ -61,6 +63,7 @@ pub fn new_state() -> Shared {
             resources: builtins(),
             objects: BTreeMap::new(),
             execs: Vec::new(),
+            execs_killed: 0,
             rv: 100,
             log: VecDeque::new(),
             floor: 0,
