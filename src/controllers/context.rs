@@ -70,6 +70,8 @@ pub struct Context {
     pub namespace: String,
     /// Image of the reader pods of CSI captures.
     pub reader_image: String,
+    /// What vaults' storage may point at; the agents hold the same rules.
+    pub storage: crate::storage::StorageRules,
     /// Workloads (`namespace/name`) whose temporary objects were swept since this start.
     pub swept: std::sync::Mutex<std::collections::HashSet<String>>,
 }

@@ -46,6 +46,8 @@ pub struct Settings {
     pub http_addr: Option<SocketAddr>,
     /// Image of the pods that mount snapshot claims for agents to read (they run nothing).
     pub reader_image: String,
+    /// Where vaults may put their storage (the chart's storage root, endpoints, identity).
+    pub storage: crate::storage::StorageRules,
 }
 
 /// The reader pods only hold a mount: the smallest image that sleeps.
@@ -64,6 +66,7 @@ impl Settings {
             http_addr: None,
             reader_image: std::env::var("SITE_RECOVERY_READER_IMAGE")
                 .unwrap_or_else(|_| DEFAULT_READER_IMAGE.into()),
+            storage: Default::default(),
         }
     }
 }
@@ -382,6 +385,7 @@ async fn run_controllers(
         backoffs: Default::default(),
         namespace: settings.namespace.clone(),
         reader_image: settings.reader_image.clone(),
+        storage: settings.storage.clone(),
         swept: Default::default(),
     });
 

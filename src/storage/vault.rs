@@ -5,8 +5,8 @@ use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
 use kube::{Api, Client};
 
-use super::Location;
 use super::location::Options;
+use super::{Location, StorageRules};
 use crate::api::vault::{RecoveryVaultSpec, SecretKeyRef, Storage};
 use crate::repository::{RepoError, Repository};
 
@@ -42,6 +42,9 @@ pub enum AccessError {
     },
     #[error("{}", placeholder_key_message(name, key))]
     PlaceholderKey { name: String, key: String },
+    /// The storage spec breaks the installation's rules; the message names the field.
+    #[error("{message}")]
+    NotAllowed { message: String },
     #[error("{field}: {message}")]
     Storage {
         field: &'static str,
@@ -81,7 +84,12 @@ async fn location(
     namespace: &str,
     field: &'static str,
     storage: &Storage,
+    rules: &StorageRules,
 ) -> Result<Location, AccessError> {
+    // Refused before any Secret is read.
+    rules
+        .check(field, namespace, storage)
+        .map_err(|message| AccessError::NotAllowed { message })?;
     let mut credentials = Options::new();
     if let Some(secret) = storage.credentials_secret() {
         let found =
@@ -98,9 +106,11 @@ async fn location(
         }
         credentials.extend(found.string_data.unwrap_or_default());
     }
-    Location::from_vault_storage(storage, &credentials).map_err(|e| AccessError::Storage {
-        field,
-        message: e.to_string(),
+    Location::from_vault_storage(storage, &credentials, namespace, field, rules).map_err(|e| {
+        AccessError::Storage {
+            field,
+            message: e.to_string(),
+        }
     })
 }
 
@@ -137,6 +147,7 @@ impl VaultAccess {
         client: &Client,
         namespace: &str,
         spec: &RecoveryVaultSpec,
+        rules: &StorageRules,
     ) -> Result<Self, AccessError> {
         let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
         Ok(Self {
@@ -145,6 +156,7 @@ impl VaultAccess {
                 namespace,
                 "spec.cache.storage",
                 &spec.cache.storage,
+                rules,
             )
             .await?,
             target: location(
@@ -152,6 +164,7 @@ impl VaultAccess {
                 namespace,
                 "spec.target.storage",
                 &spec.target.storage,
+                rules,
             )
             .await?,
             key: key(&secrets, namespace, &spec.encryption.key_secret_ref).await?,

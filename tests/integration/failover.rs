@@ -411,7 +411,9 @@ async fn the_plugin_fails_over_and_commits() {
     let kubeconfig = rig.kubeconfig(dir.path());
     let run = |args: &[&str]| {
         let mut cmd = tokio::process::Command::new(&plugin);
-        cmd.args(args).env("KUBECONFIG", &kubeconfig);
+        cmd.args(args)
+            .env("KUBECONFIG", &kubeconfig)
+            .env("SITE_RECOVERY_FILESYSTEM_ROOT", rig.storage_root.path());
         let shown = args.join(" ");
         async move {
             let out = cmd.output().await.unwrap();

@@ -1285,7 +1285,7 @@ async fn commit(
             .and_then(|g| g.0.as_ref().ok().cloned())
             .ok_or_else(|| format!("RecoveryVault {} not found", rw.spec.vault_name))?;
         let access =
-            crate::storage::vault::VaultAccess::resolve(&ctx.client, &namespace, &vault.spec)
+            crate::storage::vault::VaultAccess::resolve(&ctx.client, &namespace, &vault.spec, &ctx.storage)
                 .await
                 .map_err(|e| e.to_string())?;
         let mut removed = 0;

@@ -113,7 +113,7 @@ async fn target_points(
         .get(&ObjectRef::new(vault_name).within(namespace))
         .ok_or_else(|| format!("RecoveryVault {vault_name} not found"))?;
     let vault = vault.0.as_ref().map_err(|e| e.to_string())?;
-    let access = VaultAccess::resolve(&ctx.client, namespace, &vault.spec)
+    let access = VaultAccess::resolve(&ctx.client, namespace, &vault.spec, &ctx.storage)
         .await
         .map_err(|e| format!("RecoveryVault {vault_name}: {e}"))?;
     let key = format!("{namespace}/{}", w.name_any());

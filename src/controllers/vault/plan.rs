@@ -107,6 +107,7 @@ pub fn plan(
         ("target", &spec.target, &observed.target),
     ] {
         match probe {
+            StorageProbe::Invalid(m) => storage_problems.push((R::InvalidSpec, m.clone())),
             StorageProbe::Writable
             | StorageProbe::ClaimBound
             | StorageProbe::ObjectStoreReachable => {}
@@ -138,7 +139,11 @@ pub fn plan(
             )),
         }
     }
-    let storage = if let Some((reason, _)) = storage_problems.first() {
+    let worst = storage_problems
+        .iter()
+        .find(|(r, _)| *r == R::InvalidSpec)
+        .or(storage_problems.first());
+    let storage = if let Some((reason, _)) = worst {
         let message = storage_problems
             .iter()
             .map(|(_, m)| m.as_str())
@@ -216,10 +221,16 @@ pub fn plan(
     let ready = if let Some((reason, message)) = key_problem {
         Condition::new(T::Ready, ConditionStatus::False, reason, message)
     } else if !storage.is_true() {
+        // A spec the installation's rules refuse is the user's to fix, not storage to wait for.
+        let reason = if storage.reason == R::InvalidSpec.as_str() {
+            R::InvalidSpec
+        } else {
+            R::StorageNotReady
+        };
         Condition::new(
             T::Ready,
             ConditionStatus::False,
-            R::StorageNotReady,
+            reason,
             storage.message.clone(),
         )
     } else if !separated.is_true() {

@@ -107,7 +107,7 @@ pub async fn advance(
         &observed.registrations,
         now,
     );
-    let access = || VaultAccess::resolve(&ctx.client, &namespace, spec);
+    let access = || VaultAccess::resolve(&ctx.client, &namespace, spec, &ctx.storage);
     let csi = spec.snapshot_method == SnapshotMethod::Csi;
     // A CSI point in flight is exposed to the agents step by step as its snapshots get ready.
     let step = match &status.point_in_progress {

@@ -119,6 +119,19 @@ fn table_of_vault_decisions() {
             message_has: "at least 32 are required",
         },
         Case {
+            name: "storage outside the installation's rules is the user's to fix",
+            spec: json!({}),
+            observed: |o| {
+                o.cache = StorageProbe::Missing;
+                o.target = StorageProbe::Invalid(
+                    "spec.target.storage.filesystem.path: \"/etc\" is outside this namespace's storage".into(),
+                )
+            },
+            ready: (ConditionStatus::False, R::InvalidSpec),
+            separated: Some((ConditionStatus::True, R::Separated)),
+            message_has: "spec.target.storage.filesystem.path: \"/etc\" is outside",
+        },
+        Case {
             name: "the examples' placeholder key is refused",
             spec: json!({}),
             observed: |o| o.encryption_key = KeyProbe::Placeholder,
