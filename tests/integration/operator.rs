@@ -705,3 +705,114 @@ async fn vault_storage_outside_the_tenants_lane_is_invalid_spec() {
     );
     running.stop().await;
 }
+
+#[tokio::test]
+async fn hostile_objects_get_conditions_and_the_operator_serves_on() {
+    let (rig, dir) = cluster().await;
+    rig.secret(
+        "apps",
+        "placeholder-key",
+        &[(
+            "key",
+            site_recovery::storage::vault::PLACEHOLDER_KEY.as_bytes(),
+        )],
+    )
+    .await;
+    // A registration renewed at the end of time, for ever, with a report annotation that is
+    // not one.
+    use site_recovery::api::registration::*;
+    rig.create(json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+        "metadata": {"name": lease_name("node-a1"), "namespace": OPERATOR_NS,
+            "labels": {COMPONENT_LABEL: COMPONENT_VALUE, NODE_LABEL: "node-a1"},
+            "annotations": {ZONE_ANNOTATION: "zone-a", site_recovery::api::work::WORK_ANNOTATION: "[".repeat(300_000)}},
+        "spec": {"holderIdentity": "node-a1", "leaseDurationSeconds": 2147483647, "renewTime": "9999-12-30T21:59:59.000000Z"}}))
+        .await;
+    let running = start_operator(&rig, false).await;
+    let vaults: Api<RecoveryVault> = Api::namespaced(rig.client(), "apps");
+    let mut placeholder = vault("placeholder", "Zone", "zone-a", "zone-b", dir.path());
+    placeholder.spec.encryption.key_secret_ref.name = "placeholder-key".into();
+    vaults
+        .create(&PostParams::default(), &placeholder)
+        .await
+        .unwrap();
+    vaults
+        .create(
+            &PostParams::default(),
+            &vault("vault", "Zone", "zone-a", "zone-b", dir.path()),
+        )
+        .await
+        .unwrap();
+    let long = "x".repeat(64);
+    rig.create(
+        json!({"apiVersion": "siterecovery.io/v1alpha1", "kind": "ReplicatedWorkload",
+        "metadata": {"name": long, "namespace": "apps"},
+        "spec": {"vaultName": "vault", "workloadRef": {"kind": "StatefulSet", "name": "db"}}}),
+    )
+    .await;
+    rig.create(
+        json!({"apiVersion": "siterecovery.io/v1alpha1", "kind": "Failover",
+        "metadata": {"name": long, "namespace": "apps"},
+        "spec": {"workloadName": long}}),
+    )
+    .await;
+    let ready = |kind: &'static str, name: String| {
+        let client = rig.client();
+        async move {
+            let api: Api<kube::api::DynamicObject> = Api::namespaced_with(
+                client,
+                "apps",
+                &kube::api::ApiResource::from_gvk_with_plural(
+                    &kube::api::GroupVersionKind::gvk("siterecovery.io", "v1alpha1", kind),
+                    &crate::rig::plural_of(kind),
+                ),
+            );
+            let o = api.get(&name).await.ok()?;
+            let c = o.data["status"]["conditions"]
+                .as_array()?
+                .iter()
+                .find(|c| c["type"] == "Ready")?
+                .clone();
+            Some((
+                c["reason"].as_str()?.to_string(),
+                c["message"].as_str()?.to_string(),
+            ))
+        }
+    };
+    let (reason, message) = eventually(Duration::from_secs(20), "the placeholder refused", || {
+        let r = ready("RecoveryVault", "placeholder".into());
+        async move { r.await.filter(|(r, _)| r != "VaultReady" && !r.is_empty()) }
+    })
+    .await;
+    assert_eq!(reason, "PlaceholderKey", "{message}");
+    assert!(message.contains("openssl rand"), "{message}");
+    for kind in ["ReplicatedWorkload", "Failover"] {
+        let (reason, message) = eventually(Duration::from_secs(20), "InvalidSpec at once", || {
+            let r = ready(kind, long.clone());
+            async move { r.await.filter(|(r, _)| r == "InvalidSpec") }
+        })
+        .await;
+        assert!(
+            message.starts_with("metadata.name: ") && message.contains("at most 63"),
+            "{kind} {reason}: {message}"
+        );
+    }
+    // Everything else is served as before: the good vault is Ready, nothing panicked.
+    eventually(Duration::from_secs(20), "the good vault Ready", || {
+        let r = ready("RecoveryVault", "vault".into());
+        async move { r.await.filter(|(r, _)| r == "VaultReady") }
+    })
+    .await;
+    let failovers: Api<site_recovery::api::Failover> = Api::namespaced(rig.client(), "apps");
+    assert!(
+        failovers
+            .get(&long)
+            .await
+            .unwrap()
+            .metadata
+            .finalizers
+            .is_none(),
+        "nothing was started for a name that cannot label what it makes"
+    );
+    assert!(!running.task.is_finished(), "the operator did not panic");
+    running.stop().await;
+}

@@ -1315,3 +1315,54 @@ async fn hook_output_is_cut_at_its_limit_and_the_exec_closed() {
     );
     exec(&pods, "db-0", &hook(&["true"])).await.unwrap();
 }
+
+#[tokio::test]
+async fn a_snapshot_whose_restore_size_is_not_a_quantity_fails_the_point_without_a_panic() {
+    let (rig, dir, running, volumes) = setup(csi_vault).await;
+    let agents: Vec<Agent> = ["node-a1", "node-a2", "node-b1"]
+        .iter()
+        .map(|n| start_agent(&rig, n, 10))
+        .collect();
+    write_version(&volumes, 1);
+    let workloads = protect(&rig).await;
+    // The test plays a snapshot controller that reports nonsense: ready, with restoreSize true
+    // on one snapshot and an object on the other.
+    let snaps = crate::rig::csi::snapshots(&rig, "apps");
+    let names = eventually(Duration::from_secs(30), "snapshots taken", || async {
+        let list = snaps.list_metadata(&Default::default()).await.ok()?.items;
+        (list.len() == 2).then(|| {
+            list.into_iter()
+                .filter_map(|s| s.metadata.name)
+                .collect::<Vec<_>>()
+        })
+    })
+    .await;
+    for (name, size) in names.iter().zip([json!(true), json!({"bytes": 1})]) {
+        rig.patch_status(
+            "snapshot.storage.k8s.io/v1",
+            "VolumeSnapshot",
+            Some("apps"),
+            name,
+            json!({"status": {"readyToUse": true, "creationTime": "2026-01-01T00:00:00Z", "restoreSize": size}}),
+        )
+        .await;
+    }
+    let s = eventually(Duration::from_secs(30), "the point failed", || async {
+        let s = workloads.get("db").await.ok()?.status?;
+        let a = s.last_attempt.clone()?;
+        (!a.succeeded).then_some(s)
+    })
+    .await;
+    let (_, reason, message) = condition(&s.conditions, "Replicating").unwrap();
+    assert_eq!(reason, "CaptureFailed", "{message}");
+    assert!(
+        message.contains("status.restoreSize") && message.contains("not a quantity"),
+        "{message}"
+    );
+    assert!(!running.task.is_finished(), "the operator did not panic");
+    let _ = dir;
+    running.stop().await;
+    for a in agents {
+        a.kill();
+    }
+}
