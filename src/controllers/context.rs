@@ -22,7 +22,7 @@ pub struct Stores {
     pub workloads: Store<DeserializeGuard<ReplicatedWorkload>>,
     pub failovers: Store<DeserializeGuard<Failover>>,
     pub nodes: Store<PartialObjectMeta<Node>>,
-    pub registrations: Store<Lease>,
+    pub registrations: Store<DeserializeGuard<Lease>>,
 }
 
 /// Zone and region labels of one node.
@@ -55,7 +55,7 @@ impl Stores {
         self.registrations
             .state()
             .iter()
-            .filter_map(|l| AgentRegistration::from_lease(l))
+            .filter_map(|l| l.0.as_ref().ok().and_then(AgentRegistration::from_lease))
             .collect()
     }
 }

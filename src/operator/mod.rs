@@ -286,7 +286,10 @@ async fn run_controllers(
         reflector::store_shared::<DeserializeGuard<ReplicatedWorkload>>(1024);
     let (failovers, failover_writer) = reflector::store_shared::<DeserializeGuard<Failover>>(1024);
     let (nodes, node_writer) = reflector::store_shared::<PartialObjectMeta<Node>>(1024);
-    let (registrations, registration_writer) = reflector::store_shared::<Lease>(1024);
+    // Guarded like the custom resources: one Lease our types cannot read (a renewTime past what
+    // a timestamp holds) must not stop the watch of every other registration.
+    let (registrations, registration_writer) =
+        reflector::store_shared::<DeserializeGuard<Lease>>(1024);
     let (vault_deletes, _) = broadcast::channel(256);
     let (workload_deletes, _) = broadcast::channel(256);
     let (failover_deletes, _) = broadcast::channel(256);
@@ -355,7 +358,7 @@ async fn run_controllers(
         drive(
             "registrations",
             watcher(
-                Api::<Lease>::namespaced(client.clone(), &settings.namespace),
+                Api::<DeserializeGuard<Lease>>::namespaced(client.clone(), &settings.namespace),
                 wc.clone().labels(&registration::selector()),
             )
             .default_backoff()
@@ -454,7 +457,7 @@ async fn run_controllers(
     };
     let workloads_on_node = {
         let workloads = workloads.clone();
-        move |lease: &Lease| {
+        move |lease: &DeserializeGuard<Lease>| {
             let node = lease
                 .labels()
                 .get(registration::NODE_LABEL)
@@ -568,9 +571,10 @@ async fn run_controllers(
     // moves the failover on at once instead of at its next poll.
     let restoring = {
         let failovers = failovers.clone();
-        move |lease: &Lease| {
+        move |lease: &DeserializeGuard<Lease>| {
             let reports = crate::api::work::parse_reports(
-                lease.annotations().get(crate::api::work::WORK_ANNOTATION),
+                guarded_ok(lease)
+                    .and_then(|l| l.annotations().get(crate::api::work::WORK_ANNOTATION)),
             );
             failovers
                 .state()

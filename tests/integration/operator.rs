@@ -718,14 +718,24 @@ async fn hostile_objects_get_conditions_and_the_operator_serves_on() {
         )],
     )
     .await;
-    // A registration renewed at the end of time, for ever, with a report annotation that is
-    // not one.
+    // node-c1's registration was renewed at the end of time, for ever, with a report annotation
+    // that is not one; node-b1's carries a renewTime Kubernetes accepts and a timestamp cannot
+    // hold; node-a1's is an ordinary one.
     use site_recovery::api::registration::*;
-    rig.create(json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
-        "metadata": {"name": lease_name("node-a1"), "namespace": OPERATOR_NS,
-            "labels": {COMPONENT_LABEL: COMPONENT_VALUE, NODE_LABEL: "node-a1"},
-            "annotations": {ZONE_ANNOTATION: "zone-a", site_recovery::api::work::WORK_ANNOTATION: "[".repeat(300_000)}},
-        "spec": {"holderIdentity": "node-a1", "leaseDurationSeconds": 2147483647, "renewTime": "9999-12-30T21:59:59.000000Z"}}))
+    let lease = |node: &str, renewed: &str, duration: i64| {
+        json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+            "metadata": {"name": lease_name(node), "namespace": OPERATOR_NS,
+                "labels": {COMPONENT_LABEL: COMPONENT_VALUE, NODE_LABEL: node},
+                "annotations": {ZONE_ANNOTATION: "zone-a", site_recovery::api::work::WORK_ANNOTATION: "[".repeat(300_000)}},
+            "spec": {"holderIdentity": node, "leaseDurationSeconds": duration, "renewTime": renewed}})
+    };
+    rig.create(lease("node-c1", "9999-12-30T21:59:59.000000Z", 2147483647))
+        .await;
+    rig.create(lease("node-b1", "9999-12-31T23:59:59.000000Z", 30))
+        .await;
+    rig.register_agent(OPERATOR_NS, "node-a1", "zone-a", 30)
+        .await;
+    rig.statefulset("apps", "db", &["data"], &["node-a1", "node-c1"])
         .await;
     let running = start_operator(&rig, false).await;
     let vaults: Api<RecoveryVault> = Api::namespaced(rig.client(), "apps");
@@ -796,7 +806,20 @@ async fn hostile_objects_get_conditions_and_the_operator_serves_on() {
             "{kind} {reason}: {message}"
         );
     }
-    // Everything else is served as before: the good vault is Ready, nothing panicked.
+    // Everything else is served as before: the good vault is Ready, the workload on node-a1 and
+    // node-c1 sees both registrations (the unreadable one of node-b1 stopped no watch).
+    rig.create(
+        json!({"apiVersion": "siterecovery.io/v1alpha1", "kind": "ReplicatedWorkload",
+        "metadata": {"name": "db", "namespace": "apps"},
+        "spec": {"vaultName": "vault", "workloadRef": {"kind": "StatefulSet", "name": "db"}}}),
+    )
+    .await;
+    let workloads: Api<ReplicatedWorkload> = Api::namespaced(rig.client(), "apps");
+    eventually(Duration::from_secs(20), "db Registered", || async {
+        let s = workloads.get("db").await.ok()?.status?;
+        (condition(&s.conditions, "Registered")?.0 == "True").then_some(())
+    })
+    .await;
     eventually(Duration::from_secs(20), "the good vault Ready", || {
         let r = ready("RecoveryVault", "vault".into());
         async move { r.await.filter(|(r, _)| r == "VaultReady") }
