@@ -22,6 +22,8 @@ pub struct WorkloadSummary {
     pub volumes: BTreeMap<String, Vec<String>>,
     pub source_zone: Option<String>,
     pub target_zone: Option<String>,
+    /// The protected StatefulSet's name, when the workload is one (its copy's name is derived).
+    pub statefulset: Option<String>,
 }
 
 /// Another Failover of the same workload.
@@ -76,6 +78,9 @@ pub async fn observe(ctx: &Context, failover: &Failover) -> Observed {
                 volumes,
                 source_zone: status.source_zone,
                 target_zone: vault_zone.or(status.target_zone),
+                statefulset: (w.spec.workload_ref.kind
+                    == crate::api::workload::WorkloadKind::StatefulSet)
+                    .then(|| w.spec.workload_ref.name.clone()),
             }))
         }
     };

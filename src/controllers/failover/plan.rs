@@ -18,6 +18,9 @@ pub struct Plan {
     pub events: Vec<PlannedEvent>,
 }
 
+/// The longest StatefulSet name whose pods can be labelled with their revision.
+pub const MAX_STATEFULSET_NAME: usize = 52;
+
 /// Identity of the Failover being planned, to order it among siblings.
 pub struct Me<'a> {
     pub name: &'a str,
@@ -144,6 +147,28 @@ pub fn plan(
                             spec.workload_name
                         ),
                     ),
+                    // A StatefulSet's name goes, with a 10-character hash, into the
+                    // controller-revision-hash label of its pods: over 52 characters the
+                    // copy's pods are never made.
+                    Ok(_)
+                        if !test
+                            && let Some(copy) = w
+                                .statefulset
+                                .as_deref()
+                                .map(super::execute::target_name)
+                                .filter(|c| c.len() > MAX_STATEFULSET_NAME) =>
+                    {
+                        Condition::new(
+                            T::Ready,
+                            ConditionStatus::False,
+                            R::InvalidSpec,
+                            format!(
+                                "spec.workloadName: the copy of StatefulSet {} would be named {copy} ({} characters); a StatefulSet name over {MAX_STATEFULSET_NAME} characters cannot label its pods (controller-revision-hash): fail over a StatefulSet with a shorter name, or run a drill (mode Test keeps the name)",
+                                w.statefulset.as_deref().unwrap_or_default(),
+                                copy.len()
+                            ),
+                        )
+                    }
                     Ok(_) if target_zone.is_none() => Condition::new(
                         T::Ready,
                         ConditionStatus::False,
@@ -286,6 +311,7 @@ mod tests {
             .collect(),
             source_zone: Some("zone-a".into()),
             target_zone: Some("zone-b".into()),
+            statefulset: Some("db".into()),
         }
     }
 
@@ -403,6 +429,26 @@ mod tests {
                 })),
                 "InvalidSpec",
                 None,
+            ),
+            (
+                "a StatefulSet whose copy's name cannot label its pods",
+                json!({}),
+                Some(Ok(WorkloadSummary {
+                    statefulset: Some("s".repeat(44)),
+                    ..protected()
+                })),
+                "InvalidSpec",
+                None,
+            ),
+            (
+                "a drill keeps the StatefulSet's own name",
+                json!({"mode": "Test"}),
+                Some(Ok(WorkloadSummary {
+                    statefulset: Some("s".repeat(44)),
+                    ..protected()
+                })),
+                "FailoverReady",
+                Some("20260601T120500000Z-c2"),
             ),
             (
                 "a point that holds no volume",
