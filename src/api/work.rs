@@ -129,7 +129,8 @@ pub fn decode_reports(bytes: &[u8]) -> Result<Vec<AgentWork>, ReportError> {
 pub fn parse_reports(text: Option<&String>) -> Vec<AgentWork> {
     let Some(text) = text else { return vec![] };
     decode_reports(text.as_bytes()).unwrap_or_else(|e| {
-        tracing::warn!(error = %e, "ignoring an agent's report annotation");
+        // Read at every reconcile: said once per read at debug level, not as a warning flood.
+        tracing::debug!(error = %e, "ignoring an agent's report annotation");
         vec![]
     })
 }
