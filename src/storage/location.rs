@@ -168,9 +168,9 @@ fn summary(e: &object_store::Error) -> String {
         _ => format!("HTTP {c}"),
     });
     match (kind, status) {
-        (Some(k), Some(s)) => format!("{k} ({s})"),
+        // The status says what the kind would, and more precisely.
+        (_, Some(s)) => s,
         (Some(k), None) => k,
-        (None, Some(s)) => s,
         (None, None) => http
             .or(io)
             .unwrap_or_else(|| "the storage request failed (details in the log)".to_string()),
