@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use anyhow::Context as _;
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use site_recovery::operator::{self, Settings, Shutdown};
 
 #[derive(Parser)]
@@ -25,6 +25,33 @@ struct Cli {
 enum LogFormat {
     Json,
     Text,
+}
+
+/// What vaults' storage may point at; the operator and the agents must be given the same.
+#[derive(Args, Clone)]
+struct StorageFlags {
+    /// Filesystem locations of a vault in namespace NS must be directories below <ROOT>/NS/
+    /// (the chart mounts its storage host path here).
+    #[arg(long, value_name = "ROOT", default_value = site_recovery::storage::rules::DEFAULT_FILESYSTEM_ROOT, env = "SITE_RECOVERY_FILESYSTEM_ROOT")]
+    filesystem_root: PathBuf,
+    /// Accept http:// object-store endpoints (test servers, emulators); https only otherwise.
+    #[arg(long, default_value_t = false, action = clap::ArgAction::Set, env = "SITE_RECOVERY_ALLOW_INSECURE_ENDPOINTS")]
+    allow_insecure_endpoints: bool,
+    /// Let a vault without credentials use this pod's or node's own cloud identity (AWS_* and
+    /// other environment variables, instance metadata, workload identity). Off: a vault uses
+    /// only the credentials in its Secret.
+    #[arg(long, default_value_t = false, action = clap::ArgAction::Set, env = "SITE_RECOVERY_ALLOW_AMBIENT_CREDENTIALS")]
+    allow_ambient_credentials: bool,
+}
+
+impl StorageFlags {
+    fn rules(&self) -> site_recovery::storage::StorageRules {
+        site_recovery::storage::StorageRules {
+            filesystem_root: self.filesystem_root.clone(),
+            allow_insecure_endpoints: self.allow_insecure_endpoints,
+            allow_ambient_credentials: self.allow_ambient_credentials,
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -54,6 +81,8 @@ enum Command {
         /// Address of /healthz, /readyz and /metrics.
         #[arg(long, default_value = "0.0.0.0:8080", env = "SITE_RECOVERY_HTTP_ADDR")]
         http_addr: SocketAddr,
+        #[command(flatten)]
+        storage: StorageFlags,
     },
     /// Run the node agent (DaemonSet): registers this node and captures its volumes.
     Agent {
@@ -69,6 +98,8 @@ enum Command {
         /// The kubelet's root directory: pod volumes are read below it, and nowhere else.
         #[arg(long, default_value = "/var/lib/kubelet", env = "KUBELET_ROOT")]
         kubelet_root: PathBuf,
+        #[command(flatten)]
+        storage: StorageFlags,
     },
     /// Recovery-point repository operations (init, snapshot, replicate, restore, points,
     /// verify, prune, stats) against a location.
@@ -152,6 +183,7 @@ async fn run(command: Command) -> anyhow::Result<std::process::ExitCode> {
             lease_name,
             install_crds,
             http_addr,
+            storage,
         } => {
             let client = kube_client().await?;
             if install_crds {
@@ -164,6 +196,7 @@ async fn run(command: Command) -> anyhow::Result<std::process::ExitCode> {
             settings.leader_election = leader_election;
             settings.lease_name = lease_name;
             settings.http_addr = Some(http_addr);
+            settings.storage = storage.rules();
             let (stop, shutdown) = Shutdown::new();
             tokio::spawn(async move {
                 wait_for_signal().await;
@@ -177,6 +210,7 @@ async fn run(command: Command) -> anyhow::Result<std::process::ExitCode> {
             namespace,
             lease_duration,
             kubelet_root,
+            storage,
         } => {
             let client = kube_client().await?;
             if !kubelet_root.is_dir() {
@@ -188,6 +222,7 @@ async fn run(command: Command) -> anyhow::Result<std::process::ExitCode> {
                 namespace,
                 lease_duration_seconds: lease_duration,
                 kubelet_root,
+                storage: storage.rules(),
             };
             site_recovery::agent::run(client, settings, wait_for_signal()).await?;
         }

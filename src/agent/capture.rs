@@ -289,9 +289,14 @@ impl Capture {
             .get(vault_name)
             .await
             .map_err(|e| format!("reading RecoveryVault {vault_name}: {e}"))?;
-        let access = VaultAccess::resolve(&self.client, &namespace, &vault.spec)
-            .await
-            .map_err(|e| format!("RecoveryVault {vault_name}: {e}"))?;
+        let access = VaultAccess::resolve(
+            &self.client,
+            &namespace,
+            &vault.spec,
+            &self.settings.storage,
+        )
+        .await
+        .map_err(|e| format!("RecoveryVault {vault_name}: {e}"))?;
         let mut repo = crate::repository::Repository::open(access.cache.clone(), &access.key)
             .await
             .map_err(|e| format!("cache location: {e}"))?;

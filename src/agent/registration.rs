@@ -29,6 +29,8 @@ pub struct AgentSettings {
     pub lease_duration_seconds: i32,
     /// The kubelet's root directory: the agent reads volumes below it and nowhere else.
     pub kubelet_root: std::path::PathBuf,
+    /// What vaults' storage may point at: the same rules as the operator's.
+    pub storage: crate::storage::StorageRules,
 }
 
 /// The agent's reports, keyed by `namespace/workload`, and a bell that asks for them to be

@@ -19,6 +19,7 @@ use crate::api::work::{AgentWork, FAILOVER_LABEL, WorkKind, WorkState, writer_na
 use crate::api::{Failover, RecoveryVault, ReplicatedWorkload};
 use crate::repository::Repository;
 use crate::repository::restore::{INCOMPLETE_MARKER, RestoreOptions, restore};
+use crate::storage::StorageRules;
 use crate::storage::vault::VaultAccess;
 
 /// (source claim = volume of the point, target claim, mount directory)
@@ -65,6 +66,7 @@ pub async fn run_restores(client: Client, settings: AgentSettings, reports: Repo
                     if !local.is_empty() {
                         tasks.spawn(run_one(
                             client.clone(),
+                            settings.storage.clone(),
                             reports.clone(),
                             f.clone(),
                             r,
@@ -149,6 +151,7 @@ async fn local_writers(
 
 async fn run_one(
     client: Client,
+    rules: StorageRules,
     reports: Reports,
     f: Failover,
     r: Restore,
@@ -161,7 +164,7 @@ async fn run_one(
         report(&f, &r, WorkState::Running, claims.clone(), String::new()),
         false,
     );
-    let outcome = restore_all(&client, &f, &r, &local).await;
+    let outcome = restore_all(&client, &rules, &f, &r, &local).await;
     let done = match outcome {
         Ok(()) => report(&f, &r, WorkState::Done, claims, String::new()),
         Err(message) => {
@@ -174,6 +177,7 @@ async fn run_one(
 
 async fn restore_all(
     client: &Client,
+    rules: &StorageRules,
     f: &Failover,
     r: &Restore,
     local: &Local,
@@ -188,7 +192,7 @@ async fn restore_all(
         .get(vault_name)
         .await
         .map_err(|e| format!("reading RecoveryVault {vault_name}: {e}"))?;
-    let access = VaultAccess::resolve(client, &namespace, &vault.spec)
+    let access = VaultAccess::resolve(client, &namespace, &vault.spec, rules)
         .await
         .map_err(|e| format!("RecoveryVault {vault_name}: {e}"))?;
     let repo = Repository::open(access.target.clone(), &access.key)

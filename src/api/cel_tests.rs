@@ -48,6 +48,33 @@ fn valid_vault_passes() {
 }
 
 #[test]
+fn filesystem_paths_are_plain() {
+    for good in [
+        "/var/lib/site-recovery/apps/cache",
+        "/a/.hidden/b",
+        "/a/..b/c/",
+        "/a/b..",
+        "/x",
+    ] {
+        vault(with(vault_spec(), "/cache/storage", fs(good)))
+            .validate_cel()
+            .unwrap_or_else(|e| panic!("{good}: {e}"));
+    }
+    for bad in [
+        "/var/lib/site-recovery/apps/../other",
+        "/var/lib/site-recovery/apps/./cache",
+        "/var/lib/site-recovery//apps/cache",
+        "/var/lib/site-recovery/apps/cache/..",
+        "/",
+    ] {
+        rejected_with(
+            vault(with(vault_spec(), "/target/storage", fs(bad))).validate_cel(),
+            "without '.', '..' or empty ('//') components",
+        );
+    }
+}
+
+#[test]
 fn storage_needs_exactly_one_backend() {
     let two = json!({"filesystem": {"path": "/x"}, "s3": {"bucket": "bkt"}});
     rejected_with(

@@ -2,6 +2,7 @@
 
 pub mod conditions;
 pub mod failover;
+pub mod names;
 pub mod policy;
 pub mod reasons;
 pub mod registration;

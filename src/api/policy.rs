@@ -96,9 +96,16 @@ fn default_retention() -> String {
     "24h".into()
 }
 
-/// Parses a Go-style duration (`30s`, `5m`, `1h30m`, `250ms`) as the CRD's pattern admits it.
+/// The longest duration any field accepts: 100 years. Installs without CEL admit any string
+/// the pattern allows (`99999999999h`); times computed from durations stay far inside the range
+/// timestamps can hold.
+pub const MAX_DURATION: std::time::Duration = std::time::Duration::from_secs(100 * 365 * 24 * 3600);
+
+/// Parses a Go-style duration (`30s`, `5m`, `1h30m`, `250ms`) as the CRD's pattern admits it,
+/// at most [`MAX_DURATION`]; never panics, whatever the text.
 pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
     let bad = || format!("{text:?} is not a duration such as 30s, 5m or 1h30m");
+    let too_long = || format!("{text:?} is longer than 876000h (100 years)");
     if text.is_empty() {
         return Err(bad());
     }
@@ -109,7 +116,8 @@ pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
         if digits == 0 {
             return Err(bad());
         }
-        let value: u64 = rest[..digits].parse().map_err(|_| bad())?;
+        // Only digits: a parse error is an overflow.
+        let value: u64 = rest[..digits].parse().map_err(|_| too_long())?;
         rest = &rest[digits..];
         let unit_len = rest
             .find(|c: char| c.is_ascii_digit())
@@ -121,7 +129,12 @@ pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
             "h" => std::time::Duration::from_secs(3600),
             _ => return Err(bad()),
         };
-        total += unit * u32::try_from(value).map_err(|_| bad())?;
+        let value = u32::try_from(value).map_err(|_| too_long())?;
+        total = unit
+            .checked_mul(value)
+            .and_then(|d| total.checked_add(d))
+            .filter(|t| *t <= MAX_DURATION)
+            .ok_or_else(too_long)?;
         rest = &rest[unit_len..];
     }
     Ok(total)
@@ -137,7 +150,17 @@ mod tests {
         assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
         assert_eq!(parse_duration("1h30m"), Ok(Duration::from_secs(5400)));
         assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
-        for bad in ["", "5", "m", "5d", "1.5h", "-5m", "5 m"] {
+        assert_eq!(parse_duration("876000h"), Ok(MAX_DURATION));
+        for huge in [
+            "876001h",
+            "99999999999h",
+            "4294967295h4294967295h",
+            "9999999999999999999999h",
+        ] {
+            let e = parse_duration(huge).unwrap_err();
+            assert!(e.contains("100 years"), "{huge}: {e}");
+        }
+        for bad in ["", "5", "m", "5d", "1.5h", "-5m", "5 m", "5ü", "ü"] {
             assert!(parse_duration(bad).is_err(), "{bad:?} should not parse");
         }
     }

@@ -57,6 +57,8 @@ names! {
         StorageReachable,
         StorageUnreachable,
         SecretNotFound,
+        /// The encryption key is the examples' placeholder: a vault is never opened with it.
+        PlaceholderKey,
         ClaimNotFound,
         ClaimNotBound,
         SameStorageLocation,
@@ -74,6 +76,8 @@ names! {
     /// Reasons of ReplicatedWorkload conditions.
     pub enum WorkloadReason {
         WorkloadReady,
+        /// The spec (or the name) cannot take effect; the message names the field.
+        InvalidSpec,
         VaultNotFound,
         VaultNotReady,
         WorkloadNotFound,
@@ -97,6 +101,8 @@ names! {
         PointReplicated,
         /// The last point could not be captured (an agent's error, a timeout).
         CaptureFailed,
+        /// The agents' reports of the last point stopped moving: it was given up.
+        CaptureStalled,
         /// The last point is in the cache but could not be copied to the target.
         ReplicationFailed,
         /// A pre or post hook failed: the point carries the consistency it really has.

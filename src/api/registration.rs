@@ -69,10 +69,17 @@ impl AgentRegistration {
         })
     }
 
-    /// When the registration lapses without a renewal.
+    /// When the registration lapses without a renewal. A renewal so near the end of time that
+    /// the lapse is past it reads as lapsing at the end of time (the Lease is input: no panic).
     pub fn expires(&self) -> Option<Timestamp> {
-        self.renewed
-            .map(|t| t + jiff::SignedDuration::from_secs(self.duration_seconds))
+        self.renewed.map(|t| {
+            t.checked_add(jiff::SignedDuration::from_secs(self.duration_seconds))
+                .unwrap_or(if self.duration_seconds < 0 {
+                    Timestamp::MIN
+                } else {
+                    Timestamp::MAX
+                })
+        })
     }
 
     pub fn is_alive(&self, now: Timestamp) -> bool {
@@ -109,5 +116,22 @@ mod tests {
         assert_eq!(reg.zone.as_deref(), Some("zone-a"));
         assert!(reg.is_alive(renewed + jiff::SignedDuration::from_secs(19)));
         assert!(!reg.is_alive(renewed + jiff::SignedDuration::from_secs(20)));
+    }
+
+    #[test]
+    fn a_renewal_at_the_end_of_time_does_not_panic() {
+        let lease: Lease = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": lease_name("n1"), "labels": {COMPONENT_LABEL: COMPONENT_VALUE, NODE_LABEL: "n1"}},
+            "spec": {"renewTime": "9999-12-30T21:59:59.999999Z", "leaseDurationSeconds": 2147483647},
+        }))
+        .unwrap();
+        let reg = AgentRegistration::from_lease(&lease).expect("a registration");
+        let now: Timestamp = "2026-01-01T00:00:00Z".parse().unwrap();
+        assert_eq!(reg.expires(), Some(Timestamp::MAX));
+        assert!(reg.is_alive(now));
+        let mut negative = reg.clone();
+        negative.renewed = Some(Timestamp::MIN);
+        negative.duration_seconds = -30;
+        assert!(!negative.is_alive(now));
     }
 }

@@ -164,12 +164,20 @@ impl Storage {
     }
 }
 
+/// CEL rule: a filesystem path is written plainly, so that its place is what it reads: absolute,
+/// without `.`, `..` or empty (`//`) components. (Where it may be, below the installation's
+/// storage root and the namespace's directory, the operator checks: admission cannot know.)
+pub const PLAIN_PATH_RULE: &str = "self.matches('^(/([^/.][^/]*|[.][^/.][^/]*|[.][.][^/]+))+/?$')";
+pub const PLAIN_PATH_MESSAGE: &str = "storage.filesystem.path must be an absolute path without '.', '..' or empty ('//') components, naming a directory below <storage root>/<vault namespace>/";
+
 /// A directory on the operator's and agents' filesystem (the embedded default).
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct FilesystemStorage {
-    /// Absolute path of the repository directory.
+    /// Absolute path of the repository directory, below `<storage root>/<namespace>/` (the
+    /// operator's `--filesystem-root`, `/var/lib/site-recovery` by default).
     #[schemars(length(min = 1, max = 4096), regex(pattern = r"^/"))]
+    #[x_kube(validation = kube::core::Rule::new(PLAIN_PATH_RULE).message(PLAIN_PATH_MESSAGE))]
     pub path: String,
 }
 

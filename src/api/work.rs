@@ -74,10 +74,65 @@ pub struct AgentWork {
     pub owner: String,
 }
 
-/// Reads the reports in a Lease's annotations; a malformed annotation reads as none.
+/// The largest report annotation read: what the API server allows for all of an object's
+/// annotations together. Anything larger is not an agent's.
+pub const MAX_REPORTS_BYTES: usize = 256 * 1024;
+/// The most reports one annotation may carry, and the most claims one report may name.
+pub const MAX_REPORTS: usize = 1024;
+pub const MAX_CLAIMS_PER_REPORT: usize = 1024;
+/// Longest report message kept (in characters): messages end up in conditions and events.
+pub const MAX_REPORT_MESSAGE: usize = 1024;
+
+/// Why a report annotation was not read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ReportError {
+    #[error("the reports are {0} bytes, more than {MAX_REPORTS_BYTES}")]
+    TooLarge(usize),
+    #[error("the reports are not a JSON list of reports: {0}")]
+    Malformed(String),
+    #[error("{0} reports, more than {MAX_REPORTS}")]
+    TooMany(usize),
+    #[error("a report names {0} claims, more than {MAX_CLAIMS_PER_REPORT}")]
+    TooManyClaims(usize),
+}
+
+/// Decodes the `siterecovery.io/work` annotation. Pure and bounded (the fuzz target's entry
+/// point): the size is checked before parsing, and counts and message lengths after; it never
+/// panics on any input.
+pub fn decode_reports(bytes: &[u8]) -> Result<Vec<AgentWork>, ReportError> {
+    if bytes.len() > MAX_REPORTS_BYTES {
+        return Err(ReportError::TooLarge(bytes.len()));
+    }
+    let mut reports: Vec<AgentWork> =
+        serde_json::from_slice(bytes).map_err(|e| ReportError::Malformed(e.to_string()))?;
+    if reports.len() > MAX_REPORTS {
+        return Err(ReportError::TooMany(reports.len()));
+    }
+    for r in &mut reports {
+        if r.claims.len() > MAX_CLAIMS_PER_REPORT {
+            return Err(ReportError::TooManyClaims(r.claims.len()));
+        }
+        if r.message.chars().count() > MAX_REPORT_MESSAGE {
+            r.message = r
+                .message
+                .chars()
+                .take(MAX_REPORT_MESSAGE)
+                .collect::<String>()
+                + "…";
+        }
+    }
+    Ok(reports)
+}
+
+/// Reads the reports in a Lease's annotations; a malformed or oversized annotation reads as
+/// none (and is logged).
 pub fn parse_reports(text: Option<&String>) -> Vec<AgentWork> {
-    text.and_then(|t| serde_json::from_str(t).ok())
-        .unwrap_or_default()
+    let Some(text) = text else { return vec![] };
+    decode_reports(text.as_bytes()).unwrap_or_else(|e| {
+        // Read at every reconcile: said once per read at debug level, not as a warning flood.
+        tracing::debug!(error = %e, "ignoring an agent's report annotation");
+        vec![]
+    })
 }
 
 /// Lower-case, DNS-safe form of a point id (point ids carry an upper-case `T` and `Z`).
@@ -122,4 +177,54 @@ pub fn holder_name(failover: &str, index: usize) -> String {
 /// Name of the writer pod that fills `target_claim` for a failover.
 pub fn writer_name(failover: &str, index: usize) -> String {
     format!("sr-restore-{failover}-{index}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn crafted_report_annotations_are_refused_without_panicking() {
+        let one = r#"{"namespace":"apps","workload":"db","point":"p","state":"Running"}"#;
+        assert_eq!(
+            decode_reports(format!("[{one}]").as_bytes()).unwrap().len(),
+            1
+        );
+        let huge = vec![b' '; MAX_REPORTS_BYTES + 1];
+        assert_eq!(
+            decode_reports(&huge),
+            Err(ReportError::TooLarge(MAX_REPORTS_BYTES + 1))
+        );
+        let many = format!("[{}]", vec![one; MAX_REPORTS + 1].join(","));
+        assert!(matches!(
+            decode_reports(many.as_bytes()),
+            Err(ReportError::TooMany(_))
+        ));
+        let deep = "[".repeat(MAX_REPORTS_BYTES + 1);
+        assert!(matches!(
+            decode_reports(deep.as_bytes()),
+            Err(ReportError::TooLarge(_))
+        ));
+        let nested = "[".repeat(10_000);
+        assert!(matches!(
+            decode_reports(nested.as_bytes()),
+            Err(ReportError::Malformed(_))
+        ));
+        for bad in [
+            &b"\xff\xfe"[..],
+            b"{}",
+            b"null",
+            b"[{\"state\":\"Bogus\"}]",
+            b"",
+        ] {
+            assert!(decode_reports(bad).is_err(), "{bad:?}");
+        }
+        let long = format!(
+            r#"[{{"namespace":"a","workload":"b","point":"p","state":"Failed","message":"{}","bytesDone":18446744073709551615}}]"#,
+            "x".repeat(100_000)
+        );
+        let r = decode_reports(long.as_bytes()).unwrap();
+        assert!(r[0].message.chars().count() <= MAX_REPORT_MESSAGE + 1);
+        assert_eq!(r[0].bytes_done, u64::MAX);
+    }
 }

@@ -188,6 +188,18 @@ pub struct PointInProgress {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 16), inner(length(max = 2048)))]
     pub warnings: Vec<String>,
+    /// The agents' bytes done when they last changed, and when: a point whose reports stop
+    /// moving fails after a while instead of waiting forever.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_progress: Option<ProgressMark>,
+}
+
+/// How far the agents' reports of a point had come, and when they got there.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ProgressMark {
+    pub bytes_done: u64,
+    pub time: Timestamp,
 }
 
 /// How the last started point ended.

@@ -314,7 +314,7 @@ pub async fn points(client: Client, args: PointsArgs) -> anyhow::Result<()> {
         .with_context(|| {
             format!("spec.vaultName: RecoveryVault {vault_name} not found in namespace {ns}")
         })?;
-    let access = VaultAccess::resolve(&client, &ns, &vault.spec)
+    let access = VaultAccess::resolve(&client, &ns, &vault.spec, &plugin_rules())
         .await
         .with_context(|| format!("RecoveryVault {vault_name}"))?;
     let (name, location) = match args.location {
@@ -734,4 +734,18 @@ pub async fn cancel(client: Client, args: NamedArgs) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// The rules the plugin reads a vault's storage under: the installation's filesystem root
+/// (`SITE_RECOVERY_FILESYSTEM_ROOT`, the default otherwise) and only the vault's own
+/// credentials, never the user's environment; endpoints as the vault names them (the user
+/// chose to read it).
+fn plugin_rules() -> crate::storage::StorageRules {
+    crate::storage::StorageRules {
+        filesystem_root: std::env::var_os("SITE_RECOVERY_FILESYSTEM_ROOT")
+            .map(Into::into)
+            .unwrap_or_else(|| crate::storage::rules::DEFAULT_FILESYSTEM_ROOT.into()),
+        allow_insecure_endpoints: true,
+        allow_ambient_credentials: false,
+    }
 }

@@ -22,7 +22,7 @@ pub struct Stores {
     pub workloads: Store<DeserializeGuard<ReplicatedWorkload>>,
     pub failovers: Store<DeserializeGuard<Failover>>,
     pub nodes: Store<PartialObjectMeta<Node>>,
-    pub registrations: Store<Lease>,
+    pub registrations: Store<DeserializeGuard<Lease>>,
 }
 
 /// Zone and region labels of one node.
@@ -55,7 +55,7 @@ impl Stores {
         self.registrations
             .state()
             .iter()
-            .filter_map(|l| AgentRegistration::from_lease(l))
+            .filter_map(|l| l.0.as_ref().ok().and_then(AgentRegistration::from_lease))
             .collect()
     }
 }
@@ -70,6 +70,8 @@ pub struct Context {
     pub namespace: String,
     /// Image of the reader pods of CSI captures.
     pub reader_image: String,
+    /// What vaults' storage may point at; the agents hold the same rules.
+    pub storage: crate::storage::StorageRules,
     /// Workloads (`namespace/name`) whose temporary objects were swept since this start.
     pub swept: std::sync::Mutex<std::collections::HashSet<String>>,
 }

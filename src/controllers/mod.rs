@@ -65,6 +65,9 @@ pub fn claim_pod(
             "affinity": zone_affinity(zone),
             "automountServiceAccountToken": false,
             "restartPolicy": "Never",
+            // What the Pod Security "restricted" level asks, so that these pods run in any
+            // namespace the workload runs in (a drill's namespace copies the source's level).
+            "securityContext": {"seccompProfile": {"type": "RuntimeDefault"}},
             "containers": [{
                 "name": container, "image": image,
                 "securityContext": {"runAsNonRoot": true, "runAsUser": 65532, "allowPrivilegeEscalation": false, "readOnlyRootFilesystem": true, "capabilities": {"drop": ["ALL"]}},

@@ -46,6 +46,8 @@ pub struct Settings {
     pub http_addr: Option<SocketAddr>,
     /// Image of the pods that mount snapshot claims for agents to read (they run nothing).
     pub reader_image: String,
+    /// Where vaults may put their storage (the chart's storage root, endpoints, identity).
+    pub storage: crate::storage::StorageRules,
 }
 
 /// The reader pods only hold a mount: the smallest image that sleeps.
@@ -64,6 +66,7 @@ impl Settings {
             http_addr: None,
             reader_image: std::env::var("SITE_RECOVERY_READER_IMAGE")
                 .unwrap_or_else(|_| DEFAULT_READER_IMAGE.into()),
+            storage: Default::default(),
         }
     }
 }
@@ -283,7 +286,10 @@ async fn run_controllers(
         reflector::store_shared::<DeserializeGuard<ReplicatedWorkload>>(1024);
     let (failovers, failover_writer) = reflector::store_shared::<DeserializeGuard<Failover>>(1024);
     let (nodes, node_writer) = reflector::store_shared::<PartialObjectMeta<Node>>(1024);
-    let (registrations, registration_writer) = reflector::store_shared::<Lease>(1024);
+    // Guarded like the custom resources: one Lease our types cannot read (a renewTime past what
+    // a timestamp holds) must not stop the watch of every other registration.
+    let (registrations, registration_writer) =
+        reflector::store_shared::<DeserializeGuard<Lease>>(1024);
     let (vault_deletes, _) = broadcast::channel(256);
     let (workload_deletes, _) = broadcast::channel(256);
     let (failover_deletes, _) = broadcast::channel(256);
@@ -352,7 +358,7 @@ async fn run_controllers(
         drive(
             "registrations",
             watcher(
-                Api::<Lease>::namespaced(client.clone(), &settings.namespace),
+                Api::<DeserializeGuard<Lease>>::namespaced(client.clone(), &settings.namespace),
                 wc.clone().labels(&registration::selector()),
             )
             .default_backoff()
@@ -382,6 +388,7 @@ async fn run_controllers(
         backoffs: Default::default(),
         namespace: settings.namespace.clone(),
         reader_image: settings.reader_image.clone(),
+        storage: settings.storage.clone(),
         swept: Default::default(),
     });
 
@@ -450,7 +457,7 @@ async fn run_controllers(
     };
     let workloads_on_node = {
         let workloads = workloads.clone();
-        move |lease: &Lease| {
+        move |lease: &DeserializeGuard<Lease>| {
             let node = lease
                 .labels()
                 .get(registration::NODE_LABEL)
@@ -564,9 +571,10 @@ async fn run_controllers(
     // moves the failover on at once instead of at its next poll.
     let restoring = {
         let failovers = failovers.clone();
-        move |lease: &Lease| {
+        move |lease: &DeserializeGuard<Lease>| {
             let reports = crate::api::work::parse_reports(
-                lease.annotations().get(crate::api::work::WORK_ANNOTATION),
+                guarded_ok(lease)
+                    .and_then(|l| l.annotations().get(crate::api::work::WORK_ANNOTATION)),
             );
             failovers
                 .state()

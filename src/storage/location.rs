@@ -14,6 +14,7 @@ use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
 
 use super::redact::redact;
+use super::rules::StorageRules;
 use crate::api::vault::Storage;
 
 /// What can go wrong with a location, already cleaned of secrets.
@@ -32,10 +33,15 @@ pub enum StorageError {
         size: u64,
         max: u64,
     },
+    /// Any other failure, as a short summary (kind, HTTP status, object key) that is safe for
+    /// statuses and events; the storage's full answer goes to the log only.
     #[error("{location}: {message}")]
     Backend { location: String, message: String },
     #[error("storage configuration: {0}")]
     Config(String),
+    /// The vault's storage spec breaks the installation's rules (see [`StorageRules`]).
+    #[error("{0}")]
+    NotAllowed(String),
 }
 
 /// Where a location is, in a form a CLI user can type.
@@ -85,6 +91,92 @@ impl LocationSpec {
 /// Secret keys a vault's `credentialsSecretRef` names (`AWS_ACCESS_KEY_ID`, `accountKey`, ...).
 pub type Options = BTreeMap<String, String>;
 
+/// What opening a location may fall back on beyond its options.
+#[derive(Clone, Copy, Debug)]
+struct Fallback {
+    /// Environment variables and the stores' own credential chains (instance metadata,
+    /// workload identity, credential files).
+    environment: bool,
+    /// `http://` endpoints.
+    allow_http: bool,
+}
+
+impl Fallback {
+    const AMBIENT: Self = Self {
+        environment: true,
+        allow_http: true,
+    };
+}
+
+/// A short, stable description of a failed storage request for statuses and events: its kind
+/// and HTTP status, never the store's response body (which may echo request details) nor
+/// anything else it said.
+fn summary(e: &object_store::Error) -> String {
+    use std::error::Error as _;
+    let kind = match e {
+        object_store::Error::PermissionDenied { .. } => Some("permission denied".to_string()),
+        object_store::Error::Unauthenticated { .. } => {
+            Some("authentication failed: check the credentials".to_string())
+        }
+        object_store::Error::NotSupported { .. } | object_store::Error::NotImplemented { .. } => {
+            Some("operation not supported by this store".to_string())
+        }
+        object_store::Error::InvalidPath { .. } => Some("invalid object path".to_string()),
+        object_store::Error::NotModified { .. } => Some("not modified".to_string()),
+        _ => None,
+    };
+    let mut status = None;
+    let mut http = None;
+    let mut io = None;
+    let mut source: Option<&(dyn std::error::Error + 'static)> = e.source();
+    while let Some(s) = source {
+        if let Some(h) = s.downcast_ref::<object_store::client::HttpError>() {
+            http = Some(h.kind());
+        }
+        if let Some(i) = s.downcast_ref::<std::io::Error>() {
+            io = Some(i.kind());
+        }
+        // The retry error's text is the one place the status is said: "status code: 403 ...".
+        if status.is_none()
+            && let Some(rest) = s.to_string().split("status code: ").nth(1)
+            && let Some(code) = rest
+                .get(..3)
+                .filter(|c| c.bytes().all(|b| b.is_ascii_digit()))
+        {
+            status = Some(code.to_string());
+        }
+        source = s.source();
+    }
+    let http = http.map(|k| {
+        use object_store::client::HttpErrorKind as K;
+        match k {
+            K::Connect => "cannot connect to the endpoint",
+            K::Timeout => "the request timed out",
+            K::Interrupted => "the request was interrupted",
+            K::Decode => "the response could not be read",
+            _ => "the request failed",
+        }
+        .to_string()
+    });
+    let io = io.map(|k| format!("I/O error: {k}"));
+    let status = status.map(|c| match c.as_str() {
+        "401" => "HTTP 401 (authentication failed: check the credentials)".to_string(),
+        "403" => {
+            "HTTP 403 (access denied: check the credentials and their permissions)".to_string()
+        }
+        "404" => "HTTP 404 (no such bucket or container)".to_string(),
+        _ => format!("HTTP {c}"),
+    });
+    match (kind, status) {
+        // The status says what the kind would, and more precisely.
+        (_, Some(s)) => s,
+        (Some(k), None) => k,
+        (None, None) => http
+            .or(io)
+            .unwrap_or_else(|| "the storage request failed (details in the log)".to_string()),
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct Location {
     store: Arc<dyn ObjectStore>,
@@ -106,10 +198,43 @@ impl Location {
         }
     }
 
+    /// Opens a location a CLI user typed: options fall back to the environment (`AWS_*`,
+    /// `AZURE_STORAGE_*`, ...) and to the store's own defaults (instance metadata), and
+    /// `http://` endpoints are taken as given.
     pub fn open(spec: &LocationSpec, options: &Options) -> Result<Self, StorageError> {
+        Self::open_with(spec, options, Fallback::AMBIENT)
+    }
+
+    fn open_with(
+        spec: &LocationSpec,
+        options: &Options,
+        fallback: Fallback,
+    ) -> Result<Self, StorageError> {
         let get = |keys: &[&str]| {
-            keys.iter()
-                .find_map(|k| options.get(*k).cloned().or_else(|| std::env::var(k).ok()))
+            keys.iter().find_map(|k| {
+                options.get(*k).cloned().or_else(|| {
+                    fallback
+                        .environment
+                        .then(|| std::env::var(k).ok())
+                        .flatten()
+                })
+            })
+        };
+        // Without the ambient identity, a store must be given credentials explicitly: the
+        // builders would otherwise ask instance metadata or read files for them.
+        let missing = |what: &str| {
+            StorageError::Config(format!(
+                "the credentials Secret has no {what}; this installation does not lend its own cloud identity to vaults"
+            ))
+        };
+        let insecure = |endpoint: &str| {
+            (!fallback.allow_http && endpoint.to_ascii_lowercase().starts_with("http://")).then(
+                || {
+                    StorageError::NotAllowed(format!(
+                        "endpoint {endpoint:?} is not https; this installation accepts only https endpoints"
+                    ))
+                },
+            )
         };
         let secrets: Vec<String> = [
             "AWS_SECRET_ACCESS_KEY",
@@ -151,6 +276,9 @@ impl Location {
             LocationSpec::S3 { bucket, prefix } => {
                 let mut b = AmazonS3Builder::new().with_bucket_name(bucket);
                 if let Some(endpoint) = get(&["endpoint", "AWS_ENDPOINT_URL", "AWS_ENDPOINT"]) {
+                    if let Some(e) = insecure(&endpoint) {
+                        return Err(e);
+                    }
                     b = b
                         .with_allow_http(endpoint.starts_with("http://"))
                         .with_endpoint(endpoint);
@@ -163,6 +291,8 @@ impl Location {
                     (get(&["AWS_ACCESS_KEY_ID"]), get(&["AWS_SECRET_ACCESS_KEY"]))
                 {
                     b = b.with_access_key_id(id).with_secret_access_key(secret);
+                } else if !fallback.environment {
+                    return Err(missing("AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"));
                 }
                 if let Some(token) = get(&["AWS_SESSION_TOKEN"]) {
                     b = b.with_token(token);
@@ -184,6 +314,9 @@ impl Location {
                     .with_account(&account)
                     .with_container_name(container);
                 if let Some(endpoint) = get(&["endpoint", "AZURE_STORAGE_ENDPOINT"]) {
+                    if let Some(e) = insecure(&endpoint) {
+                        return Err(e);
+                    }
                     b = b
                         .with_allow_http(endpoint.starts_with("http://"))
                         .with_endpoint(endpoint);
@@ -200,6 +333,8 @@ impl Location {
                         })
                         .collect();
                     b = b.with_sas_authorization(pairs);
+                } else if !fallback.environment {
+                    return Err(missing("accountKey or sasToken"));
                 }
                 (
                     Arc::new(b.build().map_err(config)?),
@@ -211,6 +346,8 @@ impl Location {
                 let mut b = GoogleCloudStorageBuilder::new().with_bucket_name(bucket);
                 if let Some(key) = get(&["serviceAccountKey", "GOOGLE_SERVICE_ACCOUNT_KEY"]) {
                     b = b.with_service_account_key(key);
+                } else if !fallback.environment {
+                    return Err(missing("serviceAccountKey"));
                 }
                 (
                     Arc::new(b.build().map_err(config)?),
@@ -227,14 +364,27 @@ impl Location {
         })
     }
 
-    /// The location of a vault's storage spec; `credentials` are the data of its Secret.
+    /// The location of a vault's storage spec (`field` names it in messages, e.g.
+    /// `spec.cache.storage`), held to the installation's `rules` for a vault in `namespace`;
+    /// `credentials` are the data of its Secret, and the only credentials used unless the
+    /// rules lend the ambient identity.
     pub fn from_vault_storage(
         storage: &Storage,
         credentials: &Options,
+        namespace: &str,
+        field: &str,
+        rules: &StorageRules,
     ) -> Result<Self, StorageError> {
+        rules
+            .check(field, namespace, storage)
+            .map_err(StorageError::NotAllowed)?;
         let mut options = credentials.clone();
         let spec = if let Some(fs) = &storage.filesystem {
-            LocationSpec::Filesystem(fs.path.clone().into())
+            LocationSpec::Filesystem(
+                rules
+                    .confine(&format!("{field}.filesystem.path"), namespace, &fs.path)
+                    .map_err(StorageError::NotAllowed)?,
+            )
         } else if let Some(s3) = &storage.s3 {
             if let Some(e) = &s3.endpoint {
                 options.insert("endpoint".into(), e.clone());
@@ -267,7 +417,14 @@ impl Location {
         } else {
             return Err(StorageError::Config("storage sets no backend".into()));
         };
-        Self::open(&spec, &options)
+        Self::open_with(
+            &spec,
+            &options,
+            Fallback {
+                environment: rules.allow_ambient_credentials,
+                allow_http: rules.allow_insecure_endpoints,
+            },
+        )
     }
 
     pub fn name(&self) -> &str {
@@ -292,9 +449,11 @@ impl Location {
             },
             other => {
                 let known: Vec<&str> = self.secrets.iter().map(String::as_str).collect();
+                let message = format!("{key}: {}", summary(&other));
+                tracing::warn!(location = %self.name, %key, summary = %message, error = %redact(&other.to_string(), &known), "storage request failed");
                 StorageError::Backend {
                     location: self.name.clone(),
-                    message: redact(&format!("{key}: {other}"), &known),
+                    message,
                 }
             }
         }

@@ -6,6 +6,8 @@
 pub mod layout;
 pub mod location;
 pub mod redact;
+pub mod rules;
 pub mod vault;
 
 pub use location::{Location, LocationSpec, StorageError};
+pub use rules::StorageRules;

@@ -5,10 +5,26 @@ use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
 use kube::{Api, Client};
 
-use super::Location;
 use super::location::Options;
+use super::{Location, StorageRules};
 use crate::api::vault::{RecoveryVaultSpec, SecretKeyRef, Storage};
 use crate::repository::{RepoError, Repository};
+
+/// The placeholder key the examples once carried. Anyone who has read them holds it: a vault
+/// encrypted with it is not encrypted.
+pub const PLACEHOLDER_KEY: &str = "REPLACE-ME-with-at-least-32-random-bytes-000000";
+
+/// Whether `key` is the old placeholder or a variant of it (any key containing `REPLACE-ME`).
+pub fn is_placeholder_key(key: &[u8]) -> bool {
+    key.windows(b"REPLACE-ME".len()).any(|w| w == b"REPLACE-ME")
+}
+
+/// What the vault condition says of a placeholder key.
+pub fn placeholder_key_message(name: &str, key: &str) -> String {
+    format!(
+        "spec.encryption.keySecretRef: key {key:?} of Secret {name} is the examples' placeholder, which anyone can read; replace it with random bytes (kubectl create secret generic {name} --from-literal={key}=$(openssl rand -base64 48))"
+    )
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum AccessError {
@@ -24,6 +40,11 @@ pub enum AccessError {
         name: String,
         key: String,
     },
+    #[error("{}", placeholder_key_message(name, key))]
+    PlaceholderKey { name: String, key: String },
+    /// The storage spec breaks the installation's rules; the message names the field.
+    #[error("{message}")]
+    NotAllowed { message: String },
     #[error("{field}: {message}")]
     Storage {
         field: &'static str,
@@ -63,7 +84,12 @@ async fn location(
     namespace: &str,
     field: &'static str,
     storage: &Storage,
+    rules: &StorageRules,
 ) -> Result<Location, AccessError> {
+    // Refused before any Secret is read.
+    rules
+        .check(field, namespace, storage)
+        .map_err(|message| AccessError::NotAllowed { message })?;
     let mut credentials = Options::new();
     if let Some(secret) = storage.credentials_secret() {
         let found =
@@ -80,9 +106,11 @@ async fn location(
         }
         credentials.extend(found.string_data.unwrap_or_default());
     }
-    Location::from_vault_storage(storage, &credentials).map_err(|e| AccessError::Storage {
-        field,
-        message: e.to_string(),
+    Location::from_vault_storage(storage, &credentials, namespace, field, rules).map_err(|e| {
+        AccessError::Storage {
+            field,
+            message: e.to_string(),
+        }
     })
 }
 
@@ -100,11 +128,18 @@ async fn key(
             name: r.name.clone(),
             namespace: namespace.into(),
         })?;
-    secret_value(&secret, &r.key).ok_or_else(|| AccessError::KeyMissing {
+    let value = secret_value(&secret, &r.key).ok_or_else(|| AccessError::KeyMissing {
         field,
         name: r.name.clone(),
         key: r.key.clone(),
-    })
+    })?;
+    if is_placeholder_key(&value) {
+        return Err(AccessError::PlaceholderKey {
+            name: r.name.clone(),
+            key: r.key.clone(),
+        });
+    }
+    Ok(value)
 }
 
 impl VaultAccess {
@@ -112,6 +147,7 @@ impl VaultAccess {
         client: &Client,
         namespace: &str,
         spec: &RecoveryVaultSpec,
+        rules: &StorageRules,
     ) -> Result<Self, AccessError> {
         let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
         Ok(Self {
@@ -120,6 +156,7 @@ impl VaultAccess {
                 namespace,
                 "spec.cache.storage",
                 &spec.cache.storage,
+                rules,
             )
             .await?,
             target: location(
@@ -127,6 +164,7 @@ impl VaultAccess {
                 namespace,
                 "spec.target.storage",
                 &spec.target.storage,
+                rules,
             )
             .await?,
             key: key(&secrets, namespace, &spec.encryption.key_secret_ref).await?,

@@ -139,3 +139,42 @@ fn optional_service_monitor_and_values_schema() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// The arguments of the first container of the one `kind` the chart renders.
+fn args_of(docs: &[Value], kind: &str) -> Vec<String> {
+    kinds(docs, kind)[0]["spec"]["template"]["spec"]["containers"][0]["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|a| a.as_str().map(String::from))
+        .collect()
+}
+
+#[test]
+fn operator_and_agent_get_the_same_storage_rules() {
+    let defaults = render(&[]);
+    for kind in ["Deployment", "DaemonSet"] {
+        let args = args_of(&defaults, kind);
+        for wanted in [
+            "--filesystem-root=/var/lib/site-recovery",
+            "--allow-insecure-endpoints=false",
+            "--allow-ambient-credentials=false",
+        ] {
+            assert!(args.iter().any(|a| a == wanted), "{kind}: {args:?}");
+        }
+    }
+    let set = render(&[
+        "--set",
+        "filesystemStorage.hostPath=/srv/dr",
+        "--set",
+        "storage.allowInsecureEndpoints=true",
+    ]);
+    for kind in ["Deployment", "DaemonSet"] {
+        let args = args_of(&set, kind);
+        assert!(
+            args.iter().any(|a| a == "--filesystem-root=/srv/dr")
+                && args.iter().any(|a| a == "--allow-insecure-endpoints=true"),
+            "{kind}: {args:?}"
+        );
+    }
+}

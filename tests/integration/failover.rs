@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
-use kube::api::{Api, ListParams, PostParams};
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use serde_json::json;
 use site_recovery::api::Failover;
 use site_recovery::repository::Repository;
@@ -411,7 +411,9 @@ async fn the_plugin_fails_over_and_commits() {
     let kubeconfig = rig.kubeconfig(dir.path());
     let run = |args: &[&str]| {
         let mut cmd = tokio::process::Command::new(&plugin);
-        cmd.args(args).env("KUBECONFIG", &kubeconfig);
+        cmd.args(args)
+            .env("KUBECONFIG", &kubeconfig)
+            .env("SITE_RECOVERY_FILESYSTEM_ROOT", rig.storage_root.path());
         let shown = args.join(" ");
         async move {
             let out = cmd.output().await.unwrap();
@@ -582,6 +584,24 @@ async fn a_drill_runs_a_verified_copy_in_its_own_namespace_and_leaves_the_source
         "spec": {"type": "NodePort", "clusterIP": "10.96.0.15", "selector": {"app": "db"},
             "ports": [{"name": "sql", "port": 5432, "nodePort": 30432}]}}))
         .await;
+    // The source namespace enforces Pod Security "restricted" and has a quota and limits.
+    Api::<k8s_openapi::api::core::v1::Namespace>::all(rig.client())
+        .patch(
+            "apps",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"labels": {
+                "pod-security.kubernetes.io/enforce": "restricted",
+                "pod-security.kubernetes.io/enforce-version": "latest",
+                "team": "payments"}}})),
+        )
+        .await
+        .unwrap();
+    rig.create(json!({"apiVersion": "v1", "kind": "ResourceQuota", "metadata": {"name": "compute", "namespace": "apps"},
+        "spec": {"hard": {"requests.cpu": "4", "pods": "20"}}}))
+        .await;
+    rig.create(json!({"apiVersion": "v1", "kind": "LimitRange", "metadata": {"name": "defaults", "namespace": "apps"},
+        "spec": {"limits": [{"type": "Container", "default": {"cpu": "500m"}, "defaultRequest": {"cpu": "100m"}}]}}))
+        .await;
     let zone_b = BTreeMap::from([("zone-b".to_string(), "node-b1".to_string())]);
     let _cluster = crate::rig::failover::run(&rig, "apps", zone_b.clone());
     let _drill_cluster = crate::rig::failover::run(&rig, "db-drill", zone_b.clone());
@@ -594,6 +614,68 @@ async fn a_drill_runs_a_verified_copy_in_its_own_namespace_and_leaves_the_source
         )
         .await
         .unwrap();
+    // The drill's namespace forbids what the source forbids, from before its first pod.
+    let ns = Api::<k8s_openapi::api::core::v1::Namespace>::all(rig.client());
+    let labels = eventually(Duration::from_secs(30), "the drill's namespace", || async {
+        ns.get_opt("db-drill").await.ok()??.metadata.labels
+    })
+    .await;
+    assert_eq!(
+        labels
+            .get("pod-security.kubernetes.io/enforce")
+            .map(String::as_str),
+        Some("restricted")
+    );
+    assert_eq!(
+        labels
+            .get("pod-security.kubernetes.io/enforce-version")
+            .map(String::as_str),
+        Some("latest")
+    );
+    assert!(
+        !labels.contains_key("team"),
+        "only Pod Security labels are copied"
+    );
+    let quota = eventually(Duration::from_secs(30), "the quota copied", || async {
+        Api::<k8s_openapi::api::core::v1::ResourceQuota>::namespaced(rig.client(), "db-drill")
+            .get_opt("compute")
+            .await
+            .ok()?
+    })
+    .await;
+    assert_eq!(
+        quota.spec.unwrap().hard.unwrap()["pods"].0,
+        "20",
+        "the quota's limits are the source's"
+    );
+    let limits =
+        Api::<k8s_openapi::api::core::v1::LimitRange>::namespaced(rig.client(), "db-drill")
+            .get("defaults")
+            .await
+            .unwrap();
+    assert_eq!(limits.spec.unwrap().limits[0].type_, "Container");
+    let first_pod = Api::<k8s_openapi::api::core::v1::Pod>::namespaced(rig.client(), "db-drill")
+        .list(&Default::default())
+        .await
+        .unwrap()
+        .items
+        .iter()
+        .filter_map(|p| p.metadata.creation_timestamp.clone())
+        .min();
+    if let Some(first) = first_pod {
+        let made = |t: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>| t.unwrap().0;
+        let quota_made =
+            Api::<k8s_openapi::api::core::v1::ResourceQuota>::namespaced(rig.client(), "db-drill")
+                .get("compute")
+                .await
+                .unwrap()
+                .metadata
+                .creation_timestamp;
+        assert!(
+            made(quota_made) <= first.0,
+            "the quota exists before the first pod"
+        );
+    }
     let s = eventually(Duration::from_secs(60), "Verified=True", || async {
         let s = failovers.get("drill").await.ok()?.status?;
         (condition(&s.conditions, "Verified")?.0 == "True").then_some(s)

@@ -173,6 +173,11 @@ fn every_example_parses_and_passes_admission() {
             continue;
         }
         let text = std::fs::read_to_string(&path).unwrap();
+        assert!(
+            !site_recovery::storage::vault::is_placeholder_key(text.as_bytes()),
+            "{}: an example must not carry a usable placeholder key or credential; show `kubectl create secret generic ... $(openssl rand -base64 48)` instead",
+            path.display()
+        );
         let docs: Vec<Value> = serde_saphyr::from_multiple(&text)
             .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         for doc in docs.iter().filter(|d| !d.is_null()) {

@@ -167,13 +167,93 @@ async fn storage_errors_never_carry_secrets() {
 
 #[test]
 fn gcs_locations_are_configured_from_a_vault_spec() {
+    use site_recovery::storage::StorageRules;
     let storage: site_recovery::api::vault::Storage = serde_json::from_value(
         serde_json::json!({"gcs": {"bucket": "dr-target", "prefix": "site-recovery"}}),
     )
     .unwrap();
-    let location = Location::from_vault_storage(&storage, &Options::new()).unwrap();
+    let open =
+        |storage: &site_recovery::api::vault::Storage, options: &Options, rules: &StorageRules| {
+            Location::from_vault_storage(storage, options, "apps", "spec.target.storage", rules)
+        };
+    let strict = StorageRules::default();
+    // Without a Secret, the operator's own identity is never lent to the vault...
+    let err = open(&storage, &Options::new(), &strict).unwrap_err();
+    assert!(
+        matches!(&err, StorageError::NotAllowed(m) if m.starts_with("spec.target.storage.gcs.credentialsSecretRef: required")),
+        "{err}"
+    );
+    // ...unless the installation allows it.
+    let ambient = StorageRules {
+        allow_ambient_credentials: true,
+        ..Default::default()
+    };
+    let location = open(&storage, &Options::new(), &ambient).unwrap();
     assert_eq!(location.name(), "gs://dr-target/site-recovery");
+    let with_secret: site_recovery::api::vault::Storage = serde_json::from_value(
+        serde_json::json!({"gcs": {"bucket": "dr-target", "credentialsSecretRef": {"name": "gcs"}}}),
+    )
+    .unwrap();
     let bad: Options = [("serviceAccountKey".to_string(), "{not json".to_string())].into();
-    let err = Location::from_vault_storage(&storage, &bad).unwrap_err();
+    let err = open(&with_secret, &bad, &strict).unwrap_err();
     assert!(matches!(err, StorageError::Config(_)), "{err}");
+    // A Secret without the key is said as such, and the environment is not consulted.
+    let err = open(&with_secret, &Options::new(), &strict).unwrap_err();
+    assert!(
+        err.to_string().contains("has no serviceAccountKey"),
+        "{err}"
+    );
+}
+
+#[test]
+fn vault_s3_locations_use_only_their_secret_and_https() {
+    use site_recovery::storage::StorageRules;
+    let storage = |endpoint: &str| -> site_recovery::api::vault::Storage {
+        serde_json::from_value(serde_json::json!({"s3": {"bucket": "bkt", "endpoint": endpoint, "credentialsSecretRef": {"name": "s3"}}}))
+            .unwrap()
+    };
+    let field = "spec.cache.storage";
+    let creds: Options = [
+        ("AWS_ACCESS_KEY_ID".to_string(), "id".to_string()),
+        ("AWS_SECRET_ACCESS_KEY".to_string(), "secret".to_string()),
+    ]
+    .into();
+    let strict = StorageRules::default();
+    let err = Location::from_vault_storage(
+        &storage("http://169.254.169.254"),
+        &creds,
+        "apps",
+        field,
+        &strict,
+    )
+    .unwrap_err();
+    assert!(
+        matches!(&err, StorageError::NotAllowed(m) if m.starts_with("spec.cache.storage.s3.endpoint: ") && m.contains("not https")),
+        "{err}"
+    );
+    Location::from_vault_storage(
+        &storage("https://s3.example"),
+        &creds,
+        "apps",
+        field,
+        &strict,
+    )
+    .unwrap();
+    // The process environment has AWS credentials; a vault whose Secret lacks them is refused
+    // rather than signed with the platform's.
+    // SAFETY: set before any thread of this test reads the environment; the value is a dummy.
+    unsafe { std::env::set_var("AWS_ACCESS_KEY_ID", "platform-identity") };
+    unsafe { std::env::set_var("AWS_SECRET_ACCESS_KEY", "platform-secret") };
+    let err = Location::from_vault_storage(
+        &storage("https://s3.example"),
+        &Options::new(),
+        "apps",
+        field,
+        &strict,
+    )
+    .unwrap_err();
+    assert!(
+        err.to_string().contains("has no AWS_ACCESS_KEY_ID"),
+        "{err}"
+    );
 }

@@ -28,6 +28,7 @@ pub async fn start_operator(rig: &Rig, leader_election: bool) -> Running {
     let mut settings = Settings::new(OPERATOR_NS);
     settings.leader_election = leader_election;
     settings.identity = "test-operator".into();
+    settings.storage = rig.storage_rules();
     let (stop, shutdown) = Shutdown::new();
     let task = tokio::spawn(operator::run(rig.operator_client(), settings, shutdown));
     Running { stop, task }
@@ -44,7 +45,8 @@ async fn cluster() -> (Rig, tempfile::TempDir) {
     rig.node("node-c1", "zone-c", "region-2").await;
     rig.secret("apps", "vault-key", &[("key", &[7u8; 32])])
         .await;
-    (rig, tempfile::tempdir().unwrap())
+    let dir = rig.vault_dir("apps");
+    (rig, dir)
 }
 
 pub fn vault(
@@ -246,6 +248,7 @@ async fn registered_flips_with_agent_registration() {
             namespace: OPERATOR_NS.into(),
             lease_duration_seconds: 3,
             kubelet_root: rig.kubelet_root.path().to_path_buf(),
+            storage: rig.storage_rules(),
         };
         let (stop, shutdown) = Shutdown::new();
         (
@@ -446,7 +449,7 @@ async fn malformed_object_is_reported_without_stopping_the_controller() {
         "spec": {"redundancy": "Planet", "cache": {"zone": "zone-a"}},
     }))
     .await;
-    let dir = tempfile::tempdir().unwrap();
+    let dir = rig.vault_dir("apps");
     let running = start_operator(&rig, false).await;
     let vaults: Api<RecoveryVault> = Api::namespaced(rig.client(), "apps");
     vaults
@@ -497,13 +500,8 @@ async fn malformed_object_is_reported_without_stopping_the_controller() {
     running.stop().await;
 }
 
-#[tokio::test]
-async fn object_store_vaults_are_probed_with_their_credentials() {
-    let (rig, _dir) = cluster().await;
-    let s3 = std::env::var("SITE_RECOVERY_TEST_S3_ENDPOINT")
-        .expect("run with `bash scripts/test.sh`: it starts the S3 and Azure servers");
-    let azure = std::env::var("SITE_RECOVERY_TEST_AZURE_ENDPOINT")
-        .expect("run with `bash scripts/test.sh`");
+/// The Secret `s3-credentials` in `apps`, with the S3 test server's credentials.
+async fn s3_credentials(rig: &Rig) {
     rig.secret(
         "apps",
         "s3-credentials",
@@ -513,6 +511,16 @@ async fn object_store_vaults_are_probed_with_their_credentials() {
         ],
     )
     .await;
+}
+
+#[tokio::test]
+async fn object_store_vaults_are_probed_with_their_credentials() {
+    let (rig, _dir) = cluster().await;
+    let s3 = std::env::var("SITE_RECOVERY_TEST_S3_ENDPOINT")
+        .expect("run with `bash scripts/test.sh`: it starts the S3 and Azure servers");
+    let azure = std::env::var("SITE_RECOVERY_TEST_AZURE_ENDPOINT")
+        .expect("run with `bash scripts/test.sh`");
+    s3_credentials(&rig).await;
     rig.secret(
         "apps",
         "azure-credentials",
@@ -580,5 +588,256 @@ async fn object_store_vaults_are_probed_with_their_credentials() {
         "{message}"
     );
     assert!(!message.contains(wrong_key), "the key leaked: {message}");
+    // The storage's own answer (an XML error body, request details) stays in the log: the
+    // status says the status code and the object.
+    assert!(
+        message.contains("HTTP 403") && message.contains("config"),
+        "{message}"
+    );
+    for verbatim in [
+        "<?xml",
+        "Server returned",
+        "AuthenticationFailed",
+        "RequestId",
+    ] {
+        assert!(
+            !message.contains(verbatim),
+            "a storage body reached the status: {message}"
+        );
+    }
+    assert!(message.len() < 300, "{message}");
+    running.stop().await;
+}
+
+#[tokio::test]
+async fn vault_storage_outside_the_tenants_lane_is_invalid_spec() {
+    let (rig, dir) = cluster().await;
+    s3_credentials(&rig).await;
+    // This operator is installed as a production chart is: https only, no ambient identity.
+    let mut settings = Settings::new(OPERATOR_NS);
+    settings.leader_election = false;
+    settings.storage = site_recovery::storage::StorageRules {
+        allow_insecure_endpoints: false,
+        ..rig.storage_rules()
+    };
+    let (stop, shutdown) = Shutdown::new();
+    let running = Running {
+        stop,
+        task: tokio::spawn(operator::run(rig.operator_client(), settings, shutdown)),
+    };
+    let vaults: Api<RecoveryVault> = Api::namespaced(rig.client(), "apps");
+    let elsewhere = tempfile::tempdir().unwrap();
+    let other_tenant = rig.storage_root.path().join("other").join("cache");
+    let spec = |cache: serde_json::Value, target: serde_json::Value| -> serde_json::Value {
+        json!({
+            "redundancy": "Zone",
+            "cache": {"zone": "zone-a", "storage": cache},
+            "target": {"zone": "zone-b", "storage": target},
+            "encryption": {"keySecretRef": {"name": "vault-key"}},
+        })
+    };
+    let fs = |p: &std::path::Path| json!({"filesystem": {"path": p}});
+    let cases = [
+        (
+            "outside",
+            spec(fs(&dir.path().join("c")), fs(elsewhere.path())),
+            "spec.target.storage.filesystem.path: ",
+        ),
+        (
+            "other-tenant",
+            spec(fs(&other_tenant), fs(&dir.path().join("t"))),
+            "spec.cache.storage.filesystem.path: ",
+        ),
+        (
+            "plain-http",
+            spec(
+                json!({"s3": {"bucket": "sr-test", "endpoint": "http://127.0.0.1:9", "credentialsSecretRef": {"name": "s3-credentials"}}}),
+                fs(&dir.path().join("t2")),
+            ),
+            "spec.cache.storage.s3.endpoint: \"http://127.0.0.1:9\" is not https",
+        ),
+        (
+            "ambient",
+            spec(
+                fs(&dir.path().join("c3")),
+                json!({"azureBlob": {"container": "sr-test", "accountName": "acct", "endpoint": "https://127.0.0.1:9"}}),
+            ),
+            "spec.target.storage.azureBlob.credentialsSecretRef: required",
+        ),
+    ];
+    for (name, spec, _) in &cases {
+        rig.create(
+            json!({"apiVersion": "siterecovery.io/v1alpha1", "kind": "RecoveryVault",
+            "metadata": {"name": name, "namespace": "apps"}, "spec": spec}),
+        )
+        .await;
+    }
+    for (name, _, field) in &cases {
+        let status = eventually(Duration::from_secs(20), "InvalidSpec", || async {
+            let s = vaults.get(name).await.ok()?.status?;
+            (condition(&s.conditions, "Ready")?.1 == "InvalidSpec").then_some(s)
+        })
+        .await;
+        let (_, _, message) = condition(&status.conditions, "Ready").unwrap();
+        assert!(message.contains(field), "{name}: {message}");
+        assert!(
+            message.contains("expected")
+                || message.contains("required")
+                || message.contains("https"),
+            "{name}: {message}"
+        );
+    }
+    // Nothing was created or probed outside the namespace's directory.
+    assert_eq!(std::fs::read_dir(elsewhere.path()).unwrap().count(), 0);
+    assert!(!rig.storage_root.path().join("other").exists());
+    // Admission refuses a path that climbs, naming the field and what is expected.
+    let climb = dir.path().join("..").join("..").join("other").join("cache");
+    let refused = rig
+        .try_create_or_keep(
+            json!({"apiVersion": "siterecovery.io/v1alpha1", "kind": "RecoveryVault",
+            "metadata": {"name": "climb", "namespace": "apps"},
+            "spec": spec(fs(&climb), fs(&dir.path().join("t4")))}),
+        )
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        refused.contains("spec.cache.storage.filesystem.path") && refused.contains("'..'"),
+        "{refused}"
+    );
+    running.stop().await;
+}
+
+#[tokio::test]
+async fn hostile_objects_get_conditions_and_the_operator_serves_on() {
+    let (rig, dir) = cluster().await;
+    rig.secret(
+        "apps",
+        "placeholder-key",
+        &[(
+            "key",
+            site_recovery::storage::vault::PLACEHOLDER_KEY.as_bytes(),
+        )],
+    )
+    .await;
+    // node-c1's registration was renewed at the end of time, for ever, with a report annotation
+    // that is not one; node-b1's carries a renewTime Kubernetes accepts and a timestamp cannot
+    // hold; node-a1's is an ordinary one.
+    use site_recovery::api::registration::*;
+    let lease = |node: &str, renewed: &str, duration: i64| {
+        json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+            "metadata": {"name": lease_name(node), "namespace": OPERATOR_NS,
+                "labels": {COMPONENT_LABEL: COMPONENT_VALUE, NODE_LABEL: node},
+                "annotations": {ZONE_ANNOTATION: "zone-a", site_recovery::api::work::WORK_ANNOTATION: "[".repeat(300_000)}},
+            "spec": {"holderIdentity": node, "leaseDurationSeconds": duration, "renewTime": renewed}})
+    };
+    rig.create(lease("node-c1", "9999-12-30T21:59:59.000000Z", 2147483647))
+        .await;
+    rig.create(lease("node-b1", "9999-12-31T23:59:59.000000Z", 30))
+        .await;
+    rig.register_agent(OPERATOR_NS, "node-a1", "zone-a", 30)
+        .await;
+    rig.statefulset("apps", "db", &["data"], &["node-a1", "node-c1"])
+        .await;
+    let running = start_operator(&rig, false).await;
+    let vaults: Api<RecoveryVault> = Api::namespaced(rig.client(), "apps");
+    let mut placeholder = vault("placeholder", "Zone", "zone-a", "zone-b", dir.path());
+    placeholder.spec.encryption.key_secret_ref.name = "placeholder-key".into();
+    vaults
+        .create(&PostParams::default(), &placeholder)
+        .await
+        .unwrap();
+    vaults
+        .create(
+            &PostParams::default(),
+            &vault("vault", "Zone", "zone-a", "zone-b", dir.path()),
+        )
+        .await
+        .unwrap();
+    let long = "x".repeat(64);
+    rig.create(
+        json!({"apiVersion": "siterecovery.io/v1alpha1", "kind": "ReplicatedWorkload",
+        "metadata": {"name": long, "namespace": "apps"},
+        "spec": {"vaultName": "vault", "workloadRef": {"kind": "StatefulSet", "name": "db"}}}),
+    )
+    .await;
+    rig.create(
+        json!({"apiVersion": "siterecovery.io/v1alpha1", "kind": "Failover",
+        "metadata": {"name": long, "namespace": "apps"},
+        "spec": {"workloadName": long}}),
+    )
+    .await;
+    let ready = |kind: &'static str, name: String| {
+        let client = rig.client();
+        async move {
+            let api: Api<kube::api::DynamicObject> = Api::namespaced_with(
+                client,
+                "apps",
+                &kube::api::ApiResource::from_gvk_with_plural(
+                    &kube::api::GroupVersionKind::gvk("siterecovery.io", "v1alpha1", kind),
+                    &crate::rig::plural_of(kind),
+                ),
+            );
+            let o = api.get(&name).await.ok()?;
+            let c = o.data["status"]["conditions"]
+                .as_array()?
+                .iter()
+                .find(|c| c["type"] == "Ready")?
+                .clone();
+            Some((
+                c["reason"].as_str()?.to_string(),
+                c["message"].as_str()?.to_string(),
+            ))
+        }
+    };
+    let (reason, message) = eventually(Duration::from_secs(20), "the placeholder refused", || {
+        let r = ready("RecoveryVault", "placeholder".into());
+        async move { r.await.filter(|(r, _)| r != "VaultReady" && !r.is_empty()) }
+    })
+    .await;
+    assert_eq!(reason, "PlaceholderKey", "{message}");
+    assert!(message.contains("openssl rand"), "{message}");
+    for kind in ["ReplicatedWorkload", "Failover"] {
+        let (reason, message) = eventually(Duration::from_secs(20), "InvalidSpec at once", || {
+            let r = ready(kind, long.clone());
+            async move { r.await.filter(|(r, _)| r == "InvalidSpec") }
+        })
+        .await;
+        assert!(
+            message.starts_with("metadata.name: ") && message.contains("at most 63"),
+            "{kind} {reason}: {message}"
+        );
+    }
+    // Everything else is served as before: the good vault is Ready, the workload on node-a1 and
+    // node-c1 sees both registrations (the unreadable one of node-b1 stopped no watch).
+    rig.create(
+        json!({"apiVersion": "siterecovery.io/v1alpha1", "kind": "ReplicatedWorkload",
+        "metadata": {"name": "db", "namespace": "apps"},
+        "spec": {"vaultName": "vault", "workloadRef": {"kind": "StatefulSet", "name": "db"}}}),
+    )
+    .await;
+    let workloads: Api<ReplicatedWorkload> = Api::namespaced(rig.client(), "apps");
+    eventually(Duration::from_secs(20), "db Registered", || async {
+        let s = workloads.get("db").await.ok()?.status?;
+        (condition(&s.conditions, "Registered")?.0 == "True").then_some(())
+    })
+    .await;
+    eventually(Duration::from_secs(20), "the good vault Ready", || {
+        let r = ready("RecoveryVault", "vault".into());
+        async move { r.await.filter(|(r, _)| r == "VaultReady") }
+    })
+    .await;
+    let failovers: Api<site_recovery::api::Failover> = Api::namespaced(rig.client(), "apps");
+    assert!(
+        failovers
+            .get(&long)
+            .await
+            .unwrap()
+            .metadata
+            .finalizers
+            .is_none(),
+        "nothing was started for a name that cannot label what it makes"
+    );
+    assert!(!running.task.is_finished(), "the operator did not panic");
     running.stop().await;
 }

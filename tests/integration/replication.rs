@@ -34,7 +34,8 @@ pub(crate) async fn cluster() -> (Rig, tempfile::TempDir) {
     rig.node("node-a2", "zone-a", "region-1").await;
     rig.node("node-b1", "zone-b", "region-1").await;
     rig.secret("apps", "vault-key", &[("key", &KEY)]).await;
-    (rig, tempfile::tempdir().unwrap())
+    let dir = rig.vault_dir("apps");
+    (rig, dir)
 }
 
 pub(crate) fn live_vault(dir: &Path, policy: serde_json::Value) -> RecoveryVault {
@@ -71,6 +72,7 @@ pub(crate) fn start_agent(rig: &Rig, node: &str, lease_seconds: i32) -> Agent {
         namespace: OPERATOR_NS.into(),
         lease_duration_seconds: lease_seconds,
         kubelet_root: rig.kubelet_root.path().to_path_buf(),
+        storage: rig.storage_rules(),
     };
     let (stop, shutdown) = Shutdown::new();
     let task = tokio::spawn(site_recovery::agent::run(
@@ -309,6 +311,7 @@ async fn start_operator_with_metrics(rig: &Rig) -> (Running, std::net::SocketAdd
     let mut settings = site_recovery::operator::Settings::new(OPERATOR_NS);
     settings.leader_election = false;
     settings.http_addr = Some(addr);
+    settings.storage = rig.storage_rules();
     let (stop, shutdown) = Shutdown::new();
     let task = tokio::spawn(site_recovery::operator::run(
         rig.operator_client(),
@@ -510,11 +513,14 @@ async fn killed_agent_and_operator_resume_the_point_in_flight() {
     )
     .await;
     let s = workloads.get("db").await.unwrap().status.unwrap();
-    assert_eq!(
-        s.point_in_progress.as_ref(),
-        Some(&point),
-        "the point waits for node-a2"
-    );
+    // The same point (its progress mark moves with node-a1's report).
+    let waiting = s.point_in_progress.clone().map(|mut p| {
+        p.last_progress = None;
+        p
+    });
+    let mut started = point.clone();
+    started.last_progress = None;
+    assert_eq!(waiting, Some(started), "the point waits for node-a2");
     assert_eq!(
         condition(&s.conditions, "Replicating").unwrap().1,
         "PointInProgress"
@@ -1125,7 +1131,9 @@ async fn the_plugin_shows_status_and_lists_points_from_the_target_alone() {
     let kubeconfig = rig.kubeconfig(dir.path());
     let run = |args: &[&str]| {
         let mut cmd = tokio::process::Command::new(&plugin);
-        cmd.args(args).env("KUBECONFIG", &kubeconfig);
+        cmd.args(args)
+            .env("KUBECONFIG", &kubeconfig)
+            .env("SITE_RECOVERY_FILESYSTEM_ROOT", rig.storage_root.path());
         async move {
             // Asynchronously: the rig answers on this test's runtime.
             let out = cmd.output().await.unwrap();
@@ -1250,4 +1258,112 @@ async fn failovers_resolve_points_from_the_target_location_alone() {
         .unwrap();
     assert_eq!(resolved("latest").await.id, second);
     running.stop().await;
+}
+
+#[tokio::test]
+async fn hook_output_is_cut_at_its_limit_and_the_exec_closed() {
+    let rig = Rig::start().await;
+    rig.namespace("apps").await;
+    rig.create(
+        json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "db-0", "namespace": "apps"},
+        "spec": {"containers": [{"name": "main", "image": "db"}]}}),
+    )
+    .await;
+    let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(rig.client(), "apps");
+    let hook = |command: &[&str]| -> site_recovery::api::workload::ExecHook {
+        serde_json::from_value(json!({"container": "main", "command": command, "timeout": "1h"}))
+            .unwrap()
+    };
+    use site_recovery::controllers::workload::hooks::exec;
+    // Endless output: cut at 64 KiB at once, not read for the hook's hour.
+    let started = std::time::Instant::now();
+    let message = tokio::time::timeout(
+        Duration::from_secs(20),
+        exec(&pods, "db-0", &hook(&["cat", "/dev/zero"])),
+    )
+    .await
+    .expect("the hook is stopped long before its timeout")
+    .unwrap_err();
+    assert!(
+        message.contains("stdout passed 64 KiB") && message.contains("truncated"),
+        "{message}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(20));
+    eventually(Duration::from_secs(10), "the command killed", || async {
+        (rig.state.0.lock().unwrap().execs_killed == 1).then_some(())
+    })
+    .await;
+    // The same on stderr.
+    let message = exec(&pods, "db-0", &hook(&["sh", "-c", "cat /dev/zero >&2"]))
+        .await
+        .unwrap_err();
+    assert!(message.contains("stderr passed 64 KiB"), "{message}");
+    // Output under the limit changes nothing: a failure carries its stderr.
+    let message = exec(
+        &pods,
+        "db-0",
+        &hook(&[
+            "sh",
+            "-c",
+            "head -c 60000 /dev/zero; echo flushed tables >&2; exit 3",
+        ]),
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        message.contains("exit status 3") && message.contains("stderr: flushed tables"),
+        "{message}"
+    );
+    exec(&pods, "db-0", &hook(&["true"])).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_snapshot_whose_restore_size_is_not_a_quantity_fails_the_point_without_a_panic() {
+    let (rig, dir, running, volumes) = setup(csi_vault).await;
+    let agents: Vec<Agent> = ["node-a1", "node-a2", "node-b1"]
+        .iter()
+        .map(|n| start_agent(&rig, n, 10))
+        .collect();
+    write_version(&volumes, 1);
+    let workloads = protect(&rig).await;
+    // The test plays a snapshot controller that reports nonsense: ready, with restoreSize true
+    // on one snapshot and an object on the other.
+    let snaps = crate::rig::csi::snapshots(&rig, "apps");
+    let names = eventually(Duration::from_secs(30), "snapshots taken", || async {
+        let list = snaps.list_metadata(&Default::default()).await.ok()?.items;
+        (list.len() == 2).then(|| {
+            list.into_iter()
+                .filter_map(|s| s.metadata.name)
+                .collect::<Vec<_>>()
+        })
+    })
+    .await;
+    for (name, size) in names.iter().zip([json!(true), json!({"bytes": 1})]) {
+        rig.patch_status(
+            "snapshot.storage.k8s.io/v1",
+            "VolumeSnapshot",
+            Some("apps"),
+            name,
+            json!({"status": {"readyToUse": true, "creationTime": "2026-01-01T00:00:00Z", "restoreSize": size}}),
+        )
+        .await;
+    }
+    let s = eventually(Duration::from_secs(30), "the point failed", || async {
+        let s = workloads.get("db").await.ok()?.status?;
+        let a = s.last_attempt.clone()?;
+        (!a.succeeded).then_some(s)
+    })
+    .await;
+    let (_, reason, message) = condition(&s.conditions, "Replicating").unwrap();
+    assert_eq!(reason, "CaptureFailed", "{message}");
+    assert!(
+        message.contains("status.restoreSize") && message.contains("not a quantity"),
+        "{message}"
+    );
+    assert!(!running.task.is_finished(), "the operator did not panic");
+    let _ = dir;
+    running.stop().await;
+    for a in agents {
+        a.kill();
+    }
 }

@@ -99,29 +99,64 @@ pub async fn exec(shared: Shared, ns: String, pod: String, mut req: Request<Body
         let Ok(upgraded) = upgrade.await else { return };
         let mut ws =
             WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None).await;
-        let output = match command.split_first() {
-            Some((program, args)) => tokio::process::Command::new(program)
+        // Output is streamed as the command writes it, like the kubelet does; a client that
+        // goes away (or closes the stream) kills the command.
+        let child = command.split_first().and_then(|(program, args)| {
+            tokio::process::Command::new(program)
                 .args(args)
-                .output()
-                .await
-                .ok(),
-            None => None,
-        };
-        let (stdout, stderr, code) = match &output {
-            Some(o) => (
-                o.stdout.clone(),
-                o.stderr.clone(),
-                o.status.code().unwrap_or(137),
-            ),
-            None => (vec![], b"executable not found".to_vec(), 126),
-        };
-        for (channel, data) in [(1u8, stdout), (2u8, stderr)] {
-            if !data.is_empty() {
-                let mut frame = vec![channel];
-                frame.extend(data);
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .kill_on_drop(true)
+                .spawn()
+                .ok()
+        });
+        let code = match child {
+            None => {
+                let mut frame = vec![2u8];
+                frame.extend(b"executable not found");
                 let _ = ws.send(Message::binary(frame)).await;
+                126
             }
-        }
+            Some(mut child) => {
+                use tokio::io::AsyncReadExt;
+                let mut out = child.stdout.take().unwrap();
+                let mut err = child.stderr.take().unwrap();
+                let (mut out_open, mut err_open) = (true, true);
+                let (mut ob, mut eb) = (vec![0u8; 8192], vec![0u8; 8192]);
+                let mut gone = false;
+                while out_open || err_open {
+                    let (channel, n) = tokio::select! {
+                        r = out.read(&mut ob), if out_open => (1u8, r.unwrap_or(0)),
+                        r = err.read(&mut eb), if err_open => (2u8, r.unwrap_or(0)),
+                    };
+                    if n == 0 {
+                        if channel == 1 {
+                            out_open = false
+                        } else {
+                            err_open = false
+                        }
+                        continue;
+                    }
+                    let mut frame = vec![channel];
+                    frame.extend_from_slice(if channel == 1 { &ob[..n] } else { &eb[..n] });
+                    if ws.send(Message::binary(frame)).await.is_err() {
+                        gone = true;
+                        break;
+                    }
+                }
+                if gone {
+                    let _ = child.kill().await;
+                    shared.0.lock().unwrap().execs_killed += 1;
+                    return;
+                }
+                child
+                    .wait()
+                    .await
+                    .ok()
+                    .and_then(|s| s.code())
+                    .unwrap_or(137)
+            }
+        };
         let status = if code == 0 {
             json!({"metadata": {}, "status": "Success"})
         } else {

@@ -32,6 +32,9 @@ pub struct Rig {
     pub addr: SocketAddr,
     pub state: Shared,
     pub kubelet_root: tempfile::TempDir,
+    /// The installation's filesystem storage root: vaults of namespace `ns` keep their
+    /// filesystem locations below `<storage_root>/<ns>/`.
+    pub storage_root: tempfile::TempDir,
     server: tokio::task::JoinHandle<()>,
     /// The cluster's address and kubelet root, shareable with tasks that play its parts.
     pub cluster: Cluster,
@@ -114,6 +117,7 @@ impl Rig {
                 kubelet: kubelet_root.path().to_path_buf(),
             },
             kubelet_root,
+            storage_root: tempfile::tempdir().unwrap(),
             server,
         };
         for ns in ["default", "kube-system"] {
@@ -194,6 +198,23 @@ impl Rig {
     /// What RBAC denied so far: (user, the 403's message).
     pub fn denied(&self) -> Vec<(String, String)> {
         self.state.0.lock().unwrap().auth.denied.clone()
+    }
+
+    /// The storage rules the operator and agents of the tests run with: this rig's storage
+    /// root, and http endpoints allowed (the S3 and Azure test servers speak http).
+    pub fn storage_rules(&self) -> site_recovery::storage::StorageRules {
+        site_recovery::storage::StorageRules {
+            filesystem_root: self.storage_root.path().to_path_buf(),
+            allow_insecure_endpoints: true,
+            allow_ambient_credentials: false,
+        }
+    }
+
+    /// A fresh directory for filesystem locations of vaults in namespace `ns`.
+    pub fn vault_dir(&self, ns: &str) -> tempfile::TempDir {
+        let dir = self.storage_root.path().join(ns);
+        std::fs::create_dir_all(&dir).unwrap();
+        tempfile::tempdir_in(dir).unwrap()
     }
 
     /// A cluster without an API (e.g. no snapshot controller installed): `group`'s `plural`

@@ -160,6 +160,8 @@ pub fn builtins() -> Vec<ResourceType> {
             true,
         ),
         b("", "v1", "services", "Service", true, true),
+        b("", "v1", "resourcequotas", "ResourceQuota", true, true),
+        b("", "v1", "limitranges", "LimitRange", true, false),
         b("", "v1", "secrets", "Secret", true, false),
         b("", "v1", "configmaps", "ConfigMap", true, false),
         b("", "v1", "events", "Event", true, false),

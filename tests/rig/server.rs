@@ -53,6 +53,8 @@ pub struct State {
     pub execs: Vec<super::exec::ExecRecord>,
     /// Tokens, identities and what RBAC denied.
     pub auth: authz::Auth,
+    /// Execs whose client went away before the command ended (the command was killed).
+    pub execs_killed: u64,
 }
 
 pub type Shared = Arc<(Mutex<State>, broadcast::Sender<Arc<Change>>)>;
@@ -64,6 +66,7 @@ pub fn new_state() -> Shared {
             resources: builtins(),
             objects: BTreeMap::new(),
             execs: Vec::new(),
+            execs_killed: 0,
             rv: 100,
             log: VecDeque::new(),
             floor: 0,

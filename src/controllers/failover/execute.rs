@@ -17,7 +17,9 @@ use std::collections::BTreeMap;
 use jiff::Timestamp;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{Namespace, PersistentVolumeClaim, Pod, Service};
+use k8s_openapi::api::core::v1::{
+    LimitRange, Namespace, PersistentVolumeClaim, Pod, ResourceQuota, Service,
+};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::ResourceExt;
 use kube::api::{Api, ApiResource, DynamicObject, ListParams, Patch, PatchParams, PostParams};
@@ -864,8 +866,28 @@ async fn final_point(
     ))
 }
 
+/// Labels of the source namespace that set its Pod Security admission level.
+const POD_SECURITY_PREFIX: &str = "pod-security.kubernetes.io/";
+
+/// The labels of a drill's namespace: the Failover's, and the source namespace's Pod Security
+/// labels, so that a drill never runs a pod the source namespace would forbid.
+pub fn drill_namespace_labels(
+    f: &Failover,
+    source: &BTreeMap<String, String>,
+) -> BTreeMap<String, String> {
+    let mut out: BTreeMap<String, String> = source
+        .iter()
+        .filter(|(k, _)| k.starts_with(POD_SECURITY_PREFIX))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    out.extend(labels(f));
+    out
+}
+
 /// The drill's namespace, made by this Failover and isolated: its pods reach each other and DNS,
-/// nothing else, and nothing outside reaches them (a copy must never talk to production).
+/// nothing else, and nothing outside reaches them (a copy must never talk to production). It
+/// carries the source namespace's Pod Security labels and copies of its LimitRanges and
+/// ResourceQuotas, made before any pod: what the source forbids, the drill forbids.
 async fn ensure_drill_namespace(
     ctx: &Context,
     f: &Failover,
@@ -876,12 +898,21 @@ async fn ensure_drill_namespace(
         Leftover::None => {}
         other => return Ok(other),
     }
+    let source_namespace = f.namespace().unwrap_or_default();
+    let source = namespaces
+        .get_opt(&source_namespace)
+        .await
+        .map_err(Error::Kube)?
+        .map(|n| n.metadata.labels.unwrap_or_default())
+        .unwrap_or_default();
     create(
         &namespaces,
-        json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace, "labels": labels(f),
-            "annotations": {"siterecovery.io/drill-of": format!("{}/{}", f.namespace().unwrap_or_default(), f.name_any())}}}),
+        json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace, "labels": drill_namespace_labels(f, &source),
+            "annotations": {"siterecovery.io/drill-of": format!("{source_namespace}/{}", f.name_any())}}}),
     )
     .await?;
+    copy_specs::<LimitRange>(ctx, f, &source_namespace, namespace, |l| json!(l.spec)).await?;
+    copy_specs::<ResourceQuota>(ctx, f, &source_namespace, namespace, |q| json!(q.spec)).await?;
     let policies: Api<NetworkPolicy> = Api::namespaced(ctx.client.clone(), namespace);
     create(
         &policies,
@@ -902,6 +933,39 @@ async fn ensure_drill_namespace(
     )
     .await?;
     Ok(Leftover::None)
+}
+
+/// Copies every `K` of namespace `from` into `to` under its name, with `spec` of it and this
+/// Failover's labels (create-if-absent).
+async fn copy_specs<K>(
+    ctx: &Context,
+    f: &Failover,
+    from: &str,
+    to: &str,
+    spec: impl Fn(&K) -> serde_json::Value,
+) -> Result<(), Error>
+where
+    K: kube::Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + serde::de::DeserializeOwned
+        + serde::Serialize
+        + std::fmt::Debug,
+{
+    let items = Api::<K>::namespaced(ctx.client.clone(), from)
+        .list(&ListParams::default())
+        .await
+        .map_err(Error::Kube)?
+        .items;
+    for item in items {
+        create(
+            &Api::<K>::namespaced(ctx.client.clone(), to),
+            json!({"apiVersion": K::api_version(&()), "kind": K::kind(&()),
+                "metadata": {"name": item.name_any(), "namespace": to, "labels": labels(f)},
+                "spec": spec(&item)}),
+        )
+        .await?;
+    }
+    Ok(())
 }
 
 /// The Services that select the workload's pods (a StatefulSet's `spec.serviceName` among
@@ -1303,10 +1367,14 @@ async fn commit(
             .get(&ObjectRef::new(&rw.spec.vault_name).within(&namespace))
             .and_then(|g| g.0.as_ref().ok().cloned())
             .ok_or_else(|| format!("RecoveryVault {} not found", rw.spec.vault_name))?;
-        let access =
-            crate::storage::vault::VaultAccess::resolve(&ctx.client, &namespace, &vault.spec)
-                .await
-                .map_err(|e| e.to_string())?;
+        let access = crate::storage::vault::VaultAccess::resolve(
+            &ctx.client,
+            &namespace,
+            &vault.spec,
+            &ctx.storage,
+        )
+        .await
+        .map_err(|e| e.to_string())?;
         let mut removed = 0;
         for (name, location) in [("target", &access.target), ("cache", &access.cache)] {
             match crate::repository::Repository::open(location.clone(), &access.key).await {

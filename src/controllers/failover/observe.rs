@@ -22,6 +22,8 @@ pub struct WorkloadSummary {
     pub volumes: BTreeMap<String, Vec<String>>,
     pub source_zone: Option<String>,
     pub target_zone: Option<String>,
+    /// The protected StatefulSet's name, when the workload is one (its copy's name is derived).
+    pub statefulset: Option<String>,
 }
 
 /// Another Failover of the same workload.
@@ -76,6 +78,9 @@ pub async fn observe(ctx: &Context, failover: &Failover) -> Observed {
                 volumes,
                 source_zone: status.source_zone,
                 target_zone: vault_zone.or(status.target_zone),
+                statefulset: (w.spec.workload_ref.kind
+                    == crate::api::workload::WorkloadKind::StatefulSet)
+                    .then(|| w.spec.workload_ref.name.clone()),
             }))
         }
     };
@@ -113,7 +118,7 @@ async fn target_points(
         .get(&ObjectRef::new(vault_name).within(namespace))
         .ok_or_else(|| format!("RecoveryVault {vault_name} not found"))?;
     let vault = vault.0.as_ref().map_err(|e| e.to_string())?;
-    let access = VaultAccess::resolve(&ctx.client, namespace, &vault.spec)
+    let access = VaultAccess::resolve(&ctx.client, namespace, &vault.spec, &ctx.storage)
         .await
         .map_err(|e| format!("RecoveryVault {vault_name}: {e}"))?;
     let key = format!("{namespace}/{}", w.name_any());

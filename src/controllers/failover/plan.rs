@@ -18,6 +18,9 @@ pub struct Plan {
     pub events: Vec<PlannedEvent>,
 }
 
+/// The longest StatefulSet name whose pods can be labelled with their revision.
+pub const MAX_STATEFULSET_NAME: usize = 52;
+
 /// Identity of the Failover being planned, to order it among siblings.
 pub struct Me<'a> {
     pub name: &'a str,
@@ -87,7 +90,15 @@ pub fn plan(
         .filter(|s| s.test == test)
         .filter(|s| (s.created, s.name.as_str()) < (me.created, me.name))
         .min_by_key(|s| (s.created, s.name.clone()));
-    let ready = if let Some(first) = older {
+    // The name is the value of the label that marks every object the failover makes.
+    let name_problem = crate::api::names::label_value_problem(
+        "metadata.name",
+        me.name,
+        crate::api::work::FAILOVER_LABEL,
+    );
+    let ready = if let Some(message) = name_problem {
+        Condition::new(T::Ready, ConditionStatus::False, R::InvalidSpec, message)
+    } else if let Some(first) = older {
         Condition::new(
             T::Ready,
             ConditionStatus::False,
@@ -136,6 +147,28 @@ pub fn plan(
                             spec.workload_name
                         ),
                     ),
+                    // A StatefulSet's name goes, with a 10-character hash, into the
+                    // controller-revision-hash label of its pods: over 52 characters the
+                    // copy's pods are never made.
+                    Ok(_)
+                        if !test
+                            && let Some(copy) = w
+                                .statefulset
+                                .as_deref()
+                                .map(super::execute::target_name)
+                                .filter(|c| c.len() > MAX_STATEFULSET_NAME) =>
+                    {
+                        Condition::new(
+                            T::Ready,
+                            ConditionStatus::False,
+                            R::InvalidSpec,
+                            format!(
+                                "spec.workloadName: the copy of StatefulSet {} would be named {copy} ({} characters); a StatefulSet name over {MAX_STATEFULSET_NAME} characters cannot label its pods (controller-revision-hash): fail over a StatefulSet with a shorter name, or run a drill (mode Test keeps the name)",
+                                w.statefulset.as_deref().unwrap_or_default(),
+                                copy.len()
+                            ),
+                        )
+                    }
                     Ok(_) if target_zone.is_none() => Condition::new(
                         T::Ready,
                         ConditionStatus::False,
@@ -278,6 +311,7 @@ mod tests {
             .collect(),
             source_zone: Some("zone-a".into()),
             target_zone: Some("zone-b".into()),
+            statefulset: Some("db".into()),
         }
     }
 
@@ -397,6 +431,26 @@ mod tests {
                 None,
             ),
             (
+                "a StatefulSet whose copy's name cannot label its pods",
+                json!({}),
+                Some(Ok(WorkloadSummary {
+                    statefulset: Some("s".repeat(44)),
+                    ..protected()
+                })),
+                "InvalidSpec",
+                None,
+            ),
+            (
+                "a drill keeps the StatefulSet's own name",
+                json!({"mode": "Test"}),
+                Some(Ok(WorkloadSummary {
+                    statefulset: Some("s".repeat(44)),
+                    ..protected()
+                })),
+                "FailoverReady",
+                Some("20260601T120500000Z-c2"),
+            ),
+            (
                 "a point that holds no volume",
                 json!({}),
                 Some(Ok(WorkloadSummary {
@@ -420,6 +474,38 @@ mod tests {
                 "{name}"
             );
         }
+    }
+
+    #[test]
+    fn a_name_that_cannot_be_a_label_value_is_invalid_at_once() {
+        let observed = Observed {
+            workload: Some(Ok(protected())),
+            siblings: vec![],
+        };
+        let long = "f".repeat(64);
+        let me = Me {
+            name: &long,
+            created: Some(t("2026-06-01T13:00:00Z")),
+        };
+        let p = plan(&spec(json!({})), None, &observed, me);
+        let (reason, message) = ready(&p);
+        assert_eq!(reason, "InvalidSpec", "{message}");
+        assert!(
+            message.starts_with("metadata.name: ")
+                && message.contains("siterecovery.io/failover")
+                && message.contains("at most 63"),
+            "{message}"
+        );
+        assert_eq!(p.resolved_point, None, "nothing is restored");
+        let ok = "f".repeat(63);
+        let me = Me {
+            name: &ok,
+            created: Some(t("2026-06-01T13:00:00Z")),
+        };
+        assert_eq!(
+            ready(&plan(&spec(json!({})), None, &observed, me)).0,
+            "FailoverReady"
+        );
     }
 
     #[test]

@@ -15,6 +15,10 @@ use crate::storage::Location;
 /// What was found at a storage location.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum StorageProbe {
+    /// The spec breaks the installation's storage rules (a path outside the namespace's
+    /// directory, an http endpoint, no credentials Secret); nothing was touched. The message
+    /// names the field.
+    Invalid(String),
     /// The directory exists and accepted a probe file.
     Writable,
     /// The directory does not exist yet.
@@ -32,7 +36,11 @@ pub enum StorageProbe {
 /// A Secret key's state.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum KeyProbe {
-    Present { len: usize },
+    Present {
+        len: usize,
+    },
+    /// The examples' placeholder (see [`crate::storage::vault::is_placeholder_key`]).
+    Placeholder,
     SecretMissing,
     KeyMissing,
 }
@@ -55,20 +63,52 @@ pub async fn observe(
     let claims: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), namespace);
     Ok(Observed {
         nodes,
-        cache: probe_location(&secrets, &claims, &spec.cache).await?,
-        target: probe_location(&secrets, &claims, &spec.target).await?,
+        cache: probe_location(
+            ctx,
+            namespace,
+            &secrets,
+            &claims,
+            "spec.cache.storage",
+            &spec.cache,
+        )
+        .await?,
+        target: probe_location(
+            ctx,
+            namespace,
+            &secrets,
+            &claims,
+            "spec.target.storage",
+            &spec.target,
+        )
+        .await?,
         encryption_key: probe_key(&secrets, &spec.encryption.key_secret_ref).await?,
     })
 }
 
 async fn probe_location(
+    ctx: &Context,
+    namespace: &str,
     secrets: &Api<Secret>,
     claims: &Api<PersistentVolumeClaim>,
+    field: &str,
     location: &VaultLocation,
 ) -> Result<StorageProbe, Error> {
     let storage = &location.storage;
+    // Before anything is stat'ed, written or asked: a path outside the namespace's directory
+    // is never probed (a probe writes a file), an http endpoint never called.
+    if let Err(message) = ctx.storage.check(field, namespace, storage) {
+        return Ok(StorageProbe::Invalid(message));
+    }
     if let Some(fs) = &storage.filesystem {
-        return Ok(probe_directory(Path::new(&fs.path)).await);
+        return Ok(
+            match ctx
+                .storage
+                .confine(&format!("{field}.filesystem.path"), namespace, &fs.path)
+            {
+                Ok(path) => probe_directory(&path).await,
+                Err(message) => StorageProbe::Invalid(message),
+            },
+        );
     }
     if let Some(vc) = &storage.volume_claim {
         return Ok(
@@ -91,7 +131,7 @@ async fn probe_location(
         }
         credentials.extend(found.string_data.unwrap_or_default());
     }
-    Ok(probe_object_store(storage, &credentials).await)
+    Ok(probe_object_store(storage, &credentials, namespace, field, &ctx.storage).await)
 }
 
 /// How long an object store may take to answer the probe.
@@ -102,9 +142,14 @@ const PROBE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
 async fn probe_object_store(
     storage: &Storage,
     credentials: &crate::storage::location::Options,
+    namespace: &str,
+    field: &str,
+    rules: &crate::storage::StorageRules,
 ) -> StorageProbe {
-    let location = match Location::from_vault_storage(storage, credentials) {
+    let location = match Location::from_vault_storage(storage, credentials, namespace, field, rules)
+    {
         Ok(l) => l,
+        Err(crate::storage::StorageError::NotAllowed(m)) => return StorageProbe::Invalid(m),
         Err(e) => return StorageProbe::Unusable(e.to_string()),
     };
     let key = crate::storage::layout::config(location.prefix());
@@ -150,14 +195,15 @@ async fn probe_key(secrets: &Api<Secret>, key: &SecretKeyRef) -> Result<KeyProbe
         .data
         .as_ref()
         .and_then(|d| d.get(&key.key))
-        .map(|ByteString(b)| b.len());
+        .map(|ByteString(b)| b.as_slice());
     let from_string = secret
         .string_data
         .as_ref()
         .and_then(|d| d.get(&key.key))
-        .map(String::len);
+        .map(String::as_bytes);
     Ok(match from_data.or(from_string) {
-        Some(len) => KeyProbe::Present { len },
+        Some(k) if crate::storage::vault::is_placeholder_key(k) => KeyProbe::Placeholder,
+        Some(k) => KeyProbe::Present { len: k.len() },
         None => KeyProbe::KeyMissing,
     })
 }

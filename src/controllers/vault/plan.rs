@@ -107,6 +107,7 @@ pub fn plan(
         ("target", &spec.target, &observed.target),
     ] {
         match probe {
+            StorageProbe::Invalid(m) => storage_problems.push((R::InvalidSpec, m.clone())),
             StorageProbe::Writable
             | StorageProbe::ClaimBound
             | StorageProbe::ObjectStoreReachable => {}
@@ -138,7 +139,11 @@ pub fn plan(
             )),
         }
     }
-    let storage = if let Some((reason, _)) = storage_problems.first() {
+    let worst = storage_problems
+        .iter()
+        .find(|(r, _)| *r == R::InvalidSpec)
+        .or(storage_problems.first());
+    let storage = if let Some((reason, _)) = worst {
         let message = storage_problems
             .iter()
             .map(|(_, m)| m.as_str())
@@ -182,28 +187,50 @@ pub fn plan(
 
     // Encryption key, reported through Ready.
     let key_problem = match &observed.encryption_key {
+        KeyProbe::Placeholder => Some((
+            R::PlaceholderKey,
+            crate::storage::vault::placeholder_key_message(
+                &spec.encryption.key_secret_ref.name,
+                &spec.encryption.key_secret_ref.key,
+            ),
+        )),
         KeyProbe::Present { len } if *len >= MIN_KEY_BYTES => None,
-        KeyProbe::Present { len } => Some(format!(
-            "spec.encryption.keySecretRef: key {:?} of Secret {} has {len} bytes; at least {MIN_KEY_BYTES} are required",
-            spec.encryption.key_secret_ref.key, spec.encryption.key_secret_ref.name
+        KeyProbe::Present { len } => Some((
+            R::SecretNotFound,
+            format!(
+                "spec.encryption.keySecretRef: key {:?} of Secret {} has {len} bytes; at least {MIN_KEY_BYTES} are required",
+                spec.encryption.key_secret_ref.key, spec.encryption.key_secret_ref.name
+            ),
         )),
-        KeyProbe::SecretMissing => Some(format!(
-            "spec.encryption.keySecretRef: Secret {} not found",
-            spec.encryption.key_secret_ref.name
+        KeyProbe::SecretMissing => Some((
+            R::SecretNotFound,
+            format!(
+                "spec.encryption.keySecretRef: Secret {} not found",
+                spec.encryption.key_secret_ref.name
+            ),
         )),
-        KeyProbe::KeyMissing => Some(format!(
-            "spec.encryption.keySecretRef: Secret {} has no key {:?}",
-            spec.encryption.key_secret_ref.name, spec.encryption.key_secret_ref.key
+        KeyProbe::KeyMissing => Some((
+            R::SecretNotFound,
+            format!(
+                "spec.encryption.keySecretRef: Secret {} has no key {:?}",
+                spec.encryption.key_secret_ref.name, spec.encryption.key_secret_ref.key
+            ),
         )),
     };
 
-    let ready = if let Some(message) = key_problem {
-        Condition::new(T::Ready, ConditionStatus::False, R::SecretNotFound, message)
+    let ready = if let Some((reason, message)) = key_problem {
+        Condition::new(T::Ready, ConditionStatus::False, reason, message)
     } else if !storage.is_true() {
+        // A spec the installation's rules refuse is the user's to fix, not storage to wait for.
+        let reason = if storage.reason == R::InvalidSpec.as_str() {
+            R::InvalidSpec
+        } else {
+            R::StorageNotReady
+        };
         Condition::new(
             T::Ready,
             ConditionStatus::False,
-            R::StorageNotReady,
+            reason,
             storage.message.clone(),
         )
     } else if !separated.is_true() {

@@ -37,19 +37,64 @@ fn labels(rw: &ReplicatedWorkload, point: &str, claim: &str) -> BTreeMap<String,
         ),
         (WORKLOAD_LABEL.into(), rw.name_any()),
         (POINT_LABEL.into(), point_label(point)),
-        (CLAIM_LABEL.into(), claim.to_string()),
+        // Claim names may be longer than a label value: such a label only informs.
+        (
+            CLAIM_LABEL.into(),
+            crate::api::names::label_value_or_digest(claim),
+        ),
     ])
 }
 
 /// Owned by the workload, so that deleting it collects them. Without `blockOwnerDeletion`:
 /// setting it needs update on the owner's finalizers where OwnerReferencesPermissionEnforcement
-/// is enabled, and nothing here needs foreground deletion.
+/// is enabled, and nothing here needs foreground deletion. None for an object without a uid.
 fn owner(rw: &ReplicatedWorkload) -> serde_json::Value {
-    let mut o = rw
-        .controller_owner_ref(&())
-        .expect("a stored object has a uid");
-    o.block_owner_deletion = None;
-    json!([o])
+    match rw.controller_owner_ref(&()) {
+        Some(mut o) => {
+            o.block_owner_deletion = None;
+            json!([o])
+        }
+        None => json!([]),
+    }
+}
+
+/// Metadata of the temporary object `name` of `claim` for point `point`.
+fn metadata(rw: &ReplicatedWorkload, point: &str, claim: &str, name: &str) -> serde_json::Value {
+    json!({
+        "name": name, "namespace": rw.namespace().unwrap_or_default(),
+        "labels": labels(rw, point, claim), "ownerReferences": owner(rw),
+    })
+}
+
+/// An object built here from JSON, or why not (never a panic: parts of it come from the API).
+fn object<K: serde::de::DeserializeOwned>(
+    kind: &str,
+    name: &str,
+    value: serde_json::Value,
+) -> Result<K, String> {
+    serde_json::from_value(value).map_err(|e| format!("{kind} {name} cannot be built: {e}"))
+}
+
+/// The size of the claim a snapshot is restored into: the snapshot's `status.restoreSize` (a
+/// quantity), else the source claim's request, else 1Gi. A restoreSize that is not a quantity
+/// is the snapshot controller's error, said as such.
+pub fn restore_size(
+    snapshot: &str,
+    restore_size: Option<&serde_json::Value>,
+    requested: Option<&str>,
+) -> Result<String, String> {
+    match restore_size {
+        Some(serde_json::Value::String(q)) if !q.is_empty() => Ok(q.clone()),
+        None | Some(serde_json::Value::Null) => {
+            Ok(requested.map_or_else(|| "1Gi".to_string(), str::to_string))
+        }
+        Some(other) => {
+            let shown: String = other.to_string().chars().take(64).collect();
+            Err(format!(
+                "VolumeSnapshot {snapshot} reports status.restoreSize {shown}, which is not a quantity such as 10Gi; check the snapshot controller"
+            ))
+        }
+    }
 }
 
 async fn create_if_missing<K>(api: &Api<K>, obj: &K) -> Result<(), Error>
@@ -93,15 +138,16 @@ pub async fn take_snapshots(
         if let Some(class) = class {
             spec["volumeSnapshotClassName"] = json!(class);
         }
-        let obj: DynamicObject = serde_json::from_value(json!({
-            "apiVersion": "snapshot.storage.k8s.io/v1", "kind": "VolumeSnapshot",
-            "metadata": {
-                "name": temporary_name(claim, &point.id), "namespace": namespace,
-                "labels": labels(rw, &point.id, claim), "ownerReferences": owner(rw),
-            },
-            "spec": spec,
-        }))
-        .expect("a VolumeSnapshot is a valid object");
+        let name = temporary_name(claim, &point.id);
+        let obj: DynamicObject = object(
+            "VolumeSnapshot",
+            &name,
+            json!({
+                "apiVersion": "snapshot.storage.k8s.io/v1", "kind": "VolumeSnapshot",
+                "metadata": metadata(rw, &point.id, claim, &name),
+                "spec": spec,
+            }),
+        )?;
         match api.create(&PostParams::default(), &obj).await {
             Ok(_) => {}
             Err(kube::Error::Api(s)) if s.code == 409 => {}
@@ -221,50 +267,56 @@ pub async fn expose(
                 "claim {claim} disappeared while its point was taken"
             )));
         };
-        let size = status
-            .and_then(|s| s.get("restoreSize"))
-            .cloned()
-            .or_else(|| {
-                source_spec
-                    .resources
-                    .as_ref()
-                    .and_then(|r| r.requests.as_ref())
-                    .and_then(|r| r.get("storage"))
-                    .map(|q| json!(q.0))
-            })
-            .unwrap_or(json!("1Gi"));
-        let temp: PersistentVolumeClaim = serde_json::from_value(json!({
-            "apiVersion": "v1", "kind": "PersistentVolumeClaim",
-            "metadata": {
-                "name": name, "namespace": namespace,
-                "labels": labels(rw, &point.id, claim), "ownerReferences": owner(rw),
-            },
-            "spec": {
-                "accessModes": ["ReadWriteOnce"],
-                "storageClassName": source_spec.storage_class_name,
-                "resources": {"requests": {"storage": size}},
-                "dataSource": {"apiGroup": "snapshot.storage.k8s.io", "kind": "VolumeSnapshot", "name": name},
-            },
-        }))
-        .expect("a claim is a valid object");
+        let requested = source_spec
+            .resources
+            .as_ref()
+            .and_then(|r| r.requests.as_ref())
+            .and_then(|r| r.get("storage"))
+            .map(|q| q.0.as_str());
+        let size = match restore_size(&name, status.and_then(|s| s.get("restoreSize")), requested) {
+            Ok(size) => size,
+            Err(message) => return Ok(Exposure::Failed(message)),
+        };
+        let built = object::<PersistentVolumeClaim>(
+            "PersistentVolumeClaim",
+            &name,
+            json!({
+                "apiVersion": "v1", "kind": "PersistentVolumeClaim",
+                "metadata": metadata(rw, &point.id, claim, &name),
+                "spec": {
+                    "accessModes": ["ReadWriteOnce"],
+                    "storageClassName": source_spec.storage_class_name,
+                    "resources": {"requests": {"storage": size}},
+                    "dataSource": {"apiGroup": "snapshot.storage.k8s.io", "kind": "VolumeSnapshot", "name": name},
+                },
+            }),
+        );
+        let temp = match built {
+            Ok(temp) => temp,
+            Err(message) => return Ok(Exposure::Failed(message)),
+        };
         create_if_missing(&claims, &temp).await?;
         let zone = volumes
             .iter()
             .find(|v| &v.claim_name == claim)
             .and_then(|v| v.zone.clone());
-        let reader: Pod = serde_json::from_value(claim_pod(
-            &ctx.reader_image,
-            json!({
-                "name": name, "namespace": namespace,
-                "labels": labels(rw, &point.id, claim), "ownerReferences": owner(rw),
-            }),
-            "reader",
-            "snapshot",
+        let reader = object::<Pod>(
+            "Pod",
             &name,
-            true,
-            zone.as_deref(),
-        ))
-        .expect("a pod is a valid object");
+            claim_pod(
+                &ctx.reader_image,
+                metadata(rw, &point.id, claim, &name),
+                "reader",
+                "snapshot",
+                &name,
+                true,
+                zone.as_deref(),
+            ),
+        );
+        let reader = match reader {
+            Ok(reader) => reader,
+            Err(message) => return Ok(Exposure::Failed(message)),
+        };
         create_if_missing(&pods, &reader).await?;
     }
     Ok(Exposure::Pending)
@@ -314,4 +366,36 @@ pub async fn cleanup(
         Err(e) => return Err(Error::Kube(e)),
     }
     Ok(deleted)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::restore_size;
+    use serde_json::json;
+
+    #[test]
+    fn a_restore_size_that_is_not_a_quantity_is_an_error_not_a_panic() {
+        assert_eq!(
+            restore_size("s", Some(&json!("5Gi")), Some("1Gi")),
+            Ok("5Gi".into())
+        );
+        assert_eq!(restore_size("s", None, Some("2Gi")), Ok("2Gi".into()));
+        assert_eq!(
+            restore_size("s", Some(&json!(null)), None),
+            Ok("1Gi".into())
+        );
+        for odd in [
+            json!(true),
+            json!({"a": 1}),
+            json!([1]),
+            json!(5),
+            json!(""),
+        ] {
+            let e = restore_size("sr-x", Some(&odd), Some("1Gi")).unwrap_err();
+            assert!(
+                e.contains("VolumeSnapshot sr-x") && e.contains("status.restoreSize"),
+                "{e}"
+            );
+        }
+    }
 }

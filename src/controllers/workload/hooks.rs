@@ -7,7 +7,7 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
 use kube::api::AttachParams;
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncRead, AsyncReadExt};
 
 use crate::api::policy::parse_duration;
 use crate::api::workload::ExecHook;
@@ -47,7 +47,35 @@ pub async fn run(
     failures
 }
 
-async fn exec(api: &Api<Pod>, pod: &str, hook: &ExecHook) -> Result<(), String> {
+/// The most of a hook's stdout or stderr that is read: a hook that writes more is stopped (a
+/// `cat /dev/zero` must not be read for the hook's whole timeout, nor held in memory).
+pub const OUTPUT_LIMIT: usize = 64 * 1024;
+
+/// Reads `stream` until it ends or passes `limit` bytes; returns what was read (at most
+/// `limit` bytes) and whether the stream had more.
+async fn read_capped<R: AsyncRead + Unpin>(stream: Option<R>, limit: usize) -> (Vec<u8>, bool) {
+    let Some(mut stream) = stream else {
+        return (vec![], false);
+    };
+    let mut kept = Vec::new();
+    let mut chunk = vec![0u8; 16 * 1024];
+    loop {
+        match stream.read(&mut chunk).await {
+            Ok(0) | Err(_) => return (kept, false),
+            Ok(n) => {
+                let room = limit - kept.len();
+                kept.extend_from_slice(&chunk[..n.min(room)]);
+                if n > room {
+                    return (kept, true);
+                }
+            }
+        }
+    }
+}
+
+/// Runs one hook in `pod` and waits for its exit status. Output is read up to
+/// [`OUTPUT_LIMIT`] per stream; past it the exec is closed and the hook fails, saying so.
+pub async fn exec(api: &Api<Pod>, pod: &str, hook: &ExecHook) -> Result<(), String> {
     let params = AttachParams::default()
         .container(hook.container.clone())
         .stdin(false)
@@ -58,22 +86,35 @@ async fn exec(api: &Api<Pod>, pod: &str, hook: &ExecHook) -> Result<(), String> 
         .await
         .map_err(|e| e.to_string())?;
     let status = attached.take_status();
-    let mut stdout = attached.stdout();
-    let mut stderr = attached.stderr();
-    let drain_out = async {
-        if let Some(s) = stdout.as_mut() {
-            let mut sink = Vec::new();
-            let _ = s.read_to_end(&mut sink).await;
+    let out = read_capped(attached.stdout(), OUTPUT_LIMIT);
+    let err = read_capped(attached.stderr(), OUTPUT_LIMIT);
+    tokio::pin!(out, err);
+    let (mut out_done, mut err_text) = (None, None);
+    // Both streams are read together (the exec stalls when one is left unread); the first that
+    // passes the limit ends the exec.
+    let over = loop {
+        tokio::select! {
+            (_, more) = &mut out, if out_done.is_none() => {
+                if more { break Some("stdout") }
+                out_done = Some(());
+            }
+            (text, more) = &mut err, if err_text.is_none() => {
+                if more { break Some("stderr") }
+                err_text = Some(text);
+            }
+        }
+        if out_done.is_some() && err_text.is_some() {
+            break None;
         }
     };
-    let read_err = async {
-        let mut text = Vec::new();
-        if let Some(s) = stderr.as_mut() {
-            let _ = s.read_to_end(&mut text).await;
-        }
-        text
-    };
-    let ((), err_text) = tokio::join!(drain_out, read_err);
+    if let Some(stream) = over {
+        attached.abort();
+        return Err(format!(
+            "its {stream} passed {} KiB and was cut there (truncated); the exec was closed without waiting for the command to end",
+            OUTPUT_LIMIT / 1024
+        ));
+    }
+    let err_text = err_text.unwrap_or_default();
     let status = match status {
         Some(s) => s.await,
         None => None,
@@ -88,6 +129,9 @@ async fn exec(api: &Api<Pod>, pod: &str, hook: &ExecHook) -> Result<(), String> 
             if !err.is_empty() {
                 let cut: String = err.chars().take(STDERR_LIMIT).collect();
                 message.push_str(&format!("; stderr: {cut}"));
+                if cut.len() < err.len() {
+                    message.push_str(" (truncated)");
+                }
             }
             Err(message)
         }

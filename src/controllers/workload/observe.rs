@@ -36,6 +36,8 @@ pub struct PodInfo {
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct Observed {
+    /// The ReplicatedWorkload's own name (it becomes a label value).
+    pub name: String,
     /// `None`: no such vault. `Some(Err)`: it exists but cannot be read.
     pub vault: Option<Result<VaultSummary, String>>,
     /// Whether the StatefulSet or Deployment exists.
@@ -124,6 +126,7 @@ pub async fn observe(
         .map(|c| c.name_any())
         .collect();
     Ok(Observed {
+        name: workload_name.to_string(),
         vault,
         workload_found,
         pods,

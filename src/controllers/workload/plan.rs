@@ -173,7 +173,14 @@ pub fn plan(
     let mut volumes = Vec::new();
     let mut requeue = RECHECK;
 
+    // The name labels the workload's temporary objects and holder pods: checked before all.
+    let name_problem = crate::api::names::label_value_problem(
+        "metadata.name",
+        &observed.name,
+        crate::api::work::WORKLOAD_LABEL,
+    );
     let blocker: Option<Blocker> = match &observed.vault {
+        _ if name_problem.is_some() => name_problem.map(|m| (R::InvalidSpec, m)),
         // Checked first: after a failover the selector also finds the copy's pods.
         _ if observed.failover.is_some() => {
             let f = observed.failover.clone().unwrap_or_default();

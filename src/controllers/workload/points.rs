@@ -61,6 +61,10 @@ pub async fn advance(
     let Some(Ok(vault)) = &observed.vault else {
         return out;
     };
+    // A name that cannot label the point's objects stops here (Ready says why).
+    if crate::api::names::label_value_problem("", &observed.name, "").is_some() {
+        return out;
+    }
     let spec = &vault.spec;
     let policy = spec
         .replication_policy
@@ -103,7 +107,7 @@ pub async fn advance(
         &observed.registrations,
         now,
     );
-    let access = || VaultAccess::resolve(&ctx.client, &namespace, spec);
+    let access = || VaultAccess::resolve(&ctx.client, &namespace, spec, &ctx.storage);
     let csi = spec.snapshot_method == SnapshotMethod::Csi;
     // A CSI point in flight is exposed to the agents step by step as its snapshots get ready.
     let step = match &status.point_in_progress {
@@ -187,6 +191,7 @@ pub async fn advance(
                 claims: volumes.iter().map(|v| v.claim_name.clone()).collect(),
                 degraded: None,
                 warnings: vec![],
+                last_progress: None,
             };
             let mut point = point;
             if csi && let Err(message) = super::csi::api_available(ctx, rw).await {
@@ -263,6 +268,15 @@ pub async fn advance(
                     bytes_done,
                 });
             }
+            // The mark the stall timeout counts from moves only when the reports do.
+            if let Some(point) = status.point_in_progress.as_mut()
+                && point.last_progress.as_ref().map_or(0, |p| p.bytes_done) != bytes_done
+            {
+                point.last_progress = Some(crate::api::workload::ProgressMark {
+                    bytes_done,
+                    time: now,
+                });
+            }
             out.requeue = POLL;
         }
         Step::Finish {
@@ -298,7 +312,7 @@ pub async fn advance(
                         }
                         _ => {}
                     }
-                    status.point_count = Some(status.point_count.unwrap_or(0) + 1);
+                    status.point_count = Some(status.point_count.unwrap_or(0).saturating_add(1));
                     status.oldest_point = status.oldest_point.or(Some(point.started));
                     status.point_in_progress = None;
                     status.progress = None;
@@ -399,11 +413,9 @@ pub async fn advance(
                     }
                     let next = status.last_attempt.as_ref().map(|a| a.started);
                     if let Some(next) = next {
-                        out.requeue = out.requeue.min(until(
-                            next + jiff::SignedDuration::try_from(schedule.crash)
-                                .unwrap_or_default(),
-                            finished,
-                        ));
+                        out.requeue = out
+                            .requeue
+                            .min(until(schedule::after(next, schedule.crash), finished));
                     }
                 }
             }
@@ -561,7 +573,7 @@ where
     let oldest = status.oldest_point?;
     let slack = (schedule.retention / 10).max(schedule.crash);
     let age = Duration::try_from(now.duration_since(oldest)).unwrap_or_default();
-    if age <= schedule.retention + slack {
+    if age <= schedule.retention.saturating_add(slack) {
         return None;
     }
     let run = async {

@@ -17,6 +17,10 @@ use crate::api::workload::{PointInProgress, ReplicatedWorkloadStatus, VolumeStat
 pub const START_TIMEOUT: Duration = Duration::from_secs(120);
 /// How often a point in flight is looked at when no report arrives.
 pub const POLL: Duration = Duration::from_secs(2);
+/// How long the agents' reports of a point may stay where they are (no byte more read, no
+/// claim more done) before the point is given up: a read that hangs (a stalled network
+/// filesystem, a FIFO) must not hold the workload's points forever.
+pub const STALL_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// The effective schedule of a workload.
 #[derive(Clone, Debug, PartialEq)]
@@ -61,7 +65,8 @@ pub enum Step {
         consistency: &'static str,
         missed: u64,
     },
-    /// Agents are at work.
+    /// Agents are at work. When `bytes_done` differs from the point's `lastProgress`, the
+    /// caller records it (with the time) as the point's new progress mark.
     Wait { bytes_done: u64, bytes_total: u64 },
     /// Every claim is in the cache: assemble these parts (node names).
     Finish {
@@ -72,8 +77,12 @@ pub enum Step {
     Fail { reason: R, message: String },
 }
 
-fn after(t: Timestamp, d: Duration) -> Timestamp {
-    t + SignedDuration::try_from(d).unwrap_or(SignedDuration::MAX)
+/// `t + d`, or the end of time when that is past it (durations come from specs).
+pub fn after(t: Timestamp, d: Duration) -> Timestamp {
+    SignedDuration::try_from(d)
+        .ok()
+        .and_then(|d| t.checked_add(d).ok())
+        .unwrap_or(Timestamp::MAX)
 }
 
 /// What to do next about points. `ready` is the workload's Ready condition; `volumes` says on
@@ -149,8 +158,9 @@ fn in_flight(
                 continue;
             }
             reported = true;
-            done += w.bytes_done;
-            total += w.bytes_total;
+            // Reports are input: sums saturate rather than overflow.
+            done = u64::saturating_add(done, w.bytes_done);
+            total = u64::saturating_add(total, w.bytes_total);
             match w.state {
                 WorkState::Failed => {
                     return Step::Fail {
@@ -163,7 +173,7 @@ fn in_flight(
                 }
                 WorkState::Done => {
                     covered.extend(w.claims.iter().cloned());
-                    stored += w.stored_bytes;
+                    stored = u64::saturating_add(stored, w.stored_bytes);
                     if !w.claims.is_empty() {
                         parts.push(r.node.clone());
                     }
@@ -212,6 +222,35 @@ fn in_flight(
                 point.id,
                 point.claims.join(", "),
                 patience.as_secs()
+            ),
+        };
+    }
+    // Reports that stop moving: the point fails, naming who holds it up.
+    let (seen, since) = point
+        .last_progress
+        .as_ref()
+        .map_or((0, point.started), |p| (p.bytes_done, p.time));
+    if reported && done == seen && now > after(since, STALL_TIMEOUT) {
+        let waiting: Vec<String> = point
+            .claims
+            .iter()
+            .filter(|c| !covered.contains(*c))
+            .map(|claim| {
+                let node = volumes
+                    .iter()
+                    .find(|v| &v.claim_name == claim)
+                    .and_then(|v| v.node.as_deref())
+                    .unwrap_or("an unknown node");
+                format!("claim {claim} on node {node}")
+            })
+            .collect();
+        return Step::Fail {
+            reason: R::CaptureStalled,
+            message: format!(
+                "point {}: no progress for {}s (stuck at {done} bytes since {since}) reading {}; the point is given up and the next one is taken on schedule: check the agent's logs on that node and the volume (a hung read, a FIFO, a stalled network filesystem)",
+                point.id,
+                STALL_TIMEOUT.as_secs(),
+                waiting.join(", ")
             ),
         };
     }
@@ -336,10 +375,10 @@ pub fn replication_conditions(
     let mut flips = None;
     let rpo_met = match (schedule, &status.latest_replicated_point) {
         (Some(s), Some(p)) => {
-            let limit = s.crash * 2;
+            let limit = s.crash.saturating_mul(2);
             let rpo = now.duration_since(p.time);
             if rpo.as_secs_f64() <= limit.as_secs_f64() {
-                flips = Some(after(p.time, limit) + SignedDuration::from_secs(1));
+                flips = Some(after(after(p.time, limit), Duration::from_secs(1)));
                 Condition::new(
                     T::RPOMet,
                     ConditionStatus::True,

@@ -119,6 +119,27 @@ fn table_of_vault_decisions() {
             message_has: "at least 32 are required",
         },
         Case {
+            name: "storage outside the installation's rules is the user's to fix",
+            spec: json!({}),
+            observed: |o| {
+                o.cache = StorageProbe::Missing;
+                o.target = StorageProbe::Invalid(
+                    "spec.target.storage.filesystem.path: \"/etc\" is outside this namespace's storage".into(),
+                )
+            },
+            ready: (ConditionStatus::False, R::InvalidSpec),
+            separated: Some((ConditionStatus::True, R::Separated)),
+            message_has: "spec.target.storage.filesystem.path: \"/etc\" is outside",
+        },
+        Case {
+            name: "the examples' placeholder key is refused",
+            spec: json!({}),
+            observed: |o| o.encryption_key = KeyProbe::Placeholder,
+            ready: (ConditionStatus::False, R::PlaceholderKey),
+            separated: Some((ConditionStatus::True, R::Separated)),
+            message_has: "is the examples' placeholder",
+        },
+        Case {
             name: "object store does not answer",
             spec: json!({"target": {"storage": {"filesystem": null, "s3": {"bucket": "bkt"}}}}),
             observed: |o| o.target = StorageProbe::Unusable("s3://bkt/: connection refused".into()),
@@ -197,4 +218,18 @@ fn events_only_when_ready_changes() {
     let worse = plan(&s, Some(&status), &broken);
     assert_eq!(worse.events.len(), 1);
     assert!(worse.events[0].warning);
+}
+
+#[test]
+fn the_placeholder_key_and_variants_are_recognised() {
+    use crate::storage::vault::{PLACEHOLDER_KEY, is_placeholder_key};
+    assert!(is_placeholder_key(PLACEHOLDER_KEY.as_bytes()));
+    assert!(is_placeholder_key(
+        format!("{PLACEHOLDER_KEY}\n").as_bytes()
+    ));
+    assert!(is_placeholder_key(b"REPLACE-ME"));
+    assert!(!is_placeholder_key(&[7u8; 32]));
+    assert!(!is_placeholder_key(
+        b"c2VjcmV0LXJhbmRvbS1ieXRlcy1mcm9tLW9wZW5zc2w="
+    ));
 }

@@ -42,6 +42,7 @@ pub fn vault_spec() -> Box<crate::api::vault::RecoveryVaultSpec> {
 
 fn observed() -> Observed {
     Observed {
+        name: "db".into(),
         vault: Some(Ok(VaultSummary {
             ready: true,
             message: "ok".into(),
@@ -174,6 +175,14 @@ fn table_of_workload_decisions() {
             ConditionStatus::False,
             R::NotRegistered,
             "stopped renewing",
+        ),
+        (
+            "a 64-character name cannot label the point's objects",
+            None,
+            |o| o.name = "w".repeat(64),
+            ConditionStatus::False,
+            R::InvalidSpec,
+            "metadata.name: ",
         ),
         (
             "named volume missing",

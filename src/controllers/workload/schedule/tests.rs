@@ -29,6 +29,7 @@ fn point(id: &str, started: i64) -> PointInProgress {
         claims: vec!["data-0".into(), "data-1".into()],
         degraded: None,
         warnings: vec![],
+        last_progress: None,
     }
 }
 
@@ -335,4 +336,103 @@ fn an_unsupported_freeze_is_said_not_hidden() {
         "{}",
         c[0].message
     );
+}
+
+#[test]
+fn a_point_whose_reports_stop_moving_fails_naming_node_and_claim() {
+    let mut status = ReplicatedWorkloadStatus {
+        point_in_progress: Some(point("p1", 0)),
+        ..Default::default()
+    };
+    // n1 is done with data-0; n2 reports Running on data-1 and never moves (10 of 20 bytes each).
+    let stuck = [
+        agent("n1", 1000, vec![("p1", WorkState::Done, &["data-0"])]),
+        agent("n2", 1000, vec![("p1", WorkState::Running, &[])]),
+    ];
+    let stall = STALL_TIMEOUT.as_secs() as i64;
+    assert!(matches!(
+        decide_at(&status, &stuck, 5),
+        Step::Wait { bytes_done: 20, .. }
+    ));
+    // The operator recorded the progress mark when the bytes last changed, at 30 s.
+    status.point_in_progress.as_mut().unwrap().last_progress =
+        Some(crate::api::workload::ProgressMark {
+            bytes_done: 20,
+            time: at(30),
+        });
+    assert!(matches!(
+        decide_at(&status, &stuck, 30 + stall),
+        Step::Wait { .. }
+    ));
+    let Step::Fail { reason, message } = decide_at(&status, &stuck, 31 + stall) else {
+        panic!("a point without progress for the stall timeout fails")
+    };
+    assert_eq!(reason, R::CaptureStalled);
+    assert!(
+        message.contains("claim data-1 on node n2") && !message.contains("data-0"),
+        "{message}"
+    );
+    // Moving reports keep it alive: more bytes than the mark says.
+    status.point_in_progress.as_mut().unwrap().last_progress =
+        Some(crate::api::workload::ProgressMark {
+            bytes_done: 15,
+            time: at(30),
+        });
+    assert!(matches!(
+        decide_at(&status, &stuck, 31 + stall),
+        Step::Wait { bytes_done: 20, .. }
+    ));
+    // After the failure the next point follows the schedule: due once one interval after the
+    // failed one started, not retried at once.
+    let failed = ReplicatedWorkloadStatus {
+        last_attempt: Some(PointAttempt {
+            id: "p1".into(),
+            started: at(31 + stall),
+            consistency: "CrashConsistent".into(),
+            succeeded: false,
+            message,
+        }),
+        ..Default::default()
+    };
+    assert_eq!(
+        decide_at(&failed, &stuck, 32 + stall),
+        Step::Idle {
+            next: at(61 + stall)
+        }
+    );
+}
+
+#[test]
+fn durations_at_the_end_of_time_never_panic() {
+    let huge = Schedule {
+        crash: Duration::from_secs(u64::MAX),
+        app: Some(Duration::MAX),
+        retention: Duration::MAX,
+    };
+    let status = attempted(0);
+    let step = decide(
+        ("ns", "db"),
+        &huge,
+        &status,
+        None,
+        true,
+        &volumes(),
+        &[],
+        at(10),
+    );
+    assert_eq!(
+        step,
+        Step::Idle {
+            next: Timestamp::MAX
+        }
+    );
+    let mut replicated = status.clone();
+    replicated.latest_replicated_point = Some(PointRef {
+        id: "p0".into(),
+        time: at(0),
+        replicated: true,
+        consistency: "CrashConsistent".into(),
+    });
+    let (_, flips) = replication_conditions(&replicated, Some(&huge), None, false, at(10));
+    assert_eq!(flips, Some(Timestamp::MAX));
 }
