@@ -738,14 +738,15 @@ pub async fn cancel(client: Client, args: NamedArgs) -> anyhow::Result<()> {
 
 /// The rules the plugin reads a vault's storage under: the installation's filesystem root
 /// (`SITE_RECOVERY_FILESYSTEM_ROOT`, the default otherwise) and only the vault's own
-/// credentials, never the user's environment; endpoints as the vault names them (the user
-/// chose to read it).
+/// credentials, never the user's environment unless `SITE_RECOVERY_ALLOW_AMBIENT_CREDENTIALS`
+/// is `true`; endpoints as the vault names them (the user chose to read it).
 fn plugin_rules() -> crate::storage::StorageRules {
     crate::storage::StorageRules {
         filesystem_root: std::env::var_os("SITE_RECOVERY_FILESYSTEM_ROOT")
             .map(Into::into)
             .unwrap_or_else(|| crate::storage::rules::DEFAULT_FILESYSTEM_ROOT.into()),
         allow_insecure_endpoints: true,
-        allow_ambient_credentials: false,
+        allow_ambient_credentials: std::env::var("SITE_RECOVERY_ALLOW_AMBIENT_CREDENTIALS")
+            .is_ok_and(|v| v == "true"),
     }
 }

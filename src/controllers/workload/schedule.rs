@@ -34,24 +34,39 @@ pub struct Schedule {
 impl Schedule {
     /// The policy's durations; `app_possible` is false for Live captures (nothing can make a
     /// live read of a volume app-consistent) and when no hook or freeze is configured.
+    /// The minimums are the admission rules' too: on an install without CEL they are all that
+    /// stops a `0s` frequency from starting a point at every reconcile.
     pub fn from_policy(policy: &ReplicationPolicy, app_possible: bool) -> Result<Self, String> {
-        let field = |name: &str, value: &str| {
-            parse_duration(value).map_err(|e| format!("replicationPolicy.{name}: {e}"))
+        let field = |name: &str, value: &str, min: Duration| {
+            let d = parse_duration(value).map_err(|e| format!("replicationPolicy.{name}: {e}"))?;
+            if d < min {
+                return Err(format!(
+                    "replicationPolicy.{name}: {value:?} is shorter than the minimum of {}s",
+                    min.as_secs()
+                ));
+            }
+            Ok(d)
         };
         Ok(Self {
             crash: field(
                 "crashConsistentFrequency",
                 &policy.crash_consistent_frequency,
+                Duration::from_secs(30),
             )?,
             app: if app_possible && policy.app_consistent_frequency != "off" {
                 Some(field(
                     "appConsistentFrequency",
                     &policy.app_consistent_frequency,
+                    Duration::from_secs(60),
                 )?)
             } else {
                 None
             },
-            retention: field("recoveryPointRetention", &policy.recovery_point_retention)?,
+            retention: field(
+                "recoveryPointRetention",
+                &policy.recovery_point_retention,
+                Duration::from_secs(60),
+            )?,
         })
     }
 }

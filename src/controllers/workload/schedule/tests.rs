@@ -436,3 +436,24 @@ fn durations_at_the_end_of_time_never_panic() {
     let (_, flips) = replication_conditions(&replicated, Some(&huge), None, false, at(10));
     assert_eq!(flips, Some(Timestamp::MAX));
 }
+
+#[test]
+fn policies_below_the_admission_minimums_are_refused_not_run() {
+    let policy = |crash: &str, app: &str, retention: &str| ReplicationPolicy {
+        crash_consistent_frequency: crash.into(),
+        app_consistent_frequency: app.into(),
+        recovery_point_retention: retention.into(),
+    };
+    assert!(Schedule::from_policy(&policy("30s", "1m", "1m"), true).is_ok());
+    for (p, field) in [
+        (policy("0s", "off", "1h"), "crashConsistentFrequency"),
+        (policy("5m", "0ms", "1h"), "appConsistentFrequency"),
+        (policy("5m", "off", "0s"), "recoveryPointRetention"),
+    ] {
+        let e = Schedule::from_policy(&p, true).unwrap_err();
+        assert!(
+            e.starts_with(&format!("replicationPolicy.{field}: ")) && e.contains("minimum"),
+            "{e}"
+        );
+    }
+}
