@@ -289,10 +289,10 @@ impl Capture {
             .get(vault_name)
             .await
             .map_err(|e| format!("reading RecoveryVault {vault_name}: {e}"))?;
-        let access = VaultAccess::resolve(
+        let access = VaultAccess::resolve_handed(
             &self.client,
-            &namespace,
-            &vault.spec,
+            &self.settings.namespace,
+            &vault,
             &self.settings.storage,
         )
         .await

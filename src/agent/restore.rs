@@ -19,7 +19,6 @@ use crate::api::work::{AgentWork, FAILOVER_LABEL, WorkKind, WorkState, writer_na
 use crate::api::{Failover, RecoveryVault, ReplicatedWorkload};
 use crate::repository::Repository;
 use crate::repository::restore::{INCOMPLETE_MARKER, RestoreOptions, restore};
-use crate::storage::StorageRules;
 use crate::storage::vault::VaultAccess;
 
 /// (source claim = volume of the point, target claim, mount directory)
@@ -66,7 +65,7 @@ pub async fn run_restores(client: Client, settings: AgentSettings, reports: Repo
                     if !local.is_empty() {
                         tasks.spawn(run_one(
                             client.clone(),
-                            settings.storage.clone(),
+                            settings.clone(),
                             reports.clone(),
                             f.clone(),
                             r,
@@ -151,7 +150,7 @@ async fn local_writers(
 
 async fn run_one(
     client: Client,
-    rules: StorageRules,
+    settings: AgentSettings,
     reports: Reports,
     f: Failover,
     r: Restore,
@@ -164,7 +163,7 @@ async fn run_one(
         report(&f, &r, WorkState::Running, claims.clone(), String::new()),
         false,
     );
-    let outcome = restore_all(&client, &rules, &f, &r, &local).await;
+    let outcome = restore_all(&client, &settings, &f, &r, &local).await;
     let done = match outcome {
         Ok(()) => report(&f, &r, WorkState::Done, claims, String::new()),
         Err(message) => {
@@ -177,7 +176,7 @@ async fn run_one(
 
 async fn restore_all(
     client: &Client,
-    rules: &StorageRules,
+    settings: &AgentSettings,
     f: &Failover,
     r: &Restore,
     local: &Local,
@@ -192,9 +191,10 @@ async fn restore_all(
         .get(vault_name)
         .await
         .map_err(|e| format!("reading RecoveryVault {vault_name}: {e}"))?;
-    let access = VaultAccess::resolve(client, &namespace, &vault.spec, rules)
-        .await
-        .map_err(|e| format!("RecoveryVault {vault_name}: {e}"))?;
+    let access =
+        VaultAccess::resolve_handed(client, &settings.namespace, &vault, &settings.storage)
+            .await
+            .map_err(|e| format!("RecoveryVault {vault_name}: {e}"))?;
     let repo = Repository::open(access.target.clone(), &access.key)
         .await
         .map_err(|e| format!("target location: {e}"))?;

@@ -1,5 +1,7 @@
 //! Opening a vault's two repositories with the credentials and key its Secrets hold. Shared by
-//! the operator (assembly, replication, retention) and the agents (captures, restores).
+//! the operator (assembly, replication, retention) and the agents (captures, restores). The
+//! operator reads the tenant's Secrets; agents read only the copy the operator hands them in its
+//! own namespace, so a compromised node never reads Secrets cluster-wide.
 
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
@@ -50,6 +52,10 @@ pub enum AccessError {
         field: &'static str,
         message: String,
     },
+    #[error(
+        "the operator has not handed this vault's key and credentials to the agents yet (Secret {namespace}/{name}); it does once the vault's Secrets are valid"
+    )]
+    NotHanded { name: String, namespace: String },
     #[error("reading Secrets: {0}")]
     Kube(#[from] kube::Error),
     #[error(transparent)]
@@ -79,17 +85,13 @@ fn secret_value(secret: &Secret, key: &str) -> Option<Vec<u8>> {
         })
 }
 
-async fn location(
+/// The credentials a storage spec's Secret holds (none when it names no Secret).
+async fn credentials(
     secrets: &Api<Secret>,
     namespace: &str,
     field: &'static str,
     storage: &Storage,
-    rules: &StorageRules,
-) -> Result<Location, AccessError> {
-    // Refused before any Secret is read.
-    rules
-        .check(field, namespace, storage)
-        .map_err(|message| AccessError::NotAllowed { message })?;
+) -> Result<Options, AccessError> {
     let mut credentials = Options::new();
     if let Some(secret) = storage.credentials_secret() {
         let found =
@@ -106,12 +108,60 @@ async fn location(
         }
         credentials.extend(found.string_data.unwrap_or_default());
     }
-    Location::from_vault_storage(storage, &credentials, namespace, field, rules).map_err(|e| {
+    Ok(credentials)
+}
+
+fn location(
+    credentials: &Options,
+    namespace: &str,
+    field: &'static str,
+    storage: &Storage,
+    rules: &StorageRules,
+) -> Result<Location, AccessError> {
+    // Refused before anything is opened.
+    rules
+        .check(field, namespace, storage)
+        .map_err(|message| AccessError::NotAllowed { message })?;
+    Location::from_vault_storage(storage, credentials, namespace, field, rules).map_err(|e| {
         AccessError::Storage {
             field,
             message: e.to_string(),
         }
     })
+}
+
+/// The Secret in the operator's namespace through which the operator hands one vault's key and
+/// storage credentials to the agents: agents read Secrets only there, never a tenant's.
+pub fn handed_secret_name(vault_uid: &str) -> String {
+    format!("sr-vault-{vault_uid}")
+}
+
+/// Label of handed Secrets: the vault's uid.
+pub const HANDED_LABEL: &str = "siterecovery.io/handed-vault";
+
+/// What a handed Secret holds: the key under `key`, each credential of the cache's and the
+/// target's Secret under `cache.<name>` and `target.<name>`. Read from the vault's Secrets,
+/// with the checks `resolve` makes (the placeholder key is never handed on).
+pub async fn handed_data(
+    client: &Client,
+    namespace: &str,
+    spec: &RecoveryVaultSpec,
+) -> Result<std::collections::BTreeMap<String, ByteString>, AccessError> {
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
+    let mut data = std::collections::BTreeMap::new();
+    data.insert(
+        "key".to_string(),
+        ByteString(key(&secrets, namespace, &spec.encryption.key_secret_ref).await?),
+    );
+    for (role, field, storage) in [
+        ("cache", "spec.cache.storage", &spec.cache.storage),
+        ("target", "spec.target.storage", &spec.target.storage),
+    ] {
+        for (k, v) in credentials(&secrets, namespace, field, storage).await? {
+            data.insert(format!("{role}.{k}"), ByteString(v.into_bytes()));
+        }
+    }
+    Ok(data)
 }
 
 async fn key(
@@ -150,24 +200,87 @@ impl VaultAccess {
         rules: &StorageRules,
     ) -> Result<Self, AccessError> {
         let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
+        let (cache, target) = ("spec.cache.storage", "spec.target.storage");
         Ok(Self {
             cache: location(
-                &secrets,
+                &credentials(&secrets, namespace, cache, &spec.cache.storage).await?,
                 namespace,
+                cache,
+                &spec.cache.storage,
+                rules,
+            )?,
+            target: location(
+                &credentials(&secrets, namespace, target, &spec.target.storage).await?,
+                namespace,
+                target,
+                &spec.target.storage,
+                rules,
+            )?,
+            key: key(&secrets, namespace, &spec.encryption.key_secret_ref).await?,
+        })
+    }
+
+    /// The agents' way in: the vault's key and credentials from the Secret the operator handed
+    /// on in `handed_namespace` (see [`handed_secret_name`]), the locations from the vault's
+    /// spec under the agent's own storage rules.
+    pub async fn resolve_handed(
+        client: &Client,
+        handed_namespace: &str,
+        vault: &crate::api::RecoveryVault,
+        rules: &StorageRules,
+    ) -> Result<Self, AccessError> {
+        use kube::ResourceExt;
+        let namespace = vault.namespace().unwrap_or_default();
+        let name = handed_secret_name(&vault.uid().unwrap_or_default());
+        let field = "spec.encryption.keySecretRef";
+        let handed = Api::<Secret>::namespaced(client.clone(), handed_namespace)
+            .get_opt(&name)
+            .await?
+            .ok_or_else(|| AccessError::NotHanded {
+                name: name.clone(),
+                namespace: handed_namespace.into(),
+            })?;
+        let data = handed.data.unwrap_or_default();
+        let part = |role: &str| -> Options {
+            let prefix = format!("{role}.");
+            data.iter()
+                .filter_map(|(k, ByteString(v))| {
+                    let k = k.strip_prefix(&prefix)?;
+                    Some((k.to_string(), String::from_utf8_lossy(v).into_owned()))
+                })
+                .collect()
+        };
+        let key = data
+            .get("key")
+            .map(|ByteString(b)| b.clone())
+            .ok_or_else(|| AccessError::KeyMissing {
+                field,
+                name: name.clone(),
+                key: "key".into(),
+            })?;
+        if is_placeholder_key(&key) {
+            return Err(AccessError::PlaceholderKey {
+                name,
+                key: "key".into(),
+            });
+        }
+        let spec = &vault.spec;
+        Ok(Self {
+            cache: location(
+                &part("cache"),
+                &namespace,
                 "spec.cache.storage",
                 &spec.cache.storage,
                 rules,
-            )
-            .await?,
+            )?,
             target: location(
-                &secrets,
-                namespace,
+                &part("target"),
+                &namespace,
                 "spec.target.storage",
                 &spec.target.storage,
                 rules,
-            )
-            .await?,
-            key: key(&secrets, namespace, &spec.encryption.key_secret_ref).await?,
+            )?,
+            key,
         })
     }
 

@@ -83,24 +83,38 @@ async fn the_agent_cannot_read_secrets_cluster_wide_nor_list_what_it_does_not_ne
     rig.secret("kube-system", "bootstrap-token", &[("token", b"secret")])
         .await;
     let agent = rig.agent_client();
+    let who = format!("system:serviceaccount:{OPERATOR_NS}:{AGENT_SA}");
+    // `kubectl auth can-i get secrets -n kube-system --as=<agent>`: no.
     let err = Api::<Secret>::namespaced(agent.clone(), "kube-system")
-        .list(&Default::default())
+        .get("bootstrap-token")
         .await
         .unwrap_err();
-    let who = format!("system:serviceaccount:{OPERATOR_NS}:{AGENT_SA}");
     match err {
         kube::Error::Api(s) => {
-            assert_eq!(s.code, 403);
-            assert_eq!(s.reason, "Forbidden");
+            assert_eq!((s.code, s.reason.as_str()), (403, "Forbidden"));
             assert_eq!(
                 s.message,
                 format!(
-                    "secrets is forbidden: User \"{who}\" cannot list resource \"secrets\" in API group \"\" in the namespace \"kube-system\""
+                    "secrets \"bootstrap-token\" is forbidden: User \"{who}\" cannot get resource \"secrets\" in API group \"\" in the namespace \"kube-system\""
                 )
             );
         }
         other => panic!("expected a 403, got {other}"),
     }
+    let err = Api::<Secret>::namespaced(agent.clone(), "kube-system")
+        .list(&Default::default())
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("cannot list resource \"secrets\""),
+        "{err}"
+    );
+    // Only the Secrets the operator hands on, in its own namespace, by name.
+    let handed = Api::<Secret>::namespaced(agent.clone(), OPERATOR_NS)
+        .get_opt("sr-vault-none")
+        .await
+        .expect("the agent may read Secrets in the release namespace");
+    assert!(handed.is_none());
     let err = Api::<Service>::all(agent)
         .list(&Default::default())
         .await
@@ -117,5 +131,155 @@ async fn the_agent_cannot_read_secrets_cluster_wide_nor_list_what_it_does_not_ne
     assert!(
         matches!(&err, kube::Error::Api(s) if s.code == 401),
         "{err}"
+    );
+}
+
+#[tokio::test]
+async fn vault_keys_are_handed_to_the_agents_in_the_release_namespace_and_removed_with_the_vault() {
+    let rig = Rig::start().await;
+    rig.apply_crds().await;
+    rig.namespace(OPERATOR_NS).await;
+    rig.install_chart_rbac(&[]).await;
+    rig.namespace("apps").await;
+    rig.node("node-a1", "zone-a", "region-1").await;
+    rig.node("node-b1", "zone-b", "region-1").await;
+    rig.secret("apps", "vault-key", &[("key", &[7u8; 32])])
+        .await;
+    let dir = rig.vault_dir("apps");
+    let running = start_operator(&rig, false).await;
+    let vaults: Api<RecoveryVault> = Api::namespaced(rig.client(), "apps");
+    let mut uids = Vec::new();
+    for name in ["one", "two"] {
+        let v = vaults
+            .create(
+                &PostParams::default(),
+                &vault(name, "Zone", "zone-a", "zone-b", dir.path()),
+            )
+            .await
+            .unwrap();
+        uids.push(v.metadata.uid.unwrap());
+    }
+    let handed: Api<Secret> = Api::namespaced(rig.client(), OPERATOR_NS);
+    for uid in &uids {
+        let s = eventually(Duration::from_secs(20), "the handed Secret", || async {
+            handed.get_opt(&format!("sr-vault-{uid}")).await.ok()?
+        })
+        .await;
+        assert_eq!(
+            s.data.unwrap()["key"].0,
+            vec![7u8; 32],
+            "the agents get the vault's key"
+        );
+    }
+    vaults.delete("one", &Default::default()).await.unwrap();
+    // The next reconcile of any vault removes what the deleted one was handed.
+    vaults
+        .patch(
+            "two",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(json!({"metadata": {"labels": {"touched": "yes"}}})),
+        )
+        .await
+        .unwrap();
+    eventually(
+        Duration::from_secs(20),
+        "the deleted vault's Secret removed",
+        || async {
+            handed
+                .get_opt(&format!("sr-vault-{}", uids[0]))
+                .await
+                .ok()?
+                .is_none()
+                .then_some(())
+        },
+    )
+    .await;
+    assert!(
+        handed
+            .get_opt(&format!("sr-vault-{}", uids[1]))
+            .await
+            .unwrap()
+            .is_some()
+    );
+    running.stop().await;
+}
+
+/// `(identity, scope, resource, verb)` for every grant.
+type Grants = std::collections::BTreeSet<(String, String, String, String)>;
+
+#[test]
+fn the_readme_permission_table_is_the_charts_rbac() {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let section = readme
+        .split("### Permissions")
+        .nth(1)
+        .and_then(|s| s.split("\n### ").next())
+        .expect("README has a Permissions section");
+    let mut documented = Grants::new();
+    for row in section
+        .lines()
+        .filter(|l| l.starts_with("| ") && !l.contains("---"))
+    {
+        let cells: Vec<&str> = row.trim_matches('|').split('|').map(str::trim).collect();
+        if cells[0] == "identity" {
+            continue;
+        }
+        for resource in cells[2].split(", ") {
+            let resource = resource.split(" (").next().unwrap();
+            for verb in cells[3].split(", ") {
+                documented.insert((
+                    cells[0].into(),
+                    cells[1].into(),
+                    resource.into(),
+                    verb.into(),
+                ));
+            }
+        }
+    }
+    let docs = rbac_documents(&[]);
+    let identity = |role_kind: &str, role: &str| {
+        docs.iter()
+            .filter(|d| {
+                matches!(
+                    d["kind"].as_str(),
+                    Some("ClusterRoleBinding" | "RoleBinding")
+                )
+            })
+            .find(|b| b["roleRef"]["kind"] == role_kind && b["roleRef"]["name"] == role)
+            .and_then(|b| b["subjects"][0]["name"].as_str())
+            .map(|sa| sa.trim_start_matches("site-recovery-").to_string())
+            .unwrap_or_else(|| panic!("{role_kind} {role} is bound to nobody"))
+    };
+    let mut granted = Grants::new();
+    for role in docs
+        .iter()
+        .filter(|d| matches!(d["kind"].as_str(), Some("ClusterRole" | "Role")))
+    {
+        let kind = role["kind"].as_str().unwrap();
+        let who = identity(kind, role["metadata"]["name"].as_str().unwrap());
+        let scope = if kind == "ClusterRole" {
+            "cluster"
+        } else {
+            "release namespace"
+        };
+        for rule in role["rules"].as_array().unwrap() {
+            for resource in rule["resources"].as_array().unwrap() {
+                for verb in rule["verbs"].as_array().unwrap() {
+                    granted.insert((
+                        who.clone(),
+                        scope.into(),
+                        resource.as_str().unwrap().into(),
+                        verb.as_str().unwrap().into(),
+                    ));
+                }
+            }
+        }
+    }
+    let missing: Vec<_> = granted.difference(&documented).collect();
+    let extra: Vec<_> = documented.difference(&granted).collect();
+    assert!(
+        missing.is_empty() && extra.is_empty(),
+        "granted but not in the README: {missing:?}\nin the README but not granted: {extra:?}"
     );
 }

@@ -410,6 +410,21 @@ pub async fn advance(
     // 2. The agents' reports.
     if restore.completed.is_none() && restore.failed.is_none() {
         let mut done = std::collections::BTreeSet::new();
+        // A report counts only from the node that runs the writer pods of its claims: any
+        // node's agent can write a registration, and a forged Done would start the copy on
+        // claims never restored.
+        let mut writer_nodes = BTreeMap::new();
+        for (i, v) in restore.volumes.iter().enumerate() {
+            if let Some(node) = pods
+                .get_opt(&writer_name(&name, i))
+                .await
+                .map_err(Error::Kube)?
+                .filter(|p| p.labels().get(FAILOVER_UID_LABEL) == f.uid().as_ref())
+                .and_then(|p| p.spec.and_then(|s| s.node_name))
+            {
+                writer_nodes.insert(v.target_claim.clone(), node);
+            }
+        }
         for r in ctx.stores.registrations() {
             for w in &r.work {
                 if w.kind != WorkKind::Restore
@@ -418,6 +433,17 @@ pub async fn advance(
                     || Some(&w.owner) != f.metadata.uid.as_ref()
                     || w.point != restore.point
                 {
+                    continue;
+                }
+                if let Some(claim) = w
+                    .claims
+                    .iter()
+                    .find(|c| writer_nodes.get(*c) != Some(&r.node))
+                {
+                    tracing::warn!(
+                        node = %r.node, %claim, writer = ?writer_nodes.get(claim),
+                        "ignoring a restore report from a node that does not run the claim's writer pod"
+                    );
                     continue;
                 }
                 match w.state {
@@ -777,8 +803,25 @@ async fn final_point(
         }
     }
     let stopped = status.source_stopped.expect("set above");
+    let token = format!("planned-{}", f.uid().unwrap_or_default());
+    let requested = |status: &mut FailoverStatus| {
+        mark(
+            status,
+            "FinalPointRequested",
+            format!(
+                "a point of the stopped claims is requested from ReplicatedWorkload {}",
+                rw.name_any()
+            ),
+            now,
+        );
+    };
     // Times are whole seconds: only a point of a later second surely started after the stop.
     if latest.time > stopped {
+        // Recorded from the fact (our request on the workload), in case the pass that made the
+        // request lost its status write.
+        if rw.annotations().get(POINT_REQUEST_ANNOTATION) == Some(&token) {
+            requested(status);
+        }
         // Holders are done.
         for (i, _) in latest.volumes.iter().enumerate() {
             delete_if_present(&pods, &holder_name(&name, i)).await?;
@@ -832,7 +875,6 @@ async fn final_point(
             "{kind} {sts} stopped; the final point is asked for in the next second"
         ));
     }
-    let token = format!("planned-{}", f.uid().unwrap_or_default());
     if rw.annotations().get(POINT_REQUEST_ANNOTATION) != Some(&token) {
         Api::<ReplicatedWorkload>::namespaced(ctx.client.clone(), &namespace)
             .patch(
@@ -844,16 +886,8 @@ async fn final_point(
             )
             .await
             .map_err(Error::Kube)?;
-        mark(
-            status,
-            "FinalPointRequested",
-            format!(
-                "a point of the stopped claims is requested from ReplicatedWorkload {}",
-                rw.name_any()
-            ),
-            now,
-        );
     }
+    requested(status);
     let last = rw
         .status
         .as_ref()

@@ -2,6 +2,7 @@
 //! whether cache and target are separated as the vault requires.
 
 pub mod apply;
+pub mod handoff;
 pub mod observe;
 pub mod plan;
 pub mod status;
@@ -21,6 +22,10 @@ pub async fn reconcile(vault: &RecoveryVault, ctx: Arc<Context>) -> Result<Actio
     let observed = observe::observe(&ctx, &namespace, &vault.spec).await?;
     let plan = plan::plan(&vault.spec, vault.status.as_ref(), &observed);
     apply::apply(&plan.actions).await?;
+    // The agents' copy of the key and credentials follows the vault's Secrets, and is in place
+    // before the vault says Ready (points start from Ready).
+    handoff::hand_over(&ctx, vault).await?;
+    handoff::sweep(&ctx).await?;
     let status = status::build(
         vault.status.as_ref(),
         &plan,

@@ -1,0 +1,85 @@
+//! Handing a vault's key and storage credentials to the agents. Agents may read Secrets only in
+//! the operator's namespace (one compromised node must not read every Secret of the cluster),
+//! so the operator, which reads the tenant's Secrets, writes one Secret there per vault
+//! (`storage::vault::handed_secret_name`): written only when its content differs, removed once
+//! its vault is gone (by the next vault reconcile, since a deleted vault has none of its own).
+
+use std::collections::{BTreeMap, HashSet};
+
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{Api, ListParams, Patch, PatchParams};
+use kube::{Resource, ResourceExt};
+use serde_json::json;
+
+use crate::api::RecoveryVault;
+use crate::controllers::{Context, Error, FIELD_MANAGER};
+use crate::storage::vault::{HANDED_LABEL, handed_data, handed_secret_name};
+
+/// Writes the vault's handed Secret when its Secrets are readable and valid; a vault whose
+/// Secrets are not (its conditions say why) hands nothing, and what it handed before is removed.
+pub async fn hand_over(ctx: &Context, vault: &RecoveryVault) -> Result<(), Error> {
+    let (Some(uid), Some(namespace)) = (vault.uid(), vault.namespace()) else {
+        return Ok(());
+    };
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ctx.namespace);
+    let name = handed_secret_name(&uid);
+    let existing = secrets.get_opt(&name).await.map_err(Error::Kube)?;
+    let data = match handed_data(&ctx.client, &namespace, &vault.spec).await {
+        Ok(d) => d,
+        Err(e) => {
+            tracing::debug!(vault = %vault.name_any(), error = %e, "nothing to hand to the agents");
+            if existing.is_some() {
+                crate::controllers::delete_if_present(&secrets, &name).await?;
+            }
+            return Ok(());
+        }
+    };
+    if existing.as_ref().and_then(|s| s.data.as_ref()) == Some(&data) {
+        return Ok(());
+    }
+    let body = json!({
+        "apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+        "metadata": {
+            "name": name, "namespace": ctx.namespace,
+            "labels": {HANDED_LABEL: uid, "app.kubernetes.io/managed-by": "site-recovery"},
+            "annotations": {"siterecovery.io/vault": format!("{namespace}/{}", vault.name_any())},
+        },
+        "data": data,
+    });
+    secrets
+        .patch(
+            &name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(body),
+        )
+        .await
+        .map_err(Error::Kube)?;
+    tracing::info!(vault = %vault.name_any(), secret = %name, "handed the vault's key and credentials to the agents");
+    Ok(())
+}
+
+/// Removes handed Secrets whose vault no longer exists.
+pub async fn sweep(ctx: &Context) -> Result<(), Error> {
+    let live: HashSet<String> = ctx
+        .stores
+        .vaults
+        .state()
+        .iter()
+        .filter_map(|g| g.0.as_ref().ok().and_then(|v| v.meta().uid.clone()))
+        .collect();
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ctx.namespace);
+    let handed = secrets
+        .list_metadata(&ListParams::default().labels(HANDED_LABEL))
+        .await
+        .map_err(Error::Kube)?;
+    for s in handed.items {
+        let labels: BTreeMap<String, String> = s.metadata.labels.clone().unwrap_or_default();
+        if labels
+            .get(HANDED_LABEL)
+            .is_some_and(|uid| !live.contains(uid))
+        {
+            crate::controllers::delete_if_present(&secrets, &s.name_any()).await?;
+        }
+    }
+    Ok(())
+}
