@@ -50,6 +50,11 @@ impl AgentRegistration {
             return None;
         }
         let node = labels.get(NODE_LABEL)?.clone();
+        // A registration speaks for the node its name gives (the chart's admission policy lets an
+        // agent write only that one): a Lease labelled with another node's name is not one.
+        if lease.metadata.name.as_deref() != Some(lease_name(&node).as_str()) {
+            return None;
+        }
         let empty = BTreeMap::new();
         let annotations = lease.metadata.annotations.as_ref().unwrap_or(&empty);
         let spec = lease.spec.as_ref();
@@ -116,6 +121,10 @@ mod tests {
         assert_eq!(reg.zone.as_deref(), Some("zone-a"));
         assert!(reg.is_alive(renewed + jiff::SignedDuration::from_secs(19)));
         assert!(!reg.is_alive(renewed + jiff::SignedDuration::from_secs(20)));
+        // A Lease that claims another node than its name says is no registration.
+        let mut forged = lease.clone();
+        forged.metadata.name = Some(lease_name("n2"));
+        assert!(AgentRegistration::from_lease(&forged).is_none());
     }
 
     #[test]

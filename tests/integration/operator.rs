@@ -254,7 +254,7 @@ async fn registered_flips_with_agent_registration() {
         (
             stop,
             tokio::spawn(site_recovery::agent::run(
-                rig.agent_client(),
+                rig.agent_client_on(node),
                 settings,
                 shutdown.wait(),
             )),

@@ -283,3 +283,81 @@ fn the_readme_permission_table_is_the_charts_rbac() {
         "granted but not in the README: {missing:?}\nin the README but not granted: {extra:?}"
     );
 }
+
+#[tokio::test]
+async fn an_agent_writes_only_its_own_nodes_registration() {
+    use k8s_openapi::api::coordination::v1::Lease;
+    let rig = Rig::start().await;
+    rig.namespace(OPERATOR_NS).await;
+    rig.install_chart_rbac(&[]).await;
+    rig.expect_denials();
+    let leases: Api<Lease> = Api::namespaced(rig.agent_client_on("node-a1"), OPERATOR_NS);
+    let lease = |name: &str, node: &str| -> Lease {
+        serde_json::from_value(json!({
+            "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+            "metadata": {"name": name, "namespace": OPERATOR_NS,
+                "labels": {"app.kubernetes.io/component": "agent-registration", "siterecovery.io/node": node}},
+            "spec": {"holderIdentity": node},
+        }))
+        .unwrap()
+    };
+    leases
+        .create(
+            &PostParams::default(),
+            &lease("site-recovery-agent-node-a1", "node-a1"),
+        )
+        .await
+        .expect("its own registration");
+    for (name, node) in [
+        ("site-recovery-agent-node-b1", "node-b1"),
+        ("site-recovery-agent-node-b1", "node-a1"),
+        ("site-recovery-agent-node-a1-x", "node-a1"),
+        ("site-recovery-operator", "node-a1"),
+    ] {
+        let err = leases
+            .create(&PostParams::default(), &lease(name, node))
+            .await
+            .unwrap_err();
+        match err {
+            kube::Error::Api(s) => {
+                assert_eq!(s.code, 403, "{name}: {}", s.message);
+                assert!(
+                    s.message
+                        .contains("ValidatingAdmissionPolicy 'site-recovery-agent-own-lease'")
+                        && s.message
+                            .contains("only the registration Lease of the node"),
+                    "{name}: {}",
+                    s.message
+                );
+            }
+            other => panic!("{name}: expected a 403, got {other}"),
+        }
+    }
+    // Relabelling its own Lease as another node's is refused too.
+    let err = leases
+        .patch(
+            "site-recovery-agent-node-a1",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(
+                json!({"metadata": {"labels": {"siterecovery.io/node": "node-b1"}}}),
+            ),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("only the registration Lease"),
+        "{err}"
+    );
+    // A token that names no node (an older cluster) registers nothing.
+    let err = Api::<Lease>::namespaced(rig.agent_client(), OPERATOR_NS)
+        .create(
+            &PostParams::default(),
+            &lease("site-recovery-agent-node-c1", "node-c1"),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("403") || err.to_string().contains("forbidden"),
+        "{err}"
+    );
+}

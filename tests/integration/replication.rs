@@ -76,7 +76,7 @@ pub(crate) fn start_agent(rig: &Rig, node: &str, lease_seconds: i32) -> Agent {
     };
     let (stop, shutdown) = Shutdown::new();
     let task = tokio::spawn(site_recovery::agent::run(
-        rig.agent_client(),
+        rig.agent_client_on(node),
         settings,
         shutdown.wait(),
     ));

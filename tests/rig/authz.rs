@@ -15,6 +15,8 @@ use super::server::{Reply, State, status_error};
 pub struct Identity {
     pub user: String,
     pub groups: Vec<String>,
+    /// What a bound ServiceAccount token adds, e.g. the node its pod runs on.
+    pub extra: BTreeMap<String, Vec<String>>,
 }
 
 impl Identity {
@@ -22,6 +24,7 @@ impl Identity {
         Self {
             user: "rig-admin".into(),
             groups: vec!["system:masters".into(), "system:authenticated".into()],
+            extra: BTreeMap::new(),
         }
     }
 
@@ -33,7 +36,19 @@ impl Identity {
                 format!("system:serviceaccounts:{namespace}"),
                 "system:authenticated".into(),
             ],
+            extra: BTreeMap::new(),
         }
+    }
+
+    /// A ServiceAccount token bound to a pod on `node`, as the kubelet's projected tokens are
+    /// (the node name becomes `authentication.kubernetes.io/node-name` in the user's extra).
+    pub fn service_account_on_node(namespace: &str, name: &str, node: &str) -> Self {
+        let mut who = Self::service_account(namespace, name);
+        who.extra.insert(
+            "authentication.kubernetes.io/node-name".into(),
+            vec![node.to_string()],
+        );
+        who
     }
 }
 

@@ -51,8 +51,8 @@ pub fn render_as(release: &str, args: &[&str]) -> Vec<Value> {
         .collect()
 }
 
-/// The chart's ServiceAccounts, roles and bindings (what `kubectl apply` of the rendered chart
-/// would create for RBAC).
+/// The chart's ServiceAccounts, roles, bindings and admission policies (what `kubectl apply` of
+/// the rendered chart would create to control access).
 pub fn rbac_documents(args: &[&str]) -> Vec<Value> {
     render_as(RELEASE, args)
         .into_iter()
@@ -65,6 +65,8 @@ pub fn rbac_documents(args: &[&str]) -> Vec<Value> {
                         | "ClusterRoleBinding"
                         | "Role"
                         | "RoleBinding"
+                        | "ValidatingAdmissionPolicy"
+                        | "ValidatingAdmissionPolicyBinding"
                 )
             )
         })

@@ -10,6 +10,7 @@ pub mod csi;
 pub mod exec;
 pub mod failover;
 pub mod fields;
+pub mod policy;
 pub mod resources;
 pub mod selector;
 pub mod server;
@@ -163,7 +164,11 @@ impl Rig {
             kind: doc["kind"].as_str().unwrap().into(),
         })
         .unwrap();
-        let plural = format!("{}s", gvk.kind.to_ascii_lowercase());
+        let lower = gvk.kind.to_ascii_lowercase();
+        let plural = match lower.strip_suffix('y') {
+            Some(stem) => format!("{stem}ies"),
+            None => format!("{lower}s"),
+        };
         let resource = kube::api::ApiResource::from_gvk_with_plural(&gvk, &plural);
         let obj: DynamicObject = serde_json::from_value(doc.clone()).unwrap();
         let api: Api<DynamicObject> = match obj.metadata.namespace.as_deref() {
@@ -185,9 +190,24 @@ impl Rig {
         self.client_as(chart::RELEASE_NAMESPACE, chart::OPERATOR_SA)
     }
 
-    /// A client of the chart's agent ServiceAccount.
+    /// A client of the chart's agent ServiceAccount, with no node in its token.
     pub fn agent_client(&self) -> Client {
         self.client_as(chart::RELEASE_NAMESPACE, chart::AGENT_SA)
+    }
+
+    /// A client of the chart's agent ServiceAccount as the agent pod on `node` holds it (a
+    /// bound token that names the node).
+    pub fn agent_client_on(&self, node: &str) -> Client {
+        let token = format!("sa-agent-{node}");
+        self.state.0.lock().unwrap().auth.tokens.insert(
+            token.clone(),
+            authz::Identity::service_account_on_node(
+                chart::RELEASE_NAMESPACE,
+                chart::AGENT_SA,
+                node,
+            ),
+        );
+        self.cluster.client_with_token(&token)
     }
 
     /// This test provokes denials on purpose: the rig does not fail it for them.

@@ -245,6 +245,22 @@ pub fn builtins() -> Vec<ResourceType> {
             false,
         ),
         b(
+            "admissionregistration.k8s.io",
+            "v1",
+            "validatingadmissionpolicies",
+            "ValidatingAdmissionPolicy",
+            false,
+            true,
+        ),
+        b(
+            "admissionregistration.k8s.io",
+            "v1",
+            "validatingadmissionpolicybindings",
+            "ValidatingAdmissionPolicyBinding",
+            false,
+            false,
+        ),
+        b(
             "apiextensions.k8s.io",
             "v1",
             "customresourcedefinitions",

@@ -53,6 +53,8 @@ pub struct State {
     pub execs: Vec<super::exec::ExecRecord>,
     /// Tokens, identities and what RBAC denied.
     pub auth: authz::Auth,
+    /// Who sent the request being handled (admission policies look at it).
+    pub current_user: Option<authz::Identity>,
     /// Execs whose client went away before the command ended (the command was killed).
     pub execs_killed: u64,
 }
@@ -75,6 +77,7 @@ pub fn new_state() -> Shared {
             uid_counter: 0,
             bookmark_interval: Duration::from_secs(2),
             requests: BTreeMap::new(),
+            current_user: None,
             auth: authz::Auth {
                 tokens: [super::ADMIN_TOKEN, "rig"]
                     .into_iter()
@@ -479,6 +482,7 @@ pub async fn handle(
         return watch(shared, target, query, wants_metadata_only(&headers)).await;
     }
     let mut state = shared.0.lock().unwrap();
+    state.current_user = authz::authenticate(&state.auth, &headers).ok();
     let tx = shared.1.clone();
     let reply = match (method.clone(), &target.name, target.sub.as_deref()) {
         (Method::GET, None, _) => list(&state, &target, &query, wants_metadata_only(&headers)),
@@ -782,7 +786,21 @@ impl State {
     }
 
     /// Applies CRD defaults and validates; returns the Status to send on failure.
+    /// Schema, CEL and built-in checks, then the admission policies that apply to the sender.
     fn admit(&self, r: &ResourceType, obj: &mut Value, old: Option<&Value>) -> Result<(), Reply> {
+        self.admit_schema(r, obj, old)?;
+        match &self.current_user {
+            Some(who) => super::policy::admit(self, who, r, obj, old),
+            None => Ok(()),
+        }
+    }
+
+    fn admit_schema(
+        &self,
+        r: &ResourceType,
+        obj: &mut Value,
+        old: Option<&Value>,
+    ) -> Result<(), Reply> {
         let name = obj["metadata"]["name"]
             .as_str()
             .unwrap_or_default()
