@@ -348,16 +348,13 @@ async fn an_agent_writes_only_its_own_nodes_registration() {
         err.to_string().contains("only the registration Lease"),
         "{err}"
     );
-    // A token that names no node (an older cluster) registers nothing.
-    let err = Api::<Lease>::namespaced(rig.agent_client(), OPERATOR_NS)
+    // A token that names no node (minted outside a pod, or an older cluster) is not held back:
+    // a compromised node holds its pods' bound tokens, which always name it.
+    Api::<Lease>::namespaced(rig.agent_client(), OPERATOR_NS)
         .create(
             &PostParams::default(),
             &lease("site-recovery-agent-node-c1", "node-c1"),
         )
         .await
-        .unwrap_err();
-    assert!(
-        err.to_string().contains("403") || err.to_string().contains("forbidden"),
-        "{err}"
-    );
+        .expect("a token without a node");
 }
