@@ -64,6 +64,28 @@ async fn plant(repo: &Repository, nodes: Vec<Node>) -> String {
     id
 }
 
+/// A file outside the volume and the restore target, that nothing may touch: (its directory, it).
+fn victim(tmp: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
+    let outside = tmp.join("outside");
+    std::fs::create_dir(&outside).unwrap();
+    let victim = outside.join("victim");
+    std::fs::write(&victim, b"precious").unwrap();
+    std::fs::set_permissions(&victim, std::fs::Permissions::from_mode(0o600)).unwrap();
+    (outside, victim)
+}
+
+/// A point of `src` as volume "data" of workload "w".
+async fn snap(repo: &mut Repository, src: &Path) -> Manifest {
+    snapshot(
+        repo,
+        vec![("data".into(), Source::Tree(src.to_path_buf()))],
+        &options("w"),
+        None,
+    )
+    .await
+    .unwrap()
+}
+
 fn file_of(data: &FileData) -> NodeKind {
     NodeKind::File(data.clone())
 }
@@ -84,22 +106,11 @@ async fn crafted_manifests_never_write_outside_the_restore_root() {
     let src = tmp.path().join("src");
     std::fs::create_dir(&src).unwrap();
     std::fs::write(src.join("f"), b"attacker-chosen bytes").unwrap();
-    let outside = tmp.path().join("outside");
-    std::fs::create_dir(&outside).unwrap();
-    let victim = outside.join("victim");
-    std::fs::write(&victim, b"precious").unwrap();
-    std::fs::set_permissions(&victim, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let (outside, victim) = victim(tmp.path());
     let mut repo = Repository::init(fs_location(&tmp.path().join("repo")), KEY)
         .await
         .unwrap();
-    let real = snapshot(
-        &mut repo,
-        vec![("data".into(), Source::Tree(src.clone()))],
-        &options("w"),
-        None,
-    )
-    .await
-    .unwrap();
+    let real = snap(&mut repo, &src).await;
     let VolumeContent::Tree(nodes) = &real.volumes[0].content else {
         panic!("a tree")
     };
@@ -201,22 +212,11 @@ async fn symlinks_planted_in_a_restore_target_are_replaced_never_followed() {
     std::fs::write(src.join("f"), b"restored file").unwrap();
     xattr::set(src.join("f"), "user.planted", b"from the point").unwrap();
     std::fs::set_permissions(src.join("f"), std::fs::Permissions::from_mode(0o644)).unwrap();
-    let outside = tmp.path().join("outside");
-    std::fs::create_dir(&outside).unwrap();
-    let victim = outside.join("victim");
-    std::fs::write(&victim, b"precious").unwrap();
-    std::fs::set_permissions(&victim, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let (outside, victim) = victim(tmp.path());
     let mut repo = Repository::init(fs_location(&tmp.path().join("repo")), KEY)
         .await
         .unwrap();
-    let m = snapshot(
-        &mut repo,
-        vec![("data".into(), Source::Tree(src.clone()))],
-        &options("w"),
-        None,
-    )
-    .await
-    .unwrap();
+    let m = snap(&mut repo, &src).await;
     // The target already holds symlinks where the point has a directory and a file, and the
     // marker's name points outside too.
     let target = tmp.path().join("target");

@@ -34,7 +34,8 @@ pub async fn start_operator(rig: &Rig, leader_election: bool) -> Running {
     Running { stop, task }
 }
 
-async fn cluster() -> (Rig, tempfile::TempDir) {
+/// Three nodes in three zones of two regions, the chart's RBAC, a vault key in `apps`.
+pub(crate) async fn cluster() -> (Rig, tempfile::TempDir) {
     let rig = Rig::start().await;
     rig.apply_crds().await;
     rig.namespace(OPERATOR_NS).await;

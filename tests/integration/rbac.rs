@@ -8,20 +8,13 @@ use kube::api::{Api, PostParams};
 use serde_json::json;
 use site_recovery::api::RecoveryVault;
 
-use crate::operator::{OPERATOR_NS, start_operator, vault};
+use crate::operator::{OPERATOR_NS, cluster, start_operator, vault};
 use crate::rig::chart::{AGENT_SA, OPERATOR_SA, rbac_documents};
 use crate::rig::{Rig, eventually};
 
 #[tokio::test]
 async fn a_verb_missing_from_the_chart_fails_the_scenario_with_the_real_403() {
-    let rig = Rig::start().await;
-    rig.apply_crds().await;
-    rig.namespace(OPERATOR_NS).await;
-    rig.namespace("apps").await;
-    rig.node("node-a1", "zone-a", "region-1").await;
-    rig.node("node-b1", "zone-b", "region-1").await;
-    rig.secret("apps", "vault-key", &[("key", &[7u8; 32])])
-        .await;
+    let (rig, dir) = cluster().await;
     // The chart's roles, less one verb: the operator may no longer write vault status.
     let mut docs = rbac_documents(&[]);
     let mut removed = false;
@@ -44,7 +37,6 @@ async fn a_verb_missing_from_the_chart_fails_the_scenario_with_the_real_403() {
     rig.install_rbac(docs).await;
     rig.expect_denials();
 
-    let dir = tempfile::tempdir().unwrap();
     let running = start_operator(&rig, false).await;
     let vaults: Api<RecoveryVault> = Api::namespaced(rig.client(), "apps");
     vaults
@@ -136,16 +128,7 @@ async fn the_agent_cannot_read_secrets_cluster_wide_nor_list_what_it_does_not_ne
 
 #[tokio::test]
 async fn vault_keys_are_handed_to_the_agents_in_the_release_namespace_and_removed_with_the_vault() {
-    let rig = Rig::start().await;
-    rig.apply_crds().await;
-    rig.namespace(OPERATOR_NS).await;
-    rig.install_chart_rbac(&[]).await;
-    rig.namespace("apps").await;
-    rig.node("node-a1", "zone-a", "region-1").await;
-    rig.node("node-b1", "zone-b", "region-1").await;
-    rig.secret("apps", "vault-key", &[("key", &[7u8; 32])])
-        .await;
-    let dir = rig.vault_dir("apps");
+    let (rig, dir) = cluster().await;
     let running = start_operator(&rig, false).await;
     let vaults: Api<RecoveryVault> = Api::namespaced(rig.client(), "apps");
     let mut uids = Vec::new();
