@@ -23,9 +23,13 @@ pub async fn reconcile(vault: &RecoveryVault, ctx: Arc<Context>) -> Result<Actio
     let plan = plan::plan(&vault.spec, vault.status.as_ref(), &observed);
     apply::apply(&plan.actions).await?;
     // The agents' copy of the key and credentials follows the vault's Secrets, and is in place
-    // before the vault says Ready (points start from Ready).
-    handoff::hand_over(&ctx, vault).await?;
-    handoff::sweep(&ctx).await?;
+    // before the vault says Ready (points start from Ready). A failure (e.g. the operator's
+    // namespace missing) does not hold the status back: it is retried with the vault, and
+    // agents say what they lack meanwhile.
+    let handed = match handoff::hand_over(&ctx, vault).await {
+        Ok(()) => handoff::sweep(&ctx).await,
+        Err(e) => Err(e),
+    };
     let status = status::build(
         vault.status.as_ref(),
         &plan,
@@ -41,5 +45,6 @@ pub async fn reconcile(vault: &RecoveryVault, ctx: Arc<Context>) -> Result<Actio
             .inc();
     }
     publish_events(&ctx, vault, &plan.events).await;
+    handed?;
     Ok(Action::requeue(plan.requeue))
 }
