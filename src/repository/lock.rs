@@ -144,6 +144,16 @@ impl Lock {
         kind: &str,
         exclusive: bool,
     ) -> Result<Lock, RepoError> {
+        Self::acquire_refreshing(location, kind, exclusive, REFRESH_EVERY).await
+    }
+
+    /// [`Lock::acquire`] with another refresh interval (tests of what a failed refresh does).
+    pub async fn acquire_refreshing(
+        location: &Location,
+        kind: &str,
+        exclusive: bool,
+        refresh_every: Duration,
+    ) -> Result<Lock, RepoError> {
         let name = format!(
             "{}-{}",
             jiff::Timestamp::now().as_millisecond(),
@@ -174,7 +184,7 @@ impl Lock {
         let (health, last) = (lock.health.clone(), lock.last_refresh.clone());
         lock.refresher = Some(tokio::spawn(async move {
             loop {
-                tokio::time::sleep(REFRESH_EVERY).await;
+                tokio::time::sleep(refresh_every).await;
                 match location.put(&key, info(&kind, exclusive)).await {
                     Ok(()) => *last.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now(),
                     Err(e) => {

@@ -499,40 +499,51 @@ fn peak_rss() -> u64 {
     kb << 10
 }
 
-/// Slows down listing the packs, so that a prune runs past its caller's timeout while it holds
-/// its exclusive lock.
+/// A storage with faults on demand: writes refused once `fail` is set (a storage that went
+/// away), lists below `slow` delayed by 5 s (so that a prune runs past its caller's timeout
+/// while it holds its exclusive lock).
 #[derive(Debug)]
-struct SlowPacks(Arc<dyn object_store::ObjectStore>);
+struct Failing {
+    inner: Arc<dyn object_store::ObjectStore>,
+    fail: Arc<std::sync::atomic::AtomicBool>,
+    slow: Option<&'static str>,
+}
 
-impl std::fmt::Display for SlowPacks {
+impl std::fmt::Display for Failing {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "SlowPacks({})", self.0)
+        write!(f, "Failing({})", self.inner)
     }
 }
 
 #[async_trait::async_trait]
-impl object_store::ObjectStore for SlowPacks {
+impl object_store::ObjectStore for Failing {
     async fn put_opts(
         &self,
         location: &object_store::path::Path,
         payload: object_store::PutPayload,
         opts: object_store::PutOptions,
     ) -> object_store::Result<object_store::PutResult> {
-        self.0.put_opts(location, payload, opts).await
+        if self.fail.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(object_store::Error::Generic {
+                store: "failing",
+                source: "injected: the storage is unreachable".into(),
+            });
+        }
+        self.inner.put_opts(location, payload, opts).await
     }
     async fn put_multipart_opts(
         &self,
         location: &object_store::path::Path,
         opts: object_store::PutMultipartOptions,
     ) -> object_store::Result<Box<dyn object_store::MultipartUpload>> {
-        self.0.put_multipart_opts(location, opts).await
+        self.inner.put_multipart_opts(location, opts).await
     }
     async fn get_opts(
         &self,
         location: &object_store::path::Path,
         options: object_store::GetOptions,
     ) -> object_store::Result<object_store::GetResult> {
-        self.0.get_opts(location, options).await
+        self.inner.get_opts(location, options).await
     }
     fn delete_stream(
         &self,
@@ -541,15 +552,17 @@ impl object_store::ObjectStore for SlowPacks {
             object_store::Result<object_store::path::Path>,
         >,
     ) -> futures::stream::BoxStream<'static, object_store::Result<object_store::path::Path>> {
-        self.0.delete_stream(locations)
+        self.inner.delete_stream(locations)
     }
     fn list(
         &self,
         prefix: Option<&object_store::path::Path>,
     ) -> futures::stream::BoxStream<'static, object_store::Result<object_store::ObjectMeta>> {
         use futures::StreamExt;
-        let slow = prefix.is_some_and(|p| p.as_ref().starts_with("data"));
-        let inner = self.0.list(prefix);
+        let slow = self
+            .slow
+            .is_some_and(|s| prefix.is_some_and(|p| p.as_ref().starts_with(s)));
+        let inner = self.inner.list(prefix);
         futures::stream::once(async move {
             if slow {
                 tokio::time::sleep(Duration::from_secs(5)).await;
@@ -563,7 +576,7 @@ impl object_store::ObjectStore for SlowPacks {
         &self,
         prefix: Option<&object_store::path::Path>,
     ) -> object_store::Result<object_store::ListResult> {
-        self.0.list_with_delimiter(prefix).await
+        self.inner.list_with_delimiter(prefix).await
     }
     async fn copy_opts(
         &self,
@@ -571,8 +584,45 @@ impl object_store::ObjectStore for SlowPacks {
         to: &object_store::path::Path,
         options: object_store::CopyOptions,
     ) -> object_store::Result<()> {
-        self.0.copy_opts(from, to, options).await
+        self.inner.copy_opts(from, to, options).await
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_writer_whose_lock_could_not_be_refreshed_commits_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let local: Arc<dyn object_store::ObjectStore> =
+        Arc::new(object_store::local::LocalFileSystem::new_with_prefix(tmp.path()).unwrap());
+    let fail = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let location = Location::from_store(
+        Arc::new(Failing {
+            inner: local,
+            fail: fail.clone(),
+            slow: None,
+        }),
+        "",
+        "failing",
+    );
+    let lock = site_recovery::repository::lock::Lock::acquire_refreshing(
+        &location,
+        "snapshot",
+        false,
+        Duration::from_millis(100),
+    )
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    lock.ensure_held()
+        .expect("refreshed while the storage answers");
+    fail.store(true, std::sync::atomic::Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let err = lock.ensure_held().unwrap_err();
+    assert!(
+        matches!(err, RepoError::Locked { .. })
+            && err.to_string().contains("could not be refreshed")
+            && err.to_string().contains("nothing was committed"),
+        "{err}"
+    );
 }
 
 fn locks(dir: &Path) -> Vec<String> {
@@ -606,7 +656,15 @@ async fn locks_never_leak_and_are_judged_by_the_storage_clock() {
 
     // A prune that runs past its timeout leaves no lock behind.
     let mut slow = Repository::open(
-        Location::from_store(Arc::new(SlowPacks(local.clone())), "", "slow"),
+        Location::from_store(
+            Arc::new(Failing {
+                inner: local.clone(),
+                fail: Arc::default(),
+                slow: Some("data"),
+            }),
+            "",
+            "slow",
+        ),
         KEY,
     )
     .await
