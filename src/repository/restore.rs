@@ -77,7 +77,7 @@ pub async fn restore(
             let stats = restore_data(
                 repo,
                 &manifest,
-                vec![(partial.clone(), file)],
+                vec![(partial.clone(), Restored::Open(file))],
                 vec![data.clone()],
                 progress,
             )
@@ -92,8 +92,11 @@ pub async fn restore(
         }
         VolumeContent::Tree(nodes) => {
             std::fs::create_dir_all(target).map_err(|e| RepoError::io(target, e))?;
-            let root = confined::open_dir(target).map_err(|e| RepoError::io(target, e))?;
-            let tree = TreeWriter { root, target };
+            let root = Arc::new(confined::open_dir(target).map_err(|e| RepoError::io(target, e))?);
+            let tree = TreeWriter {
+                root: root.clone(),
+                target,
+            };
             tree.replace_file(INCOMPLETE_MARKER)?
                 .write_all(manifest.id.as_bytes())
                 .map_err(|e| tree.error(INCOMPLETE_MARKER, e))?;
@@ -105,9 +108,20 @@ pub async fn restore(
                 match &n.kind {
                     NodeKind::Dir => tree.make_dir(&n.path)?,
                     NodeKind::File(data) => {
+                        // Closed again at once (a volume can hold more files than a process
+                        // may keep open); the data pass reopens it beneath the root and checks
+                        // it is still this inode.
                         let f = tree.replace_file(&n.path)?;
                         f.set_len(data.size).map_err(|e| tree.error(&n.path, e))?;
-                        files.push((target.join(&n.path), f));
+                        let ino = rustix::fs::fstat(&f)
+                            .map_err(|e| tree.error(&n.path, e.into()))?
+                            .st_ino;
+                        let file = Restored::Beneath {
+                            root: root.clone(),
+                            rel: n.path.clone(),
+                            ino,
+                        };
+                        files.push((target.join(&n.path), file));
                         contents.push(data.clone());
                     }
                     NodeKind::Symlink(to) => tree.make_symlink(&n.path, to)?,
@@ -132,8 +146,40 @@ pub async fn restore(
 /// (opened beneath the root without following symlinks), nothing already at a name is followed,
 /// and attributes are set on descriptors (or with `AT_SYMLINK_NOFOLLOW` for symlinks).
 struct TreeWriter<'a> {
-    root: std::fs::File,
+    root: Arc<std::fs::File>,
     target: &'a Path,
+}
+
+/// A file the data pass fills.
+enum Restored {
+    /// Kept open (a raw image: one file).
+    Open(std::fs::File),
+    /// Created by the tree pass: reopened below the root, and refused unless it is still the
+    /// inode the restore created.
+    Beneath {
+        root: Arc<std::fs::File>,
+        rel: String,
+        ino: u64,
+    },
+}
+
+impl Restored {
+    fn open(&self) -> std::io::Result<std::fs::File> {
+        match self {
+            Restored::Open(f) => f.try_clone(),
+            Restored::Beneath { root, rel, ino } => {
+                let f = confined::open_beneath(root, rel, OFlags::WRONLY)?;
+                let st = rustix::fs::fstat(&f)?;
+                if st.st_ino != *ino || FileType::from_raw_mode(st.st_mode) != FileType::RegularFile
+                {
+                    return Err(std::io::Error::other(
+                        "replaced while the restore was writing it",
+                    ));
+                }
+                Ok(f)
+            }
+        }
+    }
 }
 
 /// Extended attributes a restore sets: the user namespace and POSIX ACLs. `security.*` (file
@@ -326,7 +372,7 @@ pub fn pick_volume<'a>(
 async fn restore_data(
     repo: &Repository,
     manifest: &Manifest,
-    files: Vec<(PathBuf, std::fs::File)>,
+    files: Vec<(PathBuf, Restored)>,
     contents: Vec<FileData>,
     progress: Option<ProgressFn>,
 ) -> Result<RestoreStats, RepoError> {
@@ -381,6 +427,10 @@ async fn restore_data(
                 let key = layout::pack(location.prefix(), &pack_name(pack));
                 let name = format!("{}/{}", location.name(), key);
                 let bytes = handle.block_on(location.get_max(&key, format::limits::PACK))?;
+                // One file open at a time: the pack's chunks in file order.
+                let mut placements: Vec<&Placement> = placements.iter().collect();
+                placements.sort_by_key(|p| (p.file, p.offset));
+                let mut open: Option<(u32, std::fs::File)> = None;
                 for p in placements {
                     let start = p.at.offset as usize;
                     let end = start + p.at.length as usize;
@@ -394,7 +444,12 @@ async fn restore_data(
                                 object: name.clone(),
                                 reason: format!("chunk {}: {e}", hex::encode(p.id)),
                             })?;
-                    let (path, file) = &files[p.file as usize];
+                    let (path, restored) = &files[p.file as usize];
+                    if open.as_ref().is_none_or(|(i, _)| *i != p.file) {
+                        let f = restored.open().map_err(|e| RepoError::io(path, e))?;
+                        open = Some((p.file, f));
+                    }
+                    let (_, file) = open.as_ref().expect("opened above");
                     file.write_all_at(data, p.offset)
                         .map_err(|e| RepoError::io(path, e))?;
                     let now = done

@@ -725,3 +725,30 @@ async fn locks_never_leak_and_are_judged_by_the_storage_clock() {
         "the exclusive lock removed the stale ones, then itself"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_volume_of_more_files_than_a_process_may_open_is_captured_and_restored() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    for d in 0..4 {
+        std::fs::create_dir_all(src.join(format!("d{d}"))).unwrap();
+        for f in 0..400 {
+            std::fs::write(src.join(format!("d{d}/f{f}")), format!("file {d}/{f}")).unwrap();
+        }
+    }
+    let mut repo = Repository::init(fs_location(&tmp.path().join("repo")), KEY)
+        .await
+        .unwrap();
+    // This test has its own process (nextest): 256 descriptors for 1,600 files.
+    let limit = libc::rlimit {
+        rlim_cur: 256,
+        rlim_max: 256,
+    };
+    assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) }, 0);
+    let m = snap(&mut repo, &src).await;
+    let out = tmp.path().join("out");
+    restore(&repo, &m.id, &out, &RestoreOptions::default(), None)
+        .await
+        .expect("no file stays open longer than it is written");
+    assert_eq!(describe(&out), describe(&src));
+}
