@@ -12,14 +12,12 @@ use std::path::Path;
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, ResolveFlags, Stat};
 use rustix::io::Errno;
 
-use super::format::{FileData, Node, NodeKind};
+use super::format::{FileData, MAX_WARNINGS, Node, NodeKind};
 use super::tree::NAME_MAX;
 
 /// Directories nested deeper than this are not descended into (and said so in the warnings):
 /// each level holds one descriptor while the scan is below it.
 pub const MAX_DEPTH: usize = 512;
-/// How many skipped entries a point names; the rest are only counted.
-pub const MAX_WARNINGS: usize = 16;
 
 fn io(e: Errno) -> std::io::Error {
     e.into()
@@ -92,16 +90,16 @@ pub fn identity(st: &Stat) -> (u64, u64) {
     (st.st_dev, st.st_ino)
 }
 
-/// Opens a regular file the scan recorded, for reading: `None` when the name now holds
-/// something else (replaced, turned into a symlink, FIFO or directory since the scan).
-pub fn open_scanned_file(
+/// Opens the regular file `(dev, ino)` that was at `rel` below `root` (a scan saw it, a restore
+/// made it): `None` when the name now holds something else (replaced, turned into a symlink,
+/// FIFO or directory since).
+pub fn open_known_file(
     root: &File,
     rel: &str,
-    dev: u64,
-    ino: u64,
+    flags: OFlags,
+    (dev, ino): (u64, u64),
 ) -> std::io::Result<Option<File>> {
-    let flags = OFlags::RDONLY | OFlags::NONBLOCK | OFlags::NOCTTY;
-    let file = match open_beneath(root, rel, flags) {
+    let file = match open_beneath(root, rel, flags | OFlags::NONBLOCK | OFlags::NOCTTY) {
         Ok(f) => f,
         Err(e) if changed(&e) => return Ok(None),
         Err(e) => return Err(e),
@@ -117,7 +115,7 @@ pub fn open_scanned_file(
 fn changed(e: &std::io::Error) -> bool {
     matches!(
         e.raw_os_error().map(Errno::from_raw_os_error),
-        Some(Errno::NOENT | Errno::LOOP | Errno::NOTDIR | Errno::XDEV | Errno::ISDIR)
+        Some(Errno::NOENT | Errno::LOOP | Errno::NOTDIR | Errno::XDEV | Errno::ISDIR | Errno::NXIO)
     )
 }
 
@@ -192,94 +190,114 @@ pub fn scan_tree(root: &Path) -> Result<Scan, std::io::Error> {
             continue;
         };
         frame.next += 1;
-        let shown = String::from_utf8_lossy(&name).into_owned();
-        let join = |n: &str| {
-            if frame.rel.is_empty() {
-                n.to_string()
-            } else {
-                format!("{}/{n}", frame.rel)
-            }
-        };
-        let Ok(name) = String::from_utf8(name) else {
-            scan.skip(&join(&shown), "the name is not UTF-8");
-            continue;
-        };
-        let rel = join(&name);
-        if name.len() > NAME_MAX || rel.len() > super::tree::PATH_MAX {
-            scan.skip(&rel, "the name is too long");
-            continue;
-        }
-        let st = match rustix::fs::statat(&frame.dir, name.as_str(), AtFlags::SYMLINK_NOFOLLOW) {
-            Ok(st) => st,
-            Err(Errno::NOENT) => continue,
-            Err(e) => return Err(io(e)),
-        };
-        if st.st_dev != scan.dev {
-            scan.skip(&rel, "another filesystem is mounted here");
-            continue;
-        }
-        match FileType::from_raw_mode(st.st_mode) {
-            FileType::Directory => {
-                let flags = OFlags::RDONLY | OFlags::DIRECTORY;
-                let Some(sub) = open_same(&frame.dir, &name, flags, &st)? else {
-                    scan.skip(&rel, "changed while being read");
-                    continue;
-                };
-                let attrs = xattrs(&sub);
-                scan.nodes
-                    .push(node(rel.clone(), &st, NodeKind::Dir, attrs));
-                if stack.len() >= MAX_DEPTH {
-                    scan.skip(&rel, "nested too deep; its contents are not in this point");
-                    continue;
-                }
-                stack.push(Frame::open(rel, sub)?);
-            }
-            FileType::Symlink => {
-                let target = match rustix::fs::readlinkat(&frame.dir, name.as_str(), Vec::new()) {
-                    Ok(t) => t,
-                    Err(Errno::NOENT | Errno::INVAL) => {
-                        scan.skip(&rel, "changed while being read");
-                        continue;
-                    }
-                    Err(e) => return Err(io(e)),
-                };
-                let Ok(target) = target.into_string() else {
-                    scan.skip(&rel, "the symlink's target is not UTF-8");
-                    continue;
-                };
-                scan.nodes
-                    .push(node(rel, &st, NodeKind::Symlink(target), vec![]));
-            }
-            FileType::RegularFile => {
-                if st.st_nlink > 1
-                    && let Some(first) = links.get(&identity(&st))
-                {
-                    let kind = NodeKind::HardLink(first.clone());
-                    scan.nodes.push(node(rel, &st, kind, vec![]));
-                    continue;
-                }
-                let flags = OFlags::RDONLY | OFlags::NONBLOCK | OFlags::NOCTTY;
-                let Some(file) = open_same(&frame.dir, &name, flags, &st)? else {
-                    scan.skip(&rel, "changed while being read");
-                    continue;
-                };
-                if st.st_nlink > 1 {
-                    links.insert(identity(&st), rel.clone());
-                }
-                let data = FileData {
-                    size: st.st_size as u64,
-                    extents: vec![],
-                };
-                scan.nodes
-                    .push(node(rel, &st, NodeKind::File(data), xattrs(&file)));
-            }
-            _ => scan.skip(
-                &rel,
-                "a FIFO, socket or device node holds no data to recover",
-            ),
+        let deep = stack.len() >= MAX_DEPTH;
+        let frame = stack.last().expect("looked at above");
+        if let Some(sub) = scan_entry(&mut scan, &mut links, frame, name, deep)? {
+            stack.push(sub);
         }
     }
     Ok(scan)
+}
+
+/// Records one entry of `frame`'s directory; a directory to descend into comes back as the next
+/// frame (`deep`: the scan is as deep as it goes, and records the directory only).
+fn scan_entry(
+    scan: &mut Scan,
+    links: &mut HashMap<(u64, u64), String>,
+    frame: &Frame,
+    name: Vec<u8>,
+    deep: bool,
+) -> std::io::Result<Option<Frame>> {
+    let join = |n: &str| {
+        if frame.rel.is_empty() {
+            n.to_string()
+        } else {
+            format!("{}/{n}", frame.rel)
+        }
+    };
+    let name = match String::from_utf8(name) {
+        Ok(n) => n,
+        Err(e) => {
+            let shown = String::from_utf8_lossy(e.as_bytes()).into_owned();
+            scan.skip(&join(&shown), "the name is not UTF-8");
+            return Ok(None);
+        }
+    };
+    let rel = join(&name);
+    if name.len() > NAME_MAX || rel.len() > super::tree::PATH_MAX {
+        scan.skip(&rel, "the name is too long");
+        return Ok(None);
+    }
+    let st = match rustix::fs::statat(&frame.dir, name.as_str(), AtFlags::SYMLINK_NOFOLLOW) {
+        Ok(st) => st,
+        Err(Errno::NOENT) => return Ok(None),
+        Err(e) => return Err(io(e)),
+    };
+    if st.st_dev != scan.dev {
+        scan.skip(&rel, "another filesystem is mounted here");
+        return Ok(None);
+    }
+    match FileType::from_raw_mode(st.st_mode) {
+        FileType::Directory => {
+            let flags = OFlags::RDONLY | OFlags::DIRECTORY;
+            let Some(sub) = open_same(&frame.dir, &name, flags, &st)? else {
+                scan.skip(&rel, "changed while being read");
+                return Ok(None);
+            };
+            let attrs = xattrs(&sub);
+            scan.nodes
+                .push(node(rel.clone(), &st, NodeKind::Dir, attrs));
+            if deep {
+                scan.skip(&rel, "nested too deep; its contents are not in this point");
+                return Ok(None);
+            }
+            return Frame::open(rel, sub).map(Some);
+        }
+        FileType::Symlink => {
+            let target = match rustix::fs::readlinkat(&frame.dir, name.as_str(), Vec::new()) {
+                Ok(t) => t,
+                Err(Errno::NOENT | Errno::INVAL) => {
+                    scan.skip(&rel, "changed while being read");
+                    return Ok(None);
+                }
+                Err(e) => return Err(io(e)),
+            };
+            let Ok(target) = target.into_string() else {
+                scan.skip(&rel, "the symlink's target is not UTF-8");
+                return Ok(None);
+            };
+            scan.nodes
+                .push(node(rel, &st, NodeKind::Symlink(target), vec![]));
+        }
+        FileType::RegularFile => {
+            if st.st_nlink > 1
+                && let Some(first) = links.get(&identity(&st))
+            {
+                let kind = NodeKind::HardLink(first.clone());
+                scan.nodes.push(node(rel, &st, kind, vec![]));
+                return Ok(None);
+            }
+            let flags = OFlags::RDONLY | OFlags::NONBLOCK | OFlags::NOCTTY;
+            let Some(file) = open_same(&frame.dir, &name, flags, &st)? else {
+                scan.skip(&rel, "changed while being read");
+                return Ok(None);
+            };
+            if st.st_nlink > 1 {
+                links.insert(identity(&st), rel.clone());
+            }
+            let data = FileData {
+                size: st.st_size as u64,
+                extents: vec![],
+            };
+            scan.nodes
+                .push(node(rel, &st, NodeKind::File(data), xattrs(&file)));
+        }
+        _ => scan.skip(
+            &rel,
+            "a FIFO, socket or device node holds no data to recover",
+        ),
+    }
+    Ok(None)
 }
 
 /// Opens `name` in `dir` without following it, `None` unless it is still the entry `st` saw.
@@ -287,7 +305,7 @@ fn open_same(dir: &File, name: &str, flags: OFlags, st: &Stat) -> std::io::Resul
     let flags = flags | OFlags::NOFOLLOW | OFlags::CLOEXEC;
     let file = match rustix::fs::openat(dir, name, flags, Mode::empty()) {
         Ok(f) => File::from(f),
-        Err(Errno::NOENT | Errno::LOOP | Errno::NOTDIR | Errno::NXIO) => return Ok(None),
+        Err(e) if changed(&io(e)) => return Ok(None),
         Err(e) => return Err(io(e)),
     };
     let now = rustix::fs::fstat(&file).map_err(io)?;

@@ -347,14 +347,7 @@ pub fn decode_pack_header_plaintext(
     {
         return Err("pack header points outside the pack".into());
     }
-    if let Some(e) = entries.iter().find(|e| e.raw_length > limits::CHUNK) {
-        return Err(format!(
-            "pack header gives chunk {} a plaintext of {} bytes, more than {}",
-            hex::encode(e.id),
-            e.raw_length,
-            limits::CHUNK
-        ));
-    }
+    check_raw_lengths(&entries, "pack header")?;
     Ok(entries)
 }
 
@@ -380,17 +373,22 @@ pub fn decode_index_plaintext(plain: &[u8]) -> Result<IndexFile, String> {
     let raw = decompress_sized(plain, limits::INDEX as usize)?;
     let index: IndexFile = postcard::from_bytes(&raw).map_err(|e| format!("index: {e}"))?;
     for (pack, entries) in &index.packs {
-        if let Some(e) = entries.iter().find(|e| e.raw_length > limits::CHUNK) {
-            return Err(format!(
-                "index gives chunk {} of pack {} a plaintext of {} bytes, more than {}",
-                hex::encode(e.id),
-                hex::encode(pack),
-                e.raw_length,
-                limits::CHUNK
-            ));
-        }
+        check_raw_lengths(entries, &format!("index (pack {})", hex::encode(pack)))?;
     }
     Ok(index)
+}
+
+/// No entry may promise a chunk plaintext larger than any config can make (it sizes buffers).
+fn check_raw_lengths(entries: &[PackEntry], what: &str) -> Result<(), String> {
+    match entries.iter().find(|e| e.raw_length > limits::CHUNK) {
+        Some(e) => Err(format!(
+            "{what} gives chunk {} a plaintext of {} bytes, more than {}",
+            hex::encode(e.id),
+            e.raw_length,
+            limits::CHUNK
+        )),
+        None => Ok(()),
+    }
 }
 
 /// Decompresses `declared size (u64 LE) || zstd data`. The declared size is authenticated with
@@ -514,6 +512,18 @@ pub struct Stats {
     /// between scan and read) and the first few of them by name.
     pub skipped: u64,
     pub warnings: Vec<String>,
+}
+
+/// How many left-out entries a point names; the rest are only counted.
+pub const MAX_WARNINGS: usize = 16;
+
+impl Stats {
+    /// Counts `count` entries left out, naming the first few of `warnings`.
+    pub fn note_skipped(&mut self, count: u64, warnings: impl IntoIterator<Item = String>) {
+        self.skipped += count;
+        let room = MAX_WARNINGS.saturating_sub(self.warnings.len());
+        self.warnings.extend(warnings.into_iter().take(room));
+    }
 }
 
 /// One recovery point: written last, so that it exists only once everything it references is

@@ -136,12 +136,7 @@ impl Repository {
             merged.stats.bytes_read += p.stats.bytes_read;
             merged.stats.new_chunks += p.stats.new_chunks;
             merged.stats.stored_bytes_added += p.stats.stored_bytes_added;
-            merged.stats.skipped += p.stats.skipped;
-            let room = super::confined::MAX_WARNINGS.saturating_sub(merged.stats.warnings.len());
-            merged
-                .stats
-                .warnings
-                .extend(p.stats.warnings.into_iter().take(room));
+            merged.stats.note_skipped(p.stats.skipped, p.stats.warnings);
         }
         merged.volumes.sort_by(|a, b| a.name.cmp(&b.name));
         let key = layout::point(self.location.prefix(), point);

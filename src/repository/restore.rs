@@ -96,6 +96,7 @@ pub async fn restore(
             let tree = TreeWriter {
                 root: root.clone(),
                 target,
+                as_root: rustix::process::geteuid().is_root(),
             };
             tree.replace_file(INCOMPLETE_MARKER)?
                 .write_all(manifest.id.as_bytes())
@@ -113,13 +114,12 @@ pub async fn restore(
                         // it is still this inode.
                         let f = tree.replace_file(&n.path)?;
                         f.set_len(data.size).map_err(|e| tree.error(&n.path, e))?;
-                        let ino = rustix::fs::fstat(&f)
-                            .map_err(|e| tree.error(&n.path, e.into()))?
-                            .st_ino;
+                        let st =
+                            rustix::fs::fstat(&f).map_err(|e| tree.error(&n.path, e.into()))?;
                         let file = Restored::Beneath {
                             root: root.clone(),
                             rel: n.path.clone(),
-                            ino,
+                            identity: confined::identity(&st),
                         };
                         files.push((target.join(&n.path), file));
                         contents.push(data.clone());
@@ -148,6 +148,8 @@ pub async fn restore(
 struct TreeWriter<'a> {
     root: Arc<std::fs::File>,
     target: &'a Path,
+    /// Ownership is restored only by root.
+    as_root: bool,
 }
 
 /// A file the data pass fills.
@@ -159,7 +161,7 @@ enum Restored {
     Beneath {
         root: Arc<std::fs::File>,
         rel: String,
-        ino: u64,
+        identity: (u64, u64),
     },
 }
 
@@ -167,17 +169,12 @@ impl Restored {
     fn open(&self) -> std::io::Result<std::fs::File> {
         match self {
             Restored::Open(f) => f.try_clone(),
-            Restored::Beneath { root, rel, ino } => {
-                let f = confined::open_beneath(root, rel, OFlags::WRONLY)?;
-                let st = rustix::fs::fstat(&f)?;
-                if st.st_ino != *ino || FileType::from_raw_mode(st.st_mode) != FileType::RegularFile
-                {
-                    return Err(std::io::Error::other(
-                        "replaced while the restore was writing it",
-                    ));
-                }
-                Ok(f)
-            }
+            Restored::Beneath {
+                root,
+                rel,
+                identity,
+            } => confined::open_known_file(root, rel, OFlags::WRONLY, *identity)?
+                .ok_or_else(|| std::io::Error::other("replaced while the restore was writing it")),
         }
     }
 }
@@ -276,7 +273,7 @@ impl TreeWriter<'_> {
     }
 
     fn set_attributes(&self, n: &Node, stats: &mut RestoreStats) -> Result<(), RepoError> {
-        let as_root = rustix::process::geteuid().is_root();
+        let as_root = self.as_root;
         let owner = (
             Some(rustix::fs::Uid::from_raw(n.uid)),
             Some(rustix::fs::Gid::from_raw(n.gid)),
@@ -366,9 +363,8 @@ pub fn pick_volume<'a>(
     }
 }
 
-/// Creates each file at its size (holes stay holes) and fills its chunks, pack by pack.
-/// Fills files already created at their size (holes stay holes), pack by pack. The files are
-/// written through the descriptors they were created with, never reopened by a path.
+/// Fills files already created at their size (holes stay holes), pack by pack; a file is open
+/// only while a pack writes it.
 async fn restore_data(
     repo: &Repository,
     manifest: &Manifest,

@@ -29,6 +29,7 @@ use super::format::{
 use super::lock::Lock;
 use super::{ChunkLocation, RepoError, Repository, confined};
 use crate::storage::{Location, layout};
+use rustix::fs::OFlags;
 
 /// Pack size the packer aims for.
 pub const PACK_TARGET: usize = 8 << 20;
@@ -176,12 +177,9 @@ async fn snapshot_locked(
             }
             Source::Tree(root) => {
                 let scan = confined::scan_tree(root).map_err(|e| RepoError::io(root, e))?;
-                stats.skipped += scan.skipped;
-                stats.warnings.extend(
-                    scan.warnings
-                        .iter()
-                        .map(|w| format!("{name}: {w}"))
-                        .take(confined::MAX_WARNINGS.saturating_sub(stats.warnings.len())),
+                stats.note_skipped(
+                    scan.skipped,
+                    scan.warnings.iter().map(|w| format!("{name}: {w}")),
                 );
                 let tree_root = Arc::new(scan.root);
                 let mut nodes = scan.nodes;
@@ -322,12 +320,10 @@ fn drop_changed(nodes: &mut Vec<Node>, indices: &HashSet<usize>, volume: &str, s
             && !matches!(&n.kind, NodeKind::HardLink(first) if removed.contains(first));
         i += 1;
         if !keep {
-            stats.skipped += 1;
-            if stats.warnings.len() < confined::MAX_WARNINGS {
-                stats
-                    .warnings
-                    .push(format!("{volume}: {}: changed while being read", n.path));
-            }
+            stats.note_skipped(
+                1,
+                [format!("{volume}: {}: changed while being read", n.path)],
+            );
         }
         keep
     });
@@ -497,7 +493,7 @@ struct Reading {
 /// saw (`None` when it is not any more), or a raw image by its path.
 fn open_work(w: &Work) -> Result<Option<std::fs::File>, RepoError> {
     match &w.at {
-        Some(t) => confined::open_scanned_file(&t.root, &t.rel, t.dev, t.ino)
+        Some(t) => confined::open_known_file(&t.root, &t.rel, OFlags::RDONLY, (t.dev, t.ino))
             .map_err(|e| RepoError::io(&w.path, e)),
         None => std::fs::File::open(&w.path)
             .map(Some)
