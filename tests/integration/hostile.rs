@@ -20,7 +20,7 @@ use site_recovery::repository::snapshot::{Progress, Source, snapshot};
 use site_recovery::repository::{RepoError, Repository, new_point_id};
 use site_recovery::storage::{Location, layout};
 
-use crate::repository::{KEY, describe, fs_location, options};
+use crate::repository::{Faulty, KEY, describe, fs_location, options};
 
 fn node(path: &str, kind: NodeKind) -> Node {
     Node {
@@ -499,110 +499,13 @@ fn peak_rss() -> u64 {
     kb << 10
 }
 
-/// A storage with faults on demand: writes refused once `fail` is set (a storage that went
-/// away), lists below `slow` delayed by 5 s (so that a prune runs past its caller's timeout
-/// while it holds its exclusive lock).
-#[derive(Debug)]
-struct Failing {
-    inner: Arc<dyn object_store::ObjectStore>,
-    fail: Arc<std::sync::atomic::AtomicBool>,
-    slow: Option<&'static str>,
-}
-
-impl std::fmt::Display for Failing {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Failing({})", self.inner)
-    }
-}
-
-#[async_trait::async_trait]
-impl object_store::ObjectStore for Failing {
-    async fn put_opts(
-        &self,
-        location: &object_store::path::Path,
-        payload: object_store::PutPayload,
-        opts: object_store::PutOptions,
-    ) -> object_store::Result<object_store::PutResult> {
-        if self.fail.load(std::sync::atomic::Ordering::SeqCst) {
-            return Err(object_store::Error::Generic {
-                store: "failing",
-                source: "injected: the storage is unreachable".into(),
-            });
-        }
-        self.inner.put_opts(location, payload, opts).await
-    }
-    async fn put_multipart_opts(
-        &self,
-        location: &object_store::path::Path,
-        opts: object_store::PutMultipartOptions,
-    ) -> object_store::Result<Box<dyn object_store::MultipartUpload>> {
-        self.inner.put_multipart_opts(location, opts).await
-    }
-    async fn get_opts(
-        &self,
-        location: &object_store::path::Path,
-        options: object_store::GetOptions,
-    ) -> object_store::Result<object_store::GetResult> {
-        self.inner.get_opts(location, options).await
-    }
-    fn delete_stream(
-        &self,
-        locations: futures::stream::BoxStream<
-            'static,
-            object_store::Result<object_store::path::Path>,
-        >,
-    ) -> futures::stream::BoxStream<'static, object_store::Result<object_store::path::Path>> {
-        self.inner.delete_stream(locations)
-    }
-    fn list(
-        &self,
-        prefix: Option<&object_store::path::Path>,
-    ) -> futures::stream::BoxStream<'static, object_store::Result<object_store::ObjectMeta>> {
-        use futures::StreamExt;
-        let slow = self
-            .slow
-            .is_some_and(|s| prefix.is_some_and(|p| p.as_ref().starts_with(s)));
-        let inner = self.inner.list(prefix);
-        futures::stream::once(async move {
-            if slow {
-                tokio::time::sleep(Duration::from_secs(5)).await;
-            }
-            inner
-        })
-        .flatten()
-        .boxed()
-    }
-    async fn list_with_delimiter(
-        &self,
-        prefix: Option<&object_store::path::Path>,
-    ) -> object_store::Result<object_store::ListResult> {
-        self.inner.list_with_delimiter(prefix).await
-    }
-    async fn copy_opts(
-        &self,
-        from: &object_store::path::Path,
-        to: &object_store::path::Path,
-        options: object_store::CopyOptions,
-    ) -> object_store::Result<()> {
-        self.inner.copy_opts(from, to, options).await
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_writer_whose_lock_could_not_be_refreshed_commits_nothing() {
     let tmp = tempfile::tempdir().unwrap();
     let local: Arc<dyn object_store::ObjectStore> =
         Arc::new(object_store::local::LocalFileSystem::new_with_prefix(tmp.path()).unwrap());
-    let fail = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let location = Location::from_store(
-        Arc::new(Failing {
-            inner: local,
-            fail: fail.clone(),
-            slow: None,
-        }),
-        "",
-        "failing",
-    );
+    let store = Arc::new(Faulty::new(local));
+    let location = Location::from_store(store.clone(), "", "failing");
     let lock = site_recovery::repository::lock::Lock::acquire_refreshing(
         &location,
         "snapshot",
@@ -614,7 +517,8 @@ async fn a_writer_whose_lock_could_not_be_refreshed_commits_nothing() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     lock.ensure_held()
         .expect("refreshed while the storage answers");
-    fail.store(true, std::sync::atomic::Ordering::SeqCst);
+    // The storage goes away: every write from now on fails.
+    store.allowed.store(0, std::sync::atomic::Ordering::SeqCst);
     tokio::time::sleep(Duration::from_millis(300)).await;
     let err = lock.ensure_held().unwrap_err();
     assert!(
@@ -657,10 +561,9 @@ async fn locks_never_leak_and_are_judged_by_the_storage_clock() {
     // A prune that runs past its timeout leaves no lock behind.
     let mut slow = Repository::open(
         Location::from_store(
-            Arc::new(Failing {
-                inner: local.clone(),
-                fail: Arc::default(),
+            Arc::new(Faulty {
                 slow: Some("data"),
+                ..Faulty::new(local.clone())
             }),
             "",
             "slow",

@@ -711,11 +711,23 @@ async fn foreign_newer_and_locked_repositories_are_refused_untouched() {
 }
 
 /// An object store that fails every write after `allowed` of them, writing a torn (truncated)
-/// object for the first failing one, as an upload cut off mid-way might leave.
+/// object for the first failing one, as an upload cut off mid-way might leave; lists below
+/// `slow` take 5 s (a storage that answers late).
 #[derive(Debug)]
 pub struct Faulty {
     pub inner: Arc<dyn object_store::ObjectStore>,
     pub allowed: AtomicUsize,
+    pub slow: Option<&'static str>,
+}
+
+impl Faulty {
+    pub fn new(inner: Arc<dyn object_store::ObjectStore>) -> Self {
+        Self {
+            inner,
+            allowed: AtomicUsize::new(usize::MAX),
+            slow: None,
+        }
+    }
 }
 
 impl std::fmt::Display for Faulty {
@@ -777,7 +789,19 @@ impl object_store::ObjectStore for Faulty {
         &self,
         prefix: Option<&object_store::path::Path>,
     ) -> futures::stream::BoxStream<'static, object_store::Result<object_store::ObjectMeta>> {
-        self.inner.list(prefix)
+        use futures::StreamExt;
+        let slow = self
+            .slow
+            .is_some_and(|s| prefix.is_some_and(|p| p.as_ref().starts_with(s)));
+        let inner = self.inner.list(prefix);
+        futures::stream::once(async move {
+            if slow {
+                tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+            }
+            inner
+        })
+        .flatten()
+        .boxed()
     }
     async fn list_with_delimiter(
         &self,
@@ -824,8 +848,8 @@ async fn storage_faults_at_every_write_leave_a_valid_repository_that_resumes() {
     let mut allowed = 0;
     loop {
         let faulty = Arc::new(Faulty {
-            inner: local.clone(),
             allowed: AtomicUsize::new(allowed),
+            ..Faulty::new(local.clone())
         });
         let loc = Location::from_store(faulty, "", "faulty");
         let mut repo = Repository::open(loc, KEY).await.unwrap();
