@@ -91,55 +91,67 @@ pub async fn restore(
             Ok(stats)
         }
         VolumeContent::Tree(nodes) => {
-            std::fs::create_dir_all(target).map_err(|e| RepoError::io(target, e))?;
-            let root = Arc::new(confined::open_dir(target).map_err(|e| RepoError::io(target, e))?);
-            let tree = TreeWriter {
-                root: root.clone(),
-                target,
-                as_root: rustix::process::geteuid().is_root(),
-            };
-            tree.replace_file(INCOMPLETE_MARKER)?
-                .write_all(manifest.id.as_bytes())
-                .map_err(|e| tree.error(INCOMPLETE_MARKER, e))?;
-            // Every entry first (directories, files at their size, links), then the data, then
-            // ownership, modes, attributes and times, deepest first.
-            let mut files = Vec::new();
-            let mut contents = Vec::new();
-            for n in &nodes[1..] {
-                match &n.kind {
-                    NodeKind::Dir => tree.make_dir(&n.path)?,
-                    NodeKind::File(data) => {
-                        // Closed again at once (a volume can hold more files than a process
-                        // may keep open); the data pass reopens it beneath the root and checks
-                        // it is still this inode.
-                        let f = tree.replace_file(&n.path)?;
-                        f.set_len(data.size).map_err(|e| tree.error(&n.path, e))?;
-                        let st =
-                            rustix::fs::fstat(&f).map_err(|e| tree.error(&n.path, e.into()))?;
-                        let file = Restored::Beneath {
-                            root: root.clone(),
-                            rel: n.path.clone(),
-                            identity: confined::identity(&st),
-                        };
-                        files.push((target.join(&n.path), file));
-                        contents.push(data.clone());
-                    }
-                    NodeKind::Symlink(to) => tree.make_symlink(&n.path, to)?,
-                    NodeKind::HardLink(first) => tree.make_hard_link(&n.path, first)?,
-                }
-            }
-            let mut stats = restore_data(repo, &manifest, files, contents, progress).await?;
-            for n in nodes.iter().rev() {
-                tree.set_attributes(n, &mut stats)?;
-            }
-            if options.sync {
-                rustix::fs::syncfs(&tree.root).map_err(|e| RepoError::io(target, e.into()))?;
-            }
-            rustix::fs::unlinkat(&tree.root, INCOMPLETE_MARKER, rustix::fs::AtFlags::empty())
-                .map_err(|e| tree.error(INCOMPLETE_MARKER, e.into()))?;
-            Ok(stats)
+            restore_tree(repo, &manifest, nodes, target, options, progress).await
         }
     }
+}
+
+/// A tree volume into the directory `target`: entries, then data, then attributes, the
+/// incomplete marker removed last.
+async fn restore_tree(
+    repo: &Repository,
+    manifest: &Manifest,
+    nodes: &[Node],
+    target: &Path,
+    options: &RestoreOptions,
+    progress: Option<ProgressFn>,
+) -> Result<RestoreStats, RepoError> {
+    std::fs::create_dir_all(target).map_err(|e| RepoError::io(target, e))?;
+    let root = Arc::new(confined::open_dir(target).map_err(|e| RepoError::io(target, e))?);
+    let tree = TreeWriter {
+        root: root.clone(),
+        target,
+        as_root: rustix::process::geteuid().is_root(),
+    };
+    tree.replace_file(INCOMPLETE_MARKER)?
+        .write_all(manifest.id.as_bytes())
+        .map_err(|e| tree.error(INCOMPLETE_MARKER, e))?;
+    // Every entry first (directories, files at their size, links), then the data, then
+    // ownership, modes, attributes and times, deepest first.
+    let mut files = Vec::new();
+    let mut contents = Vec::new();
+    for n in &nodes[1..] {
+        match &n.kind {
+            NodeKind::Dir => tree.make_dir(&n.path)?,
+            NodeKind::File(data) => {
+                // Closed again at once (a volume can hold more files than a process
+                // may keep open); the data pass reopens it beneath the root and checks
+                // it is still this inode.
+                let f = tree.replace_file(&n.path)?;
+                f.set_len(data.size).map_err(|e| tree.error(&n.path, e))?;
+                let st = rustix::fs::fstat(&f).map_err(|e| tree.error(&n.path, e.into()))?;
+                let file = Restored::Beneath {
+                    root: root.clone(),
+                    rel: n.path.clone(),
+                    identity: confined::identity(&st),
+                };
+                files.push((target.join(&n.path), file));
+                contents.push(data.clone());
+            }
+            NodeKind::Symlink(to) => tree.make_symlink(&n.path, to)?,
+            NodeKind::HardLink(first) => tree.make_hard_link(&n.path, first)?,
+        }
+    }
+    let mut stats = restore_data(repo, manifest, files, contents, progress).await?;
+    for n in nodes.iter().rev() {
+        tree.set_attributes(n, &mut stats)?;
+    }
+    if options.sync {
+        rustix::fs::syncfs(&tree.root).map_err(|e| RepoError::io(target, e.into()))?;
+    }
+    rustix::fs::unlinkat(&tree.root, INCOMPLETE_MARKER, rustix::fs::AtFlags::empty())
+        .map_err(|e| tree.error(INCOMPLETE_MARKER, e.into()))?;
+    Ok(stats)
 }
 
 /// Writes a tree below one directory descriptor: every entry is made in its parent's descriptor
