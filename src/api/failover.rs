@@ -204,8 +204,114 @@ pub struct ResolvedPoint {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct TimelineStep {
-    pub step: String,
+    #[schemars(with = "String")]
+    pub step: Milestone,
     pub time: Timestamp,
     #[serde(default)]
     pub message: String,
+}
+
+/// A step of a failover's timeline: what happened, recorded once (all but `PointSwitched`) after
+/// the action that made it true succeeded. Serialized as its name; a name this version does not
+/// know (written by a newer operator) is kept as it is.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(from = "String", into = "String")]
+pub enum Milestone {
+    /// Planned: the source was scaled to zero and its last pod stopped.
+    SourceStopped,
+    /// Planned: a point of the stopped claims was asked of the workload.
+    FinalPointRequested,
+    /// Planned: a point taken after the stop is in the target location.
+    FinalPointReplicated,
+    /// Claims and writer pods were made in the target zone.
+    RestoreStarted,
+    /// Every claim was restored and verified by the agents.
+    Restored,
+    RestoreFailed,
+    /// `spec.recoveryPoint` changed between the phases: the copy was stopped, claims restored again.
+    PointSwitched,
+    /// The copy was created (and, but for a drill, the source scaled to zero).
+    WorkloadStarted,
+    /// Drill: the copy's pods are Ready.
+    CopyReady,
+    /// Drill: the verification Job (if any) succeeded.
+    Verified,
+    VerificationFailed,
+    /// The copy's pods are Ready in the target zone.
+    FailedOver,
+    /// Phase two: the workload's points are deleted in cache and target.
+    Committed,
+    Other(String),
+}
+
+impl Milestone {
+    pub const ALL: &'static [Milestone] = &[
+        Milestone::SourceStopped,
+        Milestone::FinalPointRequested,
+        Milestone::FinalPointReplicated,
+        Milestone::RestoreStarted,
+        Milestone::Restored,
+        Milestone::RestoreFailed,
+        Milestone::PointSwitched,
+        Milestone::WorkloadStarted,
+        Milestone::CopyReady,
+        Milestone::Verified,
+        Milestone::VerificationFailed,
+        Milestone::FailedOver,
+        Milestone::Committed,
+    ];
+
+    pub fn as_str(&self) -> &str {
+        match self {
+            Milestone::SourceStopped => "SourceStopped",
+            Milestone::FinalPointRequested => "FinalPointRequested",
+            Milestone::FinalPointReplicated => "FinalPointReplicated",
+            Milestone::RestoreStarted => "RestoreStarted",
+            Milestone::Restored => "Restored",
+            Milestone::RestoreFailed => "RestoreFailed",
+            Milestone::PointSwitched => "PointSwitched",
+            Milestone::WorkloadStarted => "WorkloadStarted",
+            Milestone::CopyReady => "CopyReady",
+            Milestone::Verified => "Verified",
+            Milestone::VerificationFailed => "VerificationFailed",
+            Milestone::FailedOver => "FailedOver",
+            Milestone::Committed => "Committed",
+            Milestone::Other(s) => s,
+        }
+    }
+}
+
+impl From<String> for Milestone {
+    fn from(s: String) -> Self {
+        Milestone::ALL
+            .iter()
+            .find(|m| m.as_str() == s)
+            .cloned()
+            .unwrap_or(Milestone::Other(s))
+    }
+}
+
+impl From<Milestone> for String {
+    fn from(m: Milestone) -> String {
+        m.as_str().to_string()
+    }
+}
+
+impl PartialEq<&str> for Milestone {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
+impl std::fmt::Display for Milestone {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(self.as_str())
+    }
+}
+
+impl FailoverStatus {
+    /// Whether the timeline records `m`.
+    pub fn reached(&self, m: &Milestone) -> bool {
+        self.timeline.iter().any(|t| &t.step == m)
+    }
 }

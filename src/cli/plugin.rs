@@ -708,7 +708,12 @@ pub async fn cancel(client: Client, args: NamedArgs) -> anyhow::Result<()> {
         .get_opt(&args.name)
         .await?
         .with_context(|| format!("Failover {} not found in namespace {ns}", args.name))?;
-    if f.spec.commit {
+    // What happened, not what was asked: a Failover with spec.commit whose commit has not been
+    // recorded still rolls back (the source may already be stopped).
+    if f.status
+        .as_ref()
+        .is_some_and(|s| s.reached(&crate::api::failover::Milestone::Committed))
+    {
         anyhow::bail!(
             "Failover {} is committed: there is nothing to roll back (delete it with kubectl if you no longer want the object)",
             args.name

@@ -74,4 +74,6 @@ pub struct Context {
     pub storage: crate::storage::StorageRules,
     /// Workloads (`namespace/name`) whose temporary objects were swept since this start.
     pub swept: std::sync::Mutex<std::collections::HashSet<String>>,
+    /// Failover commits (the deletion of a workload's points) running or done, by Failover uid.
+    pub commits: super::jobs::Jobs<usize>,
 }

@@ -15,6 +15,9 @@ pub enum Error {
         name: String,
         message: String,
     },
+    /// An object the controller would create exists and is not its own: it never adopts one.
+    #[error("{object} exists and was not made by this object; delete or rename it")]
+    NameTaken { object: String },
 }
 
 impl Error {
@@ -24,6 +27,7 @@ impl Error {
             Error::Kube(_) => "KubernetesApiError",
             Error::Storage { .. } => "StorageError",
             Error::InvalidObject { .. } => "InvalidObject",
+            Error::NameTaken { .. } => "NameInUse",
         }
     }
 
@@ -38,6 +42,8 @@ impl Error {
             Error::Storage { .. } => Duration::from_secs(5),
             // A malformed object changes only when a user edits it, which triggers a reconcile.
             Error::InvalidObject { .. } => Duration::from_secs(300),
+            // Freed by a user (or an earlier owner's deletion finishing).
+            Error::NameTaken { .. } => Duration::from_secs(5),
         }
     }
 }

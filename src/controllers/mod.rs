@@ -7,6 +7,8 @@ pub mod backoff;
 pub mod context;
 pub mod error;
 pub mod failover;
+pub mod jobs;
+pub mod objects;
 pub mod vault;
 pub mod workload;
 

@@ -390,6 +390,7 @@ async fn run_controllers(
         reader_image: settings.reader_image.clone(),
         storage: settings.storage.clone(),
         swept: Default::default(),
+        commits: Default::default(),
     });
 
     // Readiness: every cache has its first full list.

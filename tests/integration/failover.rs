@@ -913,6 +913,64 @@ async fn a_planned_failover_stops_the_source_and_loses_no_write() {
 /// The operator dies after every status write of a planned failover and its commit (a write may
 /// record several steps); each successor picks up where the last one stopped, and the outcome
 /// is the one an undisturbed run gives.
+/// A Planned failover created with `commit: true` and deleted once the source is scaled to zero
+/// but before any step is recorded rolls back: the intent to commit is not a commit.
+#[tokio::test]
+async fn a_planned_failover_deleted_before_its_commit_brings_the_source_back() {
+    let (rig, _dir, mut running, volumes) = setup(|d| live_vault(d, json!({}))).await;
+    let agents: Vec<_> = ["node-a1", "node-a2", "node-b1"]
+        .iter()
+        .map(|n| start_agent(&rig, n, 10))
+        .collect();
+    write_version(&volumes, 1);
+    let workloads = protect(&rig).await;
+    first_point(&workloads).await;
+    let failovers: Api<Failover> = Api::namespaced(rig.client(), "apps");
+    let mut fo = failover("planned", json!({"latest": true}));
+    fo.spec.mode = site_recovery::api::failover::FailoverMode::Planned;
+    fo.spec.commit = true;
+    let mut writes = rig.pause_status_writes("failovers");
+    failovers.create(&PostParams::default(), &fo).await.unwrap();
+    // The operator stops right after the status write of the pass that scaled the source down.
+    loop {
+        tokio::time::timeout(Duration::from_secs(60), writes.recv())
+            .await
+            .expect("a status write")
+            .unwrap();
+        running.task.abort();
+        if replicas(&rig, "db").await == Some(0) {
+            break;
+        }
+        running = crate::operator::start_operator(&rig, false).await;
+    }
+    let s = failovers.get("planned").await.unwrap().status.unwrap();
+    assert!(
+        s.timeline.is_empty(),
+        "nothing recorded yet: {:?}",
+        s.timeline
+    );
+    rig.resume_status_writes();
+    failovers
+        .delete("planned", &Default::default())
+        .await
+        .unwrap();
+    let running = crate::operator::start_operator(&rig, false).await;
+    eventually(Duration::from_secs(30), "the Failover is gone", || async {
+        failovers
+            .get_opt("planned")
+            .await
+            .ok()?
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    assert_eq!(replicas(&rig, "db").await, Some(2), "the source is back");
+    running.stop().await;
+    for a in agents {
+        a.kill();
+    }
+}
+
 #[tokio::test]
 async fn the_operator_killed_after_every_step_resumes_the_failover() {
     let (rig, dir, mut running, volumes) = setup(|d| live_vault(d, json!({}))).await;
@@ -933,27 +991,42 @@ async fn the_operator_killed_after_every_step_resumes_the_failover() {
     let mut fo = failover("planned", json!({"latest": true}));
     fo.spec.mode = site_recovery::api::failover::FailoverMode::Planned;
     fo.spec.commit = true;
+    // The rig stops the operator right after each of its status writes of a Failover: no
+    // race between the test and the operator decides where it dies.
+    let mut writes = rig.pause_status_writes("failovers");
     failovers.create(&PostParams::default(), &fo).await.unwrap();
-    let mut seen = 0;
     let mut kills = Vec::new();
     loop {
-        let s = eventually(Duration::from_secs(90), "the next step", || async {
-            let s = failovers.get("planned").await.ok()?.status?;
-            (s.timeline.len() > seen).then_some(s)
-        })
-        .await;
-        seen = s.timeline.len();
-        let step = s.timeline.last().unwrap().step.clone();
-        if step == "Committed" {
+        tokio::time::timeout(Duration::from_secs(90), writes.recv())
+            .await
+            .expect("the next status write")
+            .expect("the rig reports status writes");
+        running.task.abort();
+        let s = failovers.get("planned").await.unwrap().status.unwrap();
+        let step = s.timeline.last().map(|t| t.step.to_string());
+        kills.push(step.clone().unwrap_or_default());
+        if step.as_deref() == Some("Committed") {
             break;
         }
-        // Killed right after the step was recorded, its successor starts from the status.
-        running.task.abort();
-        kills.push(step);
+        // Killed right after the write, its successor starts from the status.
         running = crate::operator::start_operator(&rig, false).await;
     }
-    println!("operator killed after {kills:?}");
-    assert!(kills.len() >= 4, "killed after {kills:?}");
+    rig.resume_status_writes();
+    running = crate::operator::start_operator(&rig, false).await;
+    println!("operator killed after the status writes that recorded {kills:?}");
+    for step in [
+        "SourceStopped",
+        "FinalPointReplicated",
+        "RestoreStarted",
+        "Restored",
+        "WorkloadStarted",
+        "FailedOver",
+    ] {
+        assert!(
+            kills.iter().any(|k| k == step),
+            "killed right after {step} was recorded: {kills:?}"
+        );
+    }
     let s = failovers.get("planned").await.unwrap().status.unwrap();
     let steps: Vec<&str> = s.timeline.iter().map(|t| t.step.as_str()).collect();
     assert_eq!(

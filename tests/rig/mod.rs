@@ -271,6 +271,19 @@ impl Rig {
         self.state.0.lock().unwrap().bookmark_interval = d;
     }
 
+    /// From now on, every successful status write of resource `plural` is reported on the
+    /// returned channel and then never answered, so that a test can stop the writer right after
+    /// each write. [`Rig::resume_status_writes`] ends it.
+    pub fn pause_status_writes(&self, plural: &str) -> tokio::sync::mpsc::UnboundedReceiver<Value> {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        self.state.0.lock().unwrap().pause_status_writes = Some((plural.to_string(), tx));
+        rx
+    }
+
+    pub fn resume_status_writes(&self) {
+        self.state.0.lock().unwrap().pause_status_writes = None;
+    }
+
     /// Requests seen so far by (method, resource plural).
     pub fn request_count(&self, method: &str, plural: &str) -> u64 {
         self.state

@@ -57,6 +57,9 @@ pub struct State {
     pub current_user: Option<authz::Identity>,
     /// Execs whose client went away before the command ended (the command was killed).
     pub execs_killed: u64,
+    /// Status writes of this resource plural are applied, reported here, and then never
+    /// answered: the writer is stopped right after its write, at a point the test chooses.
+    pub pause_status_writes: Option<(String, tokio::sync::mpsc::UnboundedSender<Value>)>,
 }
 
 pub type Shared = Arc<(Mutex<State>, broadcast::Sender<Arc<Change>>)>;
@@ -69,6 +72,7 @@ pub fn new_state() -> Shared {
             objects: BTreeMap::new(),
             execs: Vec::new(),
             execs_killed: 0,
+            pause_status_writes: None,
             rv: 100,
             log: VecDeque::new(),
             floor: 0,
@@ -364,6 +368,7 @@ pub async fn entry(
     if let Some((ns, pod)) = exec {
         return super::exec::exec(shared, ns, pod, req).await;
     }
+    let pause = status_write_pause(&shared, req.method(), req.uri().path());
     let (parts, body) = req.into_parts();
     let body = match axum::body::to_bytes(body, usize::MAX).await {
         Ok(b) => b,
@@ -377,14 +382,38 @@ pub async fn entry(
             .into_response();
         }
     };
-    handle(
+    let response = handle(
         axum::extract::State(shared),
         parts.method,
         parts.uri,
         parts.headers,
         body,
     )
-    .await
+    .await;
+    if let Some(tx) = pause
+        && response.status().is_success()
+    {
+        let _ = tx.send(Value::Null);
+        // The write is applied; its writer never hears so (until its connection goes).
+        std::future::pending::<()>().await;
+    }
+    response
+}
+
+/// The channel to report a status write to, when status writes of its resource are paused.
+fn status_write_pause(
+    shared: &Shared,
+    method: &Method,
+    path: &str,
+) -> Option<tokio::sync::mpsc::UnboundedSender<Value>> {
+    if *method != Method::PATCH && *method != Method::PUT {
+        return None;
+    }
+    let state = shared.0.lock().unwrap();
+    let (plural, tx) = state.pause_status_writes.as_ref()?;
+    let parts: Vec<&str> = path.trim_end_matches('/').rsplitn(3, '/').collect();
+    (parts.len() == 3 && parts[0] == "status" && parts[2].ends_with(&format!("/{plural}")))
+        .then(|| tx.clone())
 }
 
 /// Authenticates the request's bearer token and authorizes what it asks as RBAC would.

@@ -1,10 +1,18 @@
-//! Failover controller: validates the Failover and resolves its workload and recovery point
-//! (from the vault's target location).
+//! Failover controller. Each pass: the [`phase`] from the spec and recorded status; an
+//! [`observe`] of what that phase needs; the pure [`plan`] (Ready, the point) and [`decide`]
+//! (actions, facts, conditions); [`act`] carries out the idempotent actions; [`record`] writes
+//! the facts only after they succeeded; the status is written only when it changed. A deleted
+//! Failover goes through the pure [`rollback`] instead. The objects it makes are built by
+//! [`manifests`].
 
-pub mod apply;
-pub mod execute;
+pub mod act;
+pub mod decide;
+pub mod manifests;
 pub mod observe;
+pub mod phase;
 pub mod plan;
+pub mod record;
+pub mod rollback;
 pub mod status;
 
 use std::sync::Arc;
@@ -14,47 +22,98 @@ use kube::ResourceExt;
 use kube::runtime::controller::Action;
 
 use crate::api::Failover;
-use crate::controllers::{Context, Error, write_status};
+use crate::api::failover::FailoverMode;
+use crate::api::work::FAILOVER_UID_LABEL;
+use crate::controllers::objects::{Kind, ObjectName, holder};
+use crate::controllers::{Context, Error, publish_events, write_status};
 use crate::metrics::ControllerLabels;
+use decide::{Decision, Fact, Inputs};
+use phase::Phase;
 
 pub const CONTROLLER: &str = "failover";
 
-pub async fn reconcile(failover: &Failover, ctx: Arc<Context>) -> Result<Action, Error> {
-    if failover.metadata.deletion_timestamp.is_some() {
-        execute::roll_back(&ctx, failover).await?;
+pub const FINALIZER: &str = "siterecovery.io/failover";
+
+/// The source workload's replica count before the failover scaled it to zero: written in the
+/// same patch that scales it, so the count survives a lost status write.
+pub const REPLICAS_ANNOTATION: &str = "siterecovery.io/replicas-before-failover";
+
+pub async fn reconcile(f: &Failover, ctx: Arc<Context>) -> Result<Action, Error> {
+    let phase = phase::phase(f);
+    if phase == Phase::Deleting {
+        let observed = observe_rollback(&ctx, f).await?;
+        let d = rollback::roll_back(f, &observed);
+        act::act(&ctx, f, &d.actions).await?;
+        publish_events(&ctx, f, &d.events).await;
         return Ok(Action::await_change());
     }
     let now = crate::clock::now();
-    let observed = observe::observe(&ctx, failover).await;
-    let name = failover.name_any();
+    let recorded = f.status.clone().unwrap_or_default();
+    let switching = phase::may_switch_point(f);
+    let observed = observe::observe_plan(&ctx, f, phase.chooses_point() || switching).await;
+    let name = f.name_any();
     let me = plan::Me {
         name: &name,
-        created: failover.metadata.creation_timestamp.as_ref().map(|t| t.0),
+        created: f.metadata.creation_timestamp.as_ref().map(|t| t.0),
     };
-    let mut plan = plan::plan(&failover.spec, failover.status.as_ref(), &observed, me);
+    let plan = plan::plan(&f.spec, f.status.as_ref(), &observed, me);
     let ready = plan
         .conditions
         .iter()
         .any(|c| c.r#type == "Ready" && c.is_true());
-    let mut next = failover.status.clone().unwrap_or_default();
-    // Once the restore started, its point is the failover's point until the spec switches it.
-    let wanted = plan.resolved_point.clone();
-    if next.restore.is_none() {
-        next.resolved_point = plan.resolved_point.clone();
+    let inputs = Inputs {
+        failover: f,
+        status: &recorded,
+        chosen: plan.resolved_point.as_ref(),
+        target_zone: plan
+            .target_zone
+            .as_deref()
+            .or(recorded.target_zone.as_deref()),
+        image: &ctx.reader_image,
+        now,
+    };
+    // Before the restore, nothing happens until the plan is Ready.
+    let decision = if phase.chooses_point() && !ready {
+        Decision::default()
+    } else {
+        let point = match phase {
+            Phase::StoppingSource | Phase::FinalPoint => plan.resolved_point.as_ref(),
+            Phase::Preparing if f.spec.mode != FailoverMode::Planned => {
+                plan.resolved_point.as_ref()
+            }
+            _ => recorded.resolved_point.as_ref(),
+        };
+        let mut world = observe::observe_world(&ctx, f, phase, point, inputs.target_zone).await?;
+        if switching && ready {
+            world.switch_to = switch_to(&recorded, plan.resolved_point.as_ref());
+        }
+        let mut d = decide::decide(phase, &inputs, &world);
+        if switching && ready && world.switch_to.is_none() {
+            // The same point: checked against this generation, not listed again.
+            d.facts.push(Fact::RestoreGeneration(f.metadata.generation));
+        }
+        d
+    };
+    act::act(&ctx, f, &decision.actions).await?;
+    let mut next = recorded.clone();
+    // While the point is being chosen, the status shows the choice (a Planned failover's is
+    // the final point, once replicated).
+    match phase {
+        Phase::Preparing if f.spec.mode != FailoverMode::Planned => {
+            next.resolved_point = plan.resolved_point.clone()
+        }
+        Phase::StoppingSource | Phase::FinalPoint => next.resolved_point = None,
+        _ => {}
     }
-    next.target_zone = plan.target_zone.clone().or(next.target_zone);
-    let step = execute::advance(&ctx, failover, ready, wanted.as_ref(), &mut next, now).await?;
-    plan.resolved_point = next.resolved_point.clone();
-    for c in [step.failed_over, step.committed, step.verified]
-        .into_iter()
-        .flatten()
-    {
-        plan.conditions.retain(|x| x.r#type != c.r#type);
-        plan.conditions.push(c);
-    }
-    plan.events.extend(step.events);
-    let status = status::build(Some(&next), &plan, failover.metadata.generation, now);
-    if write_status(&ctx, failover, failover.status.as_ref(), &status).await? {
+    next = record::record(&next, &decision.facts, now);
+    let status = status::build(
+        next,
+        &plan,
+        &decision.conditions,
+        f.metadata.generation,
+        now,
+    );
+    if write_status(&ctx, f, f.status.as_ref(), &status).await? {
         ctx.metrics
             .status_writes
             .get_or_create(&ControllerLabels {
@@ -62,10 +121,40 @@ pub async fn reconcile(failover: &Failover, ctx: Arc<Context>) -> Result<Action,
             })
             .inc();
     }
-    apply::apply(&ctx, failover, &plan).await;
-    Ok(Action::requeue(if step.busy {
+    publish_events(&ctx, f, &plan.events).await;
+    publish_events(&ctx, f, &decision.events).await;
+    Ok(Action::requeue(if decision.busy {
         Duration::from_secs(2)
     } else {
         Duration::from_secs(300)
     }))
+}
+
+/// The point to switch to: the plan's, when it is another than the one restored.
+fn switch_to(
+    recorded: &crate::api::failover::FailoverStatus,
+    wanted: Option<&crate::api::failover::ResolvedPoint>,
+) -> Option<crate::api::failover::ResolvedPoint> {
+    let restore = recorded.restore.as_ref()?;
+    wanted.filter(|w| w.id != restore.point).cloned()
+}
+
+/// What a rollback reads: the workload (cache), the drill's namespace, the source workload.
+async fn observe_rollback(ctx: &Context, f: &Failover) -> Result<rollback::Observed, Error> {
+    let mut observed = rollback::Observed {
+        workload: observe::workload_of(ctx, f).and_then(Result::ok),
+        ..Default::default()
+    };
+    if !f.finalizers().iter().any(|x| x == FINALIZER) {
+        return Ok(observed);
+    }
+    let uid = f.uid().unwrap_or_default();
+    if f.spec.mode == FailoverMode::Test {
+        let ns = ObjectName::new(Kind::Namespace, None, &manifests::drill_namespace(f));
+        observed.drill_namespace = Some(holder(&ctx.client, &ns, FAILOVER_UID_LABEL, &uid).await?);
+    } else if let Some(rw) = &observed.workload {
+        let place = manifests::Place::of(f, rw.spec.workload_ref.kind, &rw.spec.workload_ref.name);
+        observed.source = observe::source(ctx, &f.namespace().unwrap_or_default(), &place).await?;
+    }
+    Ok(observed)
 }

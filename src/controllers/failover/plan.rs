@@ -155,7 +155,7 @@ pub fn plan(
                             && let Some(copy) = w
                                 .statefulset
                                 .as_deref()
-                                .map(super::execute::target_name)
+                                .map(super::manifests::target_name)
                                 .filter(|c| c.len() > MAX_STATEFULSET_NAME) =>
                     {
                         Condition::new(

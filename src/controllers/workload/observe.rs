@@ -149,7 +149,7 @@ pub async fn observe(
                 let status = f.status.clone().unwrap_or_default();
                 FailoverSummary {
                     name: f.name_any(),
-                    committed: status.timeline.iter().any(|t| t.step == "Committed"),
+                    committed: status.reached(&crate::api::failover::Milestone::Committed),
                     target_workload: status.target_workload,
                     target_zone: status.target_zone,
                 }

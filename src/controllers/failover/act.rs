@@ -1,0 +1,182 @@
+//! Carries out a decision's actions in order, each idempotent; the first that fails ends the
+//! pass (its facts are not recorded, and the next pass decides again). The one long action, the
+//! commit's deletion of the points, is started as a background job whose outcome the next
+//! passes observe.
+
+use kube::ResourceExt;
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::reflector::ObjectRef;
+use serde_json::json;
+
+use super::REPLICAS_ANNOTATION;
+use super::decide::Action;
+use super::manifests::Place;
+use super::observe::commit_key;
+use crate::api::work::{FAILOVER_UID_LABEL, POINT_REQUEST_ANNOTATION};
+use crate::api::{Failover, ReplicatedWorkload};
+use crate::controllers::objects::{
+    Kind, ObjectName, create_if_absent, delete_if_mine, delete_labelled,
+};
+use crate::controllers::{Context, Error};
+
+pub async fn act(ctx: &Context, f: &Failover, actions: &[Action]) -> Result<(), Error> {
+    let uid = f.uid().unwrap_or_default();
+    let namespace = f.namespace().unwrap_or_default();
+    let client = &ctx.client;
+    for action in actions {
+        match action {
+            Action::AddFinalizer => {
+                let mut list = f.finalizers().to_vec();
+                list.push(super::FINALIZER.into());
+                // With the resourceVersion: a finalizer list changed meanwhile is not clobbered.
+                patch_failover(
+                    ctx,
+                    f,
+                    json!({"metadata": {"finalizers": list, "resourceVersion": f.resource_version()}}),
+                )
+                .await?;
+            }
+            Action::RemoveFinalizer => {
+                let rest: Vec<&String> = f
+                    .finalizers()
+                    .iter()
+                    .filter(|x| *x != super::FINALIZER)
+                    .collect();
+                patch_failover(ctx, f, json!({"metadata": {"finalizers": rest}})).await?;
+                ctx.commits.forget(&commit_key(f));
+            }
+            Action::Create(m) => create_if_absent(client, m, FAILOVER_UID_LABEL, &uid).await?,
+            Action::Delete(name) => delete_if_mine(client, name, FAILOVER_UID_LABEL, &uid).await?,
+            Action::TearDown(place) => tear_down(ctx, &uid, place).await?,
+            Action::DeleteLabelled { namespace } => delete_made(ctx, &uid, namespace).await?,
+            Action::ScaleSource {
+                kind,
+                name,
+                replicas,
+                note,
+            } => {
+                kind.api(client, Some(&namespace))
+                    .patch(
+                        name,
+                        &PatchParams::default(),
+                        &Patch::Merge(json!({
+                            "metadata": {"annotations": {REPLICAS_ANNOTATION: note.map(|n| n.to_string())}},
+                            "spec": {"replicas": replicas},
+                        })),
+                    )
+                    .await
+                    .map_err(Error::Kube)?;
+            }
+            Action::RequestPoint { workload, token } => {
+                Api::<ReplicatedWorkload>::namespaced(client.clone(), &namespace)
+                    .patch(
+                        workload,
+                        &PatchParams::default(),
+                        &Patch::Merge(
+                            json!({"metadata": {"annotations": {POINT_REQUEST_ANNOTATION: token}}}),
+                        ),
+                    )
+                    .await
+                    .map_err(Error::Kube)?;
+            }
+            Action::StartCommit => start_commit(ctx, f),
+        }
+    }
+    Ok(())
+}
+
+async fn patch_failover(
+    ctx: &Context,
+    f: &Failover,
+    patch: serde_json::Value,
+) -> Result<(), Error> {
+    Api::<Failover>::namespaced(ctx.client.clone(), &f.namespace().unwrap_or_default())
+        .patch(&f.name_any(), &PatchParams::default(), &Patch::Merge(patch))
+        .await
+        .map_err(Error::Kube)?;
+    Ok(())
+}
+
+/// Removes what a failover created in its place: the copy, writer and holder pods, restored
+/// claims, a drill's verification Job.
+async fn tear_down(ctx: &Context, uid: &str, place: &Place) -> Result<(), Error> {
+    let copy = ObjectName::new(place.copy_kind(), Some(&place.namespace), &place.copy);
+    delete_if_mine(&ctx.client, &copy, FAILOVER_UID_LABEL, uid).await?;
+    delete_made(ctx, uid, &place.namespace).await
+}
+
+async fn delete_made(ctx: &Context, uid: &str, namespace: &str) -> Result<(), Error> {
+    for kind in [Kind::Job, Kind::Pod, Kind::Claim] {
+        delete_labelled(&ctx.client, kind, namespace, FAILOVER_UID_LABEL, uid).await?;
+    }
+    Ok(())
+}
+
+/// How long one attempt at deleting the points may take; the next pass tries again.
+const COMMIT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// Starts the deletion of every point of the workload in cache and target (phase two), unless
+/// it runs. Idempotent: a commit interrupted halfway deletes what is left the next time.
+fn start_commit(ctx: &Context, f: &Failover) {
+    let namespace = f.namespace().unwrap_or_default();
+    let Some(rw) = ctx
+        .stores
+        .workloads
+        .get(&ObjectRef::new(&f.spec.workload_name).within(&namespace))
+        .and_then(|g| g.0.as_ref().ok().cloned())
+    else {
+        return;
+    };
+    let vault = ctx
+        .stores
+        .vaults
+        .get(&ObjectRef::new(&rw.spec.vault_name).within(&namespace))
+        .and_then(|g| g.0.as_ref().ok().cloned());
+    let (client, rules) = (ctx.client.clone(), ctx.storage.clone());
+    let workload = format!("{namespace}/{}", rw.name_any());
+    let vault_name = rw.spec.vault_name.clone();
+    ctx.commits.start(&commit_key(f), async move {
+        let vault = vault.ok_or_else(|| format!("RecoveryVault {vault_name} not found"))?;
+        tokio::time::timeout(
+            COMMIT_TIMEOUT,
+            forget(&client, &namespace, &vault, &rules, &workload),
+        )
+        .await
+        .unwrap_or_else(|_| {
+            Err(format!(
+                "storage did not finish within {}s",
+                COMMIT_TIMEOUT.as_secs()
+            ))
+        })
+    });
+}
+
+async fn forget(
+    client: &kube::Client,
+    namespace: &str,
+    vault: &crate::api::RecoveryVault,
+    rules: &crate::storage::StorageRules,
+    workload: &str,
+) -> Result<usize, String> {
+    let access = crate::storage::vault::VaultAccess::resolve(client, namespace, &vault.spec, rules)
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut removed = 0;
+    for (name, location) in [("target", &access.target), ("cache", &access.cache)] {
+        match crate::repository::Repository::open(location.clone(), &access.key).await {
+            Ok(mut repo) => {
+                removed += crate::repository::prune::forget_workload(&mut repo, workload)
+                    .await
+                    .map_err(|e| format!("{name} location: {e}"))?
+                    .points_removed
+                    .len();
+            }
+            // The source zone's cache may be gone with the zone: nothing to delete there.
+            Err(e) if name == "cache" => {
+                tracing::warn!(error = %e, "cache location unreachable at commit; its points stay until it returns")
+            }
+            Err(e) => return Err(format!("{name} location: {e}")),
+        }
+    }
+    Ok(removed)
+}

@@ -1,0 +1,426 @@
+//! The failover decision, pure: (phase, the Failover, what was observed, now) → the actions to
+//! take, the facts to record once they succeeded, the FailedOver/Committed/Verified conditions
+//! and the events. Nothing here reads or writes the API; a pass that is cut short between its
+//! actions and the recording of its facts decides the same again, and every action is
+//! idempotent.
+
+mod planned;
+mod running;
+#[cfg(test)]
+pub(crate) mod tests;
+
+use std::collections::BTreeSet;
+
+use jiff::Timestamp;
+use kube::ResourceExt;
+
+use super::manifests::{self, Place};
+use super::observe::World;
+use super::phase::Phase;
+use crate::api::Failover;
+use crate::api::conditions::{Condition, ConditionStatus};
+use crate::api::failover::{FailoverStatus, Milestone, ResolvedPoint, Restore};
+use crate::api::reasons::{ConditionType as T, EventReason, FailoverReason as R};
+use crate::api::work::{WorkState, writer_name};
+use crate::controllers::PlannedEvent;
+use crate::controllers::objects::{Holder, Kind, Manifest, ObjectName};
+
+/// One change to the world, idempotent: repeating it after a crash changes nothing more.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Action {
+    /// Keep the Failover until it is rolled back.
+    AddFinalizer,
+    RemoveFinalizer,
+    /// Create the object unless this Failover's object of that name exists.
+    Create(Manifest),
+    /// Delete the object if it exists and is this Failover's.
+    Delete(ObjectName),
+    /// Delete what the failover made in the place: the copy, writer and holder pods, restored
+    /// claims, the verification Job.
+    TearDown(Place),
+    /// Delete the pods, claims and Jobs in the namespace that carry this Failover's uid.
+    DeleteLabelled {
+        namespace: String,
+    },
+    /// Set the source workload's replicas, noting (or, with `None`, removing) the count before
+    /// the failover in the same patch, so that the count survives a lost status write.
+    ScaleSource {
+        kind: Kind,
+        name: String,
+        replicas: i32,
+        note: Option<i32>,
+    },
+    /// Ask the workload for a point (Planned mode's final point); the annotation is the fact.
+    RequestPoint {
+        workload: String,
+        token: String,
+    },
+    /// Start deleting the workload's points in cache and target (phase two), in the background.
+    StartCommit,
+}
+
+/// A fact for the status, recorded only after every action of the pass succeeded.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Fact {
+    /// A timeline step, recorded once.
+    Reached(Milestone, String),
+    /// A timeline step that may happen more than once.
+    Again(Milestone, String),
+    ResolvedPoint(Option<ResolvedPoint>),
+    Restore(Option<Restore>),
+    /// The spec generation the restore's point was last checked against.
+    RestoreGeneration(Option<i64>),
+    SourceStopped(Timestamp),
+    SourceReplicas(i32),
+    TargetWorkload(Option<String>),
+    Rto(Option<f64>),
+}
+
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Decision {
+    pub actions: Vec<Action>,
+    pub facts: Vec<Fact>,
+    /// FailedOver, Committed and Verified as this pass sees them (the plan gives Ready).
+    pub conditions: Vec<Condition>,
+    pub events: Vec<PlannedEvent>,
+    /// Look again soon (work in flight), rather than at the idle resync.
+    pub busy: bool,
+}
+
+impl Decision {
+    fn waiting(reason: R, message: impl Into<String>) -> Self {
+        Decision {
+            conditions: vec![failed_over(ConditionStatus::False, reason, message)],
+            busy: true,
+            ..Default::default()
+        }
+    }
+
+    fn idle(reason: R, message: impl Into<String>) -> Self {
+        Decision {
+            conditions: vec![failed_over(ConditionStatus::False, reason, message)],
+            ..Default::default()
+        }
+    }
+
+    /// Records milestone `m` with `message`, and its event when it is new.
+    fn reach(
+        &mut self,
+        status: &FailoverStatus,
+        m: Milestone,
+        message: String,
+        event: Option<PlannedEvent>,
+    ) {
+        if status.reached(&m)
+            || self
+                .facts
+                .iter()
+                .any(|f| matches!(f, Fact::Reached(x, _) if *x == m))
+        {
+            return;
+        }
+        self.facts.push(Fact::Reached(m, message));
+        self.events.extend(event);
+    }
+}
+
+pub fn failed_over(status: ConditionStatus, reason: R, message: impl Into<String>) -> Condition {
+    Condition::new(T::FailedOver, status, reason, message)
+}
+
+/// The inputs every phase shares.
+pub struct Inputs<'a> {
+    pub failover: &'a Failover,
+    pub status: &'a FailoverStatus,
+    /// The point the plan chose (Ready=True), before the restore.
+    pub chosen: Option<&'a ResolvedPoint>,
+    pub target_zone: Option<&'a str>,
+    /// The image of the writer and holder pods.
+    pub image: &'a str,
+    pub now: Timestamp,
+}
+
+pub fn decide(phase: Phase, i: &Inputs<'_>, world: &World) -> Decision {
+    // Without its ReplicatedWorkload a failover cannot go on (the plan's Ready says why).
+    let Some(rw) = &world.workload else {
+        return Decision::default();
+    };
+    let place = Place::of(
+        i.failover,
+        rw.spec.workload_ref.kind,
+        &rw.spec.workload_ref.name,
+    );
+    let mut d = match (phase, &world.switch_to) {
+        (Phase::Deleting, _) => return Decision::default(),
+        (_, Some(wanted)) => switch_point(i, &place, wanted),
+        (Phase::StoppingSource, _) => planned::stop_source(i, rw, world),
+        (Phase::FinalPoint, _) => planned::final_point(i, rw, world),
+        (Phase::Preparing, _) => prepare(i, &place, world),
+        (Phase::Restoring, _) => restoring(i, world),
+        (Phase::RestoreFailed, _) => restore_failed(i, &place),
+        (Phase::Starting, _) => running::start(i, &place, world),
+        (Phase::Running, _) => running::run(i, rw, &place, world),
+    };
+    if !i
+        .failover
+        .finalizers()
+        .iter()
+        .any(|x| x == super::FINALIZER)
+    {
+        d.actions.insert(0, Action::AddFinalizer);
+    }
+    d
+}
+
+/// Between the phases, a changed `spec.recoveryPoint` re-restores: the copy stops, the restored
+/// claims go, and the failover starts again from its first step with the new point.
+fn switch_point(i: &Inputs<'_>, place: &Place, wanted: &ResolvedPoint) -> Decision {
+    let from = i
+        .status
+        .restore
+        .as_ref()
+        .map(|r| r.point.clone())
+        .unwrap_or_default();
+    let mut d = Decision::waiting(R::Restoring, format!("switching to point {}", wanted.id));
+    d.actions.push(Action::TearDown(place.clone()));
+    d.facts = vec![
+        Fact::Again(
+            Milestone::PointSwitched,
+            format!(
+                "from point {from} to {}: the copy is stopped and its claims restored again",
+                wanted.id
+            ),
+        ),
+        Fact::Restore(None),
+        Fact::TargetWorkload(None),
+        Fact::Rto(None),
+        Fact::ResolvedPoint(Some(wanted.clone())),
+    ];
+    d
+}
+
+/// The first step waits while a name it needs is used by an object it did not make (or by one
+/// still being deleted); a restore never lands in a claim it did not create.
+fn blocked(world: &World, names: impl IntoIterator<Item = ObjectName>) -> Option<Decision> {
+    for name in names {
+        match world.names.get(&name) {
+            Some(Holder::Going) => {
+                return Some(Decision::waiting(
+                    R::Restoring,
+                    format!("waiting for {name} of an earlier restore to be deleted"),
+                ));
+            }
+            Some(Holder::Taken) => {
+                return Some(Decision::waiting(
+                    R::NameInUse,
+                    format!(
+                        "{name} exists and was not made by this Failover; delete or rename it and the failover goes on"
+                    ),
+                ));
+            }
+            _ => {}
+        }
+    }
+    None
+}
+
+/// The names the first step creates objects under.
+pub fn prepared_names(f: &Failover, place: &Place, point: &ResolvedPoint) -> Vec<ObjectName> {
+    let ns = Some(place.namespace.as_str());
+    let mut names = Vec::new();
+    if place.drill {
+        names.push(ObjectName::new(Kind::Namespace, None, &place.namespace));
+    }
+    for (n, v) in manifests::restore_plan(point, place).iter().enumerate() {
+        names.push(ObjectName::new(Kind::Claim, ns, &v.target_claim));
+        names.push(ObjectName::new(
+            Kind::Pod,
+            ns,
+            &writer_name(&f.name_any(), n),
+        ));
+    }
+    names.push(ObjectName::new(place.copy_kind(), ns, &place.copy));
+    names
+}
+
+/// The point the first step restores: the final point (Planned), else the plan's choice.
+fn restore_point<'a>(i: &'a Inputs<'_>) -> Option<&'a ResolvedPoint> {
+    if i.failover.spec.mode == crate::api::failover::FailoverMode::Planned {
+        i.status.resolved_point.as_ref()
+    } else {
+        i.chosen
+    }
+}
+
+/// Step 1: claims and writer pods in the target zone (in a drill, in its own namespace).
+fn prepare(i: &Inputs<'_>, place: &Place, world: &World) -> Decision {
+    let Some(point) = restore_point(i) else {
+        return Decision::default();
+    };
+    if let Some(d) = blocked(world, prepared_names(i.failover, place, point)) {
+        return d;
+    }
+    let mut d = Decision::waiting(R::Restoring, format!("restoring point {}", point.id));
+    let f = i.failover;
+    if place.drill {
+        let source = world.source_namespace.clone().unwrap_or_default();
+        d.actions.extend(
+            manifests::drill_namespace_objects(f, &place.namespace, &source)
+                .into_iter()
+                .map(Action::Create),
+        );
+    }
+    let volumes = manifests::restore_plan(point, place);
+    for (n, v) in volumes.iter().enumerate() {
+        let mut shape =
+            world
+                .claim_shapes
+                .get(&v.source_claim)
+                .cloned()
+                .unwrap_or(manifests::ClaimShape {
+                    size: "1Gi".into(),
+                    class: None,
+                });
+        shape.class = world.zone_class.clone().or(shape.class);
+        d.actions.push(Action::Create(manifests::claim(
+            f,
+            &place.namespace,
+            &v.target_claim,
+            &shape,
+        )));
+        d.actions.push(Action::Create(manifests::writer_pod(
+            f,
+            i.image,
+            &place.namespace,
+            n,
+            &v.target_claim,
+            i.target_zone,
+        )));
+    }
+    let message = format!(
+        "restoring point {} into {} claim(s) in the target zone{}",
+        point.id,
+        volumes.len(),
+        if place.drill {
+            format!(", namespace {}", place.namespace)
+        } else {
+            String::new()
+        }
+    );
+    let event = PlannedEvent::normal(
+        EventReason::FailoverRestoreStarted,
+        "Restore",
+        message.clone(),
+    );
+    d.reach(i.status, Milestone::RestoreStarted, message, Some(event));
+    d.facts.push(Fact::ResolvedPoint(Some(point.clone())));
+    d.facts.push(Fact::Restore(Some(Restore {
+        point: point.id.clone(),
+        started: i.now,
+        volumes,
+        namespace: place.drill.then(|| place.namespace.clone()),
+        completed: None,
+        failed: None,
+        generation: f.metadata.generation,
+    })));
+    d
+}
+
+/// Step 2: the agents' reports. A report counts only from the node that runs the writer pod of
+/// its claims: any node's agent can write a registration, and a forged Done would start the
+/// copy on claims never restored.
+fn restoring(i: &Inputs<'_>, world: &World) -> Decision {
+    let Some(mut restore) = i.status.restore.clone() else {
+        return Decision::default();
+    };
+    let mut done = BTreeSet::new();
+    for r in &world.reports {
+        if let Some(claim) = r
+            .claims
+            .iter()
+            .find(|c| world.writer_nodes.get(*c) != Some(&r.node))
+        {
+            tracing::warn!(
+                node = %r.node, %claim, writer = ?world.writer_nodes.get(claim),
+                "ignoring a restore report from a node that does not run the claim's writer pod"
+            );
+            continue;
+        }
+        match r.state {
+            WorkState::Failed => {
+                restore.failed = Some(format!(
+                    "the agent on node {} failed: {}",
+                    r.node, r.message
+                ));
+            }
+            WorkState::Done => done.extend(r.claims.iter().cloned()),
+            WorkState::Running => {}
+        }
+    }
+    let mut d = Decision::waiting(R::Restoring, format!("restoring point {}", restore.point));
+    if let Some(message) = &restore.failed {
+        let event = PlannedEvent::warning(
+            EventReason::FailoverRestoreFailed,
+            "Restore",
+            format!("{message}; the workload was not started in the target zone"),
+        );
+        d.reach(
+            i.status,
+            Milestone::RestoreFailed,
+            message.clone(),
+            Some(event),
+        );
+        d.facts.push(Fact::Restore(Some(restore)));
+        d.busy = true;
+        return d;
+    }
+    if !restore
+        .volumes
+        .iter()
+        .all(|v| done.contains(&v.target_claim))
+    {
+        return d;
+    }
+    let message = format!("{} claim(s) restored and verified", restore.volumes.len());
+    restore.completed = Some(i.now);
+    d.reach(i.status, Milestone::Restored, message, None);
+    d.facts.push(Fact::Restore(Some(restore)));
+    d
+}
+
+/// A failed restore ends here: its writer pods go, nothing starts.
+fn restore_failed(i: &Inputs<'_>, place: &Place) -> Decision {
+    let Some(restore) = &i.status.restore else {
+        return Decision::default();
+    };
+    let message = restore.failed.clone().unwrap_or_default();
+    let mut d = Decision::idle(
+        R::RestoreFailed,
+        format!(
+            "{message}; the workload was not started in the target zone (delete this Failover to clean up, or pick another point)"
+        ),
+    );
+    d.actions = writer_pods(i.failover, place, restore.volumes.len());
+    if place.drill {
+        d.conditions.push(Condition::new(
+            T::Verified,
+            ConditionStatus::False,
+            R::VerificationFailed,
+            format!("the restore failed: {message}"),
+        ));
+    }
+    d
+}
+
+/// Deletions of the restore's writer pods, done either way once the restore ended.
+pub(super) fn writer_pods(f: &Failover, place: &Place, count: usize) -> Vec<Action> {
+    (0..count)
+        .map(|n| {
+            Action::Delete(ObjectName::new(
+                Kind::Pod,
+                Some(&place.namespace),
+                &writer_name(&f.name_any(), n),
+            ))
+        })
+        .collect()
+}
