@@ -18,6 +18,7 @@ use crate::replication::{
     start_agent, write_version,
 };
 use crate::rig::{Rig, eventually};
+use crate::scenario::{Protected, finish, protected, zones};
 
 fn failover(name: &str, point: serde_json::Value) -> Failover {
     serde_json::from_value(json!({
@@ -72,28 +73,24 @@ async fn replicas(rig: &Rig, name: &str) -> Option<i32> {
 
 #[tokio::test]
 async fn failover_to_an_older_point_brings_the_workload_up_in_the_target_zone_and_rolls_back() {
-    let (rig, _dir, running, volumes) = setup(|d| live_vault(d, json!({}))).await;
-    let agents: Vec<_> = ["node-a1", "node-a2", "node-b1"]
-        .iter()
-        .map(|n| start_agent(&rig, n, 10))
-        .collect();
-    let first_content = write_version(&volumes, 1);
-    let workloads = protect(&rig).await;
-    let first = first_point(&workloads)
-        .await
-        .latest_replicated_point
-        .unwrap()
-        .id;
+    let Protected {
+        rig,
+        dir,
+        running,
+        volumes,
+        agents,
+        workloads,
+        content: first_content,
+        first,
+        failovers,
+        ..
+    } = protected().await;
+    let first = first.id;
     let second_content = write_version(&volumes, 2);
     request_point(&workloads, "2").await;
     replicated_point(&workloads, "2", Duration::from_secs(60)).await;
-    let _cluster = crate::rig::failover::run(
-        &rig,
-        "apps",
-        BTreeMap::from([("zone-b".to_string(), "node-b1".to_string())]),
-    );
+    let _cluster = zones(&rig, &[("zone-b", "node-b1")]);
 
-    let failovers: Api<Failover> = Api::namespaced(rig.client(), "apps");
     failovers
         .create(
             &PostParams::default(),
@@ -213,25 +210,20 @@ async fn failover_to_an_older_point_brings_the_workload_up_in_the_target_zone_an
             "{claim} is untouched"
         );
     }
-    running.stop().await;
-    for a in agents {
-        a.kill();
-    }
+    finish(&rig, dir.path(), running, agents).await;
 }
 
 #[tokio::test]
 async fn a_restore_that_fails_verification_never_reaches_the_workload() {
-    let (rig, dir, running, volumes) = setup(|d| live_vault(d, json!({}))).await;
-    let agents: Vec<_> = ["node-a1", "node-a2", "node-b1"]
-        .iter()
-        .map(|n| start_agent(&rig, n, 10))
-        .collect();
-    write_version(&volumes, 1);
-    let workloads = protect(&rig).await;
-    first_point(&workloads)
-        .await
-        .latest_replicated_point
-        .unwrap();
+    let Protected {
+        rig,
+        dir,
+        running,
+        agents,
+        content: _,
+        failovers,
+        ..
+    } = protected().await;
     running.stop().await;
     // Every pack in the target is damaged: nothing it holds authenticates any more.
     let mut stack = vec![dir.path().join("target/data")];
@@ -249,12 +241,7 @@ async fn a_restore_that_fails_verification_never_reaches_the_workload() {
         }
     }
     let running = crate::operator::start_operator(&rig, false).await;
-    let _cluster = crate::rig::failover::run(
-        &rig,
-        "apps",
-        BTreeMap::from([("zone-b".to_string(), "node-b1".to_string())]),
-    );
-    let failovers: Api<Failover> = Api::namespaced(rig.client(), "apps");
+    let _cluster = zones(&rig, &[("zone-b", "node-b1")]);
     failovers
         .create(
             &PostParams::default(),
@@ -287,31 +274,22 @@ async fn a_restore_that_fails_verification_never_reaches_the_workload() {
         failover_objects(&rig).await.is_empty().then_some(())
     })
     .await;
-    running.stop().await;
-    for a in agents {
-        a.kill();
-    }
+    finish(&rig, dir.path(), running, agents).await;
 }
 
 #[tokio::test]
 async fn commit_deletes_the_points_and_keeps_the_workload_in_the_target_zone() {
-    let (rig, dir, running, volumes) = setup(|d| live_vault(d, json!({}))).await;
-    let agents: Vec<_> = ["node-a1", "node-a2", "node-b1"]
-        .iter()
-        .map(|n| start_agent(&rig, n, 10))
-        .collect();
-    let content = write_version(&volumes, 1);
-    let workloads = protect(&rig).await;
-    first_point(&workloads)
-        .await
-        .latest_replicated_point
-        .unwrap();
-    let _cluster = crate::rig::failover::run(
-        &rig,
-        "apps",
-        BTreeMap::from([("zone-b".to_string(), "node-b1".to_string())]),
-    );
-    let failovers: Api<Failover> = Api::namespaced(rig.client(), "apps");
+    let Protected {
+        rig,
+        dir,
+        running,
+        agents,
+        workloads,
+        content,
+        failovers,
+        ..
+    } = protected().await;
+    let _cluster = zones(&rig, &[("zone-b", "node-b1")]);
     let mut fo = failover("fo", json!({"latest": true}));
     fo.spec.commit = true;
     failovers.create(&PostParams::default(), &fo).await.unwrap();
@@ -378,34 +356,23 @@ async fn commit_deletes_the_points_and_keeps_the_workload_in_the_target_zone() {
     assert_eq!(replicas(&rig, "db").await, Some(0));
     let disk = crate::rig::failover::claim_disk(&rig, "apps", "data-db-failover-0").await;
     assert_eq!(read_tree(&disk), content["data-db-0"]);
-    running.stop().await;
-    for a in agents {
-        a.kill();
-    }
+    finish(&rig, dir.path(), running, agents).await;
 }
 
 #[tokio::test]
 async fn the_plugin_fails_over_and_commits() {
-    let (rig, dir, running, volumes) = setup(|d| live_vault(d, json!({}))).await;
-    let agents: Vec<_> = ["node-a1", "node-a2", "node-b1"]
-        .iter()
-        .map(|n| start_agent(&rig, n, 10))
-        .collect();
-    write_version(&volumes, 1);
-    let workloads = protect(&rig).await;
-    let first_point = first_point(&workloads)
-        .await
-        .latest_replicated_point
-        .unwrap();
+    let Protected {
+        rig,
+        dir,
+        running,
+        agents,
+        workloads,
+        content: _,
+        first: first_point,
+        ..
+    } = protected().await;
     let (first, first_time) = (first_point.id, first_point.time.to_string());
-    let _cluster = crate::rig::failover::run(
-        &rig,
-        "apps",
-        BTreeMap::from([
-            ("zone-a".to_string(), "node-a1".to_string()),
-            ("zone-b".to_string(), "node-b1".to_string()),
-        ]),
-    );
+    let _cluster = zones(&rig, &[("zone-a", "node-a1"), ("zone-b", "node-b1")]);
     let plugin = dir.path().join("kubectl-siterecovery");
     std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_site-recovery"), &plugin).unwrap();
     let kubeconfig = rig.kubeconfig(dir.path());
@@ -546,10 +513,7 @@ async fn the_plugin_fails_over_and_commits() {
     assert_eq!(replicas(&rig, "db-failover-failover").await, Some(2));
     let (code, _, err) = run(&["commit", "db-failback", "-n", "apps"]).await;
     assert_eq!(code, Some(0), "{err}");
-    running.stop().await;
-    for a in agents {
-        a.kill();
-    }
+    finish(&rig, dir.path(), running, agents).await;
 }
 
 fn drill(name: &str, namespace: &str, command: &[&str]) -> Failover {
@@ -564,18 +528,19 @@ fn drill(name: &str, namespace: &str, command: &[&str]) -> Failover {
 
 #[tokio::test]
 async fn a_drill_runs_a_verified_copy_in_its_own_namespace_and_leaves_the_source_alone() {
-    let (rig, _dir, running, volumes) = setup(|d| live_vault(d, json!({}))).await;
-    let agents: Vec<_> = ["node-a1", "node-a2", "node-b1"]
-        .iter()
-        .map(|n| start_agent(&rig, n, 10))
-        .collect();
-    let content = write_version(&volumes, 1);
-    let workloads = protect(&rig).await;
-    let point = first_point(&workloads)
-        .await
-        .latest_replicated_point
-        .unwrap()
-        .id;
+    let Protected {
+        rig,
+        dir,
+        running,
+        volumes,
+        agents,
+        workloads,
+        content,
+        first: point,
+        failovers,
+        ..
+    } = protected().await;
+    let point = point.id;
     rig.create(json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "db", "namespace": "apps"},
         "spec": {"clusterIP": "None", "selector": {"app": "db"}, "ports": [{"name": "sql", "port": 5432}]}}))
         .await;
@@ -606,7 +571,6 @@ async fn a_drill_runs_a_verified_copy_in_its_own_namespace_and_leaves_the_source
     let _cluster = crate::rig::failover::run(&rig, "apps", zone_b.clone());
     let _drill_cluster = crate::rig::failover::run(&rig, "db-drill", zone_b.clone());
 
-    let failovers: Api<Failover> = Api::namespaced(rig.client(), "apps");
     failovers
         .create(
             &PostParams::default(),
@@ -803,33 +767,25 @@ async fn a_drill_runs_a_verified_copy_in_its_own_namespace_and_leaves_the_source
     for (claim, dir) in &volumes {
         assert_eq!(read_tree(dir), content[claim], "{claim} is untouched");
     }
-    running.stop().await;
-    for a in agents {
-        a.kill();
-    }
+    finish(&rig, dir.path(), running, agents).await;
 }
 
 #[tokio::test]
 async fn a_planned_failover_stops_the_source_and_loses_no_write() {
-    let (rig, _dir, running, volumes) = setup(|d| live_vault(d, json!({}))).await;
-    let agents: Vec<_> = ["node-a1", "node-a2", "node-b1"]
-        .iter()
-        .map(|n| start_agent(&rig, n, 10))
-        .collect();
-    write_version(&volumes, 1);
-    let workloads = protect(&rig).await;
-    let before = first_point(&workloads)
-        .await
-        .latest_replicated_point
-        .unwrap();
-    let _cluster = crate::rig::failover::run(
-        &rig,
-        "apps",
-        BTreeMap::from([("zone-b".to_string(), "node-b1".to_string())]),
-    );
+    let Protected {
+        rig,
+        dir,
+        running,
+        volumes,
+        agents,
+        content: _,
+        first: before,
+        failovers,
+        ..
+    } = protected().await;
+    let _cluster = zones(&rig, &[("zone-b", "node-b1")]);
     // Written after the newest point: an unplanned failover would lose it, a planned one not.
     let last_writes = write_version(&volumes, 2);
-    let failovers: Api<Failover> = Api::namespaced(rig.client(), "apps");
     let mut fo = failover("planned", json!({"latest": true}));
     fo.spec.mode = site_recovery::api::failover::FailoverMode::Planned;
     failovers.create(&PostParams::default(), &fo).await.unwrap();
@@ -904,10 +860,7 @@ async fn a_planned_failover_stops_the_source_and_loses_no_write() {
     for (claim, dir) in &volumes {
         assert_eq!(read_tree(dir), last_writes[claim], "{claim} is untouched");
     }
-    running.stop().await;
-    for a in agents {
-        a.kill();
-    }
+    finish(&rig, dir.path(), running, agents).await;
 }
 
 /// The operator dies after every status write of a planned failover and its commit (a write may
@@ -917,15 +870,15 @@ async fn a_planned_failover_stops_the_source_and_loses_no_write() {
 /// but before any step is recorded rolls back: the intent to commit is not a commit.
 #[tokio::test]
 async fn a_planned_failover_deleted_before_its_commit_brings_the_source_back() {
-    let (rig, _dir, mut running, volumes) = setup(|d| live_vault(d, json!({}))).await;
-    let agents: Vec<_> = ["node-a1", "node-a2", "node-b1"]
-        .iter()
-        .map(|n| start_agent(&rig, n, 10))
-        .collect();
-    write_version(&volumes, 1);
-    let workloads = protect(&rig).await;
-    first_point(&workloads).await;
-    let failovers: Api<Failover> = Api::namespaced(rig.client(), "apps");
+    let Protected {
+        rig,
+        dir,
+        mut running,
+        agents,
+        content: _,
+        failovers,
+        ..
+    } = protected().await;
     let mut fo = failover("planned", json!({"latest": true}));
     fo.spec.mode = site_recovery::api::failover::FailoverMode::Planned;
     fo.spec.commit = true;
@@ -965,29 +918,23 @@ async fn a_planned_failover_deleted_before_its_commit_brings_the_source_back() {
     })
     .await;
     assert_eq!(replicas(&rig, "db").await, Some(2), "the source is back");
-    running.stop().await;
-    for a in agents {
-        a.kill();
-    }
+    finish(&rig, dir.path(), running, agents).await;
 }
 
 #[tokio::test]
 async fn the_operator_killed_after_every_step_resumes_the_failover() {
-    let (rig, dir, mut running, volumes) = setup(|d| live_vault(d, json!({}))).await;
-    let agents: Vec<_> = ["node-a1", "node-a2", "node-b1"]
-        .iter()
-        .map(|n| start_agent(&rig, n, 10))
-        .collect();
-    write_version(&volumes, 1);
-    let workloads = protect(&rig).await;
-    first_point(&workloads).await;
-    let _cluster = crate::rig::failover::run(
-        &rig,
-        "apps",
-        BTreeMap::from([("zone-b".to_string(), "node-b1".to_string())]),
-    );
+    let Protected {
+        rig,
+        dir,
+        mut running,
+        volumes,
+        agents,
+        content: _,
+        failovers,
+        ..
+    } = protected().await;
+    let _cluster = zones(&rig, &[("zone-b", "node-b1")]);
     let last_writes = write_version(&volumes, 2);
-    let failovers: Api<Failover> = Api::namespaced(rig.client(), "apps");
     let mut fo = failover("planned", json!({"latest": true}));
     fo.spec.mode = site_recovery::api::failover::FailoverMode::Planned;
     fo.spec.commit = true;
@@ -1082,10 +1029,7 @@ async fn the_operator_killed_after_every_step_resumes_the_failover() {
     .await
     .unwrap();
     assert!(target.point_ids().await.unwrap().is_empty());
-    running.stop().await;
-    for a in agents {
-        a.kill();
-    }
+    finish(&rig, dir.path(), running, agents).await;
 }
 
 #[tokio::test]
@@ -1119,11 +1063,7 @@ async fn a_deployment_fails_over_onto_restored_claims_and_rolls_back() {
         s.point_in_progress.is_none().then_some(())
     })
     .await;
-    let _cluster = crate::rig::failover::run(
-        &rig,
-        "apps",
-        BTreeMap::from([("zone-b".to_string(), "node-b1".to_string())]),
-    );
+    let _cluster = zones(&rig, &[("zone-b", "node-b1")]);
     // Claims in zone-b get that zone's class.
     Api::<site_recovery::api::RecoveryVault>::namespaced(rig.client(), "apps")
         .patch(
@@ -1256,14 +1196,7 @@ async fn reprotect_then_failback_moves_only_the_delta() {
     }
     let workloads = protect(&rig).await;
     first_point(&workloads).await;
-    let _cluster = crate::rig::failover::run(
-        &rig,
-        "apps",
-        BTreeMap::from([
-            ("zone-a".to_string(), "node-a1".to_string()),
-            ("zone-b".to_string(), "node-b1".to_string()),
-        ]),
-    );
+    let _cluster = zones(&rig, &[("zone-a", "node-a1"), ("zone-b", "node-b1")]);
     // Failed over to zone-b and committed.
     let failovers: Api<Failover> = Api::namespaced(rig.client(), "apps");
     let mut fo = failover("away", json!({"latest": true}));
@@ -1381,11 +1314,7 @@ async fn a_restore_report_from_a_node_without_the_writer_pods_is_ignored() {
     write_version(&volumes, 1);
     let workloads = protect(&rig).await;
     first_point(&workloads).await;
-    let _cluster = crate::rig::failover::run(
-        &rig,
-        "apps",
-        BTreeMap::from([("zone-b".to_string(), "node-b1".to_string())]),
-    );
+    let _cluster = zones(&rig, &[("zone-b", "node-b1")]);
     let failovers: Api<Failover> = Api::namespaced(rig.client(), "apps");
     failovers
         .create(

@@ -14,4 +14,5 @@ mod rbac;
 mod replication;
 mod repository;
 mod rig_api;
+mod scenario;
 mod transcripts;

@@ -1,0 +1,102 @@
+//! The scenario most failover tests start from, and the check they end with.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, ListParams};
+use serde_json::json;
+use site_recovery::api::workload::PointRef;
+use site_recovery::api::{Failover, ReplicatedWorkload};
+
+use crate::operator::Running;
+use crate::replication::{
+    Agent, Content, first_point, live_vault, parts_left, protect, setup, start_agent, temporaries,
+    write_version,
+};
+use crate::rig::{Rig, eventually};
+
+/// The operator (as the chart's ServiceAccount) and a live vault (cache zone-a, target zone-b),
+/// StatefulSet `db` with `data-db-0` on node-a1 and `data-db-1` on node-a2, agents on node-a1,
+/// node-a2 and node-b1, version 1 of the data written, the workload protected and its first
+/// point replicated.
+pub(crate) struct Protected {
+    pub rig: Rig,
+    pub dir: tempfile::TempDir,
+    pub running: Running,
+    pub volumes: BTreeMap<String, PathBuf>,
+    pub agents: Vec<Agent>,
+    pub workloads: Api<ReplicatedWorkload>,
+    pub failovers: Api<Failover>,
+    /// What version 1 wrote.
+    pub content: Content,
+    pub first: PointRef,
+}
+
+pub(crate) async fn protected() -> Protected {
+    let (rig, dir, running, volumes) = setup(|d| live_vault(d, json!({}))).await;
+    let agents = ["node-a1", "node-a2", "node-b1"]
+        .iter()
+        .map(|n| start_agent(&rig, n, 10))
+        .collect();
+    let content = write_version(&volumes, 1);
+    let workloads = protect(&rig).await;
+    let first = first_point(&workloads)
+        .await
+        .latest_replicated_point
+        .expect("the first point");
+    let failovers = Api::namespaced(rig.client(), "apps");
+    Protected {
+        rig,
+        dir,
+        running,
+        volumes,
+        agents,
+        workloads,
+        failovers,
+        content,
+        first,
+    }
+}
+
+/// The rig plays scheduler, kubelet and StatefulSet controller in `apps` for each zone's node.
+pub(crate) fn zones(rig: &Rig, zones: &[(&str, &str)]) -> tokio::task::JoinHandle<()> {
+    crate::rig::failover::run(
+        rig,
+        "apps",
+        zones
+            .iter()
+            .map(|(z, n)| (z.to_string(), n.to_string()))
+            .collect(),
+    )
+}
+
+/// Ends a scenario: nothing temporary is left once the work settles (no writer, holder or
+/// reader pod in any namespace, no VolumeSnapshot or reader claim of a point, no part in the
+/// cache); then the operator and the agents stop.
+pub(crate) async fn finish(rig: &Rig, dir: &Path, running: Running, agents: Vec<Agent>) {
+    eventually(
+        Duration::from_secs(60),
+        "nothing temporary left",
+        || async {
+            let pods = Api::<Pod>::all(rig.client())
+                .list_metadata(&ListParams::default())
+                .await
+                .ok()?;
+            let temporary: Vec<String> = pods
+                .items
+                .iter()
+                .filter_map(|p| p.metadata.name.clone())
+                .filter(|n| n.starts_with("sr-"))
+                .collect();
+            (temporary.is_empty() && temporaries(rig).await.is_empty()).then_some(())?;
+            parts_left(&dir.join("cache")).is_empty().then_some(())
+        },
+    )
+    .await;
+    running.stop().await;
+    for a in agents {
+        a.kill();
+    }
+}
