@@ -57,10 +57,6 @@ pub async fn reconcile(f: &Failover, ctx: Arc<Context>) -> Result<Action, Error>
         created: f.metadata.creation_timestamp.as_ref().map(|t| t.0),
     };
     let plan = plan::plan(&f.spec, f.status.as_ref(), &observed, me);
-    let ready = plan
-        .conditions
-        .iter()
-        .any(|c| c.r#type == "Ready" && c.is_true());
     let inputs = Inputs {
         failover: f,
         status: &recorded,
@@ -72,28 +68,7 @@ pub async fn reconcile(f: &Failover, ctx: Arc<Context>) -> Result<Action, Error>
         image: &ctx.reader_image,
         now,
     };
-    // Before the restore, nothing happens until the plan is Ready.
-    let decision = if phase.chooses_point() && !ready {
-        Decision::default()
-    } else {
-        let point = match phase {
-            Phase::StoppingSource | Phase::FinalPoint => plan.resolved_point.as_ref(),
-            Phase::Preparing if f.spec.mode != FailoverMode::Planned => {
-                plan.resolved_point.as_ref()
-            }
-            _ => recorded.resolved_point.as_ref(),
-        };
-        let mut world = observe::observe_world(&ctx, f, phase, point, inputs.target_zone).await?;
-        if switching && ready {
-            world.switch_to = switch_to(&recorded, plan.resolved_point.as_ref());
-        }
-        let mut d = decide::decide(phase, &inputs, &world);
-        if switching && ready && world.switch_to.is_none() {
-            // The same point: checked against this generation, not listed again.
-            d.facts.push(Fact::RestoreGeneration(f.metadata.generation));
-        }
-        d
-    };
+    let decision = decide_pass(&ctx, phase, &inputs, &plan, switching).await?;
     act::act(&ctx, f, &decision.actions).await?;
     let mut next = recorded.clone();
     // While the point is being chosen, the status shows the choice (a Planned failover's is
@@ -128,6 +103,40 @@ pub async fn reconcile(f: &Failover, ctx: Arc<Context>) -> Result<Action, Error>
     } else {
         Duration::from_secs(300)
     }))
+}
+
+/// Observes what the phase needs and decides. Before the restore, nothing happens until the
+/// plan is Ready.
+async fn decide_pass(
+    ctx: &Context,
+    phase: Phase,
+    inputs: &Inputs<'_>,
+    plan: &plan::Plan,
+    switching: bool,
+) -> Result<Decision, Error> {
+    let f = inputs.failover;
+    let ready = plan
+        .conditions
+        .iter()
+        .any(|c| c.r#type == "Ready" && c.is_true());
+    if phase.chooses_point() && !ready {
+        return Ok(Decision::default());
+    }
+    let point = match phase {
+        Phase::StoppingSource | Phase::FinalPoint => plan.resolved_point.as_ref(),
+        Phase::Preparing if f.spec.mode != FailoverMode::Planned => plan.resolved_point.as_ref(),
+        _ => inputs.status.resolved_point.as_ref(),
+    };
+    let mut world = observe::observe_world(ctx, f, phase, point, inputs.target_zone).await?;
+    if switching && ready {
+        world.switch_to = switch_to(inputs.status, plan.resolved_point.as_ref());
+    }
+    let mut d = decide::decide(phase, inputs, &world);
+    if switching && ready && world.switch_to.is_none() {
+        // The same point: checked against this generation, not listed again.
+        d.facts.push(Fact::RestoreGeneration(f.metadata.generation));
+    }
+    Ok(d)
 }
 
 /// The point to switch to: the plan's, when it is another than the one restored.

@@ -2,7 +2,7 @@
 
 use jiff::Timestamp;
 
-use super::observe::Observed;
+use super::observe::{Observed, WorkloadSummary};
 use crate::api::conditions::{Condition, ConditionStatus, transitioned};
 use crate::api::failover::{FailoverSpec, FailoverStatus, ResolvedPoint};
 use crate::api::reasons::{ConditionType as T, EventReason, FailoverReason as R};
@@ -131,84 +131,27 @@ pub fn plan(
             Some(Ok(w)) => {
                 source_zone = w.source_zone.clone();
                 target_zone = spec.target_zone.clone().or_else(|| w.target_zone.clone());
-                match &w.points {
-                    Err(message) => Condition::new(
-                        T::Ready,
-                        ConditionStatus::False,
-                        R::TargetUnreachable,
-                        message.clone(),
-                    ),
-                    Ok(points) if points.is_empty() => Condition::new(
-                        T::Ready,
-                        ConditionStatus::False,
-                        R::WorkloadNotProtected,
-                        format!(
-                            "ReplicatedWorkload {} has no recovery point in the target location yet",
-                            spec.workload_name
-                        ),
-                    ),
-                    // A StatefulSet's name goes, with a 10-character hash, into the
-                    // controller-revision-hash label of its pods: over 52 characters the
-                    // copy's pods are never made.
-                    Ok(_)
-                        if !test
-                            && let Some(copy) = w
-                                .statefulset
-                                .as_deref()
-                                .map(super::manifests::target_name)
-                                .filter(|c| c.len() > MAX_STATEFULSET_NAME) =>
-                    {
-                        Condition::new(
-                            T::Ready,
-                            ConditionStatus::False,
-                            R::InvalidSpec,
-                            format!(
-                                "spec.workloadName: the copy of StatefulSet {} would be named {copy} ({} characters); a StatefulSet name over {MAX_STATEFULSET_NAME} characters cannot label its pods (controller-revision-hash): fail over a StatefulSet with a shorter name, or run a drill (mode Test keeps the name)",
-                                w.statefulset.as_deref().unwrap_or_default(),
-                                copy.len()
-                            ),
-                        )
-                    }
-                    Ok(_) if target_zone.is_none() => Condition::new(
-                        T::Ready,
-                        ConditionStatus::False,
-                        R::InvalidSpec,
-                        "spec.targetZone: no target zone is known (the vault's spec.target.zone is empty); set one",
-                    ),
-                    Ok(points) => match resolve(spec, points).and_then(|mut p| {
-                        p.volumes = w.volumes.get(&p.id).cloned().unwrap_or_default();
-                        if p.volumes.is_empty() {
-                            return Err(format!(
-                                "recovery point {} holds no volume: there is nothing to fail over",
-                                p.id
-                            ));
-                        }
-                        Ok(p)
-                    }) {
-                        Ok(p) => {
-                            let message = format!(
-                                "recovery point {} ({}, {}) selected",
-                                p.id, p.consistency, p.time
-                            );
-                            resolved_point = Some(p);
-                            Condition::new(
-                                T::Ready,
-                                ConditionStatus::True,
-                                R::FailoverReady,
-                                message,
-                            )
-                        }
-                        Err(message) => Condition::new(
-                            T::Ready,
-                            ConditionStatus::False,
-                            R::InvalidSpec,
-                            message,
-                        ),
-                    },
-                }
+                let (ready, point) = choose(spec, w, test, target_zone.is_some());
+                resolved_point = point;
+                ready
             }
         }
     };
+    let mut conditions = vec![ready];
+    conditions.extend(not_started(test));
+    let events = events(previous, &conditions[0]);
+    Plan {
+        conditions,
+        resolved_point,
+        source_zone,
+        target_zone,
+        events,
+    }
+}
+
+/// FailedOver, Committed (and a drill's Verified) before anything started; the decision
+/// replaces them as the failover goes.
+fn not_started(test: bool) -> Vec<Condition> {
     let failed_over = Condition::new(
         T::FailedOver,
         ConditionStatus::False,
@@ -225,7 +168,7 @@ pub fn plan(
             "set spec.commit to true to commit the failover"
         },
     );
-    let mut conditions = vec![ready, failed_over, committed];
+    let mut conditions = vec![failed_over, committed];
     if test {
         conditions.push(Condition::new(
             T::Verified,
@@ -234,14 +177,86 @@ pub fn plan(
             "the drill's copy has not been started",
         ));
     }
-    let events = events(previous, &conditions[0]);
-    Plan {
-        conditions,
-        resolved_point,
-        source_zone,
-        target_zone,
-        events,
-    }
+    conditions
+}
+
+/// Ready, and the point, for a workload whose points were listed (or the chosen point alone).
+fn choose(
+    spec: &FailoverSpec,
+    w: &WorkloadSummary,
+    test: bool,
+    zone_known: bool,
+) -> (Condition, Option<ResolvedPoint>) {
+    let ready = match &w.points {
+        Err(message) => Condition::new(
+            T::Ready,
+            ConditionStatus::False,
+            R::TargetUnreachable,
+            message.clone(),
+        ),
+        Ok(points) if points.is_empty() => Condition::new(
+            T::Ready,
+            ConditionStatus::False,
+            R::WorkloadNotProtected,
+            format!(
+                "ReplicatedWorkload {} has no recovery point in the target location yet",
+                spec.workload_name
+            ),
+        ),
+        // A StatefulSet's name goes, with a 10-character hash, into the
+        // controller-revision-hash label of its pods: over 52 characters the
+        // copy's pods are never made.
+        Ok(_)
+            if !test
+                && let Some(copy) = w
+                    .statefulset
+                    .as_deref()
+                    .map(super::manifests::target_name)
+                    .filter(|c| c.len() > MAX_STATEFULSET_NAME) =>
+        {
+            Condition::new(
+                T::Ready,
+                ConditionStatus::False,
+                R::InvalidSpec,
+                format!(
+                    "spec.workloadName: the copy of StatefulSet {} would be named {copy} ({} characters); a StatefulSet name over {MAX_STATEFULSET_NAME} characters cannot label its pods (controller-revision-hash): fail over a StatefulSet with a shorter name, or run a drill (mode Test keeps the name)",
+                    w.statefulset.as_deref().unwrap_or_default(),
+                    copy.len()
+                ),
+            )
+        }
+        Ok(_) if !zone_known => Condition::new(
+            T::Ready,
+            ConditionStatus::False,
+            R::InvalidSpec,
+            "spec.targetZone: no target zone is known (the vault's spec.target.zone is empty); set one",
+        ),
+        Ok(points) => match resolve(spec, points).and_then(|mut p| {
+            p.volumes = w.volumes.get(&p.id).cloned().unwrap_or_default();
+            if p.volumes.is_empty() {
+                return Err(format!(
+                    "recovery point {} holds no volume: there is nothing to fail over",
+                    p.id
+                ));
+            }
+            Ok(p)
+        }) {
+            Ok(p) => {
+                let message = format!(
+                    "recovery point {} ({}, {}) selected",
+                    p.id, p.consistency, p.time
+                );
+                return (
+                    Condition::new(T::Ready, ConditionStatus::True, R::FailoverReady, message),
+                    Some(p),
+                );
+            }
+            Err(message) => {
+                Condition::new(T::Ready, ConditionStatus::False, R::InvalidSpec, message)
+            }
+        },
+    };
+    (ready, None)
 }
 
 fn events(previous: Option<&FailoverStatus>, ready: &Condition) -> Vec<PlannedEvent> {

@@ -51,59 +51,70 @@ pub fn roll_back(f: &Failover, observed: &Observed) -> Decision {
             format!("drill namespace {drill} deleted; the source was never touched"),
         ));
     } else if let Some(rw) = &observed.workload {
-        let w = &rw.spec.workload_ref;
-        d.actions
-            .push(Action::TearDown(Place::of(f, w.kind, &w.name)));
-        let back = observed
-            .source
-            .as_ref()
-            .and_then(|s| s.noted.or(status.source_replicas));
-        if let Some(replicas) = back {
-            d.actions.push(Action::ScaleSource {
-                kind: Kind::workload(w.kind),
-                name: w.name.clone(),
-                replicas,
-                note: None,
-            });
-        }
-        let source = match back {
-            Some(n) => format!(
-                "{} {} is back at {n} replica(s) in its zone",
-                w.kind.as_str(),
-                w.name
-            ),
-            None => format!("{} {} was not stopped", w.kind.as_str(), w.name),
-        };
-        d.events.push(PlannedEvent::normal(
-            EventReason::FailoverRolledBack,
-            "RollBack",
-            format!("the copy and its claims are deleted; {source}"),
-        ));
+        restore_source(f, rw, observed, &mut d);
     } else {
-        // Without its ReplicatedWorkload the source is unknown: what this Failover made goes,
-        // by its labels, and the user is told that the source was left as it is.
-        let namespace = f.namespace().unwrap_or_default();
-        if let Some(copy) = &status.target_workload {
-            for kind in [Kind::StatefulSet, Kind::Deployment] {
-                d.actions.push(Action::Delete(ObjectName::new(
-                    kind,
-                    Some(&namespace),
-                    copy,
-                )));
-            }
-        }
-        d.actions.push(Action::DeleteLabelled { namespace });
-        d.events.push(PlannedEvent::warning(
-            EventReason::FailoverRolledBack,
-            "RollBack",
-            format!(
-                "ReplicatedWorkload {} is gone: what this Failover made is deleted, but the source workload is unknown and was left as it is (scale it back with kubectl scale)",
-                f.spec.workload_name
-            ),
-        ));
+        unknown_source(f, &mut d);
     }
     d.actions.push(Action::RemoveFinalizer);
     d
+}
+
+/// The copy and what the failover made go; the source returns to its noted replica count.
+fn restore_source(f: &Failover, rw: &ReplicatedWorkload, observed: &Observed, d: &mut Decision) {
+    let status = f.status.clone().unwrap_or_default();
+    let w = &rw.spec.workload_ref;
+    d.actions
+        .push(Action::TearDown(Place::of(f, w.kind, &w.name)));
+    let back = observed
+        .source
+        .as_ref()
+        .and_then(|s| s.noted.or(status.source_replicas));
+    if let Some(replicas) = back {
+        d.actions.push(Action::ScaleSource {
+            kind: Kind::workload(w.kind),
+            name: w.name.clone(),
+            replicas,
+            note: None,
+        });
+    }
+    let source = match back {
+        Some(n) => format!(
+            "{} {} is back at {n} replica(s) in its zone",
+            w.kind.as_str(),
+            w.name
+        ),
+        None => format!("{} {} was not stopped", w.kind.as_str(), w.name),
+    };
+    d.events.push(PlannedEvent::normal(
+        EventReason::FailoverRolledBack,
+        "RollBack",
+        format!("the copy and its claims are deleted; {source}"),
+    ));
+}
+
+/// Without its ReplicatedWorkload the source is unknown: what this Failover made goes, by its
+/// labels, and the user is told that the source was left as it is.
+fn unknown_source(f: &Failover, d: &mut Decision) {
+    let status = f.status.clone().unwrap_or_default();
+    let namespace = f.namespace().unwrap_or_default();
+    if let Some(copy) = &status.target_workload {
+        for kind in [Kind::StatefulSet, Kind::Deployment] {
+            d.actions.push(Action::Delete(ObjectName::new(
+                kind,
+                Some(&namespace),
+                copy,
+            )));
+        }
+    }
+    d.actions.push(Action::DeleteLabelled { namespace });
+    d.events.push(PlannedEvent::warning(
+        EventReason::FailoverRolledBack,
+        "RollBack",
+        format!(
+            "ReplicatedWorkload {} is gone: what this Failover made is deleted, but the source workload is unknown and was left as it is (scale it back with kubectl scale)",
+            f.spec.workload_name
+        ),
+    ));
 }
 
 #[cfg(test)]

@@ -153,23 +153,7 @@ pub fn final_point(i: &Inputs<'_>, rw: &ReplicatedWorkload, world: &World) -> De
     }
     // The point is asked for once every claim is mounted: the workload's controller reads the
     // holders as the workload's pods.
-    let mut unmounted = 0;
-    for (n, claim) in latest.volumes.iter().enumerate() {
-        match world.holders.get(n) {
-            Some(Some(true)) => {}
-            Some(Some(false)) => unmounted += 1,
-            _ => {
-                unmounted += 1;
-                d.actions.push(Action::Create(manifests::holder_pod(
-                    f,
-                    i.image,
-                    &rw.name_any(),
-                    n,
-                    claim,
-                )));
-            }
-        }
-    }
+    let unmounted = hold(i, rw, world, latest, &mut d);
     let message = if unmounted > 0 {
         format!(
             "{kind} {name} stopped; waiting for {unmounted} holder pod(s) to mount its claims for the final point"
@@ -199,4 +183,32 @@ pub fn final_point(i: &Inputs<'_>, rw: &ReplicatedWorkload, world: &World) -> De
         message,
     )];
     d
+}
+
+/// Holder pods for the claims of `latest` that have none; returns how many are not yet running.
+fn hold(
+    i: &Inputs<'_>,
+    rw: &ReplicatedWorkload,
+    world: &World,
+    latest: &crate::api::failover::ResolvedPoint,
+    d: &mut Decision,
+) -> usize {
+    let mut unmounted = 0;
+    for (n, claim) in latest.volumes.iter().enumerate() {
+        match world.holders.get(n) {
+            Some(Some(true)) => {}
+            Some(Some(false)) => unmounted += 1,
+            _ => {
+                unmounted += 1;
+                d.actions.push(Action::Create(manifests::holder_pod(
+                    i.failover,
+                    i.image,
+                    &rw.name_any(),
+                    n,
+                    claim,
+                )));
+            }
+        }
+    }
+    unmounted
 }

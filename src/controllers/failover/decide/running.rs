@@ -131,20 +131,7 @@ pub fn run(i: &Inputs<'_>, rw: &ReplicatedWorkload, place: &Place, world: &World
     }
     let ready_message = format!("{ready} pod(s) of {target} Ready in the target zone");
     if place.drill {
-        d.reach(i.status, Milestone::CopyReady, ready_message, None);
-        let verified = verify(i, place, world, &mut d);
-        d.busy = verified.reason == R::Verifying.as_str();
-        d.conditions = vec![
-            failed_over(
-                ConditionStatus::False,
-                R::Drill,
-                format!(
-                    "a drill does not fail over: the copy runs in namespace {}; delete this Failover to remove it",
-                    place.namespace
-                ),
-            ),
-            verified,
-        ];
+        drill(i, place, world, ready_message, &mut d);
         return d;
     }
     let rto = d
@@ -182,6 +169,24 @@ pub fn run(i: &Inputs<'_>, rw: &ReplicatedWorkload, place: &Place, world: &World
     )];
     d.conditions.extend(committed);
     d
+}
+
+/// A drill's copy is Ready: it is verified, and never fails over.
+fn drill(i: &Inputs<'_>, place: &Place, world: &World, ready: String, d: &mut Decision) {
+    d.reach(i.status, Milestone::CopyReady, ready, None);
+    let verified = verify(i, place, world, d);
+    d.busy = verified.reason == R::Verifying.as_str();
+    d.conditions = vec![
+        failed_over(
+            ConditionStatus::False,
+            R::Drill,
+            format!(
+                "a drill does not fail over: the copy runs in namespace {}; delete this Failover to remove it",
+                place.namespace
+            ),
+        ),
+        verified,
+    ];
 }
 
 /// Phase two: every point of the workload is deleted in cache and target (the seed's commit),

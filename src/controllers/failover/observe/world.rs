@@ -68,17 +68,8 @@ pub async fn observe_world(
                 .collect();
         }
         Phase::Preparing => {
-            if let Some(point) = point {
-                for name in prepared_names(f, &place, point) {
-                    let h = holder(client, &name, FAILOVER_UID_LABEL, &uid).await?;
-                    world.names.insert(name, h);
-                }
-                world.claim_shapes = claim_shapes(ctx, &namespace, &point.volumes).await?;
-            }
+            prepared(ctx, f, &place, point, &mut world).await?;
             world.zone_class = zone_class(ctx, f, &rw, zone);
-            if place.drill {
-                world.source_namespace = Some(source_namespace(ctx, &namespace).await?);
-            }
         }
         Phase::Restoring => {
             world.reports = reports(ctx, f);
@@ -107,6 +98,30 @@ pub async fn observe_world(
     }
     world.workload = Some(rw);
     Ok(world)
+}
+
+/// What the first step reads: who holds the names it creates objects under, the source claims'
+/// sizes and classes, and for a drill the source namespace's labels, limits and quotas.
+async fn prepared(
+    ctx: &Context,
+    f: &Failover,
+    place: &Place,
+    point: Option<&ResolvedPoint>,
+    world: &mut World,
+) -> Result<(), Error> {
+    let namespace = f.namespace().unwrap_or_default();
+    let uid = f.uid().unwrap_or_default();
+    if let Some(point) = point {
+        for name in prepared_names(f, place, point) {
+            let h = holder(&ctx.client, &name, FAILOVER_UID_LABEL, &uid).await?;
+            world.names.insert(name, h);
+        }
+        world.claim_shapes = claim_shapes(ctx, &namespace, &point.volumes).await?;
+    }
+    if place.drill {
+        world.source_namespace = Some(source_namespace(ctx, &namespace).await?);
+    }
+    Ok(())
 }
 
 /// The key of a Failover's commit job.
