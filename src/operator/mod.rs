@@ -391,6 +391,8 @@ async fn run_controllers(
         storage: settings.storage.clone(),
         swept: Default::default(),
         commits: Default::default(),
+        jobs: Default::default(),
+        point_stores: Default::default(),
     });
 
     // Readiness: every cache has its first full list.
