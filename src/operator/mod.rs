@@ -539,6 +539,7 @@ async fn run_controllers(
         .watches_shared_stream(registration_for_workloads, move |l| on_node(&l))
         .watches_stream(registrations_deleted, move |l| on_deleted_node(&l))
         .watches_stream(pods, workloads_of_pod)
+        .reconcile_on(controllers::workload::job_triggers(&ctx))
         .graceful_shutdown_on(shutdown.wait())
         .run(
             reconciler!(workload),
