@@ -36,7 +36,7 @@ pub(super) fn finish(
     };
     match &job.state {
         JobState::Running => {
-            d.requeue = d.requeue.min(POLL);
+            d.soon(POLL);
             if let Some(message) = &job.last_failure {
                 d.failure = Some((R::ReplicationFailed, message.clone()));
             }
@@ -46,7 +46,7 @@ pub(super) fn finish(
             None => d.job(&point.id, spec),
             Some(wait) => {
                 d.failure = Some((R::ReplicationFailed, message.clone()));
-                d.requeue = d.requeue.min(wait);
+                d.soon(wait);
             }
         },
         JobState::Done(_) => match job.outcome::<Finished>() {

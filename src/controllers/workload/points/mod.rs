@@ -8,6 +8,7 @@ pub mod act;
 pub mod decide;
 mod finish;
 pub mod record;
+mod upkeep;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -136,3 +137,6 @@ async fn expose(
         Err(e) => Exposed::Error(e.to_string()),
     }
 }
+
+#[cfg(test)]
+mod tests;
