@@ -5,8 +5,8 @@
 //! started again by the next pass from what the status shows, so every job must be idempotent.
 
 use std::collections::HashMap;
-use std::hash::Hash;
 use std::future::Future;
+use std::hash::Hash;
 use std::sync::{Arc, Mutex};
 
 use futures::FutureExt;
@@ -107,7 +107,6 @@ impl<T> Job<T> {
 }
 
 impl Job {
-
     /// A finished job for tests and fakes.
     pub fn done<T: Serialize>(tag: &str, started: Timestamp, outcome: &T) -> Self {
         Self {
@@ -116,7 +115,6 @@ impl Job {
             ..Job::running(tag, started)
         }
     }
-
 
     /// The outcome of a finished job, typed; `None` while running, after a failure, or when the
     /// outcome is not a `T`.
@@ -265,6 +263,7 @@ mod tests {
     use crate::controllers::store::{Consistency, Finished, PointStore};
     use futures::StreamExt;
     use serde_json::json;
+    use std::time::Duration;
 
     fn t(secs: i64) -> Timestamp {
         Timestamp::from_second(1_780_000_000 + secs).unwrap()
@@ -291,7 +290,9 @@ mod tests {
             Ok::<_, String>(json!(7u64))
         }));
         // One job per key at a time.
-        assert!(!jobs.start_tagged(key.clone(), "p1", t(1), async { Ok::<_, String>(json!(8u64)) }));
+        assert!(!jobs.start_tagged(key.clone(), "p1", t(1), async {
+            Ok::<_, String>(json!(8u64))
+        }));
         assert!(
             jobs.get(&key)
                 .is_some_and(|j| j.is_running() && j.started == t(0))
@@ -312,7 +313,7 @@ mod tests {
         let jobs: Jobs<serde_json::Value, JobKey> = Jobs::default();
         let key = JobKey::new("ns/db", JobKind::FinishPoint);
         jobs.start_tagged(key.clone(), "p1", t(0), async {
-            Err::<(), _>("cache location: down".to_string())
+            Err::<serde_json::Value, _>("cache location: down".to_string())
         });
         let job = settled(&jobs, &key).await;
         assert_eq!(job.state, State::Failed("cache location: down".into()));
@@ -343,10 +344,7 @@ mod tests {
             }
             Ok::<serde_json::Value, String>(json!(null))
         });
-        assert!(matches!(
-            settled(&jobs, &key).await.state,
-            State::Failed(_)
-        ));
+        assert!(matches!(settled(&jobs, &key).await.state, State::Failed(_)));
     }
 
     #[tokio::test]

@@ -23,6 +23,8 @@ use crate::repository::new_point_id;
 /// How long the repositories may take to be ensured before a point start gives up (it is
 /// tried again at the next pass).
 const ENSURE_TIMEOUT: Duration = Duration::from_secs(600);
+/// How long a data-path job may take before it counts as failed.
+const JOB_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// The workload whose decision is carried out.
 pub struct Target<'a> {
@@ -155,7 +157,18 @@ fn start_job(ctx: &Arc<Context>, target: &Target<'_>, tag: &str, spec: JobSpec, 
         };
         done.map_err(|e| e.to_string())
     };
-    ctx.jobs.start(key, tag, now, work);
+    // The work is idempotent: one that hangs fails, and the next pass starts it again.
+    let bounded = async move {
+        tokio::time::timeout(JOB_TIMEOUT, work)
+            .await
+            .unwrap_or_else(|_| {
+                Err(format!(
+                    "storage did not finish within {}s",
+                    JOB_TIMEOUT.as_secs()
+                ))
+            })
+    };
+    ctx.jobs.start_tagged(key, tag, now, bounded);
 }
 
 type StartFailure = (R, String, Duration);
