@@ -46,6 +46,13 @@ pub struct LocationLabels {
     pub location: String,
 }
 
+/// Why the operator read a vault's Secrets: `check` (metadata, to see whether they changed),
+/// `resolve` (the key and credentials, to open the repositories).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PurposeLabels {
+    pub purpose: &'static str,
+}
+
 /// The replication pipeline's metrics.
 #[derive(Clone)]
 pub struct ReplicationMetrics {
@@ -55,6 +62,8 @@ pub struct ReplicationMetrics {
     pub replication_duration: Family<WorkloadLabels, Histogram, fn() -> Histogram>,
     pub missed_intervals: Family<WorkloadLabels, Counter>,
     pub last_success: Family<WorkloadLabels, Gauge>,
+    pub repository_opens: Family<LocationLabels, Counter>,
+    pub secret_reads: Family<PurposeLabels, Counter>,
 }
 
 fn duration_buckets() -> Histogram {
@@ -70,7 +79,19 @@ impl ReplicationMetrics {
             replication_duration: Family::new_with_constructor(duration_buckets),
             missed_intervals: Family::default(),
             last_success: Family::default(),
+            repository_opens: Family::default(),
+            secret_reads: Family::default(),
         };
+        registry.register(
+            "repository_opens",
+            "Repositories opened by the operator (config read, key unwrapped), by location",
+            m.repository_opens.clone(),
+        );
+        registry.register(
+            "vault_secret_reads",
+            "Reads of vaults' Secrets by the operator's controllers, by purpose",
+            m.secret_reads.clone(),
+        );
         registry.register(
             "rpo_seconds",
             "Seconds since the newest recovery point durable in the target location",

@@ -76,4 +76,8 @@ pub struct Context {
     pub swept: std::sync::Mutex<std::collections::HashSet<String>>,
     /// Failover commits (the deletion of a workload's points) running or done, by Failover uid.
     pub commits: super::jobs::Jobs<usize>,
+    /// The data path's jobs of the workloads (finish, catch-up, retention), and their outcomes.
+    pub jobs: super::jobs::Jobs<serde_json::Value, super::jobs::JobKey>,
+    /// The vaults' repositories, opened once per vault.
+    pub point_stores: super::store::VaultStores,
 }

@@ -9,6 +9,7 @@ pub mod error;
 pub mod failover;
 pub mod jobs;
 pub mod objects;
+pub mod store;
 pub mod vault;
 pub mod workload;
 

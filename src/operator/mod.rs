@@ -391,6 +391,8 @@ async fn run_controllers(
         storage: settings.storage.clone(),
         swept: Default::default(),
         commits: Default::default(),
+        jobs: Default::default(),
+        point_stores: Default::default(),
     });
 
     // Readiness: every cache has its first full list.
@@ -537,6 +539,7 @@ async fn run_controllers(
         .watches_shared_stream(registration_for_workloads, move |l| on_node(&l))
         .watches_stream(registrations_deleted, move |l| on_deleted_node(&l))
         .watches_stream(pods, workloads_of_pod)
+        .reconcile_on(controllers::workload::job_triggers(&ctx))
         .graceful_shutdown_on(shutdown.wait())
         .run(
             reconciler!(workload),

@@ -164,6 +164,16 @@ impl Repository {
         Ok(repo)
     }
 
+    /// The same repository without its chunk index: enough to list and read points, cheap to
+    /// make, and independent of the original (which may be busy writing).
+    pub fn reader(&self) -> Self {
+        Self::new(
+            self.location.clone(),
+            self.config.clone(),
+            self.keys.clone(),
+        )
+    }
+
     fn new(location: Location, config: Config, keys: Keys) -> Self {
         Self {
             location,

@@ -12,14 +12,32 @@ pub mod status;
 
 use std::sync::Arc;
 
+use futures::StreamExt;
 use kube::ResourceExt;
+use kube::core::DeserializeGuard;
 use kube::runtime::controller::Action;
+use kube::runtime::reflector::ObjectRef;
 
 use crate::api::ReplicatedWorkload;
 use crate::controllers::{Context, Error, write_status};
 use crate::metrics::ControllerLabels;
 
 pub const CONTROLLER: &str = "replicatedworkload";
+
+/// The workloads whose data-path jobs finished, for the controller's `reconcile_on`: the pass
+/// that records an outcome runs at once rather than at the next poll.
+pub fn job_triggers(
+    ctx: &Context,
+) -> impl futures::Stream<Item = ObjectRef<DeserializeGuard<ReplicatedWorkload>>> + Send + 'static {
+    use crate::controllers::jobs::JobKind;
+    ctx.jobs.completions().filter_map(|key| {
+        let owner = match key.kind {
+            JobKind::FinishPoint | JobKind::CatchUp | JobKind::Prune => key.owner.split_once('/'),
+            JobKind::DiscardParts | JobKind::ForgetWorkload => None,
+        };
+        futures::future::ready(owner.map(|(ns, name)| ObjectRef::new(name).within(ns)))
+    })
+}
 
 pub async fn reconcile(workload: &ReplicatedWorkload, ctx: Arc<Context>) -> Result<Action, Error> {
     let namespace = workload.namespace().unwrap_or_default();
@@ -122,7 +140,12 @@ pub async fn reconcile(workload: &ReplicatedWorkload, ctx: Arc<Context>) -> Resu
         now,
         rpo,
     );
-    if write_status(&ctx, workload, workload.status.as_ref(), &status).await? {
+    let written = write_status(&ctx, workload, workload.status.as_ref(), &status).await?;
+    // The status holds what the jobs produced: their outcomes are not announced again.
+    for (key, tag) in &advanced.recorded {
+        ctx.jobs.mark_recorded(key, tag);
+    }
+    if written {
         ctx.metrics
             .status_writes
             .get_or_create(&ControllerLabels {

@@ -1,0 +1,92 @@
+//! One door to a vault's recovery-point repositories for the controllers: the [`PointStore`]
+//! trait (ensure, finish a point, catch up, prune, list, forget), its implementation over the
+//! repository ([`repo::RepoStore`]), opened once per vault and kept in the `Context`
+//! ([`VaultStores`]), and an in-memory fake for tests ([`fake::FakeStore`]). Controllers never
+//! open a repository themselves; the long operations run as jobs (`controllers::jobs`).
+
+mod cache;
+pub mod fake;
+pub mod repo;
+mod summaries;
+
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use jiff::Timestamp;
+use serde::{Deserialize, Serialize};
+
+use crate::api::workload::PointRef;
+pub use crate::repository::format::Consistency;
+
+pub use self::cache::VaultStores;
+
+/// What finishing a point produced.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Finished {
+    pub id: String,
+    pub consistency: Consistency,
+    pub volumes: usize,
+    /// Bytes of the point's volumes.
+    pub bytes: u64,
+    /// The copy to the target: bytes copied, or why it failed (the point is in the cache).
+    pub replicated: Result<u64, String>,
+}
+
+/// What retention left of a workload (counted in the cache).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Pruned {
+    pub removed: usize,
+    pub remaining: u32,
+    pub oldest: Option<Timestamp>,
+}
+
+/// Retention of one workload: points younger than `keep_within` stay, and the newest
+/// `keep_last` whatever their age.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Retention {
+    pub keep_within: Duration,
+    pub keep_last: usize,
+}
+
+/// A workload's points in the target, each with the names of the volumes it holds.
+pub type TargetPoints = Vec<(PointRef, Vec<String>)>;
+
+/// The repository operations the controllers need, for one vault. Every operation is
+/// idempotent: repeated after a crash or a timeout it finishes what is left. Errors are
+/// messages for a condition, naming the location (`cache location: …`).
+pub trait PointStore: Send + Sync {
+    /// Creates the repositories when they do not exist (the target as the cache's replica);
+    /// refuses foreign ones and ones the key does not open.
+    fn ensure(&self) -> BoxFuture<'_, Result<(), String>>;
+
+    /// Assembles `point` from its `parts` (node names) in the cache, discards the parts of
+    /// abandoned points of its workload, and copies what the target lacks of the workload.
+    fn finish_point<'a>(
+        &'a self,
+        point: &'a str,
+        parts: &'a [String],
+    ) -> BoxFuture<'a, Result<Finished, String>>;
+
+    /// Copies the points of `workload` (`namespace/name`) the target lacks; bytes copied.
+    fn catch_up<'a>(&'a self, workload: &'a str) -> BoxFuture<'a, Result<u64, String>>;
+
+    /// Retention of `workload` in cache and target.
+    fn prune<'a>(
+        &'a self,
+        workload: &'a str,
+        retention: &'a Retention,
+    ) -> BoxFuture<'a, Result<Pruned, String>>;
+
+    /// Removes the parts of a point that will not complete (best effort: garbage otherwise).
+    fn discard_parts<'a>(&'a self, point: &'a str) -> BoxFuture<'a, Result<(), String>>;
+
+    /// The points of `workload` durable in the target; none when it holds no repository.
+    fn target_points<'a>(
+        &'a self,
+        workload: &'a str,
+    ) -> BoxFuture<'a, Result<TargetPoints, String>>;
+
+    /// Deletes every point of `workload` from target and cache (a committed failover); a cache
+    /// that cannot be reached is skipped (the source zone may be gone). Points removed.
+    fn forget_workload<'a>(&'a self, workload: &'a str) -> BoxFuture<'a, Result<usize, String>>;
+}

@@ -1,0 +1,316 @@
+//! The [`PointStore`] of one vault over its two repositories, and the per-vault cache of them
+//! in the `Context`. A repository is opened once (config read, key unwrapped) and kept; its chunk
+//! index is reloaded only by the operations that copy or collect chunks. A storage error drops
+//! the open repository, so the next operation opens it again.
+
+use std::collections::HashSet;
+
+use futures::FutureExt;
+use futures::future::BoxFuture;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use tokio::sync::{Mutex, MutexGuard};
+
+use super::summaries::Summaries;
+use super::{Finished, PointStore, Pruned, Retention, TargetPoints};
+use crate::api::workload::PointRef;
+use crate::metrics::LocationLabels;
+use crate::repository::prune::{PruneOptions, forget_workload, prune};
+use crate::repository::replicate::replicate;
+use crate::repository::{RepoError, Repository};
+use crate::storage::vault::VaultAccess;
+
+/// One location's repository, opened on first use.
+struct Slot {
+    name: &'static str,
+    repo: Mutex<Option<Repository>>,
+    points: Summaries,
+}
+
+impl Slot {
+    fn new(name: &'static str) -> Self {
+        Self {
+            name,
+            repo: Mutex::new(None),
+            points: Summaries::default(),
+        }
+    }
+}
+
+/// A vault's cache and target repositories.
+pub struct RepoStore {
+    access: VaultAccess,
+    cache: Slot,
+    target: Slot,
+    opens: Family<LocationLabels, Counter>,
+}
+
+type Guard<'a> = MutexGuard<'a, Option<Repository>>;
+
+impl RepoStore {
+    pub fn new(access: VaultAccess, opens: Family<LocationLabels, Counter>) -> Self {
+        Self {
+            access,
+            cache: Slot::new("cache"),
+            target: Slot::new("target"),
+            opens,
+        }
+    }
+
+    fn counted(&self, slot: &Slot) {
+        self.opens
+            .get_or_create(&LocationLabels {
+                location: slot.name.into(),
+            })
+            .inc();
+    }
+
+    /// The cache, opened (`create`: created when absent) if it is not yet.
+    async fn cache(&self, create: bool) -> Result<Guard<'_>, RepoError> {
+        let mut guard = self.cache.repo.lock().await;
+        if guard.is_none() {
+            self.counted(&self.cache);
+            *guard = Some(if create {
+                self.access.open_cache().await?
+            } else {
+                Repository::open(self.access.cache.clone(), &self.access.key).await?
+            });
+        }
+        Ok(guard)
+    }
+
+    /// The target, opened if it is not yet: initialised as the replica of `cache` when given,
+    /// opened as it is otherwise.
+    async fn target(&self, cache: Option<&Repository>) -> Result<Guard<'_>, RepoError> {
+        let mut guard = self.target.repo.lock().await;
+        if guard.is_none() {
+            self.counted(&self.target);
+            *guard = Some(match cache {
+                Some(cache) => self.access.open_target(cache).await?,
+                None => Repository::open(self.access.target.clone(), &self.access.key).await?,
+            });
+        }
+        Ok(guard)
+    }
+
+    /// Copies `workload`'s points the target lacks; bytes copied. The cache's index is
+    /// reloaded first: agents wrote packs since it was read.
+    async fn copy_missing(&self, cache: &mut Repository, workload: &str) -> Result<u64, String> {
+        let cache_error = |e: RepoError| format!("cache location: {e}");
+        cache.load_index().await.map_err(cache_error)?;
+        let mine = self
+            .cache
+            .points
+            .of_workload(cache, workload)
+            .await
+            .map_err(cache_error)?;
+        let mut target = self.target(Some(cache)).await.map_err(target_error)?;
+        let result = async {
+            let Some(target) = target.as_mut() else {
+                return Ok(0);
+            };
+            let present: HashSet<String> = target.point_ids().await?.into_iter().collect();
+            let missing: Vec<String> = mine
+                .into_iter()
+                .map(|s| s.id)
+                .filter(|id| !present.contains(id))
+                .collect();
+            Ok(replicate(cache, target, &missing).await?.bytes_copied)
+        }
+        .await;
+        drop_on_error(&mut target, result).map_err(target_error)
+    }
+
+    async fn finish(&self, point: &str, parts: &[String]) -> Result<Finished, String> {
+        let mut cache = self.cache(false).await.map_err(cache_error)?;
+        let Some(repo) = cache.as_mut() else {
+            return Err("cache location: not open".into());
+        };
+        let manifest = match repo.assemble(point, parts).await {
+            Ok(m) => m,
+            Err(e) => {
+                *cache = None;
+                return Err(format!("assembling point {point}: {e}"));
+            }
+        };
+        if let Err(e) = repo.discard_stale_parts(&manifest.workload, None).await {
+            tracing::warn!(error = %e, "could not remove the parts of abandoned points yet");
+        }
+        let replicated = self.copy_missing(repo, &manifest.workload).await;
+        Ok(Finished {
+            id: manifest.id,
+            consistency: manifest.consistency,
+            volumes: manifest.volumes.len(),
+            bytes: manifest.stats.bytes,
+            replicated,
+        })
+    }
+
+    async fn retention(&self, workload: &str, retention: &Retention) -> Result<Pruned, String> {
+        let options = PruneOptions {
+            keep_within: retention.keep_within,
+            keep_last: retention.keep_last,
+            dry_run: false,
+            workload: Some(workload.to_string()),
+        };
+        let (removed, remaining) = {
+            let mut cache = self.cache(false).await.map_err(cache_error)?;
+            let result = async {
+                let Some(repo) = cache.as_mut() else {
+                    return Ok((0, vec![]));
+                };
+                let report = prune(repo, &options).await?;
+                let mine = self.cache.points.of_workload(repo, workload).await?;
+                Ok((report.points_removed.len(), mine))
+            }
+            .await;
+            drop_on_error(&mut cache, result).map_err(cache_error)?
+        };
+        let mut target = self.target(None).await.map_err(target_error)?;
+        let result = match target.as_mut() {
+            Some(repo) => prune(repo, &options).await.map(|_| ()),
+            None => Ok(()),
+        };
+        drop_on_error(&mut target, result).map_err(target_error)?;
+        Ok(Pruned {
+            removed,
+            remaining: remaining.len() as u32,
+            oldest: remaining.first().and_then(|s| s.time.parse().ok()),
+        })
+    }
+
+    async fn list_target(&self, workload: &str) -> Result<TargetPoints, RepoError> {
+        // A reader lists, so a long copy into the target does not hold the listing up.
+        let reader = self.target(None).await?.as_ref().map(Repository::reader);
+        let Some(reader) = reader else {
+            return Ok(vec![]);
+        };
+        let points = self.target.points.of_workload(&reader, workload).await?;
+        Ok(points
+            .into_iter()
+            .filter_map(|s| {
+                let point = PointRef {
+                    time: s.time.parse().ok()?,
+                    id: s.id,
+                    replicated: true,
+                    consistency: s.consistency.as_str().into(),
+                };
+                Some((point, s.volumes))
+            })
+            .collect())
+    }
+
+    async fn forget(&self, workload: &str) -> Result<usize, String> {
+        let mut removed = 0;
+        for slot in [&self.target, &self.cache] {
+            let opened = if slot.name == "cache" {
+                self.cache(false).await
+            } else {
+                self.target(None).await
+            };
+            let mut guard = match opened {
+                Ok(g) => g,
+                // The source zone's cache may be gone with the zone: nothing to delete there.
+                Err(e) if slot.name == "cache" => {
+                    tracing::warn!(error = %e, "cache location unreachable at commit; its points stay until it returns");
+                    continue;
+                }
+                Err(e) => return Err(format!("{} location: {e}", slot.name)),
+            };
+            let result = match guard.as_mut() {
+                Some(repo) => forget_workload(repo, workload).await,
+                None => continue,
+            };
+            let report = drop_on_error(&mut guard, result)
+                .map_err(|e| format!("{} location: {e}", slot.name))?;
+            removed += report.points_removed.len();
+        }
+        Ok(removed)
+    }
+}
+
+fn cache_error(e: RepoError) -> String {
+    format!("cache location: {e}")
+}
+
+fn target_error(e: impl std::fmt::Display) -> String {
+    format!("target location: {e}")
+}
+
+/// Passes `result` on; an error closes the repository, to be opened afresh next time.
+fn drop_on_error<T>(guard: &mut Guard<'_>, result: Result<T, RepoError>) -> Result<T, RepoError> {
+    if result.is_err() {
+        **guard = None;
+    }
+    result
+}
+
+impl PointStore for RepoStore {
+    fn ensure(&self) -> BoxFuture<'_, Result<(), String>> {
+        async move {
+            let cache = self.cache(true).await.map_err(cache_error)?;
+            let Some(repo) = cache.as_ref() else {
+                return Ok(());
+            };
+            drop(self.target(Some(repo)).await.map_err(target_error)?);
+            Ok(())
+        }
+        .boxed()
+    }
+
+    fn finish_point<'a>(
+        &'a self,
+        point: &'a str,
+        parts: &'a [String],
+    ) -> BoxFuture<'a, Result<Finished, String>> {
+        self.finish(point, parts).boxed()
+    }
+
+    fn catch_up<'a>(&'a self, workload: &'a str) -> BoxFuture<'a, Result<u64, String>> {
+        async move {
+            let mut cache = self.cache(false).await.map_err(cache_error)?;
+            match cache.as_mut() {
+                Some(repo) => self.copy_missing(repo, workload).await,
+                None => Ok(0),
+            }
+        }
+        .boxed()
+    }
+
+    fn prune<'a>(
+        &'a self,
+        workload: &'a str,
+        retention: &'a Retention,
+    ) -> BoxFuture<'a, Result<Pruned, String>> {
+        self.retention(workload, retention).boxed()
+    }
+
+    fn discard_parts<'a>(&'a self, point: &'a str) -> BoxFuture<'a, Result<(), String>> {
+        async move {
+            let cache = self.cache(false).await.map_err(cache_error)?;
+            match cache.as_ref() {
+                Some(repo) => repo.discard_parts(point).await.map_err(cache_error),
+                None => Ok(()),
+            }
+        }
+        .boxed()
+    }
+
+    fn target_points<'a>(
+        &'a self,
+        workload: &'a str,
+    ) -> BoxFuture<'a, Result<TargetPoints, String>> {
+        async move {
+            match self.list_target(workload).await {
+                Ok(points) => Ok(points),
+                Err(RepoError::NotARepository { .. }) => Ok(vec![]),
+                Err(e) => Err(target_error(e)),
+            }
+        }
+        .boxed()
+    }
+
+    fn forget_workload<'a>(&'a self, workload: &'a str) -> BoxFuture<'a, Result<usize, String>> {
+        self.forget(workload).boxed()
+    }
+}

@@ -1,0 +1,265 @@
+//! Carries out a replication decision's actions. Each is idempotent: the sweep deletes what is
+//! there, a job starts only when none of its key runs, and a point's capture is recorded only
+//! once it succeeded (snapshots made before a failure are swept as strays).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use jiff::Timestamp;
+use kube::ResourceExt;
+use kube::runtime::reflector::ObjectRef;
+
+use super::decide::{Action, Count, Decision, JobSpec, StartPoint};
+use crate::api::reasons::{EventReason, WorkloadReason as R};
+use crate::api::vault::SnapshotMethod;
+use crate::api::workload::PointInProgress;
+use crate::api::{RecoveryVault, ReplicatedWorkload};
+use crate::controllers::jobs::JobKey;
+use crate::controllers::store::PointStore;
+use crate::controllers::{Context, PlannedEvent};
+use crate::metrics::{ConsistencyLabels, LocationLabels, WorkloadLabels};
+use crate::repository::new_point_id;
+
+/// How long the repositories may take to be ensured before a point start gives up (it is
+/// tried again at the next pass).
+const ENSURE_TIMEOUT: Duration = Duration::from_secs(600);
+/// How long a data-path job may take before it counts as failed.
+const JOB_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// The workload whose decision is carried out.
+pub struct Target<'a> {
+    pub rw: &'a ReplicatedWorkload,
+    /// `namespace/name`: the owner of its jobs.
+    pub key: &'a str,
+    pub pods: &'a [String],
+}
+
+/// Carries out `d.actions`; a point that started is returned with its request, to be recorded.
+/// Failures of a start land in `d` (failure, requeue, events).
+pub async fn execute(
+    ctx: &Arc<Context>,
+    target: &Target<'_>,
+    d: &mut Decision,
+    now: Timestamp,
+) -> Option<(PointInProgress, Option<String>)> {
+    let mut started = None;
+    for action in std::mem::take(&mut d.actions) {
+        match action {
+            Action::Sweep => sweep(ctx, target).await,
+            Action::Count(c) => count(ctx, target.rw, c),
+            Action::Job { tag, spec } => start_job(ctx, target, &tag, spec, now),
+            Action::Start(s) => match start_point(ctx, target, &s, d, now).await {
+                Ok(point) => {
+                    tracing::info!(workload = %target.key, point = %point.id, consistency = %point.consistency, "starting a recovery point");
+                    d.requeue = super::super::schedule::POLL;
+                    started = Some((point, s.requested.clone()));
+                }
+                Err((reason, message, retry)) => {
+                    d.failure = Some((reason, message));
+                    d.requeue = d.requeue.min(retry);
+                }
+            },
+        }
+    }
+    started
+}
+
+/// Temporary snapshots, claims and reader pods of finished, failed or abandoned points; also
+/// for Live vaults (one that was CSI before may have left objects behind).
+async fn sweep(ctx: &Context, target: &Target<'_>) {
+    match super::super::csi::cleanup(ctx, target.rw, None).await {
+        Ok(_) => {
+            ctx.swept
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(target.key.to_string());
+        }
+        Err(e) => {
+            tracing::warn!(workload = %target.key, error = %e, "could not remove temporary objects yet");
+            ctx.swept
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(target.key);
+        }
+    }
+}
+
+fn count(ctx: &Context, rw: &ReplicatedWorkload, c: Count) {
+    let metrics = &ctx.metrics.replication;
+    let labels = WorkloadLabels {
+        namespace: rw.namespace().unwrap_or_default(),
+        workload: rw.name_any(),
+    };
+    match c {
+        Count::Missed(n) => {
+            metrics.missed_intervals.get_or_create(&labels).inc_by(n);
+        }
+        Count::Point(consistency) => {
+            metrics
+                .recovery_points
+                .get_or_create(&ConsistencyLabels {
+                    consistency: consistency.as_str().into(),
+                })
+                .inc();
+        }
+        Count::Bytes(location, n) => {
+            metrics
+                .bytes_transferred
+                .get_or_create(&LocationLabels {
+                    location: location.into(),
+                })
+                .inc_by(n);
+        }
+        Count::Replicated(seconds) => {
+            metrics
+                .replication_duration
+                .get_or_create(&labels)
+                .observe(seconds);
+        }
+    }
+}
+
+/// The workload's vault, from the shared cache.
+fn vault(ctx: &Context, rw: &ReplicatedWorkload) -> Result<RecoveryVault, String> {
+    let name = &rw.spec.vault_name;
+    ctx.stores
+        .vaults
+        .get(&ObjectRef::new(name).within(&rw.namespace().unwrap_or_default()))
+        .and_then(|g| g.0.as_ref().ok().cloned())
+        .ok_or_else(|| format!("RecoveryVault {name} not found"))
+}
+
+/// The store of the workload's vault (opened once per vault, see `store::VaultStores`).
+pub async fn store(ctx: &Context, rw: &ReplicatedWorkload) -> Result<Arc<dyn PointStore>, String> {
+    let vault = vault(ctx, rw)?;
+    ctx.point_stores.get(ctx, &vault).await
+}
+
+fn start_job(ctx: &Arc<Context>, target: &Target<'_>, tag: &str, spec: JobSpec, now: Timestamp) {
+    let key = JobKey::new(target.key, spec.kind());
+    let (ctx2, rw, workload) = (ctx.clone(), target.rw.clone(), target.key.to_string());
+    let work = async move {
+        let store = store(&ctx2, &rw).await?;
+        let done = match spec {
+            JobSpec::Finish { point, parts } => {
+                serde_json::to_value(store.finish_point(&point, &parts).await?)
+            }
+            JobSpec::CatchUp => serde_json::to_value(store.catch_up(&workload).await?),
+            JobSpec::Prune(retention) => {
+                serde_json::to_value(store.prune(&workload, &retention).await?)
+            }
+            JobSpec::DiscardParts { point } => {
+                if let Err(e) = store.discard_parts(&point).await {
+                    tracing::warn!(point = %point, error = %e, "could not discard the parts of a failed point");
+                }
+                Ok(serde_json::Value::Null)
+            }
+        };
+        done.map_err(|e| e.to_string())
+    };
+    // The work is idempotent: one that hangs fails, and the next pass starts it again.
+    let bounded = async move {
+        tokio::time::timeout(JOB_TIMEOUT, work)
+            .await
+            .unwrap_or_else(|_| {
+                Err(format!(
+                    "storage did not finish within {}s",
+                    JOB_TIMEOUT.as_secs()
+                ))
+            })
+    };
+    ctx.jobs.start_tagged(key, tag, now, bounded);
+}
+
+type StartFailure = (R, String, Duration);
+
+/// Ensures the repositories, then captures the point: pre hooks, the snapshots (CSI), the post
+/// hooks. Hook failures become events in `d` and notes on the point.
+async fn start_point(
+    ctx: &Context,
+    target: &Target<'_>,
+    s: &StartPoint,
+    d: &mut Decision,
+    now: Timestamp,
+) -> Result<PointInProgress, StartFailure> {
+    let refused = |message: String| (R::RepositoryRefused, message, Duration::from_secs(60));
+    // The repositories exist (and are ours) before any agent is asked to write.
+    let store = store(ctx, target.rw).await.map_err(refused)?;
+    tokio::time::timeout(ENSURE_TIMEOUT, store.ensure())
+        .await
+        .unwrap_or_else(|_| {
+            Err(format!(
+                "storage did not finish within {}s",
+                ENSURE_TIMEOUT.as_secs()
+            ))
+        })
+        .map_err(refused)?;
+    let csi = s.method == SnapshotMethod::Csi;
+    if csi && let Err(message) = super::super::csi::api_available(ctx, target.rw).await {
+        return Err((R::CaptureFailed, message, Duration::from_secs(60)));
+    }
+    let mut point = PointInProgress {
+        id: new_point_id(now),
+        consistency: s.consistency.as_str().into(),
+        method: s.method,
+        started: now,
+        claims: s.claims.clone(),
+        degraded: None,
+        warnings: vec![],
+        last_progress: None,
+    };
+    let captured = capture(ctx, target, s, &mut point).await;
+    for message in point.degraded.iter().chain(&point.warnings) {
+        d.events.push(PlannedEvent::warning(
+            EventReason::HookFailed,
+            "Quiesce",
+            format!("point {}: {message}", point.id),
+        ));
+    }
+    if let Err(e) = captured {
+        // Snapshots created before the error are removed as strays at the next idle step.
+        ctx.swept
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(target.key);
+        return Err((R::CaptureFailed, e, Duration::from_secs(10)));
+    }
+    Ok(point)
+}
+
+/// The capture instant, between the pre and post hooks.
+async fn capture(
+    ctx: &Context,
+    target: &Target<'_>,
+    s: &StartPoint,
+    point: &mut PointInProgress,
+) -> Result<(), String> {
+    let namespace = target.rw.namespace().unwrap_or_default();
+    let hooks = super::super::hooks::run;
+    if let Some(h) = &s.hooks {
+        let failed = hooks(ctx, &namespace, target.pods, &h.pre, "pre").await;
+        if !failed.is_empty() {
+            point.degraded = Some(format!(
+                "the point is CrashConsistent, not AppConsistent: {}",
+                failed.join("; ")
+            ));
+        }
+    }
+    let captured = if s.method == SnapshotMethod::Csi {
+        let class = s.snapshot_class.as_deref();
+        super::super::csi::take_snapshots(ctx, target.rw, point, class).await
+    } else {
+        Ok(())
+    };
+    if let Some(h) = &s.hooks {
+        if captured.is_ok()
+            && let Err(message) =
+                super::super::csi::wait_until_cut(ctx, target.rw, point, Duration::from_secs(60))
+                    .await
+        {
+            point.warnings.push(message);
+        }
+        point.warnings = hooks(ctx, &namespace, target.pods, &h.post, "post").await;
+    }
+    captured
+}
