@@ -79,7 +79,7 @@ pub async fn act(ctx: &Context, f: &Failover, actions: &[Action]) -> Result<(), 
                     .await
                     .map_err(Error::Kube)?;
             }
-            Action::StartCommit => start_commit(ctx, f),
+            Action::StartCommit => start_commit(ctx, f).await,
         }
     }
     Ok(())
@@ -117,7 +117,11 @@ const COMMIT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(600);
 
 /// Starts the deletion of every point of the workload in cache and target (phase two), unless
 /// it runs. Idempotent: a commit interrupted halfway deletes what is left the next time.
-fn start_commit(ctx: &Context, f: &Failover) {
+async fn start_commit(ctx: &Context, f: &Failover) {
+    let key = commit_key(f);
+    if ctx.commits.state(&key) == Some(crate::controllers::jobs::State::Running) {
+        return;
+    }
     let namespace = f.namespace().unwrap_or_default();
     let Some(rw) = ctx
         .stores
@@ -132,51 +136,19 @@ fn start_commit(ctx: &Context, f: &Failover) {
         .vaults
         .get(&ObjectRef::new(&rw.spec.vault_name).within(&namespace))
         .and_then(|g| g.0.as_ref().ok().cloned());
-    let (client, rules) = (ctx.client.clone(), ctx.storage.clone());
+    let store = match vault {
+        Some(v) => ctx.point_stores.get(ctx, &v).await,
+        None => Err(format!("RecoveryVault {} not found", rw.spec.vault_name)),
+    };
     let workload = format!("{namespace}/{}", rw.name_any());
-    let vault_name = rw.spec.vault_name.clone();
-    ctx.commits.start(&commit_key(f), async move {
-        let vault = vault.ok_or_else(|| format!("RecoveryVault {vault_name} not found"))?;
-        tokio::time::timeout(
-            COMMIT_TIMEOUT,
-            forget(&client, &namespace, &vault, &rules, &workload),
-        )
-        .await
-        .unwrap_or_else(|_| {
-            Err(format!(
-                "storage did not finish within {}s",
-                COMMIT_TIMEOUT.as_secs()
-            ))
-        })
+    ctx.commits.start(&key, async move {
+        tokio::time::timeout(COMMIT_TIMEOUT, store?.forget_workload(&workload))
+            .await
+            .unwrap_or_else(|_| {
+                Err(format!(
+                    "storage did not finish within {}s",
+                    COMMIT_TIMEOUT.as_secs()
+                ))
+            })
     });
-}
-
-async fn forget(
-    client: &kube::Client,
-    namespace: &str,
-    vault: &crate::api::RecoveryVault,
-    rules: &crate::storage::StorageRules,
-    workload: &str,
-) -> Result<usize, String> {
-    let access = crate::storage::vault::VaultAccess::resolve(client, namespace, &vault.spec, rules)
-        .await
-        .map_err(|e| e.to_string())?;
-    let mut removed = 0;
-    for (name, location) in [("target", &access.target), ("cache", &access.cache)] {
-        match crate::repository::Repository::open(location.clone(), &access.key).await {
-            Ok(mut repo) => {
-                removed += crate::repository::prune::forget_workload(&mut repo, workload)
-                    .await
-                    .map_err(|e| format!("{name} location: {e}"))?
-                    .points_removed
-                    .len();
-            }
-            // The source zone's cache may be gone with the zone: nothing to delete there.
-            Err(e) if name == "cache" => {
-                tracing::warn!(error = %e, "cache location unreachable at commit; its points stay until it returns")
-            }
-            Err(e) => return Err(format!("{name} location: {e}")),
-        }
-    }
-    Ok(removed)
 }

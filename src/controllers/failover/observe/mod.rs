@@ -18,8 +18,6 @@ use crate::api::workload::PointRef;
 use crate::api::{Failover, ReplicatedWorkload};
 use crate::controllers::objects::{Holder, ObjectName};
 use crate::controllers::{Context, jobs};
-use crate::repository::Repository;
-use crate::storage::vault::VaultAccess;
 
 mod world;
 pub use world::{commit_key, observe_world, source};
@@ -208,7 +206,8 @@ fn siblings(ctx: &Context, f: &Failover) -> Vec<Sibling> {
         .collect()
 }
 
-/// The workload's points in the vault's target location, each with the volumes it holds.
+/// The workload's points in the vault's target location, each with the volumes it holds,
+/// through the vault's store (opened once, kept while its spec and Secrets stay the same).
 async fn target_points(
     ctx: &Context,
     namespace: &str,
@@ -221,38 +220,14 @@ async fn target_points(
         .get(&ObjectRef::new(vault_name).within(namespace))
         .ok_or_else(|| format!("RecoveryVault {vault_name} not found"))?;
     let vault = vault.0.as_ref().map_err(|e| e.to_string())?;
-    let access = VaultAccess::resolve(&ctx.client, namespace, &vault.spec, &ctx.storage)
-        .await
-        .map_err(|e| format!("RecoveryVault {vault_name}: {e}"))?;
     let key = format!("{namespace}/{}", w.name_any());
     let list = async {
-        let repo = Repository::open(access.target.clone(), &access.key).await?;
-        let manifests = repo.manifests().await?;
-        Ok::<_, crate::repository::RepoError>(
-            manifests
-                .into_iter()
-                .filter(|m| m.workload == key)
-                .filter_map(|m| {
-                    let volumes = m.volumes.iter().map(|v| v.name.clone()).collect();
-                    Some((
-                        PointRef {
-                            time: m.time.parse().ok()?,
-                            id: m.id,
-                            replicated: true,
-                            consistency: m.consistency.as_str().into(),
-                        },
-                        volumes,
-                    ))
-                })
-                .collect(),
-        )
+        let store = ctx.point_stores.get(ctx, vault).await?;
+        store.target_points(&key).await
     };
     match tokio::time::timeout(std::time::Duration::from_secs(60), list).await {
         Ok(Ok(points)) => Ok(points),
-        Ok(Err(crate::repository::RepoError::NotARepository { .. })) => Ok(vec![]),
-        Ok(Err(e)) => Err(format!(
-            "target location of RecoveryVault {vault_name}: {e}"
-        )),
+        Ok(Err(e)) => Err(format!("RecoveryVault {vault_name}: {e}")),
         Err(_) => Err(format!(
             "target location of RecoveryVault {vault_name} did not answer within 60s"
         )),
