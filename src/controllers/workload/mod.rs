@@ -59,16 +59,9 @@ pub async fn reconcile(workload: &ReplicatedWorkload, ctx: Arc<Context>) -> Resu
         now,
     )
     .await;
-    // A committed failover deleted every point: the status says so rather than show points
-    // that no longer exist.
     let committed = observed.failover.as_ref().filter(|f| f.committed);
     if committed.is_some() {
-        next.latest_point = None;
-        next.latest_crash_consistent_point = None;
-        next.latest_app_consistent_point = None;
-        next.latest_replicated_point = None;
-        next.point_count = Some(0);
-        next.oldest_point = None;
+        forget_points(&mut next);
     }
     let freeze = workload
         .spec
@@ -89,21 +82,7 @@ pub async fn reconcile(workload: &ReplicatedWorkload, ctx: Arc<Context>) -> Resu
     plan.events.extend(advanced.events);
     plan.conditions.extend(replication);
     if let Some(f) = committed {
-        for c in plan
-            .conditions
-            .iter_mut()
-            .filter(|c| c.r#type == "Protected")
-        {
-            *c = crate::api::conditions::Condition::new(
-                crate::api::reasons::ConditionType::Protected,
-                crate::api::conditions::ConditionStatus::False,
-                crate::api::reasons::WorkloadReason::FailoverCommitted,
-                format!(
-                    "Failover {} is committed and its recovery points are deleted; the workload runs in the target zone, unprotected",
-                    f.name
-                ),
-            );
-        }
+        unprotected(&mut plan.conditions, &f.name);
     }
     plan.requeue = plan.requeue.min(advanced.requeue);
     if let Some(flips) = flips
@@ -112,26 +91,7 @@ pub async fn reconcile(workload: &ReplicatedWorkload, ctx: Arc<Context>) -> Resu
         plan.requeue = plan.requeue.min(d);
     }
     let rpo = schedule::rpo_seconds(&next, now);
-    if let Some(rpo) = rpo {
-        ctx.metrics
-            .replication
-            .rpo_seconds
-            .get_or_create(&crate::metrics::WorkloadLabels {
-                namespace: namespace.clone(),
-                workload: workload.name_any(),
-            })
-            .set(rpo);
-    }
-    if let Some(p) = &next.latest_replicated_point {
-        ctx.metrics
-            .replication
-            .last_success
-            .get_or_create(&crate::metrics::WorkloadLabels {
-                namespace: namespace.clone(),
-                workload: workload.name_any(),
-            })
-            .set(p.time.as_second());
-    }
+    record_metrics(&ctx, workload, &next, rpo);
     let status = status::build(
         &next,
         workload.status.as_ref(),
@@ -155,4 +115,52 @@ pub async fn reconcile(workload: &ReplicatedWorkload, ctx: Arc<Context>) -> Resu
     }
     apply::apply(&ctx, workload, &plan).await;
     Ok(Action::requeue(plan.requeue))
+}
+
+/// A committed failover deleted every point: the status says so rather than show points that
+/// no longer exist.
+fn forget_points(next: &mut crate::api::workload::ReplicatedWorkloadStatus) {
+    next.latest_point = None;
+    next.latest_crash_consistent_point = None;
+    next.latest_app_consistent_point = None;
+    next.latest_replicated_point = None;
+    next.point_count = Some(0);
+    next.oldest_point = None;
+}
+
+/// After a committed failover, Protected says why the workload has no point.
+fn unprotected(conditions: &mut [crate::api::conditions::Condition], failover: &str) {
+    for c in conditions.iter_mut().filter(|c| c.r#type == "Protected") {
+        *c = crate::api::conditions::Condition::new(
+            crate::api::reasons::ConditionType::Protected,
+            crate::api::conditions::ConditionStatus::False,
+            crate::api::reasons::WorkloadReason::FailoverCommitted,
+            format!(
+                "Failover {failover} is committed and its recovery points are deleted; the workload runs in the target zone, unprotected"
+            ),
+        );
+    }
+}
+
+/// The RPO and the time of the last replicated point, as gauges.
+fn record_metrics(
+    ctx: &Context,
+    workload: &ReplicatedWorkload,
+    next: &crate::api::workload::ReplicatedWorkloadStatus,
+    rpo: Option<i64>,
+) {
+    let labels = crate::metrics::WorkloadLabels {
+        namespace: workload.namespace().unwrap_or_default(),
+        workload: workload.name_any(),
+    };
+    let replication = &ctx.metrics.replication;
+    if let Some(rpo) = rpo {
+        replication.rpo_seconds.get_or_create(&labels).set(rpo);
+    }
+    if let Some(p) = &next.latest_replicated_point {
+        replication
+            .last_success
+            .get_or_create(&labels)
+            .set(p.time.as_second());
+    }
 }
