@@ -269,6 +269,37 @@ macro_rules! reconciler {
     };
 }
 
+/// What every reconcile of this operator shares. Public so that tests can run one reconcile of
+/// a kind against caches they fill themselves.
+pub fn context(
+    client: Client,
+    settings: &Settings,
+    stores: Stores,
+    metrics: Arc<Metrics>,
+) -> Arc<Context> {
+    let recorder = Recorder::new(
+        client.clone(),
+        Reporter {
+            controller: FIELD_MANAGER.into(),
+            instance: Some(settings.identity.clone()),
+        },
+    );
+    Arc::new(Context {
+        client,
+        recorder,
+        stores,
+        metrics,
+        backoffs: Default::default(),
+        namespace: settings.namespace.clone(),
+        reader_image: settings.reader_image.clone(),
+        storage: settings.storage.clone(),
+        swept: Default::default(),
+        commits: Default::default(),
+        jobs: Default::default(),
+        point_stores: Default::default(),
+    })
+}
+
 fn guarded_ok<K: Clone>(g: &DeserializeGuard<K>) -> Option<&K> {
     g.0.as_ref().ok()
 }
@@ -367,17 +398,10 @@ async fn run_controllers(
         ),
     );
 
-    let recorder = Recorder::new(
+    let ctx = context(
         client.clone(),
-        Reporter {
-            controller: FIELD_MANAGER.into(),
-            instance: Some(settings.identity.clone()),
-        },
-    );
-    let ctx = Arc::new(Context {
-        client: client.clone(),
-        recorder,
-        stores: Stores {
+        settings,
+        Stores {
             vaults: vaults.clone(),
             workloads: workloads.clone(),
             failovers: failovers.clone(),
@@ -385,15 +409,7 @@ async fn run_controllers(
             registrations: registrations.clone(),
         },
         metrics,
-        backoffs: Default::default(),
-        namespace: settings.namespace.clone(),
-        reader_image: settings.reader_image.clone(),
-        storage: settings.storage.clone(),
-        swept: Default::default(),
-        commits: Default::default(),
-        jobs: Default::default(),
-        point_stores: Default::default(),
-    });
+    );
 
     // Readiness: every cache has its first full list.
     let readiness = {
