@@ -22,7 +22,7 @@ use crate::api::{RecoveryVault, ReplicatedWorkload};
 use crate::repository::format::Consistency;
 use crate::repository::parts::PartOf;
 use crate::repository::snapshot::{Progress, SnapshotOptions, Source, snapshot};
-use crate::storage::vault::VaultAccess;
+use crate::vault_access::VaultAccess;
 
 /// How often the agent looks for work it has not started.
 const SCAN: Duration = Duration::from_secs(1);

@@ -19,7 +19,7 @@ use crate::api::work::{AgentWork, FAILOVER_LABEL, WorkKind, WorkState, writer_na
 use crate::api::{Failover, RecoveryVault, ReplicatedWorkload};
 use crate::repository::Repository;
 use crate::repository::restore::{INCOMPLETE_MARKER, RestoreOptions, restore};
-use crate::storage::vault::VaultAccess;
+use crate::vault_access::VaultAccess;
 
 /// (source claim = volume of the point, target claim, mount directory)
 type Local = Vec<(String, String, std::path::PathBuf)>;

@@ -158,7 +158,7 @@ async fn forget(
     rules: &crate::storage::StorageRules,
     workload: &str,
 ) -> Result<usize, String> {
-    let access = crate::storage::vault::VaultAccess::resolve(client, namespace, &vault.spec, rules)
+    let access = crate::vault_access::VaultAccess::resolve(client, namespace, &vault.spec, rules)
         .await
         .map_err(|e| e.to_string())?;
     let mut removed = 0;

@@ -189,7 +189,7 @@ pub fn plan(
     let key_problem = match &observed.encryption_key {
         KeyProbe::Placeholder => Some((
             R::PlaceholderKey,
-            crate::storage::vault::placeholder_key_message(
+            crate::vault_access::placeholder_key_message(
                 &spec.encryption.key_secret_ref.name,
                 &spec.encryption.key_secret_ref.key,
             ),

@@ -19,7 +19,7 @@ use crate::api::{Failover, ReplicatedWorkload};
 use crate::controllers::objects::{Holder, ObjectName};
 use crate::controllers::{Context, jobs};
 use crate::repository::Repository;
-use crate::storage::vault::VaultAccess;
+use crate::vault_access::VaultAccess;
 
 mod world;
 pub use world::{commit_key, observe_world, source};

@@ -222,7 +222,7 @@ fn events_only_when_ready_changes() {
 
 #[test]
 fn the_placeholder_key_and_variants_are_recognised() {
-    use crate::storage::vault::{PLACEHOLDER_KEY, is_placeholder_key};
+    use crate::vault_access::{PLACEHOLDER_KEY, is_placeholder_key};
     assert!(is_placeholder_key(PLACEHOLDER_KEY.as_bytes()));
     assert!(is_placeholder_key(
         format!("{PLACEHOLDER_KEY}\n").as_bytes()
