@@ -6,8 +6,11 @@ pub mod api;
 pub mod cli;
 pub mod clock;
 pub mod controllers;
+#[cfg(test)]
+mod layers;
 pub mod metrics;
 pub mod operator;
 pub mod repository;
 pub mod storage;
 pub mod validate;
+pub mod vault_access;

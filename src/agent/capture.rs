@@ -13,6 +13,7 @@ use kube::api::{Api, ListParams};
 use kube::{Client, ResourceExt};
 use tokio::task::JoinSet;
 
+use super::error::WorkError;
 use super::registration::{AgentSettings, Reports};
 use crate::api::registration::ZONE_LABEL;
 use crate::api::vault::SnapshotMethod;
@@ -22,7 +23,7 @@ use crate::api::{RecoveryVault, ReplicatedWorkload};
 use crate::repository::format::Consistency;
 use crate::repository::parts::PartOf;
 use crate::repository::snapshot::{Progress, SnapshotOptions, Source, snapshot};
-use crate::storage::vault::VaultAccess;
+use crate::vault_access::VaultAccess;
 
 /// How often the agent looks for work it has not started.
 const SCAN: Duration = Duration::from_secs(1);
@@ -85,12 +86,12 @@ pub async fn run_captures(client: Client, settings: AgentSettings, reports: Repo
                     };
                     tasks.spawn(job.run());
                 }
-                Err(message) => {
-                    tracing::warn!(workload = %key, point = %point.id, %message, "cannot capture");
+                Err(e) => {
+                    tracing::warn!(workload = %key, point = %point.id, error = %e, "cannot capture");
                     started.insert((key.clone(), point.id.clone()));
                     reports.set(
                         key.clone(),
-                        report(rw, &point, WorkState::Failed, message),
+                        report(rw, &point, WorkState::Failed, e.to_string()),
                         true,
                     );
                 }
@@ -132,12 +133,12 @@ async fn local_work(
     settings: &AgentSettings,
     rw: &ReplicatedWorkload,
     point: &PointInProgress,
-) -> Result<LocalWork, String> {
+) -> Result<LocalWork, WorkError> {
     let namespace = rw.namespace().unwrap_or_default();
     let pods = Api::<Pod>::namespaced(client.clone(), &namespace)
         .list(&ListParams::default())
         .await
-        .map_err(|e| format!("listing pods in {namespace}: {e}"))?;
+        .map_err(WorkError::api(format!("listing pods in {namespace}")))?;
     let mut local = Vec::new();
     for claim in &point.claims {
         let wanted = read_claim(point.method, claim, &point.id);
@@ -182,18 +183,22 @@ pub(crate) async fn mount_path(
     namespace: &str,
     claim: &str,
     uid: &str,
-) -> Result<Option<PathBuf>, String> {
+) -> Result<Option<PathBuf>, WorkError> {
     let pvc = Api::<PersistentVolumeClaim>::namespaced(client.clone(), namespace)
         .get_opt(claim)
         .await
-        .map_err(|e| format!("reading PersistentVolumeClaim {claim}: {e}"))?;
+        .map_err(WorkError::api(format!(
+            "reading PersistentVolumeClaim {claim}"
+        )))?;
     let Some(pv_name) = pvc.and_then(|c| c.spec).and_then(|s| s.volume_name) else {
         return Ok(None);
     };
     let pv = Api::<PersistentVolume>::all(client.clone())
         .get_opt(&pv_name)
         .await
-        .map_err(|e| format!("reading PersistentVolume {pv_name}: {e}"))?;
+        .map_err(WorkError::api(format!(
+            "reading PersistentVolume {pv_name}"
+        )))?;
     let Some(spec) = pv.and_then(|p| p.spec) else {
         return Ok(None);
     };
@@ -206,15 +211,17 @@ pub(crate) async fn mount_path(
     } else if spec.local.is_some() {
         volumes.join("kubernetes.io~local-volume").join(&pv_name)
     } else if let Some(h) = &spec.host_path {
-        return Err(format!(
-            "claim {claim}: PersistentVolume {pv_name} is a hostPath volume at {}, outside --kubelet-root {}; the agent reads only below the kubelet root: use a local or CSI PersistentVolume",
-            h.path,
-            settings.kubelet_root.display()
-        ));
+        return Err(WorkError::HostPathVolume {
+            claim: claim.into(),
+            volume: pv_name,
+            path: h.path.clone(),
+            kubelet_root: settings.kubelet_root.clone(),
+        });
     } else {
-        return Err(format!(
-            "claim {claim}: PersistentVolume {pv_name} is neither CSI nor local; the agent cannot find its mount"
-        ));
+        return Err(WorkError::UnsupportedVolume {
+            claim: claim.into(),
+            volume: pv_name,
+        });
     };
     if !path.is_dir() {
         return Ok(None);
@@ -223,20 +230,25 @@ pub(crate) async fn mount_path(
 }
 
 /// The real path of `path`, refused when it resolves (through symlinks) outside `root`.
-fn check_below(root: &Path, path: &Path) -> Result<PathBuf, String> {
-    let root = root
+fn check_below(root: &Path, path: &Path) -> Result<PathBuf, WorkError> {
+    let kubelet_root = root
         .canonicalize()
-        .map_err(|e| format!("--kubelet-root {}: {e}", root.display()))?;
+        .map_err(|source| WorkError::KubeletRoot {
+            kubelet_root: root.into(),
+            source,
+        })?;
     let real = path
         .canonicalize()
-        .map_err(|e| format!("{}: {e}", path.display()))?;
-    if !real.starts_with(&root) {
-        return Err(format!(
-            "{} resolves to {}, outside --kubelet-root {}; refusing to read it",
-            path.display(),
-            real.display(),
-            root.display()
-        ));
+        .map_err(|source| WorkError::Unresolvable {
+            path: path.into(),
+            source,
+        })?;
+    if !real.starts_with(&kubelet_root) {
+        return Err(WorkError::OutsideKubeletRoot {
+            path: path.into(),
+            real,
+            kubelet_root,
+        });
     }
     Ok(real)
 }
@@ -273,22 +285,24 @@ impl Capture {
                 done.bytes_total = bytes;
                 done.stored_bytes = stored;
             }
-            Err(message) => {
-                tracing::warn!(workload = %self.key, point = %self.point.id, %message, "capture failed");
+            Err(e) => {
+                tracing::warn!(workload = %self.key, point = %self.point.id, error = %e, "capture failed");
                 done.state = WorkState::Failed;
-                done.message = message;
+                done.message = e.to_string();
             }
         }
         self.reports.set(self.key.clone(), done, true);
     }
 
-    async fn capture(&self, running: &AgentWork) -> Result<(Consistency, u64, u64), String> {
+    async fn capture(&self, running: &AgentWork) -> Result<(Consistency, u64, u64), WorkError> {
         let namespace = self.workload.namespace().unwrap_or_default();
         let vault_name = &self.workload.spec.vault_name;
         let vault = Api::<RecoveryVault>::namespaced(self.client.clone(), &namespace)
             .get(vault_name)
             .await
-            .map_err(|e| format!("reading RecoveryVault {vault_name}: {e}"))?;
+            .map_err(WorkError::api(format!(
+                "reading RecoveryVault {vault_name}"
+            )))?;
         let access = VaultAccess::resolve_handed(
             &self.client,
             &self.settings.namespace,
@@ -296,10 +310,10 @@ impl Capture {
             &self.settings.storage,
         )
         .await
-        .map_err(|e| format!("RecoveryVault {vault_name}: {e}"))?;
+        .map_err(WorkError::vault(vault_name))?;
         let mut repo = crate::repository::Repository::open(access.cache.clone(), &access.key)
             .await
-            .map_err(|e| format!("cache location: {e}"))?;
+            .map_err(WorkError::repository("cache location"))?;
         let zone = Api::<Node>::all(self.client.clone())
             .get_metadata(&self.settings.node_name)
             .await
@@ -341,7 +355,7 @@ impl Capture {
         });
         let manifest = snapshot(&mut repo, sources, &options, Some(progress))
             .await
-            .map_err(|e| format!("writing to the cache location: {e}"))?;
+            .map_err(WorkError::repository("writing to the cache location"))?;
         Ok((
             manifest.consistency,
             manifest.stats.bytes,
@@ -366,7 +380,7 @@ mod tests {
         let escape = root.path().join("pods/uid2");
         std::fs::create_dir_all(root.path().join("pods")).unwrap();
         std::os::unix::fs::symlink(outside.path(), &escape).unwrap();
-        let err = check_below(root.path(), &escape).unwrap_err();
+        let err = check_below(root.path(), &escape).unwrap_err().to_string();
         assert!(err.contains("outside --kubelet-root"), "{err}");
     }
 }

@@ -4,6 +4,7 @@
 //! its node. The agent never imports the controllers; it talks to them only through the API.
 
 pub mod capture;
+pub mod error;
 pub mod registration;
 pub mod restore;
 

@@ -13,13 +13,14 @@ use kube::{Client, ResourceExt};
 use tokio::task::JoinSet;
 
 use super::capture::mount_path;
+use super::error::WorkError;
 use super::registration::{AgentSettings, Reports};
 use crate::api::failover::Restore;
 use crate::api::work::{AgentWork, FAILOVER_LABEL, WorkKind, WorkState, writer_name};
 use crate::api::{Failover, RecoveryVault, ReplicatedWorkload};
 use crate::repository::Repository;
 use crate::repository::restore::{INCOMPLETE_MARKER, RestoreOptions, restore};
-use crate::storage::vault::VaultAccess;
+use crate::vault_access::VaultAccess;
 
 /// (source claim = volume of the point, target claim, mount directory)
 type Local = Vec<(String, String, std::path::PathBuf)>;
@@ -74,9 +75,10 @@ pub async fn run_restores(client: Client, settings: AgentSettings, reports: Repo
                         ));
                     }
                 }
-                Err(message) => {
+                Err(e) => {
                     started.insert((key.clone(), r.point.clone()));
-                    reports.set(key, report(f, &r, WorkState::Failed, vec![], message), true);
+                    let failed = report(f, &r, WorkState::Failed, vec![], e.to_string());
+                    reports.set(key, failed, true);
                 }
             }
         }
@@ -117,7 +119,7 @@ async fn local_writers(
     settings: &AgentSettings,
     f: &Failover,
     r: &Restore,
-) -> Result<Option<Local>, String> {
+) -> Result<Option<Local>, WorkError> {
     // A drill's claims are in the drill's namespace.
     let namespace = r
         .namespace
@@ -126,7 +128,7 @@ async fn local_writers(
     let pods = Api::<Pod>::namespaced(client.clone(), &namespace)
         .list(&ListParams::default().labels(&format!("{FAILOVER_LABEL}={}", f.name_any())))
         .await
-        .map_err(|e| format!("listing writer pods: {e}"))?;
+        .map_err(WorkError::api("listing writer pods"))?;
     let mut local = Vec::new();
     for (i, v) in r.volumes.iter().enumerate() {
         let name = writer_name(&f.name_any(), i);
@@ -166,9 +168,9 @@ async fn run_one(
     let outcome = restore_all(&client, &settings, &f, &r, &local).await;
     let done = match outcome {
         Ok(()) => report(&f, &r, WorkState::Done, claims, String::new()),
-        Err(message) => {
-            tracing::warn!(failover = %key, %message, "restore failed");
-            report(&f, &r, WorkState::Failed, claims, message)
+        Err(e) => {
+            tracing::warn!(failover = %key, error = %e, "restore failed");
+            report(&f, &r, WorkState::Failed, claims, e.to_string())
         }
     };
     reports.set(key, done, true);
@@ -180,29 +182,36 @@ async fn restore_all(
     f: &Failover,
     r: &Restore,
     local: &Local,
-) -> Result<(), String> {
+) -> Result<(), WorkError> {
     let namespace = f.namespace().unwrap_or_default();
     let rw = Api::<ReplicatedWorkload>::namespaced(client.clone(), &namespace)
         .get(&f.spec.workload_name)
         .await
-        .map_err(|e| format!("reading ReplicatedWorkload {}: {e}", f.spec.workload_name))?;
+        .map_err(WorkError::api(format!(
+            "reading ReplicatedWorkload {}",
+            f.spec.workload_name
+        )))?;
     let vault_name = &rw.spec.vault_name;
     let vault = Api::<RecoveryVault>::namespaced(client.clone(), &namespace)
         .get(vault_name)
         .await
-        .map_err(|e| format!("reading RecoveryVault {vault_name}: {e}"))?;
+        .map_err(WorkError::api(format!(
+            "reading RecoveryVault {vault_name}"
+        )))?;
     let access =
         VaultAccess::resolve_handed(client, &settings.namespace, &vault, &settings.storage)
             .await
-            .map_err(|e| format!("RecoveryVault {vault_name}: {e}"))?;
+            .map_err(WorkError::vault(vault_name))?;
     let repo = Repository::open(access.target.clone(), &access.key)
         .await
-        .map_err(|e| format!("target location: {e}"))?;
+        .map_err(WorkError::repository("target location"))?;
     for (source, target, path) in local {
         // A restore interrupted earlier leaves its marker: start that claim again from empty.
         if path.join(INCOMPLETE_MARKER).exists() {
-            clear(path)
-                .map_err(|e| format!("claim {target}: emptying an interrupted restore: {e}"))?;
+            clear(path).map_err(|source| WorkError::ClearInterrupted {
+                claim: target.clone(),
+                source,
+            })?;
         }
         restore(
             &repo,
@@ -215,14 +224,14 @@ async fn restore_all(
             None,
         )
         .await
-        .map_err(|e| {
-            format!(
-                "claim {target} from volume {source} of point {}: {e}",
-                r.point
-            )
-        })?;
+        .map_err(WorkError::repository(format!(
+            "claim {target} from volume {source} of point {}",
+            r.point
+        )))?;
         if path.join(INCOMPLETE_MARKER).exists() {
-            return Err(format!("claim {target}: the restore did not complete"));
+            return Err(WorkError::RestoreIncomplete {
+                claim: target.clone(),
+            });
         }
     }
     Ok(())

@@ -13,7 +13,7 @@ use serde::Serialize;
 use crate::api::conditions::find;
 use crate::api::{Failover, RecoveryVault, ReplicatedWorkload};
 use crate::repository::Repository;
-use crate::storage::vault::VaultAccess;
+use crate::vault_access::VaultAccess;
 
 #[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
 pub enum Output {

@@ -47,3 +47,40 @@ impl Error {
         }
     }
 }
+
+/// A spec the API accepted that cannot take effect, naming the field to fix (invariant 4: it
+/// shows as `Ready=False InvalidSpec` with this message). For the checks CEL cannot make, or
+/// that a CRD installed without validation skipped.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InvalidSpec {
+    /// The field's value cannot be read; `problem` says why (`"5x" is not a duration such as
+    /// 30s, 5m or 1h30m`).
+    #[error("{field}: {problem}")]
+    Unreadable {
+        field: &'static str,
+        problem: String,
+    },
+    /// The field's value is below what the operator honours.
+    #[error("{field} must be at least {minimum}")]
+    BelowMinimum {
+        field: &'static str,
+        minimum: &'static str,
+    },
+    /// Of mutually exclusive fields, not exactly one is set.
+    #[error("{field} must set exactly one of {choices}")]
+    NotExactlyOne {
+        field: &'static str,
+        choices: &'static str,
+    },
+}
+
+impl InvalidSpec {
+    /// The field to fix, as `kubectl explain` spells it.
+    pub fn field(&self) -> &'static str {
+        match self {
+            InvalidSpec::Unreadable { field, .. }
+            | InvalidSpec::BelowMinimum { field, .. }
+            | InvalidSpec::NotExactlyOne { field, .. } => field,
+        }
+    }
+}

@@ -2,34 +2,27 @@
 //! Lease, the health and metrics server, graceful shutdown.
 
 pub mod http;
+mod reflectors;
+mod report;
+mod wiring;
 
-use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use futures::{Stream, StreamExt, future};
-use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{Node, Pod};
+use futures::future;
 use kube::api::{Api, Patch, PatchParams};
-use kube::core::{DeserializeGuard, PartialObjectMeta};
-use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Recorder, Reporter};
-use kube::runtime::reflector::{self, ObjectRef, Store};
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::reflector::{self, Store};
 use kube::{Client, Resource, ResourceExt};
 use kube_lease_manager::LeaseManagerBuilder;
-use serde::de::DeserializeOwned;
-use tokio::sync::{broadcast, watch};
+use tokio::sync::watch;
 
-use crate::api::reasons::EventReason;
-use crate::api::registration;
-use crate::api::{Failover, RecoveryVault, ReplicatedWorkload};
 use crate::controllers::context::Stores;
-use crate::controllers::{self, Context, Error, FIELD_MANAGER, PlannedEvent, publish_events};
-use crate::metrics::{ControllerLabels, ErrorLabels, Metrics};
+use crate::controllers::{Context, FIELD_MANAGER};
+use crate::metrics::Metrics;
 
 /// How the operator runs.
 #[derive(Clone, Debug)]
@@ -206,167 +199,14 @@ pub async fn install_crds(client: &Client) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Polls a shared reflector's root stream, logging watch errors (the watcher retries them) and
-/// passing deleted objects on: shared-store subscribers see only applied objects, yet a deleted
-/// vault, workload, failover, node or registration changes what its dependents should report.
-fn drive<S, K>(
-    name: &'static str,
-    stream: S,
-    deletes: broadcast::Sender<Arc<K>>,
-) -> impl Future<Output = ()>
-where
-    S: Stream<Item = Result<watcher::Event<K>, watcher::Error>>,
-{
-    stream.for_each(move |r| {
-        match r {
-            Ok(watcher::Event::Delete(obj)) => {
-                let _ = deletes.send(Arc::new(obj));
-            }
-            Ok(_) => {}
-            Err(e) => tracing::warn!(watch = name, error = %e, "watch failed; retrying"),
-        }
-        future::ready(())
-    })
-}
-
-/// The objects deleted from a shared store, as a trigger stream for `watches_stream`.
-fn deleted<K>(
-    tx: &broadcast::Sender<Arc<K>>,
-) -> impl Stream<Item = Result<K, watcher::Error>> + Send + 'static
-where
-    K: Clone + Send + Sync + 'static,
-{
-    futures::stream::unfold(tx.subscribe(), |mut rx| async move {
-        loop {
-            match rx.recv().await {
-                Ok(obj) => return Some((Ok((*obj).clone()), rx)),
-                Err(broadcast::error::RecvError::Lagged(_)) => continue,
-                Err(broadcast::error::RecvError::Closed) => return None,
-            }
-        }
-    })
-}
-
-/// The reconcile function of one kind: metrics and backoff around the kind's `reconcile`, and
-/// malformed objects reported instead of reconciled.
-macro_rules! reconciler {
-    ($kind:ident) => {
-        |obj, ctx| async move {
-            let started = begin(&ctx, controllers::$kind::CONTROLLER);
-            let result = match &obj.0 {
-                Ok(k) => controllers::$kind::reconcile(k, ctx.clone()).await,
-                Err(invalid) => invalid_object(&ctx, obj.as_ref(), &invalid.error).await,
-            };
-            finish(
-                &ctx,
-                controllers::$kind::CONTROLLER,
-                obj.as_ref(),
-                started,
-                &result,
-            );
-            result
-        }
-    };
-}
-
-fn guarded_ok<K: Clone>(g: &DeserializeGuard<K>) -> Option<&K> {
-    g.0.as_ref().ok()
-}
-
-async fn run_controllers(
+/// What every reconcile of this operator shares. Public so that tests can run one reconcile of
+/// a kind against caches they fill themselves.
+pub fn context(
     client: Client,
     settings: &Settings,
+    stores: Stores,
     metrics: Arc<Metrics>,
-    health: Arc<http::Health>,
-    shutdown: Shutdown,
-) -> anyhow::Result<()> {
-    let wc = watcher::Config::default();
-    let (vaults, vault_writer) = reflector::store_shared::<DeserializeGuard<RecoveryVault>>(1024);
-    let (workloads, workload_writer) =
-        reflector::store_shared::<DeserializeGuard<ReplicatedWorkload>>(1024);
-    let (failovers, failover_writer) = reflector::store_shared::<DeserializeGuard<Failover>>(1024);
-    let (nodes, node_writer) = reflector::store_shared::<PartialObjectMeta<Node>>(1024);
-    // Guarded like the custom resources: one Lease our types cannot read (a renewTime past what
-    // a timestamp holds) must not stop the watch of every other registration.
-    let (registrations, registration_writer) =
-        reflector::store_shared::<DeserializeGuard<Lease>>(1024);
-    let (vault_deletes, _) = broadcast::channel(256);
-    let (workload_deletes, _) = broadcast::channel(256);
-    let (failover_deletes, _) = broadcast::channel(256);
-    let (node_deletes, _) = broadcast::channel(256);
-    let (registration_deletes, _) = broadcast::channel(256);
-
-    let subscribe = "a shared store accepts subscribers";
-    let vault_main = vault_writer.subscribe().expect(subscribe);
-    let vault_for_workloads = vault_writer.subscribe().expect(subscribe);
-    let workload_main = workload_writer.subscribe().expect(subscribe);
-    let workload_for_failovers = workload_writer.subscribe().expect(subscribe);
-    let failover_main = failover_writer.subscribe().expect(subscribe);
-    let failover_for_siblings = failover_writer.subscribe().expect(subscribe);
-    let failover_for_workloads = failover_writer.subscribe().expect(subscribe);
-    let node_for_vaults = node_writer.subscribe().expect(subscribe);
-    let registration_for_workloads = registration_writer.subscribe().expect(subscribe);
-    let registration_for_failovers = registration_writer.subscribe().expect(subscribe);
-    // Subscribe to deletions before the roots start, so that none is missed.
-    let vaults_deleted = deleted(&vault_deletes);
-    let workloads_deleted = deleted(&workload_deletes);
-    let failovers_deleted = deleted(&failover_deletes);
-    let nodes_deleted = deleted(&node_deletes);
-    let registrations_deleted = deleted(&registration_deletes);
-
-    let roots = future::join5(
-        drive(
-            "recoveryvaults",
-            watcher(
-                Api::<DeserializeGuard<RecoveryVault>>::all(client.clone()),
-                wc.clone(),
-            )
-            .default_backoff()
-            .reflect_shared(vault_writer),
-            vault_deletes,
-        ),
-        drive(
-            "replicatedworkloads",
-            watcher(
-                Api::<DeserializeGuard<ReplicatedWorkload>>::all(client.clone()),
-                wc.clone(),
-            )
-            .default_backoff()
-            .reflect_shared(workload_writer),
-            workload_deletes,
-        ),
-        drive(
-            "failovers",
-            watcher(
-                Api::<DeserializeGuard<Failover>>::all(client.clone()),
-                wc.clone(),
-            )
-            .default_backoff()
-            .reflect_shared(failover_writer),
-            failover_deletes,
-        ),
-        drive(
-            "nodes",
-            watcher(
-                Api::<PartialObjectMeta<Node>>::all(client.clone()),
-                wc.clone(),
-            )
-            .default_backoff()
-            .reflect_shared(node_writer),
-            node_deletes,
-        ),
-        drive(
-            "registrations",
-            watcher(
-                Api::<DeserializeGuard<Lease>>::namespaced(client.clone(), &settings.namespace),
-                wc.clone().labels(&registration::selector()),
-            )
-            .default_backoff()
-            .reflect_shared(registration_writer),
-            registration_deletes,
-        ),
-    );
-
+) -> Arc<Context> {
     let recorder = Recorder::new(
         client.clone(),
         Reporter {
@@ -374,16 +214,10 @@ async fn run_controllers(
             instance: Some(settings.identity.clone()),
         },
     );
-    let ctx = Arc::new(Context {
-        client: client.clone(),
+    Arc::new(Context {
+        client,
         recorder,
-        stores: Stores {
-            vaults: vaults.clone(),
-            workloads: workloads.clone(),
-            failovers: failovers.clone(),
-            nodes: nodes.clone(),
-            registrations: registrations.clone(),
-        },
+        stores,
         metrics,
         backoffs: Default::default(),
         namespace: settings.namespace.clone(),
@@ -393,252 +227,32 @@ async fn run_controllers(
         commits: Default::default(),
         jobs: Default::default(),
         point_stores: Default::default(),
-    });
+    })
+}
 
-    // Readiness: every cache has its first full list.
-    let readiness = {
-        let (v, w, f, n, r) = (
-            vaults.clone(),
-            workloads.clone(),
-            failovers.clone(),
-            nodes.clone(),
-            registrations.clone(),
-        );
-        let health = health.clone();
-        async move {
-            let _ = futures::join!(
-                v.wait_until_ready(),
-                w.wait_until_ready(),
-                f.wait_until_ready(),
-                n.wait_until_ready(),
-                r.wait_until_ready()
-            );
-            health.ready.store(true, Ordering::Relaxed);
-            tracing::info!("caches synced");
-            future::pending::<()>().await
-        }
-    };
-
-    // Vaults: their own changes, and node label changes and removals (zones and regions decide
-    // separation).
-    let all_vaults = {
-        let vaults = vaults.clone();
-        move || {
-            vaults
-                .state()
-                .iter()
-                .map(|v| ObjectRef::from_obj(v.as_ref()))
-                .collect::<Vec<_>>()
-        }
-    };
-    let all_vaults_too = all_vaults.clone();
-    let vault_controller = Controller::for_shared_stream(vault_main, vaults.clone())
-        .watches_shared_stream(labels_changed(node_for_vaults), move |_node| all_vaults())
-        .watches_stream(nodes_deleted, move |_node| all_vaults_too())
-        .graceful_shutdown_on(shutdown.wait())
-        .run(
-            reconciler!(vault),
-            |obj, err, ctx| error_policy(obj, err, ctx, controllers::vault::CONTROLLER),
-            ctx.clone(),
-        )
-        .for_each(|_| future::ready(()));
-
-    // Workloads: their own changes, their vault, agent registrations, and their pods.
-    let workloads_of_vault = {
-        let workloads = workloads.clone();
-        move |vault: &DeserializeGuard<RecoveryVault>| {
-            let (ns, name) = (vault.namespace(), vault.name_any());
-            workloads
-                .state()
-                .iter()
-                .filter(|w| {
-                    guarded_ok(w).is_some_and(|w| w.namespace() == ns && w.spec.vault_name == name)
-                })
-                .map(|w| ObjectRef::from_obj(w.as_ref()))
-                .collect::<Vec<_>>()
-        }
-    };
-    let workloads_on_node = {
-        let workloads = workloads.clone();
-        move |lease: &DeserializeGuard<Lease>| {
-            let node = lease
-                .labels()
-                .get(registration::NODE_LABEL)
-                .cloned()
-                .unwrap_or_default();
-            workloads
-                .state()
-                .iter()
-                .filter(|w| {
-                    guarded_ok(w).is_some_and(|w| {
-                        w.status.as_ref().is_none_or(|s| {
-                            // Reports of a point in flight may come from any node (reader pods).
-                            s.point_in_progress.is_some()
-                                || s.volumes.is_empty()
-                                || s.volumes
-                                    .iter()
-                                    .any(|v| v.node.as_deref() == Some(node.as_str()))
-                        })
-                    })
-                })
-                .map(|w| ObjectRef::from_obj(w.as_ref()))
-                .collect::<Vec<_>>()
-        }
-    };
-    let workloads_of_pod = {
-        let workloads = workloads.clone();
-        move |pod: PartialObjectMeta<Pod>| {
-            let owners: Vec<(&str, String)> = pod
-                .owner_references()
-                .iter()
-                .filter_map(|o| match o.kind.as_str() {
-                    "StatefulSet" => Some(("StatefulSet", o.name.clone())),
-                    // A Deployment's pods belong to a ReplicaSet named <deployment>-<hash>.
-                    "ReplicaSet" => o
-                        .name
-                        .rsplit_once('-')
-                        .map(|(d, _)| ("Deployment", d.to_string())),
-                    _ => None,
-                })
-                .collect();
-            let ns = pod.namespace();
-            workloads
-                .state()
-                .iter()
-                .filter(|w| {
-                    guarded_ok(w).is_some_and(|w| {
-                        w.namespace() == ns
-                            && owners.iter().any(|(k, n)| {
-                                *k == w.spec.workload_ref.kind.as_str()
-                                    && *n == w.spec.workload_ref.name
-                            })
-                    })
-                })
-                .map(|w| ObjectRef::from_obj(w.as_ref()))
-                .collect::<Vec<_>>()
-        }
-    };
-    let pods = watcher(
-        Api::<PartialObjectMeta<Pod>>::all(client.clone()),
-        wc.clone(),
-    )
-    .default_backoff()
-    .touched_objects();
-    let (of_vault, of_deleted_vault) = (workloads_of_vault.clone(), workloads_of_vault);
-    let (on_node, on_deleted_node) = (workloads_on_node.clone(), workloads_on_node);
-    let workload_controller = Controller::for_shared_stream(workload_main, workloads.clone())
-        .watches_shared_stream(vault_for_workloads, move |v| of_vault(&v))
-        // A failover that starts stops the workload's points.
-        .watches_shared_stream(failover_for_workloads, |f| {
-            guarded_ok(&f).map(|fo| {
-                ObjectRef::<DeserializeGuard<ReplicatedWorkload>>::new(&fo.spec.workload_name)
-                    .within(&fo.namespace().unwrap_or_default())
-            })
-        })
-        .watches_stream(vaults_deleted, move |v| of_deleted_vault(&v))
-        .watches_shared_stream(registration_for_workloads, move |l| on_node(&l))
-        .watches_stream(registrations_deleted, move |l| on_deleted_node(&l))
-        .watches_stream(pods, workloads_of_pod)
-        .reconcile_on(controllers::workload::job_triggers(&ctx))
-        .graceful_shutdown_on(shutdown.wait())
-        .run(
-            reconciler!(workload),
-            |obj, err, ctx| error_policy(obj, err, ctx, controllers::workload::CONTROLLER),
-            ctx.clone(),
-        )
-        .for_each(|_| future::ready(()));
-
-    // Failovers: their own changes, their workload, and their siblings (duplicates).
-    let failovers_of_workload = {
-        let failovers = failovers.clone();
-        move |ns: Option<String>, workload: &str| {
-            failovers
-                .state()
-                .iter()
-                .filter(|f| {
-                    guarded_ok(f)
-                        .is_some_and(|f| f.namespace() == ns && f.spec.workload_name == workload)
-                })
-                .map(|f| ObjectRef::from_obj(f.as_ref()))
-                .collect::<Vec<_>>()
-        }
-    };
-    let of_workload = {
-        let by = failovers_of_workload.clone();
-        move |w: &DeserializeGuard<ReplicatedWorkload>| by(w.namespace(), &w.name_any())
-    };
-    let siblings = move |f: &DeserializeGuard<Failover>| match guarded_ok(f) {
-        Some(fo) => failovers_of_workload(fo.namespace(), &fo.spec.workload_name),
-        None => vec![],
-    };
-    // An agent's restore report, or a pod a failover made (writer, holder, the copy's pods),
-    // moves the failover on at once instead of at its next poll.
-    let restoring = {
-        let failovers = failovers.clone();
-        move |lease: &DeserializeGuard<Lease>| {
-            let reports = crate::api::work::parse_reports(
-                guarded_ok(lease)
-                    .and_then(|l| l.annotations().get(crate::api::work::WORK_ANNOTATION)),
-            );
-            failovers
-                .state()
-                .iter()
-                .filter(|f| {
-                    guarded_ok(f).is_some_and(|f| {
-                        reports.iter().any(|r| {
-                            r.kind == crate::api::work::WorkKind::Restore
-                                && Some(&r.owner) == f.metadata.uid.as_ref()
-                        })
-                    })
-                })
-                .map(|f| ObjectRef::from_obj(f.as_ref()))
-                .collect::<Vec<_>>()
-        }
-    };
-    let failover_of_pod = {
-        let failovers = failovers.clone();
-        move |pod: PartialObjectMeta<Pod>| {
-            let uid = pod
-                .labels()
-                .get(crate::api::work::FAILOVER_UID_LABEL)
-                .cloned();
-            failovers
-                .state()
-                .iter()
-                .filter(|f| guarded_ok(f).is_some_and(|f| f.metadata.uid == uid))
-                .map(|f| ObjectRef::from_obj(f.as_ref()))
-                .collect::<Vec<_>>()
-        }
-    };
-    let failover_pods = watcher(
-        Api::<PartialObjectMeta<Pod>>::all(client.clone()),
-        watcher::Config::default().labels(crate::api::work::FAILOVER_UID_LABEL),
-    )
-    .default_backoff()
-    .touched_objects();
-    let (of_workload_applied, of_workload_deleted) = (of_workload.clone(), of_workload);
-    let (siblings_applied, siblings_deleted) = (siblings.clone(), siblings);
-    let failover_controller = Controller::for_shared_stream(failover_main, failovers.clone())
-        .watches_shared_stream(workload_for_failovers, move |w| of_workload_applied(&w))
-        .watches_stream(workloads_deleted, move |w| of_workload_deleted(&w))
-        .watches_shared_stream(failover_for_siblings, move |f| siblings_applied(&f))
-        .watches_stream(failovers_deleted, move |f| siblings_deleted(&f))
-        .watches_shared_stream(registration_for_failovers, move |l| restoring(&l))
-        .watches_stream(failover_pods, failover_of_pod)
-        .graceful_shutdown_on(shutdown.wait())
-        .run(
-            reconciler!(failover),
-            |obj, err, ctx| error_policy(obj, err, ctx, controllers::failover::CONTROLLER),
-            ctx.clone(),
-        )
-        .for_each(|_| future::ready(()));
-
+/// The shared reflectors and the three controllers, until `shutdown`.
+async fn run_controllers(
+    client: Client,
+    settings: &Settings,
+    metrics: Arc<Metrics>,
+    health: Arc<http::Health>,
+    shutdown: Shutdown,
+) -> anyhow::Result<()> {
+    let reflectors = wiring::Reflectors::new();
+    let stores = reflectors.stores();
+    let ctx = context(client.clone(), settings, stores.clone(), metrics);
+    // Every controller subscribes to the reflectors before their watches start.
+    let controllers = future::join3(
+        wiring::vaults(&reflectors, ctx.clone(), &shutdown),
+        wiring::workloads(&reflectors, ctx.clone(), &shutdown),
+        wiring::failovers(&reflectors, ctx, &shutdown),
+    );
+    let roots = reflectors.run(&client, &settings.namespace);
     tracing::info!("controllers started");
-    let controllers = future::join3(vault_controller, workload_controller, failover_controller);
     tokio::select! {
         _ = controllers => {},
         _ = roots => {},
-        _ = readiness => {},
+        _ = ready_once_synced(stores, health) => {},
         // Controllers drain in-flight reconciles on shutdown; the roots would run forever.
         () = async { shutdown.wait().await; tokio::time::sleep(Duration::from_secs(10)).await } => {},
     }
@@ -646,165 +260,18 @@ async fn run_controllers(
     Ok(())
 }
 
-/// Passes a node on only when its labels changed since it was last seen: node heartbeats
-/// would otherwise re-run every vault every few seconds.
-fn labels_changed<S>(nodes: S) -> impl Stream<Item = Arc<PartialObjectMeta<Node>>> + Send
-where
-    S: Stream<Item = Arc<PartialObjectMeta<Node>>> + Send,
-{
-    let mut seen: HashMap<String, BTreeMap<String, String>> = HashMap::new();
-    nodes.filter(move |node| {
-        let labels = node.labels().clone();
-        let changed = seen.insert(node.name_any(), labels.clone()).as_ref() != Some(&labels);
-        future::ready(changed)
-    })
-}
-
-fn begin(ctx: &Context, controller: &'static str) -> Instant {
-    ctx.metrics
-        .reconciliations
-        .get_or_create(&ControllerLabels { controller })
-        .inc();
-    Instant::now()
-}
-
-fn finish<K: Resource>(
-    ctx: &Context,
-    controller: &'static str,
-    obj: &K,
-    started: Instant,
-    result: &Result<Action, Error>,
-) {
-    ctx.metrics
-        .reconcile_duration
-        .get_or_create(&ControllerLabels { controller })
-        .observe(started.elapsed().as_secs_f64());
-    if result.is_ok() {
-        ctx.backoffs.succeeded(&backoff_key(controller, obj));
-    }
-}
-
-fn backoff_key<K: Resource>(controller: &str, obj: &K) -> String {
-    format!(
-        "{controller}/{}/{}",
-        obj.meta().namespace.as_deref().unwrap_or_default(),
-        obj.meta().name.as_deref().unwrap_or_default()
-    )
-}
-
-/// A malformed object is reported and left alone until it changes.
-async fn invalid_object<K>(
-    ctx: &Context,
-    obj: &DeserializeGuard<K>,
-    error: &str,
-) -> Result<Action, Error>
-where
-    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
-        + Clone
-        + DeserializeOwned
-        + std::fmt::Debug,
-{
-    let detail = locate_decode_error::<K>(ctx, obj)
-        .await
-        .unwrap_or_else(|| error.to_string());
-    report_invalid(ctx, obj, &detail).await;
-    Ok(Action::await_change())
-}
-
-/// Decodes the object again, field by field, to name where it is malformed
-/// (`spec.cache: missing field storage`); `None` when it cannot be fetched.
-async fn locate_decode_error<K>(ctx: &Context, obj: &DeserializeGuard<K>) -> Option<String>
-where
-    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
-        + Clone
-        + DeserializeOwned
-        + std::fmt::Debug,
-{
-    let resource = kube::core::ApiResource::erase::<K>(&());
-    let api: Api<kube::core::DynamicObject> = Api::namespaced_with(
-        ctx.client.clone(),
-        &obj.namespace().unwrap_or_default(),
-        &resource,
+/// Readiness: every cache has its first full list.
+async fn ready_once_synced(stores: Stores, health: Arc<http::Health>) {
+    let _ = futures::join!(
+        stores.vaults.wait_until_ready(),
+        stores.workloads.wait_until_ready(),
+        stores.failovers.wait_until_ready(),
+        stores.nodes.wait_until_ready(),
+        stores.registrations.wait_until_ready()
     );
-    let raw = serde_json::to_value(api.get(&obj.name_any()).await.ok()?).ok()?;
-    match serde_path_to_error::deserialize::<_, K>(raw) {
-        Ok(_) => None,
-        Err(e) => Some(format!("{}: {}", e.path(), e.inner())),
-    }
-}
-
-/// A malformed object gets `Ready=False` with the decoding error, and a Warning event.
-async fn report_invalid<K>(ctx: &Context, obj: &DeserializeGuard<K>, error: &str)
-where
-    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
-        + Clone
-        + DeserializeOwned
-        + std::fmt::Debug,
-{
-    let message = format!("the object cannot be read: {error}");
-    tracing::warn!(name = %obj.name_any(), namespace = ?obj.namespace(), %message, "malformed object");
-    let api: Api<DeserializeGuard<K>> =
-        Api::namespaced(ctx.client.clone(), &obj.namespace().unwrap_or_default());
-    let status = serde_json::json!({
-        "apiVersion": K::api_version(&()),
-        "kind": K::kind(&()),
-        "status": {
-            "observedGeneration": obj.meta().generation,
-            "conditions": [{
-                "type": "Ready", "status": "False", "reason": "InvalidSpec", "message": message,
-                "observedGeneration": obj.meta().generation,
-                "lastTransitionTime": crate::clock::now(),
-            }],
-        },
-    });
-    if let Err(e) = api
-        .patch_status(
-            &obj.name_any(),
-            &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(&status),
-        )
-        .await
-    {
-        tracing::warn!(error = %e, "could not report a malformed object in its status");
-    }
-    publish_events(
-        ctx,
-        obj,
-        &[PlannedEvent::warning(
-            EventReason::InvalidObject,
-            "Decode",
-            message,
-        )],
-    )
-    .await;
-}
-
-fn error_policy<K>(
-    obj: Arc<DeserializeGuard<K>>,
-    err: &Error,
-    ctx: Arc<Context>,
-    controller: &'static str,
-) -> Action
-where
-    K: Resource<DynamicType = ()> + Clone + Send + Sync + 'static,
-{
-    let key = backoff_key(controller, obj.as_ref());
-    let delay = ctx.backoffs.failed(&key, err.base_delay());
-    ctx.metrics
-        .reconcile_errors
-        .get_or_create(&ErrorLabels {
-            controller,
-            error: err.category(),
-        })
-        .inc();
-    tracing::warn!(%key, error = %err, retry_in = ?delay, "reconcile failed");
-    let event = PlannedEvent::warning(
-        EventReason::ReconcileFailed,
-        err.category(),
-        err.to_string(),
-    );
-    tokio::spawn(async move { publish_events(&ctx, obj.as_ref(), &[event]).await });
-    Action::requeue(delay)
+    health.ready.store(true, Ordering::Relaxed);
+    tracing::info!("caches synced");
+    future::pending::<()>().await
 }
 
 /// The store of a kind, for callers that need one without running controllers.

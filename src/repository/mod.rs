@@ -88,6 +88,15 @@ pub struct Repository {
     pub unreadable_packs: Vec<(ChunkId, String)>,
 }
 
+/// Repositories this process opened (each open reads the config and loads the whole index).
+static OPENED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// How many times this process has called [`Repository::open`]: the cost tests state what a
+/// reconcile costs in opens.
+pub fn opened() -> u64 {
+    OPENED.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 pub fn pack_name(id: &ChunkId) -> String {
     hex::encode(id)
 }
@@ -146,6 +155,7 @@ impl Repository {
     /// Opens a repository: reads its config (refusing foreign or newer ones), unlocks the
     /// master key and loads the index.
     pub async fn open(location: Location, secret: &[u8]) -> Result<Self, RepoError> {
+        OPENED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let config = match location
             .get_max(&layout::config(location.prefix()), format::limits::CONFIG)
             .await

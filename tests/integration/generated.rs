@@ -174,7 +174,7 @@ fn every_example_parses_and_passes_admission() {
         }
         let text = std::fs::read_to_string(&path).unwrap();
         assert!(
-            !site_recovery::storage::vault::is_placeholder_key(text.as_bytes()),
+            !site_recovery::vault_access::is_placeholder_key(text.as_bytes()),
             "{}: an example must not carry a usable placeholder key or credential; show `kubectl create secret generic ... $(openssl rand -base64 48)` instead",
             path.display()
         );

@@ -5,6 +5,7 @@ mod rig;
 
 mod binary;
 mod chart;
+mod costs;
 mod failover;
 mod generated;
 mod hostile;

@@ -717,7 +717,7 @@ async fn hostile_objects_get_conditions_and_the_operator_serves_on() {
         "placeholder-key",
         &[(
             "key",
-            site_recovery::storage::vault::PLACEHOLDER_KEY.as_bytes(),
+            site_recovery::vault_access::PLACEHOLDER_KEY.as_bytes(),
         )],
     )
     .await;

@@ -77,6 +77,31 @@ pub struct Attributes {
     pub path: Option<String>,
 }
 
+/// One kind of request as counted per sender: the user, the verb (`list` and `watch` apart
+/// from `get`), and the resource with its subresource (`pods/exec`, `failovers/status`), or
+/// the path of a request outside any resource.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Call {
+    pub user: String,
+    pub verb: String,
+    pub resource: String,
+}
+
+impl Call {
+    pub fn of(who: &Identity, a: &Attributes) -> Self {
+        let resource = match (&a.path, &a.subresource) {
+            (Some(path), _) => path.clone(),
+            (None, Some(sub)) => format!("{}/{sub}", a.resource),
+            (None, None) => a.resource.clone(),
+        };
+        Self {
+            user: who.user.clone(),
+            verb: a.verb.clone(),
+            resource,
+        }
+    }
+}
+
 /// The identity a request's bearer token names; `Err` is the 401 the real server answers.
 pub fn authenticate(auth: &Auth, headers: &axum::http::HeaderMap) -> Result<Identity, Reply> {
     if !auth.enforce {

@@ -284,6 +284,19 @@ impl Rig {
         self.state.0.lock().unwrap().pause_status_writes = None;
     }
 
+    /// Requests seen so far from `user`, by (verb, resource): see [`authz::Call`].
+    pub fn calls_of(&self, user: &str) -> std::collections::BTreeMap<(String, String), u64> {
+        self.state
+            .0
+            .lock()
+            .unwrap()
+            .calls
+            .iter()
+            .filter(|(c, _)| c.user == user)
+            .map(|(c, n)| ((c.verb.clone(), c.resource.clone()), *n))
+            .collect()
+    }
+
     /// Requests seen so far by (method, resource plural).
     pub fn request_count(&self, method: &str, plural: &str) -> u64 {
         self.state

@@ -49,6 +49,9 @@ pub struct State {
     pub expired_watches: u64,
     /// Count of requests by (method, resource), for tests that bound API traffic.
     pub requests: BTreeMap<(String, String), u64>,
+    /// Count of requests by who sent them and what RBAC saw them ask, for tests that state
+    /// what a component's work costs.
+    pub calls: BTreeMap<authz::Call, u64>,
     /// Every pods/exec the rig ran.
     pub execs: Vec<super::exec::ExecRecord>,
     /// Tokens, identities and what RBAC denied.
@@ -81,6 +84,7 @@ pub fn new_state() -> Shared {
             uid_counter: 0,
             bookmark_interval: Duration::from_secs(2),
             requests: BTreeMap::new(),
+            calls: BTreeMap::new(),
             current_user: None,
             auth: authz::Auth {
                 tokens: [super::ADMIN_TOKEN, "rig"]
@@ -471,6 +475,10 @@ fn authorize(
             }
         },
     };
+    *state
+        .calls
+        .entry(authz::Call::of(&who, &attributes))
+        .or_default() += 1;
     if authz::allowed(&state, &who, &attributes) {
         return Ok(());
     }

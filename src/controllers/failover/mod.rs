@@ -14,6 +14,7 @@ pub mod plan;
 pub mod record;
 pub mod rollback;
 pub mod status;
+pub mod triggers;
 
 use std::sync::Arc;
 use std::time::Duration;

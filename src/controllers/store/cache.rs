@@ -15,7 +15,7 @@ use super::PointStore;
 use super::repo::RepoStore;
 use crate::api::RecoveryVault;
 use crate::controllers::Context;
-use crate::storage::vault::VaultAccess;
+use crate::vault_access::VaultAccess;
 
 /// How long the Secrets behind an open store are trusted unchanged without a look.
 pub const RECHECK: Duration = Duration::from_secs(10);

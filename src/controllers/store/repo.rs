@@ -18,7 +18,7 @@ use crate::metrics::LocationLabels;
 use crate::repository::prune::{PruneOptions, forget_workload, prune};
 use crate::repository::replicate::replicate;
 use crate::repository::{RepoError, Repository};
-use crate::storage::vault::VaultAccess;
+use crate::vault_access::VaultAccess;
 
 /// One location's repository, opened on first use.
 struct Slot {

@@ -1,7 +1,7 @@
 //! Handing a vault's key and storage credentials to the agents. Agents may read Secrets only in
 //! the operator's namespace (one compromised node must not read every Secret of the cluster),
 //! so the operator, which reads the tenant's Secrets, writes one Secret there per vault
-//! (`storage::vault::handed_secret_name`): written only when its content differs, removed once
+//! (`vault_access::handed_secret_name`): written only when its content differs, removed once
 //! its vault is gone (by the next vault reconcile, since a deleted vault has none of its own).
 
 use std::collections::{BTreeMap, HashSet};
@@ -13,7 +13,7 @@ use serde_json::json;
 
 use crate::api::RecoveryVault;
 use crate::controllers::{Context, Error, FIELD_MANAGER};
-use crate::storage::vault::{HANDED_LABEL, handed_data, handed_secret_name};
+use crate::vault_access::{HANDED_LABEL, handed_data, handed_secret_name};
 
 /// Writes the vault's handed Secret when its Secrets are readable and valid; a vault whose
 /// Secrets are not (its conditions say why) hands nothing, and what it handed before is removed.

@@ -6,6 +6,7 @@ pub mod handoff;
 pub mod observe;
 pub mod plan;
 pub mod status;
+pub mod triggers;
 
 use std::sync::Arc;
 

@@ -39,7 +39,7 @@ pub enum KeyProbe {
     Present {
         len: usize,
     },
-    /// The examples' placeholder (see [`crate::storage::vault::is_placeholder_key`]).
+    /// The examples' placeholder (see [`crate::vault_access::is_placeholder_key`]).
     Placeholder,
     SecretMissing,
     KeyMissing,
@@ -202,7 +202,7 @@ async fn probe_key(secrets: &Api<Secret>, key: &SecretKeyRef) -> Result<KeyProbe
         .and_then(|d| d.get(&key.key))
         .map(String::as_bytes);
     Ok(match from_data.or(from_string) {
-        Some(k) if crate::storage::vault::is_placeholder_key(k) => KeyProbe::Placeholder,
+        Some(k) if crate::vault_access::is_placeholder_key(k) => KeyProbe::Placeholder,
         Some(k) => KeyProbe::Present { len: k.len() },
         None => KeyProbe::KeyMissing,
     })

@@ -7,6 +7,7 @@ use crate::api::policy::parse_duration;
 use crate::api::reasons::{ConditionType as T, EventReason, VaultReason as R};
 use crate::api::vault::{Location, RecoveryVaultSpec, RecoveryVaultStatus, Redundancy};
 use crate::controllers::PlannedEvent;
+use crate::controllers::error::InvalidSpec;
 
 use super::observe::{KeyProbe, Observed, StorageProbe};
 use crate::controllers::context::NodeTopology;
@@ -34,19 +35,28 @@ pub struct Plan {
 }
 
 /// The checks CEL cannot make (or that a CRD installed without validation skipped).
-pub fn validate(spec: &RecoveryVaultSpec) -> Result<(), String> {
+pub fn validate(spec: &RecoveryVaultSpec) -> Result<(), InvalidSpec> {
     let p = &spec.replication_policy;
-    let crash = parse_duration(&p.crash_consistent_frequency)
-        .map_err(|e| format!("spec.replicationPolicy.crashConsistentFrequency: {e}"))?;
-    if crash < Duration::from_secs(30) {
-        return Err("spec.replicationPolicy.crashConsistentFrequency must be at least 30s".into());
+    let duration = |field: &'static str, text: &str| {
+        parse_duration(text).map_err(|problem| InvalidSpec::Unreadable { field, problem })
+    };
+    let field = "spec.replicationPolicy.crashConsistentFrequency";
+    if duration(field, &p.crash_consistent_frequency)? < Duration::from_secs(30) {
+        return Err(InvalidSpec::BelowMinimum {
+            field,
+            minimum: "30s",
+        });
     }
     if p.app_consistent_frequency != "off" {
-        parse_duration(&p.app_consistent_frequency)
-            .map_err(|e| format!("spec.replicationPolicy.appConsistentFrequency: {e}"))?;
+        duration(
+            "spec.replicationPolicy.appConsistentFrequency",
+            &p.app_consistent_frequency,
+        )?;
     }
-    parse_duration(&p.recovery_point_retention)
-        .map_err(|e| format!("spec.replicationPolicy.recoveryPointRetention: {e}"))?;
+    duration(
+        "spec.replicationPolicy.recoveryPointRetention",
+        &p.recovery_point_retention,
+    )?;
     let backends = |l: &Location| {
         let s = &l.storage;
         [
@@ -65,9 +75,10 @@ pub fn validate(spec: &RecoveryVaultSpec) -> Result<(), String> {
         ("spec.target.storage", &spec.target),
     ] {
         if backends(location) != 1 {
-            return Err(format!(
-                "{field} must set exactly one of filesystem, volumeClaim, s3, azureBlob or gcs"
-            ));
+            return Err(InvalidSpec::NotExactlyOne {
+                field,
+                choices: "filesystem, volumeClaim, s3, azureBlob or gcs",
+            });
         }
     }
     Ok(())
@@ -81,12 +92,12 @@ pub fn plan(
     let mut actions = Vec::new();
     let mut conditions = Vec::new();
 
-    if let Err(message) = validate(spec) {
+    if let Err(invalid) = validate(spec) {
         conditions.push(Condition::new(
             T::Ready,
             ConditionStatus::False,
             R::InvalidSpec,
-            message,
+            invalid.to_string(),
         ));
         let events = ready_events(previous, &conditions);
         return Plan {
@@ -189,7 +200,7 @@ pub fn plan(
     let key_problem = match &observed.encryption_key {
         KeyProbe::Placeholder => Some((
             R::PlaceholderKey,
-            crate::storage::vault::placeholder_key_message(
+            crate::vault_access::placeholder_key_message(
                 &spec.encryption.key_secret_ref.name,
                 &spec.encryption.key_secret_ref.key,
             ),

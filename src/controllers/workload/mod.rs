@@ -9,6 +9,7 @@ pub mod plan;
 pub mod points;
 pub mod schedule;
 pub mod status;
+pub mod triggers;
 
 use std::sync::Arc;
 

@@ -222,7 +222,7 @@ fn events_only_when_ready_changes() {
 
 #[test]
 fn the_placeholder_key_and_variants_are_recognised() {
-    use crate::storage::vault::{PLACEHOLDER_KEY, is_placeholder_key};
+    use crate::vault_access::{PLACEHOLDER_KEY, is_placeholder_key};
     assert!(is_placeholder_key(PLACEHOLDER_KEY.as_bytes()));
     assert!(is_placeholder_key(
         format!("{PLACEHOLDER_KEY}\n").as_bytes()
@@ -232,4 +232,33 @@ fn the_placeholder_key_and_variants_are_recognised() {
     assert!(!is_placeholder_key(
         b"c2VjcmV0LXJhbmRvbS1ieXRlcy1mcm9tLW9wZW5zc2w="
     ));
+}
+
+#[test]
+fn validation_names_the_field_to_fix() {
+    let field = |v: serde_json::Value| validate(&spec(v)).err().map(|e| e.field());
+    assert_eq!(field(json!({})), None);
+    assert_eq!(
+        field(json!({"replicationPolicy": {"crashConsistentFrequency": "10s"}})),
+        Some("spec.replicationPolicy.crashConsistentFrequency")
+    );
+    assert_eq!(
+        field(json!({"replicationPolicy": {"appConsistentFrequency": "often"}})),
+        Some("spec.replicationPolicy.appConsistentFrequency")
+    );
+    assert_eq!(
+        field(json!({"replicationPolicy": {"recoveryPointRetention": "1x"}})),
+        Some("spec.replicationPolicy.recoveryPointRetention")
+    );
+    let both = json!({"target": {"storage": {"s3": {"bucket": "b", "region": "r"}}}});
+    let invalid = validate(&spec(both)).unwrap_err();
+    assert_eq!(
+        invalid.to_string(),
+        "spec.target.storage must set exactly one of filesystem, volumeClaim, s3, azureBlob or gcs"
+    );
+    let short = json!({"replicationPolicy": {"crashConsistentFrequency": "10s"}});
+    assert_eq!(
+        validate(&spec(short)).unwrap_err().to_string(),
+        "spec.replicationPolicy.crashConsistentFrequency must be at least 30s"
+    );
 }

@@ -1,16 +1,19 @@
 //! Opening a vault's two repositories with the credentials and key its Secrets hold. Shared by
-//! the operator (assembly, replication, retention) and the agents (captures, restores). The
-//! operator reads the tenant's Secrets; agents read only the copy the operator hands them in its
-//! own namespace, so a compromised node never reads Secrets cluster-wide.
+//! the operator (assembly, replication, retention), the agents (captures, restores) and the
+//! plugin. The operator reads the tenant's Secrets; agents read only the copy the operator hands
+//! them in its own namespace, so a compromised node never reads Secrets cluster-wide.
+//!
+//! This is the layer above `storage` and `repository` that may talk to the API server: those
+//! two stay free of kube (see `layers.rs`).
 
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
 use kube::{Api, Client};
 
-use super::location::Options;
-use super::{Location, StorageRules};
 use crate::api::vault::{RecoveryVaultSpec, SecretKeyRef, Storage};
 use crate::repository::{RepoError, Repository};
+use crate::storage::location::Options;
+use crate::storage::{Location, StorageRules};
 
 /// The placeholder key the examples once carried. Anyone who has read them holds it: a vault
 /// encrypted with it is not encrypted.
@@ -85,6 +88,23 @@ fn secret_value(secret: &Secret, key: &str) -> Option<Vec<u8>> {
         })
 }
 
+/// The Secret `name` that `field` of a vault in `namespace` names.
+async fn get_secret(
+    secrets: &Api<Secret>,
+    namespace: &str,
+    field: &'static str,
+    name: &str,
+) -> Result<Secret, AccessError> {
+    secrets
+        .get_opt(name)
+        .await?
+        .ok_or_else(|| AccessError::SecretNotFound {
+            field,
+            name: name.into(),
+            namespace: namespace.into(),
+        })
+}
+
 /// The credentials a storage spec's Secret holds (none when it names no Secret).
 async fn credentials(
     secrets: &Api<Secret>,
@@ -94,15 +114,7 @@ async fn credentials(
 ) -> Result<Options, AccessError> {
     let mut credentials = Options::new();
     if let Some(secret) = storage.credentials_secret() {
-        let found =
-            secrets
-                .get_opt(&secret.name)
-                .await?
-                .ok_or_else(|| AccessError::SecretNotFound {
-                    field,
-                    name: secret.name.clone(),
-                    namespace: namespace.into(),
-                })?;
+        let found = get_secret(secrets, namespace, field, &secret.name).await?;
         for (k, ByteString(v)) in found.data.unwrap_or_default() {
             credentials.insert(k, String::from_utf8_lossy(&v).into_owned());
         }
@@ -170,14 +182,7 @@ async fn key(
     r: &SecretKeyRef,
 ) -> Result<Vec<u8>, AccessError> {
     let field = "spec.encryption.keySecretRef";
-    let secret = secrets
-        .get_opt(&r.name)
-        .await?
-        .ok_or_else(|| AccessError::SecretNotFound {
-            field,
-            name: r.name.clone(),
-            namespace: namespace.into(),
-        })?;
+    let secret = get_secret(secrets, namespace, field, &r.name).await?;
     let value = secret_value(&secret, &r.key).ok_or_else(|| AccessError::KeyMissing {
         field,
         name: r.name.clone(),

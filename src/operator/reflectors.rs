@@ -1,0 +1,139 @@
+//! The operator's shared reflectors: one watch per kind feeds one cache that every controller
+//! reads, and hands each subscriber the kind's changes, deletions included.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt::Debug;
+use std::future::Future;
+use std::hash::Hash;
+use std::sync::Arc;
+
+use futures::{Stream, StreamExt, future};
+use k8s_openapi::api::core::v1::Node;
+use kube::core::PartialObjectMeta;
+use kube::runtime::reflector::{self, Store, store::Writer};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Resource, ResourceExt};
+use serde::de::DeserializeOwned;
+use tokio::sync::broadcast;
+
+/// One watched kind: its cache, and the streams of its changes for the controllers. Every
+/// subscription is made before [`Reflector::run`] (which consumes it), so none misses an event.
+pub struct Reflector<K>
+where
+    K: Resource + Clone + 'static,
+    K::DynamicType: Eq + Hash + Clone,
+{
+    writer: Writer<K>,
+    store: Store<K>,
+    deletes: broadcast::Sender<Arc<K>>,
+}
+
+impl<K> Reflector<K>
+where
+    K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+    K::DynamicType: Eq + Hash + Clone + Default + Send + Sync,
+{
+    pub fn new() -> Self {
+        let (store, writer) = reflector::store_shared(1024);
+        let (deletes, _) = broadcast::channel(256);
+        Self {
+            writer,
+            store,
+            deletes,
+        }
+    }
+
+    /// The cache.
+    pub fn store(&self) -> Store<K> {
+        self.store.clone()
+    }
+
+    /// Objects as they are added or modified.
+    pub fn applied(&self) -> impl Stream<Item = Arc<K>> + Send + 'static {
+        self.writer
+            .subscribe()
+            .expect("a shared store accepts subscribers")
+    }
+
+    /// Objects as they are deleted: shared-store subscribers see only applied objects, yet a
+    /// deleted vault, workload, failover, node or registration changes what its dependents
+    /// should report.
+    pub fn deleted(&self) -> impl Stream<Item = Arc<K>> + Send + 'static {
+        futures::stream::unfold(self.deletes.subscribe(), |mut rx| async move {
+            loop {
+                match rx.recv().await {
+                    Ok(obj) => return Some((obj, rx)),
+                    Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                    Err(broadcast::error::RecvError::Closed) => return None,
+                }
+            }
+        })
+    }
+
+    /// Objects as they are added, modified or deleted.
+    pub fn changes(&self) -> impl Stream<Item = Arc<K>> + Send + 'static {
+        futures::stream::select(self.applied(), self.deleted())
+    }
+
+    /// Watches `api`, filling the cache and passing changes on, until the process ends; watch
+    /// errors are logged (the watcher retries them with backoff).
+    pub fn run(
+        self,
+        name: &'static str,
+        api: Api<K>,
+        config: watcher::Config,
+    ) -> impl Future<Output = ()> {
+        let deletes = self.deletes;
+        watcher(api, config)
+            .default_backoff()
+            .reflect_shared(self.writer)
+            .for_each(move |event| {
+                match event {
+                    Ok(watcher::Event::Delete(obj)) => {
+                        let _ = deletes.send(Arc::new(obj));
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(watch = name, error = %e, "watch failed; retrying"),
+                }
+                future::ready(())
+            })
+    }
+}
+
+/// Passes a node on only when its labels changed since it was last seen: node heartbeats
+/// would otherwise re-run every vault every few seconds.
+pub fn labels_changed<S>(nodes: S) -> impl Stream<Item = Arc<PartialObjectMeta<Node>>> + Send
+where
+    S: Stream<Item = Arc<PartialObjectMeta<Node>>> + Send,
+{
+    let mut seen: HashMap<String, BTreeMap<String, String>> = HashMap::new();
+    nodes.filter(move |node| {
+        let labels = node.labels().clone();
+        let changed = seen.insert(node.name_any(), labels.clone()).as_ref() != Some(&labels);
+        future::ready(changed)
+    })
+}
+
+/// Objects of a watch the operator keeps no cache of (pods), as they change; watch errors are
+/// logged (the watcher retries them with backoff).
+pub fn touched<K>(
+    name: &'static str,
+    api: Api<K>,
+    config: watcher::Config,
+) -> impl Stream<Item = Arc<K>> + Send + 'static
+where
+    K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+{
+    watcher(api, config)
+        .default_backoff()
+        .touched_objects()
+        .filter_map(move |r| {
+            future::ready(match r {
+                Ok(obj) => Some(Arc::new(obj)),
+                Err(e) => {
+                    tracing::warn!(watch = name, error = %e, "watch failed; retrying");
+                    None
+                }
+            })
+        })
+}

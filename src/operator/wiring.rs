@@ -1,0 +1,195 @@
+//! The three controllers and what triggers each: its own kind's changes, and the changes of
+//! other kinds that the kind's pure `triggers` map to its objects.
+
+use std::future::Future;
+use std::hash::Hash;
+use std::sync::Arc;
+
+use futures::{StreamExt, future};
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::core::{DeserializeGuard, PartialObjectMeta};
+use kube::runtime::controller::Controller;
+use kube::runtime::reflector::{Lookup, Store};
+use kube::runtime::watcher;
+use kube::{Api, Client};
+
+use super::Shutdown;
+use super::reflectors::{Reflector, labels_changed, touched};
+use super::report::{begin, error_policy, finish, invalid_object};
+use crate::api::work::FAILOVER_UID_LABEL;
+use crate::api::{Failover, RecoveryVault, ReplicatedWorkload, registration};
+use crate::controllers::context::Stores;
+use crate::controllers::{self, Context, failover, vault, workload};
+
+/// The operator's watched kinds, one shared reflector each.
+pub struct Reflectors {
+    pub vaults: Reflector<DeserializeGuard<RecoveryVault>>,
+    pub workloads: Reflector<DeserializeGuard<ReplicatedWorkload>>,
+    pub failovers: Reflector<DeserializeGuard<Failover>>,
+    pub nodes: Reflector<PartialObjectMeta<Node>>,
+    /// Guarded like the custom resources: one Lease our types cannot read (a renewTime past
+    /// what a timestamp holds) must not stop the watch of every other registration.
+    pub registrations: Reflector<DeserializeGuard<Lease>>,
+}
+
+impl Reflectors {
+    pub fn new() -> Self {
+        Self {
+            vaults: Reflector::new(),
+            workloads: Reflector::new(),
+            failovers: Reflector::new(),
+            nodes: Reflector::new(),
+            registrations: Reflector::new(),
+        }
+    }
+
+    pub fn stores(&self) -> Stores {
+        Stores {
+            vaults: self.vaults.store(),
+            workloads: self.workloads.store(),
+            failovers: self.failovers.store(),
+            nodes: self.nodes.store(),
+            registrations: self.registrations.store(),
+        }
+    }
+
+    /// The watches behind the caches; they run until the process ends.
+    pub fn run(
+        self,
+        client: &Client,
+        operator_namespace: &str,
+    ) -> impl Future<Output = ()> + use<> {
+        let wc = watcher::Config::default();
+        let registrations = wc.clone().labels(&registration::selector());
+        let leases = Api::namespaced(client.clone(), operator_namespace);
+        let roots = future::join5(
+            self.vaults
+                .run("recoveryvaults", Api::all(client.clone()), wc.clone()),
+            self.workloads
+                .run("replicatedworkloads", Api::all(client.clone()), wc.clone()),
+            self.failovers
+                .run("failovers", Api::all(client.clone()), wc.clone()),
+            self.nodes.run("nodes", Api::all(client.clone()), wc),
+            self.registrations
+                .run("registrations", leases, registrations),
+        );
+        async move {
+            roots.await;
+        }
+    }
+}
+
+/// A trigger mapper over a store: `map` sees the changed object and the store's contents then.
+fn over<K, A, R>(
+    store: &Store<K>,
+    map: impl Fn(&A, &[Arc<K>]) -> R + Send + Sync + 'static,
+) -> impl Fn(Arc<A>) -> R + Send + Sync + 'static
+where
+    K: Lookup + Clone + Send + Sync + 'static,
+    K::DynamicType: Eq + Hash + Clone + Send + Sync,
+{
+    let store = store.clone();
+    move |changed| map(&changed, &store.state())
+}
+
+/// Runs a controller of one kind until shutdown: metrics and backoff around the kind's
+/// `reconcile`, malformed objects reported instead of reconciled, failures retried by the
+/// kind's error policy.
+macro_rules! serve {
+    ($controller:expr, $kind:ident, $ctx:expr, $shutdown:expr) => {
+        $controller
+            .graceful_shutdown_on($shutdown.wait())
+            .run(
+                |obj, ctx| async move {
+                    let started = begin(&ctx, controllers::$kind::CONTROLLER);
+                    let result = match &obj.0 {
+                        Ok(k) => controllers::$kind::reconcile(k, ctx.clone()).await,
+                        Err(invalid) => invalid_object(&ctx, obj.as_ref(), &invalid.error).await,
+                    };
+                    let kind = controllers::$kind::CONTROLLER;
+                    finish(&ctx, kind, obj.as_ref(), started, &result);
+                    result
+                },
+                |obj, err, ctx| error_policy(obj, err, ctx, controllers::$kind::CONTROLLER),
+                $ctx,
+            )
+            .for_each(|_| future::ready(()))
+    };
+}
+
+/// Vaults: their own changes, and node label changes and removals (zones and regions decide
+/// separation).
+pub fn vaults(
+    r: &Reflectors,
+    ctx: Arc<Context>,
+    shutdown: &Shutdown,
+) -> impl Future<Output = ()> + use<> {
+    let store = r.vaults.store();
+    let on_node = |_: &PartialObjectMeta<Node>, vaults: &[_]| vault::triggers::on_node(vaults);
+    let controller = Controller::for_shared_stream(r.vaults.applied(), store.clone())
+        .watches_shared_stream(labels_changed(r.nodes.applied()), over(&store, on_node))
+        .watches_shared_stream(r.nodes.deleted(), over(&store, on_node));
+    serve!(controller, vault, ctx, shutdown)
+}
+
+/// Workloads: their own changes, their vault, their Failovers, agent registrations, and their
+/// pods.
+pub fn workloads(
+    r: &Reflectors,
+    ctx: Arc<Context>,
+    shutdown: &Shutdown,
+) -> impl Future<Output = ()> + use<> {
+    let store = r.workloads.store();
+    let pods = touched(
+        "pods",
+        Api::<PartialObjectMeta<Pod>>::all(ctx.client.clone()),
+        watcher::Config::default(),
+    );
+    let controller = Controller::for_shared_stream(r.workloads.applied(), store.clone())
+        .watches_shared_stream(
+            r.vaults.changes(),
+            over(&store, workload::triggers::of_vault),
+        )
+        .watches_shared_stream(r.failovers.applied(), |f| {
+            workload::triggers::of_failover(&f)
+        })
+        .watches_shared_stream(
+            r.registrations.changes(),
+            over(&store, workload::triggers::on_node),
+        )
+        .watches_shared_stream(pods, over(&store, workload::triggers::of_pod))
+        // A data-path job that ends moves its workload on.
+        .reconcile_on(workload::job_triggers(&ctx));
+    serve!(controller, workload, ctx, shutdown)
+}
+
+/// Failovers: their own changes, their workload, their siblings (only one may act), agents'
+/// restore reports, and the pods they made.
+pub fn failovers(
+    r: &Reflectors,
+    ctx: Arc<Context>,
+    shutdown: &Shutdown,
+) -> impl Future<Output = ()> + use<> {
+    let store = r.failovers.store();
+    let pods = touched(
+        "failover pods",
+        Api::<PartialObjectMeta<Pod>>::all(ctx.client.clone()),
+        watcher::Config::default().labels(FAILOVER_UID_LABEL),
+    );
+    let controller = Controller::for_shared_stream(r.failovers.applied(), store.clone())
+        .watches_shared_stream(
+            r.workloads.changes(),
+            over(&store, failover::triggers::of_workload),
+        )
+        .watches_shared_stream(
+            r.failovers.changes(),
+            over(&store, failover::triggers::siblings),
+        )
+        .watches_shared_stream(
+            r.registrations.applied(),
+            over(&store, failover::triggers::restoring),
+        )
+        .watches_shared_stream(pods, over(&store, failover::triggers::of_pod));
+    serve!(controller, failover, ctx, shutdown)
+}

@@ -1,0 +1,284 @@
+//! What one idle reconcile of each kind costs: API requests (counted by the rig per identity,
+//! verb and resource) and repository opens (counted by the repository). A protected workload
+//! with a replicated point, its vault, and then a Failover that has failed over are brought to
+//! a steady state by the real operator; the operator is stopped, and one reconcile of each kind
+//! runs on caches filled from the rig, as the operator's own would, once to settle and once to
+//! measure. The numbers are printed and bounded, so that a change that makes an idle pass
+//! dearer fails here.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::Node;
+use kube::api::{Api, ListParams, PostParams};
+use kube::core::DeserializeGuard;
+use kube::runtime::reflector::{self, store::Writer};
+use kube::runtime::watcher;
+use serde_json::json;
+use site_recovery::api::{Failover, RecoveryVault, ReplicatedWorkload, registration};
+use site_recovery::controllers::{self, Context, context::Stores};
+
+use crate::operator::{OPERATOR_NS, condition, start_operator};
+use crate::replication::{first_point, live_vault, protect, setup, start_agent, write_version};
+use crate::rig::{Rig, chart, eventually};
+
+/// The most one idle reconcile of a kind may cost: (API requests, repository opens). These are
+/// what the reconcilers cost before the redesign of issue 12 (main at e770392):
+/// - RecoveryVault: get secrets 3, list secrets 1; no open.
+/// - ReplicatedWorkload, protected or failed over: get statefulsets 1, list
+///   persistentvolumeclaims 1, list pods 2; no open.
+/// - Failover, failed over and not committed: delete pods 2 (writer pods long gone), get
+///   secrets 1, list pods 1; one open of the target repository (its whole index and every
+///   manifest read, to resolve the point again).
+///
+/// Since the Failover's state machine (c9dff79) an idle failed-over Failover costs list pods 1
+/// and no open, and its bound is that.
+const VAULT_BOUND: (u64, u64) = (4, 0);
+const WORKLOAD_BOUND: (u64, u64) = (4, 0);
+const FAILOVER_BOUND: (u64, u64) = (1, 0);
+
+/// What one reconcile cost.
+struct Cost {
+    /// (verb, resource) → requests.
+    requests: BTreeMap<(String, String), u64>,
+    opens: u64,
+}
+
+impl Cost {
+    fn requests(&self) -> u64 {
+        self.requests.values().sum()
+    }
+
+    fn assert_within(&self, what: &str, (requests, opens): (u64, u64)) {
+        assert!(
+            self.requests() <= requests && self.opens <= opens,
+            "one idle {what} reconcile cost {self}; at most {requests} requests and {opens} repository opens are expected"
+        );
+    }
+}
+
+impl fmt::Display for Cost {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let by: Vec<String> = self
+            .requests
+            .iter()
+            .map(|((verb, resource), n)| format!("{verb} {resource} {n}"))
+            .collect();
+        write!(
+            f,
+            "{} API requests ({}), {} repository opens",
+            self.requests(),
+            by.join(", "),
+            self.opens
+        )
+    }
+}
+
+fn operator_user() -> String {
+    format!(
+        "system:serviceaccount:{}:{}",
+        chart::RELEASE_NAMESPACE,
+        chart::OPERATOR_SA
+    )
+}
+
+/// The operator's caches, filled from lists instead of watches.
+struct Caches {
+    vaults: Writer<DeserializeGuard<RecoveryVault>>,
+    workloads: Writer<DeserializeGuard<ReplicatedWorkload>>,
+    failovers: Writer<DeserializeGuard<Failover>>,
+    nodes: Writer<kube::core::PartialObjectMeta<Node>>,
+    registrations: Writer<DeserializeGuard<Lease>>,
+}
+
+fn fill<K>(writer: &mut Writer<K>, items: Vec<K>)
+where
+    K: kube::Resource + Clone + 'static,
+    K::DynamicType: Eq + std::hash::Hash + Clone,
+{
+    writer.apply_watcher_event(&watcher::Event::Init);
+    for item in items {
+        writer.apply_watcher_event(&watcher::Event::InitApply(item));
+    }
+    writer.apply_watcher_event(&watcher::Event::InitDone);
+}
+
+impl Caches {
+    /// Empty caches, and the operator's context reading them.
+    fn new(rig: &Rig) -> (Self, Arc<Context>) {
+        let (vaults, vault_writer) = reflector::store();
+        let (workloads, workload_writer) = reflector::store();
+        let (failovers, failover_writer) = reflector::store();
+        let (nodes, node_writer) = reflector::store();
+        let (registrations, registration_writer) = reflector::store();
+        let mut settings = site_recovery::operator::Settings::new(OPERATOR_NS);
+        settings.identity = "cost-probe".into();
+        settings.storage = rig.storage_rules();
+        let ctx = site_recovery::operator::context(
+            rig.operator_client(),
+            &settings,
+            Stores {
+                vaults,
+                workloads,
+                failovers,
+                nodes,
+                registrations,
+            },
+            Default::default(),
+        );
+        let caches = Self {
+            vaults: vault_writer,
+            workloads: workload_writer,
+            failovers: failover_writer,
+            nodes: node_writer,
+            registrations: registration_writer,
+        };
+        (caches, ctx)
+    }
+
+    /// Lists everything again (as the test's admin: these requests are not the operator's).
+    async fn refresh(&mut self, rig: &Rig) {
+        let client = rig.client();
+        let registrations = ListParams::default().labels(&registration::selector());
+        fill(&mut self.vaults, listed(Api::all(client.clone())).await);
+        fill(&mut self.workloads, listed(Api::all(client.clone())).await);
+        fill(&mut self.failovers, listed(Api::all(client.clone())).await);
+        let nodes = Api::<Node>::all(client.clone());
+        let nodes = nodes.list_metadata(&ListParams::default()).await.unwrap();
+        fill(&mut self.nodes, nodes.items);
+        let leases = Api::namespaced(client, OPERATOR_NS);
+        let leases = leases.list(&registrations).await.unwrap();
+        fill(&mut self.registrations, leases.items);
+    }
+}
+
+async fn listed<K>(api: Api<K>) -> Vec<K>
+where
+    K: Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    api.list(&ListParams::default()).await.unwrap().items
+}
+
+/// One reconcile of each kind there is an object of, on freshly filled caches; returns what
+/// each cost, in the order vault, workload, failover.
+async fn reconcile_each(rig: &Rig, caches: &mut Caches, ctx: &Arc<Context>) -> Vec<Cost> {
+    let client = rig.client();
+    let vaults: Api<RecoveryVault> = Api::namespaced(client.clone(), "apps");
+    let workloads: Api<ReplicatedWorkload> = Api::namespaced(client.clone(), "apps");
+    let failovers: Api<Failover> = Api::namespaced(client, "apps");
+    let mut costs = Vec::new();
+
+    caches.refresh(rig).await;
+    let vault = vaults.get("vault").await.unwrap();
+    costs.push(measure(rig, controllers::vault::reconcile(&vault, ctx.clone())).await);
+    caches.refresh(rig).await;
+    let workload = workloads.get("db").await.unwrap();
+    costs.push(
+        measure(
+            rig,
+            controllers::workload::reconcile(&workload, ctx.clone()),
+        )
+        .await,
+    );
+    caches.refresh(rig).await;
+    if let Some(failover) = failovers.get_opt("fo").await.unwrap() {
+        costs.push(
+            measure(
+                rig,
+                controllers::failover::reconcile(&failover, ctx.clone()),
+            )
+            .await,
+        );
+    }
+    costs
+}
+
+/// The operator's requests and the repository opens while `work` runs (and shortly after, for
+/// anything it left in flight).
+async fn measure<T, E: fmt::Debug>(rig: &Rig, work: impl Future<Output = Result<T, E>>) -> Cost {
+    let user = operator_user();
+    let (before, opens) = (rig.calls_of(&user), site_recovery::repository::opened());
+    work.await.expect("an idle reconcile succeeds");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let after = rig.calls_of(&user);
+    let requests = after
+        .into_iter()
+        .filter_map(|(k, n)| {
+            let n = n - before.get(&k).copied().unwrap_or(0);
+            (n > 0).then_some((k, n))
+        })
+        .collect();
+    Cost {
+        requests,
+        opens: site_recovery::repository::opened() - opens,
+    }
+}
+
+#[tokio::test]
+async fn one_idle_reconcile_of_each_kind_costs_at_most_its_bound() {
+    let (rig, _dir, running, volumes) = setup(|d| live_vault(d, json!({}))).await;
+    let agents: Vec<_> = ["node-a1", "node-a2", "node-b1"]
+        .iter()
+        .map(|n| start_agent(&rig, n, 10))
+        .collect();
+    write_version(&volumes, 1);
+    let workloads = protect(&rig).await;
+    first_point(&workloads).await;
+    let vaults: Api<RecoveryVault> = Api::namespaced(rig.client(), "apps");
+    eventually(Duration::from_secs(30), "vault Ready", || async {
+        let s = vaults.get("vault").await.ok()?.status?;
+        (condition(&s.conditions, "Ready")?.0 == "True").then_some(())
+    })
+    .await;
+    running.stop().await;
+
+    // Protected, with a replicated point and nothing in flight.
+    let (mut caches, ctx) = Caches::new(&rig);
+    reconcile_each(&rig, &mut caches, &ctx).await;
+    let protected = reconcile_each(&rig, &mut caches, &ctx).await;
+    println!("idle RecoveryVault reconcile: {}", protected[0]);
+    println!(
+        "idle ReplicatedWorkload reconcile (protected): {}",
+        protected[1]
+    );
+
+    // Failed over to the target zone, not committed.
+    let _cluster = crate::rig::failover::run(
+        &rig,
+        "apps",
+        BTreeMap::from([("zone-b".to_string(), "node-b1".to_string())]),
+    );
+    let running = start_operator(&rig, false).await;
+    let failovers: Api<Failover> = Api::namespaced(rig.client(), "apps");
+    let fo: Failover = serde_json::from_value(json!({
+        "apiVersion": "siterecovery.io/v1alpha1", "kind": "Failover",
+        "metadata": {"name": "fo", "namespace": "apps"},
+        "spec": {"workloadName": "db", "recoveryPoint": {"latest": true}},
+    }))
+    .unwrap();
+    failovers.create(&PostParams::default(), &fo).await.unwrap();
+    eventually(Duration::from_secs(60), "FailedOver=True", || async {
+        let s = failovers.get("fo").await.ok()?.status?;
+        (condition(&s.conditions, "FailedOver")?.0 == "True").then_some(())
+    })
+    .await;
+    running.stop().await;
+    reconcile_each(&rig, &mut caches, &ctx).await;
+    let failed_over = reconcile_each(&rig, &mut caches, &ctx).await;
+    println!(
+        "idle ReplicatedWorkload reconcile (failed over): {}",
+        failed_over[1]
+    );
+    println!("idle Failover reconcile (failed over): {}", failed_over[2]);
+
+    protected[0].assert_within("RecoveryVault", VAULT_BOUND);
+    protected[1].assert_within("ReplicatedWorkload", WORKLOAD_BOUND);
+    failed_over[1].assert_within("ReplicatedWorkload (failed over)", WORKLOAD_BOUND);
+    failed_over[2].assert_within("Failover", FAILOVER_BOUND);
+    for a in agents {
+        a.kill();
+    }
+}
