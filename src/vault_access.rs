@@ -88,9 +88,38 @@ fn secret_value(secret: &Secret, key: &str) -> Option<Vec<u8>> {
         })
 }
 
+/// The Secrets of one namespace as one pass reads them: each is read once, however many fields
+/// name it (a vault's key and credentials are often one Secret, and its controller reads them
+/// both to check them and to hand them to the agents).
+pub struct SecretReader {
+    api: Api<Secret>,
+    read: std::sync::Mutex<std::collections::HashMap<String, Option<Secret>>>,
+}
+
+impl SecretReader {
+    pub fn new(client: &Client, namespace: &str) -> Self {
+        SecretReader {
+            api: Api::namespaced(client.clone(), namespace),
+            read: Default::default(),
+        }
+    }
+
+    pub async fn get_opt(&self, name: &str) -> Result<Option<Secret>, kube::Error> {
+        if let Some(known) = self.read.lock().expect("secret reader").get(name) {
+            return Ok(known.clone());
+        }
+        let found = self.api.get_opt(name).await?;
+        self.read
+            .lock()
+            .expect("secret reader")
+            .insert(name.to_string(), found.clone());
+        Ok(found)
+    }
+}
+
 /// The Secret `name` that `field` of a vault in `namespace` names.
 async fn get_secret(
-    secrets: &Api<Secret>,
+    secrets: &SecretReader,
     namespace: &str,
     field: &'static str,
     name: &str,
@@ -107,7 +136,7 @@ async fn get_secret(
 
 /// The credentials a storage spec's Secret holds (none when it names no Secret).
 async fn credentials(
-    secrets: &Api<Secret>,
+    secrets: &SecretReader,
     namespace: &str,
     field: &'static str,
     storage: &Storage,
@@ -155,21 +184,20 @@ pub const HANDED_LABEL: &str = "siterecovery.io/handed-vault";
 /// target's Secret under `cache.<name>` and `target.<name>`. Read from the vault's Secrets,
 /// with the checks `resolve` makes (the placeholder key is never handed on).
 pub async fn handed_data(
-    client: &Client,
+    secrets: &SecretReader,
     namespace: &str,
     spec: &RecoveryVaultSpec,
 ) -> Result<std::collections::BTreeMap<String, ByteString>, AccessError> {
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
     let mut data = std::collections::BTreeMap::new();
     data.insert(
         "key".to_string(),
-        ByteString(key(&secrets, namespace, &spec.encryption.key_secret_ref).await?),
+        ByteString(key(secrets, namespace, &spec.encryption.key_secret_ref).await?),
     );
     for (role, field, storage) in [
         ("cache", "spec.cache.storage", &spec.cache.storage),
         ("target", "spec.target.storage", &spec.target.storage),
     ] {
-        for (k, v) in credentials(&secrets, namespace, field, storage).await? {
+        for (k, v) in credentials(secrets, namespace, field, storage).await? {
             data.insert(format!("{role}.{k}"), ByteString(v.into_bytes()));
         }
     }
@@ -177,7 +205,7 @@ pub async fn handed_data(
 }
 
 async fn key(
-    secrets: &Api<Secret>,
+    secrets: &SecretReader,
     namespace: &str,
     r: &SecretKeyRef,
 ) -> Result<Vec<u8>, AccessError> {
@@ -204,7 +232,7 @@ impl VaultAccess {
         spec: &RecoveryVaultSpec,
         rules: &StorageRules,
     ) -> Result<Self, AccessError> {
-        let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
+        let secrets = SecretReader::new(client, namespace);
         let (cache, target) = ("spec.cache.storage", "spec.target.storage");
         Ok(Self {
             cache: location(

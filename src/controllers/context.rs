@@ -76,6 +76,9 @@ pub struct Context {
     pub swept: std::sync::Mutex<std::collections::HashSet<String>>,
     /// Failover commits (the deletion of a workload's points) running or done, by Failover uid.
     pub commits: super::jobs::Jobs<usize>,
+    /// The vault uids whose handed Secret exists, as the last sweep listed them and hand-overs
+    /// since changed them (`None` until the first sweep).
+    pub handed: std::sync::Mutex<Option<std::collections::HashSet<String>>>,
     /// The data path's jobs of the workloads (finish, catch-up, retention), and their outcomes.
     pub jobs: super::jobs::Jobs<serde_json::Value, super::jobs::JobKey>,
     /// The vaults' repositories, opened once per vault.

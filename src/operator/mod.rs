@@ -225,6 +225,7 @@ pub fn context(
         storage: settings.storage.clone(),
         swept: Default::default(),
         commits: Default::default(),
+        handed: Default::default(),
         jobs: Default::default(),
         point_stores: Default::default(),
     })

@@ -20,14 +20,16 @@ pub const CONTROLLER: &str = "recoveryvault";
 
 pub async fn reconcile(vault: &RecoveryVault, ctx: Arc<Context>) -> Result<Action, Error> {
     let namespace = vault.namespace().unwrap_or_default();
-    let observed = observe::observe(&ctx, &namespace, &vault.spec).await?;
+    // One read of each of the vault's Secrets serves both the checks and the hand-over.
+    let secrets = crate::vault_access::SecretReader::new(&ctx.client, &namespace);
+    let observed = observe::observe(&ctx, &namespace, &vault.spec, &secrets).await?;
     let plan = plan::plan(&vault.spec, vault.status.as_ref(), &observed);
     apply::apply(&plan.actions).await?;
     // The agents' copy of the key and credentials follows the vault's Secrets, and is in place
     // before the vault says Ready (points start from Ready). A failure (e.g. the operator's
     // namespace missing) does not hold the status back: it is retried with the vault, and
     // agents say what they lack meanwhile.
-    let handed = match handoff::hand_over(&ctx, vault).await {
+    let handed = match handoff::hand_over(&ctx, vault, &secrets).await {
         Ok(()) => handoff::sweep(&ctx).await,
         Err(e) => Err(e),
     };

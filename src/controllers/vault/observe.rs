@@ -4,13 +4,14 @@
 use std::path::Path;
 
 use k8s_openapi::ByteString;
-use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Secret};
+use k8s_openapi::api::core::v1::PersistentVolumeClaim;
 use kube::Api;
 
 use crate::api::vault::{Location as VaultLocation, RecoveryVaultSpec, SecretKeyRef, Storage};
 use crate::controllers::context::NodeTopology;
 use crate::controllers::{Context, Error};
 use crate::storage::Location;
+use crate::vault_access::SecretReader;
 
 /// What was found at a storage location.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -57,16 +58,16 @@ pub async fn observe(
     ctx: &Context,
     namespace: &str,
     spec: &RecoveryVaultSpec,
+    secrets: &SecretReader,
 ) -> Result<Observed, Error> {
     let nodes = ctx.stores.node_topology();
-    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), namespace);
     let claims: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), namespace);
     Ok(Observed {
         nodes,
         cache: probe_location(
             ctx,
             namespace,
-            &secrets,
+            secrets,
             &claims,
             "spec.cache.storage",
             &spec.cache,
@@ -75,20 +76,20 @@ pub async fn observe(
         target: probe_location(
             ctx,
             namespace,
-            &secrets,
+            secrets,
             &claims,
             "spec.target.storage",
             &spec.target,
         )
         .await?,
-        encryption_key: probe_key(&secrets, &spec.encryption.key_secret_ref).await?,
+        encryption_key: probe_key(secrets, &spec.encryption.key_secret_ref).await?,
     })
 }
 
 async fn probe_location(
     ctx: &Context,
     namespace: &str,
-    secrets: &Api<Secret>,
+    secrets: &SecretReader,
     claims: &Api<PersistentVolumeClaim>,
     field: &str,
     location: &VaultLocation,
@@ -187,7 +188,7 @@ pub async fn probe_directory(path: &Path) -> StorageProbe {
     }
 }
 
-async fn probe_key(secrets: &Api<Secret>, key: &SecretKeyRef) -> Result<KeyProbe, Error> {
+async fn probe_key(secrets: &SecretReader, key: &SecretKeyRef) -> Result<KeyProbe, Error> {
     let Some(secret) = secrets.get_opt(&key.name).await.map_err(Error::Kube)? else {
         return Ok(KeyProbe::SecretMissing);
     };
