@@ -10,7 +10,6 @@ use crate::controllers::PlannedEvent;
 use crate::controllers::error::InvalidSpec;
 
 use super::observe::{KeyProbe, Observed, StorageProbe};
-use crate::controllers::context::NodeTopology;
 
 /// Minimum length of the key-encryption key.
 pub const MIN_KEY_BYTES: usize = 32;
@@ -84,34 +83,12 @@ pub fn validate(spec: &RecoveryVaultSpec) -> Result<(), InvalidSpec> {
     Ok(())
 }
 
-pub fn plan(
+/// StorageReachable, from both locations' probes; asks for a missing directory to be made.
+fn storage_condition(
     spec: &RecoveryVaultSpec,
-    previous: Option<&RecoveryVaultStatus>,
     observed: &Observed,
-) -> Plan {
-    let mut actions = Vec::new();
-    let mut conditions = Vec::new();
-
-    if let Err(invalid) = validate(spec) {
-        conditions.push(Condition::new(
-            T::Ready,
-            ConditionStatus::False,
-            R::InvalidSpec,
-            invalid.to_string(),
-        ));
-        let events = ready_events(previous, &conditions);
-        return Plan {
-            conditions,
-            separation: None,
-            cache_region: None,
-            target_region: None,
-            actions,
-            events,
-            requeue: RECHECK,
-        };
-    }
-
-    // StorageReachable
+    actions: &mut Vec<Action>,
+) -> Condition {
     let mut storage_problems = Vec::new();
     for (name, location, probe) in [
         ("cache", &spec.cache, &observed.cache),
@@ -154,7 +131,7 @@ pub fn plan(
         .iter()
         .find(|(r, _)| *r == R::InvalidSpec)
         .or(storage_problems.first());
-    let storage = if let Some((reason, _)) = worst {
+    if let Some((reason, _)) = worst {
         let message = storage_problems
             .iter()
             .map(|(_, m)| m.as_str())
@@ -173,11 +150,12 @@ pub fn plan(
             R::StorageReachable,
             "cache and target locations answer",
         )
-    };
+    }
+}
 
-    // Separated
-    let sep = separation(spec, &observed.nodes);
-    let separated = match &sep.problem {
+/// Separated: cache and target as far apart as `spec.redundancy` asks.
+fn separated_condition(spec: &RecoveryVaultSpec, sep: &Separation) -> Condition {
+    match &sep.problem {
         None => Condition::new(
             T::Separated,
             ConditionStatus::True,
@@ -194,10 +172,12 @@ pub fn plan(
             *reason,
             message.clone(),
         ),
-    };
+    }
+}
 
-    // Encryption key, reported through Ready.
-    let key_problem = match &observed.encryption_key {
+/// What is wrong with the encryption key, if anything (reported through Ready).
+fn key_problem(spec: &RecoveryVaultSpec, key: &KeyProbe) -> Option<(R, String)> {
+    match key {
         KeyProbe::Placeholder => Some((
             R::PlaceholderKey,
             crate::vault_access::placeholder_key_message(
@@ -227,9 +207,16 @@ pub fn plan(
                 spec.encryption.key_secret_ref.name, spec.encryption.key_secret_ref.key
             ),
         )),
-    };
+    }
+}
 
-    let ready = if let Some((reason, message)) = key_problem {
+/// Ready: the key, then storage, then separation.
+fn ready_condition(
+    key_problem: Option<(R, String)>,
+    storage: &Condition,
+    separated: &Condition,
+) -> Condition {
+    if let Some((reason, message)) = key_problem {
         Condition::new(T::Ready, ConditionStatus::False, reason, message)
     } else if !storage.is_true() {
         // A spec the installation's rules refuse is the user's to fix, not storage to wait for.
@@ -258,7 +245,44 @@ pub fn plan(
             R::VaultReady,
             separated.message.clone(),
         )
-    };
+    }
+}
+
+pub fn plan(
+    spec: &RecoveryVaultSpec,
+    previous: Option<&RecoveryVaultStatus>,
+    observed: &Observed,
+) -> Plan {
+    let mut actions = Vec::new();
+    let mut conditions = Vec::new();
+
+    if let Err(invalid) = validate(spec) {
+        conditions.push(Condition::new(
+            T::Ready,
+            ConditionStatus::False,
+            R::InvalidSpec,
+            invalid.to_string(),
+        ));
+        let events = ready_events(previous, &conditions);
+        return Plan {
+            conditions,
+            separation: None,
+            cache_region: None,
+            target_region: None,
+            actions,
+            events,
+            requeue: RECHECK,
+        };
+    }
+
+    let storage = storage_condition(spec, observed, &mut actions);
+    let sep = separation(spec, &observed.nodes);
+    let separated = separated_condition(spec, &sep);
+    let ready = ready_condition(
+        key_problem(spec, &observed.encryption_key),
+        &storage,
+        &separated,
+    );
     conditions.extend([ready, storage, separated]);
     let events = ready_events(previous, &conditions);
     let requeue = if actions.is_empty() {
@@ -303,114 +327,13 @@ fn ready_events(
     }
 }
 
-/// The separation of cache and target as node labels show it.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Separation {
-    pub measured: Redundancy,
-    pub cache_region: Option<String>,
-    pub target_region: Option<String>,
-    /// Why the required separation is not met.
-    pub problem: Option<(R, String)>,
-}
-
-pub fn separation(spec: &RecoveryVaultSpec, nodes: &[NodeTopology]) -> Separation {
-    let region_of = |l: &Location| {
-        l.region.clone().or_else(|| {
-            let zone = l.zone.as_ref()?;
-            nodes
-                .iter()
-                .filter(|n| n.zone.as_ref() == Some(zone))
-                .find_map(|n| n.region.clone())
-        })
-    };
-    let cache_region = region_of(&spec.cache);
-    let target_region = region_of(&spec.target);
-    let measured = match (
-        &cache_region,
-        &target_region,
-        &spec.cache.zone,
-        &spec.target.zone,
-    ) {
-        (Some(a), Some(b), _, _) if a != b => Redundancy::Region,
-        (_, _, Some(a), Some(b)) if a != b => Redundancy::Zone,
-        _ => Redundancy::Machine,
-    };
-    let mut problem = None;
-    if spec.cache.storage == spec.target.storage {
-        problem = Some((
-            R::SameStorageLocation,
-            "spec.cache.storage and spec.target.storage are the same location: a failure of it loses both copies; point the target at other storage".to_string(),
-        ));
-    }
-    for (field, zone) in [
-        ("spec.cache.zone", &spec.cache.zone),
-        ("spec.target.zone", &spec.target.zone),
-    ] {
-        if let Some(zone) = zone
-            && problem.is_none()
-            && !nodes.iter().any(|n| n.zone.as_ref() == Some(zone))
-        {
-            problem = Some((
-                R::ZoneNotFound,
-                format!("{field}: no node is labelled topology.kubernetes.io/zone={zone}"),
-            ));
-        }
-    }
-    if problem.is_none() && measured < spec.redundancy {
-        let zones = (
-            spec.cache.zone.as_deref().unwrap_or("?"),
-            spec.target.zone.as_deref().unwrap_or("?"),
-        );
-        problem = Some(if zones.0 == zones.1 {
-            (
-                R::SameZone,
-                format!(
-                    "cache and target are both in zone {}; redundancy {} needs them in different {}s",
-                    zones.0,
-                    spec.redundancy.as_str(),
-                    spec.redundancy.as_str().to_lowercase()
-                ),
-            )
-        } else {
-            match (&cache_region, &target_region) {
-                (Some(a), Some(_)) => (
-                    R::SameRegion,
-                    format!(
-                        "cache zone {} and target zone {} are both in region {a}; redundancy Region needs different regions",
-                        zones.0, zones.1
-                    ),
-                ),
-                _ => (
-                    R::RegionUnknown,
-                    format!(
-                        "the region of zone {} is unknown: set spec.{}.region or label its nodes with topology.kubernetes.io/region",
-                        if cache_region.is_none() {
-                            zones.0
-                        } else {
-                            zones.1
-                        },
-                        if cache_region.is_none() {
-                            "cache"
-                        } else {
-                            "target"
-                        }
-                    ),
-                ),
-            }
-        });
-    }
-    Separation {
-        measured,
-        cache_region,
-        target_region,
-        problem,
-    }
-}
-
 /// The condition of one type, for tests and callers that read plans.
 pub fn condition(plan: &Plan, t: T) -> &Condition {
     find(&plan.conditions, t.as_str()).expect("every plan sets every vault condition it reports")
 }
+
+mod separation;
+pub use separation::{Separation, separation};
 
 #[cfg(test)]
 mod tests;

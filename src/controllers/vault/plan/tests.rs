@@ -2,6 +2,7 @@ use serde_json::json;
 
 use super::*;
 use crate::api::reasons::ConditionType as T;
+use crate::controllers::context::NodeTopology;
 
 fn spec(v: serde_json::Value) -> RecoveryVaultSpec {
     let mut base = json!({
