@@ -6,9 +6,8 @@ use std::time::Duration;
 
 use jiff::{SignedDuration, Timestamp};
 
-use crate::api::conditions::{Condition, ConditionStatus};
 use crate::api::policy::{ReplicationPolicy, parse_duration};
-use crate::api::reasons::{ConditionType as T, WorkloadReason as R};
+use crate::api::reasons::WorkloadReason as R;
 use crate::api::registration::AgentRegistration;
 use crate::api::work::WorkState;
 use crate::api::workload::{PointInProgress, ReplicatedWorkloadStatus, VolumeStatus};
@@ -152,17 +151,24 @@ pub fn decide(
     }
 }
 
-fn in_flight(
+/// What the agents reported of a point in flight.
+#[derive(Default)]
+struct Tally {
+    covered: BTreeSet<String>,
+    parts: Vec<String>,
+    done: u64,
+    total: u64,
+    stored: u64,
+    reported: bool,
+}
+
+/// Sums the agents' reports of `point`; a failed report ends the point.
+fn tally(
     (namespace, workload): (&str, &str),
     point: &PointInProgress,
-    volumes: &[VolumeStatus],
     registrations: &[AgentRegistration],
-    now: Timestamp,
-) -> Step {
-    let mut covered = BTreeSet::new();
-    let mut parts = Vec::new();
-    let (mut done, mut total, mut stored) = (0, 0, 0);
-    let mut reported = false;
+) -> Result<Tally, Step> {
+    let mut t = Tally::default();
     for r in registrations {
         for w in &r.work {
             if w.kind != crate::api::work::WorkKind::Capture
@@ -172,260 +178,150 @@ fn in_flight(
             {
                 continue;
             }
-            reported = true;
+            t.reported = true;
             // Reports are input: sums saturate rather than overflow.
-            done = u64::saturating_add(done, w.bytes_done);
-            total = u64::saturating_add(total, w.bytes_total);
+            t.done = u64::saturating_add(t.done, w.bytes_done);
+            t.total = u64::saturating_add(t.total, w.bytes_total);
             match w.state {
                 WorkState::Failed => {
-                    return Step::Fail {
+                    return Err(Step::Fail {
                         reason: R::CaptureFailed,
                         message: format!(
                             "point {}: the agent on node {} failed: {}",
                             point.id, r.node, w.message
                         ),
-                    };
+                    });
                 }
                 WorkState::Done => {
-                    covered.extend(w.claims.iter().cloned());
-                    stored = u64::saturating_add(stored, w.stored_bytes);
+                    t.covered.extend(w.claims.iter().cloned());
+                    t.stored = u64::saturating_add(t.stored, w.stored_bytes);
                     if !w.claims.is_empty() {
-                        parts.push(r.node.clone());
+                        t.parts.push(r.node.clone());
                     }
                 }
                 WorkState::Running => {}
             }
         }
     }
-    if point.claims.iter().all(|c| covered.contains(c)) && !parts.is_empty() {
-        parts.sort();
-        parts.dedup();
+    Ok(t)
+}
+
+/// The node of claim `claim`, as the workload's volumes show it.
+fn node_of<'a>(volumes: &'a [VolumeStatus], claim: &str) -> Option<&'a str> {
+    volumes
+        .iter()
+        .find(|v| v.claim_name == claim)
+        .and_then(|v| v.node.as_deref())
+}
+
+fn in_flight(
+    owner: (&str, &str),
+    point: &PointInProgress,
+    volumes: &[VolumeStatus],
+    registrations: &[AgentRegistration],
+    now: Timestamp,
+) -> Step {
+    let mut t = match tally(owner, point, registrations) {
+        Ok(t) => t,
+        Err(step) => return step,
+    };
+    if point.claims.iter().all(|c| t.covered.contains(c)) && !t.parts.is_empty() {
+        t.parts.sort();
+        t.parts.dedup();
         return Step::Finish {
-            parts,
-            stored_bytes: stored,
+            parts: t.parts,
+            stored_bytes: t.stored,
         };
     }
-    // A claim whose node's agent stopped renewing will never be read.
-    for claim in point.claims.iter().filter(|c| !covered.contains(*c)) {
-        let node = volumes
-            .iter()
-            .find(|v| &v.claim_name == claim)
-            .and_then(|v| v.node.as_deref());
-        if let Some(node) = node
+    lost_agent(point, &t, volumes, registrations, now)
+        .or_else(|| never_started(point, &t, now))
+        .or_else(|| stalled(point, &t, volumes, now))
+        .unwrap_or(Step::Wait {
+            bytes_done: t.done,
+            bytes_total: t.total,
+        })
+}
+
+/// A claim whose node's agent stopped renewing will never be read.
+fn lost_agent(
+    point: &PointInProgress,
+    t: &Tally,
+    volumes: &[VolumeStatus],
+    registrations: &[AgentRegistration],
+    now: Timestamp,
+) -> Option<Step> {
+    for claim in point.claims.iter().filter(|c| !t.covered.contains(*c)) {
+        if let Some(node) = node_of(volumes, claim)
             && let Some(r) = registrations.iter().find(|r| r.node == node)
             && !r.is_alive(now)
         {
-            return Step::Fail {
+            return Some(Step::Fail {
                 reason: R::AgentLost,
                 message: format!(
                     "point {}: the agent on node {node}, which holds claim {claim}, stopped renewing its registration",
                     point.id
                 ),
-            };
+            });
         }
     }
-    // CSI points wait for their snapshots first (bounded by the snapshot timeout).
+    None
+}
+
+/// No agent reported at all in time. CSI points wait for their snapshots first (bounded by the
+/// snapshot timeout).
+fn never_started(point: &PointInProgress, t: &Tally, now: Timestamp) -> Option<Step> {
     let patience = match point.method {
         crate::api::vault::SnapshotMethod::Live => START_TIMEOUT,
         crate::api::vault::SnapshotMethod::Csi => START_TIMEOUT * 3,
     };
-    if !reported && now > after(point.started, patience) {
-        return Step::Fail {
-            reason: R::CaptureFailed,
-            message: format!(
-                "point {}: no agent started reading claims {} within {}s; check that the pods mounting them are running and that an agent runs on their nodes",
-                point.id,
-                point.claims.join(", "),
-                patience.as_secs()
-            ),
-        };
-    }
-    // Reports that stop moving: the point fails, naming who holds it up.
+    (!t.reported && now > after(point.started, patience)).then(|| Step::Fail {
+        reason: R::CaptureFailed,
+        message: format!(
+            "point {}: no agent started reading claims {} within {}s; check that the pods mounting them are running and that an agent runs on their nodes",
+            point.id,
+            point.claims.join(", "),
+            patience.as_secs()
+        ),
+    })
+}
+
+/// Reports that stop moving: the point fails, naming who holds it up.
+fn stalled(
+    point: &PointInProgress,
+    t: &Tally,
+    volumes: &[VolumeStatus],
+    now: Timestamp,
+) -> Option<Step> {
     let (seen, since) = point
         .last_progress
         .as_ref()
         .map_or((0, point.started), |p| (p.bytes_done, p.time));
-    if reported && done == seen && now > after(since, STALL_TIMEOUT) {
-        let waiting: Vec<String> = point
-            .claims
-            .iter()
-            .filter(|c| !covered.contains(*c))
-            .map(|claim| {
-                let node = volumes
-                    .iter()
-                    .find(|v| &v.claim_name == claim)
-                    .and_then(|v| v.node.as_deref())
-                    .unwrap_or("an unknown node");
-                format!("claim {claim} on node {node}")
-            })
-            .collect();
-        return Step::Fail {
-            reason: R::CaptureStalled,
-            message: format!(
-                "point {}: no progress for {}s (stuck at {done} bytes since {since}) reading {}; the point is given up and the next one is taken on schedule: check the agent's logs on that node and the volume (a hung read, a FIFO, a stalled network filesystem)",
-                point.id,
-                STALL_TIMEOUT.as_secs(),
-                waiting.join(", ")
-            ),
-        };
+    if !(t.reported && t.done == seen && now > after(since, STALL_TIMEOUT)) {
+        return None;
     }
-    Step::Wait {
-        bytes_done: done,
-        bytes_total: total,
-    }
-}
-
-/// Seconds since the newest point durable in the target.
-pub fn rpo_seconds(status: &ReplicatedWorkloadStatus, now: Timestamp) -> Option<i64> {
-    status
-        .latest_replicated_point
-        .as_ref()
-        .map(|p| now.duration_since(p.time).as_secs().max(0))
-}
-
-/// Replicating, Protected and RPOMet, and when RPOMet would flip if nothing happened.
-///
-/// RPOMet rule: the newest replicated point is at most twice the crash-consistent frequency old
-/// (one missed interval is tolerated, two are not), as Ramen warns.
-pub fn replication_conditions(
-    status: &ReplicatedWorkloadStatus,
-    schedule: Option<&Schedule>,
-    failure: Option<(R, String)>,
-    freeze_requested: bool,
-    now: Timestamp,
-) -> (Vec<Condition>, Option<Timestamp>) {
-    let replicating = if let Some((reason, message)) = failure {
-        Condition::new(T::Replicating, ConditionStatus::False, reason, message)
-    } else if let Some(p) = &status.point_in_progress {
-        Condition::new(
-            T::Replicating,
-            ConditionStatus::True,
-            R::PointInProgress,
-            format!("taking point {} ({})", p.id, p.consistency),
-        )
-    } else if let Some(a) = status.last_attempt.as_ref().filter(|a| !a.succeeded) {
-        Condition::new(
-            T::Replicating,
-            ConditionStatus::False,
-            R::CaptureFailed,
-            a.message.clone(),
-        )
-    } else if let Some(a) = status
-        .last_attempt
-        .as_ref()
-        .filter(|a| a.succeeded && !a.message.is_empty())
-        .filter(|a| {
-            status
-                .latest_point
-                .as_ref()
-                .is_some_and(|p| p.id == a.id && p.replicated)
+    let waiting: Vec<String> = point
+        .claims
+        .iter()
+        .filter(|c| !t.covered.contains(*c))
+        .map(|claim| {
+            let node = node_of(volumes, claim).unwrap_or("an unknown node");
+            format!("claim {claim} on node {node}")
         })
-    {
-        Condition::new(
-            T::Replicating,
-            ConditionStatus::True,
-            R::HookFailed,
-            format!(
-                "point {} ({}) replicated, but {}",
-                a.id, a.consistency, a.message
-            ),
-        )
-    } else if let Some(p) = &status.latest_point {
-        if p.replicated {
-            Condition::new(
-                T::Replicating,
-                ConditionStatus::True,
-                R::PointReplicated,
-                format!(
-                    "point {} ({}) replicated to the target",
-                    p.id, p.consistency
-                ),
-            )
-        } else {
-            Condition::new(
-                T::Replicating,
-                ConditionStatus::False,
-                R::ReplicationFailed,
-                format!("point {} is in the cache but not yet in the target", p.id),
-            )
-        }
-    } else {
-        Condition::new(
-            T::Replicating,
-            ConditionStatus::False,
-            R::ReplicationNotStarted,
-            "no recovery point has been taken yet",
-        )
-    };
-    let replicating = if freeze_requested && replicating.is_true() {
-        Condition::new(
-            T::Replicating,
-            ConditionStatus::True,
-            R::FreezeNotSupported,
-            format!(
-                "{}; spec.appConsistency.freezeFilesystems is not carried out by this version: points are app-consistent only through pre hooks (CSI), and Live points stay FileLevel",
-                replicating.message
-            ),
-        )
-    } else {
-        replicating
-    };
-    let protected = match &status.latest_replicated_point {
-        Some(p) => Condition::new(
-            T::Protected,
-            ConditionStatus::True,
-            R::RecoveryPointReplicated,
-            format!(
-                "point {} of {} is durable in the target location",
-                p.id, p.time
-            ),
+        .collect();
+    Some(Step::Fail {
+        reason: R::CaptureStalled,
+        message: format!(
+            "point {}: no progress for {}s (stuck at {} bytes since {since}) reading {}; the point is given up and the next one is taken on schedule: check the agent's logs on that node and the volume (a hung read, a FIFO, a stalled network filesystem)",
+            point.id,
+            STALL_TIMEOUT.as_secs(),
+            t.done,
+            waiting.join(", ")
         ),
-        None => Condition::new(
-            T::Protected,
-            ConditionStatus::False,
-            R::NoRecoveryPoint,
-            "no recovery point is durable in the target location yet",
-        ),
-    };
-    let mut flips = None;
-    let rpo_met = match (schedule, &status.latest_replicated_point) {
-        (Some(s), Some(p)) => {
-            let limit = s.crash.saturating_mul(2);
-            let rpo = now.duration_since(p.time);
-            if rpo.as_secs_f64() <= limit.as_secs_f64() {
-                flips = Some(after(after(p.time, limit), Duration::from_secs(1)));
-                Condition::new(
-                    T::RPOMet,
-                    ConditionStatus::True,
-                    R::RPOWithinTarget,
-                    format!(
-                        "the newest replicated point, of {}, is within {}s (twice the crash-consistent frequency)",
-                        p.time,
-                        limit.as_secs()
-                    ),
-                )
-            } else {
-                Condition::new(
-                    T::RPOMet,
-                    ConditionStatus::False,
-                    R::RPOExceeded,
-                    format!(
-                        "the newest replicated point, of {}, is older than {}s (twice the crash-consistent frequency); see Replicating",
-                        p.time,
-                        limit.as_secs()
-                    ),
-                )
-            }
-        }
-        _ => Condition::new(
-            T::RPOMet,
-            ConditionStatus::Unknown,
-            R::RPONotMeasured,
-            "the RPO is measured from the first replicated recovery point",
-        ),
-    };
-    (vec![replicating, protected, rpo_met], flips)
+    })
 }
+
+mod conditions;
+pub use conditions::{replication_conditions, rpo_seconds};
 
 #[cfg(test)]
 mod tests;
