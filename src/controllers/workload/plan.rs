@@ -166,46 +166,46 @@ pub fn plan(
     observed: &Observed,
     now: Timestamp,
 ) -> Plan {
-    let unknown = |t: T, reason: R, message: &str| {
-        Condition::new(t, ConditionStatus::Unknown, reason, message)
-    };
     let mut target_zone = None;
     let mut volumes = Vec::new();
     let mut requeue = RECHECK;
+    let blocker = blocker(spec, observed, &mut target_zone, &mut volumes);
+    let registered = registered(blocker.as_ref(), &volumes, observed, now, &mut requeue);
+    let ready = ready(spec, blocker.as_ref(), observed, &registered, volumes.len());
+    let conditions = vec![ready, registered];
+    let source_zone = most_common(volumes.iter().filter_map(|v| v.zone.clone()));
+    let events = ready_events(previous, &conditions);
+    Plan {
+        conditions,
+        volumes,
+        source_zone,
+        target_zone,
+        events,
+        requeue,
+    }
+}
 
+/// What stops the workload from being protected, if anything; fills in the vault's target
+/// zone and the resolved volumes on the way.
+fn blocker(
+    spec: &ReplicatedWorkloadSpec,
+    observed: &Observed,
+    target_zone: &mut Option<String>,
+    volumes: &mut Vec<VolumeStatus>,
+) -> Option<Blocker> {
     // The name labels the workload's temporary objects and holder pods: checked before all.
     let name_problem = crate::api::names::label_value_problem(
         "metadata.name",
         &observed.name,
         crate::api::work::WORKLOAD_LABEL,
     );
-    let blocker: Option<Blocker> = match &observed.vault {
+    match &observed.vault {
         _ if name_problem.is_some() => name_problem.map(|m| (R::InvalidSpec, m)),
         // Checked first: after a failover the selector also finds the copy's pods.
-        _ if observed.failover.is_some() => {
-            let f = observed.failover.clone().unwrap_or_default();
-            Some(if f.committed {
-                (
-                    R::FailoverCommitted,
-                    format!(
-                        "Failover {} is committed: {} {} runs as {} in zone {}; it is not protected until it is re-protected (a ReplicatedWorkload of the copy on a vault in the reverse direction, as in examples/reprotect.yaml)",
-                        f.name,
-                        spec.workload_ref.kind.as_str(),
-                        spec.workload_ref.name,
-                        f.target_workload.as_deref().unwrap_or("its copy"),
-                        f.target_zone.as_deref().unwrap_or("the target zone"),
-                    ),
-                )
-            } else {
-                (
-                    R::FailoverInProgress,
-                    format!(
-                        "Failover {} of this workload has started: no point is taken while it runs",
-                        f.name
-                    ),
-                )
-            })
-        }
+        _ if observed.failover.is_some() => Some(failover_blocker(
+            spec,
+            &observed.failover.clone().unwrap_or_default(),
+        )),
         None => Some((
             R::VaultNotFound,
             format!(
@@ -218,7 +218,7 @@ pub fn plan(
             format!("RecoveryVault {} cannot be read: {e}", spec.vault_name),
         )),
         Some(Ok(v)) => {
-            target_zone = v.target_zone.clone();
+            *target_zone = v.target_zone.clone();
             if !observed.workload_found {
                 Some((
                     R::WorkloadNotFound,
@@ -232,16 +232,52 @@ pub fn plan(
                 match resolve_volumes(spec, observed) {
                     Err(b) => Some(b),
                     Ok(v) => {
-                        volumes = v;
+                        *volumes = v;
                         None
                     }
                 }
             }
         }
-    };
+    }
+}
 
-    let mut conditions = Vec::new();
-    let registered = if let Some((reason, message)) = &blocker {
+/// A failover of the workload stops its points; after the commit it is unprotected.
+fn failover_blocker(spec: &ReplicatedWorkloadSpec, f: &super::observe::FailoverSummary) -> Blocker {
+    if f.committed {
+        (
+            R::FailoverCommitted,
+            format!(
+                "Failover {} is committed: {} {} runs as {} in zone {}; it is not protected until it is re-protected (a ReplicatedWorkload of the copy on a vault in the reverse direction, as in examples/reprotect.yaml)",
+                f.name,
+                spec.workload_ref.kind.as_str(),
+                spec.workload_ref.name,
+                f.target_workload.as_deref().unwrap_or("its copy"),
+                f.target_zone.as_deref().unwrap_or("the target zone"),
+            ),
+        )
+    } else {
+        (
+            R::FailoverInProgress,
+            format!(
+                "Failover {} of this workload has started: no point is taken while it runs",
+                f.name
+            ),
+        )
+    }
+}
+
+/// Registered: an agent on every node that holds a protected volume.
+fn registered(
+    blocker: Option<&Blocker>,
+    volumes: &[VolumeStatus],
+    observed: &Observed,
+    now: Timestamp,
+    requeue: &mut Duration,
+) -> Condition {
+    let unknown = |t: T, reason: R, message: &str| {
+        Condition::new(t, ConditionStatus::Unknown, reason, message)
+    };
+    if let Some((reason, message)) = blocker {
         unknown(T::Registered, *reason, message)
     } else if let Some(v) = volumes.iter().find(|v| v.node.is_none()) {
         unknown(
@@ -253,18 +289,26 @@ pub fn plan(
             ),
         )
     } else {
-        let (condition, expiry) = registration(&volumes, observed, now);
+        let (condition, expiry) = registration(volumes, observed, now);
         if let Some(expiry) = expiry {
             // Look again the moment a registration would lapse, so AgentLost shows without delay.
             if let Ok(until) = Duration::try_from(expiry.duration_since(now)) {
-                requeue = requeue.min(until + Duration::from_millis(500));
+                *requeue = (*requeue).min(until + Duration::from_millis(500));
             }
         }
         condition
-    };
+    }
+}
 
+fn ready(
+    spec: &ReplicatedWorkloadSpec,
+    blocker: Option<&Blocker>,
+    observed: &Observed,
+    registered: &Condition,
+    volumes: usize,
+) -> Condition {
     let vault_ready = matches!(&observed.vault, Some(Ok(v)) if v.ready);
-    let ready = if let Some((reason, message)) = &blocker {
+    if let Some((reason, message)) = blocker {
         Condition::new(T::Ready, ConditionStatus::False, *reason, message.clone())
     } else if !vault_ready {
         let message = match &observed.vault {
@@ -291,21 +335,9 @@ pub fn plan(
             R::WorkloadReady,
             format!(
                 "{} volume(s) resolved and served by registered agents",
-                volumes.len()
+                volumes
             ),
         )
-    };
-    conditions.push(ready);
-    conditions.push(registered);
-    let source_zone = most_common(volumes.iter().filter_map(|v| v.zone.clone()));
-    let events = ready_events(previous, &conditions);
-    Plan {
-        conditions,
-        volumes,
-        source_zone,
-        target_zone,
-        events,
-        requeue,
     }
 }
 
