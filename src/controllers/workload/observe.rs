@@ -67,27 +67,7 @@ pub async fn observe(
     workload_name: &str,
     spec: &ReplicatedWorkloadSpec,
 ) -> Result<Observed, Error> {
-    let vault = ctx
-        .stores
-        .vaults
-        .get(&ObjectRef::new(&spec.vault_name).within(namespace))
-        .map(|guard| match &guard.0 {
-            Ok(v) => {
-                let ready = v
-                    .status
-                    .as_ref()
-                    .and_then(|s| find(&s.conditions, ConditionType::Ready.as_str()));
-                Ok(VaultSummary {
-                    ready: ready.is_some_and(|c| c.is_true()),
-                    message: ready
-                        .map(|c| c.message.clone())
-                        .unwrap_or_else(|| "not yet reconciled".into()),
-                    target_zone: v.spec.target.zone.clone(),
-                    spec: Box::new(v.spec.clone()),
-                })
-            }
-            Err(e) => Err(e.to_string()),
-        });
+    let vault = vault_summary(ctx, namespace, &spec.vault_name);
 
     let name = &spec.workload_ref.name;
     let selector = match spec.workload_ref.kind {
@@ -106,8 +86,8 @@ pub async fn observe(
     let mut pods = match selector {
         Some(selector) => {
             let selector = Selector::try_from(selector).map_err(|e| Error::InvalidObject {
-                kind: "workload".into(),
-                name: namespace.into(),
+                kind: spec.workload_ref.kind.as_str().into(),
+                name: format!("{namespace}/{name}"),
                 message: format!("spec.selector cannot be used: {e}"),
             })?;
             list_pods(ctx, namespace, ListParams::default().labels_from(&selector)).await?
@@ -133,28 +113,64 @@ pub async fn observe(
         claims,
         nodes: ctx.stores.node_topology(),
         registrations: ctx.stores.registrations(),
-        failover: ctx
-            .stores
-            .failovers
-            .state()
-            .iter()
-            .filter_map(|g| g.0.as_ref().ok())
-            .find(|f| {
-                f.namespace().as_deref() == Some(namespace)
-                    && f.spec.workload_name == workload_name
-                    && f.spec.mode != crate::api::failover::FailoverMode::Test
-                    && f.status.as_ref().is_some_and(|s| s.restore.is_some())
-            })
-            .map(|f| {
-                let status = f.status.clone().unwrap_or_default();
-                FailoverSummary {
-                    name: f.name_any(),
-                    committed: status.reached(&crate::api::failover::Milestone::Committed),
-                    target_workload: status.target_workload,
-                    target_zone: status.target_zone,
-                }
-            }),
+        failover: failover_summary(ctx, namespace, workload_name),
     })
+}
+
+/// The vault the workload names, from the cache.
+fn vault_summary(
+    ctx: &Context,
+    namespace: &str,
+    vault: &str,
+) -> Option<Result<VaultSummary, String>> {
+    ctx.stores
+        .vaults
+        .get(&ObjectRef::new(vault).within(namespace))
+        .map(|guard| match &guard.0 {
+            Ok(v) => {
+                let ready = v
+                    .status
+                    .as_ref()
+                    .and_then(|s| find(&s.conditions, ConditionType::Ready.as_str()));
+                Ok(VaultSummary {
+                    ready: ready.is_some_and(|c| c.is_true()),
+                    message: ready
+                        .map(|c| c.message.clone())
+                        .unwrap_or_else(|| "not yet reconciled".into()),
+                    target_zone: v.spec.target.zone.clone(),
+                    spec: Box::new(v.spec.clone()),
+                })
+            }
+            Err(e) => Err(e.to_string()),
+        })
+}
+
+/// The Failover (not a drill) that has started restoring this workload, if any.
+fn failover_summary(
+    ctx: &Context,
+    namespace: &str,
+    workload_name: &str,
+) -> Option<FailoverSummary> {
+    ctx.stores
+        .failovers
+        .state()
+        .iter()
+        .filter_map(|g| g.0.as_ref().ok())
+        .find(|f| {
+            f.namespace().as_deref() == Some(namespace)
+                && f.spec.workload_name == workload_name
+                && f.spec.mode != crate::api::failover::FailoverMode::Test
+                && f.status.as_ref().is_some_and(|s| s.restore.is_some())
+        })
+        .map(|f| {
+            let status = f.status.clone().unwrap_or_default();
+            FailoverSummary {
+                name: f.name_any(),
+                committed: status.reached(&crate::api::failover::Milestone::Committed),
+                target_workload: status.target_workload,
+                target_zone: status.target_zone,
+            }
+        })
 }
 
 async fn list_pods(
