@@ -63,44 +63,9 @@ enum Command {
         chart: bool,
     },
     /// Run the operator against the current kube context (or in-cluster config).
-    Operator {
-        /// Namespace of the operator's Lease and of agent registrations [default: POD_NAMESPACE,
-        /// else the kube context's namespace].
-        #[arg(long, env = "POD_NAMESPACE")]
-        namespace: Option<String>,
-        /// Elect a leader among replicas with a Lease.
-        #[arg(long, default_value_t = true, action = clap::ArgAction::Set, env = "SITE_RECOVERY_LEADER_ELECTION")]
-        leader_election: bool,
-        /// Name of the leader Lease.
-        #[arg(long, default_value = "site-recovery-operator")]
-        lease_name: String,
-        /// Create or update the CRDs (server-side apply) before starting, for a quick start
-        /// against a development cluster. Production installs ship CRDs with the chart or crds/.
-        #[arg(long)]
-        install_crds: bool,
-        /// Address of /healthz, /readyz and /metrics.
-        #[arg(long, default_value = "0.0.0.0:8080", env = "SITE_RECOVERY_HTTP_ADDR")]
-        http_addr: SocketAddr,
-        #[command(flatten)]
-        storage: StorageFlags,
-    },
+    Operator(OperatorArgs),
     /// Run the node agent (DaemonSet): registers this node and captures its volumes.
-    Agent {
-        /// Name of this node [default: NODE_NAME, from the downward API].
-        #[arg(long, env = "NODE_NAME")]
-        node_name: String,
-        /// Namespace of the operator, where registrations live.
-        #[arg(long, env = "POD_NAMESPACE")]
-        namespace: Option<String>,
-        /// Seconds a registration stays valid without renewal.
-        #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(i32).range(3..=3600))]
-        lease_duration: i32,
-        /// The kubelet's root directory: pod volumes are read below it, and nowhere else.
-        #[arg(long, default_value = "/var/lib/kubelet", env = "KUBELET_ROOT")]
-        kubelet_root: PathBuf,
-        #[command(flatten)]
-        storage: StorageFlags,
-    },
+    Agent(AgentArgs),
     /// Recovery-point repository operations (init, snapshot, replicate, restore, points,
     /// verify, prune, stats) against a location.
     Repo(site_recovery::cli::repo::RepoArgs),
@@ -124,6 +89,48 @@ enum Command {
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
+}
+
+// The flags of `operator` and `agent` (their help is the variants' doc comments).
+#[derive(Args)]
+struct OperatorArgs {
+    /// Namespace of the operator's Lease and of agent registrations [default: POD_NAMESPACE,
+    /// else the kube context's namespace].
+    #[arg(long, env = "POD_NAMESPACE")]
+    namespace: Option<String>,
+    /// Elect a leader among replicas with a Lease.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, env = "SITE_RECOVERY_LEADER_ELECTION")]
+    leader_election: bool,
+    /// Name of the leader Lease.
+    #[arg(long, default_value = "site-recovery-operator")]
+    lease_name: String,
+    /// Create or update the CRDs (server-side apply) before starting, for a quick start
+    /// against a development cluster. Production installs ship CRDs with the chart or crds/.
+    #[arg(long)]
+    install_crds: bool,
+    /// Address of /healthz, /readyz and /metrics.
+    #[arg(long, default_value = "0.0.0.0:8080", env = "SITE_RECOVERY_HTTP_ADDR")]
+    http_addr: SocketAddr,
+    #[command(flatten)]
+    storage: StorageFlags,
+}
+
+#[derive(Args)]
+struct AgentArgs {
+    /// Name of this node [default: NODE_NAME, from the downward API].
+    #[arg(long, env = "NODE_NAME")]
+    node_name: String,
+    /// Namespace of the operator, where registrations live.
+    #[arg(long, env = "POD_NAMESPACE")]
+    namespace: Option<String>,
+    /// Seconds a registration stays valid without renewal.
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(i32).range(3..=3600))]
+    lease_duration: i32,
+    /// The kubelet's root directory: pod volumes are read below it, and nowhere else.
+    #[arg(long, default_value = "/var/lib/kubelet", env = "KUBELET_ROOT")]
+    kubelet_root: PathBuf,
+    #[command(flatten)]
+    storage: StorageFlags,
 }
 
 fn init_logging(format: LogFormat) {
@@ -169,96 +176,90 @@ async fn kube_client() -> anyhow::Result<kube::Client> {
 }
 
 async fn run(command: Command) -> anyhow::Result<std::process::ExitCode> {
+    use site_recovery::cli::plugin;
     match command {
-        Command::Crd { chart } => {
-            if chart {
-                print!("{}", site_recovery::api::crds_chart_template());
-            } else {
-                print!("{}", site_recovery::api::crds_yaml());
-            }
-        }
-        Command::Operator {
-            namespace,
-            leader_election,
-            lease_name,
-            install_crds,
-            http_addr,
-            storage,
-        } => {
-            let client = kube_client().await?;
-            if install_crds {
-                operator::install_crds(&client)
-                    .await
-                    .context("installing the CRDs")?;
-            }
-            let namespace = namespace.unwrap_or_else(|| client.default_namespace().to_string());
-            let mut settings = Settings::new(namespace);
-            settings.leader_election = leader_election;
-            settings.lease_name = lease_name;
-            settings.http_addr = Some(http_addr);
-            settings.storage = storage.rules();
-            let (stop, shutdown) = Shutdown::new();
-            tokio::spawn(async move {
-                wait_for_signal().await;
-                tracing::info!("shutting down");
-                let _ = stop.send(true);
-            });
-            operator::run(client, settings, shutdown).await?;
-        }
-        Command::Agent {
-            node_name,
-            namespace,
-            lease_duration,
-            kubelet_root,
-            storage,
-        } => {
-            let client = kube_client().await?;
-            if !kubelet_root.is_dir() {
-                tracing::warn!(path = %kubelet_root.display(), "--kubelet-root is not a directory; volumes cannot be read");
-            }
-            let namespace = namespace.unwrap_or_else(|| client.default_namespace().to_string());
-            let settings = site_recovery::agent::AgentSettings {
-                node_name,
-                namespace,
-                lease_duration_seconds: lease_duration,
-                kubelet_root,
-                storage: storage.rules(),
-            };
-            site_recovery::agent::run(client, settings, wait_for_signal()).await?;
-        }
+        Command::Crd { chart } => print_crds(chart),
+        Command::Operator(args) => run_operator(args).await?,
+        Command::Agent(args) => run_agent(args).await?,
         Command::Repo(args) => return site_recovery::cli::repo::run(args).await,
-        Command::Status(args) => {
-            site_recovery::cli::plugin::status(kube_client().await?, args).await?
-        }
-        Command::Points(args) => {
-            site_recovery::cli::plugin::points(kube_client().await?, args).await?
-        }
-        Command::Failover(args) => {
-            site_recovery::cli::plugin::failover(kube_client().await?, args).await?
-        }
-        Command::Drill(args) => {
-            site_recovery::cli::plugin::drill(kube_client().await?, args).await?
-        }
-        Command::Commit(args) => {
-            site_recovery::cli::plugin::commit(kube_client().await?, args).await?
-        }
-        Command::Cancel(args) => {
-            site_recovery::cli::plugin::cancel(kube_client().await?, args).await?
-        }
-        Command::Validate { files } => {
-            let mut failed = false;
-            for file in &files {
-                for problem in site_recovery::validate::validate_file(file)? {
-                    failed = true;
-                    println!("{problem}");
-                }
-            }
-            if failed {
-                return Ok(std::process::ExitCode::from(1));
-            }
-            println!("{} file(s) valid", files.len());
+        Command::Status(args) => plugin::status(kube_client().await?, args).await?,
+        Command::Points(args) => plugin::points(kube_client().await?, args).await?,
+        Command::Failover(args) => plugin::failover(kube_client().await?, args).await?,
+        Command::Drill(args) => plugin::drill(kube_client().await?, args).await?,
+        Command::Commit(args) => plugin::commit(kube_client().await?, args).await?,
+        Command::Cancel(args) => plugin::cancel(kube_client().await?, args).await?,
+        Command::Validate { files } => return validate(&files),
+    }
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
+fn print_crds(chart: bool) {
+    if chart {
+        print!("{}", site_recovery::api::crds_chart_template());
+    } else {
+        print!("{}", site_recovery::api::crds_yaml());
+    }
+}
+
+/// Runs the operator until SIGINT or SIGTERM.
+async fn run_operator(args: OperatorArgs) -> anyhow::Result<()> {
+    let client = kube_client().await?;
+    if args.install_crds {
+        operator::install_crds(&client)
+            .await
+            .context("installing the CRDs")?;
+    }
+    let namespace = args
+        .namespace
+        .unwrap_or_else(|| client.default_namespace().to_string());
+    let mut settings = Settings::new(namespace);
+    settings.leader_election = args.leader_election;
+    settings.lease_name = args.lease_name;
+    settings.http_addr = Some(args.http_addr);
+    settings.storage = args.storage.rules();
+    let (stop, shutdown) = Shutdown::new();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("shutting down");
+        let _ = stop.send(true);
+    });
+    operator::run(client, settings, shutdown).await?;
+    Ok(())
+}
+
+/// Runs the node agent until SIGINT or SIGTERM.
+async fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
+    let client = kube_client().await?;
+    if !args.kubelet_root.is_dir() {
+        tracing::warn!(path = %args.kubelet_root.display(), "--kubelet-root is not a directory; volumes cannot be read");
+    }
+    let namespace = args
+        .namespace
+        .unwrap_or_else(|| client.default_namespace().to_string());
+    let settings = site_recovery::agent::AgentSettings {
+        node_name: args.node_name,
+        namespace,
+        lease_duration_seconds: args.lease_duration,
+        kubelet_root: args.kubelet_root,
+        storage: args.storage.rules(),
+    };
+    site_recovery::agent::run(client, settings, wait_for_signal()).await?;
+    Ok(())
+}
+
+/// Prints each problem of the files; exit code 1 when there is one.
+fn validate(files: &[PathBuf]) -> anyhow::Result<std::process::ExitCode> {
+    let mut failed = false;
+    for file in files {
+        for problem in site_recovery::validate::validate_file(file)? {
+            failed = true;
+            println!("{problem}");
         }
     }
+    if failed {
+        return Ok(std::process::ExitCode::from(1));
+    }
+    println!("{} file(s) valid", files.len());
     Ok(std::process::ExitCode::SUCCESS)
 }
 

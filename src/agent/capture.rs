@@ -11,10 +11,10 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::{Node, PersistentVolume, PersistentVolumeClaim, Pod};
 use kube::api::{Api, ListParams};
 use kube::{Client, ResourceExt};
-use tokio::task::JoinSet;
 
 use super::error::WorkError;
 use super::registration::{AgentSettings, Reports};
+use super::scan::Scan;
 use crate::api::registration::ZONE_LABEL;
 use crate::api::vault::SnapshotMethod;
 use crate::api::work::{AgentWork, WorkKind, WorkState, read_claim};
@@ -44,26 +44,17 @@ enum LocalWork {
 }
 
 pub async fn run_captures(client: Client, settings: AgentSettings, reports: Reports) {
-    let (store, watch) = super::watch_all::<ReplicatedWorkload>(&client);
-    tokio::pin!(watch);
-    let mut tasks = JoinSet::new();
-    let mut started: HashSet<(String, String)> = HashSet::new();
-    let mut ticker = tokio::time::interval(SCAN);
-    loop {
-        tokio::select! {
-            () = &mut watch => return,
-            _ = ticker.tick() => {}
-            Some(_) = tasks.join_next() => {}
-        }
+    let mut scan = Scan::<ReplicatedWorkload>::new(&client, SCAN);
+    while scan.next_pass().await {
         let mut in_flight = HashSet::new();
-        for guard in store.state() {
+        for guard in scan.store.state() {
             let Ok(rw) = &guard.0 else { continue };
             let Some(point) = rw.status.as_ref().and_then(|s| s.point_in_progress.clone()) else {
                 continue;
             };
             let key = format!("{}/{}", rw.namespace().unwrap_or_default(), rw.name_any());
             in_flight.insert((key.clone(), point.id.clone()));
-            if started.contains(&(key.clone(), point.id.clone()))
+            if scan.started.contains(&(key.clone(), point.id.clone()))
                 || reports.get(&key).is_some_and(|w| w.point == point.id)
             {
                 continue;
@@ -71,7 +62,7 @@ pub async fn run_captures(client: Client, settings: AgentSettings, reports: Repo
             match local_work(&client, &settings, rw, &point).await {
                 Ok(LocalWork::Wait) => {}
                 Ok(LocalWork::Read(volumes)) => {
-                    started.insert((key.clone(), point.id.clone()));
+                    scan.started.insert((key.clone(), point.id.clone()));
                     if volumes.is_empty() {
                         continue;
                     }
@@ -84,11 +75,11 @@ pub async fn run_captures(client: Client, settings: AgentSettings, reports: Repo
                         point,
                         volumes,
                     };
-                    tasks.spawn(job.run());
+                    scan.tasks.spawn(job.run());
                 }
                 Err(e) => {
                     tracing::warn!(workload = %key, point = %point.id, error = %e, "cannot capture");
-                    started.insert((key.clone(), point.id.clone()));
+                    scan.started.insert((key.clone(), point.id.clone()));
                     reports.set(
                         key.clone(),
                         report(rw, &point, WorkState::Failed, e.to_string()),
@@ -97,10 +88,7 @@ pub async fn run_captures(client: Client, settings: AgentSettings, reports: Repo
                 }
             }
         }
-        started.retain(|k| in_flight.contains(k));
-        reports.retain(|k, w| {
-            w.kind != WorkKind::Capture || in_flight.contains(&(k.to_string(), w.point.clone()))
-        });
+        scan.end_pass(&in_flight, &reports, WorkKind::Capture);
     }
 }
 

@@ -7,37 +7,7 @@ pub mod capture;
 pub mod error;
 pub mod registration;
 pub mod restore;
-
-use futures::StreamExt;
-use kube::core::DeserializeGuard;
-use kube::runtime::reflector::Store;
-use kube::runtime::{WatchStreamExt, reflector, watcher};
-
-/// A cache of every `K` in the cluster, and the future that keeps it filled (it ends only if
-/// the watch does): what the capture and restore loops scan.
-pub(crate) fn watch_all<K>(
-    client: &kube::Client,
-) -> (
-    Store<DeserializeGuard<K>>,
-    impl std::future::Future<Output = ()> + Send,
-)
-where
-    K: kube::Resource<DynamicType = ()>
-        + Clone
-        + serde::de::DeserializeOwned
-        + std::fmt::Debug
-        + Send
-        + Sync
-        + 'static,
-{
-    let api = kube::Api::<DeserializeGuard<K>>::all(client.clone());
-    let (store, writer) = reflector::store();
-    let watch = reflector(writer, watcher(api, watcher::Config::default()))
-        .default_backoff()
-        .applied_objects()
-        .for_each(|_| futures::future::ready(()));
-    (store, watch)
-}
+mod scan;
 
 pub use registration::{AgentSettings, Reports};
 

@@ -10,11 +10,11 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, ListParams};
 use kube::{Client, ResourceExt};
-use tokio::task::JoinSet;
 
 use super::capture::mount_path;
 use super::error::WorkError;
 use super::registration::{AgentSettings, Reports};
+use super::scan::Scan;
 use crate::api::failover::Restore;
 use crate::api::work::{AgentWork, FAILOVER_LABEL, WorkKind, WorkState, writer_name};
 use crate::api::{Failover, RecoveryVault, ReplicatedWorkload};
@@ -26,19 +26,10 @@ use crate::vault_access::VaultAccess;
 type Local = Vec<(String, String, std::path::PathBuf)>;
 
 pub async fn run_restores(client: Client, settings: AgentSettings, reports: Reports) {
-    let (store, watch) = super::watch_all::<Failover>(&client);
-    tokio::pin!(watch);
-    let mut tasks = JoinSet::new();
-    let mut started: HashSet<(String, String)> = HashSet::new();
-    let mut ticker = tokio::time::interval(Duration::from_secs(1));
-    loop {
-        tokio::select! {
-            () = &mut watch => return,
-            _ = ticker.tick() => {}
-            Some(_) = tasks.join_next() => {}
-        }
+    let mut scan = Scan::<Failover>::new(&client, Duration::from_secs(1));
+    while scan.next_pass().await {
         let mut in_flight = HashSet::new();
-        for guard in store.state() {
+        for guard in scan.store.state() {
             let Ok(f) = &guard.0 else { continue };
             let Some(r) = f.status.as_ref().and_then(|s| s.restore.clone()) else {
                 continue;
@@ -56,15 +47,15 @@ pub async fn run_restores(client: Client, settings: AgentSettings, reports: Repo
                 f.uid().unwrap_or_default()
             );
             in_flight.insert((key.clone(), r.point.clone()));
-            if started.contains(&(key.clone(), r.point.clone())) {
+            if scan.started.contains(&(key.clone(), r.point.clone())) {
                 continue;
             }
             match local_writers(&client, &settings, f, &r).await {
                 Ok(None) => {}
                 Ok(Some(local)) => {
-                    started.insert((key.clone(), r.point.clone()));
+                    scan.started.insert((key.clone(), r.point.clone()));
                     if !local.is_empty() {
-                        tasks.spawn(run_one(
+                        scan.tasks.spawn(run_one(
                             client.clone(),
                             settings.clone(),
                             reports.clone(),
@@ -76,16 +67,13 @@ pub async fn run_restores(client: Client, settings: AgentSettings, reports: Repo
                     }
                 }
                 Err(e) => {
-                    started.insert((key.clone(), r.point.clone()));
+                    scan.started.insert((key.clone(), r.point.clone()));
                     let failed = report(f, &r, WorkState::Failed, vec![], e.to_string());
                     reports.set(key, failed, true);
                 }
             }
         }
-        started.retain(|k| in_flight.contains(k));
-        reports.retain(|k, w| {
-            w.kind != WorkKind::Restore || in_flight.contains(&(k.to_string(), w.point.clone()))
-        });
+        scan.end_pass(&in_flight, &reports, WorkKind::Restore);
     }
 }
 

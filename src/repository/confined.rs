@@ -238,66 +238,96 @@ fn scan_entry(
         return Ok(None);
     }
     match FileType::from_raw_mode(st.st_mode) {
-        FileType::Directory => {
-            let flags = OFlags::RDONLY | OFlags::DIRECTORY;
-            let Some(sub) = open_same(&frame.dir, &name, flags, &st)? else {
-                scan.skip(&rel, "changed while being read");
-                return Ok(None);
-            };
-            let attrs = xattrs(&sub);
-            scan.nodes
-                .push(node(rel.clone(), &st, NodeKind::Dir, attrs));
-            if deep {
-                scan.skip(&rel, "nested too deep; its contents are not in this point");
-                return Ok(None);
-            }
-            return Frame::open(rel, sub).map(Some);
-        }
-        FileType::Symlink => {
-            let target = match rustix::fs::readlinkat(&frame.dir, name.as_str(), Vec::new()) {
-                Ok(t) => t,
-                Err(Errno::NOENT | Errno::INVAL) => {
-                    scan.skip(&rel, "changed while being read");
-                    return Ok(None);
-                }
-                Err(e) => return Err(io(e)),
-            };
-            let Ok(target) = target.into_string() else {
-                scan.skip(&rel, "the symlink's target is not UTF-8");
-                return Ok(None);
-            };
-            scan.nodes
-                .push(node(rel, &st, NodeKind::Symlink(target), vec![]));
-        }
-        FileType::RegularFile => {
-            if st.st_nlink > 1
-                && let Some(first) = links.get(&identity(&st))
-            {
-                let kind = NodeKind::HardLink(first.clone());
-                scan.nodes.push(node(rel, &st, kind, vec![]));
-                return Ok(None);
-            }
-            let flags = OFlags::RDONLY | OFlags::NONBLOCK | OFlags::NOCTTY;
-            let Some(file) = open_same(&frame.dir, &name, flags, &st)? else {
-                scan.skip(&rel, "changed while being read");
-                return Ok(None);
-            };
-            if st.st_nlink > 1 {
-                links.insert(identity(&st), rel.clone());
-            }
-            let data = FileData {
-                size: st.st_size as u64,
-                extents: vec![],
-            };
-            scan.nodes
-                .push(node(rel, &st, NodeKind::File(data), xattrs(&file)));
-        }
+        FileType::Directory => return scan_dir(scan, frame, &name, rel, &st, deep),
+        FileType::Symlink => scan_symlink(scan, frame, &name, rel, &st)?,
+        FileType::RegularFile => scan_file(scan, links, frame, &name, rel, &st)?,
         _ => scan.skip(
             &rel,
             "a FIFO, socket or device node holds no data to recover",
         ),
     }
     Ok(None)
+}
+
+/// Records a directory; its frame comes back to descend into unless the scan is `deep`.
+fn scan_dir(
+    scan: &mut Scan,
+    frame: &Frame,
+    name: &str,
+    rel: String,
+    st: &Stat,
+    deep: bool,
+) -> std::io::Result<Option<Frame>> {
+    let flags = OFlags::RDONLY | OFlags::DIRECTORY;
+    let Some(sub) = open_same(&frame.dir, name, flags, st)? else {
+        scan.skip(&rel, "changed while being read");
+        return Ok(None);
+    };
+    let attrs = xattrs(&sub);
+    scan.nodes.push(node(rel.clone(), st, NodeKind::Dir, attrs));
+    if deep {
+        scan.skip(&rel, "nested too deep; its contents are not in this point");
+        return Ok(None);
+    }
+    Frame::open(rel, sub).map(Some)
+}
+
+fn scan_symlink(
+    scan: &mut Scan,
+    frame: &Frame,
+    name: &str,
+    rel: String,
+    st: &Stat,
+) -> std::io::Result<()> {
+    let target = match rustix::fs::readlinkat(&frame.dir, name, Vec::new()) {
+        Ok(t) => t,
+        Err(Errno::NOENT | Errno::INVAL) => {
+            scan.skip(&rel, "changed while being read");
+            return Ok(());
+        }
+        Err(e) => return Err(io(e)),
+    };
+    let Ok(target) = target.into_string() else {
+        scan.skip(&rel, "the symlink's target is not UTF-8");
+        return Ok(());
+    };
+    scan.nodes
+        .push(node(rel, st, NodeKind::Symlink(target), vec![]));
+    Ok(())
+}
+
+/// Records a regular file at its size (the data pass reads it), or a hard link to the first
+/// path of its inode.
+fn scan_file(
+    scan: &mut Scan,
+    links: &mut HashMap<(u64, u64), String>,
+    frame: &Frame,
+    name: &str,
+    rel: String,
+    st: &Stat,
+) -> std::io::Result<()> {
+    if st.st_nlink > 1
+        && let Some(first) = links.get(&identity(st))
+    {
+        let kind = NodeKind::HardLink(first.clone());
+        scan.nodes.push(node(rel, st, kind, vec![]));
+        return Ok(());
+    }
+    let flags = OFlags::RDONLY | OFlags::NONBLOCK | OFlags::NOCTTY;
+    let Some(file) = open_same(&frame.dir, name, flags, st)? else {
+        scan.skip(&rel, "changed while being read");
+        return Ok(());
+    };
+    if st.st_nlink > 1 {
+        links.insert(identity(st), rel.clone());
+    }
+    let data = FileData {
+        size: st.st_size as u64,
+        extents: vec![],
+    };
+    scan.nodes
+        .push(node(rel, st, NodeKind::File(data), xattrs(&file)));
+    Ok(())
 }
 
 /// Opens `name` in `dir` without following it, `None` unless it is still the entry `st` saw.

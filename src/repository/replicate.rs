@@ -11,7 +11,7 @@ use futures::{StreamExt, TryStreamExt};
 use super::format::{self, ChunkId};
 use super::lock::Lock;
 use super::{RepoError, Repository, pack_name};
-use crate::storage::{StorageError, layout};
+use crate::storage::{Location, StorageError, layout};
 
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct ReplicateStats {
@@ -60,54 +60,9 @@ async fn replicate_locked(
             continue;
         }
         let manifest = source.manifest(id).await?;
-        // The packs that hold what the destination lacks.
-        let mut needed: Vec<ChunkId> = Vec::new();
-        let mut seen = HashSet::new();
-        for chunk in manifest.chunks() {
-            if dest.chunks.contains_key(chunk) {
-                continue;
-            }
-            let at = source.chunks.get(chunk).ok_or_else(|| RepoError::Corrupt {
-                object: format!(
-                    "{}/{}",
-                    source.location.name(),
-                    layout::point(source.location.prefix(), id)
-                ),
-                reason: format!(
-                    "chunk {} is in no index or pack of the source",
-                    hex::encode(chunk)
-                ),
-            })?;
-            let pack = source.packs[at.pack as usize];
-            if seen.insert(pack) {
-                needed.push(pack);
-            }
-        }
-        let dest_location = &dest.location;
-        let copied: Vec<(ChunkId, Vec<format::PackEntry>, u64)> = futures::stream::iter(needed)
-            .map(|pack| async move {
-                let key = layout::pack(source.location.prefix(), &pack_name(&pack));
-                let bytes = source.location.get_max(&key, format::limits::PACK).await?;
-                // Never copy what does not authenticate: the header must open with our key.
-                let entries = format::read_pack_header(
-                    &source.keys,
-                    &format!("{}/{}", source.location.name(), key),
-                    &bytes,
-                )?;
-                if blake3::hash(&bytes).as_bytes() != &pack {
-                    return Err(RepoError::Corrupt {
-                        object: format!("{}/{}", source.location.name(), key),
-                        reason: "pack content does not match its name".into(),
-                    });
-                }
-                let size = bytes.len() as u64;
-                let dest_key = layout::pack(dest_location.prefix(), &pack_name(&pack));
-                match dest_location.put_new(&dest_key, bytes).await {
-                    Ok(()) | Err(StorageError::AlreadyExists { .. }) => {}
-                    Err(e) => return Err(e.into()),
-                }
-                Ok::<_, RepoError>((pack, entries, size))
-            })
+        let needed = packs_needed(source, dest, &manifest, id)?;
+        let copied: Vec<CopiedPack> = futures::stream::iter(needed)
+            .map(|pack| copy_pack(source, &dest.location, pack))
             .buffer_unordered(4)
             .try_collect()
             .await?;
@@ -136,4 +91,70 @@ async fn replicate_locked(
         }
     }
     Ok(stats)
+}
+
+/// The packs of `source` that hold the chunks of `manifest` (point `id`) that `dest` lacks,
+/// each once.
+fn packs_needed(
+    source: &Repository,
+    dest: &Repository,
+    manifest: &format::Manifest,
+    id: &str,
+) -> Result<Vec<ChunkId>, RepoError> {
+    let mut needed: Vec<ChunkId> = Vec::new();
+    let mut seen = HashSet::new();
+    for chunk in manifest.chunks() {
+        if dest.chunks.contains_key(chunk) {
+            continue;
+        }
+        let at = source.chunks.get(chunk).ok_or_else(|| RepoError::Corrupt {
+            object: format!(
+                "{}/{}",
+                source.location.name(),
+                layout::point(source.location.prefix(), id)
+            ),
+            reason: format!(
+                "chunk {} is in no index or pack of the source",
+                hex::encode(chunk)
+            ),
+        })?;
+        let pack = source.packs[at.pack as usize];
+        if seen.insert(pack) {
+            needed.push(pack);
+        }
+    }
+    Ok(needed)
+}
+
+/// A pack copied: its id, its entries (for the destination's index) and its size.
+type CopiedPack = (ChunkId, Vec<format::PackEntry>, u64);
+
+/// Copies one pack of `source` to `dest_location` once it authenticated; a pack already there
+/// is left as it is.
+async fn copy_pack(
+    source: &Repository,
+    dest_location: &Location,
+    pack: ChunkId,
+) -> Result<CopiedPack, RepoError> {
+    let key = layout::pack(source.location.prefix(), &pack_name(&pack));
+    let bytes = source.location.get_max(&key, format::limits::PACK).await?;
+    // Never copy what does not authenticate: the header must open with our key.
+    let entries = format::read_pack_header(
+        &source.keys,
+        &format!("{}/{}", source.location.name(), key),
+        &bytes,
+    )?;
+    if blake3::hash(&bytes).as_bytes() != &pack {
+        return Err(RepoError::Corrupt {
+            object: format!("{}/{}", source.location.name(), key),
+            reason: "pack content does not match its name".into(),
+        });
+    }
+    let size = bytes.len() as u64;
+    let dest_key = layout::pack(dest_location.prefix(), &pack_name(&pack));
+    match dest_location.put_new(&dest_key, bytes).await {
+        Ok(()) | Err(StorageError::AlreadyExists { .. }) => {}
+        Err(e) => return Err(e.into()),
+    }
+    Ok((pack, entries, size))
 }

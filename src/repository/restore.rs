@@ -52,6 +52,9 @@ struct Placement {
     at: ChunkLocation,
 }
 
+/// A pack, and the chunks to place from it.
+type PackPlacements = (ChunkId, Vec<Placement>);
+
 pub async fn restore(
     repo: &Repository,
     point: &str,
@@ -384,9 +387,44 @@ async fn restore_data(
     contents: Vec<FileData>,
     progress: Option<ProgressFn>,
 ) -> Result<RestoreStats, RepoError> {
+    let (packs, total) = placements_by_pack(repo, manifest, &files, &contents)?;
+    let stats = RestoreStats {
+        files: files.len() as u64,
+        bytes: total,
+        packs_read: packs.len() as u64,
+        ..Default::default()
+    };
+    let writer = PackWriter {
+        handle: tokio::runtime::Handle::current(),
+        location: repo.location.clone(),
+        keys: repo.keys.clone(),
+        files,
+        done: std::sync::atomic::AtomicU64::new(0),
+        total,
+        progress,
+    };
+    tokio::task::spawn_blocking(move || {
+        packs.par_iter().try_for_each_init(
+            format::ChunkScratch::default,
+            |scratch, (pack, placements)| writer.write_pack(scratch, pack, placements),
+        )
+    })
+    .await
+    .map_err(|e| RepoError::Invalid(format!("restore task panicked: {e}")))??;
+    Ok(stats)
+}
+
+/// Where every stored chunk of `contents` goes (the files in the order of `files`), grouped by
+/// the pack that holds it, and the bytes they add up to. Holes place nothing.
+fn placements_by_pack(
+    repo: &Repository,
+    manifest: &Manifest,
+    files: &[(PathBuf, Restored)],
+    contents: &[FileData],
+) -> Result<(Vec<PackPlacements>, u64), RepoError> {
     let mut by_pack: HashMap<u32, Vec<Placement>> = HashMap::new();
     let mut total = 0u64;
-    for (i, ((path, _), data)) in files.iter().zip(&contents).enumerate() {
+    for (i, ((path, _), data)) in files.iter().zip(contents).enumerate() {
         let mut offset = 0u64;
         for e in &data.extents {
             if let Some(id) = e.chunk {
@@ -413,68 +451,77 @@ async fn restore_data(
             offset += e.length as u64;
         }
     }
-    let packs: Vec<(ChunkId, Vec<Placement>)> = by_pack
+    let packs = by_pack
         .into_iter()
         .map(|(p, v)| (repo.packs[p as usize], v))
         .collect();
-    let handle = tokio::runtime::Handle::current();
-    let location = repo.location.clone();
-    let keys = repo.keys.clone();
-    let files = Arc::new(files);
-    let stats = RestoreStats {
-        files: files.len() as u64,
-        bytes: total,
-        packs_read: packs.len() as u64,
-        ..Default::default()
-    };
-    tokio::task::spawn_blocking(move || {
-        let done = std::sync::atomic::AtomicU64::new(0);
-        packs.par_iter().try_for_each_init(
-            format::ChunkScratch::default,
-            |scratch, (pack, placements)| {
-                let key = layout::pack(location.prefix(), &pack_name(pack));
-                let name = format!("{}/{}", location.name(), key);
-                let bytes = handle.block_on(location.get_max(&key, format::limits::PACK))?;
-                // One file open at a time: the pack's chunks in file order.
-                let mut placements: Vec<&Placement> = placements.iter().collect();
-                placements.sort_by_key(|p| (p.file, p.offset));
-                let mut open: Option<(u32, std::fs::File)> = None;
-                for p in placements {
-                    let start = p.at.offset as usize;
-                    let end = start + p.at.length as usize;
-                    let sealed = bytes.get(start..end).ok_or_else(|| RepoError::Corrupt {
-                        object: name.clone(),
-                        reason: format!("chunk {} lies outside the pack", hex::encode(p.id)),
-                    })?;
-                    let data =
-                        format::open_chunk_into(&keys, &p.id, p.at.raw_length, sealed, scratch)
-                            .map_err(|e| RepoError::Corrupt {
-                                object: name.clone(),
-                                reason: format!("chunk {}: {e}", hex::encode(p.id)),
-                            })?;
-                    let (path, restored) = &files[p.file as usize];
-                    if open.as_ref().is_none_or(|(i, _)| *i != p.file) {
-                        let f = restored.open().map_err(|e| RepoError::io(path, e))?;
-                        open = Some((p.file, f));
-                    }
-                    let (_, file) = open.as_ref().expect("opened above");
-                    file.write_all_at(data, p.offset)
-                        .map_err(|e| RepoError::io(path, e))?;
-                    let now = done
-                        .fetch_add(data.len() as u64, std::sync::atomic::Ordering::Relaxed)
-                        + data.len() as u64;
-                    if let Some(f) = &progress {
-                        f(Progress {
-                            bytes_done: now,
-                            bytes_total: total,
-                        });
-                    }
-                }
-                Ok::<_, RepoError>(())
-            },
-        )
-    })
-    .await
-    .map_err(|e| RepoError::Invalid(format!("restore task panicked: {e}")))??;
-    Ok(stats)
+    Ok((packs, total))
+}
+
+/// Writes packs' chunks into the files being restored, from the blocking pool's threads.
+struct PackWriter {
+    handle: tokio::runtime::Handle,
+    location: crate::storage::Location,
+    keys: super::crypto::Keys,
+    files: Vec<(PathBuf, Restored)>,
+    /// Bytes written so far, by every thread.
+    done: std::sync::atomic::AtomicU64,
+    total: u64,
+    progress: Option<ProgressFn>,
+}
+
+impl PackWriter {
+    /// Fetches `pack` and writes its `placements`, authenticating each chunk; one file open at
+    /// a time, the pack's chunks in file order.
+    fn write_pack(
+        &self,
+        scratch: &mut format::ChunkScratch,
+        pack: &ChunkId,
+        placements: &[Placement],
+    ) -> Result<(), RepoError> {
+        let key = layout::pack(self.location.prefix(), &pack_name(pack));
+        let name = format!("{}/{}", self.location.name(), key);
+        let bytes = self
+            .handle
+            .block_on(self.location.get_max(&key, format::limits::PACK))?;
+        let mut placements: Vec<&Placement> = placements.iter().collect();
+        placements.sort_by_key(|p| (p.file, p.offset));
+        let mut open: Option<(u32, std::fs::File)> = None;
+        for p in placements {
+            let start = p.at.offset as usize;
+            let end = start + p.at.length as usize;
+            let sealed = bytes.get(start..end).ok_or_else(|| RepoError::Corrupt {
+                object: name.clone(),
+                reason: format!("chunk {} lies outside the pack", hex::encode(p.id)),
+            })?;
+            let data = format::open_chunk_into(&self.keys, &p.id, p.at.raw_length, sealed, scratch)
+                .map_err(|e| RepoError::Corrupt {
+                    object: name.clone(),
+                    reason: format!("chunk {}: {e}", hex::encode(p.id)),
+                })?;
+            let (path, restored) = &self.files[p.file as usize];
+            if open.as_ref().is_none_or(|(i, _)| *i != p.file) {
+                let f = restored.open().map_err(|e| RepoError::io(path, e))?;
+                open = Some((p.file, f));
+            }
+            let (_, file) = open.as_ref().expect("opened above");
+            file.write_all_at(data, p.offset)
+                .map_err(|e| RepoError::io(path, e))?;
+            self.written(data.len() as u64);
+        }
+        Ok(())
+    }
+
+    fn written(&self, bytes: u64) {
+        let now = self
+            .done
+            .fetch_add(bytes, std::sync::atomic::Ordering::Relaxed)
+            + bytes;
+        if let Some(f) = &self.progress {
+            f(Progress {
+                bytes_done: now,
+                bytes_total: self.total,
+            });
+        }
+    }
 }

@@ -1,21 +1,26 @@
 //! A storage location: an object store plus a prefix, opened from a URL or from a vault's
 //! storage spec with credentials from a Secret.
 
+//!
+//! Opening, one function per backend, lives in `open`; the summary of a failed request that
+//! statuses may show, in `summary`.
+
+mod open;
+mod summary;
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
-use object_store::aws::AmazonS3Builder;
-use object_store::azure::MicrosoftAzureBuilder;
-use object_store::gcp::GoogleCloudStorageBuilder;
-use object_store::local::LocalFileSystem;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
 
 use super::redact::redact;
 use super::rules::StorageRules;
 use crate::api::vault::Storage;
+use open::Fallback;
+use summary::summary;
 
 /// What can go wrong with a location, already cleaned of secrets.
 #[derive(Debug, thiserror::Error)]
@@ -91,92 +96,6 @@ impl LocationSpec {
 /// Secret keys a vault's `credentialsSecretRef` names (`AWS_ACCESS_KEY_ID`, `accountKey`, ...).
 pub type Options = BTreeMap<String, String>;
 
-/// What opening a location may fall back on beyond its options.
-#[derive(Clone, Copy, Debug)]
-struct Fallback {
-    /// Environment variables and the stores' own credential chains (instance metadata,
-    /// workload identity, credential files).
-    environment: bool,
-    /// `http://` endpoints.
-    allow_http: bool,
-}
-
-impl Fallback {
-    const AMBIENT: Self = Self {
-        environment: true,
-        allow_http: true,
-    };
-}
-
-/// A short, stable description of a failed storage request for statuses and events: its kind
-/// and HTTP status, never the store's response body (which may echo request details) nor
-/// anything else it said.
-fn summary(e: &object_store::Error) -> String {
-    use std::error::Error as _;
-    let kind = match e {
-        object_store::Error::PermissionDenied { .. } => Some("permission denied".to_string()),
-        object_store::Error::Unauthenticated { .. } => {
-            Some("authentication failed: check the credentials".to_string())
-        }
-        object_store::Error::NotSupported { .. } | object_store::Error::NotImplemented { .. } => {
-            Some("operation not supported by this store".to_string())
-        }
-        object_store::Error::InvalidPath { .. } => Some("invalid object path".to_string()),
-        object_store::Error::NotModified { .. } => Some("not modified".to_string()),
-        _ => None,
-    };
-    let mut status = None;
-    let mut http = None;
-    let mut io = None;
-    let mut source: Option<&(dyn std::error::Error + 'static)> = e.source();
-    while let Some(s) = source {
-        if let Some(h) = s.downcast_ref::<object_store::client::HttpError>() {
-            http = Some(h.kind());
-        }
-        if let Some(i) = s.downcast_ref::<std::io::Error>() {
-            io = Some(i.kind());
-        }
-        // The retry error's text is the one place the status is said: "status code: 403 ...".
-        if status.is_none()
-            && let Some(rest) = s.to_string().split("status code: ").nth(1)
-            && let Some(code) = rest
-                .get(..3)
-                .filter(|c| c.bytes().all(|b| b.is_ascii_digit()))
-        {
-            status = Some(code.to_string());
-        }
-        source = s.source();
-    }
-    let http = http.map(|k| {
-        use object_store::client::HttpErrorKind as K;
-        match k {
-            K::Connect => "cannot connect to the endpoint",
-            K::Timeout => "the request timed out",
-            K::Interrupted => "the request was interrupted",
-            K::Decode => "the response could not be read",
-            _ => "the request failed",
-        }
-        .to_string()
-    });
-    let io = io.map(|k| format!("I/O error: {k}"));
-    let status = status.map(|c| match c.as_str() {
-        "401" => "HTTP 401 (authentication failed: check the credentials)".to_string(),
-        "403" => {
-            "HTTP 403 (access denied: check the credentials and their permissions)".to_string()
-        }
-        "404" => "HTTP 404 (no such bucket or container)".to_string(),
-        _ => format!("HTTP {c}"),
-    });
-    match (kind, status) {
-        // The status says what the kind would, and more precisely.
-        (_, Some(s)) => s,
-        (Some(k), None) => k,
-        (None, None) => http
-            .or(io)
-            .unwrap_or_else(|| "the storage request failed (details in the log)".to_string()),
-    }
-}
-
 #[derive(Clone, Debug)]
 pub struct Location {
     store: Arc<dyn ObjectStore>,
@@ -203,165 +122,6 @@ impl Location {
     /// `http://` endpoints are taken as given.
     pub fn open(spec: &LocationSpec, options: &Options) -> Result<Self, StorageError> {
         Self::open_with(spec, options, Fallback::AMBIENT)
-    }
-
-    fn open_with(
-        spec: &LocationSpec,
-        options: &Options,
-        fallback: Fallback,
-    ) -> Result<Self, StorageError> {
-        let get = |keys: &[&str]| {
-            keys.iter().find_map(|k| {
-                options.get(*k).cloned().or_else(|| {
-                    fallback
-                        .environment
-                        .then(|| std::env::var(k).ok())
-                        .flatten()
-                })
-            })
-        };
-        // Without the ambient identity, a store must be given credentials explicitly: the
-        // builders would otherwise ask instance metadata or read files for them.
-        let missing = |what: &str| {
-            StorageError::Config(format!(
-                "the credentials Secret has no {what}; this installation does not lend its own cloud identity to vaults"
-            ))
-        };
-        let insecure = |endpoint: &str| {
-            (!fallback.allow_http && endpoint.to_ascii_lowercase().starts_with("http://")).then(
-                || {
-                    StorageError::NotAllowed(format!(
-                        "endpoint {endpoint:?} is not https; this installation accepts only https endpoints"
-                    ))
-                },
-            )
-        };
-        let secrets: Vec<String> = [
-            "AWS_SECRET_ACCESS_KEY",
-            "AWS_SESSION_TOKEN",
-            "accountKey",
-            "sasToken",
-            "serviceAccountKey",
-            "AZURE_STORAGE_ACCOUNT_KEY",
-        ]
-        .iter()
-        .filter_map(|k| get(&[k]))
-        .collect();
-        let config = |e: object_store::Error| {
-            StorageError::Config(redact(
-                &e.to_string(),
-                &secrets.iter().map(String::as_str).collect::<Vec<_>>(),
-            ))
-        };
-        let (store, prefix, name): (Arc<dyn ObjectStore>, String, String) = match spec {
-            LocationSpec::Filesystem(path) => {
-                std::fs::create_dir_all(path).map_err(|e| {
-                    StorageError::Config(format!(
-                        "{}: cannot create the directory: {e}",
-                        path.display()
-                    ))
-                })?;
-                // fsync: a put returns only once the file and its directory entry are on disk,
-                // so a manifest written after its packs is never durable before them.
-                let fs = LocalFileSystem::new_with_prefix(path)
-                    .map_err(config)?
-                    .with_automatic_cleanup(true)
-                    .with_fsync(true);
-                (
-                    Arc::new(fs),
-                    String::new(),
-                    format!("file://{}", path.display()),
-                )
-            }
-            LocationSpec::S3 { bucket, prefix } => {
-                let mut b = AmazonS3Builder::new().with_bucket_name(bucket);
-                if let Some(endpoint) = get(&["endpoint", "AWS_ENDPOINT_URL", "AWS_ENDPOINT"]) {
-                    if let Some(e) = insecure(&endpoint) {
-                        return Err(e);
-                    }
-                    b = b
-                        .with_allow_http(endpoint.starts_with("http://"))
-                        .with_endpoint(endpoint);
-                }
-                b = b.with_region(
-                    get(&["region", "AWS_REGION", "AWS_DEFAULT_REGION"])
-                        .unwrap_or_else(|| "us-east-1".into()),
-                );
-                if let (Some(id), Some(secret)) =
-                    (get(&["AWS_ACCESS_KEY_ID"]), get(&["AWS_SECRET_ACCESS_KEY"]))
-                {
-                    b = b.with_access_key_id(id).with_secret_access_key(secret);
-                } else if !fallback.environment {
-                    return Err(missing("AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"));
-                }
-                if let Some(token) = get(&["AWS_SESSION_TOKEN"]) {
-                    b = b.with_token(token);
-                }
-                (
-                    Arc::new(b.build().map_err(config)?),
-                    prefix.clone(),
-                    format!("s3://{bucket}/{prefix}"),
-                )
-            }
-            LocationSpec::Azure { container, prefix } => {
-                let account =
-                    get(&["accountName", "AZURE_STORAGE_ACCOUNT_NAME"]).ok_or_else(|| {
-                        StorageError::Config(
-                            "azure location needs an account name (accountName)".into(),
-                        )
-                    })?;
-                let mut b = MicrosoftAzureBuilder::new()
-                    .with_account(&account)
-                    .with_container_name(container);
-                if let Some(endpoint) = get(&["endpoint", "AZURE_STORAGE_ENDPOINT"]) {
-                    if let Some(e) = insecure(&endpoint) {
-                        return Err(e);
-                    }
-                    b = b
-                        .with_allow_http(endpoint.starts_with("http://"))
-                        .with_endpoint(endpoint);
-                }
-                if let Some(key) = get(&["accountKey", "AZURE_STORAGE_ACCOUNT_KEY"]) {
-                    b = b.with_access_key(key);
-                } else if let Some(sas) = get(&["sasToken", "AZURE_STORAGE_SAS_TOKEN"]) {
-                    let pairs: Vec<(String, String)> = sas
-                        .trim_start_matches('?')
-                        .split('&')
-                        .filter_map(|kv| {
-                            kv.split_once('=')
-                                .map(|(k, v)| (k.to_string(), v.to_string()))
-                        })
-                        .collect();
-                    b = b.with_sas_authorization(pairs);
-                } else if !fallback.environment {
-                    return Err(missing("accountKey or sasToken"));
-                }
-                (
-                    Arc::new(b.build().map_err(config)?),
-                    prefix.clone(),
-                    format!("az://{account}/{container}/{prefix}"),
-                )
-            }
-            LocationSpec::Gcs { bucket, prefix } => {
-                let mut b = GoogleCloudStorageBuilder::new().with_bucket_name(bucket);
-                if let Some(key) = get(&["serviceAccountKey", "GOOGLE_SERVICE_ACCOUNT_KEY"]) {
-                    b = b.with_service_account_key(key);
-                } else if !fallback.environment {
-                    return Err(missing("serviceAccountKey"));
-                }
-                (
-                    Arc::new(b.build().map_err(config)?),
-                    prefix.clone(),
-                    format!("gs://{bucket}/{prefix}"),
-                )
-            }
-        };
-        Ok(Self {
-            store,
-            prefix: Path::from(prefix.as_str()),
-            name,
-            secrets: Arc::new(secrets),
-        })
     }
 
     /// The location of a vault's storage spec (`field` names it in messages, e.g.
