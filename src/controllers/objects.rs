@@ -211,6 +211,19 @@ pub async fn create_if_absent(
     }
 }
 
+/// Creates `obj` unless an object of its name exists: for objects whose name is unique to their
+/// owner (by ownerReference) and to one of its points, such as a point's temporary claims.
+pub async fn create_owned_if_absent<K>(api: &Api<K>, obj: &K) -> Result<(), Error>
+where
+    K: Clone + serde::de::DeserializeOwned + serde::Serialize + std::fmt::Debug,
+{
+    match api.create(&PostParams::default(), obj).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 409 => Ok(()),
+        Err(e) => Err(Error::Kube(e)),
+    }
+}
+
 /// Deletes the object `name` if it exists and is this owner's (by uid label).
 pub async fn delete_if_mine(
     client: &Client,

@@ -15,6 +15,7 @@ use serde_json::json;
 use crate::api::ReplicatedWorkload;
 use crate::api::work::{CLAIM_LABEL, POINT_LABEL, WORKLOAD_LABEL, point_label, temporary_name};
 use crate::api::workload::{PointInProgress, VolumeStatus};
+use crate::controllers::objects::{claim_size, create_owned_if_absent};
 use crate::controllers::{Context, Error, claim_pod, delete_if_present};
 
 /// How long a snapshot may take to become ready before its point is given up.
@@ -94,17 +95,6 @@ pub fn restore_size(
                 "VolumeSnapshot {snapshot} reports status.restoreSize {shown}, which is not a quantity such as 10Gi; check the snapshot controller"
             ))
         }
-    }
-}
-
-async fn create_if_missing<K>(api: &Api<K>, obj: &K) -> Result<(), Error>
-where
-    K: Clone + serde::de::DeserializeOwned + serde::Serialize + std::fmt::Debug,
-{
-    match api.create(&PostParams::default(), obj).await {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(s)) if s.code == 409 => Ok(()),
-        Err(e) => Err(Error::Kube(e)),
     }
 }
 
@@ -228,8 +218,6 @@ pub async fn expose(
 ) -> Result<Exposure, Error> {
     let namespace = rw.namespace().unwrap_or_default();
     let snaps = snapshots(ctx, &namespace);
-    let claims: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &namespace);
-    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &namespace);
     for claim in &point.claims {
         let name = temporary_name(claim, &point.id);
         let Some(snap) = snaps.get_opt(&name).await.map_err(Error::Kube)? else {
@@ -238,88 +226,123 @@ pub async fn expose(
             )));
         };
         let status = snap.data.get("status");
-        if let Some(message) = status
-            .and_then(|s| s.get("error"))
-            .and_then(|e| e.get("message"))
-            .and_then(|m| m.as_str())
-        {
-            return Ok(Exposure::Failed(format!(
-                "VolumeSnapshot {name} of claim {claim} failed: {message}"
-            )));
-        }
-        if status
-            .and_then(|s| s.get("readyToUse"))
-            .and_then(|r| r.as_bool())
-            != Some(true)
-        {
-            let waited = Duration::try_from(now.duration_since(point.started)).unwrap_or_default();
-            if waited > SNAPSHOT_TIMEOUT {
-                return Ok(Exposure::Failed(format!(
-                    "VolumeSnapshot {name} of claim {claim} is not ready after {}s: check that a VolumeSnapshotClass serves the claim's CSI driver (spec.volumeSnapshotClassName of the vault) and the snapshot controller's logs",
-                    SNAPSHOT_TIMEOUT.as_secs()
-                )));
-            }
-            continue;
-        }
-        let source = claims.get_opt(claim).await.map_err(Error::Kube)?;
-        let Some(source_spec) = source.and_then(|c| c.spec) else {
-            return Ok(Exposure::Failed(format!(
-                "claim {claim} disappeared while its point was taken"
-            )));
-        };
-        let requested = source_spec
-            .resources
-            .as_ref()
-            .and_then(|r| r.requests.as_ref())
-            .and_then(|r| r.get("storage"))
-            .map(|q| q.0.as_str());
-        let size = match restore_size(&name, status.and_then(|s| s.get("restoreSize")), requested) {
-            Ok(size) => size,
+        match snapshot_ready(status, &name, claim, point, now) {
             Err(message) => return Ok(Exposure::Failed(message)),
-        };
-        let built = object::<PersistentVolumeClaim>(
-            "PersistentVolumeClaim",
-            &name,
-            json!({
-                "apiVersion": "v1", "kind": "PersistentVolumeClaim",
-                "metadata": metadata(rw, &point.id, claim, &name),
-                "spec": {
-                    "accessModes": ["ReadWriteOnce"],
-                    "storageClassName": source_spec.storage_class_name,
-                    "resources": {"requests": {"storage": size}},
-                    "dataSource": {"apiGroup": "snapshot.storage.k8s.io", "kind": "VolumeSnapshot", "name": name},
-                },
-            }),
-        );
-        let temp = match built {
-            Ok(temp) => temp,
-            Err(message) => return Ok(Exposure::Failed(message)),
-        };
-        create_if_missing(&claims, &temp).await?;
+            Ok(false) => continue,
+            Ok(true) => {}
+        }
         let zone = volumes
             .iter()
             .find(|v| &v.claim_name == claim)
-            .and_then(|v| v.zone.clone());
-        let reader = object::<Pod>(
-            "Pod",
-            &name,
-            claim_pod(
-                &ctx.reader_image,
-                metadata(rw, &point.id, claim, &name),
-                "reader",
-                "snapshot",
-                &name,
-                true,
-                zone.as_deref(),
-            ),
-        );
-        let reader = match reader {
-            Ok(reader) => reader,
-            Err(message) => return Ok(Exposure::Failed(message)),
-        };
-        create_if_missing(&pods, &reader).await?;
+            .and_then(|v| v.zone.as_deref());
+        if let Some(message) = expose_one(ctx, rw, point, claim, status, zone).await? {
+            return Ok(Exposure::Failed(message));
+        }
     }
     Ok(Exposure::Pending)
+}
+
+/// Whether the snapshot is ready to read; why the point cannot complete when it failed or
+/// waited too long.
+fn snapshot_ready(
+    status: Option<&serde_json::Value>,
+    name: &str,
+    claim: &str,
+    point: &PointInProgress,
+    now: jiff::Timestamp,
+) -> Result<bool, String> {
+    if let Some(message) = status
+        .and_then(|s| s.get("error"))
+        .and_then(|e| e.get("message"))
+        .and_then(|m| m.as_str())
+    {
+        return Err(format!(
+            "VolumeSnapshot {name} of claim {claim} failed: {message}"
+        ));
+    }
+    if status
+        .and_then(|s| s.get("readyToUse"))
+        .and_then(|r| r.as_bool())
+        == Some(true)
+    {
+        return Ok(true);
+    }
+    let waited = Duration::try_from(now.duration_since(point.started)).unwrap_or_default();
+    if waited > SNAPSHOT_TIMEOUT {
+        return Err(format!(
+            "VolumeSnapshot {name} of claim {claim} is not ready after {}s: check that a VolumeSnapshotClass serves the claim's CSI driver (spec.volumeSnapshotClassName of the vault) and the snapshot controller's logs",
+            SNAPSHOT_TIMEOUT.as_secs()
+        ));
+    }
+    Ok(false)
+}
+
+/// The temporary claim restored from a ready snapshot of `claim`, and the reader pod that mounts
+/// it in the claim's zone; why not, when the source or the snapshot says something unusable.
+async fn expose_one(
+    ctx: &Context,
+    rw: &ReplicatedWorkload,
+    point: &PointInProgress,
+    claim: &str,
+    status: Option<&serde_json::Value>,
+    zone: Option<&str>,
+) -> Result<Option<String>, Error> {
+    let namespace = rw.namespace().unwrap_or_default();
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &namespace);
+    let name = temporary_name(claim, &point.id);
+    let source = claims.get_opt(claim).await.map_err(Error::Kube)?;
+    let Some(source_spec) = source.and_then(|c| c.spec) else {
+        return Ok(Some(format!(
+            "claim {claim} disappeared while its point was taken"
+        )));
+    };
+    let requested = claim_size(Some(&source_spec));
+    let size = match restore_size(
+        &name,
+        status.and_then(|s| s.get("restoreSize")),
+        Some(&requested),
+    ) {
+        Ok(size) => size,
+        Err(message) => return Ok(Some(message)),
+    };
+    let temp = object::<PersistentVolumeClaim>(
+        "PersistentVolumeClaim",
+        &name,
+        json!({
+            "apiVersion": "v1", "kind": "PersistentVolumeClaim",
+            "metadata": metadata(rw, &point.id, claim, &name),
+            "spec": {
+                "accessModes": ["ReadWriteOnce"],
+                "storageClassName": source_spec.storage_class_name,
+                "resources": {"requests": {"storage": size}},
+                "dataSource": {"apiGroup": "snapshot.storage.k8s.io", "kind": "VolumeSnapshot", "name": name},
+            },
+        }),
+    );
+    let reader = object::<Pod>(
+        "Pod",
+        &name,
+        claim_pod(
+            &ctx.reader_image,
+            metadata(rw, &point.id, claim, &name),
+            "reader",
+            "snapshot",
+            &name,
+            true,
+            zone,
+        ),
+    );
+    let (temp, reader) = match (temp, reader) {
+        (Ok(t), Ok(r)) => (t, r),
+        (Err(message), _) | (_, Err(message)) => return Ok(Some(message)),
+    };
+    create_owned_if_absent(&claims, &temp).await?;
+    create_owned_if_absent(
+        &Api::<Pod>::namespaced(ctx.client.clone(), &namespace),
+        &reader,
+    )
+    .await?;
+    Ok(None)
 }
 
 /// Deletes the temporary objects of the workload's points, except those of `keep` (the point in
