@@ -17,6 +17,7 @@ use crate::api::{Failover, ReplicatedWorkload};
 use crate::controllers::objects::{
     Kind, ObjectName, create_if_absent, delete_if_mine, delete_labelled,
 };
+use crate::controllers::store::StoreError;
 use crate::controllers::{Context, Error};
 
 pub async fn act(ctx: &Context, f: &Failover, actions: &[Action]) -> Result<(), Error> {
@@ -138,17 +139,16 @@ async fn start_commit(ctx: &Context, f: &Failover) {
         .and_then(|g| g.0.as_ref().ok().cloned());
     let store = match vault {
         Some(v) => ctx.point_stores.get(ctx, &v).await,
-        None => Err(format!("RecoveryVault {} not found", rw.spec.vault_name)),
+        None => Err(StoreError::Vault(format!(
+            "RecoveryVault {} not found",
+            rw.spec.vault_name
+        ))),
     };
     let workload = format!("{namespace}/{}", rw.name_any());
     ctx.commits.start(&key, async move {
-        tokio::time::timeout(COMMIT_TIMEOUT, store?.forget_workload(&workload))
-            .await
-            .unwrap_or_else(|_| {
-                Err(format!(
-                    "storage did not finish within {}s",
-                    COMMIT_TIMEOUT.as_secs()
-                ))
-            })
+        let removed = tokio::time::timeout(COMMIT_TIMEOUT, store?.forget_workload(&workload)).await;
+        Ok(removed.unwrap_or(Err(StoreError::Timeout {
+            seconds: COMMIT_TIMEOUT.as_secs(),
+        }))?)
     });
 }

@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::core::v1::Secret;
 use kube::{Api, ResourceExt};
 
-use super::PointStore;
 use super::repo::RepoStore;
+use super::{PointStore, StoreError};
 use crate::api::RecoveryVault;
 use crate::controllers::Context;
 use crate::vault_access::VaultAccess;
@@ -59,7 +59,7 @@ impl VaultStores {
         &self,
         ctx: &Context,
         vault: &RecoveryVault,
-    ) -> Result<Arc<dyn PointStore>, String> {
+    ) -> Result<Arc<dyn PointStore>, StoreError> {
         let uid = vault.uid().unwrap_or_default();
         let generation = vault.metadata.generation;
         let known = {
@@ -85,7 +85,7 @@ impl VaultStores {
         count_reads(ctx, "resolve", fingerprint.secrets.len());
         let access = VaultAccess::resolve(&ctx.client, &namespace, &vault.spec, &ctx.storage)
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| StoreError::Vault(e.to_string()))?;
         let store = Arc::new(RepoStore::new(
             access,
             ctx.metrics.replication.repository_opens.clone(),
@@ -111,7 +111,7 @@ impl VaultStores {
     }
 }
 
-async fn fingerprint(ctx: &Context, vault: &RecoveryVault) -> Result<Fingerprint, String> {
+async fn fingerprint(ctx: &Context, vault: &RecoveryVault) -> Result<Fingerprint, StoreError> {
     let namespace = vault.namespace().unwrap_or_default();
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &namespace);
     let names = secret_names(vault);
@@ -120,7 +120,7 @@ async fn fingerprint(ctx: &Context, vault: &RecoveryVault) -> Result<Fingerprint
     for name in names {
         let version = match secrets.get_metadata_opt(&name).await {
             Ok(found) => found.and_then(|m| m.resource_version()),
-            Err(e) => return Err(format!("reading Secrets: {e}")),
+            Err(e) => return Err(StoreError::Vault(format!("reading Secrets: {e}"))),
         };
         versions.push((name, version));
     }

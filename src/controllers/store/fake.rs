@@ -8,7 +8,7 @@ use futures::FutureExt;
 use futures::future::BoxFuture;
 use jiff::Timestamp;
 
-use super::{Consistency, Finished, PointStore, Pruned, Retention, TargetPoints};
+use super::{Consistency, Finished, PointStore, Pruned, Retention, StoreError, TargetPoints};
 use crate::api::workload::PointRef;
 
 #[derive(Clone, Debug, PartialEq)]
@@ -51,17 +51,17 @@ impl FakeStore {
 }
 
 impl FakeState {
-    fn reachable(&self, cache: bool, target: bool) -> Result<(), String> {
+    fn reachable(&self, cache: bool, target: bool) -> Result<(), StoreError> {
         if cache && self.cache_down {
-            return Err("cache location: unreachable".into());
+            return Err(StoreError::Cache("unreachable".into()));
         }
         if target && self.target_down {
-            return Err("target location: unreachable".into());
+            return Err(StoreError::Target("unreachable".into()));
         }
         Ok(())
     }
 
-    fn copy_missing(&mut self, workload: &str) -> Result<u64, String> {
+    fn copy_missing(&mut self, workload: &str) -> Result<u64, StoreError> {
         self.reachable(false, true)?;
         let missing: Vec<FakePoint> = self
             .cache
@@ -74,14 +74,17 @@ impl FakeState {
         Ok(bytes)
     }
 
-    fn finish(&mut self, point: &str) -> Result<Finished, String> {
+    fn finish(&mut self, point: &str) -> Result<Finished, StoreError> {
         self.reachable(true, false)?;
         let p = match self.cache.iter().find(|p| p.id == point) {
             Some(p) => p.clone(),
             None => self
                 .parts
                 .remove(point)
-                .ok_or_else(|| format!("assembling point {point}: a part has not been written"))?,
+                .ok_or_else(|| StoreError::Assemble {
+                    point: point.to_string(),
+                    message: "a part has not been written".into(),
+                })?,
         };
         if !self.cache.contains(&p) {
             self.cache.push(p.clone());
@@ -91,11 +94,11 @@ impl FakeState {
             consistency: p.consistency,
             volumes: p.volumes.len(),
             bytes: p.bytes,
-            replicated: self.copy_missing(&p.workload),
+            replicated: self.copy_missing(&p.workload).map_err(String::from),
         })
     }
 
-    fn prune(&mut self, workload: &str, retention: &Retention) -> Result<Pruned, String> {
+    fn prune(&mut self, workload: &str, retention: &Retention) -> Result<Pruned, StoreError> {
         self.reachable(true, true)?;
         let newest = self
             .cache
@@ -140,7 +143,7 @@ impl FakeState {
 }
 
 impl PointStore for FakeStore {
-    fn ensure(&self) -> BoxFuture<'_, Result<(), String>> {
+    fn ensure(&self) -> BoxFuture<'_, Result<(), StoreError>> {
         let mut s = self.lock();
         s.calls.push("ensure".into());
         let result = s.reachable(true, true);
@@ -151,14 +154,14 @@ impl PointStore for FakeStore {
         &'a self,
         point: &'a str,
         _parts: &'a [String],
-    ) -> BoxFuture<'a, Result<Finished, String>> {
+    ) -> BoxFuture<'a, Result<Finished, StoreError>> {
         let mut s = self.lock();
         s.calls.push(format!("finish {point}"));
         let result = s.finish(point);
         async move { result }.boxed()
     }
 
-    fn catch_up<'a>(&'a self, workload: &'a str) -> BoxFuture<'a, Result<u64, String>> {
+    fn catch_up<'a>(&'a self, workload: &'a str) -> BoxFuture<'a, Result<u64, StoreError>> {
         let mut s = self.lock();
         s.calls.push(format!("catch-up {workload}"));
         let result = s.copy_missing(workload);
@@ -169,14 +172,14 @@ impl PointStore for FakeStore {
         &'a self,
         workload: &'a str,
         retention: &'a Retention,
-    ) -> BoxFuture<'a, Result<Pruned, String>> {
+    ) -> BoxFuture<'a, Result<Pruned, StoreError>> {
         let mut s = self.lock();
         s.calls.push(format!("prune {workload}"));
         let result = s.prune(workload, retention);
         async move { result }.boxed()
     }
 
-    fn discard_parts<'a>(&'a self, point: &'a str) -> BoxFuture<'a, Result<(), String>> {
+    fn discard_parts<'a>(&'a self, point: &'a str) -> BoxFuture<'a, Result<(), StoreError>> {
         let mut s = self.lock();
         s.calls.push(format!("discard {point}"));
         s.parts.remove(point);
@@ -186,7 +189,7 @@ impl PointStore for FakeStore {
     fn target_points<'a>(
         &'a self,
         workload: &'a str,
-    ) -> BoxFuture<'a, Result<TargetPoints, String>> {
+    ) -> BoxFuture<'a, Result<TargetPoints, StoreError>> {
         let s = self.lock();
         let result = s.reachable(false, true).map(|()| {
             s.target
@@ -206,7 +209,10 @@ impl PointStore for FakeStore {
         async move { result }.boxed()
     }
 
-    fn forget_workload<'a>(&'a self, workload: &'a str) -> BoxFuture<'a, Result<usize, String>> {
+    fn forget_workload<'a>(
+        &'a self,
+        workload: &'a str,
+    ) -> BoxFuture<'a, Result<usize, StoreError>> {
         let mut s = self.lock();
         s.calls.push(format!("forget {workload}"));
         let result = s.reachable(false, true).map(|()| {

@@ -20,6 +20,31 @@ pub use crate::repository::format::Consistency;
 
 pub use self::cache::VaultStores;
 
+/// Why a store operation failed, naming what to look at: the vault (its Secrets, key or storage
+/// spec), one of its two locations, or the point being assembled. Displayed as the message a
+/// condition carries.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+pub enum StoreError {
+    /// The vault cannot be opened (the message names the field or Secret).
+    #[error("{0}")]
+    Vault(String),
+    #[error("cache location: {0}")]
+    Cache(String),
+    #[error("target location: {0}")]
+    Target(String),
+    #[error("assembling point {point}: {message}")]
+    Assemble { point: String, message: String },
+    /// The storage did not answer in time; the operation is idempotent and is tried again.
+    #[error("storage did not finish within {seconds}s")]
+    Timeout { seconds: u64 },
+}
+
+impl From<StoreError> for String {
+    fn from(e: StoreError) -> String {
+        e.to_string()
+    }
+}
+
 /// What finishing a point produced.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Finished {
@@ -52,12 +77,12 @@ pub struct Retention {
 pub type TargetPoints = Vec<(PointRef, Vec<String>)>;
 
 /// The repository operations the controllers need, for one vault. Every operation is
-/// idempotent: repeated after a crash or a timeout it finishes what is left. Errors are
-/// messages for a condition, naming the location (`cache location: …`).
+/// idempotent: repeated after a crash or a timeout it finishes what is left. Errors say
+/// which location (or the vault) failed ([`StoreError`]).
 pub trait PointStore: Send + Sync {
     /// Creates the repositories when they do not exist (the target as the cache's replica);
     /// refuses foreign ones and ones the key does not open.
-    fn ensure(&self) -> BoxFuture<'_, Result<(), String>>;
+    fn ensure(&self) -> BoxFuture<'_, Result<(), StoreError>>;
 
     /// Assembles `point` from its `parts` (node names) in the cache, discards the parts of
     /// abandoned points of its workload, and copies what the target lacks of the workload.
@@ -65,28 +90,59 @@ pub trait PointStore: Send + Sync {
         &'a self,
         point: &'a str,
         parts: &'a [String],
-    ) -> BoxFuture<'a, Result<Finished, String>>;
+    ) -> BoxFuture<'a, Result<Finished, StoreError>>;
 
     /// Copies the points of `workload` (`namespace/name`) the target lacks; bytes copied.
-    fn catch_up<'a>(&'a self, workload: &'a str) -> BoxFuture<'a, Result<u64, String>>;
+    fn catch_up<'a>(&'a self, workload: &'a str) -> BoxFuture<'a, Result<u64, StoreError>>;
 
     /// Retention of `workload` in cache and target.
     fn prune<'a>(
         &'a self,
         workload: &'a str,
         retention: &'a Retention,
-    ) -> BoxFuture<'a, Result<Pruned, String>>;
+    ) -> BoxFuture<'a, Result<Pruned, StoreError>>;
 
     /// Removes the parts of a point that will not complete (best effort: garbage otherwise).
-    fn discard_parts<'a>(&'a self, point: &'a str) -> BoxFuture<'a, Result<(), String>>;
+    fn discard_parts<'a>(&'a self, point: &'a str) -> BoxFuture<'a, Result<(), StoreError>>;
 
     /// The points of `workload` durable in the target; none when it holds no repository.
     fn target_points<'a>(
         &'a self,
         workload: &'a str,
-    ) -> BoxFuture<'a, Result<TargetPoints, String>>;
+    ) -> BoxFuture<'a, Result<TargetPoints, StoreError>>;
 
     /// Deletes every point of `workload` from target and cache (a committed failover); a cache
     /// that cannot be reached is skipped (the source zone may be gone). Points removed.
-    fn forget_workload<'a>(&'a self, workload: &'a str) -> BoxFuture<'a, Result<usize, String>>;
+    fn forget_workload<'a>(&'a self, workload: &'a str)
+    -> BoxFuture<'a, Result<usize, StoreError>>;
+}
+
+#[cfg(test)]
+mod error_tests {
+    use super::StoreError;
+
+    #[test]
+    fn a_store_error_says_which_location_or_point_failed() {
+        let cases = [
+            (
+                StoreError::Cache("unreachable".into()),
+                "cache location: unreachable",
+            ),
+            (StoreError::Target("403".into()), "target location: 403"),
+            (
+                StoreError::Assemble {
+                    point: "p1".into(),
+                    message: "a part has not been written".into(),
+                },
+                "assembling point p1: a part has not been written",
+            ),
+            (
+                StoreError::Timeout { seconds: 600 },
+                "storage did not finish within 600s",
+            ),
+        ];
+        for (e, want) in cases {
+            assert_eq!(String::from(e), want);
+        }
+    }
 }

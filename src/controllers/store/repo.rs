@@ -12,7 +12,7 @@ use prometheus_client::metrics::family::Family;
 use tokio::sync::{Mutex, MutexGuard};
 
 use super::summaries::Summaries;
-use super::{Finished, PointStore, Pruned, Retention, TargetPoints};
+use super::{Finished, PointStore, Pruned, Retention, StoreError, TargetPoints};
 use crate::api::workload::PointRef;
 use crate::metrics::LocationLabels;
 use crate::repository::prune::{PruneOptions, forget_workload, prune};
@@ -28,6 +28,15 @@ struct Slot {
 }
 
 impl Slot {
+    /// `e` as this location's error.
+    fn error(&self, e: impl std::fmt::Display) -> StoreError {
+        if self.name == "cache" {
+            StoreError::Cache(e.to_string())
+        } else {
+            StoreError::Target(e.to_string())
+        }
+    }
+
     fn new(name: &'static str) -> Self {
         Self {
             name,
@@ -95,8 +104,11 @@ impl RepoStore {
 
     /// Copies `workload`'s points the target lacks; bytes copied. The cache's index is
     /// reloaded first: agents wrote packs since it was read.
-    async fn copy_missing(&self, cache: &mut Repository, workload: &str) -> Result<u64, String> {
-        let cache_error = |e: RepoError| format!("cache location: {e}");
+    async fn copy_missing(
+        &self,
+        cache: &mut Repository,
+        workload: &str,
+    ) -> Result<u64, StoreError> {
         cache.load_index().await.map_err(cache_error)?;
         let mine = self
             .cache
@@ -121,16 +133,19 @@ impl RepoStore {
         drop_on_error(&mut target, result).map_err(target_error)
     }
 
-    async fn finish(&self, point: &str, parts: &[String]) -> Result<Finished, String> {
+    async fn finish(&self, point: &str, parts: &[String]) -> Result<Finished, StoreError> {
         let mut cache = self.cache(false).await.map_err(cache_error)?;
         let Some(repo) = cache.as_mut() else {
-            return Err("cache location: not open".into());
+            return Err(StoreError::Cache("not open".into()));
         };
         let manifest = match repo.assemble(point, parts).await {
             Ok(m) => m,
             Err(e) => {
                 *cache = None;
-                return Err(format!("assembling point {point}: {e}"));
+                return Err(StoreError::Assemble {
+                    point: point.to_string(),
+                    message: e.to_string(),
+                });
             }
         };
         if let Err(e) = repo.discard_stale_parts(&manifest.workload, None).await {
@@ -142,11 +157,11 @@ impl RepoStore {
             consistency: manifest.consistency,
             volumes: manifest.volumes.len(),
             bytes: manifest.stats.bytes,
-            replicated,
+            replicated: replicated.map_err(String::from),
         })
     }
 
-    async fn retention(&self, workload: &str, retention: &Retention) -> Result<Pruned, String> {
+    async fn retention(&self, workload: &str, retention: &Retention) -> Result<Pruned, StoreError> {
         let options = PruneOptions {
             keep_within: retention.keep_within,
             keep_last: retention.keep_last,
@@ -200,7 +215,7 @@ impl RepoStore {
             .collect())
     }
 
-    async fn forget(&self, workload: &str) -> Result<usize, String> {
+    async fn forget(&self, workload: &str) -> Result<usize, StoreError> {
         let mut removed = 0;
         for slot in [&self.target, &self.cache] {
             let opened = if slot.name == "cache" {
@@ -215,26 +230,25 @@ impl RepoStore {
                     tracing::warn!(error = %e, "cache location unreachable at commit; its points stay until it returns");
                     continue;
                 }
-                Err(e) => return Err(format!("{} location: {e}", slot.name)),
+                Err(e) => return Err(slot.error(e)),
             };
             let result = match guard.as_mut() {
                 Some(repo) => forget_workload(repo, workload).await,
                 None => continue,
             };
-            let report = drop_on_error(&mut guard, result)
-                .map_err(|e| format!("{} location: {e}", slot.name))?;
+            let report = drop_on_error(&mut guard, result).map_err(|e| slot.error(e))?;
             removed += report.points_removed.len();
         }
         Ok(removed)
     }
 }
 
-fn cache_error(e: RepoError) -> String {
-    format!("cache location: {e}")
+fn cache_error(e: RepoError) -> StoreError {
+    StoreError::Cache(e.to_string())
 }
 
-fn target_error(e: impl std::fmt::Display) -> String {
-    format!("target location: {e}")
+fn target_error(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Target(e.to_string())
 }
 
 /// Passes `result` on; an error closes the repository, to be opened afresh next time.
@@ -246,7 +260,7 @@ fn drop_on_error<T>(guard: &mut Guard<'_>, result: Result<T, RepoError>) -> Resu
 }
 
 impl PointStore for RepoStore {
-    fn ensure(&self) -> BoxFuture<'_, Result<(), String>> {
+    fn ensure(&self) -> BoxFuture<'_, Result<(), StoreError>> {
         async move {
             let cache = self.cache(true).await.map_err(cache_error)?;
             let Some(repo) = cache.as_ref() else {
@@ -262,11 +276,11 @@ impl PointStore for RepoStore {
         &'a self,
         point: &'a str,
         parts: &'a [String],
-    ) -> BoxFuture<'a, Result<Finished, String>> {
+    ) -> BoxFuture<'a, Result<Finished, StoreError>> {
         self.finish(point, parts).boxed()
     }
 
-    fn catch_up<'a>(&'a self, workload: &'a str) -> BoxFuture<'a, Result<u64, String>> {
+    fn catch_up<'a>(&'a self, workload: &'a str) -> BoxFuture<'a, Result<u64, StoreError>> {
         async move {
             let mut cache = self.cache(false).await.map_err(cache_error)?;
             match cache.as_mut() {
@@ -281,11 +295,11 @@ impl PointStore for RepoStore {
         &'a self,
         workload: &'a str,
         retention: &'a Retention,
-    ) -> BoxFuture<'a, Result<Pruned, String>> {
+    ) -> BoxFuture<'a, Result<Pruned, StoreError>> {
         self.retention(workload, retention).boxed()
     }
 
-    fn discard_parts<'a>(&'a self, point: &'a str) -> BoxFuture<'a, Result<(), String>> {
+    fn discard_parts<'a>(&'a self, point: &'a str) -> BoxFuture<'a, Result<(), StoreError>> {
         async move {
             let cache = self.cache(false).await.map_err(cache_error)?;
             match cache.as_ref() {
@@ -299,7 +313,7 @@ impl PointStore for RepoStore {
     fn target_points<'a>(
         &'a self,
         workload: &'a str,
-    ) -> BoxFuture<'a, Result<TargetPoints, String>> {
+    ) -> BoxFuture<'a, Result<TargetPoints, StoreError>> {
         async move {
             match self.list_target(workload).await {
                 Ok(points) => Ok(points),
@@ -310,7 +324,10 @@ impl PointStore for RepoStore {
         .boxed()
     }
 
-    fn forget_workload<'a>(&'a self, workload: &'a str) -> BoxFuture<'a, Result<usize, String>> {
+    fn forget_workload<'a>(
+        &'a self,
+        workload: &'a str,
+    ) -> BoxFuture<'a, Result<usize, StoreError>> {
         self.forget(workload).boxed()
     }
 }

@@ -15,7 +15,7 @@ use crate::api::vault::SnapshotMethod;
 use crate::api::workload::PointInProgress;
 use crate::api::{RecoveryVault, ReplicatedWorkload};
 use crate::controllers::jobs::JobKey;
-use crate::controllers::store::PointStore;
+use crate::controllers::store::{PointStore, StoreError};
 use crate::controllers::{Context, PlannedEvent};
 use crate::metrics::{ConsistencyLabels, LocationLabels, WorkloadLabels};
 use crate::repository::new_point_id;
@@ -120,17 +120,20 @@ fn count(ctx: &Context, rw: &ReplicatedWorkload, c: Count) {
 }
 
 /// The workload's vault, from the shared cache.
-fn vault(ctx: &Context, rw: &ReplicatedWorkload) -> Result<RecoveryVault, String> {
+fn vault(ctx: &Context, rw: &ReplicatedWorkload) -> Result<RecoveryVault, StoreError> {
     let name = &rw.spec.vault_name;
     ctx.stores
         .vaults
         .get(&ObjectRef::new(name).within(&rw.namespace().unwrap_or_default()))
         .and_then(|g| g.0.as_ref().ok().cloned())
-        .ok_or_else(|| format!("RecoveryVault {name} not found"))
+        .ok_or_else(|| StoreError::Vault(format!("RecoveryVault {name} not found")))
 }
 
 /// The store of the workload's vault (opened once per vault, see `store::VaultStores`).
-pub async fn store(ctx: &Context, rw: &ReplicatedWorkload) -> Result<Arc<dyn PointStore>, String> {
+pub async fn store(
+    ctx: &Context,
+    rw: &ReplicatedWorkload,
+) -> Result<Arc<dyn PointStore>, StoreError> {
     let vault = vault(ctx, rw)?;
     ctx.point_stores.get(ctx, &vault).await
 }
@@ -184,16 +187,13 @@ async fn start_point(
 ) -> Result<PointInProgress, StartFailure> {
     let refused = |message: String| (R::RepositoryRefused, message, Duration::from_secs(60));
     // The repositories exist (and are ours) before any agent is asked to write.
-    let store = store(ctx, target.rw).await.map_err(refused)?;
+    let store = store(ctx, target.rw).await.map_err(|e| refused(e.into()))?;
     tokio::time::timeout(ENSURE_TIMEOUT, store.ensure())
         .await
-        .unwrap_or_else(|_| {
-            Err(format!(
-                "storage did not finish within {}s",
-                ENSURE_TIMEOUT.as_secs()
-            ))
-        })
-        .map_err(refused)?;
+        .unwrap_or(Err(StoreError::Timeout {
+            seconds: ENSURE_TIMEOUT.as_secs(),
+        }))
+        .map_err(|e| refused(e.into()))?;
     let csi = s.method == SnapshotMethod::Csi;
     if csi && let Err(message) = super::super::csi::api_available(ctx, target.rw).await {
         return Err((R::CaptureFailed, message, Duration::from_secs(60)));
