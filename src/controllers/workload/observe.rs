@@ -95,8 +95,12 @@ pub async fn observe(
         None => vec![],
     };
     // A planned failover stopped the workload and holds its claims mounted for a final point.
-    let holders = format!("{HOLD_LABEL}={workload_name}");
-    pods.extend(list_pods(ctx, namespace, ListParams::default().labels(&holders)).await?);
+    // Only while a Planned Failover of the workload exists (holders carry its uid and go with
+    // it): an idle workload does not list them.
+    if planned_failover(ctx, namespace, workload_name) {
+        let holders = format!("{HOLD_LABEL}={workload_name}");
+        pods.extend(list_pods(ctx, namespace, ListParams::default().labels(&holders)).await?);
+    }
     let claims = Api::<PersistentVolumeClaim>::namespaced(ctx.client.clone(), namespace)
         .list_metadata(&ListParams::default())
         .await
@@ -115,6 +119,21 @@ pub async fn observe(
         registrations: ctx.stores.registrations(),
         failover: failover_summary(ctx, namespace, workload_name),
     })
+}
+
+/// Whether a Planned Failover of the workload exists (in the cache), whose holder pods the
+/// workload reads as its own.
+fn planned_failover(ctx: &Context, namespace: &str, workload_name: &str) -> bool {
+    ctx.stores
+        .failovers
+        .state()
+        .iter()
+        .filter_map(|g| g.0.as_ref().ok())
+        .any(|f| {
+            f.namespace().as_deref() == Some(namespace)
+                && f.spec.workload_name == workload_name
+                && f.spec.mode == crate::api::failover::FailoverMode::Planned
+        })
 }
 
 /// The vault the workload names, from the cache.
