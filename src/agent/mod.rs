@@ -5,6 +5,7 @@
 
 pub mod capture;
 pub mod error;
+pub mod freeze;
 pub mod registration;
 pub mod restore;
 mod scan;

@@ -7,6 +7,7 @@ mod binary;
 mod chart;
 mod costs;
 mod failover;
+mod freeze;
 mod generated;
 mod hostile;
 mod object_stores;
