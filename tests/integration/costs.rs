@@ -22,8 +22,8 @@ use site_recovery::api::{Failover, RecoveryVault, ReplicatedWorkload, registrati
 use site_recovery::controllers::{self, Context, context::Stores};
 
 use crate::operator::{OPERATOR_NS, condition, start_operator};
-use crate::replication::{first_point, live_vault, protect, setup, start_agent, write_version};
 use crate::rig::{Rig, chart, eventually};
+use crate::scenario::{Protected, protected, zones};
 
 /// The most one idle reconcile of a kind may cost: (API requests, repository opens). These are
 /// what the reconcilers cost before the redesign of issue 12 (main at e770392):
@@ -223,14 +223,15 @@ async fn measure<T, E: fmt::Debug>(rig: &Rig, work: impl Future<Output = Result<
 
 #[tokio::test]
 async fn one_idle_reconcile_of_each_kind_costs_at_most_its_bound() {
-    let (rig, _dir, running, volumes) = setup(|d| live_vault(d, json!({}))).await;
-    let agents: Vec<_> = ["node-a1", "node-a2", "node-b1"]
-        .iter()
-        .map(|n| start_agent(&rig, n, 10))
-        .collect();
-    write_version(&volumes, 1);
-    let workloads = protect(&rig).await;
-    first_point(&workloads).await;
+    let Protected {
+        rig,
+        // Held to the end: the vault's locations are in it.
+        dir: _dir,
+        running,
+        agents,
+        failovers,
+        ..
+    } = protected().await;
     let vaults: Api<RecoveryVault> = Api::namespaced(rig.client(), "apps");
     eventually(Duration::from_secs(30), "vault Ready", || async {
         let s = vaults.get("vault").await.ok()?.status?;
@@ -250,13 +251,8 @@ async fn one_idle_reconcile_of_each_kind_costs_at_most_its_bound() {
     );
 
     // Failed over to the target zone, not committed.
-    let _cluster = crate::rig::failover::run(
-        &rig,
-        "apps",
-        BTreeMap::from([("zone-b".to_string(), "node-b1".to_string())]),
-    );
+    let _cluster = zones(&rig, &[("zone-b", "node-b1")]);
     let running = start_operator(&rig, false).await;
-    let failovers: Api<Failover> = Api::namespaced(rig.client(), "apps");
     let fo: Failover = serde_json::from_value(json!({
         "apiVersion": "siterecovery.io/v1alpha1", "kind": "Failover",
         "metadata": {"name": "fo", "namespace": "apps"},

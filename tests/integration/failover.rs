@@ -18,7 +18,7 @@ use crate::replication::{
     start_agent, write_version,
 };
 use crate::rig::{Rig, eventually};
-use crate::scenario::{Protected, finish, protected, zones};
+use crate::scenario::{Protected, finish, gone, protected, zones};
 
 fn failover(name: &str, point: serde_json::Value) -> Failover {
     serde_json::from_value(json!({
@@ -189,12 +189,7 @@ async fn failover_to_an_older_point_brings_the_workload_up_in_the_target_zone_an
     // Deleting the Failover before commit rolls back; the source's data is untouched.
     failovers.delete("fo", &Default::default()).await.unwrap();
     eventually(Duration::from_secs(30), "rolled back", || async {
-        failovers
-            .get_opt("fo")
-            .await
-            .ok()?
-            .is_none()
-            .then_some(())?;
+        gone(&failovers, "fo").await?;
         failover_objects(&rig).await.is_empty().then_some(())
     })
     .await;
@@ -719,18 +714,12 @@ async fn a_drill_runs_a_verified_copy_in_its_own_namespace_and_leaves_the_source
         .await
         .unwrap();
     eventually(Duration::from_secs(30), "drill removed", || async {
-        failovers
-            .get_opt("drill")
-            .await
-            .ok()?
-            .is_none()
-            .then_some(())?;
-        Api::<k8s_openapi::api::core::v1::Namespace>::all(rig.client())
-            .get_opt("db-drill")
-            .await
-            .ok()?
-            .is_none()
-            .then_some(())
+        gone(&failovers, "drill").await?;
+        gone(
+            &Api::<k8s_openapi::api::core::v1::Namespace>::all(rig.client()),
+            "db-drill",
+        )
+        .await
     })
     .await;
     let _drill_cluster_2 = crate::rig::failover::run(&rig, "db-drill-2", zone_b);
@@ -754,12 +743,7 @@ async fn a_drill_runs_a_verified_copy_in_its_own_namespace_and_leaves_the_source
         .await
         .unwrap();
     eventually(Duration::from_secs(30), "second drill removed", || async {
-        failovers
-            .get_opt("drill-2")
-            .await
-            .ok()?
-            .is_none()
-            .then_some(())
+        gone(&failovers, "drill-2").await
     })
     .await;
     // Nothing of the source was touched.
@@ -847,12 +831,7 @@ async fn a_planned_failover_stops_the_source_and_loses_no_write() {
         .await
         .unwrap();
     eventually(Duration::from_secs(30), "rolled back", || async {
-        failovers
-            .get_opt("planned")
-            .await
-            .ok()?
-            .is_none()
-            .then_some(())?;
+        gone(&failovers, "planned").await?;
         failover_objects(&rig).await.is_empty().then_some(())
     })
     .await;
@@ -909,12 +888,7 @@ async fn a_planned_failover_deleted_before_its_commit_brings_the_source_back() {
         .unwrap();
     let running = crate::operator::start_operator(&rig, false).await;
     eventually(Duration::from_secs(30), "the Failover is gone", || async {
-        failovers
-            .get_opt("planned")
-            .await
-            .ok()?
-            .is_none()
-            .then_some(())
+        gone(&failovers, "planned").await
     })
     .await;
     assert_eq!(replicas(&rig, "db").await, Some(2), "the source is back");
@@ -1128,18 +1102,8 @@ async fn a_deployment_fails_over_onto_restored_claims_and_rolls_back() {
         .await
         .unwrap();
     eventually(Duration::from_secs(30), "rolled back", || async {
-        failovers
-            .get_opt("web-fo")
-            .await
-            .ok()?
-            .is_none()
-            .then_some(())?;
-        deployments
-            .get_opt("web-failover")
-            .await
-            .ok()?
-            .is_none()
-            .then_some(())
+        gone(&failovers, "web-fo").await?;
+        gone(&deployments, "web-failover").await
     })
     .await;
     assert_eq!(

@@ -23,6 +23,8 @@ use crate::rig::{Rig, eventually};
 /// point replicated.
 pub(crate) struct Protected {
     pub rig: Rig,
+    /// Holds the vault's locations: bind it for the whole test (`dir: _dir`), since `..` drops
+    /// it, and with it every recovery point.
     pub dir: tempfile::TempDir,
     pub running: Running,
     pub volumes: BTreeMap<String, PathBuf>,
@@ -70,6 +72,14 @@ pub(crate) fn zones(rig: &Rig, zones: &[(&str, &str)]) -> tokio::task::JoinHandl
             .map(|(z, n)| (z.to_string(), n.to_string()))
             .collect(),
     )
+}
+
+/// `Some(())` once object `name` is gone (for [`eventually`]).
+pub(crate) async fn gone<K>(api: &Api<K>, name: &str) -> Option<()>
+where
+    K: Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    api.get_opt(name).await.ok()?.is_none().then_some(())
 }
 
 /// Ends a scenario: nothing temporary is left once the work settles (no writer, holder or
