@@ -74,8 +74,6 @@ pub struct Context {
     pub storage: crate::storage::StorageRules,
     /// Workloads (`namespace/name`) whose temporary objects were swept since this start.
     pub swept: std::sync::Mutex<std::collections::HashSet<String>>,
-    /// Failover commits (the deletion of a workload's points) running or done, by Failover uid.
-    pub commits: super::jobs::Jobs<usize>,
     /// The vault uids whose handed Secret exists, as the last sweep listed them and hand-overs
     /// since changed them (`None` until the first sweep).
     pub handed: std::sync::Mutex<Option<std::collections::HashSet<String>>>,

@@ -30,7 +30,8 @@ pub enum JobKind {
     ForgetWorkload,
 }
 
-/// Names one job: its owner (`namespace/name` of the object it serves) and its kind.
+/// Names one job: its owner (`namespace/name` of the workload it serves, or the uid of the
+/// Failover whose commit it is) and its kind.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct JobKey {
     pub owner: String,

@@ -9,7 +9,7 @@ use k8s_openapi::api::core::v1::{
     Service,
 };
 use k8s_openapi::api::networking::v1::NetworkPolicy;
-use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, ListParams, PostParams};
+use kube::api::{Api, ApiResource, DynamicObject, ListParams, PostParams};
 use kube::{Client, ResourceExt};
 use serde_json::Value;
 
@@ -235,11 +235,7 @@ pub async fn delete_if_mine(
         return Ok(());
     }
     let api = name.kind.api(client, name.namespace.as_deref());
-    match api.delete(&name.name, &DeleteParams::background()).await {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
-        Err(e) => Err(Error::Kube(e)),
-    }
+    super::delete_if_present(&api, &name.name).await
 }
 
 /// Deletes every object of `kind` in `namespace` labelled with `uid` in `uid_label`.
@@ -258,11 +254,7 @@ pub async fn delete_labelled(
         .map_err(Error::Kube)?
         .items
     {
-        match api.delete(&o.name_any(), &DeleteParams::background()).await {
-            Ok(_) => {}
-            Err(kube::Error::Api(s)) if s.code == 404 => {}
-            Err(e) => return Err(Error::Kube(e)),
-        }
+        super::delete_if_present(&api, &o.name_any()).await?;
     }
     Ok(())
 }

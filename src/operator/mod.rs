@@ -224,7 +224,6 @@ pub fn context(
         reader_image: settings.reader_image.clone(),
         storage: settings.storage.clone(),
         swept: Default::default(),
-        commits: Default::default(),
         handed: Default::default(),
         jobs: Default::default(),
         point_stores: Default::default(),

@@ -44,7 +44,7 @@ pub async fn act(ctx: &Context, f: &Failover, actions: &[Action]) -> Result<(), 
                     .filter(|x| *x != super::FINALIZER)
                     .collect();
                 patch_failover(ctx, f, json!({"metadata": {"finalizers": rest}})).await?;
-                ctx.commits.forget(&commit_key(f));
+                ctx.jobs.forget(&commit_key(f));
             }
             Action::Create(m) => create_if_absent(client, m, FAILOVER_UID_LABEL, &uid).await?,
             Action::Delete(name) => delete_if_mine(client, name, FAILOVER_UID_LABEL, &uid).await?,
@@ -120,7 +120,7 @@ const COMMIT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(600);
 /// it runs. Idempotent: a commit interrupted halfway deletes what is left the next time.
 async fn start_commit(ctx: &Context, f: &Failover) {
     let key = commit_key(f);
-    if ctx.commits.state(&key) == Some(crate::controllers::jobs::State::Running) {
+    if ctx.jobs.get(&key).is_some_and(|j| j.is_running()) {
         return;
     }
     let namespace = f.namespace().unwrap_or_default();
@@ -145,10 +145,11 @@ async fn start_commit(ctx: &Context, f: &Failover) {
         ))),
     };
     let workload = format!("{namespace}/{}", rw.name_any());
-    ctx.commits.start(&key, async move {
+    ctx.jobs.start(&key, async move {
         let removed = tokio::time::timeout(COMMIT_TIMEOUT, store?.forget_workload(&workload)).await;
-        Ok(removed.unwrap_or(Err(StoreError::Timeout {
+        let removed = removed.unwrap_or(Err(StoreError::Timeout {
             seconds: COMMIT_TIMEOUT.as_secs(),
-        }))?)
+        }))?;
+        Ok(serde_json::Value::from(removed))
     });
 }

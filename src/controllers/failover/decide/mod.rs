@@ -371,7 +371,6 @@ fn restoring(i: &Inputs<'_>, world: &World) -> Decision {
             Some(event),
         );
         d.facts.push(Fact::Restore(Some(restore)));
-        d.busy = true;
         return d;
     }
     if !restore

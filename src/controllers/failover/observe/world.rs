@@ -20,9 +20,10 @@ use crate::api::work::{
 use crate::api::{Failover, ReplicatedWorkload};
 use crate::controllers::failover::decide::prepared_names;
 use crate::controllers::failover::manifests::{
-    ClaimShape, Place, SourceNamespace, labels, verification_job_name,
+    ClaimShape, Place, SourceNamespace, verification_job_name,
 };
 use crate::controllers::failover::phase::Phase;
+use crate::controllers::jobs::{JobKey, JobKind, State};
 use crate::controllers::objects::{Kind, ObjectName, claim_size, holder};
 use crate::controllers::{Context, Error};
 
@@ -93,7 +94,7 @@ pub async fn observe_world(
             if place.drill && f.spec.verification.is_some() {
                 world.job = verify_job(ctx, f, &place).await?;
             }
-            world.commit = ctx.commits.state(&commit_key(f));
+            world.commit = commit_state(ctx, f);
         }
     }
     world.workload = Some(rw);
@@ -125,8 +126,18 @@ async fn prepared(
 }
 
 /// The key of a Failover's commit job.
-pub fn commit_key(f: &Failover) -> String {
-    f.uid().unwrap_or_default()
+pub fn commit_key(f: &Failover) -> JobKey {
+    JobKey::new(f.uid().unwrap_or_default(), JobKind::ForgetWorkload)
+}
+
+/// Where the Failover's commit job stands: the points it removed, once done.
+fn commit_state(ctx: &Context, f: &Failover) -> Option<super::CommitJob> {
+    let job = ctx.jobs.get(&commit_key(f))?;
+    Some(match &job.state {
+        State::Running => State::Running,
+        State::Failed(m) => State::Failed(m.clone()),
+        State::Done(_) => State::Done(job.outcome::<usize>().unwrap_or_default()),
+    })
 }
 
 pub async fn source(
@@ -335,7 +346,7 @@ async fn verify_job(
         return Ok(None);
     };
     // Another's Job of that name is not this drill's verdict.
-    if job.labels().get(FAILOVER_UID_LABEL) != labels(f).get(FAILOVER_UID_LABEL) {
+    if job.labels().get(FAILOVER_UID_LABEL) != f.uid().as_ref() {
         return Ok(None);
     }
     let conditions = job.status.and_then(|s| s.conditions).unwrap_or_default();
