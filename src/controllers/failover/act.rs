@@ -8,10 +8,10 @@ use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::reflector::ObjectRef;
 use serde_json::json;
 
-use super::REPLICAS_ANNOTATION;
 use super::decide::Action;
 use super::manifests::Place;
 use super::observe::commit_key;
+use super::{HELD_BY_ANNOTATION, REPLICAS_ANNOTATION};
 use crate::api::work::{FAILOVER_UID_LABEL, POINT_REQUEST_ANNOTATION};
 use crate::api::{Failover, ReplicatedWorkload};
 use crate::controllers::objects::{
@@ -56,12 +56,17 @@ pub async fn act(ctx: &Context, f: &Failover, actions: &[Action]) -> Result<(), 
                 replicas,
                 note,
             } => {
+                // The hold names this Failover while the note is kept; both go together.
+                let held_by = note.map(|_| f.name_any());
                 kind.api(client, Some(&namespace))
                     .patch(
                         name,
                         &PatchParams::default(),
                         &Patch::Merge(json!({
-                            "metadata": {"annotations": {REPLICAS_ANNOTATION: note.map(|n| n.to_string())}},
+                            "metadata": {"annotations": {
+                                REPLICAS_ANNOTATION: note.map(|n| n.to_string()),
+                                HELD_BY_ANNOTATION: held_by,
+                            }},
                             "spec": {"replicas": replicas},
                         })),
                     )

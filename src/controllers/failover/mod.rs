@@ -39,6 +39,11 @@ pub const FINALIZER: &str = "siterecovery.io/failover";
 /// same patch that scales it, so the count survives a lost status write.
 pub const REPLICAS_ANNOTATION: &str = "siterecovery.io/replicas-before-failover";
 
+/// The Failover that holds the source workload at zero replicas, written and removed together
+/// with [`REPLICAS_ANNOTATION`]: the chart's admission policy refuses to scale a workload that
+/// carries it up (unless the operator asks), and names this Failover in the refusal.
+pub const HELD_BY_ANNOTATION: &str = "siterecovery.io/held-by-failover";
+
 pub async fn reconcile(f: &Failover, ctx: Arc<Context>) -> Result<Action, Error> {
     let phase = phase::phase(f);
     if phase == Phase::Deleting {
