@@ -175,3 +175,128 @@ async fn watcher_follows_changes_and_recovers_from_410() {
             .unwrap();
     assert_eq!(names.len(), 2);
 }
+
+/// A ValidatingAdmissionPolicy denies as the API server's plugin does: the message from
+/// messageExpression (falling back to message, then to the expression), the reason and its code
+/// (Invalid, 422, when none is set), the message again as the one cause; a subresource is
+/// matched only when named; a false match condition skips the policy even when another fails;
+/// an expression that cannot be evaluated denies under failurePolicy Fail.
+#[tokio::test]
+async fn admission_policies_deny_as_the_api_server_does() {
+    use k8s_openapi::api::apps::v1::StatefulSet;
+    let rig = Rig::start().await;
+    rig.apply_document(json!({
+        "apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicy",
+        "metadata": {"name": "guard"},
+        "spec": {
+            "failurePolicy": "Fail",
+            "matchConstraints": {"resourceRules": [{"apiGroups": ["apps"], "apiVersions": ["v1"],
+                "operations": ["UPDATE"], "resources": ["statefulsets"]}]},
+            "matchConditions": [
+                // Fails to evaluate where the next one is false.
+                {"name": "broken-where-unguarded", "expression": "oldObject.metadata.labels['guarded'] != 'no' || oldObject.metadata.nothing"},
+                {"name": "guarded", "expression": "has(oldObject.metadata.labels) && 'guarded' in oldObject.metadata.labels && oldObject.metadata.labels['guarded'] != 'no'"},
+            ],
+            "validations": [
+                {"expression": "!has(object.metadata.labels.error) || object.spec.nothing == 1"},
+                {"expression": "object.spec.replicas <= 1",
+                    "messageExpression": "request.kind.kind + ' ' + request.name + ' may not have ' + string(object.spec.replicas) + ' replicas'"},
+                {"expression": "!('two' in object.metadata.labels)", "messageExpression": "'two\\nlines'",
+                    "message": "no label two", "reason": "Forbidden"},
+                {"expression": "!('bare' in object.metadata.labels)"},
+            ],
+        },
+    }))
+    .await;
+    rig.apply_document(json!({
+        "apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicyBinding",
+        "metadata": {"name": "guard-all"},
+        "spec": {"policyName": "guard", "validationActions": ["Deny"]},
+    }))
+    .await;
+    let set = |name: &str, labels: serde_json::Value| {
+        json!({
+            "apiVersion": "apps/v1", "kind": "StatefulSet",
+            "metadata": {"name": name, "namespace": "default", "labels": labels},
+            "spec": {"replicas": 1, "serviceName": name, "selector": {"matchLabels": {"app": name}},
+                "template": {"metadata": {"labels": {"app": name}},
+                    "spec": {"containers": [{"name": "c", "image": "busybox"}]}}},
+        })
+    };
+    rig.create(set("db", json!({"guarded": "yes"}))).await;
+    rig.create(set("free", json!({}))).await;
+    let sets: Api<StatefulSet> = Api::namespaced(rig.client(), "default");
+    let patch = |name: &'static str, p: serde_json::Value| {
+        let sets = sets.clone();
+        async move {
+            match sets
+                .patch(name, &PatchParams::default(), &Patch::Merge(p))
+                .await
+            {
+                Ok(_) => None,
+                Err(kube::Error::Api(s)) => Some(s),
+                Err(e) => panic!("{e}"),
+            }
+        }
+    };
+    let prefix = "statefulsets.apps \"db\" is forbidden: ValidatingAdmissionPolicy 'guard' with binding 'guard-all' denied request: ";
+    let s = patch("db", json!({"spec": {"replicas": 3}})).await.unwrap();
+    assert_eq!((s.code, s.reason.as_str()), (422, "Invalid"));
+    assert_eq!(
+        s.message,
+        format!("{prefix}StatefulSet db may not have 3 replicas")
+    );
+    let details = s.details.unwrap();
+    assert_eq!(
+        details.causes[0].message,
+        s.message.split_once("is forbidden: ").unwrap().1
+    );
+    assert_eq!(
+        (details.name.as_str(), details.kind.as_str()),
+        ("db", "statefulsets")
+    );
+    // A multi-line messageExpression falls back to the message; the reason sets the code.
+    let s = patch("db", json!({"metadata": {"labels": {"two": "x"}}}))
+        .await
+        .unwrap();
+    assert_eq!((s.code, s.reason.as_str()), (403, "Forbidden"));
+    assert_eq!(s.message, format!("{prefix}no label two"));
+    let s = patch("db", json!({"metadata": {"labels": {"bare": "x"}}}))
+        .await
+        .unwrap();
+    assert_eq!(
+        s.message,
+        format!("{prefix}failed expression: !('bare' in object.metadata.labels)")
+    );
+    // An evaluation error denies (failurePolicy Fail), with the policy named.
+    let s = patch("db", json!({"metadata": {"labels": {"error": "x"}}}))
+        .await
+        .unwrap();
+    assert_eq!((s.code, s.reason.as_str()), (422, "Invalid"));
+    assert!(s.message.starts_with(prefix), "{}", s.message);
+    // The status subresource is not the resource; an object without the label is not matched,
+    // and neither is one whose false condition comes before a failing one.
+    rig.patch_status(
+        "apps/v1",
+        "StatefulSet",
+        Some("default"),
+        "db",
+        json!({"status": {"replicas": 5}}),
+    )
+    .await;
+    assert!(
+        patch("free", json!({"spec": {"replicas": 3}}))
+            .await
+            .is_none()
+    );
+    assert!(
+        patch("db", json!({"metadata": {"labels": {"guarded": "no"}}}))
+            .await
+            .is_none()
+    );
+    assert!(
+        patch("db", json!({"spec": {"replicas": 3}}))
+            .await
+            .is_none()
+    );
+}

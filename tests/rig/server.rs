@@ -824,10 +824,16 @@ impl State {
 
     /// Applies CRD defaults and validates; returns the Status to send on failure.
     /// Schema, CEL and built-in checks, then the admission policies that apply to the sender.
-    fn admit(&self, r: &ResourceType, obj: &mut Value, old: Option<&Value>) -> Result<(), Reply> {
+    fn admit(
+        &self,
+        r: &ResourceType,
+        sub: Option<&str>,
+        obj: &mut Value,
+        old: Option<&Value>,
+    ) -> Result<(), Reply> {
         self.admit_schema(r, obj, old)?;
         match &self.current_user {
-            Some(who) => super::policy::admit(self, who, r, obj, old),
+            Some(who) => super::policy::admit(self, who, r, sub, obj, old),
             None => Ok(()),
         }
     }
@@ -935,7 +941,7 @@ impl State {
         {
             m.remove("status");
         }
-        if let Err(reply) = self.admit(r, &mut obj, None) {
+        if let Err(reply) = self.admit(r, None, &mut obj, None) {
             return reply;
         }
         obj["apiVersion"] = json!(r.api_version());
@@ -1151,7 +1157,7 @@ impl State {
         manager: &str,
     ) -> Reply {
         let r = &t.resource;
-        if let Err(reply) = self.admit(r, &mut new, Some(&old)) {
+        if let Err(reply) = self.admit(r, sub, &mut new, Some(&old)) {
             return reply;
         }
         let scope = scope_of(r, sub);
@@ -1253,7 +1259,7 @@ impl State {
                         reply
                     }
                     Some(old) => {
-                        if let Err(reply) = self.admit(r, &mut new, Some(&old)) {
+                        if let Err(reply) = self.admit(r, sub, &mut new, Some(&old)) {
                             return reply;
                         }
                         self.commit(tx, t, old, new)
