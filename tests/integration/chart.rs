@@ -185,3 +185,61 @@ fn operator_and_agent_get_the_same_storage_rules() {
         );
     }
 }
+
+#[test]
+fn the_failover_source_hold_follows_failover_hold_source() {
+    let named = |docs: &[Value], kind: &str| {
+        kinds(docs, kind)
+            .into_iter()
+            .filter(|d| d["metadata"]["name"] == "sr-site-recovery-hold-failover-source")
+            .collect::<Vec<_>>()
+    };
+    let on = render(&[]);
+    let policy = &named(&on, "ValidatingAdmissionPolicy")[0];
+    let rule = &policy["spec"]["matchConstraints"]["resourceRules"][0];
+    assert_eq!(rule["operations"], serde_json::json!(["UPDATE"]));
+    assert_eq!(
+        rule["resources"],
+        serde_json::json!(["statefulsets", "deployments"])
+    );
+    let conditions = policy["spec"]["matchConditions"].to_string();
+    assert!(
+        conditions.contains("siterecovery.io/held-by-failover")
+            && conditions
+                .contains("system:serviceaccount:site-recovery-system:sr-site-recovery-operator"),
+        "{conditions}"
+    );
+    let validation = &policy["spec"]["validations"][0];
+    assert_eq!(validation["reason"], "Forbidden");
+    assert!(
+        validation["messageExpression"]
+            .as_str()
+            .unwrap()
+            .contains("oldObject.metadata.annotations['siterecovery.io/held-by-failover']")
+    );
+    let binding = &named(&on, "ValidatingAdmissionPolicyBinding")[0];
+    assert_eq!(
+        binding["spec"]["policyName"],
+        "sr-site-recovery-hold-failover-source"
+    );
+    assert_eq!(
+        binding["spec"]["validationActions"],
+        serde_json::json!(["Deny"])
+    );
+    assert!(
+        binding["spec"]["matchResources"].is_null(),
+        "every namespace"
+    );
+    let off = render(&["--set", "failover.holdSource=false"]);
+    assert!(named(&off, "ValidatingAdmissionPolicy").is_empty());
+    assert!(named(&off, "ValidatingAdmissionPolicyBinding").is_empty());
+    assert_eq!(
+        kinds(&off, "ValidatingAdmissionPolicy").len(),
+        1,
+        "the agents' own-lease policy stays"
+    );
+    // And the other way round.
+    let lease_off = render(&["--set", "agent.ownLeaseOnly=false"]);
+    assert_eq!(named(&lease_off, "ValidatingAdmissionPolicy").len(), 1);
+    assert_eq!(kinds(&lease_off, "ValidatingAdmissionPolicy").len(), 1);
+}

@@ -17,4 +17,5 @@ mod replication;
 mod repository;
 mod rig_api;
 mod scenario;
+mod source_hold;
 mod transcripts;
