@@ -8,6 +8,7 @@ pub mod confined;
 pub mod crypto;
 pub mod format;
 pub mod lock;
+pub mod origin;
 pub mod parts;
 pub mod prune;
 pub mod replicate;
