@@ -29,6 +29,8 @@ pub mod limits {
     pub const CHUNK: u32 = 16 << 20;
     /// A workload's definition carried in a point's origin.
     pub const DEFINITION: usize = 1 << 20;
+    /// A sealed fence record.
+    pub const FENCE: u64 = 4 << 10;
 }
 /// zstd level of chunks: see docs/repository-format.md for the measurements.
 pub const COMPRESSION_LEVEL: i32 = 1;

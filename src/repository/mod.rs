@@ -6,6 +6,7 @@
 pub mod chunker;
 pub mod confined;
 pub mod crypto;
+pub mod fence;
 pub mod format;
 pub mod lock;
 pub mod origin;

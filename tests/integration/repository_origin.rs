@@ -1,12 +1,13 @@
 //! The repository's side of a region failover: points carry their origin (the protecting
 //! cluster and the workload's definition) from assembly to the target, a repository lists the
-//! workloads it holds points of.
+//! workloads it holds points of, and fences survive everything that deletes.
 
 use std::path::Path;
 use std::time::Duration;
 
 use site_recovery::repository::format::{Origin, limits};
 use site_recovery::repository::parts::PartOf;
+use site_recovery::repository::prune::{PruneOptions, forget_workload, prune};
 use site_recovery::repository::replicate::replicate;
 use site_recovery::repository::snapshot::{Source, snapshot};
 use site_recovery::repository::verify::verify;
@@ -215,4 +216,58 @@ async fn a_repository_lists_every_workload_with_its_latest_point_and_protector()
         listed[0].latest_time,
         repo.manifest(&ids[2]).await.unwrap().time
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fences_survive_prune_forget_verify_and_replication() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut cache = Repository::init(fs_location(&tmp.path().join("cache")), KEY)
+        .await
+        .unwrap();
+    let (point, names) = parts(&mut cache, tmp.path(), "apps/db", &["data"]).await;
+    cache
+        .assemble(&point, &names, Some(&origin("east", "apps", "db")))
+        .await
+        .unwrap();
+    let now = jiff::Timestamp::now();
+    let fence = cache
+        .write_fence("apps/db", "west-0000-uid", "west", "failover-1", now)
+        .await
+        .unwrap();
+    assert_eq!(fence.epoch, 1);
+
+    let target_location = fs_location(&tmp.path().join("target"));
+    cache.init_replica(target_location.clone()).await.unwrap();
+    let mut target = Repository::open(target_location, KEY).await.unwrap();
+    target
+        .write_fence("apps/db", "west-0000-uid", "west", "failover-1", now)
+        .await
+        .unwrap();
+    replicate(&cache, &mut target, std::slice::from_ref(&point))
+        .await
+        .unwrap();
+
+    let report = verify(&cache, true).await.unwrap();
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
+    assert_eq!(report.fences, 1);
+
+    forget_workload(&mut target, "apps/db").await.unwrap();
+    forget_workload(&mut cache, "apps/db").await.unwrap();
+    let everything = PruneOptions {
+        keep_within: Duration::ZERO,
+        keep_last: 0,
+        dry_run: false,
+        workload: None,
+    };
+    for repo in [&mut cache, &mut target] {
+        let report = prune(repo, &everything).await.unwrap();
+        assert_eq!(report.gc_skipped, None);
+        assert!(repo.point_ids().await.unwrap().is_empty());
+        assert_eq!(
+            repo.latest_fence("apps/db").await.unwrap().as_ref(),
+            Some(&fence),
+            "fences stay"
+        );
+        assert_eq!(verify(repo, false).await.unwrap().fences, 1);
+    }
 }
