@@ -365,13 +365,13 @@ mod tests {
         let key = JobKey::new("ns/db", JobKind::FinishPoint);
         let s = store.clone();
         jobs.start_tagged(key.clone(), "p1", t(0), async move {
-            let done = s.finish_point("p1", &["n1".to_string()]).await?;
+            let done = s.finish_point("p1", &["n1".to_string()], None).await?;
             serde_json::to_value(done).map_err(|e| e.to_string())
         });
         let finished: Finished = settled(&jobs, &key).await.outcome().unwrap();
         assert_eq!(finished.replicated, Ok(100));
         // Idempotent: finishing again copies nothing more.
-        let again = store.finish_point("p1", &[]).await.unwrap();
+        let again = store.finish_point("p1", &[], None).await.unwrap();
         assert_eq!(again.replicated, Ok(0));
         let listed = store.target_points("ns/db").await.unwrap();
         assert_eq!(listed.len(), 1);

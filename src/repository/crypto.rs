@@ -23,6 +23,8 @@ pub enum Kind {
     Index = b'i',
     Manifest = b'm',
     MasterKey = b'k',
+    /// A fence record (`fences/…`), bound to its workload and epoch.
+    Fence = b'f',
 }
 
 #[derive(Debug, thiserror::Error)]

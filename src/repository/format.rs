@@ -27,6 +27,10 @@ pub mod limits {
     pub const INDEX: u64 = 256 << 20;
     /// A chunk's plaintext: the largest block or content-defined chunk a config may ask for.
     pub const CHUNK: u32 = 16 << 20;
+    /// A workload's definition carried in a point's origin.
+    pub const DEFINITION: usize = 1 << 20;
+    /// A sealed fence record.
+    pub const FENCE: u64 = 4 << 10;
 }
 /// zstd level of chunks: see docs/repository-format.md for the measurements.
 pub const COMPRESSION_LEVEL: i32 = 1;
@@ -539,6 +543,26 @@ pub struct Manifest {
     pub parent: Option<String>,
     pub volumes: Vec<VolumeManifest>,
     pub stats: Stats,
+    /// Who protected the workload, and its definition, so that a standby cluster can fail it
+    /// over from the target location alone. `None` in parts and in points written before
+    /// origins existed. Must stay the last field: see [`super::origin::decode_manifest_bytes`].
+    pub origin: Option<Origin>,
+}
+
+/// Where a point comes from: the protecting cluster and the workload as it was defined there.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct Origin {
+    /// The protecting cluster: the uid of its kube-system namespace, and a human name.
+    pub cluster_uid: String,
+    pub cluster_name: String,
+    /// "StatefulSet" or "Deployment" (later "VirtualMachine"): kept as a string, checked by the
+    /// caller.
+    pub kind: String,
+    pub namespace: String,
+    pub name: String,
+    /// The workload's definition as JSON (opaque to the repository): at most
+    /// [`limits::DEFINITION`] bytes, a JSON object.
+    pub definition: Vec<u8>,
 }
 
 impl Manifest {
@@ -595,7 +619,7 @@ impl<W: std::io::Write> std::io::Write for Counting<W> {
 /// Decodes and checks a manifest after decryption (a fuzz target's entry point).
 pub fn decode_manifest_plaintext(plain: &[u8]) -> Result<Manifest, String> {
     let raw = decompress_sized(plain, limits::MANIFEST as usize)?;
-    let m: Manifest = postcard::from_bytes(&raw).map_err(|e| format!("manifest: {e}"))?;
+    let m = super::origin::decode_manifest_bytes(&raw)?;
     super::tree::check_manifest(&m)?;
     Ok(m)
 }

@@ -6,8 +6,10 @@
 pub mod chunker;
 pub mod confined;
 pub mod crypto;
+pub mod fence;
 pub mod format;
 pub mod lock;
+pub mod origin;
 pub mod parts;
 pub mod prune;
 pub mod replicate;

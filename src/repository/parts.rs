@@ -8,7 +8,8 @@
 
 use bytes::Bytes;
 
-use super::format::{self, Consistency, Manifest, Stats};
+use super::format::{self, Consistency, Manifest, Origin, Stats};
+use super::origin::check_origin;
 use super::{RepoError, Repository};
 use crate::storage::{StorageError, layout};
 
@@ -92,9 +93,19 @@ impl Repository {
         Ok(out)
     }
 
-    /// Merges the parts `names` of `point` into its manifest and removes the parts. A point
-    /// already assembled is returned as it is. Fails, writing nothing, when a part is missing.
-    pub async fn assemble(&self, point: &str, names: &[String]) -> Result<Manifest, RepoError> {
+    /// Merges the parts `names` of `point` into its manifest, with `origin` (who protects the
+    /// workload, and its definition: parts carry none), and removes the parts. A point already
+    /// assembled is returned as it is. Fails, writing nothing, when a part is missing or the
+    /// origin is not valid.
+    pub async fn assemble(
+        &self,
+        point: &str,
+        names: &[String],
+        origin: Option<&Origin>,
+    ) -> Result<Manifest, RepoError> {
+        if let Some(o) = origin {
+            check_origin(o).map_err(|e| RepoError::Invalid(format!("point {point}: {e}")))?;
+        }
         match self.manifest(point).await {
             Ok(m) => {
                 self.discard_parts(point).await?;
@@ -128,6 +139,7 @@ impl Repository {
             parent: first.parent.clone(),
             volumes: Vec::new(),
             stats: Stats::default(),
+            origin: origin.cloned(),
         };
         for p in parts {
             merged.volumes.extend(p.volumes);

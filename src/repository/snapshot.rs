@@ -283,6 +283,8 @@ async fn snapshot_locked(
         parent: parent.map(|p| p.id),
         volumes: manifests,
         stats,
+        // Agents write parts and points without an origin: the operator gives it at assembly.
+        origin: None,
     };
     // A garbage collection may have judged a lock that could not be refreshed stale.
     lock.ensure_held()?;

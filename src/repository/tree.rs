@@ -16,6 +16,9 @@ const XATTR_VALUE_MAX: usize = 64 << 10;
 
 /// Checks everything a restore relies on; the error names the volume and the node.
 pub fn check_manifest(m: &Manifest) -> Result<(), String> {
+    if let Some(origin) = &m.origin {
+        super::origin::check_origin(origin)?;
+    }
     let mut names = HashSet::new();
     for v in &m.volumes {
         if v.name.is_empty() || v.name.len() > 253 || !names.insert(v.name.as_str()) {
@@ -179,6 +182,7 @@ mod tests {
                 content: VolumeContent::Tree(nodes),
             }],
             stats: Stats::default(),
+            origin: None,
         }
     }
 

@@ -1,6 +1,6 @@
 //! Checking a repository: every chunk a point references is indexed and its pack exists; with
 //! `read_data`, every pack is read, its header must match the index and every chunk must open
-//! and hash to its id. Problems name the object.
+//! and hash to its id. Every fence record must open. Problems name the object.
 
 use std::collections::HashMap;
 
@@ -15,6 +15,8 @@ pub struct VerifyReport {
     pub points: u64,
     pub packs: u64,
     pub chunks_checked: u64,
+    /// Fence records that opened (`fences/`); the others are problems.
+    pub fences: u64,
     pub problems: Vec<String>,
 }
 
@@ -49,6 +51,9 @@ pub async fn verify(repo: &Repository, read_data: bool) -> Result<VerifyReport, 
             }
         }
     }
+    let (fences, problems) = repo.check_fences().await?;
+    report.fences = fences;
+    report.problems.extend(problems);
     if read_data {
         let results: Vec<(u64, Vec<String>)> = futures::stream::iter(stored.keys().copied())
             .map(|pack| async move { check_pack(repo, pack).await })

@@ -53,6 +53,7 @@ async fn plant(repo: &Repository, nodes: Vec<Node>) -> String {
             content: VolumeContent::Tree(all),
         }],
         stats: Stats::default(),
+        origin: None,
     };
     repo.location
         .put(

@@ -15,6 +15,7 @@ mod operator;
 mod rbac;
 mod replication;
 mod repository;
+mod repository_origin;
 mod rig_api;
 mod scenario;
 mod source_hold;

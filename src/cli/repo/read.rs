@@ -86,7 +86,7 @@ pub(super) async fn verify(
 /// Fails (exit code 1) when any problem was found.
 fn verify_report(report: &VerifyReport) -> Report {
     Report {
-        json: serde_json::json!({"points": report.points, "packs": report.packs, "chunksChecked": report.chunks_checked, "problems": report.problems}),
+        json: serde_json::json!({"points": report.points, "packs": report.packs, "chunksChecked": report.chunks_checked, "fences": report.fences, "problems": report.problems}),
         text: if report.problems.is_empty() {
             format!(
                 "ok: {} points, {} packs, {} chunks read",

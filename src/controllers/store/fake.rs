@@ -154,6 +154,7 @@ impl PointStore for FakeStore {
         &'a self,
         point: &'a str,
         _parts: &'a [String],
+        _origin: Option<&'a super::Origin>,
     ) -> BoxFuture<'a, Result<Finished, StoreError>> {
         let mut s = self.lock();
         s.calls.push(format!("finish {point}"));

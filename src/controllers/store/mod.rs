@@ -16,7 +16,7 @@ use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
 use crate::api::workload::PointRef;
-pub use crate::repository::format::Consistency;
+pub use crate::repository::format::{Consistency, Origin};
 
 pub use self::cache::VaultStores;
 
@@ -84,12 +84,14 @@ pub trait PointStore: Send + Sync {
     /// refuses foreign ones and ones the key does not open.
     fn ensure(&self) -> BoxFuture<'_, Result<(), StoreError>>;
 
-    /// Assembles `point` from its `parts` (node names) in the cache, discards the parts of
-    /// abandoned points of its workload, and copies what the target lacks of the workload.
+    /// Assembles `point` from its `parts` (node names) in the cache, with `origin` (the
+    /// protecting cluster and the workload's definition), discards the parts of abandoned
+    /// points of its workload, and copies what the target lacks of the workload.
     fn finish_point<'a>(
         &'a self,
         point: &'a str,
         parts: &'a [String],
+        origin: Option<&'a Origin>,
     ) -> BoxFuture<'a, Result<Finished, StoreError>>;
 
     /// Copies the points of `workload` (`namespace/name`) the target lacks; bytes copied.

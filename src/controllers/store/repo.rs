@@ -12,7 +12,7 @@ use prometheus_client::metrics::family::Family;
 use tokio::sync::{Mutex, MutexGuard};
 
 use super::summaries::Summaries;
-use super::{Finished, PointStore, Pruned, Retention, StoreError, TargetPoints};
+use super::{Finished, Origin, PointStore, Pruned, Retention, StoreError, TargetPoints};
 use crate::api::workload::PointRef;
 use crate::metrics::LocationLabels;
 use crate::repository::prune::{PruneOptions, forget_workload, prune};
@@ -133,12 +133,17 @@ impl RepoStore {
         drop_on_error(&mut target, result).map_err(target_error)
     }
 
-    async fn finish(&self, point: &str, parts: &[String]) -> Result<Finished, StoreError> {
+    async fn finish(
+        &self,
+        point: &str,
+        parts: &[String],
+        origin: Option<&Origin>,
+    ) -> Result<Finished, StoreError> {
         let mut cache = self.cache(false).await.map_err(cache_error)?;
         let Some(repo) = cache.as_mut() else {
             return Err(StoreError::Cache("not open".into()));
         };
-        let manifest = match repo.assemble(point, parts).await {
+        let manifest = match repo.assemble(point, parts, origin).await {
             Ok(m) => m,
             Err(e) => {
                 *cache = None;
@@ -276,8 +281,9 @@ impl PointStore for RepoStore {
         &'a self,
         point: &'a str,
         parts: &'a [String],
+        origin: Option<&'a Origin>,
     ) -> BoxFuture<'a, Result<Finished, StoreError>> {
-        self.finish(point, parts).boxed()
+        self.finish(point, parts, origin).boxed()
     }
 
     fn catch_up<'a>(&'a self, workload: &'a str) -> BoxFuture<'a, Result<u64, StoreError>> {

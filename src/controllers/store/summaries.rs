@@ -1,4 +1,5 @@
-//! What the controllers need of each point's manifest (workload, time, consistency, volumes),
+//! What the controllers need of each point's manifest (workload, time, consistency, volumes,
+//! who protected it),
 //! decrypted once per point id: a manifest is written once and never changed, so only the ids
 //! a listing shows for the first time are read.
 
@@ -6,6 +7,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 
 use super::Consistency;
+use crate::repository::origin::OriginSummary;
 use crate::repository::{RepoError, Repository};
 
 #[derive(Clone, Debug, PartialEq)]
@@ -16,6 +18,9 @@ pub struct Summary {
     pub time: String,
     pub consistency: Consistency,
     pub volumes: Vec<String>,
+    /// Who protected the workload (cluster uid and name, kind); `None` for points without an
+    /// origin. The definition is not kept.
+    pub origin: Option<OriginSummary>,
 }
 
 /// Summaries of the points of one location.
@@ -44,6 +49,7 @@ impl Summaries {
                 time: m.time,
                 consistency: m.consistency,
                 volumes: m.volumes.into_iter().map(|v| v.name).collect(),
+                origin: m.origin.as_ref().map(OriginSummary::from),
             });
         }
         let mut known = self.lock();

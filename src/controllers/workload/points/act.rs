@@ -145,7 +145,7 @@ fn start_job(ctx: &Arc<Context>, target: &Target<'_>, tag: &str, spec: JobSpec, 
         let store = store(&ctx2, &rw).await?;
         let done = match spec {
             JobSpec::Finish { point, parts } => {
-                serde_json::to_value(store.finish_point(&point, &parts).await?)
+                serde_json::to_value(store.finish_point(&point, &parts, None).await?)
             }
             JobSpec::CatchUp => serde_json::to_value(store.catch_up(&workload).await?),
             JobSpec::Prune(retention) => {
