@@ -111,6 +111,10 @@ struct OperatorArgs {
     /// Address of /healthz, /readyz and /metrics.
     #[arg(long, default_value = "0.0.0.0:8080", env = "SITE_RECOVERY_HTTP_ADDR")]
     http_addr: SocketAddr,
+    /// This cluster's name in recovery points and fences, as a standby cluster lists them
+    /// [default: the uid of the kube-system namespace].
+    #[arg(long, env = "SITE_RECOVERY_CLUSTER_NAME")]
+    cluster_name: Option<String>,
     #[command(flatten)]
     storage: StorageFlags,
 }
@@ -217,6 +221,7 @@ async fn run_operator(args: OperatorArgs) -> anyhow::Result<()> {
     settings.lease_name = args.lease_name;
     settings.http_addr = Some(args.http_addr);
     settings.storage = args.storage.rules();
+    settings.cluster_name = args.cluster_name;
     let (stop, shutdown) = Shutdown::new();
     tokio::spawn(async move {
         wait_for_signal().await;

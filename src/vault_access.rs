@@ -317,12 +317,24 @@ impl VaultAccess {
         })
     }
 
-    /// Opens the cache repository, creating it (and the target as its replica) on first use. A
-    /// location holding a foreign repository, or one the key does not open, is refused as it is.
+    /// Opens the cache repository, creating it on first use: as a replica of the target's when
+    /// the target holds one (a standby cluster's vault), else new (and the target then becomes
+    /// its replica). A location holding a foreign repository, or one the key does not open, is
+    /// refused as it is.
     pub async fn open_cache(&self) -> Result<Repository, RepoError> {
         match Repository::open(self.cache.clone(), &self.key).await {
             Ok(repo) => Ok(repo),
             Err(RepoError::NotARepository { .. }) => {
+                // A standby cluster's new cache (or a re-protection's) joins the repository the
+                // target already holds, so that points written here replicate there.
+                match Repository::open(self.target.clone(), &self.key).await {
+                    Ok(target) => {
+                        target.init_replica(self.cache.clone()).await?;
+                        return Repository::open(self.cache.clone(), &self.key).await;
+                    }
+                    Err(RepoError::NotARepository { .. }) => {}
+                    Err(e) => return Err(e),
+                }
                 match Repository::init(self.cache.clone(), &self.key).await {
                     Ok(repo) => Ok(repo),
                     // Another process created it first.

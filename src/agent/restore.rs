@@ -172,14 +172,22 @@ async fn restore_all(
     local: &Local,
 ) -> Result<(), WorkError> {
     let namespace = f.namespace().unwrap_or_default();
-    let rw = Api::<ReplicatedWorkload>::namespaced(client.clone(), &namespace)
-        .get(&f.spec.workload_name)
-        .await
-        .map_err(WorkError::api(format!(
-            "reading ReplicatedWorkload {}",
-            f.spec.workload_name
-        )))?;
-    let vault_name = &rw.spec.vault_name;
+    // A failover from a vault (a region failover) names it; otherwise the workload does.
+    let vault_name = match &f.spec.vault_name {
+        Some(v) => v.clone(),
+        None => {
+            Api::<ReplicatedWorkload>::namespaced(client.clone(), &namespace)
+                .get(&f.spec.workload_name)
+                .await
+                .map_err(WorkError::api(format!(
+                    "reading ReplicatedWorkload {}",
+                    f.spec.workload_name
+                )))?
+                .spec
+                .vault_name
+        }
+    };
+    let vault_name = &vault_name;
     let vault = Api::<RecoveryVault>::namespaced(client.clone(), &namespace)
         .get(vault_name)
         .await

@@ -33,13 +33,32 @@ use super::conditions::{Condition, conditions_schema};
     validation = kube::core::Rule::new("!oldSelf.commit || (has(self.recoveryPoint) == has(oldSelf.recoveryPoint) && (!has(self.recoveryPoint) || self.recoveryPoint == oldSelf.recoveryPoint))").message("spec.recoveryPoint cannot change once spec.commit is true"),
     validation = kube::core::Rule::new("self.mode != 'Test' || !self.commit").message("spec.commit cannot be true when spec.mode is Test: a drill is never committed"),
     validation = kube::core::Rule::new("self.mode == 'Test' || (!has(self.testNamespace) && !has(self.verification))").message("spec.testNamespace and spec.verification apply to mode Test only"),
-    validation = kube::core::Rule::new("self.mode != 'Planned' || !has(self.recoveryPoint) || (has(self.recoveryPoint.latest) && self.recoveryPoint.latest)").message("spec.recoveryPoint does not apply to mode Planned: its point is the final one, taken after the source stops")
+    validation = kube::core::Rule::new("self.mode != 'Planned' || !has(self.recoveryPoint) || (has(self.recoveryPoint.latest) && self.recoveryPoint.latest)").message("spec.recoveryPoint does not apply to mode Planned: its point is the final one, taken after the source stops"),
+    validation = kube::core::Rule::new("!has(self.vaultName) || self.mode != 'Planned'").message("spec.mode Planned stops the source, which needs the cluster that protects the workload: a failover from spec.vaultName alone is Unplanned or Test"),
+    validation = kube::core::Rule::new("has(self.vaultName) || !has(self.existingObjects)").message("spec.existingObjects applies only with spec.vaultName"),
+    validation = kube::core::Rule::new("has(oldSelf.vaultName) == has(self.vaultName) && (!has(self.vaultName) || self.vaultName == oldSelf.vaultName)").message("spec.vaultName is immutable")
 )]
 pub struct FailoverSpec {
-    /// Name of the ReplicatedWorkload, in this namespace, to fail over.
+    /// Name of the ReplicatedWorkload, in this namespace, to fail over (with `vaultName`: of the
+    /// workload, as the vault's status lists it).
     #[schemars(length(min = 1, max = 253))]
     #[x_kube(validation = kube::core::Rule::new("self == oldSelf").message("spec.workloadName is immutable"))]
     pub workload_name: String,
+    /// A region failover, in a cluster that did not protect the workload: the RecoveryVault, in
+    /// this namespace, whose target location holds the workload's points (its status lists
+    /// them under `discovered`). `workloadName` then names the workload as found there, and the
+    /// workload comes back under its own names in this namespace. No ReplicatedWorkload is
+    /// needed, nor the protecting cluster.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub vault_name: Option<String>,
+    /// With `vaultName`: what to do with an object of the workload's (its StatefulSet or
+    /// Deployment, a Service, ConfigMap, Secret or ServiceAccount it uses) that already exists
+    /// here, e.g. deployed by GitOps: `Use` it as it is (the default; a workload found at zero
+    /// replicas is scaled up), or `Refuse` to go on while one exists. A claim that exists is
+    /// never written into.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub existing_objects: Option<ExistingObjects>,
     /// The recovery point to fail over to; the latest when omitted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub recovery_point: Option<PointSelector>,
@@ -68,6 +87,14 @@ pub struct FailoverSpec {
     /// through its Service, say); the drill is `Verified` when the Job succeeds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub verification: Option<Verification>,
+}
+
+/// What a failover from a vault does with objects that already exist.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
+pub enum ExistingObjects {
+    #[default]
+    Use,
+    Refuse,
 }
 
 /// A check of the drill's copy, run as a Job next to it.
@@ -155,6 +182,30 @@ pub struct FailoverStatus {
     /// The workload running in the target zone.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target_workload: Option<String>,
+    /// A failover from `spec.vaultName`: the workload as its point describes it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub found: Option<FoundWorkload>,
+}
+
+/// A workload found in a vault's target location, as its recovery point describes it.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct FoundWorkload {
+    /// StatefulSet or Deployment, and its name.
+    pub kind: String,
+    pub name: String,
+    /// The cluster that protected it: its name, and the uid of its kube-system namespace.
+    #[serde(default)]
+    pub cluster: String,
+    #[serde(default)]
+    pub cluster_uid: String,
+    /// The workload existed here and was used (scaled from zero), not created.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub existed: bool,
+    /// The objects restored beside it (`Kind/name`); a rollback deletes those this Failover made.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 512))]
+    pub objects: Vec<String>,
 }
 
 /// Volumes of the point restored into new claims in the target zone, through writer pods that
@@ -241,6 +292,9 @@ pub enum Milestone {
     FailedOver,
     /// Phase two: the workload's points are deleted in cache and target.
     Committed,
+    /// From a vault: the fence that keeps the protecting cluster from writing points is in the
+    /// target location.
+    Fenced,
     Other(String),
 }
 
@@ -259,6 +313,7 @@ impl Milestone {
         Milestone::VerificationFailed,
         Milestone::FailedOver,
         Milestone::Committed,
+        Milestone::Fenced,
     ];
 
     pub fn as_str(&self) -> &str {
@@ -276,6 +331,7 @@ impl Milestone {
             Milestone::VerificationFailed => "VerificationFailed",
             Milestone::FailedOver => "FailedOver",
             Milestone::Committed => "Committed",
+            Milestone::Fenced => "Fenced",
             Milestone::Other(s) => s,
         }
     }

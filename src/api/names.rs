@@ -28,6 +28,26 @@ pub fn label_value_problem(field: &str, value: &str, label: &str) -> Option<Stri
     }
 }
 
+/// Why `name` cannot be an object name (a DNS-1123 subdomain: at most 253 lower-case letters,
+/// digits, '-' and '.', starting and ending with a letter or digit); `None` when it can.
+pub fn dns_subdomain_problem(name: &str) -> Option<String> {
+    let syntax = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '.');
+    let ends = |c: Option<char>| c.is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
+    if name.is_empty() || name.len() > 253 {
+        Some(format!(
+            "{name:?} has {} characters; a name has 1 to 253",
+            name.len()
+        ))
+    } else if !name.chars().all(syntax) || !ends(name.chars().next()) || !ends(name.chars().last())
+    {
+        Some(format!(
+            "{name:?} is not a name (lower-case letters, digits, '-' and '.', starting and ending with a letter or digit)"
+        ))
+    } else {
+        None
+    }
+}
+
 /// `value` when it is a valid label value, else a stable 63-character stand-in made of its
 /// start and a digest: for labels that only inform (a claim's name on temporary objects).
 pub fn label_value_or_digest(value: &str) -> String {

@@ -46,6 +46,9 @@ names! {
         Committed,
         /// Failover (Test mode): the drill's copy is Ready and its verification Job succeeded.
         Verified,
+        /// Workload: another cluster failed the workload over and fenced this one out of the
+        /// vault's target location: no point of it is written there.
+        Fenced,
     }
 }
 
@@ -111,6 +114,8 @@ names! {
         FreezeNotSupported,
         /// A location holds a repository this vault's key does not open, or another one.
         RepositoryRefused,
+        /// Another cluster failed the workload over: the target location's fence names it.
+        Fenced,
         NoRecoveryPoint,
         RecoveryPointReplicated,
         RPONotMeasured,

@@ -300,6 +300,38 @@ pub struct RecoveryVaultStatus {
     /// Space used in each location.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub usage: Option<VaultUsage>,
+    /// The workloads whose points the target location holds, whichever cluster protected them:
+    /// what a standby cluster can fail over (a Failover with `spec.vaultName`). Listed about
+    /// once a minute.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 256))]
+    pub discovered: Vec<DiscoveredWorkload>,
+    /// Why the target location could not be listed for `discovered`, when it could not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub discovery_error: Option<String>,
+}
+
+/// A workload found in a vault's target location.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DiscoveredWorkload {
+    pub namespace: String,
+    pub name: String,
+    /// StatefulSet or Deployment, as its newest point describes it (empty for points of an
+    /// older version, which carry no definition).
+    #[serde(default)]
+    pub kind: String,
+    /// The cluster that protected it (its name; the uid of its kube-system namespace).
+    #[serde(default)]
+    pub cluster: String,
+    #[serde(default)]
+    pub cluster_uid: String,
+    pub points: u32,
+    pub latest_point: String,
+    pub latest_point_time: jiff::Timestamp,
+    /// The cluster that holds the workload's fence (failed it over), when one does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fenced_by: Option<String>,
 }
 
 /// Space and points in a vault's locations.

@@ -49,6 +49,19 @@ pub struct ReplicatedWorkloadSpec {
     /// Override of the vault's replication policy for this workload.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replication_policy: Option<ReplicationPolicyOverride>,
+    /// What to do when another cluster failed the workload over and fenced this one out of the
+    /// vault's target location (a region that comes back, a partition that heals):
+    /// `ScaleToZero` (the default) stops this copy, so that two copies never serve one
+    /// workload; `Keep` leaves it running (points stop either way).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_fenced: Option<OnFenced>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
+pub enum OnFenced {
+    #[default]
+    ScaleToZero,
+    Keep,
 }
 
 /// A StatefulSet or Deployment in this namespace.
@@ -130,6 +143,10 @@ pub struct ReplicatedWorkloadStatus {
     /// Zone the workload's volumes are in now.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source_zone: Option<String>,
+    /// The fence another cluster wrote into the target location, as found before the last
+    /// point (cleared once a point may start again).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fenced: Option<String>,
     /// Zone of the vault's target location.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target_zone: Option<String>,

@@ -60,7 +60,37 @@ impl Stores {
     }
 }
 
+/// The cluster this operator runs in, as recovery points and fences name it: the uid of its
+/// `kube-system` namespace (stable for the cluster's life, the same for every replica) and the
+/// human name the chart gives it (`clusterName`; the uid when unset).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ClusterIdentity {
+    pub uid: String,
+    pub name: String,
+}
+
+impl ClusterIdentity {
+    /// Reads the uid of `kube-system`; `name` defaults to it.
+    pub async fn resolve(client: &Client, name: Option<&str>) -> Result<Self, kube::Error> {
+        let ns: kube::Api<k8s_openapi::api::core::v1::Namespace> = kube::Api::all(client.clone());
+        let uid = ns
+            .get_metadata("kube-system")
+            .await?
+            .metadata
+            .uid
+            .unwrap_or_default();
+        Ok(Self {
+            name: name
+                .filter(|n| !n.is_empty())
+                .map_or_else(|| uid.clone(), String::from),
+            uid,
+        })
+    }
+}
+
 pub struct Context {
+    /// This cluster, as points and fences name it.
+    pub cluster: ClusterIdentity,
     pub client: Client,
     pub recorder: Recorder,
     pub stores: Stores,

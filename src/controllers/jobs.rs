@@ -28,6 +28,8 @@ pub enum JobKind {
     DiscardParts,
     /// Delete every point of a workload (a committed failover).
     ForgetWorkload,
+    /// List the workloads a vault's target location holds.
+    Discover,
 }
 
 /// Names one job: its owner (`namespace/name` of the workload it serves, or the uid of the

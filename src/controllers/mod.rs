@@ -5,6 +5,7 @@
 
 pub mod backoff;
 pub mod context;
+pub mod definition;
 pub mod error;
 pub mod failover;
 pub mod jobs;

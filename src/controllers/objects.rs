@@ -5,8 +5,8 @@
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{
-    LimitRange, Namespace, PersistentVolumeClaim, PersistentVolumeClaimSpec, Pod, ResourceQuota,
-    Service,
+    ConfigMap, LimitRange, Namespace, PersistentVolumeClaim, PersistentVolumeClaimSpec, Pod,
+    ResourceQuota, Secret, Service, ServiceAccount,
 };
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::api::{Api, ApiResource, DynamicObject, ListParams, PostParams};
@@ -29,6 +29,9 @@ pub enum Kind {
     ResourceQuota,
     StatefulSet,
     Deployment,
+    ConfigMap,
+    Secret,
+    ServiceAccount,
 }
 
 impl Kind {
@@ -52,6 +55,9 @@ impl Kind {
             Kind::ResourceQuota => "ResourceQuota",
             Kind::StatefulSet => "StatefulSet",
             Kind::Deployment => "Deployment",
+            Kind::ConfigMap => "ConfigMap",
+            Kind::Secret => "Secret",
+            Kind::ServiceAccount => "ServiceAccount",
         }
     }
 
@@ -67,6 +73,9 @@ impl Kind {
             Kind::ResourceQuota => ApiResource::erase::<ResourceQuota>(&()),
             Kind::StatefulSet => ApiResource::erase::<StatefulSet>(&()),
             Kind::Deployment => ApiResource::erase::<Deployment>(&()),
+            Kind::ConfigMap => ApiResource::erase::<ConfigMap>(&()),
+            Kind::Secret => ApiResource::erase::<Secret>(&()),
+            Kind::ServiceAccount => ApiResource::erase::<ServiceAccount>(&()),
         }
     }
 

@@ -41,6 +41,10 @@ pub struct Settings {
     pub reader_image: String,
     /// Where vaults may put their storage (the chart's storage root, endpoints, identity).
     pub storage: crate::storage::StorageRules,
+    /// The cluster's name in recovery points and fences (the chart's `clusterName`).
+    pub cluster_name: Option<String>,
+    /// Resolved at start (the kube-system namespace's uid); tests may set it.
+    pub cluster: crate::controllers::context::ClusterIdentity,
 }
 
 /// The reader pods only hold a mount: the smallest image that sleeps.
@@ -60,6 +64,8 @@ impl Settings {
             reader_image: std::env::var("SITE_RECOVERY_READER_IMAGE")
                 .unwrap_or_else(|_| DEFAULT_READER_IMAGE.into()),
             storage: Default::default(),
+            cluster_name: None,
+            cluster: Default::default(),
         }
     }
 }
@@ -215,6 +221,7 @@ pub fn context(
         },
     );
     Arc::new(Context {
+        cluster: settings.cluster.clone(),
         client,
         recorder,
         stores,
@@ -238,6 +245,15 @@ async fn run_controllers(
     health: Arc<http::Health>,
     shutdown: Shutdown,
 ) -> anyhow::Result<()> {
+    let mut settings = settings.clone();
+    if settings.cluster.uid.is_empty() {
+        settings.cluster =
+            crate::controllers::context::ClusterIdentity::resolve(&client, settings.cluster_name.as_deref())
+                .await
+                .map_err(|e| anyhow::anyhow!("reading the uid of namespace kube-system, which names this cluster in recovery points and fences: {e}"))?;
+        tracing::info!(cluster = %settings.cluster.name, uid = %settings.cluster.uid, "this cluster");
+    }
+    let settings = &settings;
     let reflectors = wiring::Reflectors::new();
     let stores = reflectors.stores();
     let ctx = context(client.clone(), settings, stores.clone(), metrics);

@@ -12,7 +12,7 @@ use kube::core::{DeserializeGuard, PartialObjectMeta};
 use kube::runtime::controller::Controller;
 use kube::runtime::reflector::{Lookup, Store};
 use kube::runtime::watcher;
-use kube::{Api, Client};
+use kube::{Api, Client, ResourceExt};
 
 use super::Shutdown;
 use super::reflectors::{Reflector, labels_changed, touched};
@@ -127,9 +127,28 @@ pub fn vaults(
 ) -> impl Future<Output = ()> + use<> {
     let store = r.vaults.store();
     let on_node = |_: &PartialObjectMeta<Node>, vaults: &[_]| vault::triggers::on_node(vaults);
+    // A listing of the target location that ends is shown at once.
+    let listed = {
+        let store = store.clone();
+        ctx.jobs.completions().filter_map(move |key| {
+            let found = (key.kind == crate::controllers::jobs::JobKind::Discover)
+                .then(|| {
+                    store.state().iter().find_map(|v| {
+                        let v = v.0.as_ref().ok()?;
+                        (v.metadata.uid.as_deref() == Some(key.owner.as_str())).then(|| {
+                            kube::runtime::reflector::ObjectRef::new(&ResourceExt::name_any(v))
+                                .within(&ResourceExt::namespace(v).unwrap_or_default())
+                        })
+                    })
+                })
+                .flatten();
+            futures::future::ready(found)
+        })
+    };
     let controller = Controller::for_shared_stream(r.vaults.applied(), store.clone())
         .watches_shared_stream(labels_changed(r.nodes.applied()), over(&store, on_node))
-        .watches_shared_stream(r.nodes.deleted(), over(&store, on_node));
+        .watches_shared_stream(r.nodes.deleted(), over(&store, on_node))
+        .reconcile_on(listed);
     serve!(controller, vault, ctx, shutdown)
 }
 

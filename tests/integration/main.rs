@@ -13,6 +13,7 @@ mod hostile;
 mod object_stores;
 mod operator;
 mod rbac;
+mod region;
 mod replication;
 mod repository;
 mod repository_origin;

@@ -67,12 +67,22 @@ impl Agent {
 }
 
 pub(crate) fn start_agent(rig: &Rig, node: &str, lease_seconds: i32) -> Agent {
+    start_agent_with(rig, node, lease_seconds, rig.storage_rules())
+}
+
+/// An agent whose vaults may use the storage under `rules` (another cluster's, shared).
+pub(crate) fn start_agent_with(
+    rig: &Rig,
+    node: &str,
+    lease_seconds: i32,
+    rules: site_recovery::storage::StorageRules,
+) -> Agent {
     let settings = site_recovery::agent::AgentSettings {
         node_name: node.into(),
         namespace: OPERATOR_NS.into(),
         lease_duration_seconds: lease_seconds,
         kubelet_root: rig.kubelet_root.path().to_path_buf(),
-        storage: rig.storage_rules(),
+        storage: rules,
     };
     let (stop, shutdown) = Shutdown::new();
     let task = tokio::spawn(site_recovery::agent::run(

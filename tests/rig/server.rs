@@ -44,6 +44,9 @@ pub struct State {
     /// resource: a CRD's watch cache starts when the CRD is created.
     pub watch_floor: BTreeMap<String, u64>,
     pub uid_counter: u64,
+    /// Each API server's uids differ from another's (two rigs are two clusters, as their
+    /// kube-system namespaces' uids tell apart).
+    pub uid_prefix: u32,
     pub bookmark_interval: Duration,
     /// Watches answered with 410 Expired.
     pub expired_watches: u64,
@@ -82,6 +85,7 @@ pub fn new_state() -> Shared {
             watch_floor: BTreeMap::new(),
             expired_watches: 0,
             uid_counter: 0,
+            uid_prefix: rand::random(),
             bookmark_interval: Duration::from_secs(2),
             requests: BTreeMap::new(),
             calls: BTreeMap::new(),
@@ -952,7 +956,10 @@ impl State {
             .expect("metadata is an object");
         meta.insert(
             "uid".into(),
-            json!(format!("00000000-0000-4000-8000-{:012x}", self.uid_counter)),
+            json!(format!(
+                "{:08x}-0000-4000-8000-{:012x}",
+                self.uid_prefix, self.uid_counter
+            )),
         );
         meta.insert("creationTimestamp".into(), json!(now()));
         if has_generation(r) {

@@ -14,8 +14,13 @@ use crate::vault_access::VaultAccess;
 
 #[derive(Args, Debug)]
 pub struct PointsArgs {
-    /// The ReplicatedWorkload.
-    pub workload: String,
+    /// The ReplicatedWorkload (with `--vault`: the workload's name as the vault lists it; left
+    /// out, the workloads the vault's location holds are listed).
+    pub workload: Option<String>,
+    /// Read this RecoveryVault's location directly: no ReplicatedWorkload is needed (a standby
+    /// cluster lists what another cluster protected).
+    #[arg(long)]
+    pub vault: Option<String>,
     #[command(flatten)]
     pub scope: Scope,
     /// Which location to list: the target (default; all a failover needs) or the cache.
@@ -40,19 +45,37 @@ struct PointRow {
     bytes: u64,
 }
 
+#[derive(Serialize, Debug)]
+#[serde(rename_all = "camelCase")]
+struct WorkloadRow {
+    namespace: String,
+    name: String,
+    kind: String,
+    cluster: String,
+    points: usize,
+    latest_point: String,
+    latest_point_time: String,
+    fenced_by: Option<String>,
+}
+
 pub async fn points(client: Client, args: PointsArgs) -> anyhow::Result<()> {
     let ns = namespace_of(&client, &args.scope);
-    let workload = Api::<ReplicatedWorkload>::namespaced(client.clone(), &ns)
-        .get_opt(&args.workload)
-        .await
-        .context("reading the ReplicatedWorkload")?
-        .with_context(|| {
-            format!(
-                "ReplicatedWorkload {} not found in namespace {ns}",
-                args.workload
-            )
-        })?;
-    let vault_name = &workload.spec.vault_name;
+    let vault_name = match (&args.vault, &args.workload) {
+        (Some(v), _) => v.clone(),
+        (None, Some(w)) => {
+            Api::<ReplicatedWorkload>::namespaced(client.clone(), &ns)
+                .get_opt(w)
+                .await
+                .context("reading the ReplicatedWorkload")?
+                .with_context(|| {
+                    format!("ReplicatedWorkload {w} not found in namespace {ns} (to list a vault's workloads, pass --vault)")
+                })?
+                .spec
+                .vault_name
+        }
+        (None, None) => anyhow::bail!("name a ReplicatedWorkload, or a vault with --vault"),
+    };
+    let vault_name = &vault_name;
     let vault = Api::<RecoveryVault>::namespaced(client.clone(), &ns)
         .get_opt(vault_name)
         .await
@@ -70,7 +93,10 @@ pub async fn points(client: Client, args: PointsArgs) -> anyhow::Result<()> {
     let repo = Repository::open(location, &access.key)
         .await
         .with_context(|| format!("opening the {name} location of RecoveryVault {vault_name}"))?;
-    let key = format!("{ns}/{}", args.workload);
+    let Some(workload) = &args.workload else {
+        return workloads(&repo, name, args.scope.output).await;
+    };
+    let key = format!("{ns}/{workload}");
     let rows: Vec<PointRow> = repo
         .manifests()
         .await
@@ -105,6 +131,76 @@ pub async fn points(client: Client, args: PointsArgs) -> anyhow::Result<()> {
                         dash(p.source_zone.clone()),
                         p.volumes.join(","),
                         p.bytes.to_string(),
+                    ]
+                })
+                .collect(),
+        )
+    })
+}
+
+/// The workloads a location holds points of, with who protected them and who fenced them.
+async fn workloads(repo: &Repository, name: &str, output: super::Output) -> anyhow::Result<()> {
+    let mut rows = Vec::new();
+    for w in repo
+        .workloads()
+        .await
+        .with_context(|| format!("listing the workloads in the {name} location"))?
+    {
+        let fence = repo
+            .latest_fence(&w.workload)
+            .await
+            .with_context(|| format!("reading the fence of {}", w.workload))?;
+        let (namespace, workload) = w.workload.split_once('/').unwrap_or(("", &w.workload));
+        rows.push(WorkloadRow {
+            namespace: namespace.into(),
+            name: workload.into(),
+            kind: w.kind,
+            cluster: if w.cluster_name.is_empty() {
+                w.cluster_uid
+            } else {
+                w.cluster_name
+            },
+            points: w.points,
+            latest_point: w.latest_id,
+            latest_point_time: w.latest_time,
+            fenced_by: fence.map(|f| {
+                if f.cluster_name.is_empty() {
+                    f.cluster_uid
+                } else {
+                    f.cluster_name
+                }
+            }),
+        });
+    }
+    let now = jiff::Timestamp::now();
+    print(output, &rows, || {
+        columns(
+            &[
+                "NAMESPACE",
+                "NAME",
+                "KIND",
+                "CLUSTER",
+                "POINTS",
+                "LATEST",
+                "AGE",
+                "FENCED BY",
+            ],
+            rows.iter()
+                .map(|w| {
+                    let age = w
+                        .latest_point_time
+                        .parse::<jiff::Timestamp>()
+                        .map(|t| format!("{}s", now.duration_since(t).as_secs().max(0)))
+                        .unwrap_or_else(|_| "-".into());
+                    vec![
+                        w.namespace.clone(),
+                        w.name.clone(),
+                        dash(Some(w.kind.clone()).filter(|k| !k.is_empty())),
+                        dash(Some(w.cluster.clone()).filter(|c| !c.is_empty())),
+                        w.points.to_string(),
+                        w.latest_point.clone(),
+                        age,
+                        dash(w.fenced_by.clone()),
                     ]
                 })
                 .collect(),

@@ -47,6 +47,8 @@ pub async fn act(ctx: &Context, f: &Failover, actions: &[Action]) -> Result<(), 
                 ctx.jobs.forget(&commit_key(f));
             }
             Action::Create(m) => create_if_absent(client, m, FAILOVER_UID_LABEL, &uid).await?,
+            Action::CreateOrUse(m) => create_or_use(client, m).await?,
+            Action::Fence => fence(ctx, f).await?,
             Action::Delete(name) => delete_if_mine(client, name, FAILOVER_UID_LABEL, &uid).await?,
             Action::TearDown(place) => tear_down(ctx, &uid, place).await?,
             Action::DeleteLabelled { namespace } => delete_made(ctx, &uid, namespace).await?,
@@ -129,27 +131,13 @@ async fn start_commit(ctx: &Context, f: &Failover) {
         return;
     }
     let namespace = f.namespace().unwrap_or_default();
-    let Some(rw) = ctx
-        .stores
-        .workloads
-        .get(&ObjectRef::new(&f.spec.workload_name).within(&namespace))
-        .and_then(|g| g.0.as_ref().ok().cloned())
-    else {
+    let Some(vault_name) = vault_of(ctx, f) else {
         return;
     };
-    let vault = ctx
-        .stores
-        .vaults
-        .get(&ObjectRef::new(&rw.spec.vault_name).within(&namespace))
-        .and_then(|g| g.0.as_ref().ok().cloned());
-    let store = match vault {
-        Some(v) => ctx.point_stores.get(ctx, &v).await,
-        None => Err(StoreError::Vault(format!(
-            "RecoveryVault {} not found",
-            rw.spec.vault_name
-        ))),
-    };
-    let workload = format!("{namespace}/{}", rw.name_any());
+    let store = store_of(ctx, &namespace, &vault_name).await;
+    // The points are kept under the workload's own name (the ReplicatedWorkload's, or the name
+    // a failover from a vault found them under): the same in both cases.
+    let workload = format!("{namespace}/{}", f.spec.workload_name);
     ctx.jobs.start(&key, async move {
         let removed = tokio::time::timeout(COMMIT_TIMEOUT, store?.forget_workload(&workload)).await;
         let removed = removed.unwrap_or(Err(StoreError::Timeout {
@@ -157,4 +145,92 @@ async fn start_commit(ctx: &Context, f: &Failover) {
         }))?;
         Ok(serde_json::Value::from(removed))
     });
+}
+
+/// The vault the Failover's points are in: `spec.vaultName`, else its ReplicatedWorkload's.
+fn vault_of(ctx: &Context, f: &Failover) -> Option<String> {
+    if let Some(v) = &f.spec.vault_name {
+        return Some(v.clone());
+    }
+    let namespace = f.namespace().unwrap_or_default();
+    ctx.stores
+        .workloads
+        .get(&ObjectRef::new(&f.spec.workload_name).within(&namespace))
+        .and_then(|g| {
+            g.0.as_ref()
+                .ok()
+                .map(|rw: &ReplicatedWorkload| rw.spec.vault_name.clone())
+        })
+}
+
+async fn store_of(
+    ctx: &Context,
+    namespace: &str,
+    vault: &str,
+) -> Result<std::sync::Arc<dyn crate::controllers::store::PointStore>, StoreError> {
+    let found = ctx
+        .stores
+        .vaults
+        .get(&ObjectRef::new(vault).within(namespace))
+        .and_then(|g| g.0.as_ref().ok().cloned());
+    match found {
+        Some(v) => ctx.point_stores.get(ctx, &v).await,
+        None => Err(StoreError::Vault(format!(
+            "RecoveryVault {vault} not found"
+        ))),
+    }
+}
+
+/// How long writing the fence may take; the pass fails otherwise and is tried again.
+const FENCE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Writes this Failover's fence for the workload into the vault's target location: from now on
+/// the cluster that protected it writes no point of it there.
+async fn fence(ctx: &Context, f: &Failover) -> Result<(), Error> {
+    let namespace = f.namespace().unwrap_or_default();
+    let storage = |message: String| Error::Storage {
+        location: "target".into(),
+        message,
+    };
+    let vault = vault_of(ctx, f).ok_or_else(|| storage("no vault".into()))?;
+    let store = store_of(ctx, &namespace, &vault)
+        .await
+        .map_err(|e| storage(e.to_string()))?;
+    let workload = format!("{namespace}/{}", f.spec.workload_name);
+    let request = crate::controllers::store::FenceRequest {
+        cluster_uid: ctx.cluster.uid.clone(),
+        cluster_name: ctx.cluster.name.clone(),
+        failover_uid: f.uid().unwrap_or_default(),
+        time: crate::clock::now(),
+    };
+    let epoch = tokio::time::timeout(FENCE_TIMEOUT, store.fence(&workload, &request))
+        .await
+        .map_err(|_| {
+            storage(format!(
+                "the fence was not written within {}s",
+                FENCE_TIMEOUT.as_secs()
+            ))
+        })?
+        .map_err(|e| storage(e.to_string()))?;
+    tracing::info!(%workload, epoch, "fenced the workload in the target location");
+    Ok(())
+}
+
+/// Creates `m` unless an object of its name exists, whoever made it: that one is used as it is.
+async fn create_or_use(
+    client: &kube::Client,
+    m: &crate::controllers::objects::Manifest,
+) -> Result<(), Error> {
+    let api = m.kind.api(client, m.namespace.as_deref());
+    let object: kube::api::DynamicObject =
+        serde_json::from_value(m.body.clone()).map_err(|e| Error::InvalidObject {
+            kind: m.kind.name().into(),
+            name: m.name.clone(),
+            message: e.to_string(),
+        })?;
+    match api.create(&kube::api::PostParams::default(), &object).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 409 => Ok(()),
+        Err(e) => Err(Error::Kube(e)),
+    }
 }

@@ -56,6 +56,8 @@ pub struct Place {
     pub source: String,
     pub kind: WorkloadKind,
     pub drill: bool,
+    /// A workload found in a vault: it comes back as itself, under its own names.
+    pub found: bool,
 }
 
 impl Place {
@@ -75,7 +77,17 @@ impl Place {
             source: source.to_string(),
             kind,
             drill,
+            found: false,
         }
+    }
+
+    /// A workload found in a vault's target location comes back under its own name, in this
+    /// namespace (a drill of it: in the drill's namespace).
+    pub fn found(f: &Failover, kind: WorkloadKind, name: &str) -> Self {
+        let mut place = Place::of(f, kind, name);
+        place.copy = name.to_string();
+        place.found = true;
+        place
     }
 
     pub fn copy_kind(&self) -> Kind {
@@ -234,6 +246,54 @@ pub fn copy_of(
             "spec": spec,
         }),
     )
+}
+
+/// A found workload as its definition describes it, under its own name: its selector as it
+/// was (it is the workload now, not a copy beside it), this Failover's labels on it and on its
+/// pods, pinned to the target zone, with `replicas`.
+pub fn found_workload(
+    definition: &Value,
+    f: &Failover,
+    place: &Place,
+    replicas: i32,
+    zone: Option<&str>,
+) -> Manifest {
+    let mut body = definition.clone();
+    body["metadata"]["namespace"] = json!(place.namespace);
+    body["metadata"]["name"] = json!(place.copy);
+    for (k, v) in labels(f) {
+        body["metadata"]["labels"][&k] = json!(v);
+        body["spec"]["template"]["metadata"]["labels"][&k] = json!(v);
+    }
+    body["spec"]["replicas"] = json!(replicas);
+    if let Some(z) = zone {
+        body["spec"]["template"]["spec"]["affinity"] = zone_affinity(Some(z));
+    }
+    Manifest::new(place.copy_kind(), Some(&place.namespace), &place.copy, body)
+}
+
+/// The objects a found workload's pods use (ServiceAccounts, ConfigMaps, Secrets, then
+/// Services), in this namespace, labelled as this Failover's.
+pub fn companions(
+    d: &crate::controllers::definition::Definition,
+    f: &Failover,
+    namespace: &str,
+) -> Vec<Manifest> {
+    d.companions()
+        .into_iter()
+        .map(|(kind, o)| {
+            let mut body = o.clone();
+            let name = body["metadata"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+            body["metadata"]["namespace"] = json!(namespace);
+            for (k, v) in labels(f) {
+                body["metadata"]["labels"][&k] = json!(v);
+            }
+            Manifest::new(kind, Some(namespace), &name, body)
+        })
+        .collect()
 }
 
 /// Labels of the source namespace that set its Pod Security admission level.

@@ -38,6 +38,17 @@ pub fn record(status: &FailoverStatus, facts: &[Fact], now: Timestamp) -> Failov
             Fact::SourceReplicas(n) => next.source_replicas = Some(n),
             Fact::TargetWorkload(w) => next.target_workload = w,
             Fact::Rto(r) => next.rto_seconds = r,
+            Fact::Found(w) => next.found = Some(w),
+            Fact::FoundExisted => {
+                if let Some(w) = &mut next.found {
+                    w.existed = true;
+                }
+            }
+            Fact::FoundObjects(objects) => {
+                if let Some(w) = &mut next.found {
+                    w.objects = objects;
+                }
+            }
         }
     }
     while next.timeline.len() > TIMELINE_MAX {

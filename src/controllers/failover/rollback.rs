@@ -52,6 +52,8 @@ pub fn roll_back(f: &Failover, observed: &Observed) -> Decision {
         ));
     } else if let Some(rw) = &observed.workload {
         restore_source(f, rw, observed, &mut d);
+    } else if f.spec.vault_name.is_some() {
+        remove_found(f, &mut d);
     } else {
         unknown_source(f, &mut d);
     }
@@ -89,6 +91,69 @@ fn restore_source(f: &Failover, rw: &ReplicatedWorkload, observed: &Observed, d:
         EventReason::FailoverRolledBack,
         "RollBack",
         format!("the copy and its claims are deleted; {source}"),
+    ));
+}
+
+/// A workload from a vault: what this Failover made goes (the workload, its claims, the
+/// objects restored beside it, by name and only if they carry its uid); a workload that existed
+/// here and was scaled up goes back to zero. The fence stays: the protecting cluster is still
+/// presumed gone, and a failover of the workload (here, or back) writes the next one.
+fn remove_found(f: &Failover, d: &mut Decision) {
+    let status = f.status.clone().unwrap_or_default();
+    let Some(found) = &status.found else {
+        d.actions.push(Action::DeleteLabelled {
+            namespace: f.namespace().unwrap_or_default(),
+        });
+        return;
+    };
+    let kind = if found.kind == "Deployment" {
+        crate::api::workload::WorkloadKind::Deployment
+    } else {
+        crate::api::workload::WorkloadKind::StatefulSet
+    };
+    let place = Place::found(f, kind, &found.name);
+    for object in &found.objects {
+        let Some((k, name)) = object.split_once('/') else {
+            continue;
+        };
+        let kind = [
+            Kind::ServiceAccount,
+            Kind::ConfigMap,
+            Kind::Secret,
+            Kind::Service,
+        ]
+        .into_iter()
+        .find(|x| x.name() == k);
+        if let Some(kind) = kind {
+            d.actions.push(Action::Delete(ObjectName::new(
+                kind,
+                Some(&place.namespace),
+                name,
+            )));
+        }
+    }
+    if found.existed {
+        d.actions.push(Action::ScaleSource {
+            kind: place.copy_kind(),
+            name: place.copy.clone(),
+            replicas: 0,
+            note: None,
+        });
+    }
+    d.actions.push(Action::TearDown(place));
+    d.events.push(PlannedEvent::normal(
+        EventReason::FailoverRolledBack,
+        "RollBack",
+        format!(
+            "{} {} and what was restored with it are deleted{}; the vault's points are kept",
+            found.kind,
+            found.name,
+            if found.existed {
+                " (the existing workload is back at 0 replicas)"
+            } else {
+                ""
+            }
+        ),
     ));
 }
 

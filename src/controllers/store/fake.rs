@@ -31,6 +31,10 @@ pub struct FakeState {
     pub target_down: bool,
     /// Operations in the order they were asked for (`finish <id>`, `prune <workload>`…).
     pub calls: Vec<String>,
+    /// Origins of target points, by point id.
+    pub origins: BTreeMap<String, crate::repository::format::Origin>,
+    /// The newest fence of each workload.
+    pub fences: BTreeMap<String, super::Fence>,
 }
 
 #[derive(Debug, Default)]
@@ -226,6 +230,89 @@ impl PointStore for FakeStore {
                 removed += before - s.cache.len();
             }
             removed
+        });
+        async move { result }.boxed()
+    }
+
+    fn point_origin<'a>(
+        &'a self,
+        point: &'a str,
+    ) -> BoxFuture<'a, Result<Option<crate::repository::format::Origin>, StoreError>> {
+        let s = self.lock();
+        let result = s
+            .reachable(false, true)
+            .map(|()| s.origins.get(point).cloned());
+        async move { result }.boxed()
+    }
+
+    fn discover(
+        &self,
+    ) -> BoxFuture<'_, Result<Vec<crate::api::vault::DiscoveredWorkload>, StoreError>> {
+        let s = self.lock();
+        let result = s.reachable(false, true).map(|()| {
+            let mut out: Vec<crate::api::vault::DiscoveredWorkload> = Vec::new();
+            for p in &s.target {
+                let (ns, name) = p.workload.split_once('/').unwrap_or(("", &p.workload));
+                match out.iter_mut().find(|w| w.namespace == ns && w.name == name) {
+                    Some(w) => {
+                        w.points += 1;
+                        if p.time >= w.latest_point_time {
+                            w.latest_point = p.id.clone();
+                            w.latest_point_time = p.time;
+                        }
+                    }
+                    None => out.push(crate::api::vault::DiscoveredWorkload {
+                        namespace: ns.into(),
+                        name: name.into(),
+                        points: 1,
+                        latest_point: p.id.clone(),
+                        latest_point_time: p.time,
+                        fenced_by: s.fences.get(&p.workload).map(|f| f.cluster_name.clone()),
+                        ..Default::default()
+                    }),
+                }
+            }
+            out
+        });
+        async move { result }.boxed()
+    }
+
+    fn fence_of<'a>(
+        &'a self,
+        workload: &'a str,
+    ) -> BoxFuture<'a, Result<Option<super::Fence>, StoreError>> {
+        let s = self.lock();
+        let result = s
+            .reachable(false, true)
+            .map(|()| s.fences.get(workload).cloned());
+        async move { result }.boxed()
+    }
+
+    fn fence<'a>(
+        &'a self,
+        workload: &'a str,
+        request: &'a super::FenceRequest,
+    ) -> BoxFuture<'a, Result<u64, StoreError>> {
+        let mut s = self.lock();
+        s.calls.push(format!("fence {workload}"));
+        let result = s.reachable(false, true).map(|()| {
+            let epoch = match s.fences.get(workload) {
+                Some(f) if f.failover_uid == request.failover_uid => f.epoch,
+                Some(f) => f.epoch + 1,
+                None => 1,
+            };
+            s.fences.insert(
+                workload.to_string(),
+                super::Fence {
+                    workload: workload.to_string(),
+                    cluster_uid: request.cluster_uid.clone(),
+                    cluster_name: request.cluster_name.clone(),
+                    failover_uid: request.failover_uid.clone(),
+                    time: request.time.to_string(),
+                    epoch,
+                },
+            );
+            epoch
         });
         async move { result }.boxed()
     }

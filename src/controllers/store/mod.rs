@@ -117,6 +117,43 @@ pub trait PointStore: Send + Sync {
     /// that cannot be reached is skipped (the source zone may be gone). Points removed.
     fn forget_workload<'a>(&'a self, workload: &'a str)
     -> BoxFuture<'a, Result<usize, StoreError>>;
+
+    /// The origin of `point` in the target (the protecting cluster, the workload's
+    /// definition); `None` for a point without one.
+    fn point_origin<'a>(
+        &'a self,
+        point: &'a str,
+    ) -> BoxFuture<'a, Result<Option<crate::repository::format::Origin>, StoreError>>;
+
+    /// Every workload the target holds points of, with its latest point and fence.
+    fn discover(
+        &self,
+    ) -> BoxFuture<'_, Result<Vec<crate::api::vault::DiscoveredWorkload>, StoreError>>;
+
+    /// The newest fence of `workload` in the target, if any.
+    fn fence_of<'a>(
+        &'a self,
+        workload: &'a str,
+    ) -> BoxFuture<'a, Result<Option<Fence>, StoreError>>;
+
+    /// Writes a fence of `workload` naming this cluster in the target (idempotent for one
+    /// Failover); its epoch.
+    fn fence<'a>(
+        &'a self,
+        workload: &'a str,
+        request: &'a FenceRequest,
+    ) -> BoxFuture<'a, Result<u64, StoreError>>;
+}
+
+pub use crate::repository::fence::Fence;
+
+/// Who fences a workload, and for which Failover.
+#[derive(Clone, Debug, PartialEq)]
+pub struct FenceRequest {
+    pub cluster_uid: String,
+    pub cluster_name: String,
+    pub failover_uid: String,
+    pub time: Timestamp,
 }
 
 #[cfg(test)]

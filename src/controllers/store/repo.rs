@@ -199,6 +199,16 @@ impl RepoStore {
         })
     }
 
+    /// A reader of the target (a long copy into it does not hold the read up); `None` when the
+    /// target holds no repository yet.
+    async fn target_reader(&self) -> Result<Option<Repository>, StoreError> {
+        match self.target(None).await {
+            Ok(g) => Ok(g.as_ref().map(Repository::reader)),
+            Err(RepoError::NotARepository { .. }) => Ok(None),
+            Err(e) => Err(target_error(e)),
+        }
+    }
+
     async fn list_target(&self, workload: &str) -> Result<TargetPoints, RepoError> {
         // A reader lists, so a long copy into the target does not hold the listing up.
         let reader = self.target(None).await?.as_ref().map(Repository::reader);
@@ -335,5 +345,90 @@ impl PointStore for RepoStore {
         workload: &'a str,
     ) -> BoxFuture<'a, Result<usize, StoreError>> {
         self.forget(workload).boxed()
+    }
+
+    fn point_origin<'a>(
+        &'a self,
+        point: &'a str,
+    ) -> BoxFuture<'a, Result<Option<crate::repository::format::Origin>, StoreError>> {
+        async move {
+            match self.target_reader().await? {
+                Some(r) => r.origin(point).await.map_err(target_error),
+                None => Ok(None),
+            }
+        }
+        .boxed()
+    }
+
+    fn discover(
+        &self,
+    ) -> BoxFuture<'_, Result<Vec<crate::api::vault::DiscoveredWorkload>, StoreError>> {
+        async move {
+            let Some(reader) = self.target_reader().await? else {
+                return Ok(vec![]);
+            };
+            let mut out = Vec::new();
+            for w in reader.workloads().await.map_err(target_error)? {
+                let fence = reader
+                    .latest_fence(&w.workload)
+                    .await
+                    .map_err(target_error)?;
+                let (namespace, name) = w.workload.split_once('/').unwrap_or(("", &w.workload));
+                out.push(crate::api::vault::DiscoveredWorkload {
+                    namespace: namespace.into(),
+                    name: name.into(),
+                    kind: w.kind,
+                    cluster: w.cluster_name,
+                    cluster_uid: w.cluster_uid,
+                    points: w.points.try_into().unwrap_or(u32::MAX),
+                    latest_point: w.latest_id,
+                    latest_point_time: w.latest_time.parse().unwrap_or_default(),
+                    fenced_by: fence.map(|f| f.cluster_name),
+                });
+                if out.len() >= 256 {
+                    break;
+                }
+            }
+            Ok(out)
+        }
+        .boxed()
+    }
+
+    fn fence_of<'a>(
+        &'a self,
+        workload: &'a str,
+    ) -> BoxFuture<'a, Result<Option<super::Fence>, StoreError>> {
+        async move {
+            match self.target_reader().await? {
+                Some(r) => r.latest_fence(workload).await.map_err(target_error),
+                None => Ok(None),
+            }
+        }
+        .boxed()
+    }
+
+    fn fence<'a>(
+        &'a self,
+        workload: &'a str,
+        request: &'a super::FenceRequest,
+    ) -> BoxFuture<'a, Result<u64, StoreError>> {
+        async move {
+            let reader = self
+                .target_reader()
+                .await?
+                .ok_or_else(|| StoreError::Target("it holds no repository to fence in".into()))?;
+            reader
+                .write_fence(
+                    workload,
+                    &request.cluster_uid,
+                    &request.cluster_name,
+                    &request.failover_uid,
+                    request.time,
+                )
+                .await
+                .map(|f| f.epoch)
+                .map_err(target_error)
+        }
+        .boxed()
     }
 }

@@ -2,6 +2,7 @@
 //! whether cache and target are separated as the vault requires.
 
 pub mod apply;
+pub mod discover;
 pub mod handoff;
 pub mod observe;
 pub mod plan;
@@ -33,12 +34,24 @@ pub async fn reconcile(vault: &RecoveryVault, ctx: Arc<Context>) -> Result<Actio
         Ok(()) => handoff::sweep(&ctx).await,
         Err(e) => Err(e),
     };
-    let status = status::build(
-        vault.status.as_ref(),
-        &plan,
-        vault.metadata.generation,
-        crate::clock::now(),
-    );
+    let now = crate::clock::now();
+    let mut status = status::build(vault.status.as_ref(), &plan, vault.metadata.generation, now);
+    let ready = plan
+        .conditions
+        .iter()
+        .any(|c| c.r#type == "Ready" && c.is_true());
+    let mut requeue = plan.requeue;
+    if ready {
+        match discover::discovered(&ctx, vault, now) {
+            Some(Ok(found)) => {
+                status.discovered = found;
+                status.discovery_error = None;
+            }
+            Some(Err(e)) => status.discovery_error = Some(e),
+            None => {}
+        }
+        requeue = requeue.min(discover::INTERVAL);
+    }
     if write_status(&ctx, vault, vault.status.as_ref(), &status).await? {
         ctx.metrics
             .status_writes
@@ -49,5 +62,5 @@ pub async fn reconcile(vault: &RecoveryVault, ctx: Arc<Context>) -> Result<Actio
     }
     publish_events(&ctx, vault, &plan.events).await;
     handed?;
-    Ok(Action::requeue(plan.requeue))
+    Ok(Action::requeue(requeue))
 }

@@ -22,5 +22,7 @@ pub fn build(
         cache_region: plan.cache_region.clone(),
         target_region: plan.target_region.clone(),
         usage: previous.and_then(|p| p.usage.clone()),
+        discovered: previous.map(|p| p.discovered.clone()).unwrap_or_default(),
+        discovery_error: previous.and_then(|p| p.discovery_error.clone()),
     }
 }

@@ -34,7 +34,7 @@ pub fn job_triggers(
     ctx.jobs.completions().filter_map(|key| {
         let owner = match key.kind {
             JobKind::FinishPoint | JobKind::CatchUp | JobKind::Prune => key.owner.split_once('/'),
-            JobKind::DiscardParts | JobKind::ForgetWorkload => None,
+            JobKind::DiscardParts | JobKind::ForgetWorkload | JobKind::Discover => None,
         };
         futures::future::ready(owner.map(|(ns, name)| ObjectRef::new(name).within(ns)))
     })
@@ -85,6 +85,15 @@ pub async fn reconcile(workload: &ReplicatedWorkload, ctx: Arc<Context>) -> Resu
     if let Some(f) = committed {
         unprotected(&mut plan.conditions, &f.name);
     }
+    fenced(
+        &ctx,
+        workload,
+        &observed,
+        &advanced.failure,
+        &mut next,
+        &mut plan,
+    )
+    .await?;
     plan.requeue = plan.requeue.min(advanced.requeue);
     if let Some(flips) = flips
         && let Ok(d) = std::time::Duration::try_from(flips.duration_since(now))
@@ -116,6 +125,78 @@ pub async fn reconcile(workload: &ReplicatedWorkload, ctx: Arc<Context>) -> Resu
     }
     apply::apply(&ctx, workload, &plan).await;
     Ok(Action::requeue(plan.requeue))
+}
+
+/// Another cluster's fence in the target location (found when a point was to start) is kept in
+/// the status until a point may start again, shown as `Fenced=True`, and by `spec.onFenced`
+/// stops this copy (scaled to zero, never deleted): two copies never serve one workload.
+async fn fenced(
+    ctx: &Context,
+    workload: &ReplicatedWorkload,
+    observed: &observe::Observed,
+    failure: &Option<(crate::api::reasons::WorkloadReason, String)>,
+    next: &mut crate::api::workload::ReplicatedWorkloadStatus,
+    plan: &mut plan::Plan,
+) -> Result<(), Error> {
+    use crate::api::conditions::{Condition, ConditionStatus};
+    use crate::api::reasons::{ConditionType as T, WorkloadReason as R};
+    match failure {
+        Some((R::Fenced, message)) => next.fenced = Some(message.clone()),
+        _ if next.point_in_progress.is_some() => next.fenced = None,
+        _ => {}
+    }
+    let Some(message) = next.fenced.clone() else {
+        return Ok(());
+    };
+    let stop =
+        workload.spec.on_fenced.unwrap_or_default() == crate::api::workload::OnFenced::ScaleToZero;
+    let w = &workload.spec.workload_ref;
+    let message = if stop {
+        format!(
+            "{message}; {} {} is scaled to zero (spec.onFenced: ScaleToZero)",
+            w.kind.as_str(),
+            w.name
+        )
+    } else {
+        format!(
+            "{message}; {} {} keeps running (spec.onFenced: Keep)",
+            w.kind.as_str(),
+            w.name
+        )
+    };
+    // Its points in the target may be gone (the other cluster committed): never claim them.
+    for c in plan
+        .conditions
+        .iter_mut()
+        .filter(|c| c.r#type == T::Protected.as_str())
+    {
+        *c = Condition::new(
+            T::Protected,
+            ConditionStatus::False,
+            R::Fenced,
+            "another cluster failed the workload over: its points in the target location are that cluster's now",
+        );
+    }
+    plan.conditions.push(Condition::new(
+        T::Fenced,
+        ConditionStatus::True,
+        R::Fenced,
+        message,
+    ));
+    if stop && !observed.pods.is_empty() {
+        let namespace = workload.namespace().unwrap_or_default();
+        crate::controllers::objects::Kind::workload(w.kind)
+            .api(&ctx.client, Some(&namespace))
+            .patch(
+                &w.name,
+                &kube::api::PatchParams::default(),
+                &kube::api::Patch::Merge(serde_json::json!({"spec": {"replicas": 0}})),
+            )
+            .await
+            .map_err(Error::Kube)?;
+        tracing::warn!(workload = %w.name, "fenced by another cluster: scaled to zero");
+    }
+    Ok(())
 }
 
 /// A committed failover deleted every point: the status says so rather than show points that

@@ -15,7 +15,7 @@ use jiff::Timestamp;
 use kube::ResourceExt;
 
 use super::manifests::{self, Place};
-use super::observe::World;
+use super::observe::{Found, World};
 use super::phase::Phase;
 use crate::api::Failover;
 use crate::api::conditions::{Condition, ConditionStatus};
@@ -57,6 +57,12 @@ pub enum Action {
     },
     /// Start deleting the workload's points in cache and target (phase two), in the background.
     StartCommit,
+    /// Create the object unless one of that name exists, whoever made it (a found workload's
+    /// companions under `existingObjects: Use`).
+    CreateOrUse(Manifest),
+    /// Write the fence record of the found workload in the vault's target location (idempotent:
+    /// this Failover's fence is kept).
+    Fence,
 }
 
 /// A fact for the status, recorded only after every action of the pass succeeded.
@@ -74,6 +80,12 @@ pub enum Fact {
     SourceReplicas(i32),
     TargetWorkload(Option<String>),
     Rto(Option<f64>),
+    /// A failover from a vault: the workload as its point describes it.
+    Found(crate::api::failover::FoundWorkload),
+    /// The found workload existed here and was scaled up, not created.
+    FoundExisted,
+    /// The objects restored beside the found workload (`Kind/name`).
+    FoundObjects(Vec<String>),
 }
 
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -140,26 +152,54 @@ pub struct Inputs<'a> {
     pub now: Timestamp,
 }
 
+/// What a Failover fails over: a ReplicatedWorkload of this cluster, or a workload found in a
+/// vault's target location.
+#[derive(Clone, Copy)]
+pub enum Subject<'a> {
+    Protected(&'a crate::api::ReplicatedWorkload),
+    Found(&'a Found),
+}
+
+impl Subject<'_> {
+    pub fn place(&self, f: &Failover) -> Place {
+        match self {
+            Subject::Protected(rw) => {
+                Place::of(f, rw.spec.workload_ref.kind, &rw.spec.workload_ref.name)
+            }
+            Subject::Found(found) => Place::found(f, found.kind, &found.name),
+        }
+    }
+}
+
 pub fn decide(phase: Phase, i: &Inputs<'_>, world: &World) -> Decision {
-    // Without its ReplicatedWorkload a failover cannot go on (the plan's Ready says why).
-    let Some(rw) = &world.workload else {
-        return Decision::default();
+    // Without its workload a failover cannot go on (the plan's Ready says why).
+    let subject = match (&world.workload, &world.found) {
+        (Some(rw), _) => Subject::Protected(rw),
+        (None, Some(found)) => Subject::Found(found),
+        (None, None) => return Decision::default(),
     };
-    let place = Place::of(
-        i.failover,
-        rw.spec.workload_ref.kind,
-        &rw.spec.workload_ref.name,
-    );
-    let mut d = match (phase, &world.switch_to) {
-        (Phase::Deleting, _) => return Decision::default(),
-        (_, Some(wanted)) => switch_point(i, &place, wanted),
-        (Phase::StoppingSource, _) => planned::stop_source(i, rw, world),
-        (Phase::FinalPoint, _) => planned::final_point(i, rw, world),
-        (Phase::Preparing, _) => prepare(i, &place, world),
-        (Phase::Restoring, _) => restoring(i, world),
-        (Phase::RestoreFailed, _) => restore_failed(i, &place),
-        (Phase::Starting, _) => running::start(i, &place, world),
-        (Phase::Running, _) => running::run(i, rw, &place, world),
+    let place = subject.place(i.failover);
+    if let Subject::Found(found) = subject
+        && let Some(Err(message)) = &found.definition
+    {
+        return Decision::idle(R::RestoreFailed, format!("{message}; nothing was created"));
+    }
+    let mut d = match (phase, &world.switch_to, subject) {
+        (Phase::Deleting, _, _) => return Decision::default(),
+        (_, Some(wanted), _) => switch_point(i, &place, wanted),
+        (Phase::StoppingSource, _, Subject::Protected(rw)) => planned::stop_source(i, rw, world),
+        (Phase::FinalPoint, _, Subject::Protected(rw)) => planned::final_point(i, rw, world),
+        (Phase::StoppingSource | Phase::FinalPoint, _, Subject::Found(_)) => {
+            return Decision::default();
+        }
+        (Phase::Preparing, _, _) => prepare(i, &place, subject, world),
+        (Phase::Restoring, _, _) => restoring(i, world),
+        (Phase::RestoreFailed, _, _) => restore_failed(i, &place),
+        (Phase::Starting, _, Subject::Protected(_)) => running::start(i, &place, world),
+        (Phase::Starting, _, Subject::Found(found)) => {
+            running::start_found(i, &place, found, world)
+        }
+        (Phase::Running, _, _) => running::run(i, subject, &place, world),
     };
     if !i
         .failover
@@ -252,12 +292,22 @@ fn restore_point<'a>(i: &'a Inputs<'_>) -> Option<&'a ResolvedPoint> {
     }
 }
 
-/// Step 1: claims and writer pods in the target zone (in a drill, in its own namespace).
-fn prepare(i: &Inputs<'_>, place: &Place, world: &World) -> Decision {
+/// Step 1: claims and writer pods in the target zone (in a drill, in its own namespace). A
+/// workload from a vault first fences the protecting cluster out of the target location.
+fn prepare(i: &Inputs<'_>, place: &Place, subject: Subject<'_>, world: &World) -> Decision {
     let Some(point) = restore_point(i) else {
         return Decision::default();
     };
-    if let Some(d) = blocked(world, prepared_names(i.failover, place, point)) {
+    let names = match subject {
+        Subject::Found(found) => match &found.definition {
+            Some(Ok(def)) => {
+                crate::controllers::failover::observe::found_names(i.failover, place, point, def)
+            }
+            _ => return Decision::default(),
+        },
+        Subject::Protected(_) => prepared_names(i.failover, place, point),
+    };
+    if let Some(d) = blocked(world, names) {
         return d;
     }
     let mut d = Decision::waiting(R::Restoring, format!("restoring point {}", point.id));
@@ -313,6 +363,38 @@ fn prepare(i: &Inputs<'_>, place: &Place, world: &World) -> Decision {
         message.clone(),
     );
     d.reach(i.status, Milestone::RestoreStarted, message, Some(event));
+    if let Subject::Found(found) = subject
+        && !place.drill
+    {
+        // Before a byte is restored: from now on the protecting cluster writes no point of the
+        // workload into the target location (a drill fences nothing: the source may still run).
+        d.actions.insert(0, Action::Fence);
+        d.reach(
+            i.status,
+            Milestone::Fenced,
+            format!(
+                "the target location is fenced: cluster {} writes no more points of {}",
+                if found.cluster.is_empty() {
+                    "?"
+                } else {
+                    &found.cluster
+                },
+                found.name
+            ),
+            None,
+        );
+    }
+    if let Subject::Found(found) = subject {
+        d.facts
+            .push(Fact::Found(crate::api::failover::FoundWorkload {
+                kind: found.kind.as_str().to_string(),
+                name: found.name.clone(),
+                cluster: found.cluster.clone(),
+                cluster_uid: found.cluster_uid.clone(),
+                existed: false,
+                objects: vec![],
+            }));
+    }
     d.facts.push(Fact::ResolvedPoint(Some(point.clone())));
     d.facts.push(Fact::Restore(Some(Restore {
         point: point.id.clone(),

@@ -3,14 +3,16 @@
 //! then a drill is verified and a failover with `spec.commit` is committed.
 
 use super::planned::{source_replicas, stop};
-use super::{Action, Decision, Fact, Inputs, blocked, failed_over, writer_pods};
-use crate::api::ReplicatedWorkload;
+use super::{Action, Decision, Fact, Inputs, Subject, blocked, failed_over, writer_pods};
 use crate::api::conditions::{Condition, ConditionStatus};
+use crate::api::failover::ExistingObjects;
 use crate::api::failover::Milestone;
 use crate::api::reasons::{ConditionType as T, EventReason, FailoverReason as R};
 use crate::controllers::PlannedEvent;
 use crate::controllers::failover::manifests::{self, Place};
+use crate::controllers::failover::observe::Found;
 use crate::controllers::failover::observe::{CommitJob, VerifyJob, World};
+use crate::controllers::objects::Holder;
 use crate::controllers::objects::ObjectName;
 
 /// Step 3: the copy starts.
@@ -89,8 +91,90 @@ pub fn start(i: &Inputs<'_>, place: &Place, world: &World) -> Decision {
     d
 }
 
+/// Step 3 of a workload found in a vault: its ServiceAccounts, ConfigMaps, Secrets and
+/// Services, then the workload itself under its own name; one that exists here is used as it
+/// is (`existingObjects: Use`) and scaled up from zero, never overwritten.
+pub fn start_found(i: &Inputs<'_>, place: &Place, found: &Found, world: &World) -> Decision {
+    let Some(restore) = &i.status.restore else {
+        return Decision::default();
+    };
+    let (Some(source), Some(Ok(definition))) = (&world.source, &found.definition) else {
+        return Decision::default();
+    };
+    let copy = ObjectName::new(place.copy_kind(), Some(&place.namespace), &place.copy);
+    let refuse = i.failover.spec.existing_objects == Some(ExistingObjects::Refuse);
+    let others: Vec<ObjectName> = world
+        .names
+        .keys()
+        .filter(|n| refuse || **n != copy)
+        .cloned()
+        .collect();
+    if let Some(mut d) = blocked(world, others) {
+        d.actions = writer_pods(i.failover, place, restore.volumes.len());
+        return d;
+    }
+    let mut d = Decision::waiting(
+        R::WaitingForPods,
+        format!(
+            "starting {} {} in the target zone",
+            place.kind.as_str(),
+            place.copy
+        ),
+    );
+    d.actions = writer_pods(i.failover, place, restore.volumes.len());
+    let companions = manifests::companions(definition, i.failover, &place.namespace);
+    d.facts.push(Fact::FoundObjects(
+        companions
+            .iter()
+            .map(|m| format!("{}/{}", m.kind.name(), m.name))
+            .collect(),
+    ));
+    d.actions
+        .extend(companions.into_iter().map(Action::CreateOrUse));
+    let replicas = source.noted.unwrap_or(1).max(1);
+    let existed = world.names.get(&copy) == Some(&Holder::Taken);
+    if existed {
+        if source.replicas.unwrap_or(0) == 0 {
+            d.actions.push(Action::ScaleSource {
+                kind: place.copy_kind(),
+                name: place.copy.clone(),
+                replicas,
+                note: None,
+            });
+        }
+        d.facts.push(Fact::FoundExisted);
+    } else {
+        d.actions.push(Action::Create(manifests::found_workload(
+            &definition.workload,
+            i.failover,
+            place,
+            replicas,
+            i.target_zone,
+        )));
+    }
+    d.facts.push(Fact::SourceReplicas(replicas));
+    d.facts.push(Fact::TargetWorkload(Some(place.copy.clone())));
+    let message = format!(
+        "{} {} {} in the target zone from the vault's point{}",
+        place.kind.as_str(),
+        place.copy,
+        if existed {
+            "(found here) scaled to its replicas"
+        } else {
+            "created"
+        },
+        if found.cluster.is_empty() {
+            String::new()
+        } else {
+            format!(" (protected by cluster {})", found.cluster)
+        }
+    );
+    d.reach(i.status, Milestone::WorkloadStarted, message, None);
+    d
+}
+
 /// Step 4: Ready in the target zone; then verified (drill) or committed (`spec.commit`).
-pub fn run(i: &Inputs<'_>, rw: &ReplicatedWorkload, place: &Place, world: &World) -> Decision {
+pub fn run(i: &Inputs<'_>, subject: Subject<'_>, place: &Place, world: &World) -> Decision {
     let Some(restore) = &i.status.restore else {
         return Decision::default();
     };
@@ -103,7 +187,7 @@ pub fn run(i: &Inputs<'_>, rw: &ReplicatedWorkload, place: &Place, world: &World
             format!("{ready} of {want} pod(s) of {target} Ready"),
         );
         if i.status.reached(&Milestone::Committed) {
-            d.conditions.push(committed(rw));
+            d.conditions.push(committed(subject));
         } else if i.failover.spec.commit {
             d.conditions.push(Condition::new(
                 T::Committed,
@@ -152,7 +236,11 @@ pub fn run(i: &Inputs<'_>, rw: &ReplicatedWorkload, place: &Place, world: &World
         ),
     );
     d.reach(i.status, Milestone::FailedOver, ready_message, Some(event));
-    let committed = i.failover.spec.commit.then(|| commit(i, rw, world, &mut d));
+    let committed = i
+        .failover
+        .spec
+        .commit
+        .then(|| commit(i, subject, world, &mut d));
     let next = match &committed {
         Some(c) if c.is_true() => "committed".to_string(),
         Some(_) => "committing".to_string(),
@@ -191,8 +279,8 @@ fn drill(i: &Inputs<'_>, place: &Place, world: &World, ready: String, d: &mut De
 
 /// Phase two: every point of the workload is deleted in cache and target (the seed's commit),
 /// by a background job; the source's claims and volumes are kept.
-fn commit(i: &Inputs<'_>, rw: &ReplicatedWorkload, world: &World, d: &mut Decision) -> Condition {
-    let done = committed(rw);
+fn commit(i: &Inputs<'_>, subject: Subject<'_>, world: &World, d: &mut Decision) -> Condition {
+    let done = committed(subject);
     if i.status.reached(&Milestone::Committed) {
         return done;
     }
@@ -213,7 +301,7 @@ fn commit(i: &Inputs<'_>, rw: &ReplicatedWorkload, world: &World, d: &mut Decisi
             let event = PlannedEvent::normal(
                 EventReason::FailoverCommitted,
                 "Commit",
-                format!("{}; {message}", committed_message(rw)),
+                format!("{}; {message}", committed_message(subject)),
             );
             d.reach(i.status, Milestone::Committed, message, Some(event));
             done
@@ -221,16 +309,27 @@ fn commit(i: &Inputs<'_>, rw: &ReplicatedWorkload, world: &World, d: &mut Decisi
     }
 }
 
-fn committed(rw: &ReplicatedWorkload) -> Condition {
+fn committed(subject: Subject<'_>) -> Condition {
     Condition::new(
         T::Committed,
         ConditionStatus::True,
         R::Committed,
-        committed_message(rw),
+        committed_message(subject),
     )
 }
 
-fn committed_message(rw: &ReplicatedWorkload) -> String {
+fn committed_message(subject: Subject<'_>) -> String {
+    let rw = match subject {
+        Subject::Protected(rw) => rw,
+        Subject::Found(found) => {
+            return format!(
+                "committed: the recovery points of {} are deleted from the vault's locations (their data stays, the base of a re-protection); {} {} runs here under its own names: protect it with a ReplicatedWorkload",
+                found.name,
+                found.kind.as_str(),
+                found.name
+            );
+        }
+    };
     let w = &rw.spec.workload_ref;
     format!(
         "committed: the recovery points of {} are deleted; the source {} {} (0 replicas) and its claims are kept until you delete them",

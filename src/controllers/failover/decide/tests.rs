@@ -112,6 +112,8 @@ fn actions(d: &Decision) -> Vec<String> {
             Action::ScaleSource { replicas, note, .. } => format!("scale {replicas} note {note:?}"),
             Action::RequestPoint { token, .. } => format!("request {token}"),
             Action::StartCommit => "commit".into(),
+            Action::CreateOrUse(m) => format!("create-or-use {} {}", m.kind.name(), m.name),
+            Action::Fence => "fence".into(),
         })
         .collect()
 }
@@ -478,4 +480,154 @@ fn the_finalizer_comes_first() {
     f.metadata.finalizers = None;
     let (_, d) = run(&f, Some(&point("2026-06-01T12:00:00Z")), &world());
     assert_eq!(actions(&d)[0], "finalize");
+}
+
+/// A failover from a vault in a standby cluster: no ReplicatedWorkload, the workload as its
+/// point describes it.
+fn from_vault(status: Value, existing: Option<&str>) -> Failover {
+    let mut f = failover("Unplanned", false, status);
+    f.spec.vault_name = Some("v".into());
+    f.spec.existing_objects = existing.map(|e| serde_json::from_value(json!(e)).unwrap());
+    f
+}
+
+fn found(definition: Option<Result<crate::controllers::definition::Definition, String>>) -> World {
+    let d = crate::controllers::definition::Definition {
+        workload: json!({"apiVersion": "apps/v1", "kind": "StatefulSet",
+            "metadata": {"name": "db", "namespace": "apps", "labels": {"app": "db"}},
+            "spec": {"replicas": 2, "selector": {"matchLabels": {"app": "db"}},
+                "template": {"metadata": {"labels": {"app": "db"}}, "spec": {"containers": []}}}}),
+        config_maps: vec![
+            json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "settings"}}),
+        ],
+        services: vec![
+            json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "db"}, "spec": {}}),
+        ],
+        claims: vec![
+            json!({"name": "data-db-0", "spec": {"resources": {"requests": {"storage": "5Gi"}}}}),
+        ],
+        ..Default::default()
+    };
+    World {
+        found: Some(crate::controllers::failover::observe::Found {
+            vault: "v".into(),
+            kind: crate::api::workload::WorkloadKind::StatefulSet,
+            name: "db".into(),
+            cluster: "cluster-a".into(),
+            cluster_uid: "uid-a".into(),
+            definition: definition.or(Some(Ok(d))),
+        }),
+        ..Default::default()
+    }
+}
+
+#[test]
+fn a_failover_from_a_vault_fences_first_and_restores_under_the_original_names() {
+    let f = from_vault(json!({}), None);
+    let chosen = point("2026-06-01T12:00:00Z");
+    let (p, d) = run(&f, Some(&chosen), &found(None));
+    assert_eq!(p, Phase::Preparing);
+    assert_eq!(
+        actions(&d),
+        [
+            "fence",
+            "create PersistentVolumeClaim data-db-0",
+            "create Pod sr-restore-fo-0",
+            "create PersistentVolumeClaim data-db-1",
+            "create Pod sr-restore-fo-1",
+        ]
+    );
+    assert_eq!(milestones(&d), ["RestoreStarted", "Fenced"]);
+    assert!(d.facts.iter().any(
+        |x| matches!(x, Fact::Found(w) if w.kind == "StatefulSet" && w.cluster == "cluster-a")
+    ));
+}
+
+#[test]
+fn a_point_without_a_definition_creates_nothing_and_says_what_to_do() {
+    let f = from_vault(json!({}), None);
+    let chosen = point("2026-06-01T12:00:00Z");
+    let world = found(Some(Err(
+        "point p carries no workload definition (it was taken by an older version)".into(),
+    )));
+    let (_, d) = run(&f, Some(&chosen), &world);
+    assert!(actions(&d).is_empty(), "{:?}", actions(&d));
+    assert_eq!(reason(&d, "FailedOver"), "RestoreFailed");
+    assert!(message(&d, "FailedOver").contains("older version"));
+}
+
+fn restored_from_vault(existing: Option<&str>) -> Failover {
+    from_vault(
+        json!({"restore": restore(json!({"completed": "2026-06-01T12:05:00Z",
+            "volumes": [{"sourceClaim": "data-db-0", "targetClaim": "data-db-0"}]})),
+            "found": {"kind": "StatefulSet", "name": "db", "cluster": "cluster-a", "clusterUid": "uid-a"}}),
+        existing,
+    )
+}
+
+fn with_source(mut w: World, replicas: Option<i32>, existing: bool) -> World {
+    let mut s = source(None, replicas.unwrap_or(0));
+    s.noted = Some(2);
+    s.replicas = replicas;
+    w.source = Some(s);
+    if existing {
+        w.names.insert(
+            ObjectName::new(Kind::StatefulSet, Some("apps"), "db"),
+            Holder::Taken,
+        );
+    }
+    w
+}
+
+#[test]
+fn a_found_workload_comes_back_as_itself_with_the_objects_its_pods_use() {
+    let f = restored_from_vault(None);
+    let (p, d) = run(&f, None, &with_source(found(None), Some(2), false));
+    assert_eq!(p, Phase::Starting);
+    assert_eq!(
+        actions(&d),
+        [
+            "delete Pod sr-restore-fo-0",
+            "create-or-use ConfigMap settings",
+            "create-or-use Service db",
+            "create StatefulSet db",
+        ]
+    );
+    let made = d.actions.iter().find_map(|a| match a {
+        Action::Create(m) if m.kind == Kind::StatefulSet => Some(m.body.clone()),
+        _ => None,
+    });
+    let made = made.unwrap();
+    assert_eq!(made["spec"]["replicas"], 2);
+    assert_eq!(
+        made["spec"]["selector"],
+        json!({"matchLabels": {"app": "db"}}),
+        "the selector is the workload's own"
+    );
+    assert_eq!(
+        made["metadata"]["labels"]["siterecovery.io/failover-uid"],
+        "u1"
+    );
+    assert!(d.facts.iter().any(|x| matches!(x, Fact::FoundObjects(o) if o == &["ConfigMap/settings".to_string(), "Service/db".to_string()])));
+}
+
+#[test]
+fn a_found_workload_that_exists_here_at_zero_is_scaled_up_not_overwritten() {
+    let f = restored_from_vault(None);
+    let (_, d) = run(&f, None, &with_source(found(None), Some(0), true));
+    assert_eq!(
+        actions(&d),
+        [
+            "delete Pod sr-restore-fo-0",
+            "create-or-use ConfigMap settings",
+            "create-or-use Service db",
+            "scale 2 note None",
+        ]
+    );
+    assert!(d.facts.contains(&Fact::FoundExisted));
+    // With existingObjects: Refuse, the failover waits instead, naming the object.
+    let f = restored_from_vault(Some("Refuse"));
+    let (_, d) = run(&f, None, &with_source(found(None), Some(0), true));
+    assert_eq!(reason(&d, "FailedOver"), "NameInUse");
+    assert!(message(&d, "FailedOver").contains("StatefulSet apps/db"));
 }

@@ -19,7 +19,10 @@ use crate::api::{Failover, ReplicatedWorkload};
 use crate::controllers::objects::{Holder, ObjectName};
 use crate::controllers::{Context, jobs};
 
+mod found;
+pub use found::names as found_names;
 mod world;
+use world::labelled_pods;
 pub use world::{commit_key, observe_world, source};
 
 #[derive(Clone, Debug, PartialEq)]
@@ -33,6 +36,19 @@ pub struct WorkloadSummary {
     pub target_zone: Option<String>,
     /// The protected StatefulSet's name, when the workload is one (its copy's name is derived).
     pub statefulset: Option<String>,
+}
+
+/// A workload found in a vault's target location (a failover from `spec.vaultName`): its kind
+/// and name as the chosen point describes it, and the point's definition where a phase needs it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Found {
+    pub vault: String,
+    pub kind: crate::api::workload::WorkloadKind,
+    pub name: String,
+    pub cluster: String,
+    pub cluster_uid: String,
+    /// Read in the phases that create objects; why it cannot be used otherwise.
+    pub definition: Option<Result<crate::controllers::definition::Definition, String>>,
 }
 
 /// Another Failover of the same workload.
@@ -84,6 +100,8 @@ pub type CommitJob = jobs::State<usize>;
 #[derive(Clone, Debug, Default)]
 pub struct World {
     pub workload: Option<ReplicatedWorkload>,
+    /// A failover from a vault: the workload as found there.
+    pub found: Option<Found>,
     /// The vault's storage class for the target zone.
     pub zone_class: Option<String>,
     /// Between the phases: the point `spec.recoveryPoint` now names, when it is another one.
@@ -120,49 +138,100 @@ pub fn workload_of(ctx: &Context, f: &Failover) -> Option<Result<ReplicatedWorkl
 /// change; otherwise the chosen point stands for the listing.
 pub async fn observe_plan(ctx: &Context, f: &Failover, list: bool) -> Observed {
     let namespace = f.namespace().unwrap_or_default();
-    let workload = workload_of(ctx, f).map(|found| {
-        let w = found?;
-        let status = w.status.clone().unwrap_or_default();
-        // The target zone comes from the vault itself: the workload's status may be stale
-        // while a failover runs.
-        let vault_zone = ctx
-            .stores
-            .vaults
-            .get(&ObjectRef::new(&w.spec.vault_name).within(&namespace))
-            .and_then(|g| g.0.as_ref().ok().and_then(|v| v.spec.target.zone.clone()));
-        Ok((w, status, vault_zone))
-    });
-    let workload = match workload {
-        None => None,
-        Some(Err(e)) => Some(Err(e)),
-        Some(Ok((w, status, vault_zone))) => {
-            let listed = if list {
-                target_points(ctx, &namespace, &w).await
-            } else {
-                Ok(kept(f))
-            };
-            let (points, volumes) = match listed {
-                Ok(listed) => (
-                    Ok(listed.iter().map(|(p, _)| p.clone()).collect()),
-                    listed.into_iter().map(|(p, v)| (p.id, v)).collect(),
-                ),
-                Err(e) => (Err(e), BTreeMap::new()),
-            };
-            Some(Ok(WorkloadSummary {
-                points,
-                volumes,
-                source_zone: status.source_zone,
-                target_zone: vault_zone.or(status.target_zone),
-                statefulset: (w.spec.workload_ref.kind
-                    == crate::api::workload::WorkloadKind::StatefulSet)
-                    .then(|| w.spec.workload_ref.name.clone()),
-            }))
-        }
+    let workload = match &f.spec.vault_name {
+        Some(vault) => Some(found_summary(ctx, f, vault, list).await),
+        None => match workload_of(ctx, f) {
+            None => None,
+            Some(Err(e)) => Some(Err(e)),
+            Some(Ok(w)) => Some(Ok(protected_summary(ctx, f, &namespace, &w, list).await)),
+        },
     };
     Observed {
         workload,
         siblings: siblings(ctx, f),
     }
+}
+
+/// The vault's target zone, from the vault itself: a workload's status may be stale while a
+/// failover runs.
+fn vault_zone(ctx: &Context, namespace: &str, vault: &str) -> Option<String> {
+    ctx.stores
+        .vaults
+        .get(&ObjectRef::new(vault).within(namespace))
+        .and_then(|g| g.0.as_ref().ok().and_then(|v| v.spec.target.zone.clone()))
+}
+
+/// The points as listed (or the chosen one alone), split into the listing and their volumes.
+fn summary(
+    listed: Result<Vec<(PointRef, Vec<String>)>, String>,
+) -> (Result<Vec<PointRef>, String>, BTreeMap<String, Vec<String>>) {
+    match listed {
+        Ok(listed) => (
+            Ok(listed.iter().map(|(p, _)| p.clone()).collect()),
+            listed.into_iter().map(|(p, v)| (p.id, v)).collect(),
+        ),
+        Err(e) => (Err(e), BTreeMap::new()),
+    }
+}
+
+async fn protected_summary(
+    ctx: &Context,
+    f: &Failover,
+    namespace: &str,
+    w: &ReplicatedWorkload,
+    list: bool,
+) -> WorkloadSummary {
+    let status = w.status.clone().unwrap_or_default();
+    let listed = if list {
+        let key = format!("{namespace}/{}", w.name_any());
+        target_points(ctx, namespace, &w.spec.vault_name, &key).await
+    } else {
+        Ok(kept(f))
+    };
+    let (points, volumes) = summary(listed);
+    WorkloadSummary {
+        points,
+        volumes,
+        source_zone: status.source_zone,
+        target_zone: vault_zone(ctx, namespace, &w.spec.vault_name).or(status.target_zone),
+        statefulset: (w.spec.workload_ref.kind == crate::api::workload::WorkloadKind::StatefulSet)
+            .then(|| w.spec.workload_ref.name.clone()),
+    }
+}
+
+/// A workload found in the vault's target location: its points under `namespace/name`. The
+/// vault must be this cluster's; nothing of the protecting cluster is read.
+async fn found_summary(
+    ctx: &Context,
+    f: &Failover,
+    vault: &str,
+    list: bool,
+) -> Result<WorkloadSummary, String> {
+    let namespace = f.namespace().unwrap_or_default();
+    if ctx
+        .stores
+        .vaults
+        .get(&ObjectRef::new(vault).within(&namespace))
+        .is_none()
+    {
+        return Err(format!(
+            "spec.vaultName: RecoveryVault {vault} not found in this namespace"
+        ));
+    }
+    let listed = if list {
+        let key = format!("{namespace}/{}", f.spec.workload_name);
+        target_points(ctx, &namespace, vault, &key).await
+    } else {
+        Ok(kept(f))
+    };
+    let (points, volumes) = summary(listed);
+    Ok(WorkloadSummary {
+        points,
+        volumes,
+        source_zone: None,
+        target_zone: vault_zone(ctx, &namespace, vault),
+        statefulset: None,
+    })
 }
 
 /// The chosen point, as the listing it was chosen from.
@@ -206,24 +275,24 @@ fn siblings(ctx: &Context, f: &Failover) -> Vec<Sibling> {
         .collect()
 }
 
-/// The workload's points in the vault's target location, each with the volumes it holds,
-/// through the vault's store (opened once, kept while its spec and Secrets stay the same).
+/// The workload's points (`key`: `namespace/name`) in the vault's target location, each with the
+/// volumes it holds, through the vault's store (opened once, kept while its spec and Secrets stay
+/// the same).
 async fn target_points(
     ctx: &Context,
     namespace: &str,
-    w: &ReplicatedWorkload,
+    vault_name: &str,
+    key: &str,
 ) -> Result<Vec<(PointRef, Vec<String>)>, String> {
-    let vault_name = &w.spec.vault_name;
     let vault = ctx
         .stores
         .vaults
         .get(&ObjectRef::new(vault_name).within(namespace))
         .ok_or_else(|| format!("RecoveryVault {vault_name} not found"))?;
     let vault = vault.0.as_ref().map_err(|e| e.to_string())?;
-    let key = format!("{namespace}/{}", w.name_any());
     let list = async {
         let store = ctx.point_stores.get(ctx, vault).await?;
-        store.target_points(&key).await
+        store.target_points(key).await
     };
     match tokio::time::timeout(std::time::Duration::from_secs(60), list).await {
         Ok(Ok(points)) => Ok(points),

@@ -36,6 +36,20 @@ pub async fn observe_world(
     zone: Option<&str>,
 ) -> Result<World, Error> {
     let mut world = World::default();
+    if f.spec.vault_name.is_some() {
+        super::found::observe(ctx, f, phase, point, &mut world).await?;
+        if matches!(phase, Phase::Restoring) {
+            let place = world
+                .found
+                .as_ref()
+                .map(|x| Place::found(f, x.kind, &x.name));
+            if let Some(place) = place {
+                world.reports = reports(ctx, f);
+                world.writer_nodes = writer_nodes(ctx, f, &place).await?;
+            }
+        }
+        return Ok(world);
+    }
     let Some(Ok(rw)) = workload_of(ctx, f) else {
         return Ok(world);
     };
@@ -131,7 +145,7 @@ pub fn commit_key(f: &Failover) -> JobKey {
 }
 
 /// Where the Failover's commit job stands: the points it removed, once done.
-fn commit_state(ctx: &Context, f: &Failover) -> Option<super::CommitJob> {
+pub(super) fn commit_state(ctx: &Context, f: &Failover) -> Option<super::CommitJob> {
     let job = ctx.jobs.get(&commit_key(f))?;
     Some(match &job.state {
         State::Running => State::Running,
@@ -160,7 +174,11 @@ pub async fn source(
     }))
 }
 
-async fn labelled_pods(ctx: &Context, namespace: &str, selector: &str) -> Result<Vec<Pod>, Error> {
+pub(super) async fn labelled_pods(
+    ctx: &Context,
+    namespace: &str,
+    selector: &str,
+) -> Result<Vec<Pod>, Error> {
     Ok(Api::<Pod>::namespaced(ctx.client.clone(), namespace)
         .list(&ListParams::default().labels(selector))
         .await
@@ -168,16 +186,22 @@ async fn labelled_pods(ctx: &Context, namespace: &str, selector: &str) -> Result
         .items)
 }
 
-/// The workload's pods still running: they match its selector and are not a failover's.
-async fn pods_of(ctx: &Context, namespace: &str, source: &DynamicObject) -> Result<usize, Error> {
-    let Some(labels) = source.data["spec"]["selector"]["matchLabels"].as_object() else {
-        return Ok(0);
-    };
+/// A workload's `matchLabels` as a label selector; `None` when it has none.
+pub(super) fn selector_of(workload: &DynamicObject) -> Option<String> {
+    let labels = workload.data["spec"]["selector"]["matchLabels"].as_object()?;
     let selector = labels
         .iter()
         .filter_map(|(k, v)| Some(format!("{k}={}", v.as_str()?)))
         .collect::<Vec<_>>()
         .join(",");
+    (!selector.is_empty()).then_some(selector)
+}
+
+/// The workload's pods still running: they match its selector and are not a failover's.
+async fn pods_of(ctx: &Context, namespace: &str, source: &DynamicObject) -> Result<usize, Error> {
+    let Some(selector) = selector_of(source) else {
+        return Ok(0);
+    };
     Ok(labelled_pods(ctx, namespace, &selector)
         .await?
         .iter()
@@ -323,13 +347,16 @@ async fn ready_pods(ctx: &Context, f: &Failover, place: &Place) -> Result<i32, E
     Ok(pods
         .iter()
         .filter(|p| p.name_any().starts_with(&format!("{}-", place.copy)))
-        .filter(|p| {
-            p.status
-                .as_ref()
-                .and_then(|s| s.conditions.as_ref())
-                .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
-        })
+        .filter(|p| is_ready(p))
         .count() as i32)
+}
+
+/// Whether a pod's Ready condition is True.
+pub(super) fn is_ready(p: &Pod) -> bool {
+    p.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
 }
 
 async fn verify_job(

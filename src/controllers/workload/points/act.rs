@@ -144,8 +144,21 @@ fn start_job(ctx: &Arc<Context>, target: &Target<'_>, tag: &str, spec: JobSpec, 
     let work = async move {
         let store = store(&ctx2, &rw).await?;
         let done = match spec {
-            JobSpec::Finish { point, parts } => {
-                serde_json::to_value(store.finish_point(&point, &parts, None).await?)
+            JobSpec::Finish {
+                point,
+                parts,
+                claims,
+            } => {
+                let origin = origin(&ctx2, &rw, &claims).await;
+                if let Some(f) = store.fence_of(&workload).await?
+                    && f.cluster_uid != ctx2.cluster.uid
+                {
+                    return Err(format!(
+                        "the vault's target location is fenced by cluster {}: point {point} is not written",
+                        f.cluster_name
+                    ));
+                }
+                serde_json::to_value(store.finish_point(&point, &parts, origin.as_ref()).await?)
             }
             JobSpec::CatchUp => serde_json::to_value(store.catch_up(&workload).await?),
             JobSpec::Prune(retention) => {
@@ -174,6 +187,40 @@ fn start_job(ctx: &Arc<Context>, target: &Target<'_>, tag: &str, spec: JobSpec, 
     ctx.jobs.start_tagged(key, tag, now, bounded);
 }
 
+/// What the point carries of its workload: this cluster, and the workload's definition (read
+/// now; a point is still written without it when it cannot be read, and says so in the log).
+async fn origin(
+    ctx: &Context,
+    rw: &ReplicatedWorkload,
+    claims: &[String],
+) -> Option<crate::repository::format::Origin> {
+    let namespace = rw.namespace().unwrap_or_default();
+    let w = &rw.spec.workload_ref;
+    let definition = match crate::controllers::definition::gather(
+        &ctx.client,
+        &namespace,
+        w.kind,
+        &w.name,
+        claims,
+    )
+    .await
+    {
+        Ok(d) => d.to_bytes(),
+        Err(e) => {
+            tracing::warn!(workload = %w.name, error = %e, "the point carries no definition of the workload");
+            return None;
+        }
+    };
+    Some(crate::repository::format::Origin {
+        cluster_uid: ctx.cluster.uid.clone(),
+        cluster_name: ctx.cluster.name.clone(),
+        kind: w.kind.as_str().to_string(),
+        namespace,
+        name: w.name.clone(),
+        definition,
+    })
+}
+
 type StartFailure = (R, String, Duration);
 
 /// Ensures the repositories, then captures the point: pre hooks, the snapshots (CSI), the post
@@ -194,6 +241,30 @@ async fn start_point(
             seconds: ENSURE_TIMEOUT.as_secs(),
         }))
         .map_err(|e| refused(e.into()))?;
+    // Another cluster that failed the workload over owns it in the target location now.
+    let fence = tokio::time::timeout(ENSURE_TIMEOUT, store.fence_of(target.key))
+        .await
+        .unwrap_or(Err(StoreError::Timeout {
+            seconds: ENSURE_TIMEOUT.as_secs(),
+        }))
+        .map_err(|e| refused(e.into()))?;
+    if let Some(f) = fence.filter(|f| f.cluster_uid != ctx.cluster.uid) {
+        return Err((
+            R::Fenced,
+            format!(
+                "the vault's target location is fenced by cluster {} (Failover uid {}, epoch {}, {}): this cluster writes no more points of the workload there",
+                if f.cluster_name.is_empty() {
+                    &f.cluster_uid
+                } else {
+                    &f.cluster_name
+                },
+                f.failover_uid,
+                f.epoch,
+                f.time
+            ),
+            Duration::from_secs(60),
+        ));
+    }
     let csi = s.method == SnapshotMethod::Csi;
     if csi && let Err(message) = super::super::csi::api_available(ctx, target.rw).await {
         return Err((R::CaptureFailed, message, Duration::from_secs(60)));

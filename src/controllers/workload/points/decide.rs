@@ -66,10 +66,17 @@ pub enum Exposed {
 /// Long work, started as a job.
 #[derive(Clone, Debug, PartialEq)]
 pub enum JobSpec {
-    Finish { point: String, parts: Vec<String> },
+    Finish {
+        point: String,
+        parts: Vec<String>,
+        /// The point's claims, whose specs the point's definition carries.
+        claims: Vec<String>,
+    },
     CatchUp,
     Prune(Retention),
-    DiscardParts { point: String },
+    DiscardParts {
+        point: String,
+    },
 }
 
 impl JobSpec {

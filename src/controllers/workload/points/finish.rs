@@ -27,6 +27,7 @@ pub(super) fn finish(
     let spec = JobSpec::Finish {
         point: point.id.clone(),
         parts,
+        claims: point.claims.clone(),
     };
     let Some(job) = inputs.jobs.finish.as_ref().filter(|j| j.tag == point.id) else {
         // The reader pods and claims of the point are done with.

@@ -1,0 +1,329 @@
+//! Region failover: two rig instances are two clusters (their own API servers, operators and
+//! agents) that share the storage. Cluster A protects the workload; A is lost; cluster B, which
+//! never saw A's objects, finds the workload in the vault's target location, fails it over under
+//! its own names from a chosen point, and fences A out; A, back, writes no point and stops.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim};
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use serde_json::json;
+use site_recovery::api::{Failover, RecoveryVault, ReplicatedWorkload};
+use site_recovery::operator::{Settings, Shutdown};
+
+use crate::operator::{OPERATOR_NS, Running, condition};
+use crate::replication::{
+    Agent, KEY, database, first_point, live_vault, protect, read_tree, write_version,
+};
+use crate::rig::{Rig, eventually};
+
+/// An operator of cluster `name` whose vaults may use the storage under `rules`.
+fn operator(rig: &Rig, name: &str, rules: site_recovery::storage::StorageRules) -> Running {
+    let mut settings = Settings::new(OPERATOR_NS);
+    settings.leader_election = false;
+    settings.identity = format!("operator-{name}");
+    settings.storage = rules;
+    settings.cluster_name = Some(name.into());
+    let (stop, shutdown) = Shutdown::new();
+    let task = tokio::spawn(site_recovery::operator::run(
+        rig.operator_client(),
+        settings,
+        shutdown,
+    ));
+    Running { stop, task }
+}
+
+fn agent(rig: &Rig, node: &str, rules: site_recovery::storage::StorageRules) -> Agent {
+    crate::replication::start_agent_with(rig, node, 10, rules)
+}
+
+/// The standby cluster B: its own API server, the chart's RBAC, a node in zone-b and one in
+/// zone-c, the same vault key, and a vault whose target is A's target location (its cache is
+/// B's own, new).
+async fn standby(shared: &Path) -> Rig {
+    let rig = Rig::start().await;
+    rig.apply_crds().await;
+    rig.namespace(OPERATOR_NS).await;
+    rig.install_chart_rbac(&[]).await;
+    rig.namespace("apps").await;
+    rig.node("node-b1", "zone-b", "region-2").await;
+    rig.node("node-c1", "zone-c", "region-2").await;
+    rig.secret("apps", "vault-key", &[("key", &KEY)]).await;
+    let vault: RecoveryVault = serde_json::from_value(json!({
+        "apiVersion": "siterecovery.io/v1alpha1", "kind": "RecoveryVault",
+        "metadata": {"name": "vault", "namespace": "apps"},
+        "spec": {
+            "cache": {"zone": "zone-c", "storage": {"filesystem": {"path": shared.join("standby-cache")}}},
+            "target": {"zone": "zone-b", "storage": {"filesystem": {"path": shared.join("target")}}},
+            "snapshotMethod": "Live",
+            "encryption": {"keySecretRef": {"name": "vault-key"}},
+        },
+    }))
+    .unwrap();
+    Api::<RecoveryVault>::namespaced(rig.client(), "apps")
+        .create(&PostParams::default(), &vault)
+        .await
+        .unwrap();
+    rig
+}
+
+#[tokio::test]
+async fn a_standby_cluster_fails_over_from_the_target_location_alone_and_fences_the_old_one() {
+    // Cluster A: StatefulSet db (two claims on two nodes), a ConfigMap its pods read, protected.
+    let (a, dir) = crate::replication::cluster().await;
+    let rules = a.storage_rules();
+    let running_a = operator(&a, "cluster-a", rules.clone());
+    Api::<RecoveryVault>::namespaced(a.client(), "apps")
+        .create(&PostParams::default(), &live_vault(dir.path(), json!({})))
+        .await
+        .unwrap();
+    let volumes = database(&a).await;
+    a.create(json!({"apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": "db-settings", "namespace": "apps"}, "data": {"mode": "primary"}}))
+        .await;
+    Api::<StatefulSet>::namespaced(a.client(), "apps")
+        .patch(
+            "db",
+            &PatchParams::default(),
+            &Patch::Merge(
+                json!({"spec": {"template": {"spec": {"containers": [{"name": "db", "image": "db:1",
+                "envFrom": [{"configMapRef": {"name": "db-settings"}}]}]}}}}),
+            ),
+        )
+        .await
+        .unwrap();
+    let agents_a: Vec<Agent> = ["node-a1", "node-a2", "node-b1"]
+        .iter()
+        .map(|n| agent(&a, n, rules.clone()))
+        .collect();
+    let content = write_version(&volumes, 1);
+    let workloads_a = protect(&a).await;
+    let first = first_point(&workloads_a)
+        .await
+        .latest_replicated_point
+        .expect("the first point");
+
+    // Region A is lost: its API server, operator and agents stop answering.
+    running_a.stop().await;
+    for x in agents_a {
+        x.kill();
+    }
+
+    // Cluster B lists the workload from the target location alone.
+    let b = standby(dir.path()).await;
+    let running_b = operator(&b, "cluster-b", rules.clone());
+    let agents_b: Vec<Agent> = ["node-b1", "node-c1"]
+        .iter()
+        .map(|n| agent(&b, n, rules.clone()))
+        .collect();
+    let rig_b = crate::rig::failover::run(
+        &b,
+        "apps",
+        BTreeMap::from([("zone-b".to_string(), "node-b1".to_string())]),
+    );
+    let vaults_b: Api<RecoveryVault> = Api::namespaced(b.client(), "apps");
+    let found = eventually(
+        Duration::from_secs(90),
+        "the vault lists apps/db",
+        || async {
+            let s = vaults_b.get("vault").await.ok()?.status?;
+            s.discovered.into_iter().find(|w| w.name == "db")
+        },
+    )
+    .await;
+    assert_eq!(
+        (
+            found.namespace.as_str(),
+            found.kind.as_str(),
+            found.cluster.as_str()
+        ),
+        ("apps", "StatefulSet", "cluster-a"),
+        "{found:?}"
+    );
+    assert_eq!(found.latest_point, first.id);
+    assert_eq!(found.fenced_by, None);
+    assert!(
+        Api::<ReplicatedWorkload>::namespaced(b.client(), "apps")
+            .get_opt("db")
+            .await
+            .unwrap()
+            .is_none(),
+        "B knows nothing of A's objects"
+    );
+
+    // A Failover in B names the vault and the workload as found there.
+    let failovers_b: Api<Failover> = Api::namespaced(b.client(), "apps");
+    let started = Instant::now();
+    failovers_b
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({
+                "apiVersion": "siterecovery.io/v1alpha1", "kind": "Failover",
+                "metadata": {"name": "region", "namespace": "apps"},
+                "spec": {"workloadName": "db", "vaultName": "vault", "recoveryPoint": {"id": first.id}},
+            }))
+            .unwrap(),
+        )
+        .await
+        .unwrap();
+    let s = eventually(Duration::from_secs(120), "FailedOver=True in B", || async {
+        let s = failovers_b.get("region").await.ok()?.status?;
+        if std::env::var("REGION_DEBUG").is_ok() {
+            eprintln!(
+                "DEBUG {:?}",
+                s.conditions
+                    .iter()
+                    .map(|c| (&c.r#type, &c.reason, &c.message))
+                    .collect::<Vec<_>>()
+            );
+        }
+        (condition(&s.conditions, "FailedOver")?.0 == "True").then_some(s)
+    })
+    .await;
+    let rto = started.elapsed();
+    let steps: Vec<&str> = s.timeline.iter().map(|t| t.step.as_str()).collect();
+    assert_eq!(
+        steps,
+        [
+            "RestoreStarted",
+            "Fenced",
+            "Restored",
+            "WorkloadStarted",
+            "FailedOver"
+        ]
+    );
+    let restore_started = s.timeline[0].time;
+    let restored = s.timeline[2].time;
+    println!(
+        "cross-cluster RTO {:.1}s (Failover created → FailedOver); restore (data) {:.1}s; status RTO {:.1}s",
+        rto.as_secs_f64(),
+        restored.duration_since(restore_started).as_secs_f64(),
+        s.rto_seconds.unwrap_or_default()
+    );
+    // The workload is back under its own names: StatefulSet db, claims data-db-0 and -1 holding
+    // exactly the point's bytes, and the ConfigMap its pods read.
+    let set = Api::<StatefulSet>::namespaced(b.client(), "apps")
+        .get("db")
+        .await
+        .unwrap();
+    assert_eq!(set.spec.as_ref().and_then(|s| s.replicas), Some(2));
+    for claim in ["data-db-0", "data-db-1"] {
+        let c: PersistentVolumeClaim = Api::namespaced(b.client(), "apps")
+            .get(claim)
+            .await
+            .unwrap();
+        assert!(c.spec.is_some(), "{claim} restored under its own name");
+        let disk = crate::rig::failover::claim_disk(&b, "apps", claim).await;
+        assert_eq!(
+            read_tree(&disk),
+            content[claim],
+            "{claim} holds point {}",
+            first.id
+        );
+    }
+    let settings: ConfigMap = Api::namespaced(b.client(), "apps")
+        .get("db-settings")
+        .await
+        .unwrap();
+    assert_eq!(
+        settings
+            .data
+            .unwrap_or_default()
+            .get("mode")
+            .map(String::as_str),
+        Some("primary")
+    );
+    let listed = eventually(
+        Duration::from_secs(90),
+        "the vault says B fenced db",
+        || async {
+            let s = vaults_b.get("vault").await.ok()?.status?;
+            s.discovered
+                .into_iter()
+                .find(|w| w.name == "db" && w.fenced_by.is_some())
+        },
+    )
+    .await;
+    assert_eq!(listed.fenced_by.as_deref(), Some("cluster-b"));
+
+    // Commit: the points go, the workload stays.
+    failovers_b
+        .patch(
+            "region",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"commit": true}})),
+        )
+        .await
+        .unwrap();
+    eventually(Duration::from_secs(60), "Committed=True in B", || async {
+        let s = failovers_b.get("region").await.ok()?.status?;
+        (condition(&s.conditions, "Committed")?.0 == "True").then_some(())
+    })
+    .await;
+
+    // Region A comes back: its operator finds the fence before its next point, writes none,
+    // says Fenced and stops its copy.
+    let running_a = operator(&a, "cluster-a", rules.clone());
+    let agents_a: Vec<Agent> = ["node-a1", "node-a2", "node-b1"]
+        .iter()
+        .map(|n| agent(&a, n, rules.clone()))
+        .collect();
+    workloads_a
+        .patch(
+            "db",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"annotations": {"siterecovery.io/request-point": "after-the-fence"}}})),
+        )
+        .await
+        .unwrap();
+    let fenced = eventually(Duration::from_secs(90), "Fenced=True in A", || async {
+        let s = workloads_a.get("db").await.ok()?.status?;
+        if std::env::var("REGION_DEBUG").is_ok() {
+            eprintln!(
+                "DEBUG-A {:?}",
+                s.conditions
+                    .iter()
+                    .map(|c| (&c.r#type, &c.reason, &c.message))
+                    .collect::<Vec<_>>()
+            );
+        }
+        let (status, reason, message) = condition(&s.conditions, "Fenced")?;
+        (status == "True").then(|| (reason.to_string(), message.to_string()))
+    })
+    .await;
+    assert_eq!(fenced.0, "Fenced");
+    assert!(fenced.1.contains("cluster-b"), "{}", fenced.1);
+    let s = workloads_a.get("db").await.unwrap().status.unwrap();
+    assert_eq!(
+        condition(&s.conditions, "Protected").map(|c| (c.0, c.1)),
+        Some(("False", "Fenced")),
+        "A no longer claims the points in the target"
+    );
+    let stopped = eventually(Duration::from_secs(30), "A's copy stopped", || async {
+        let set = Api::<StatefulSet>::namespaced(a.client(), "apps")
+            .get("db")
+            .await
+            .ok()?;
+        (set.spec?.replicas == Some(0)).then_some(())
+    })
+    .await;
+    let () = stopped;
+    let s = workloads_a.get("db").await.unwrap().status.unwrap();
+    assert_eq!(
+        s.latest_replicated_point.map(|p| p.id),
+        Some(first.id.clone()),
+        "A wrote no point after the fence"
+    );
+    running_a.stop().await;
+    for x in agents_a {
+        x.kill();
+    }
+    running_b.stop().await;
+    for x in agents_b {
+        x.kill();
+    }
+    rig_b.abort();
+}
