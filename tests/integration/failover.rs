@@ -1118,7 +1118,7 @@ async fn a_deployment_fails_over_onto_restored_claims_and_rolls_back() {
 }
 
 /// Bytes stored below `dir` (a filesystem location).
-fn stored_bytes(dir: &std::path::Path) -> u64 {
+pub(crate) fn stored_bytes(dir: &std::path::Path) -> u64 {
     let mut total = 0;
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {

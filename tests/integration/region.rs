@@ -264,6 +264,75 @@ async fn a_standby_cluster_fails_over_from_the_target_location_alone_and_fences_
     })
     .await;
 
+    // Re-protect in B, back towards region A: a vault whose cache is the shared target (B's
+    // region) and whose target is A's cache, with the same key. They hold one repository, so
+    // only what A's location lacks crosses back.
+    let before = crate::failover::stored_bytes(&dir.path().join("cache"));
+    vaults_b
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({
+                "apiVersion": "siterecovery.io/v1alpha1", "kind": "RecoveryVault",
+                "metadata": {"name": "vault-back", "namespace": "apps"},
+                "spec": {
+                    "cache": {"zone": "zone-b", "storage": {"filesystem": {"path": dir.path().join("target")}}},
+                    "target": {"zone": "zone-c", "storage": {"filesystem": {"path": dir.path().join("cache")}}},
+                    "snapshotMethod": "Live",
+                    "encryption": {"keySecretRef": {"name": "vault-key"}},
+                },
+            }))
+            .unwrap(),
+        )
+        .await
+        .unwrap();
+    let workloads_b: Api<ReplicatedWorkload> = Api::namespaced(b.client(), "apps");
+    workloads_b
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({
+                "apiVersion": "siterecovery.io/v1alpha1", "kind": "ReplicatedWorkload",
+                "metadata": {"name": "db", "namespace": "apps"},
+                "spec": {"vaultName": "vault-back", "workloadRef": {"kind": "StatefulSet", "name": "db"}},
+            }))
+            .unwrap(),
+        )
+        .await
+        .unwrap();
+    let back = eventually(
+        Duration::from_secs(90),
+        "B's first point replicated",
+        || async {
+            let s = workloads_b.get("db").await.ok()?.status?;
+            if std::env::var("REGION_DEBUG").is_ok() {
+                eprintln!(
+                    "DEBUG-B {:?}",
+                    s.conditions
+                        .iter()
+                        .map(|c| (&c.r#type, &c.reason, &c.message))
+                        .collect::<Vec<_>>()
+                );
+            }
+            s.latest_replicated_point.as_ref()?;
+            s.point_in_progress.is_none().then_some(s)
+        },
+    )
+    .await;
+    let moved = crate::failover::stored_bytes(&dir.path().join("cache")) - before;
+    let data: usize = content
+        .values()
+        .flat_map(|f| f.values())
+        .map(Vec::len)
+        .sum();
+    println!("re-protection B → A moved {moved} bytes into A's location for {data} bytes of data");
+    assert!(
+        moved < (data / 4) as u64,
+        "only what A's location lacks crosses back: {moved} of {data} bytes"
+    );
+    assert!(
+        condition(&back.conditions, "Fenced").is_none(),
+        "B holds the fence: its points are written"
+    );
+
     // Region A comes back: its operator finds the fence before its next point, writes none,
     // says Fenced and stops its copy.
     let running_a = operator(&a, "cluster-a", rules.clone());

@@ -132,6 +132,7 @@ fn planned_failover(ctx: &Context, namespace: &str, workload_name: &str) -> bool
         .any(|f| {
             f.namespace().as_deref() == Some(namespace)
                 && f.spec.workload_name == workload_name
+                && f.spec.vault_name.is_none()
                 && f.spec.mode == crate::api::failover::FailoverMode::Planned
         })
 }
@@ -178,6 +179,9 @@ fn failover_summary(
         .find(|f| {
             f.namespace().as_deref() == Some(namespace)
                 && f.spec.workload_name == workload_name
+                // A failover from a vault brought a workload of that name here; it is not one
+                // of this ReplicatedWorkload's.
+                && f.spec.vault_name.is_none()
                 && f.spec.mode != crate::api::failover::FailoverMode::Test
                 && f.status.as_ref().is_some_and(|s| s.restore.is_some())
         })

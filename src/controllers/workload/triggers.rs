@@ -22,12 +22,15 @@ pub fn of_vault(
     })
 }
 
-/// The workload a Failover fails over.
+/// The workload a Failover fails over (none for a failover from a vault: no ReplicatedWorkload
+/// of this cluster is its subject).
 pub fn of_failover(failover: &DeserializeGuard<Failover>) -> Option<Ref<ReplicatedWorkload>> {
-    readable(failover).map(|f| {
-        Ref::<ReplicatedWorkload>::new(&f.spec.workload_name)
-            .within(&f.namespace().unwrap_or_default())
-    })
+    readable(failover)
+        .filter(|f| f.spec.vault_name.is_none())
+        .map(|f| {
+            Ref::<ReplicatedWorkload>::new(&f.spec.workload_name)
+                .within(&f.namespace().unwrap_or_default())
+        })
 }
 
 /// The workloads an agent's registration concerns: those with a volume on its node, those not

@@ -143,6 +143,21 @@ fn start_job(ctx: &Arc<Context>, target: &Target<'_>, tag: &str, spec: JobSpec, 
     let (ctx2, rw, workload) = (ctx.clone(), target.rw.clone(), target.key.to_string());
     let work = async move {
         let store = store(&ctx2, &rw).await?;
+        // A cluster another one fenced out writes nothing of the workload into the target:
+        // no point, no copy, no retention (the points there are the other cluster's now).
+        if !matches!(spec, JobSpec::DiscardParts { .. })
+            && let Some(f) = store.fence_of(&workload).await?
+            && f.cluster_uid != ctx2.cluster.uid
+        {
+            return Err(format!(
+                "the vault's target location is fenced by cluster {}: nothing of the workload is written there",
+                if f.cluster_name.is_empty() {
+                    &f.cluster_uid
+                } else {
+                    &f.cluster_name
+                }
+            ));
+        }
         let done = match spec {
             JobSpec::Finish {
                 point,
@@ -150,14 +165,6 @@ fn start_job(ctx: &Arc<Context>, target: &Target<'_>, tag: &str, spec: JobSpec, 
                 claims,
             } => {
                 let origin = origin(&ctx2, &rw, &claims).await;
-                if let Some(f) = store.fence_of(&workload).await?
-                    && f.cluster_uid != ctx2.cluster.uid
-                {
-                    return Err(format!(
-                        "the vault's target location is fenced by cluster {}: point {point} is not written",
-                        f.cluster_name
-                    ));
-                }
                 serde_json::to_value(store.finish_point(&point, &parts, origin.as_ref()).await?)
             }
             JobSpec::CatchUp => serde_json::to_value(store.catch_up(&workload).await?),
