@@ -145,6 +145,40 @@ async fn a_standby_cluster_fails_over_from_the_target_location_alone_and_fences_
     );
     assert_eq!(found.latest_point, first.id);
     assert_eq!(found.fenced_by, None);
+    // The plugin lists the same from the location itself, as a user of B sees it.
+    let kubeconfig = tempfile::tempdir().unwrap();
+    // Asynchronously: the test's runtime also serves B's API server.
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_site-recovery"))
+        .args(["points", "--vault", "vault", "-n", "apps"])
+        .env("KUBECONFIG", b.kubeconfig(kubeconfig.path()))
+        .env("SITE_RECOVERY_FILESYSTEM_ROOT", &rules.filesystem_root)
+        .output()
+        .await
+        .unwrap();
+    let listing = String::from_utf8_lossy(&out.stdout).into_owned();
+    println!("$ kubectl siterecovery points --vault vault -n apps\n{listing}");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let row = listing
+        .lines()
+        .find(|l| l.starts_with("apps"))
+        .unwrap_or_default();
+    let cells: Vec<&str> = row.split_whitespace().collect();
+    assert_eq!(
+        cells[..6],
+        [
+            "apps",
+            "db",
+            "StatefulSet",
+            "cluster-a",
+            "1",
+            first.id.as_str()
+        ],
+        "{listing}"
+    );
     assert!(
         Api::<ReplicatedWorkload>::namespaced(b.client(), "apps")
             .get_opt("db")
