@@ -376,3 +376,33 @@ fn target_zone_is_immutable() {
         "spec.targetZone is immutable",
     );
 }
+
+#[test]
+fn a_failover_from_a_vault_is_unplanned_or_a_drill_and_keeps_its_vault() {
+    rejected_with(
+        failover(json!({"workloadName": "w", "vaultName": "v", "mode": "Planned"})).validate_cel(),
+        "a failover from spec.vaultName alone is Unplanned or Test",
+    );
+    failover(json!({"workloadName": "w", "vaultName": "v", "existingObjects": "Refuse"}))
+        .validate_cel()
+        .expect("an unplanned failover from a vault");
+    rejected_with(
+        failover(json!({"workloadName": "w", "existingObjects": "Use"})).validate_cel(),
+        "spec.existingObjects applies only with spec.vaultName",
+    );
+    let old = failover(json!({"workloadName": "w", "vaultName": "v"}));
+    for changed in [
+        json!({"workloadName": "w", "vaultName": "other"}),
+        json!({"workloadName": "w"}),
+    ] {
+        rejected_with(
+            failover(changed).validate_cel_update(&old),
+            "spec.vaultName is immutable",
+        );
+    }
+    rejected_with(
+        failover(json!({"workloadName": "w", "vaultName": "v"}))
+            .validate_cel_update(&failover(json!({"workloadName": "w"}))),
+        "spec.vaultName is immutable",
+    );
+}

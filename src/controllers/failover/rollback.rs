@@ -270,4 +270,41 @@ mod tests {
         f.metadata.finalizers = None;
         assert_eq!(roll_back(&f, &Observed::default()), Decision::default());
     }
+
+    #[test]
+    fn a_failover_from_a_vault_removes_only_what_it_made_and_returns_a_used_workload_to_zero() {
+        let status = json!({"found": {"kind": "StatefulSet", "name": "db", "existed": true,
+            "objects": ["ConfigMap/settings", "Secret/password", "Nonsense/x", "Service/db"]}});
+        let mut f = failover("Unplanned", false, status);
+        f.spec.vault_name = Some("v".into());
+        let d = roll_back(&f, &Observed::default());
+        let deleted: Vec<String> = d
+            .actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Delete(n) => Some(n.to_string()),
+                _ => None,
+            })
+            .collect();
+        // Deleted only if they carry this Failover's uid (Action::Delete is delete-if-mine).
+        assert_eq!(
+            deleted,
+            [
+                "ConfigMap apps/settings",
+                "Secret apps/password",
+                "Service apps/db"
+            ]
+        );
+        assert_eq!(
+            scaled(&d),
+            Some(0),
+            "the workload found here goes back to zero"
+        );
+        assert!(
+            d.actions
+                .iter()
+                .any(|a| matches!(a, Action::TearDown(p) if p.copy == "db" && p.found))
+        );
+        assert_eq!(d.actions.last(), Some(&Action::RemoveFinalizer));
+    }
 }
