@@ -216,6 +216,7 @@ async fn restore_all(
             &RestoreOptions {
                 volume: Some(source.clone()),
                 sync: true,
+                in_place: false,
             },
             None,
         )

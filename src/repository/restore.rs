@@ -29,6 +29,9 @@ pub struct RestoreOptions {
     pub volume: Option<String>,
     /// Flush the restored data to disk before reporting success.
     pub sync: bool,
+    /// The target holds an older copy of the volume: reuse its files, write only the extents
+    /// that differ, remove what the point does not hold (see `in_place`).
+    pub in_place: bool,
 }
 
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -40,6 +43,10 @@ pub struct RestoreStats {
     pub setid_cleared: u64,
     /// Extended attributes outside `user.*` and POSIX ACLs, not restored.
     pub xattrs_skipped: u64,
+    /// Bytes written into files (less than `bytes` in place: extents already there are not).
+    pub bytes_written: u64,
+    /// In place: entries of the target the point does not hold, removed.
+    pub removed: u64,
 }
 
 /// One chunk to place: where in which file.
@@ -80,6 +87,7 @@ pub async fn restore(
                 &manifest,
                 vec![(partial.clone(), Restored::Open(file))],
                 vec![data.clone()],
+                &[None],
                 progress,
             )
             .await?;
@@ -121,20 +129,42 @@ async fn restore_tree(
     // ownership, modes, attributes and times, deepest first.
     let mut files = Vec::new();
     let mut contents = Vec::new();
+    // In place: the files reused, by their index in `files`.
+    let mut reused = Vec::new();
+    let mut removed = 0;
+    if options.in_place {
+        let keep: std::collections::HashSet<&str> = nodes.iter().map(|n| n.path.as_str()).collect();
+        removed = tree.remove_stale(&keep)?;
+    }
     for n in &nodes[1..] {
         match &n.kind {
             NodeKind::Dir => tree.make_dir(&n.path)?,
             NodeKind::File(data) => {
+                let existing = if options.in_place {
+                    tree.reuse_file(&n.path, data.size)?
+                } else {
+                    None
+                };
                 // Closed again at once (a volume can hold more files than a process
                 // may keep open); the data pass reopens it beneath the root and checks
                 // it is still this inode.
-                let f = tree.replace_file(&n.path)?;
-                f.set_len(data.size).map_err(|e| tree.error(&n.path, e))?;
-                let st = rustix::fs::fstat(&f).map_err(|e| tree.error(&n.path, e.into()))?;
+                let identity = match existing {
+                    Some(r) => {
+                        reused.push((files.len(), r.file));
+                        r.identity
+                    }
+                    None => {
+                        let f = tree.replace_file(&n.path)?;
+                        f.set_len(data.size).map_err(|e| tree.error(&n.path, e))?;
+                        let st =
+                            rustix::fs::fstat(&f).map_err(|e| tree.error(&n.path, e.into()))?;
+                        confined::identity(&st)
+                    }
+                };
                 let file = Restored::Beneath {
                     root: root.clone(),
                     rel: n.path.clone(),
-                    identity: confined::identity(&st),
+                    identity,
                 };
                 files.push((target.join(&n.path), file));
                 contents.push(data.clone());
@@ -143,7 +173,21 @@ async fn restore_tree(
             NodeKind::HardLink(first) => tree.make_hard_link(&n.path, first)?,
         }
     }
-    let mut stats = restore_data(repo, manifest, files, contents, progress).await?;
+    // What the reused files already hold, compared on every core.
+    let compared: Vec<_> = reused
+        .into_par_iter()
+        .map(|(i, f)| (i, in_place::unchanged(&f, &contents[i], &repo.keys)))
+        .collect();
+    let mut keep: Vec<Option<Vec<bool>>> = vec![None; files.len()];
+    let mut zeroed = 0;
+    for (i, result) in compared {
+        let c = result.map_err(|e| RepoError::io(&files[i].0, e))?;
+        keep[i] = Some(c.kept);
+        zeroed += c.zeroed;
+    }
+    let mut stats = restore_data(repo, manifest, files, contents, &keep, progress).await?;
+    stats.bytes_written += zeroed;
+    stats.removed = removed;
     for n in nodes.iter().rev() {
         tree.set_attributes(n, &mut stats)?;
     }
@@ -155,6 +199,7 @@ async fn restore_tree(
     Ok(stats)
 }
 
+mod in_place;
 mod writer;
 use writer::{Restored, TreeWriter};
 
@@ -181,17 +226,26 @@ pub fn pick_volume<'a>(
 
 /// Fills files already created at their size (holes stay holes), pack by pack; a file is open
 /// only while a pack writes it.
+/// `kept[i]`: which extents of file `i` are already in place (written in place).
 async fn restore_data(
     repo: &Repository,
     manifest: &Manifest,
     files: Vec<(PathBuf, Restored)>,
     contents: Vec<FileData>,
+    kept: &[Option<Vec<bool>>],
     progress: Option<ProgressFn>,
 ) -> Result<RestoreStats, RepoError> {
-    let (packs, total) = placements_by_pack(repo, manifest, &files, &contents)?;
+    let bytes = contents
+        .iter()
+        .flat_map(|c| &c.extents)
+        .filter(|e| e.chunk.is_some())
+        .map(|e| e.length as u64)
+        .sum();
+    let (packs, total) = placements_by_pack(repo, manifest, &files, &contents, kept)?;
     let stats = RestoreStats {
         files: files.len() as u64,
-        bytes: total,
+        bytes,
+        bytes_written: total,
         packs_read: packs.len() as u64,
         ..Default::default()
     };
@@ -222,12 +276,18 @@ fn placements_by_pack(
     manifest: &Manifest,
     files: &[(PathBuf, Restored)],
     contents: &[FileData],
+    kept: &[Option<Vec<bool>>],
 ) -> Result<(Vec<PackPlacements>, u64), RepoError> {
     let mut by_pack: HashMap<u32, Vec<Placement>> = HashMap::new();
     let mut total = 0u64;
     for (i, ((path, _), data)) in files.iter().zip(contents).enumerate() {
         let mut offset = 0u64;
-        for e in &data.extents {
+        let kept = kept.get(i).and_then(Option::as_ref);
+        for (n, e) in data.extents.iter().enumerate() {
+            if kept.is_some_and(|k| k.get(n) == Some(&true)) {
+                offset += e.length as u64;
+                continue;
+            }
             if let Some(id) = e.chunk {
                 let at = *repo.chunks.get(&id).ok_or_else(|| RepoError::Corrupt {
                     object: format!(

@@ -17,6 +17,7 @@ mod region;
 mod replication;
 mod repository;
 mod repository_origin;
+mod restore_in_place;
 mod rig_api;
 mod scenario;
 mod source_hold;

@@ -201,7 +201,7 @@ async fn assert_restores(target: &Path, point: &str, expected: &Content) {
             &dest,
             &RestoreOptions {
                 volume: Some(claim.clone()),
-                sync: false,
+                ..Default::default()
             },
             None,
         )

@@ -61,6 +61,10 @@ pub(super) struct RestoreArgs {
     /// Flush the restored data to disk before returning.
     #[arg(long)]
     sync: bool,
+    /// The target holds an older copy of the volume: keep what matches the point, write only
+    /// the extents that differ, and remove what the point does not hold.
+    #[arg(long)]
+    in_place: bool,
 }
 
 #[derive(Args)]
@@ -188,6 +192,7 @@ pub(super) async fn restore(
         &RestoreOptions {
             volume: args.volume,
             sync: args.sync,
+            in_place: args.in_place,
         },
         Some(progress),
     )
@@ -216,12 +221,13 @@ fn restore_report(
         String::new()
     };
     Report::ok(
-        serde_json::json!({"point": id, "files": stats.files, "bytes": stats.bytes, "seconds": seconds, "setidCleared": stats.setid_cleared, "xattrsSkipped": stats.xattrs_skipped}),
+        serde_json::json!({"point": id, "files": stats.files, "bytes": stats.bytes, "bytesWritten": stats.bytes_written, "removed": stats.removed, "seconds": seconds, "setidCleared": stats.setid_cleared, "xattrsSkipped": stats.xattrs_skipped}),
         format!(
-            "restored point {id} to {}: {} files, {} bytes, {seconds:.1}s{not_restored}",
+            "restored point {id} to {}: {} files, {} bytes ({} written), {seconds:.1}s{not_restored}",
             target.display(),
             stats.files,
             stats.bytes,
+            stats.bytes_written,
         ),
     )
 }

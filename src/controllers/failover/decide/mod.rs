@@ -5,7 +5,10 @@
 //! idempotent.
 
 mod planned;
+mod prepare;
 mod running;
+pub use prepare::prepared_names;
+use prepare::{blocked, prepare};
 #[cfg(test)]
 pub(crate) mod tests;
 
@@ -14,7 +17,7 @@ use std::collections::BTreeSet;
 use jiff::Timestamp;
 use kube::ResourceExt;
 
-use super::manifests::{self, Place};
+use super::manifests::Place;
 use super::observe::{Found, World};
 use super::phase::Phase;
 use crate::api::Failover;
@@ -23,7 +26,7 @@ use crate::api::failover::{FailoverStatus, Milestone, ResolvedPoint, Restore};
 use crate::api::reasons::{ConditionType as T, EventReason, FailoverReason as R};
 use crate::api::work::{WorkState, writer_name};
 use crate::controllers::PlannedEvent;
-use crate::controllers::objects::{Holder, Kind, Manifest, ObjectName};
+use crate::controllers::objects::{Kind, Manifest, ObjectName};
 
 /// One change to the world, idempotent: repeating it after a crash changes nothing more.
 #[derive(Clone, Debug, PartialEq)]
@@ -236,175 +239,6 @@ fn switch_point(i: &Inputs<'_>, place: &Place, wanted: &ResolvedPoint) -> Decisi
         Fact::Rto(None),
         Fact::ResolvedPoint(Some(wanted.clone())),
     ];
-    d
-}
-
-/// The first step waits while a name it needs is used by an object it did not make (or by one
-/// still being deleted); a restore never lands in a claim it did not create.
-fn blocked(world: &World, names: impl IntoIterator<Item = ObjectName>) -> Option<Decision> {
-    for name in names {
-        match world.names.get(&name) {
-            Some(Holder::Going) => {
-                return Some(Decision::waiting(
-                    R::Restoring,
-                    format!("waiting for {name} of an earlier restore to be deleted"),
-                ));
-            }
-            Some(Holder::Taken) => {
-                return Some(Decision::waiting(
-                    R::NameInUse,
-                    format!(
-                        "{name} exists and was not made by this Failover; delete or rename it and the failover goes on"
-                    ),
-                ));
-            }
-            _ => {}
-        }
-    }
-    None
-}
-
-/// The names the first step creates objects under.
-pub fn prepared_names(f: &Failover, place: &Place, point: &ResolvedPoint) -> Vec<ObjectName> {
-    let ns = Some(place.namespace.as_str());
-    let mut names = Vec::new();
-    if place.drill {
-        names.push(ObjectName::new(Kind::Namespace, None, &place.namespace));
-    }
-    for (n, v) in manifests::restore_plan(point, place).iter().enumerate() {
-        names.push(ObjectName::new(Kind::Claim, ns, &v.target_claim));
-        names.push(ObjectName::new(
-            Kind::Pod,
-            ns,
-            &writer_name(&f.name_any(), n),
-        ));
-    }
-    names.push(ObjectName::new(place.copy_kind(), ns, &place.copy));
-    names
-}
-
-/// The point the first step restores: the final point (Planned), else the plan's choice.
-fn restore_point<'a>(i: &'a Inputs<'_>) -> Option<&'a ResolvedPoint> {
-    if i.failover.spec.mode == crate::api::failover::FailoverMode::Planned {
-        i.status.resolved_point.as_ref()
-    } else {
-        i.chosen
-    }
-}
-
-/// Step 1: claims and writer pods in the target zone (in a drill, in its own namespace). A
-/// workload from a vault first fences the protecting cluster out of the target location.
-fn prepare(i: &Inputs<'_>, place: &Place, subject: Subject<'_>, world: &World) -> Decision {
-    let Some(point) = restore_point(i) else {
-        return Decision::default();
-    };
-    let names = match subject {
-        Subject::Found(found) => match &found.definition {
-            Some(Ok(def)) => {
-                crate::controllers::failover::observe::found_names(i.failover, place, point, def)
-            }
-            _ => return Decision::default(),
-        },
-        Subject::Protected(_) => prepared_names(i.failover, place, point),
-    };
-    if let Some(d) = blocked(world, names) {
-        return d;
-    }
-    let mut d = Decision::waiting(R::Restoring, format!("restoring point {}", point.id));
-    let f = i.failover;
-    if place.drill {
-        let source = world.source_namespace.clone().unwrap_or_default();
-        d.actions.extend(
-            manifests::drill_namespace_objects(f, &place.namespace, &source)
-                .into_iter()
-                .map(Action::Create),
-        );
-    }
-    let volumes = manifests::restore_plan(point, place);
-    for (n, v) in volumes.iter().enumerate() {
-        let mut shape =
-            world
-                .claim_shapes
-                .get(&v.source_claim)
-                .cloned()
-                .unwrap_or(manifests::ClaimShape {
-                    size: "1Gi".into(),
-                    class: None,
-                });
-        shape.class = world.zone_class.clone().or(shape.class);
-        d.actions.push(Action::Create(manifests::claim(
-            f,
-            &place.namespace,
-            &v.target_claim,
-            &shape,
-        )));
-        d.actions.push(Action::Create(manifests::writer_pod(
-            f,
-            i.image,
-            &place.namespace,
-            n,
-            &v.target_claim,
-            i.target_zone,
-        )));
-    }
-    let message = format!(
-        "restoring point {} into {} claim(s) in the target zone{}",
-        point.id,
-        volumes.len(),
-        if place.drill {
-            format!(", namespace {}", place.namespace)
-        } else {
-            String::new()
-        }
-    );
-    let event = PlannedEvent::normal(
-        EventReason::FailoverRestoreStarted,
-        "Restore",
-        message.clone(),
-    );
-    d.reach(i.status, Milestone::RestoreStarted, message, Some(event));
-    if let Subject::Found(found) = subject
-        && !place.drill
-    {
-        // Before a byte is restored: from now on the protecting cluster writes no point of the
-        // workload into the target location (a drill fences nothing: the source may still run).
-        d.actions.insert(0, Action::Fence);
-        d.reach(
-            i.status,
-            Milestone::Fenced,
-            format!(
-                "the target location is fenced: cluster {} writes no more points of {}",
-                if found.cluster.is_empty() {
-                    "?"
-                } else {
-                    &found.cluster
-                },
-                found.name
-            ),
-            None,
-        );
-    }
-    if let Subject::Found(found) = subject {
-        d.facts
-            .push(Fact::Found(crate::api::failover::FoundWorkload {
-                kind: found.kind.as_str().to_string(),
-                name: found.name.clone(),
-                cluster: found.cluster.clone(),
-                cluster_uid: found.cluster_uid.clone(),
-                existed: false,
-                objects: vec![],
-            }));
-    }
-    d.facts.push(Fact::ResolvedPoint(Some(point.clone())));
-    d.facts.push(Fact::Restore(Some(Restore {
-        point: point.id.clone(),
-        started: i.now,
-        volumes,
-        namespace: place.drill.then(|| place.namespace.clone()),
-        completed: None,
-        failed: None,
-        generation: f.metadata.generation,
-    })));
     d
 }
 

@@ -10,6 +10,7 @@ use crate::api::conditions::find;
 use crate::api::work::WorkState;
 use crate::controllers::failover::observe::{CommitJob, Report, Source, VerifyJob, World};
 use crate::controllers::failover::phase::phase;
+use crate::controllers::objects::Holder;
 
 const NOW: &str = "2026-06-01T12:10:00Z";
 
