@@ -155,7 +155,7 @@ async fn run_one(
     );
     let outcome = restore_all(&client, &settings, &f, &r, &local).await;
     let done = match outcome {
-        Ok(()) => report(&f, &r, WorkState::Done, claims, String::new()),
+        Ok(written) => report(&f, &r, WorkState::Done, claims, written.join("; ")),
         Err(e) => {
             tracing::warn!(failover = %key, error = %e, "restore failed");
             report(&f, &r, WorkState::Failed, claims, e.to_string())
@@ -170,8 +170,10 @@ async fn restore_all(
     f: &Failover,
     r: &Restore,
     local: &Local,
-) -> Result<(), WorkError> {
+) -> Result<Vec<String>, WorkError> {
     let namespace = f.namespace().unwrap_or_default();
+    // What each claim took: the bytes written, of the point's.
+    let mut written = Vec::new();
     // A failover from a vault (a region failover) names it; otherwise the workload does.
     let vault_name = match &f.spec.vault_name {
         Some(v) => v.clone(),
@@ -202,21 +204,26 @@ async fn restore_all(
         .await
         .map_err(WorkError::repository("target location"))?;
     for (source, target, path) in local {
-        // A restore interrupted earlier leaves its marker: start that claim again from empty.
-        if path.join(INCOMPLETE_MARKER).exists() {
+        let in_place = r
+            .volumes
+            .iter()
+            .any(|v| &v.target_claim == target && v.in_place);
+        // A restore interrupted earlier leaves its marker: start that claim again from empty
+        // (a claim written in place converges on the point again instead).
+        if !in_place && path.join(INCOMPLETE_MARKER).exists() {
             clear(path).map_err(|source| WorkError::ClearInterrupted {
                 claim: target.clone(),
                 source,
             })?;
         }
-        restore(
+        let stats = restore(
             &repo,
             &r.point,
             path,
             &RestoreOptions {
                 volume: Some(source.clone()),
                 sync: true,
-                in_place: false,
+                in_place,
             },
             None,
         )
@@ -225,13 +232,19 @@ async fn restore_all(
             "claim {target} from volume {source} of point {}",
             r.point
         )))?;
+        written.push(format!(
+            "{target}: {} of {} bytes written{}",
+            stats.bytes_written,
+            stats.bytes,
+            if in_place { " in place" } else { "" }
+        ));
         if path.join(INCOMPLETE_MARKER).exists() {
             return Err(WorkError::RestoreIncomplete {
                 claim: target.clone(),
             });
         }
     }
-    Ok(())
+    Ok(written)
 }
 
 fn clear(dir: &std::path::Path) -> std::io::Result<()> {

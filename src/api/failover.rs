@@ -185,6 +185,10 @@ pub struct FailoverStatus {
     /// A failover from `spec.vaultName`: the workload as its point describes it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub found: Option<FoundWorkload>,
+    /// A failback: the workload is a failover's copy, and this is the original it replaced
+    /// (held at zero replicas, its claims kept), which comes back instead of a new copy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failback_to: Option<String>,
 }
 
 /// A workload found in a vault's target location, as its recovery point describes it.
@@ -236,8 +240,13 @@ pub struct Restore {
 pub struct VolumeRestore {
     /// The claim (volume of the point) in the source zone.
     pub source_claim: String,
-    /// The new claim in the target zone.
+    /// The claim in the target zone: new, or (a failback) the original claim the workload
+    /// left there, written in place.
     pub target_claim: String,
+    /// The target claim existed (the original's, kept by an earlier failover): the agent
+    /// writes only the extents that differ from the point, and removes what it does not hold.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub in_place: bool,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]

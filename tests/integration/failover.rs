@@ -1181,7 +1181,7 @@ async fn reprotect_then_failback_moves_only_the_delta() {
             format!("{claim} moved\n"),
         )
         .unwrap();
-        in_zone_b.insert(format!("data-db-failover-failover-{i}"), read_tree(&disk));
+        in_zone_b.insert(format!("data-db-{i}"), read_tree(&disk));
     }
 
     // Re-protect: the copy, replicated the other way (zone-b's location is now the cache, the
@@ -1234,7 +1234,11 @@ async fn reprotect_then_failback_moves_only_the_delta() {
         2 * SIZE
     );
 
-    // Failback: a planned failover of the copy, back to the original zone.
+    // Failback: a planned failover of the copy, back to the original zone, into the original
+    // StatefulSet and the claims it kept.
+    let inode =
+        |p: &std::path::Path| std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(p).unwrap());
+    let blob_inode = inode(&volumes["data-db-0"].join("blob.bin"));
     let mut back = failover("back", json!({"latest": true}));
     back.spec.workload_name = "db-back".into();
     back.spec.mode = site_recovery::api::failover::FailoverMode::Planned;
@@ -1248,19 +1252,86 @@ async fn reprotect_then_failback_moves_only_the_delta() {
     })
     .await;
     assert_eq!(s.target_zone.as_deref(), Some("zone-a"));
+    assert_eq!(s.failback_to.as_deref(), Some("db"));
+    assert_eq!(s.target_workload.as_deref(), Some("db"));
     for (claim, content) in &in_zone_b {
-        let disk = crate::rig::failover::claim_disk(&rig, "apps", claim).await;
         assert_eq!(
-            &read_tree(&disk),
+            &read_tree(&volumes[claim]),
             content,
-            "{claim}: back in zone-a with zone-b's writes"
+            "{claim}: the original claim, back in zone-a with zone-b's writes"
         );
     }
+    assert_eq!(
+        inode(&volumes["data-db-0"].join("blob.bin")),
+        blob_inode,
+        "an unchanged file is kept, not rewritten"
+    );
+    let restored = s
+        .timeline
+        .iter()
+        .find(|t| t.step == "Restored")
+        .map(|t| t.message.clone())
+        .unwrap_or_default();
+    println!("failback: {restored}");
+    assert!(restored.contains("in place"), "{restored}");
+    let written: u64 = restored
+        .split("; ")
+        .filter_map(|part| {
+            part.split(": ")
+                .nth(1)?
+                .split(' ')
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })
+        .sum();
+    assert!(
+        written < (SIZE / 4) as u64,
+        "the failback writes only what changed: {written} bytes for {} bytes of data",
+        2 * SIZE
+    );
+    assert_eq!(
+        replicas(&rig, "db").await,
+        Some(2),
+        "the original is back up"
+    );
     let pod: Pod = Api::namespaced(rig.client(), "apps")
-        .get("db-failover-failover-0")
+        .get("db-0")
         .await
         .unwrap();
     assert_eq!(pod.spec.unwrap().node_name.as_deref(), Some("node-a1"));
+    assert!(
+        Api::<StatefulSet>::namespaced(rig.client(), "apps")
+            .get_opt("db-failover-failover")
+            .await
+            .unwrap()
+            .is_none(),
+        "no copy of the copy"
+    );
+    // Commit: the copy the workload ran as in zone-b goes; the original stays.
+    failovers
+        .patch(
+            "back",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"commit": true}})),
+        )
+        .await
+        .unwrap();
+    eventually(
+        Duration::from_secs(60),
+        "the copy deleted at commit",
+        || async {
+            let s = failovers.get("back").await.ok()?.status?;
+            (condition(&s.conditions, "Committed")?.0 == "True").then_some(())?;
+            gone(
+                &Api::<StatefulSet>::namespaced(rig.client(), "apps"),
+                "db-failover",
+            )
+            .await
+        },
+    )
+    .await;
+    assert_eq!(replicas(&rig, "db").await, Some(2));
     running.stop().await;
     for a in agents {
         a.kill();

@@ -151,7 +151,11 @@ async fn pass(
                     pods.delete(&p.name_any(), &Default::default()).await?;
                 }
             }
-            continue;
+            // A StatefulSet scaled back up gets its pods again, on its claims (a failback to
+            // the original); a Deployment's pods are the test's own.
+            if kind != "StatefulSet" {
+                continue;
+            }
         }
         if !w["metadata"]["deletionTimestamp"].is_null() {
             continue;

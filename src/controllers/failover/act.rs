@@ -49,6 +49,15 @@ pub async fn act(ctx: &Context, f: &Failover, actions: &[Action]) -> Result<(), 
             Action::Create(m) => create_if_absent(client, m, FAILOVER_UID_LABEL, &uid).await?,
             Action::CreateOrUse(m) => create_or_use(client, m).await?,
             Action::Fence => fence(ctx, f).await?,
+            Action::DeleteCopy { kind, name, of } => {
+                let api = kind.api(client, Some(&namespace));
+                let copy = api.get_opt(name).await.map_err(Error::Kube)?;
+                let is_copy = copy
+                    .is_some_and(|c| c.annotations().get(super::COPY_OF_ANNOTATION) == Some(of));
+                if is_copy {
+                    crate::controllers::delete_if_present(&api, name).await?;
+                }
+            }
             Action::Delete(name) => delete_if_mine(client, name, FAILOVER_UID_LABEL, &uid).await?,
             Action::TearDown(place) => tear_down(ctx, &uid, place).await?,
             Action::DeleteLabelled { namespace } => delete_made(ctx, &uid, namespace).await?,

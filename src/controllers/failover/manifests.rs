@@ -58,6 +58,9 @@ pub struct Place {
     pub drill: bool,
     /// A workload found in a vault: it comes back as itself, under its own names.
     pub found: bool,
+    /// A failback: the copy is the original workload the source is a copy of, and the claims
+    /// are its kept claims (written in place).
+    pub failback: bool,
 }
 
 impl Place {
@@ -78,7 +81,27 @@ impl Place {
             kind,
             drill,
             found: false,
+            failback: false,
         }
+        .back_to(f)
+    }
+
+    /// A failback recorded in the status returns to the original's names.
+    fn back_to(mut self, f: &Failover) -> Self {
+        if let Some(original) = f.status.as_ref().and_then(|s| s.failback_to.as_ref())
+            && !self.drill
+        {
+            self.copy = original.clone();
+            self.failback = true;
+        }
+        self
+    }
+
+    /// This place, returning to `original` (the failback the first step detected).
+    pub fn failback(mut self, original: &str) -> Self {
+        self.copy = original.to_string();
+        self.failback = true;
+        self
     }
 
     /// A workload found in a vault's target location comes back under its own name, in this
@@ -112,9 +135,14 @@ pub fn restore_plan(point: &ResolvedPoint, place: &Place) -> Vec<VolumeRestore> 
         .iter()
         .map(|claim| VolumeRestore {
             source_claim: claim.clone(),
+            in_place: false,
             target_claim: match template_of(claim, &place.source) {
                 Some((template, ordinal)) => format!("{template}-{}-{ordinal}", place.copy),
                 None if place.copy == place.source => claim.clone(),
+                // A Deployment's copy mounted `<claim>-failover`; its original mounts `<claim>`.
+                None if place.failback => {
+                    claim.strip_suffix("-failover").unwrap_or(claim).to_string()
+                }
                 None => format!("{claim}-failover"),
             },
         })
@@ -236,13 +264,14 @@ pub fn copy_of(
     }
     let mut metadata_labels = source.labels().clone();
     metadata_labels.extend(labels(f));
+    let copy_of = json!({super::COPY_OF_ANNOTATION: place.source});
     Manifest::new(
         place.copy_kind(),
         Some(&place.namespace),
         &place.copy,
         json!({
             "apiVersion": "apps/v1", "kind": place.kind.as_str(),
-            "metadata": {"name": place.copy, "namespace": place.namespace, "labels": metadata_labels},
+            "metadata": {"name": place.copy, "namespace": place.namespace, "labels": metadata_labels, "annotations": copy_of},
             "spec": spec,
         }),
     )

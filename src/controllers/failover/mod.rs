@@ -39,6 +39,9 @@ pub const FINALIZER: &str = "siterecovery.io/failover";
 /// same patch that scales it, so the count survives a lost status write.
 pub const REPLICAS_ANNOTATION: &str = "siterecovery.io/replicas-before-failover";
 
+/// On a failover's copy: the workload it is a copy of, where a failback returns.
+pub const COPY_OF_ANNOTATION: &str = "siterecovery.io/copy-of";
+
 /// The Failover that holds the source workload at zero replicas, written and removed together
 /// with [`REPLICAS_ANNOTATION`]: the chart's admission policy refuses to scale a workload that
 /// carries it up (unless the operator asks), and names this Failover in the refusal.

@@ -44,6 +44,7 @@ pub fn record(status: &FailoverStatus, facts: &[Fact], now: Timestamp) -> Failov
                     w.existed = true;
                 }
             }
+            Fact::FailbackTo(original) => next.failback_to = Some(original),
             Fact::FoundObjects(objects) => {
                 if let Some(w) = &mut next.found {
                     w.objects = objects;

@@ -65,8 +65,17 @@ pub fn roll_back(f: &Failover, observed: &Observed) -> Decision {
 fn restore_source(f: &Failover, rw: &ReplicatedWorkload, observed: &Observed, d: &mut Decision) {
     let status = f.status.clone().unwrap_or_default();
     let w = &rw.spec.workload_ref;
-    d.actions
-        .push(Action::TearDown(Place::of(f, w.kind, &w.name)));
+    let place = Place::of(f, w.kind, &w.name);
+    if place.failback && status.reached(&Milestone::WorkloadStarted) {
+        // The original went back up on its claims: it stops again, held as before.
+        d.actions.push(Action::ScaleSource {
+            kind: place.copy_kind(),
+            name: place.copy.clone(),
+            replicas: 0,
+            note: Some(status.source_replicas.unwrap_or(1)),
+        });
+    }
+    d.actions.push(Action::TearDown(place));
     let back = observed
         .source
         .as_ref()

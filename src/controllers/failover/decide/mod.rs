@@ -63,6 +63,13 @@ pub enum Action {
     /// Create the object unless one of that name exists, whoever made it (a found workload's
     /// companions under `existingObjects: Use`).
     CreateOrUse(Manifest),
+    /// Delete workload `name` if it is a failover's copy of `of` (`siterecovery.io/copy-of`):
+    /// a committed failback removes the copy it came back from.
+    DeleteCopy {
+        kind: Kind,
+        name: String,
+        of: String,
+    },
     /// Write the fence record of the found workload in the vault's target location (idempotent:
     /// this Failover's fence is kept).
     Fence,
@@ -89,6 +96,8 @@ pub enum Fact {
     FoundExisted,
     /// The objects restored beside the found workload (`Kind/name`).
     FoundObjects(Vec<String>),
+    /// A failback returns to this original workload.
+    FailbackTo(String),
 }
 
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -181,7 +190,10 @@ pub fn decide(phase: Phase, i: &Inputs<'_>, world: &World) -> Decision {
         (None, Some(found)) => Subject::Found(found),
         (None, None) => return Decision::default(),
     };
-    let place = subject.place(i.failover);
+    let place = match &world.failback {
+        Some(original) => subject.place(i.failover).failback(original),
+        None => subject.place(i.failover),
+    };
     if let Subject::Found(found) = subject
         && let Some(Err(message)) = &found.definition
     {
@@ -250,6 +262,7 @@ fn restoring(i: &Inputs<'_>, world: &World) -> Decision {
         return Decision::default();
     };
     let mut done = BTreeSet::new();
+    let mut written = Vec::new();
     for r in &world.reports {
         if let Some(claim) = r
             .claims
@@ -269,7 +282,12 @@ fn restoring(i: &Inputs<'_>, world: &World) -> Decision {
                     r.node, r.message
                 ));
             }
-            WorkState::Done => done.extend(r.claims.iter().cloned()),
+            WorkState::Done => {
+                done.extend(r.claims.iter().cloned());
+                if !r.message.is_empty() {
+                    written.push(r.message.clone());
+                }
+            }
             WorkState::Running => {}
         }
     }
@@ -296,7 +314,11 @@ fn restoring(i: &Inputs<'_>, world: &World) -> Decision {
     {
         return d;
     }
-    let message = format!("{} claim(s) restored and verified", restore.volumes.len());
+    let mut message = format!("{} claim(s) restored and verified", restore.volumes.len());
+    if !written.is_empty() {
+        written.sort();
+        message.push_str(&format!(" ({})", written.join("; ")));
+    }
     restore.completed = Some(i.now);
     d.reach(i.status, Milestone::Restored, message, None);
     d.facts.push(Fact::Restore(Some(restore)));

@@ -90,7 +90,14 @@ pub(super) fn prepare(
         },
         Subject::Protected(_) => prepared_names(i.failover, place, point),
     };
-    if let Some(d) = blocked(world, names) {
+    // A failback returns to the original and its kept claims: those names are taken, by the
+    // workload it comes back to (checked by observe: held at zero by the copy's maker).
+    let kept = |n: &ObjectName| {
+        place.failback
+            && world.names.get(n) == Some(&Holder::Taken)
+            && (n.kind == Kind::Claim || (n.kind == place.copy_kind() && n.name == place.copy))
+    };
+    if let Some(d) = blocked(world, names.into_iter().filter(|n| !kept(n))) {
         return d;
     }
     let mut d = Decision::waiting(R::Restoring, format!("restoring point {}", point.id));
@@ -103,7 +110,17 @@ pub(super) fn prepare(
                 .map(Action::Create),
         );
     }
-    let volumes = manifests::restore_plan(point, place);
+    let mut volumes = manifests::restore_plan(point, place);
+    for v in &mut volumes {
+        v.in_place = kept(&ObjectName::new(
+            Kind::Claim,
+            Some(&place.namespace),
+            &v.target_claim,
+        ));
+    }
+    if let Some(original) = world.failback.as_ref().filter(|_| place.failback) {
+        d.facts.push(Fact::FailbackTo(original.clone()));
+    }
     for (n, v) in volumes.iter().enumerate() {
         let mut shape =
             world
@@ -115,12 +132,14 @@ pub(super) fn prepare(
                     class: None,
                 });
         shape.class = world.zone_class.clone().or(shape.class);
-        d.actions.push(Action::Create(manifests::claim(
-            f,
-            &place.namespace,
-            &v.target_claim,
-            &shape,
-        )));
+        if !v.in_place {
+            d.actions.push(Action::Create(manifests::claim(
+                f,
+                &place.namespace,
+                &v.target_claim,
+                &shape,
+            )));
+        }
         d.actions.push(Action::Create(manifests::writer_pod(
             f,
             i.image,

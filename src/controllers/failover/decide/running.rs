@@ -33,7 +33,10 @@ pub fn start(i: &Inputs<'_>, place: &Place, world: &World) -> Decision {
         return d;
     };
     let copy = ObjectName::new(place.copy_kind(), Some(&place.namespace), &place.copy);
-    if let Some(mut d) = blocked(world, [copy]) {
+    // A failback's copy is the original, there since before (observe checked it is held).
+    if !place.failback
+        && let Some(mut d) = blocked(world, [copy])
+    {
         d.actions = writer_pods(i.failover, place, restore.volumes.len());
         return d;
     }
@@ -64,14 +67,25 @@ pub fn start(i: &Inputs<'_>, place: &Place, world: &World) -> Decision {
         }
         replicas
     };
-    d.actions.push(Action::Create(manifests::copy_of(
-        &source.object,
-        i.failover,
-        place,
-        replicas,
-        i.target_zone,
-        &restore.volumes,
-    )));
+    if place.failback {
+        // The original comes back on its own claims, now the point's: scaled up, its hold
+        // released (the operator's own write).
+        d.actions.push(Action::ScaleSource {
+            kind: place.copy_kind(),
+            name: place.copy.clone(),
+            replicas,
+            note: None,
+        });
+    } else {
+        d.actions.push(Action::Create(manifests::copy_of(
+            &source.object,
+            i.failover,
+            place,
+            replicas,
+            i.target_zone,
+            &restore.volumes,
+        )));
+    }
     d.facts.push(Fact::SourceReplicas(replicas));
     d.facts.push(Fact::TargetWorkload(Some(place.copy.clone())));
     let message = if place.drill {
@@ -187,7 +201,7 @@ pub fn run(i: &Inputs<'_>, subject: Subject<'_>, place: &Place, world: &World) -
             format!("{ready} of {want} pod(s) of {target} Ready"),
         );
         if i.status.reached(&Milestone::Committed) {
-            d.conditions.push(committed(subject));
+            d.conditions.push(committed(subject, place));
         } else if i.failover.spec.commit {
             d.conditions.push(Condition::new(
                 T::Committed,
@@ -280,7 +294,8 @@ fn drill(i: &Inputs<'_>, place: &Place, world: &World, ready: String, d: &mut De
 /// Phase two: every point of the workload is deleted in cache and target (the seed's commit),
 /// by a background job; the source's claims and volumes are kept.
 fn commit(i: &Inputs<'_>, subject: Subject<'_>, world: &World, d: &mut Decision) -> Condition {
-    let done = committed(subject);
+    let here = subject.place(i.failover);
+    let done = committed(subject, &here);
     if i.status.reached(&Milestone::Committed) {
         return done;
     }
@@ -297,11 +312,19 @@ fn commit(i: &Inputs<'_>, subject: Subject<'_>, world: &World, d: &mut Decision)
             committing(format!("deleting the recovery points: {message}; retrying"))
         }
         Some(CommitJob::Done(removed)) => {
+            if here.failback {
+                // Failed back: the copy the workload ran as meanwhile goes (its claims stay).
+                d.actions.push(Action::DeleteCopy {
+                    kind: here.copy_kind(),
+                    name: here.source.clone(),
+                    of: here.copy.clone(),
+                });
+            }
             let message = format!("{removed} recovery point(s) deleted");
             let event = PlannedEvent::normal(
                 EventReason::FailoverCommitted,
                 "Commit",
-                format!("{}; {message}", committed_message(subject)),
+                format!("{}; {message}", committed_message(subject, &here)),
             );
             d.reach(i.status, Milestone::Committed, message, Some(event));
             done
@@ -309,16 +332,16 @@ fn commit(i: &Inputs<'_>, subject: Subject<'_>, world: &World, d: &mut Decision)
     }
 }
 
-fn committed(subject: Subject<'_>) -> Condition {
+fn committed(subject: Subject<'_>, place: &Place) -> Condition {
     Condition::new(
         T::Committed,
         ConditionStatus::True,
         R::Committed,
-        committed_message(subject),
+        committed_message(subject, place),
     )
 }
 
-fn committed_message(subject: Subject<'_>) -> String {
+fn committed_message(subject: Subject<'_>, place: &Place) -> String {
     let rw = match subject {
         Subject::Protected(rw) => rw,
         Subject::Found(found) => {
@@ -331,6 +354,15 @@ fn committed_message(subject: Subject<'_>) -> String {
         }
     };
     let w = &rw.spec.workload_ref;
+    if place.failback {
+        return format!(
+            "committed: the recovery points of {} are deleted; {} {} runs again on its own claims, and the copy {} is deleted (its claims are kept until you delete them)",
+            kube::ResourceExt::name_any(rw),
+            w.kind.as_str(),
+            place.copy,
+            w.name
+        );
+    }
     format!(
         "committed: the recovery points of {} are deleted; the source {} {} (0 replicas) and its claims are kept until you delete them",
         kube::ResourceExt::name_any(rw),

@@ -115,6 +115,7 @@ fn actions(d: &Decision) -> Vec<String> {
             Action::StartCommit => "commit".into(),
             Action::CreateOrUse(m) => format!("create-or-use {} {}", m.kind.name(), m.name),
             Action::Fence => "fence".into(),
+            Action::DeleteCopy { name, .. } => format!("delete-copy {name}"),
         })
         .collect()
 }

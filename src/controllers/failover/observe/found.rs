@@ -249,7 +249,7 @@ fn zone_class(ctx: &Context, f: &Failover, vault: &str) -> Option<String> {
 
 /// Ready pods of the workload, by its own selector: a workload that existed here has pods
 /// without this Failover's labels.
-async fn ready_pods(ctx: &Context, place: &Place) -> Result<i32, Error> {
+pub(super) async fn ready_pods(ctx: &Context, place: &Place) -> Result<i32, Error> {
     let Some(object) = place
         .copy_kind()
         .api(&ctx.client, Some(&place.namespace))
@@ -262,10 +262,25 @@ async fn ready_pods(ctx: &Context, place: &Place) -> Result<i32, Error> {
     let Some(selector) = super::world::selector_of(&object) else {
         return Ok(0);
     };
+    // Another workload's pods may match the selector (the copy a failback returns from keeps
+    // the app's labels): only the workload's own count, by their owner.
+    let uid = object.metadata.uid.clone().unwrap_or_default();
+    let prefix = format!("{}-", place.copy);
+    let own = |p: &k8s_openapi::api::core::v1::Pod| {
+        p.owner_references().iter().any(|o| match o.kind.as_str() {
+            "StatefulSet" => o.uid == uid,
+            // `<deployment>-<pod-template-hash>`
+            "ReplicaSet" => o
+                .name
+                .strip_prefix(&prefix)
+                .is_some_and(|hash| !hash.is_empty() && !hash.contains('-')),
+            _ => false,
+        })
+    };
     Ok(labelled_pods(ctx, &place.namespace, &selector)
         .await?
         .iter()
-        .filter(|p| p.name_any().starts_with(&format!("{}-", place.copy)))
+        .filter(|p| own(p))
         .filter(|p| super::world::is_ready(p))
         .count() as i32)
 }

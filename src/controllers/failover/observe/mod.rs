@@ -106,6 +106,9 @@ pub struct World {
     pub zone_class: Option<String>,
     /// Between the phases: the point `spec.recoveryPoint` now names, when it is another one.
     pub switch_to: Option<ResolvedPoint>,
+    /// The first step of a failback: the original workload the source is a copy of, held at
+    /// zero by the failover that made the copy, with its claims kept.
+    pub failback: Option<String>,
     /// Who holds each name the phase creates an object under.
     pub names: BTreeMap<ObjectName, Holder>,
     pub source: Option<Source>,

@@ -83,6 +83,13 @@ pub async fn observe_world(
                 .collect();
         }
         Phase::Preparing => {
+            let place = match failback_of(ctx, f, &namespace, &place).await? {
+                Some(original) => {
+                    world.failback = Some(original.clone());
+                    place.failback(&original)
+                }
+                None => place,
+            };
             prepared(ctx, f, &place, point, &mut world).await?;
             world.zone_class = zone_class(ctx, f, &rw, zone);
         }
@@ -104,7 +111,12 @@ pub async fn observe_world(
             }
         }
         Phase::Running => {
-            world.ready_pods = ready_pods(ctx, f, &place).await?;
+            world.ready_pods = if place.failback {
+                // The original's pods carry no label of this Failover.
+                super::found::ready_pods(ctx, &place).await?
+            } else {
+                ready_pods(ctx, f, &place).await?
+            };
             if place.drill && f.spec.verification.is_some() {
                 world.job = verify_job(ctx, f, &place).await?;
             }
@@ -113,6 +125,39 @@ pub async fn observe_world(
     }
     world.workload = Some(rw);
     Ok(world)
+}
+
+/// Whether the source is a failover's copy whose original still waits for it: the copy names
+/// the original (`siterecovery.io/copy-of`), and the original is held at zero replicas by the
+/// very failover that made the copy. Only then are the original's claims written in place.
+async fn failback_of(
+    ctx: &Context,
+    f: &Failover,
+    namespace: &str,
+    place: &Place,
+) -> Result<Option<String>, Error> {
+    if place.drill || place.failback || f.status.as_ref().is_some_and(|s| s.restore.is_some()) {
+        return Ok(None);
+    }
+    let api = place.copy_kind().api(&ctx.client, Some(namespace));
+    let Some(copy) = api.get_opt(&place.source).await.map_err(Error::Kube)? else {
+        return Ok(None);
+    };
+    let (Some(original), Some(maker)) = (
+        copy.annotations()
+            .get(crate::controllers::failover::COPY_OF_ANNOTATION),
+        copy.labels().get(FAILOVER_LABEL),
+    ) else {
+        return Ok(None);
+    };
+    let Some(held) = api.get_opt(original).await.map_err(Error::Kube)? else {
+        return Ok(None);
+    };
+    let held_by = held
+        .annotations()
+        .get(crate::controllers::failover::HELD_BY_ANNOTATION);
+    let stopped = held.data["spec"]["replicas"].as_i64() == Some(0);
+    Ok((held_by == Some(maker) && stopped).then(|| original.clone()))
 }
 
 /// What the first step reads: who holds the names it creates objects under, the source claims'
