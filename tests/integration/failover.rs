@@ -505,9 +505,19 @@ async fn the_plugin_fails_over_and_commits() {
     ])
     .await;
     assert_eq!(code, Some(0), "{err}");
-    assert_eq!(replicas(&rig, "db-failover-failover").await, Some(2));
+    // Back into the original StatefulSet, not a copy of the copy.
+    assert_eq!(replicas(&rig, "db").await, Some(2));
+    assert_eq!(replicas(&rig, "db-failover-failover").await, None);
     let (code, _, err) = run(&["commit", "db-failback", "-n", "apps"]).await;
     assert_eq!(code, Some(0), "{err}");
+    eventually(Duration::from_secs(30), "the copy deleted", || async {
+        gone(
+            &Api::<StatefulSet>::namespaced(rig.client(), "apps"),
+            "db-failover",
+        )
+        .await
+    })
+    .await;
     finish(&rig, dir.path(), running, agents).await;
 }
 
