@@ -147,6 +147,9 @@ pub struct ReplicatedWorkloadStatus {
     /// point (cleared once a point may start again).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fenced: Option<String>,
+    /// When this cluster first found that fence.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fenced_since: Option<jiff::Timestamp>,
     /// Zone of the vault's target location.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target_zone: Option<String>,

@@ -298,6 +298,11 @@ async fn a_standby_cluster_fails_over_from_the_target_location_alone_and_fences_
     })
     .await;
 
+    // The workload runs on in B and writes a little.
+    let b_disk = crate::rig::failover::claim_disk(&b, "apps", "data-db-0").await;
+    std::fs::write(b_disk.join("written-in-b.txt"), b"written in region B\n").unwrap();
+    let in_b = read_tree(&b_disk);
+
     // Re-protect in B, back towards region A: a vault whose cache is the shared target (B's
     // region) and whose target is A's cache, with the same key. They hold one repository, so
     // only what A's location lacks crosses back.
@@ -420,6 +425,121 @@ async fn a_standby_cluster_fails_over_from_the_target_location_alone_and_fences_
         Some(first.id.clone()),
         "A wrote no point after the fence"
     );
+
+    // Fail back to A: a failover there from a vault on the location B re-protects into. A's
+    // StatefulSet db (stopped by the fence) and its claims are used: the claims are written in
+    // place, only where they differ from B's point; B is fenced out of that location in turn.
+    let rig_a = crate::rig::failover::run(
+        &a,
+        "apps",
+        BTreeMap::from([("zone-a".to_string(), "node-a1".to_string())]),
+    );
+    Api::<RecoveryVault>::namespaced(a.client(), "apps")
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({
+                "apiVersion": "siterecovery.io/v1alpha1", "kind": "RecoveryVault",
+                "metadata": {"name": "vault-home", "namespace": "apps"},
+                "spec": {
+                    "cache": {"zone": "zone-b", "storage": {"filesystem": {"path": dir.path().join("home-cache")}}},
+                    "target": {"zone": "zone-a", "storage": {"filesystem": {"path": dir.path().join("cache")}}},
+                    "snapshotMethod": "Live",
+                    "encryption": {"keySecretRef": {"name": "vault-key"}},
+                },
+            }))
+            .unwrap(),
+        )
+        .await
+        .unwrap();
+    let failovers_a: Api<Failover> = Api::namespaced(a.client(), "apps");
+    failovers_a
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({
+                "apiVersion": "siterecovery.io/v1alpha1", "kind": "Failover",
+                "metadata": {"name": "home", "namespace": "apps"},
+                "spec": {"workloadName": "db", "vaultName": "vault-home", "recoveryPoint": {"id": back.latest_replicated_point.clone().unwrap().id}},
+            }))
+            .unwrap(),
+        )
+        .await
+        .unwrap();
+    let s = eventually(Duration::from_secs(120), "failed back to A", || async {
+        let s = failovers_a.get("home").await.ok()?.status?;
+        if std::env::var("REGION_DEBUG").is_ok() {
+            eprintln!(
+                "DEBUG-HOME {:?}",
+                s.conditions
+                    .iter()
+                    .map(|c| (&c.r#type, &c.reason, &c.message))
+                    .collect::<Vec<_>>()
+            );
+        }
+        (condition(&s.conditions, "FailedOver")?.0 == "True").then_some(s)
+    })
+    .await;
+    let restored = s
+        .timeline
+        .iter()
+        .find(|t| t.step == "Restored")
+        .map(|t| t.message.clone())
+        .unwrap_or_default();
+    println!("failback to A: {restored}");
+    assert!(restored.contains("in place"), "{restored}");
+    let written: u64 = restored
+        .split("; ")
+        .filter_map(|part| {
+            part.split(": ")
+                .nth(1)?
+                .split(' ')
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })
+        .sum();
+    assert!(
+        written < (data / 4) as u64,
+        "the failback writes only what changed: {written} of {data} bytes"
+    );
+    assert_eq!(
+        read_tree(&volumes["data-db-0"]),
+        in_b,
+        "A's own claim holds B's writes"
+    );
+    assert_eq!(
+        Api::<StatefulSet>::namespaced(a.client(), "apps")
+            .get("db")
+            .await
+            .unwrap()
+            .spec
+            .and_then(|s| s.replicas),
+        Some(2),
+        "A's original StatefulSet runs again"
+    );
+    // B, fenced out of the location it re-protected into, stops at its next point.
+    workloads_b
+        .patch(
+            "db",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"annotations": {"siterecovery.io/request-point": "after-the-failback"}}})),
+        )
+        .await
+        .unwrap();
+    eventually(Duration::from_secs(90), "Fenced=True in B", || async {
+        let s = workloads_b.get("db").await.ok()?.status?;
+        let (status, _, message) = condition(&s.conditions, "Fenced")?;
+        (status == "True" && message.contains("cluster-a")).then_some(())
+    })
+    .await;
+    eventually(Duration::from_secs(30), "B's copy stopped", || async {
+        let set = Api::<StatefulSet>::namespaced(b.client(), "apps")
+            .get("db")
+            .await
+            .ok()?;
+        (set.spec?.replicas == Some(0)).then_some(())
+    })
+    .await;
+    rig_a.abort();
     running_a.stop().await;
     for x in agents_a {
         x.kill();

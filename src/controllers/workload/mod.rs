@@ -141,17 +141,55 @@ async fn fenced(
     use crate::api::conditions::{Condition, ConditionStatus};
     use crate::api::reasons::{ConditionType as T, WorkloadReason as R};
     match failure {
-        Some((R::Fenced, message)) => next.fenced = Some(message.clone()),
-        _ if next.point_in_progress.is_some() => next.fenced = None,
+        Some((R::Fenced, message)) => {
+            if next.fenced.is_none() {
+                next.fenced_since = Some(crate::clock::now());
+            }
+            next.fenced = Some(message.clone());
+        }
+        _ if next.point_in_progress.is_some() => {
+            next.fenced = None;
+            next.fenced_since = None;
+        }
         _ => {}
     }
     let Some(message) = next.fenced.clone() else {
         return Ok(());
     };
-    let stop =
-        workload.spec.on_fenced.unwrap_or_default() == crate::api::workload::OnFenced::ScaleToZero;
     let w = &workload.spec.workload_ref;
-    let message = if stop {
+    let namespace = workload.namespace().unwrap_or_default();
+    // A failover from a vault that brought the workload back here after the fence was found
+    // (a failback from the other cluster) runs it now: the old fence no longer speaks for it.
+    // One from before the fence (this cluster's own region failover) does not.
+    let since = next.fenced_since;
+    let returned = ctx.stores.failovers.state().iter().any(|g| {
+        g.0.as_ref().is_ok_and(|f| {
+            f.namespace().as_deref() == Some(namespace.as_str())
+                && f.spec.vault_name.is_some()
+                && since.is_some_and(|t| {
+                    // Creation times have whole seconds.
+                    f.metadata
+                        .creation_timestamp
+                        .as_ref()
+                        .is_some_and(|c| c.0.as_second() >= t.as_second())
+                })
+                && f.metadata.deletion_timestamp.is_none()
+                && f.status
+                    .as_ref()
+                    .and_then(|s| s.found.as_ref())
+                    .is_some_and(|found| found.name == w.name)
+        })
+    });
+    let stop = workload.spec.on_fenced.unwrap_or_default()
+        == crate::api::workload::OnFenced::ScaleToZero
+        && !returned;
+    let message = if returned {
+        format!(
+            "{message}; {} {} runs here again, brought back by a failover from a vault",
+            w.kind.as_str(),
+            w.name
+        )
+    } else if stop {
         format!(
             "{message}; {} {} is scaled to zero (spec.onFenced: ScaleToZero)",
             w.kind.as_str(),
@@ -184,7 +222,6 @@ async fn fenced(
         message,
     ));
     if stop && !observed.pods.is_empty() {
-        let namespace = workload.namespace().unwrap_or_default();
         crate::controllers::objects::Kind::workload(w.kind)
             .api(&ctx.client, Some(&namespace))
             .patch(

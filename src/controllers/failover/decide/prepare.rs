@@ -93,9 +93,11 @@ pub(super) fn prepare(
     // A failback returns to the original and its kept claims: those names are taken, by the
     // workload it comes back to (checked by observe: held at zero by the copy's maker).
     let kept = |n: &ObjectName| {
-        place.failback
-            && world.names.get(n) == Some(&Holder::Taken)
-            && (n.kind == Kind::Claim || (n.kind == place.copy_kind() && n.name == place.copy))
+        world.names.get(n) == Some(&Holder::Taken)
+            && ((place.failback
+                && (n.kind == Kind::Claim
+                    || (n.kind == place.copy_kind() && n.name == place.copy)))
+                || (n.kind == Kind::Claim && world.kept_claims.contains(&n.name)))
     };
     if let Some(d) = blocked(world, names.into_iter().filter(|n| !kept(n))) {
         return d;

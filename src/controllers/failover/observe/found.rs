@@ -158,6 +158,9 @@ pub async fn observe(
     let definition = found.definition.clone().and_then(Result::ok);
     match (phase, &definition) {
         (Phase::Preparing, Some(d)) => {
+            if policy(f) == ExistingObjects::Use {
+                world.kept_claims = kept_claims(ctx, &place).await?;
+            }
             if let Some(point) = point {
                 for name in names(f, &place, point, d) {
                     let h = holder(&ctx.client, &name, FAILOVER_UID_LABEL, &uid).await?;
@@ -212,6 +215,50 @@ pub async fn observe(
     }
     world.found = Some(found);
     Ok(())
+}
+
+/// The claims of the workload that exists here, when it is stopped (zero replicas): a failover
+/// back to the cluster it ran in before finds them kept, and writes them in place rather than
+/// stop at their names. A workload that runs keeps its claims to itself.
+async fn kept_claims(
+    ctx: &Context,
+    place: &Place,
+) -> Result<std::collections::BTreeSet<String>, Error> {
+    let mut out = std::collections::BTreeSet::new();
+    let Some(existing) = place
+        .copy_kind()
+        .api(&ctx.client, Some(&place.namespace))
+        .get_opt(&place.copy)
+        .await
+        .map_err(Error::Kube)?
+    else {
+        return Ok(out);
+    };
+    if existing.data["spec"]["replicas"].as_i64() != Some(0) {
+        return Ok(out);
+    }
+    let spec = &existing.data["spec"];
+    // The restore holds at most 256 volumes (the schema), so as many ordinals are enough.
+    let ordinals = 0..256;
+    for t in spec["volumeClaimTemplates"]
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
+        if let Some(t) = t["metadata"]["name"].as_str() {
+            out.extend(ordinals.clone().map(|i| format!("{t}-{}-{i}", place.copy)));
+        }
+    }
+    for v in spec["template"]["spec"]["volumes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
+        if let Some(c) = v["persistentVolumeClaim"]["claimName"].as_str() {
+            out.insert(c.to_string());
+        }
+    }
+    Ok(out)
 }
 
 /// The workload to start: the one that exists here (`Use`), else the definition's.

@@ -109,6 +109,9 @@ pub struct World {
     /// The first step of a failback: the original workload the source is a copy of, held at
     /// zero by the failover that made the copy, with its claims kept.
     pub failback: Option<String>,
+    /// A failover from a vault back to where the workload ran before: the claims of the
+    /// workload found here, stopped at zero replicas, that the restore writes in place.
+    pub kept_claims: std::collections::BTreeSet<String>,
     /// Who holds each name the phase creates an object under.
     pub names: BTreeMap<ObjectName, Holder>,
     pub source: Option<Source>,
