@@ -43,7 +43,7 @@ fn agent(rig: &Rig, node: &str, rules: site_recovery::storage::StorageRules) -> 
 /// The standby cluster B: its own API server, the chart's RBAC, a node in zone-b and one in
 /// zone-c, the same vault key, and a vault whose target is A's target location (its cache is
 /// B's own, new).
-async fn standby(shared: &Path) -> Rig {
+async fn standby(shared: &Path, target: &serde_json::Value) -> Rig {
     let rig = Rig::start().await;
     rig.apply_crds().await;
     rig.namespace(OPERATOR_NS).await;
@@ -52,12 +52,13 @@ async fn standby(shared: &Path) -> Rig {
     rig.node("node-b1", "zone-b", "region-2").await;
     rig.node("node-c1", "zone-c", "region-2").await;
     rig.secret("apps", "vault-key", &[("key", &KEY)]).await;
+    s3_credentials(&rig).await;
     let vault: RecoveryVault = serde_json::from_value(json!({
         "apiVersion": "siterecovery.io/v1alpha1", "kind": "RecoveryVault",
         "metadata": {"name": "vault", "namespace": "apps"},
         "spec": {
             "cache": {"zone": "zone-c", "storage": {"filesystem": {"path": shared.join("standby-cache")}}},
-            "target": {"zone": "zone-b", "storage": {"filesystem": {"path": shared.join("target")}}},
+            "target": {"zone": "zone-b", "storage": target},
             "snapshotMethod": "Live",
             "encryption": {"keySecretRef": {"name": "vault-key"}},
         },
@@ -70,14 +71,52 @@ async fn standby(shared: &Path) -> Rig {
     rig
 }
 
+/// The S3 test server's credentials, as Secret `s3-credentials` in `apps`.
+async fn s3_credentials(rig: &Rig) {
+    rig.secret(
+        "apps",
+        "s3-credentials",
+        &[
+            ("AWS_ACCESS_KEY_ID", b"test"),
+            ("AWS_SECRET_ACCESS_KEY", b"s3-secret-value-0001"),
+        ],
+    )
+    .await;
+}
+
 #[tokio::test]
 async fn a_standby_cluster_fails_over_from_the_target_location_alone_and_fences_the_old_one() {
+    region_failover(|dir| json!({"filesystem": {"path": dir.join("target")}})).await;
+}
+
+/// The same with the shared location (the target of A, the standby's target and its cache
+/// towards A) in an S3 bucket.
+#[tokio::test]
+async fn a_standby_cluster_fails_over_from_an_s3_target_alone() {
+    let endpoint = std::env::var("SITE_RECOVERY_TEST_S3_ENDPOINT")
+        .expect("run with `bash scripts/test.sh`: it starts the S3 server");
+    let prefix = format!("region-{}", std::process::id());
+    region_failover(move |_| {
+        json!({"s3": {"bucket": "sr-test", "prefix": prefix, "endpoint": endpoint,
+            "credentialsSecretRef": {"name": "s3-credentials"}}})
+    })
+    .await;
+}
+
+/// Protect in A, lose A, fail over in B from `shared` (the location A replicates to), fence A,
+/// commit, re-protect B towards A, fail back into A's own claims, fence B.
+async fn region_failover(shared: impl Fn(&Path) -> serde_json::Value) {
     // Cluster A: StatefulSet db (two claims on two nodes), a ConfigMap its pods read, protected.
     let (a, dir) = crate::replication::cluster().await;
+    s3_credentials(&a).await;
     let rules = a.storage_rules();
     let running_a = operator(&a, "cluster-a", rules.clone());
     Api::<RecoveryVault>::namespaced(a.client(), "apps")
-        .create(&PostParams::default(), &live_vault(dir.path(), json!({})))
+        .create(&PostParams::default(), &{
+            let mut v = live_vault(dir.path(), json!({}));
+            v.spec.target.storage = serde_json::from_value(shared(dir.path())).unwrap();
+            v
+        })
         .await
         .unwrap();
     let volumes = database(&a).await;
@@ -113,7 +152,7 @@ async fn a_standby_cluster_fails_over_from_the_target_location_alone_and_fences_
     }
 
     // Cluster B lists the workload from the target location alone.
-    let b = standby(dir.path()).await;
+    let b = standby(dir.path(), &shared(dir.path())).await;
     let running_b = operator(&b, "cluster-b", rules.clone());
     let agents_b: Vec<Agent> = ["node-b1", "node-c1"]
         .iter()
@@ -314,7 +353,7 @@ async fn a_standby_cluster_fails_over_from_the_target_location_alone_and_fences_
                 "apiVersion": "siterecovery.io/v1alpha1", "kind": "RecoveryVault",
                 "metadata": {"name": "vault-back", "namespace": "apps"},
                 "spec": {
-                    "cache": {"zone": "zone-b", "storage": {"filesystem": {"path": dir.path().join("target")}}},
+                    "cache": {"zone": "zone-b", "storage": shared(dir.path())},
                     "target": {"zone": "zone-c", "storage": {"filesystem": {"path": dir.path().join("cache")}}},
                     "snapshotMethod": "Live",
                     "encryption": {"keySecretRef": {"name": "vault-key"}},
