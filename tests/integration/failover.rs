@@ -1128,6 +1128,22 @@ async fn a_deployment_fails_over_onto_restored_claims_and_rolls_back() {
 }
 
 /// Bytes stored below `dir` (a filesystem location).
+/// The bytes a `Restored` timeline message says the agents wrote
+/// (`… (data-db-0: 25 of 4194329 bytes written in place; …)`).
+pub(crate) fn bytes_written(restored: &str) -> u64 {
+    restored
+        .split("; ")
+        .filter_map(|part| {
+            part.split(": ")
+                .nth(1)?
+                .split(' ')
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })
+        .sum()
+}
+
 pub(crate) fn stored_bytes(dir: &std::path::Path) -> u64 {
     let mut total = 0;
     let mut stack = vec![dir.to_path_buf()];
@@ -1145,7 +1161,7 @@ pub(crate) fn stored_bytes(dir: &std::path::Path) -> u64 {
 }
 
 /// Incompressible, deterministic bytes.
-fn noise(seed: u64, len: usize) -> Vec<u8> {
+pub(crate) fn noise(seed: u64, len: usize) -> Vec<u8> {
     let mut x = seed | 1;
     (0..len)
         .map(|_| {
@@ -1284,17 +1300,7 @@ async fn reprotect_then_failback_moves_only_the_delta() {
         .unwrap_or_default();
     println!("failback: {restored}");
     assert!(restored.contains("in place"), "{restored}");
-    let written: u64 = restored
-        .split("; ")
-        .filter_map(|part| {
-            part.split(": ")
-                .nth(1)?
-                .split(' ')
-                .next()?
-                .parse::<u64>()
-                .ok()
-        })
-        .sum();
+    let written = crate::failover::bytes_written(&restored);
     assert!(
         written < (SIZE / 4) as u64,
         "the failback writes only what changed: {written} bytes for {} bytes of data",

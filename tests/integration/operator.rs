@@ -502,7 +502,7 @@ async fn malformed_object_is_reported_without_stopping_the_controller() {
 }
 
 /// The Secret `s3-credentials` in `apps`, with the S3 test server's credentials.
-async fn s3_credentials(rig: &Rig) {
+pub(crate) async fn s3_credentials(rig: &Rig) {
     rig.secret(
         "apps",
         "s3-credentials",

@@ -14,7 +14,7 @@ use serde_json::json;
 use site_recovery::api::{Failover, RecoveryVault, ReplicatedWorkload};
 use site_recovery::operator::{Settings, Shutdown};
 
-use crate::operator::{OPERATOR_NS, Running, condition};
+use crate::operator::{OPERATOR_NS, Running, condition, s3_credentials};
 use crate::replication::{
     Agent, KEY, database, first_point, live_vault, protect, read_tree, write_version,
 };
@@ -69,19 +69,6 @@ async fn standby(shared: &Path, target: &serde_json::Value) -> Rig {
         .await
         .unwrap();
     rig
-}
-
-/// The S3 test server's credentials, as Secret `s3-credentials` in `apps`.
-async fn s3_credentials(rig: &Rig) {
-    rig.secret(
-        "apps",
-        "s3-credentials",
-        &[
-            ("AWS_ACCESS_KEY_ID", b"test"),
-            ("AWS_SECRET_ACCESS_KEY", b"s3-secret-value-0001"),
-        ],
-    )
-    .await;
 }
 
 #[tokio::test]
@@ -525,17 +512,7 @@ async fn region_failover(shared: impl Fn(&Path) -> serde_json::Value) {
         .unwrap_or_default();
     println!("failback to A: {restored}");
     assert!(restored.contains("in place"), "{restored}");
-    let written: u64 = restored
-        .split("; ")
-        .filter_map(|part| {
-            part.split(": ")
-                .nth(1)?
-                .split(' ')
-                .next()?
-                .parse::<u64>()
-                .ok()
-        })
-        .sum();
+    let written = crate::failover::bytes_written(&restored);
     assert!(
         written < (data / 4) as u64,
         "the failback writes only what changed: {written} of {data} bytes"

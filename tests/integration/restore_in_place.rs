@@ -8,19 +8,8 @@ use site_recovery::repository::Repository;
 use site_recovery::repository::restore::{RestoreOptions, restore};
 use site_recovery::repository::snapshot::{Source, snapshot};
 
+use crate::failover::noise;
 use crate::repository::{KEY, describe, fs_location, options};
-
-fn noise(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_in_place_restore_writes_only_what_differs_and_leaves_exactly_the_point() {
