@@ -566,3 +566,174 @@ async fn region_failover(shared: impl Fn(&Path) -> serde_json::Value) {
     }
     rig_b.abort();
 }
+
+/// A partition: A keeps running but cannot reach the shared location (an S3 bucket) while B
+/// fails the workload over; when the link is back, A's next point finds B's fence: A writes no
+/// point, says Fenced and stops its copy. While cut off, A keeps serving: it cannot tell a
+/// partition from a storage outage, and stopping on every outage would be an outage of its own.
+#[tokio::test]
+async fn a_partitioned_cluster_finds_the_fence_when_the_link_is_back_and_stops() {
+    let endpoint = std::env::var("SITE_RECOVERY_TEST_S3_ENDPOINT")
+        .expect("run with `bash scripts/test.sh`: it starts the S3 server");
+    let link = crate::rig::partition::Partition::forward(
+        endpoint.trim_start_matches("http://").trim_end_matches('/'),
+    )
+    .await;
+    let prefix = format!("partition-{}", std::process::id());
+    let bucket = |endpoint: &str| {
+        json!({"s3": {"bucket": "sr-test", "prefix": prefix, "endpoint": endpoint,
+            "credentialsSecretRef": {"name": "s3-credentials"}}})
+    };
+
+    let (a, dir) = crate::replication::cluster().await;
+    s3_credentials(&a).await;
+    let rules = a.storage_rules();
+    let running_a = operator(&a, "cluster-a", rules.clone());
+    Api::<RecoveryVault>::namespaced(a.client(), "apps")
+        .create(&PostParams::default(), &{
+            let mut v = live_vault(dir.path(), json!({}));
+            v.spec.target.storage = serde_json::from_value(bucket(&link.endpoint)).unwrap();
+            v
+        })
+        .await
+        .unwrap();
+    let volumes = database(&a).await;
+    let agents_a: Vec<Agent> = ["node-a1", "node-a2", "node-b1"]
+        .iter()
+        .map(|n| agent(&a, n, rules.clone()))
+        .collect();
+    write_version(&volumes, 1);
+    let workloads_a = protect(&a).await;
+    let first = first_point(&workloads_a)
+        .await
+        .latest_replicated_point
+        .expect("the first point");
+
+    // The link between A and the bucket goes down; A runs on and asks for a point it cannot
+    // write.
+    link.cut();
+    let request = |token: &'static str| {
+        let workloads_a = workloads_a.clone();
+        async move {
+            workloads_a
+                .patch(
+                    "db",
+                    &PatchParams::default(),
+                    &Patch::Merge(json!({"metadata": {"annotations": {"siterecovery.io/request-point": token}}})),
+                )
+                .await
+                .unwrap();
+        }
+    };
+    request("during-the-partition").await;
+
+    // B fails over from the bucket and fences A out.
+    let b = standby(dir.path(), &bucket(&endpoint)).await;
+    let running_b = operator(&b, "cluster-b", rules.clone());
+    let agents_b: Vec<Agent> = ["node-b1", "node-c1"]
+        .iter()
+        .map(|n| agent(&b, n, rules.clone()))
+        .collect();
+    let rig_b = crate::rig::failover::run(
+        &b,
+        "apps",
+        BTreeMap::from([("zone-b".to_string(), "node-b1".to_string())]),
+    );
+    let failovers_b: Api<Failover> = Api::namespaced(b.client(), "apps");
+    failovers_b
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({
+                "apiVersion": "siterecovery.io/v1alpha1", "kind": "Failover",
+                "metadata": {"name": "region", "namespace": "apps"},
+                "spec": {"workloadName": "db", "vaultName": "vault", "recoveryPoint": {"id": first.id}},
+            }))
+            .unwrap(),
+        )
+        .await
+        .unwrap();
+    eventually(Duration::from_secs(120), "FailedOver=True in B", || async {
+        let s = failovers_b.get("region").await.ok()?.status?;
+        (condition(&s.conditions, "FailedOver")?.0 == "True").then_some(())
+    })
+    .await;
+
+    // Cut off, A has written nothing, says why, claims nothing it does not know, and serves on.
+    let s = eventually(
+        Duration::from_secs(150),
+        "A says its point failed",
+        || async {
+            let s = workloads_a.get("db").await.ok()?.status?;
+            s.conditions
+                .iter()
+                .any(|c| c.status == site_recovery::api::ConditionStatus::False)
+                .then_some(s)
+        },
+    )
+    .await;
+    println!(
+        "A during the partition: {:?}",
+        s.conditions
+            .iter()
+            .map(|c| (&c.r#type, &c.status, &c.reason, &c.message))
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(
+        s.latest_replicated_point.as_ref().map(|p| &p.id),
+        Some(&first.id)
+    );
+    assert!(
+        condition(&s.conditions, "Fenced").is_none_or(|c| c.0 != "True"),
+        "A cannot have seen the fence"
+    );
+    let replicas = || async {
+        Api::<StatefulSet>::namespaced(a.client(), "apps")
+            .get("db")
+            .await
+            .ok()
+            .and_then(|s| s.spec?.replicas)
+    };
+    assert_eq!(replicas().await, Some(2), "A serves on while cut off");
+
+    // The link is back: A's next point finds the fence.
+    link.heal();
+    request("after-the-partition").await;
+    let fenced = eventually(Duration::from_secs(150), "Fenced=True in A", || async {
+        let s = workloads_a.get("db").await.ok()?.status?;
+        let (status, _, message) = condition(&s.conditions, "Fenced")?;
+        (status == "True").then(|| message.to_string())
+    })
+    .await;
+    assert!(fenced.contains("cluster-b"), "{fenced}");
+    eventually(Duration::from_secs(30), "A's copy stopped", || async {
+        (replicas().await == Some(0)).then_some(())
+    })
+    .await;
+    let s = workloads_a.get("db").await.unwrap().status.unwrap();
+    assert_eq!(
+        s.latest_replicated_point.map(|p| p.id),
+        Some(first.id.clone()),
+        "A wrote no point"
+    );
+    // In the bucket, the workload's only point is still the one B failed over from: nothing of
+    // A's arrived after the fence.
+    let vaults_b: Api<RecoveryVault> = Api::namespaced(b.client(), "apps");
+    let listed = eventually(Duration::from_secs(90), "B's vault lists db", || async {
+        let s = vaults_b.get("vault").await.ok()?.status?;
+        s.discovered
+            .into_iter()
+            .find(|w| w.name == "db" && w.fenced_by.is_some())
+    })
+    .await;
+    assert_eq!(
+        (listed.latest_point.as_str(), listed.fenced_by.as_deref()),
+        (first.id.as_str(), Some("cluster-b")),
+        "{listed:?}"
+    );
+    running_a.stop().await;
+    running_b.stop().await;
+    for x in agents_a.into_iter().chain(agents_b) {
+        x.kill();
+    }
+    rig_b.abort();
+}

@@ -10,6 +10,7 @@ pub mod csi;
 pub mod exec;
 pub mod failover;
 pub mod fields;
+pub mod partition;
 pub mod policy;
 pub mod resources;
 pub mod selector;
