@@ -390,6 +390,29 @@ fn a_failover_from_a_vault_is_unplanned_or_a_drill_and_keeps_its_vault() {
         failover(json!({"workloadName": "w", "existingObjects": "Use"})).validate_cel(),
         "spec.existingObjects applies only with spec.vaultName",
     );
+    rejected_with(
+        failover(json!({"workloadName": "w", "workloadNamespace": "shop"})).validate_cel(),
+        "spec.workloadNamespace applies only with spec.vaultName",
+    );
+    rejected_with(
+        failover(json!({"workloadName": "w", "vaultName": "v", "workloadNamespace": "Shop_1"}))
+            .validate_cel(),
+        "spec.workloadNamespace must be a DNS label",
+    );
+    let into_shop =
+        failover(json!({"workloadName": "w", "vaultName": "v", "workloadNamespace": "shop"}));
+    into_shop
+        .validate_cel()
+        .expect("a failover from a vault into namespace shop");
+    for changed in [
+        json!({"workloadName": "w", "vaultName": "v", "workloadNamespace": "other"}),
+        json!({"workloadName": "w", "vaultName": "v"}),
+    ] {
+        rejected_with(
+            failover(changed).validate_cel_update(&into_shop),
+            "spec.workloadNamespace is immutable",
+        );
+    }
     let old = failover(json!({"workloadName": "w", "vaultName": "v"}));
     for changed in [
         json!({"workloadName": "w", "vaultName": "other"}),

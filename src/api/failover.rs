@@ -36,6 +36,8 @@ use super::conditions::{Condition, conditions_schema};
     validation = kube::core::Rule::new("self.mode != 'Planned' || !has(self.recoveryPoint) || (has(self.recoveryPoint.latest) && self.recoveryPoint.latest)").message("spec.recoveryPoint does not apply to mode Planned: its point is the final one, taken after the source stops"),
     validation = kube::core::Rule::new("!has(self.vaultName) || self.mode != 'Planned'").message("spec.mode Planned stops the source, which needs the cluster that protects the workload: a failover from spec.vaultName alone is Unplanned or Test"),
     validation = kube::core::Rule::new("has(self.vaultName) || !has(self.existingObjects)").message("spec.existingObjects applies only with spec.vaultName"),
+    validation = kube::core::Rule::new("has(self.vaultName) || !has(self.workloadNamespace)").message("spec.workloadNamespace applies only with spec.vaultName (a ReplicatedWorkload's Failover lives in its namespace)"),
+    validation = kube::core::Rule::new("has(oldSelf.workloadNamespace) == has(self.workloadNamespace)").message("spec.workloadNamespace is immutable"),
     validation = kube::core::Rule::new("has(oldSelf.vaultName) == has(self.vaultName) && (!has(self.vaultName) || self.vaultName == oldSelf.vaultName)").message("spec.vaultName is immutable")
 )]
 pub struct FailoverSpec {
@@ -52,6 +54,18 @@ pub struct FailoverSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 253))]
     pub vault_name: Option<String>,
+    /// With `vaultName`: the namespace the workload ran in (the vault's status lists it), when
+    /// it is not this one. The workload comes back there under its own names, and the namespace
+    /// is created when it does not exist (a standby cluster after a region loss is often empty).
+    /// Only a Failover in the operator's namespace may name another namespace: whoever may
+    /// create Failovers there may restore into any namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 63))]
+    #[x_kube(
+        validation = kube::core::Rule::new("self == oldSelf").message("spec.workloadNamespace is immutable"),
+        validation = kube::core::Rule::new("self.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$')").message("spec.workloadNamespace must be a DNS label: lower-case letters, digits and '-'")
+    )]
+    pub workload_namespace: Option<String>,
     /// With `vaultName`: what to do with an object of the workload's (its StatefulSet or
     /// Deployment, a Service, ConfigMap, Secret or ServiceAccount it uses) that already exists
     /// here, e.g. deployed by GitOps: `Use` it as it is (the default; a workload found at zero
@@ -371,6 +385,17 @@ impl PartialEq<&str> for Milestone {
 impl std::fmt::Display for Milestone {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.pad(self.as_str())
+    }
+}
+
+impl Failover {
+    /// The namespace of the workload (and of the points' key `<namespace>/<workload>`):
+    /// `spec.workloadNamespace`, else the Failover's own.
+    pub fn workload_namespace(&self) -> String {
+        self.spec
+            .workload_namespace
+            .clone()
+            .unwrap_or_else(|| kube::ResourceExt::namespace(self).unwrap_or_default())
     }
 }
 

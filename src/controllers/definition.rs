@@ -231,6 +231,7 @@ impl Definition {
             Ok(())
         };
         named(&d.workload, kind.as_str())?;
+        shaped(&d.workload, kind.as_str(), WORKLOAD_MAPS)?;
         if d.workload["metadata"]["name"].as_str() != Some(name) {
             return Err(format!(
                 "the definition is of {} {:?}, not {name}",
@@ -247,6 +248,7 @@ impl Definition {
         for (list, k) in lists {
             for o in list {
                 named(o, k)?;
+                shaped(o, k, COMPANION_MAPS)?;
             }
         }
         for c in &d.claims {
@@ -282,6 +284,39 @@ impl Definition {
             .flat_map(|(k, list)| list.iter().map(move |o| (k, o)))
             .collect()
     }
+}
+
+/// The fields of a stored workload that a restore writes into (labels, replicas, affinity):
+/// each is an object or absent. Anything else is refused before a restore indexes into it.
+const WORKLOAD_MAPS: &[&[&str]] = &[
+    &["metadata"],
+    &["metadata", "labels"],
+    &["metadata", "annotations"],
+    &["spec"],
+    &["spec", "selector"],
+    &["spec", "selector", "matchLabels"],
+    &["spec", "template"],
+    &["spec", "template", "metadata"],
+    &["spec", "template", "metadata", "labels"],
+    &["spec", "template", "spec"],
+];
+
+/// The same for the objects restored beside the workload.
+const COMPANION_MAPS: &[&[&str]] = &[&["metadata"], &["metadata", "labels"]];
+
+/// Each of `paths` in `o` is an object or absent.
+fn shaped(o: &Value, kind: &str, paths: &[&[&str]]) -> Result<(), String> {
+    for path in paths {
+        let v = path.iter().fold(o, |v, k| &v[*k]);
+        if !(v.is_object() || v.is_null()) {
+            return Err(format!(
+                "the definition's {kind} {:?} holds {} where an object was expected",
+                o["metadata"]["name"].as_str().unwrap_or_default(),
+                path.join(".")
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Reads the definition of workload `kind`/`name` in `namespace` and of `claims`. An object it

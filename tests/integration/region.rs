@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim};
+use kube::ResourceExt;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use serde_json::json;
 use site_recovery::api::{Failover, RecoveryVault, ReplicatedWorkload};
@@ -41,58 +42,89 @@ fn agent(rig: &Rig, node: &str, rules: site_recovery::storage::StorageRules) -> 
 }
 
 /// The standby cluster B: its own API server, the chart's RBAC, a node in zone-b and one in
-/// zone-c, the same vault key, and a vault whose target is A's target location (its cache is
-/// B's own, new).
-async fn standby(shared: &Path, target: &serde_json::Value) -> Rig {
+/// zone-c, the same vault key, and a vault in namespace `home` whose target is A's target
+/// location (its cache is B's own, new). With `home` the operator's namespace (a platform
+/// vault), B has no namespace `apps` at all: the failover makes it.
+async fn standby(shared: &Path, target: &serde_json::Value, home: &str) -> Rig {
     let rig = Rig::start().await;
     rig.apply_crds().await;
     rig.namespace(OPERATOR_NS).await;
     rig.install_chart_rbac(&[]).await;
-    rig.namespace("apps").await;
     rig.node("node-b1", "zone-b", "region-2").await;
     rig.node("node-c1", "zone-c", "region-2").await;
-    rig.secret("apps", "vault-key", &[("key", &KEY)]).await;
-    s3_credentials(&rig).await;
+    if home != OPERATOR_NS {
+        rig.namespace(home).await;
+    }
+    vault_secrets(&rig, home).await;
+    // B's own cache, below the storage root's directory of namespace `home`.
+    let root = shared.parent().and_then(Path::parent).unwrap();
+    let cache = root.join(home).join(format!(
+        "{}-standby-cache",
+        shared.file_name().unwrap().to_string_lossy()
+    ));
     let vault: RecoveryVault = serde_json::from_value(json!({
         "apiVersion": "siterecovery.io/v1alpha1", "kind": "RecoveryVault",
-        "metadata": {"name": "vault", "namespace": "apps"},
+        "metadata": {"name": "vault", "namespace": home},
         "spec": {
-            "cache": {"zone": "zone-c", "storage": {"filesystem": {"path": shared.join("standby-cache")}}},
+            "cache": {"zone": "zone-c", "storage": {"filesystem": {"path": cache}}},
             "target": {"zone": "zone-b", "storage": target},
             "snapshotMethod": "Live",
             "encryption": {"keySecretRef": {"name": "vault-key"}},
         },
     }))
     .unwrap();
-    Api::<RecoveryVault>::namespaced(rig.client(), "apps")
+    Api::<RecoveryVault>::namespaced(rig.client(), home)
         .create(&PostParams::default(), &vault)
         .await
         .unwrap();
     rig
 }
 
+/// The vault key and the S3 credentials, in namespace `ns`.
+async fn vault_secrets(rig: &Rig, ns: &str) {
+    rig.secret(ns, "vault-key", &[("key", &KEY)]).await;
+    rig.secret(
+        ns,
+        "s3-credentials",
+        &[
+            ("AWS_ACCESS_KEY_ID", b"test"),
+            ("AWS_SECRET_ACCESS_KEY", b"s3-secret-value-0001"),
+        ],
+    )
+    .await;
+}
+
 #[tokio::test]
 async fn a_standby_cluster_fails_over_from_the_target_location_alone_and_fences_the_old_one() {
-    region_failover(|dir| json!({"filesystem": {"path": dir.join("target")}})).await;
+    region_failover(
+        |dir| json!({"filesystem": {"path": dir.join("target")}}),
+        "apps",
+    )
+    .await;
 }
 
 /// The same with the shared location (the target of A, the standby's target and its cache
-/// towards A) in an S3 bucket.
+/// towards A) in an S3 bucket, from a platform vault in the operator's namespace of a B that
+/// has no namespace `apps` (the Failover names it in `spec.workloadNamespace` and makes it).
 #[tokio::test]
 async fn a_standby_cluster_fails_over_from_an_s3_target_alone() {
     let endpoint = std::env::var("SITE_RECOVERY_TEST_S3_ENDPOINT")
         .expect("run with `bash scripts/test.sh`: it starts the S3 server");
     let prefix = format!("region-{}", std::process::id());
-    region_failover(move |_| {
-        json!({"s3": {"bucket": "sr-test", "prefix": prefix, "endpoint": endpoint,
+    region_failover(
+        move |_| {
+            json!({"s3": {"bucket": "sr-test", "prefix": prefix, "endpoint": endpoint,
             "credentialsSecretRef": {"name": "s3-credentials"}}})
-    })
+        },
+        OPERATOR_NS,
+    )
     .await;
 }
 
 /// Protect in A, lose A, fail over in B from `shared` (the location A replicates to), fence A,
-/// commit, re-protect B towards A, fail back into A's own claims, fence B.
-async fn region_failover(shared: impl Fn(&Path) -> serde_json::Value) {
+/// commit, re-protect B towards A, fail back into A's own claims, fence B. B's vault and
+/// Failover are in namespace `home`.
+async fn region_failover(shared: impl Fn(&Path) -> serde_json::Value, home: &str) {
     // Cluster A: StatefulSet db (two claims on two nodes), a ConfigMap its pods read, protected.
     let (a, dir) = crate::replication::cluster().await;
     s3_credentials(&a).await;
@@ -139,7 +171,7 @@ async fn region_failover(shared: impl Fn(&Path) -> serde_json::Value) {
     }
 
     // Cluster B lists the workload from the target location alone.
-    let b = standby(dir.path(), &shared(dir.path())).await;
+    let b = standby(dir.path(), &shared(dir.path()), home).await;
     let running_b = operator(&b, "cluster-b", rules.clone());
     let agents_b: Vec<Agent> = ["node-b1", "node-c1"]
         .iter()
@@ -150,7 +182,7 @@ async fn region_failover(shared: impl Fn(&Path) -> serde_json::Value) {
         "apps",
         BTreeMap::from([("zone-b".to_string(), "node-b1".to_string())]),
     );
-    let vaults_b: Api<RecoveryVault> = Api::namespaced(b.client(), "apps");
+    let vaults_b: Api<RecoveryVault> = Api::namespaced(b.client(), home);
     let found = eventually(
         Duration::from_secs(90),
         "the vault lists apps/db",
@@ -175,14 +207,14 @@ async fn region_failover(shared: impl Fn(&Path) -> serde_json::Value) {
     let kubeconfig = tempfile::tempdir().unwrap();
     // Asynchronously: the test's runtime also serves B's API server.
     let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_site-recovery"))
-        .args(["points", "--vault", "vault", "-n", "apps"])
+        .args(["points", "--vault", "vault", "-n", home])
         .env("KUBECONFIG", b.kubeconfig(kubeconfig.path()))
         .env("SITE_RECOVERY_FILESYSTEM_ROOT", &rules.filesystem_root)
         .output()
         .await
         .unwrap();
     let listing = String::from_utf8_lossy(&out.stdout).into_owned();
-    println!("$ kubectl siterecovery points --vault vault -n apps\n{listing}");
+    println!("$ kubectl siterecovery points --vault vault -n {home}\n{listing}");
     assert!(
         out.status.success(),
         "{}",
@@ -214,16 +246,22 @@ async fn region_failover(shared: impl Fn(&Path) -> serde_json::Value) {
         "B knows nothing of A's objects"
     );
 
-    // A Failover in B names the vault and the workload as found there.
-    let failovers_b: Api<Failover> = Api::namespaced(b.client(), "apps");
+    // A Failover in B names the vault and the workload as found there (and, from a platform
+    // vault, the workload's namespace).
+    let failovers_b: Api<Failover> = Api::namespaced(b.client(), home);
     let started = Instant::now();
+    let mut spec =
+        json!({"workloadName": "db", "vaultName": "vault", "recoveryPoint": {"id": first.id}});
+    if home != "apps" {
+        spec["workloadNamespace"] = json!("apps");
+    }
     failovers_b
         .create(
             &PostParams::default(),
             &serde_json::from_value(json!({
                 "apiVersion": "siterecovery.io/v1alpha1", "kind": "Failover",
-                "metadata": {"name": "region", "namespace": "apps"},
-                "spec": {"workloadName": "db", "vaultName": "vault", "recoveryPoint": {"id": first.id}},
+                "metadata": {"name": "region", "namespace": home},
+                "spec": spec,
             }))
             .unwrap(),
         )
@@ -324,6 +362,20 @@ async fn region_failover(shared: impl Fn(&Path) -> serde_json::Value) {
     })
     .await;
 
+    if home != "apps" {
+        let ns = Api::<k8s_openapi::api::core::v1::Namespace>::all(b.client())
+            .get("apps")
+            .await
+            .unwrap();
+        assert_eq!(
+            ns.annotations().get("siterecovery.io/restored-by"),
+            Some(&format!("{home}/region")),
+            "the failover made namespace apps"
+        );
+        // Re-protection below is the tenant's again, in apps.
+        vault_secrets(&b, "apps").await;
+    }
+
     // The workload runs on in B and writes a little.
     let b_disk = crate::rig::failover::claim_disk(&b, "apps", "data-db-0").await;
     std::fs::write(b_disk.join("written-in-b.txt"), b"written in region B\n").unwrap();
@@ -333,7 +385,7 @@ async fn region_failover(shared: impl Fn(&Path) -> serde_json::Value) {
     // region) and whose target is A's cache, with the same key. They hold one repository, so
     // only what A's location lacks crosses back.
     let before = crate::failover::stored_bytes(&dir.path().join("cache"));
-    vaults_b
+    Api::<RecoveryVault>::namespaced(b.client(), "apps")
         .create(
             &PostParams::default(),
             &serde_json::from_value(json!({
@@ -628,7 +680,7 @@ async fn a_partitioned_cluster_finds_the_fence_when_the_link_is_back_and_stops()
     request("during-the-partition").await;
 
     // B fails over from the bucket and fences A out.
-    let b = standby(dir.path(), &bucket(&endpoint)).await;
+    let b = standby(dir.path(), &bucket(&endpoint), "apps").await;
     let running_b = operator(&b, "cluster-b", rules.clone());
     let agents_b: Vec<Agent> = ["node-b1", "node-c1"]
         .iter()

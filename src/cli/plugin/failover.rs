@@ -40,12 +40,38 @@ impl PointChoice {
     }
 }
 
+/// A region failover, in a cluster that did not protect the workload.
+#[derive(Args, Debug)]
+pub struct FromVault {
+    /// Fail over the workload as this RecoveryVault's target location lists it (`points
+    /// --vault`), not a ReplicatedWorkload of this cluster.
+    #[arg(long)]
+    pub vault: Option<String>,
+    /// With `--vault`, from the operator's namespace: the namespace the workload ran in; it is
+    /// created when missing.
+    #[arg(long, requires = "vault")]
+    pub workload_namespace: Option<String>,
+}
+
+impl FromVault {
+    fn apply(&self, spec: &mut serde_json::Value) {
+        if let Some(v) = &self.vault {
+            spec["vaultName"] = serde_json::json!(v);
+        }
+        if let Some(ns) = &self.workload_namespace {
+            spec["workloadNamespace"] = serde_json::json!(ns);
+        }
+    }
+}
+
 #[derive(Args, Debug)]
 pub struct FailoverArgs {
-    /// The ReplicatedWorkload to fail over.
+    /// The ReplicatedWorkload to fail over (with `--vault`: the workload as the vault lists it).
     pub workload: String,
     #[command(flatten)]
     pub scope: Scope,
+    #[command(flatten)]
+    pub from: FromVault,
     /// Name of the Failover [default: <workload>-failover].
     #[arg(long)]
     pub name: Option<String>,
@@ -53,7 +79,7 @@ pub struct FailoverArgs {
     pub point: PointChoice,
     /// A planned failover: stop the workload, take and replicate a final point, fail over to
     /// it (no write is lost; the source zone must still be up).
-    #[arg(long, conflicts_with_all = ["point_id", "time", "latest_app_consistent"])]
+    #[arg(long, conflicts_with_all = ["point_id", "time", "latest_app_consistent", "vault"])]
     pub planned: bool,
     #[command(flatten)]
     pub wait: Wait,
@@ -61,10 +87,12 @@ pub struct FailoverArgs {
 
 #[derive(Args, Debug)]
 pub struct DrillArgs {
-    /// The ReplicatedWorkload to test.
+    /// The ReplicatedWorkload to test (with `--vault`: the workload as the vault lists it).
     pub workload: String,
     #[command(flatten)]
     pub scope: Scope,
+    #[command(flatten)]
+    pub from: FromVault,
     /// Name of the Failover [default: <workload>-drill].
     #[arg(long)]
     pub name: Option<String>,
@@ -157,11 +185,13 @@ pub async fn drill(client: Client, args: DrillArgs) -> anyhow::Result<()> {
 }
 
 fn failover_spec(args: &FailoverArgs) -> serde_json::Value {
-    if args.planned {
+    let mut spec = if args.planned {
         serde_json::json!({"workloadName": args.workload, "mode": "Planned"})
     } else {
         serde_json::json!({"workloadName": args.workload, "recoveryPoint": args.point.selector()})
-    }
+    };
+    args.from.apply(&mut spec);
+    spec
 }
 
 fn drill_spec(args: &DrillArgs) -> serde_json::Value {
@@ -171,6 +201,7 @@ fn drill_spec(args: &DrillArgs) -> serde_json::Value {
     if let Some(test_namespace) = &args.test_namespace {
         spec["testNamespace"] = serde_json::json!(test_namespace);
     }
+    args.from.apply(&mut spec);
     if !args.verify.is_empty() {
         spec["verification"] =
             serde_json::json!({"image": args.verify_image, "command": args.verify});
@@ -291,4 +322,52 @@ pub async fn cancel(client: Client, args: NamedArgs) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+    use serde_json::json;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Failover {
+        #[command(flatten)]
+        args: FailoverArgs,
+    }
+
+    fn spec(argv: &[&str]) -> Result<serde_json::Value, clap::Error> {
+        let parsed =
+            Failover::try_parse_from(std::iter::once("failover").chain(argv.iter().copied()))?;
+        Ok(failover_spec(&parsed.args))
+    }
+
+    #[test]
+    fn a_region_failover_names_the_vault_and_the_workloads_namespace() {
+        assert_eq!(
+            spec(&[
+                "db",
+                "--vault",
+                "dr",
+                "--workload-namespace",
+                "shop",
+                "--point-id",
+                "p1"
+            ])
+            .unwrap(),
+            json!({"workloadName": "db", "recoveryPoint": {"id": "p1"}, "vaultName": "dr", "workloadNamespace": "shop"})
+        );
+        assert_eq!(
+            spec(&["db"]).unwrap(),
+            json!({"workloadName": "db", "recoveryPoint": {"latest": true}})
+        );
+        let planned = spec(&["db", "--vault", "dr", "--planned"]).unwrap_err();
+        assert_eq!(planned.kind(), clap::error::ErrorKind::ArgumentConflict);
+        let alone = spec(&["db", "--workload-namespace", "shop"]).unwrap_err();
+        assert_eq!(
+            alone.kind(),
+            clap::error::ErrorKind::MissingRequiredArgument
+        );
+    }
 }

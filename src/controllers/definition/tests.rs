@@ -180,6 +180,19 @@ fn a_stored_definition_of_another_shape_is_refused_with_what_was_expected() {
     disguised.config_maps[0]["kind"] = json!("ClusterRoleBinding");
     assert!(Definition::parse(&disguised.to_bytes(), WorkloadKind::StatefulSet, "db").is_err());
     assert!(Definition::parse(b"[1,2]", WorkloadKind::StatefulSet, "db").is_err());
+    // A field a restore writes into that is not an object (labels a string, a spec a list)
+    // would make it panic: refused, naming the field.
+    let mut misshapen = definition();
+    misshapen.workload["spec"]["template"]["metadata"]["labels"] = json!("app=db");
+    let e = Definition::parse(&misshapen.to_bytes(), WorkloadKind::StatefulSet, "db").unwrap_err();
+    assert!(
+        e.contains("spec.template.metadata.labels") && e.contains("an object was expected"),
+        "{e}"
+    );
+    let mut misshapen = definition();
+    misshapen.services[0]["metadata"]["labels"] = json!([1]);
+    let e = Definition::parse(&misshapen.to_bytes(), WorkloadKind::StatefulSet, "db").unwrap_err();
+    assert!(e.contains("Service \"db\" holds metadata.labels"), "{e}");
     let huge = vec![b' '; MAX_DEFINITION + 1];
     assert!(
         Definition::parse(&huge, WorkloadKind::StatefulSet, "db")

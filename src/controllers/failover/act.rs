@@ -22,7 +22,8 @@ use crate::controllers::{Context, Error};
 
 pub async fn act(ctx: &Context, f: &Failover, actions: &[Action]) -> Result<(), Error> {
     let uid = f.uid().unwrap_or_default();
-    let namespace = f.namespace().unwrap_or_default();
+    // Where the workload runs: the Failover's namespace, or its `spec.workloadNamespace`.
+    let namespace = f.workload_namespace();
     let client = &ctx.client;
     for action in actions {
         match action {
@@ -146,7 +147,7 @@ async fn start_commit(ctx: &Context, f: &Failover) {
     let store = store_of(ctx, &namespace, &vault_name).await;
     // The points are kept under the workload's own name (the ReplicatedWorkload's, or the name
     // a failover from a vault found them under): the same in both cases.
-    let workload = format!("{namespace}/{}", f.spec.workload_name);
+    let workload = format!("{}/{}", f.workload_namespace(), f.spec.workload_name);
     ctx.jobs.start(&key, async move {
         let removed = tokio::time::timeout(COMMIT_TIMEOUT, store?.forget_workload(&workload)).await;
         let removed = removed.unwrap_or(Err(StoreError::Timeout {
@@ -205,7 +206,7 @@ async fn fence(ctx: &Context, f: &Failover) -> Result<(), Error> {
     let store = store_of(ctx, &namespace, &vault)
         .await
         .map_err(|e| storage(e.to_string()))?;
-    let workload = format!("{namespace}/{}", f.spec.workload_name);
+    let workload = format!("{}/{}", f.workload_namespace(), f.spec.workload_name);
     let request = crate::controllers::store::FenceRequest {
         cluster_uid: ctx.cluster.uid.clone(),
         cluster_name: ctx.cluster.name.clone(),

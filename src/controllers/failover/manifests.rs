@@ -104,13 +104,22 @@ impl Place {
         self
     }
 
-    /// A workload found in a vault's target location comes back under its own name, in this
-    /// namespace (a drill of it: in the drill's namespace).
+    /// A workload found in a vault's target location comes back under its own name, in its
+    /// namespace (`spec.workloadNamespace`, else this one; a drill of it: in the drill's).
     pub fn found(f: &Failover, kind: WorkloadKind, name: &str) -> Self {
         let mut place = Place::of(f, kind, name);
         place.copy = name.to_string();
         place.found = true;
+        if !place.drill {
+            place.namespace = f.workload_namespace();
+        }
         place
+    }
+
+    /// The workload runs in another namespace than the Failover's (a drill, or a failover from
+    /// a vault into `spec.workloadNamespace`): the restore names it.
+    pub fn elsewhere(&self, f: &Failover) -> Option<String> {
+        (f.namespace().as_deref() != Some(self.namespace.as_str())).then(|| self.namespace.clone())
     }
 
     pub fn copy_kind(&self) -> Kind {
@@ -323,6 +332,18 @@ pub fn companions(
             Manifest::new(kind, Some(namespace), &name, body)
         })
         .collect()
+}
+
+/// The namespace a found workload comes back in (`spec.workloadNamespace`), labelled as this
+/// Failover's: a rollback deletes it only when this Failover made it.
+pub fn workload_namespace(f: &Failover, namespace: &str) -> Manifest {
+    Manifest::new(
+        Kind::Namespace,
+        None,
+        namespace,
+        json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace, "labels": labels(f),
+            "annotations": {"siterecovery.io/restored-by": format!("{}/{}", f.namespace().unwrap_or_default(), f.name_any())}}}),
+    )
 }
 
 /// Labels of the source namespace that set its Pod Security admission level.

@@ -110,9 +110,20 @@ fn restore_source(f: &Failover, rw: &ReplicatedWorkload, observed: &Observed, d:
 fn remove_found(f: &Failover, d: &mut Decision) {
     let status = f.status.clone().unwrap_or_default();
     let Some(found) = &status.found else {
+        // Writes may have gone out before the status recorded them: what carries this
+        // Failover's uid goes.
         d.actions.push(Action::DeleteLabelled {
-            namespace: f.namespace().unwrap_or_default(),
+            namespace: f.workload_namespace(),
         });
+        if f.spec.mode != crate::api::failover::FailoverMode::Test
+            && f.namespace().as_deref() != Some(f.workload_namespace().as_str())
+        {
+            d.actions.push(Action::Delete(ObjectName::new(
+                Kind::Namespace,
+                None,
+                &f.workload_namespace(),
+            )));
+        }
         return;
     };
     let kind = if found.kind == "Deployment" {
@@ -149,7 +160,14 @@ fn remove_found(f: &Failover, d: &mut Decision) {
             note: None,
         });
     }
+    // The namespace `spec.workloadNamespace` named goes too, when this Failover made it (a
+    // delete of one it did not make does nothing).
+    let made_namespace = place
+        .elsewhere(f)
+        .filter(|_| !place.drill)
+        .map(|ns| ObjectName::new(Kind::Namespace, None, &ns));
     d.actions.push(Action::TearDown(place));
+    d.actions.extend(made_namespace.map(Action::Delete));
     d.events.push(PlannedEvent::normal(
         EventReason::FailoverRolledBack,
         "RollBack",
@@ -280,6 +298,18 @@ mod tests {
         assert_eq!(roll_back(&f, &Observed::default()), Decision::default());
     }
 
+    /// What a rollback deletes (if this Failover's) and tears down, in order.
+    fn removed(d: &Decision) -> Vec<String> {
+        d.actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Delete(n) => Some(n.to_string()),
+                Action::TearDown(p) => Some(format!("teardown {}/{}", p.namespace, p.copy)),
+                _ => None,
+            })
+            .collect()
+    }
+
     #[test]
     fn a_failover_from_a_vault_removes_only_what_it_made_and_returns_a_used_workload_to_zero() {
         let status = json!({"found": {"kind": "StatefulSet", "name": "db", "existed": true,
@@ -287,21 +317,14 @@ mod tests {
         let mut f = failover("Unplanned", false, status);
         f.spec.vault_name = Some("v".into());
         let d = roll_back(&f, &Observed::default());
-        let deleted: Vec<String> = d
-            .actions
-            .iter()
-            .filter_map(|a| match a {
-                Action::Delete(n) => Some(n.to_string()),
-                _ => None,
-            })
-            .collect();
         // Deleted only if they carry this Failover's uid (Action::Delete is delete-if-mine).
         assert_eq!(
-            deleted,
+            removed(&d),
             [
                 "ConfigMap apps/settings",
                 "Secret apps/password",
-                "Service apps/db"
+                "Service apps/db",
+                "teardown apps/db"
             ]
         );
         assert_eq!(
@@ -315,5 +338,27 @@ mod tests {
                 .any(|a| matches!(a, Action::TearDown(p) if p.copy == "db" && p.found))
         );
         assert_eq!(d.actions.last(), Some(&Action::RemoveFinalizer));
+        assert!(
+            !d.actions
+                .iter()
+                .any(|a| matches!(a, Action::Delete(n) if n.kind == Kind::Namespace)),
+            "its own namespace stays"
+        );
+
+        // Into `spec.workloadNamespace`: the workload's objects there, then that namespace
+        // (delete-if-mine: only when this Failover made it), last.
+        f.metadata.namespace = Some("site-recovery".into());
+        f.spec.workload_namespace = Some("shop".into());
+        let d = roll_back(&f, &Observed::default());
+        assert_eq!(
+            removed(&d),
+            [
+                "ConfigMap shop/settings",
+                "Secret shop/password",
+                "Service shop/db",
+                "teardown shop/db",
+                "Namespace shop"
+            ]
+        );
     }
 }

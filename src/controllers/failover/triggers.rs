@@ -19,7 +19,7 @@ fn failovers_of(
     failovers: &[Cached<Failover>],
 ) -> Vec<Ref<Failover>> {
     matching(failovers, |f| {
-        f.namespace() == namespace && f.spec.workload_name == workload
+        Some(f.workload_namespace()) == namespace && f.spec.workload_name == workload
     })
 }
 
@@ -37,7 +37,11 @@ pub fn siblings(
     failovers: &[Cached<Failover>],
 ) -> Vec<Ref<Failover>> {
     match readable(failover) {
-        Some(f) => failovers_of(f.namespace(), &f.spec.workload_name, failovers),
+        Some(f) => failovers_of(
+            Some(f.workload_namespace()),
+            &f.spec.workload_name,
+            failovers,
+        ),
         None => vec![],
     }
 }

@@ -112,6 +112,11 @@ pub(super) fn prepare(
                 .map(Action::Create),
         );
     }
+    // A found workload's namespace, named by `spec.workloadNamespace`, is made when missing.
+    if let (Subject::Found(_), false, Some(ns)) = (subject, place.drill, place.elsewhere(f)) {
+        d.actions
+            .push(Action::CreateOrUse(manifests::workload_namespace(f, &ns)));
+    }
     let mut volumes = manifests::restore_plan(point, place);
     for v in &mut volumes {
         v.in_place = kept(&ObjectName::new(
@@ -204,7 +209,7 @@ pub(super) fn prepare(
         point: point.id.clone(),
         started: i.now,
         volumes,
-        namespace: place.drill.then(|| place.namespace.clone()),
+        namespace: place.elsewhere(f),
         completed: None,
         failed: None,
         generation: f.metadata.generation,

@@ -546,6 +546,51 @@ fn a_failover_from_a_vault_fences_first_and_restores_under_the_original_names() 
 }
 
 #[test]
+fn a_failover_into_another_namespace_makes_it_before_the_claims_and_restores_there() {
+    // A platform vault's Failover in the operator's namespace, for a workload of `shop`.
+    let mut f = from_vault(json!({}), None);
+    f.metadata.namespace = Some("site-recovery".into());
+    f.spec.workload_namespace = Some("shop".into());
+    let chosen = point("2026-06-01T12:00:00Z");
+    let (_, d) = run(&f, Some(&chosen), &found(None));
+    assert_eq!(
+        actions(&d),
+        [
+            "fence",
+            "create-or-use Namespace shop",
+            "create PersistentVolumeClaim data-db-0",
+            "create Pod sr-restore-fo-0",
+            "create PersistentVolumeClaim data-db-1",
+            "create Pod sr-restore-fo-1",
+        ]
+    );
+    let namespaces: Vec<Option<&str>> = d
+        .actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Create(m) => Some(m.namespace.as_deref()),
+            _ => None,
+        })
+        .collect();
+    assert!(
+        namespaces.iter().all(|n| *n == Some("shop")),
+        "{namespaces:?}"
+    );
+    let restore = d.facts.iter().find_map(|x| match x {
+        Fact::Restore(Some(r)) => Some(r),
+        _ => None,
+    });
+    assert_eq!(
+        restore.and_then(|r| r.namespace.as_deref()),
+        Some("shop"),
+        "the agents find the writer pods there"
+    );
+    // In its own namespace, a Failover makes none.
+    let (_, d) = run(&from_vault(json!({}), None), Some(&chosen), &found(None));
+    assert!(!actions(&d).iter().any(|a| a.contains("Namespace")));
+}
+
+#[test]
 fn a_point_without_a_definition_creates_nothing_and_says_what_to_do() {
     let f = from_vault(json!({}), None);
     let chosen = point("2026-06-01T12:00:00Z");

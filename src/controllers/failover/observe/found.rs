@@ -20,9 +20,23 @@ use crate::controllers::{Context, Error};
 /// How long reading a point's definition may take.
 const READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
+/// The namespace the found workload comes back in: `spec.workloadNamespace` only for a
+/// Failover in the operator's namespace (a tenant's Failover restores into its own namespace,
+/// never into another tenant's).
+pub fn workload_namespace(operator_namespace: &str, f: &Failover) -> Result<String, String> {
+    let own = f.namespace().unwrap_or_default();
+    match &f.spec.workload_namespace {
+        Some(ns) if *ns != own && own != operator_namespace => Err(format!(
+            "spec.workloadNamespace: only a Failover in the operator's namespace {operator_namespace} may restore into another namespace ({ns}); create this Failover there, or in {ns}"
+        )),
+        _ => Ok(f.workload_namespace()),
+    }
+}
+
 /// The workload of `point` as its origin describes it, and its definition (checked).
 pub async fn load(ctx: &Context, f: &Failover, vault: &str, point: &str) -> Result<Found, String> {
     let namespace = f.namespace().unwrap_or_default();
+    let workload_namespace = workload_namespace(&ctx.namespace, f)?;
     let v = ctx
         .stores
         .vaults
@@ -53,9 +67,9 @@ pub async fn load(ctx: &Context, f: &Failover, vault: &str, point: &str) -> Resu
     };
     // The point is listed under `namespace/<ReplicatedWorkload>`; the workload it protected
     // may have another name, but never another namespace.
-    if origin.namespace != namespace {
+    if origin.namespace != workload_namespace {
         return Err(format!(
-            "point {point} is of a workload in namespace {}, not {namespace}",
+            "point {point} is of a workload in namespace {0}, not {workload_namespace}: a Failover in the operator's namespace with spec.workloadNamespace {0} restores it there",
             origin.namespace
         ));
     }
@@ -330,4 +344,43 @@ pub(super) async fn ready_pods(ctx: &Context, place: &Place) -> Result<i32, Erro
         .filter(|p| own(p))
         .filter(|p| super::world::is_ready(p))
         .count() as i32)
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn only_the_operators_namespace_restores_into_another_one() {
+        let f = |ns: &str, into: Option<&str>| -> Failover {
+            let mut spec = json!({"workloadName": "db", "vaultName": "v"});
+            if let Some(into) = into {
+                spec["workloadNamespace"] = json!(into);
+            }
+            serde_json::from_value(json!({
+                "apiVersion": "siterecovery.io/v1alpha1", "kind": "Failover",
+                "metadata": {"name": "fo", "namespace": ns}, "spec": spec,
+            }))
+            .unwrap()
+        };
+        let op = "site-recovery";
+        assert_eq!(workload_namespace(op, &f("apps", None)), Ok("apps".into()));
+        assert_eq!(
+            workload_namespace(op, &f("apps", Some("apps"))),
+            Ok("apps".into())
+        );
+        assert_eq!(
+            workload_namespace(op, &f(op, Some("shop"))),
+            Ok("shop".into())
+        );
+        let refused = workload_namespace(op, &f("apps", Some("shop"))).unwrap_err();
+        assert!(
+            refused.starts_with(
+                "spec.workloadNamespace: only a Failover in the operator's namespace site-recovery"
+            ),
+            "{refused}"
+        );
+    }
 }

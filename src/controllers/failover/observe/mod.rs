@@ -225,7 +225,11 @@ async fn found_summary(
         ));
     }
     let listed = if list {
-        let key = format!("{namespace}/{}", f.spec.workload_name);
+        let key = format!(
+            "{}/{}",
+            found::workload_namespace(&ctx.namespace, f)?,
+            f.spec.workload_name
+        );
         target_points(ctx, &namespace, vault, &key).await
     } else {
         Ok(kept(f))
@@ -261,15 +265,15 @@ fn kept(f: &Failover) -> Vec<(PointRef, Vec<String>)> {
 }
 
 fn siblings(ctx: &Context, f: &Failover) -> Vec<Sibling> {
-    let namespace = f.namespace().unwrap_or_default();
+    let namespace = f.workload_namespace();
     ctx.stores
         .failovers
         .state()
         .iter()
         .filter_map(|g| g.0.as_ref().ok())
         .filter(|o| {
-            o.namespace().as_deref() == Some(namespace.as_str())
-                && o.name_any() != f.name_any()
+            o.workload_namespace() == namespace
+                && (o.namespace(), o.name_any()) != (f.namespace(), f.name_any())
                 && o.spec.workload_name == f.spec.workload_name
                 && o.metadata.deletion_timestamp.is_none()
         })
