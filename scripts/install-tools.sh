@@ -24,11 +24,13 @@ PY
   fi
 fi
 
-if ! command -v lua5.1 >/dev/null 2>&1 || ! lua5.1 -e 'require("cjson")' >/dev/null 2>&1; then
+# lua for the chart's Argo CD health checks; xfsprogs for the freeze tests' xfs filesystems.
+if ! command -v lua5.1 >/dev/null 2>&1 || ! lua5.1 -e 'require("cjson")' >/dev/null 2>&1 \
+  || ! command -v mkfs.xfs >/dev/null 2>&1; then
   sudo=""
   [ "$(id -u)" = 0 ] || sudo="sudo"
   $sudo apt-get update -qq >/dev/null
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq lua5.1 lua-cjson >/dev/null
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq lua5.1 lua-cjson xfsprogs >/dev/null
 fi
 
 # Object-store servers for the storage tests: moto (S3) from PyPI with boto3 to create the

@@ -133,6 +133,10 @@ struct AgentArgs {
     /// The kubelet's root directory: pod volumes are read below it, and nowhere else.
     #[arg(long, default_value = "/var/lib/kubelet", env = "KUBELET_ROOT")]
     kubelet_root: PathBuf,
+    /// A host directory on none of the volumes where filesystem freezes are recorded before
+    /// they are made (a restarted agent thaws what a killed one left frozen).
+    #[arg(long, default_value = "/var/lib/site-recovery-agent")]
+    state_dir: PathBuf,
     #[command(flatten)]
     storage: StorageFlags,
 }
@@ -247,6 +251,7 @@ async fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
         lease_duration_seconds: args.lease_duration,
         kubelet_root: args.kubelet_root,
         storage: args.storage.rules(),
+        state_dir: args.state_dir,
     };
     site_recovery::agent::run(client, settings, wait_for_signal()).await?;
     Ok(())

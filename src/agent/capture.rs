@@ -98,20 +98,7 @@ fn report(
     state: WorkState,
     message: String,
 ) -> AgentWork {
-    AgentWork {
-        kind: crate::api::work::WorkKind::Capture,
-        namespace: rw.namespace().unwrap_or_default(),
-        workload: rw.name_any(),
-        point: point.id.clone(),
-        state,
-        claims: vec![],
-        consistency: String::new(),
-        bytes_done: 0,
-        bytes_total: 0,
-        stored_bytes: 0,
-        message,
-        owner: rw.uid().unwrap_or_default(),
-    }
+    AgentWork::about(WorkKind::Capture, rw, &point.id, state, message)
 }
 
 /// Finds, for every claim of the point, the pod that mounts the claim to read, and for those on

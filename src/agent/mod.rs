@@ -6,6 +6,7 @@
 pub mod capture;
 pub mod error;
 pub mod freeze;
+mod freezes;
 pub mod registration;
 pub mod restore;
 mod scan;
@@ -22,12 +23,14 @@ pub async fn run(
     let reports = Reports::default();
     let register = registration::keep_registered(client.clone(), settings.clone(), reports.clone());
     let captures = capture::run_captures(client.clone(), settings.clone(), reports.clone());
-    let restores = restore::run_restores(client, settings.clone(), reports);
+    let restores = restore::run_restores(client.clone(), settings.clone(), reports.clone());
+    let freezes = freezes::run_freezes(client, settings.clone(), reports);
     tokio::select! {
         () = shutdown => {}
         () = register => {}
         () = captures => {}
         () = restores => {}
+        () = freezes => {}
     }
     tracing::info!(node = %settings.node_name, "agent stopped");
     Ok(())

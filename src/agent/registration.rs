@@ -31,6 +31,9 @@ pub struct AgentSettings {
     pub kubelet_root: std::path::PathBuf,
     /// What vaults' storage may point at: the same rules as the operator's.
     pub storage: crate::storage::StorageRules,
+    /// A host directory (on none of the volumes) where freezes are recorded before they are
+    /// made, so that a restarted agent thaws what a killed one left frozen.
+    pub state_dir: std::path::PathBuf,
 }
 
 /// The agent's reports, keyed by `namespace/workload`, and a bell that asks for them to be

@@ -85,18 +85,8 @@ fn report(
     message: String,
 ) -> AgentWork {
     AgentWork {
-        kind: WorkKind::Restore,
-        namespace: f.namespace().unwrap_or_default(),
-        workload: f.name_any(),
-        point: r.point.clone(),
-        state,
         claims,
-        consistency: String::new(),
-        bytes_done: 0,
-        bytes_total: 0,
-        stored_bytes: 0,
-        message,
-        owner: f.uid().unwrap_or_default(),
+        ..AgentWork::about(WorkKind::Restore, f, &r.point, state, message)
     }
 }
 

@@ -110,8 +110,10 @@ names! {
         ReplicationFailed,
         /// A pre or post hook failed: the point carries the consistency it really has.
         HookFailed,
-        /// `spec.appConsistency.freezeFilesystems` is asked for but not carried out by this version.
-        FreezeNotSupported,
+        /// `spec.appConsistency.freezeFilesystems` is asked for with the vault's `Live` capture:
+        /// a freeze around a read that takes seconds would stall the application, so none is
+        /// done and the points stay FileLevel; a `CSI` vault freezes for the snapshot instant.
+        FreezeNeedsSnapshots,
         /// A location holds a repository this vault's key does not open, or another one.
         RepositoryRefused,
         /// Another cluster failed the workload over: the target location's fence names it.
@@ -178,6 +180,10 @@ names! {
         RecoveryPointFailed,
         ReplicationFailed,
         HookFailed,
+        /// The filesystems of a point were frozen across its nodes for the snapshot instant.
+        FilesystemsFrozen,
+        /// A freeze could not be carried out on every node: the point is not AppConsistent.
+        FreezeFailed,
         RecoveryPointsPruned,
         RPOExceeded,
         FailoverSourceStopped,

@@ -41,6 +41,38 @@ pub enum WorkKind {
     Capture,
     /// Volumes of a Failover's restore (`workload` names the Failover).
     Restore,
+    /// The filesystems of a point's claims on this node, frozen for its capture instant
+    /// (`workload` names the ReplicatedWorkload): Running while frozen, Done once thawed (the
+    /// message says for how long), Failed when they could not all be frozen.
+    Freeze,
+}
+
+/// Annotation of a ReplicatedWorkload, set by the operator for the capture instant of a point
+/// with `freezeFilesystems`: a [`FreezeRequest`] as JSON. Agents freeze the point's claims
+/// mounted on their node while it asks, and thaw when it says `thaw`, when it goes, or at
+/// `until`, whichever comes first.
+pub const FREEZE_ANNOTATION: &str = "siterecovery.io/freeze";
+
+/// What the operator asks of the agents for one point's freeze.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct FreezeRequest {
+    pub point: String,
+    /// The workload's claims (their own names) whose filesystems are frozen.
+    pub claims: Vec<String>,
+    /// No filesystem stays frozen past this instant.
+    pub until: jiff::Timestamp,
+    /// The snapshots are cut: thaw now.
+    #[serde(default)]
+    pub thaw: bool,
+}
+
+impl FreezeRequest {
+    /// The request an annotation holds; a malformed or oversized one asks for nothing.
+    pub fn parse(text: Option<&String>) -> Option<Self> {
+        let text = text.filter(|t| t.len() <= 64 * 1024)?;
+        serde_json::from_str(text).ok()
+    }
 }
 
 /// An agent's report on one workload's point.
@@ -72,6 +104,34 @@ pub struct AgentWork {
     /// that reuses the name.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub owner: String,
+}
+
+impl AgentWork {
+    /// A report of `kind` on `object`'s (a ReplicatedWorkload's or a Failover's) `point`, with
+    /// no claims or bytes yet.
+    pub fn about<K: kube::Resource>(
+        kind: WorkKind,
+        object: &K,
+        point: &str,
+        state: WorkState,
+        message: String,
+    ) -> Self {
+        use kube::ResourceExt;
+        Self {
+            kind,
+            namespace: object.namespace().unwrap_or_default(),
+            workload: object.name_any(),
+            point: point.to_string(),
+            state,
+            claims: vec![],
+            consistency: String::new(),
+            bytes_done: 0,
+            bytes_total: 0,
+            stored_bytes: 0,
+            message,
+            owner: object.uid().unwrap_or_default(),
+        }
+    }
 }
 
 /// The largest report annotation read: what the API server allows for all of an object's

@@ -89,14 +89,36 @@ impl WorkloadKind {
 }
 
 /// What wraps the capture instant of an app-consistent point.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct AppConsistency {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hooks: Option<Hooks>,
-    /// Freeze the volumes' filesystems (FIFREEZE) for the capture instant.
+    /// Freeze the volumes' filesystems (FIFREEZE), on every node that mounts one, for the
+    /// instant the snapshots of an app-consistent point are cut (CSI vaults; after the pre
+    /// hooks, before the post hooks). The agents need CAP_SYS_ADMIN (chart: `agent.freeze`).
     #[serde(default)]
     pub freeze_filesystems: bool,
+    /// No filesystem stays frozen longer: each agent thaws at this bound whatever happens, and
+    /// a point whose snapshots were not cut within it is not AppConsistent (Go duration).
+    #[serde(default = "default_freeze_timeout")]
+    #[schemars(length(max = 32), regex(pattern = r"^([0-9]+(ms|s|m|h))+$"))]
+    #[x_kube(validation = kube::core::Rule::new("duration(self) >= duration('1s') && duration(self) <= duration('60s')").message("freezeTimeout must be a duration between 1s and 60s, e.g. 10s"))]
+    pub freeze_timeout: String,
+}
+
+fn default_freeze_timeout() -> String {
+    "10s".into()
+}
+
+impl Default for AppConsistency {
+    fn default() -> Self {
+        Self {
+            hooks: None,
+            freeze_filesystems: false,
+            freeze_timeout: default_freeze_timeout(),
+        }
+    }
 }
 
 /// Commands run in the workload's pods before and after the capture instant.

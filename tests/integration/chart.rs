@@ -122,6 +122,41 @@ fn agent_daemonset_reads_the_kubelet_pods_directory() {
 }
 
 #[test]
+fn the_agent_may_freeze_filesystems_only_when_the_chart_says_so() {
+    let caps = |docs: &[serde_json::Value]| -> Vec<String> {
+        let ds = &kinds(docs, "DaemonSet")[0];
+        ds["spec"]["template"]["spec"]["containers"][0]["securityContext"]["capabilities"]["add"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|c| c.as_str().map(String::from))
+            .collect()
+    };
+    let plain = render(&[]);
+    assert!(
+        !caps(&plain).contains(&"SYS_ADMIN".to_string()),
+        "{:?}",
+        caps(&plain)
+    );
+    let freezing = render(&["--set", "agent.freeze.enabled=true"]);
+    assert!(caps(&freezing).contains(&"SYS_ADMIN".to_string()));
+    // The freeze records live on the host, where a restarted agent finds them.
+    let ds = &kinds(&freezing, "DaemonSet")[0];
+    let state = ds["spec"]["template"]["spec"]["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == "state")
+        .expect("a state volume");
+    assert_eq!(state["hostPath"]["path"], "/var/lib/site-recovery-agent");
+    let args = ds["spec"]["template"]["spec"]["containers"][0]["args"].to_string();
+    assert!(
+        args.contains("--state-dir=/var/lib/site-recovery-agent"),
+        "{args}"
+    );
+}
+
+#[test]
 fn optional_service_monitor_and_values_schema() {
     assert!(kinds(&render(&[]), "ServiceMonitor").is_empty());
     assert_eq!(

@@ -5,32 +5,46 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::mpsc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use site_recovery::agent::freeze::{freeze, thaw_leftovers};
 
-/// An ext4 image on a loop device, mounted; unmounted and detached on drop.
-struct LoopFs {
+/// A filesystem image (ext4 or xfs) on a loop device, mounted; unmounted and detached on drop.
+pub(crate) struct LoopFs {
     _dir: tempfile::TempDir,
-    mount: PathBuf,
+    pub(crate) mount: PathBuf,
 }
 
 impl LoopFs {
     fn new() -> Option<LoopFs> {
         let dir = tempfile::tempdir().unwrap();
-        let image = dir.path().join("fs.img");
         let mount = dir.path().join("mnt");
         std::fs::create_dir(&mount).unwrap();
+        Self::mount(dir, mount, "ext4")
+    }
+
+    /// A new `fstype` filesystem mounted over the directory `mount` (a volume's directory).
+    pub(crate) fn at(mount: &Path, fstype: &str) -> Option<LoopFs> {
+        Self::mount(tempfile::tempdir().unwrap(), mount.to_path_buf(), fstype)
+    }
+
+    fn mount(dir: tempfile::TempDir, mount: PathBuf, fstype: &str) -> Option<LoopFs> {
+        let image = dir.path().join("fs.img");
         let ok = |c: &mut Command| c.output().map(|o| o.status.success()).unwrap_or(false);
-        let made = ok(Command::new("truncate").args(["-s", "32M"]).arg(&image))
-            && ok(Command::new("mkfs.ext4").args(["-q", "-F"]).arg(&image))
+        // xfs wants 300 MiB at least; the image is sparse.
+        let (size, mkfs, force) = match fstype {
+            "xfs" => ("320M", "mkfs.xfs", "-f"),
+            _ => ("32M", "mkfs.ext4", "-F"),
+        };
+        let made = ok(Command::new("truncate").args(["-s", size]).arg(&image))
+            && ok(Command::new(mkfs).args(["-q", force]).arg(&image))
             && ok(Command::new("mount")
-                .args(["-o", "loop"])
+                .args(["-o", "loop,noatime"])
                 .arg(&image)
                 .arg(&mount));
         if !made {
             eprintln!(
-                "skipped: this machine cannot loop-mount an ext4 image (root and loop devices are needed)"
+                "skipped: this machine cannot loop-mount an {fstype} image (root, loop devices and mkfs.{fstype} are needed)"
             );
             return None;
         }
@@ -159,4 +173,224 @@ fn a_group_that_cannot_all_be_frozen_is_left_thawed_and_names_the_mount() {
         .recv_timeout(Duration::from_secs(10))
         .expect("the first mount was thawed again");
     assert_eq!(std::fs::read_dir(state.path()).unwrap().count(), 0);
+}
+
+/// Waits for `rx` without blocking the test's runtime (it also runs the agents).
+async fn arrives(rx: &mpsc::Receiver<()>, within: Duration) -> Result<(), String> {
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        if rx.try_recv().is_ok() {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Err(format!("nothing within {within:?}"))
+}
+
+/// A writer that creates `w-00000`, `w-00001`, … on `mount` one after another (each fsynced),
+/// recording when each write started and ended, until told to stop.
+struct Writer {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<Vec<(String, Instant, Instant)>>,
+}
+
+impl Writer {
+    fn start(mount: &Path) -> Self {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (flag, mount) = (stop.clone(), mount.to_path_buf());
+        let thread = std::thread::spawn(move || {
+            let mut log = Vec::new();
+            let mut n = 0;
+            while !flag.load(std::sync::atomic::Ordering::SeqCst) {
+                let name = format!("w-{n:05}");
+                let started = Instant::now();
+                let path = mount.join(&name);
+                std::fs::write(&path, name.as_bytes()).unwrap();
+                std::fs::File::open(&path).unwrap().sync_all().unwrap();
+                log.push((name, started, Instant::now()));
+                n += 1;
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            log
+        });
+        Writer { stop, thread }
+    }
+
+    fn stop(self) -> Vec<(String, Instant, Instant)> {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.thread.join().unwrap()
+    }
+}
+
+/// Checks `point`'s copy of a volume a [`Writer`] wrote to while the point's freeze held it:
+/// the write that blocked longest is the one the freeze held; every write that ended before it
+/// started is in the point, none that started after it ended is. Returns how long it blocked.
+fn cut_between_writes(
+    claim: &str,
+    log: &[(String, Instant, Instant)],
+    point: &std::collections::BTreeMap<String, Vec<u8>>,
+) -> Duration {
+    let (held, (name, started, ended)) = log
+        .iter()
+        .enumerate()
+        .max_by_key(|(_, (_, s, e))| *e - *s)
+        .expect("the writer wrote");
+    let blocked = *ended - *started;
+    assert!(
+        blocked >= Duration::from_millis(100),
+        "{claim}: no write was held by a freeze (longest {blocked:?}, {name})"
+    );
+    for (i, (file, _, _)) in log.iter().enumerate() {
+        if i < held {
+            assert_eq!(
+                point.get(file).map(Vec::as_slice),
+                Some(file.as_bytes()),
+                "{claim}: {file}, durable before the freeze, is not in the point"
+            );
+        } else if i > held {
+            assert!(
+                !point.contains_key(file),
+                "{claim}: {file}, written after the thaw, is in the point"
+            );
+        }
+    }
+    blocked
+}
+
+/// A CSI vault's app-consistent points with `freezeFilesystems`: the agents of both nodes
+/// freeze their claims' filesystems (ext4 on one, xfs on the other), the snapshots are cut while
+/// both are frozen, then both are thawed; writers on both see their writes held for that
+/// instant, and the point holds exactly the writes made before it. An agent that starts finds a
+/// freeze an earlier run left behind and thaws it; a freeze that fails on one node leaves
+/// everything thawed and the point CrashConsistent, saying why.
+#[tokio::test]
+async fn app_consistent_points_freeze_every_nodes_filesystems_while_the_snapshots_are_cut() {
+    use crate::replication::{
+        csi_vault, events, replicated_point, request_point, restored_tree, setup, shut_down,
+        start_agent, write_version,
+    };
+    use kube::api::{Api, PostParams};
+    use site_recovery::api::ReplicatedWorkload;
+
+    let (rig, dir, running, volumes) = setup(|d| {
+        let mut v = csi_vault(d);
+        v.spec.replication_policy =
+            serde_json::from_value(serde_json::json!({"appConsistentFrequency": "1h"})).unwrap();
+        v
+    })
+    .await;
+    let (Some(ext4), Some(xfs)) = (
+        LoopFs::at(&volumes["data-db-0"], "ext4"),
+        LoopFs::at(&volumes["data-db-1"], "xfs"),
+    ) else {
+        return;
+    };
+
+    // As if the agent of node-a1 had been killed holding a freeze: its record and the frozen
+    // filesystem are left. The agent thaws it when it starts.
+    assert!(
+        Command::new("fsfreeze")
+            .arg("-f")
+            .arg(&ext4.mount)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let state = rig.agent_state_dir("node-a1");
+    std::fs::create_dir_all(&state).unwrap();
+    std::fs::write(
+        state.join("freeze-999999-0.json"),
+        serde_json::to_vec(&serde_json::json!({"mounts": [ext4.mount]})).unwrap(),
+    )
+    .unwrap();
+    let held = write_in_background(&ext4.mount, "before-the-agent");
+    assert!(
+        held.recv_timeout(Duration::from_millis(300)).is_err(),
+        "frozen"
+    );
+    let agents: Vec<_> = ["node-a1", "node-a2", "node-b1"]
+        .iter()
+        .map(|n| start_agent(&rig, n, 10))
+        .collect();
+    arrives(&held, Duration::from_secs(10))
+        .await
+        .expect("the agent thawed at its start what its earlier run left frozen");
+
+    let (_driver, _log) = crate::rig::csi::run_driver(
+        &rig,
+        "apps",
+        std::collections::BTreeMap::from([("zone-a".to_string(), "node-a2".to_string())]),
+    );
+    write_version(&volumes, 1);
+    let writers = [Writer::start(&ext4.mount), Writer::start(&xfs.mount)];
+    let workloads: Api<ReplicatedWorkload> = Api::namespaced(rig.client(), "apps");
+    workloads
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(serde_json::json!({
+                "apiVersion": "siterecovery.io/v1alpha1", "kind": "ReplicatedWorkload",
+                "metadata": {"name": "db", "namespace": "apps"},
+                "spec": {"vaultName": "vault", "workloadRef": {"kind": "StatefulSet", "name": "db"},
+                    "appConsistency": {"freezeFilesystems": true, "freezeTimeout": "10s"}},
+            }))
+            .unwrap(),
+        )
+        .await
+        .unwrap();
+    let status = crate::replication::first_point(&workloads).await;
+    let logs = writers.map(Writer::stop);
+    let point = status.latest_replicated_point.clone().unwrap();
+    assert_eq!(point.consistency, "AppConsistent", "{status:?}");
+    assert_eq!(
+        status.latest_app_consistent_point.map(|p| p.id),
+        Some(point.id.clone())
+    );
+    let target = dir.path().join("target");
+    for (claim, log) in ["data-db-0", "data-db-1"].iter().zip(&logs) {
+        let restored = restored_tree(&target, &point.id, claim).await;
+        let blocked = cut_between_writes(claim, log, &restored);
+        println!(
+            "{claim}: the write the freeze held waited {} ms",
+            blocked.as_millis()
+        );
+    }
+    let frozen = events(&rig, "FilesystemsFrozen").await;
+    println!("{frozen:?}");
+    assert!(
+        frozen
+            .iter()
+            .any(|e| e.contains(&point.id) && e.contains("2 node(s)")),
+        "{frozen:?}"
+    );
+    assert_eq!(
+        std::fs::read_dir(&state).unwrap().count(),
+        0,
+        "no freeze record is left"
+    );
+
+    // data-db-1 is no longer a filesystem of its own (a directory of the node's filesystem, as
+    // a hostPath volume is): node-a2 refuses to freeze it, node-a1 is thawed again, and the point
+    // says what it is.
+    drop(xfs);
+    request_point(&workloads, "unfreezable").await;
+    let (id, status) = replicated_point(&workloads, "unfreezable", Duration::from_secs(60)).await;
+    assert_eq!(
+        status.latest_crash_consistent_point.map(|p| p.id),
+        Some(id.clone()),
+        "the point is CrashConsistent"
+    );
+    let failed = events(&rig, "FreezeFailed").await;
+    assert!(
+        failed.iter().any(|e| e.contains(&id)
+            && e.contains("node-a2")
+            && e.contains("not a filesystem of its own")),
+        "{failed:?}"
+    );
+    arrives(
+        &write_in_background(&ext4.mount, "after-the-failed-freeze"),
+        Duration::from_secs(5),
+    )
+    .await
+    .expect("node-a1 thawed");
+    shut_down(&rig, dir.path(), running, agents).await;
 }

@@ -250,6 +250,7 @@ async fn registered_flips_with_agent_registration() {
             lease_duration_seconds: 3,
             kubelet_root: rig.kubelet_root.path().to_path_buf(),
             storage: rig.storage_rules(),
+            state_dir: rig.agent_state_dir(node),
         };
         let (stop, shutdown) = Shutdown::new();
         (

@@ -83,6 +83,7 @@ pub(crate) fn start_agent_with(
         lease_duration_seconds: lease_seconds,
         kubelet_root: rig.kubelet_root.path().to_path_buf(),
         storage: rules,
+        state_dir: rig.agent_state_dir(node),
     };
     let (stop, shutdown) = Shutdown::new();
     let task = tokio::spawn(site_recovery::agent::run(
@@ -190,24 +191,33 @@ async fn open(dir: &Path) -> Repository {
 
 /// Restores every volume of `point` from the target location alone and compares it with what
 /// was written before the point was taken.
-async fn assert_restores(target: &Path, point: &str, expected: &Content) {
+/// The files of `claim` in `point` of the repository in `target`, restored.
+pub(crate) async fn restored_tree(
+    target: &Path,
+    point: &str,
+    claim: &str,
+) -> BTreeMap<String, Vec<u8>> {
     let repo = open(target).await;
+    let into = tempfile::tempdir().unwrap();
+    let dest = into.path().join("restored");
+    restore(
+        &repo,
+        point,
+        &dest,
+        &RestoreOptions {
+            volume: Some(claim.to_string()),
+            ..Default::default()
+        },
+        None,
+    )
+    .await
+    .unwrap_or_else(|e| panic!("restoring {claim} of {point}: {e}"));
+    read_tree(&dest)
+}
+
+async fn assert_restores(target: &Path, point: &str, expected: &Content) {
     for (claim, files) in expected {
-        let into = tempfile::tempdir().unwrap();
-        let dest = into.path().join("restored");
-        restore(
-            &repo,
-            point,
-            &dest,
-            &RestoreOptions {
-                volume: Some(claim.clone()),
-                ..Default::default()
-            },
-            None,
-        )
-        .await
-        .unwrap_or_else(|e| panic!("restoring {claim} of {point}: {e}"));
-        let got = read_tree(&dest);
+        let got = restored_tree(target, point, claim).await;
         assert_eq!(
             got.keys().collect::<Vec<_>>(),
             files.keys().collect::<Vec<_>>(),
@@ -752,7 +762,7 @@ async fn rpo_stays_within_45s_at_a_30s_frequency_and_retention_prunes_both_locat
     shut_down(&rig, dir.path(), running, agents).await;
 }
 
-fn csi_vault(dir: &Path) -> RecoveryVault {
+pub(crate) fn csi_vault(dir: &Path) -> RecoveryVault {
     let mut v = live_vault(dir, json!({}));
     v.spec.snapshot_method = site_recovery::api::vault::SnapshotMethod::Csi;
     v.spec.volume_snapshot_class_name = Some("rig-snapshots".into());

@@ -232,6 +232,11 @@ impl Rig {
     }
 
     /// A fresh directory for filesystem locations of vaults in namespace `ns`.
+    /// The host directory where the agent of `node` records its freezes.
+    pub fn agent_state_dir(&self, node: &str) -> PathBuf {
+        self.kubelet_root.path().join("agent-state").join(node)
+    }
+
     pub fn vault_dir(&self, ns: &str) -> tempfile::TempDir {
         let dir = self.storage_root.path().join(ns);
         std::fs::create_dir_all(&dir).unwrap();

@@ -3,6 +3,7 @@
 
 pub mod apply;
 pub mod csi;
+pub mod freeze;
 pub mod hooks;
 pub mod observe;
 pub mod plan;
@@ -64,11 +65,15 @@ pub async fn reconcile(workload: &ReplicatedWorkload, ctx: Arc<Context>) -> Resu
     if committed.is_some() {
         forget_points(&mut next);
     }
-    let freeze = workload
-        .spec
-        .app_consistency
-        .as_ref()
-        .is_some_and(|a| a.freeze_filesystems);
+    // A freeze asked for with Live captures is not carried out (the condition says why).
+    let live = matches!(&observed.vault, Some(Ok(v))
+        if v.spec.snapshot_method == crate::api::vault::SnapshotMethod::Live);
+    let freeze = live
+        && workload
+            .spec
+            .app_consistency
+            .as_ref()
+            .is_some_and(|a| a.freeze_filesystems);
     let (replication, flips) = schedule::replication_conditions(
         &next,
         advanced.schedule.as_ref(),

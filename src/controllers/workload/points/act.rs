@@ -286,7 +286,7 @@ async fn start_point(
         warnings: vec![],
         last_progress: None,
     };
-    let captured = capture(ctx, target, s, &mut point).await;
+    let captured = capture(ctx, target, s, &mut point, d).await;
     for message in point.degraded.iter().chain(&point.warnings) {
         d.events.push(PlannedEvent::warning(
             EventReason::HookFailed,
@@ -305,38 +305,91 @@ async fn start_point(
     Ok(point)
 }
 
-/// The capture instant, between the pre and post hooks.
+/// The capture instant: the pre hooks, the freeze of every node's filesystems, the snapshots,
+/// the thaw once they are cut, the post hooks. A point is AppConsistent only when every hook
+/// and every freeze succeeded (`point.degraded` says why not).
 async fn capture(
     ctx: &Context,
     target: &Target<'_>,
     s: &StartPoint,
     point: &mut PointInProgress,
+    d: &mut Decision,
 ) -> Result<(), String> {
     let namespace = target.rw.namespace().unwrap_or_default();
     let hooks = super::super::hooks::run;
+    let degrade = |point: &mut PointInProgress, why: String| match &mut point.degraded {
+        Some(d) => d.push_str(&format!("; {why}")),
+        None => {
+            point.degraded = Some(format!(
+                "the point is CrashConsistent, not AppConsistent: {why}"
+            ))
+        }
+    };
     if let Some(h) = &s.hooks {
         let failed = hooks(ctx, &namespace, target.pods, &h.pre, "pre").await;
         if !failed.is_empty() {
-            point.degraded = Some(format!(
-                "the point is CrashConsistent, not AppConsistent: {}",
-                failed.join("; ")
-            ));
+            degrade(point, failed.join("; "));
         }
     }
+    let frozen = match s.freeze {
+        Some(bound) => {
+            let held =
+                super::super::freeze::hold(ctx, target.rw, &point.id, &s.claims, &s.nodes, bound)
+                    .await;
+            match held {
+                Ok(held) => Some(held),
+                Err(why) => {
+                    d.events.push(PlannedEvent::warning(
+                        EventReason::FreezeFailed,
+                        "Freeze",
+                        format!("point {}: {why}", point.id),
+                    ));
+                    degrade(point, format!("the filesystems were not frozen: {why}"));
+                    None
+                }
+            }
+        }
+        None => None,
+    };
     let captured = if s.method == SnapshotMethod::Csi {
         let class = s.snapshot_class.as_deref();
         super::super::csi::take_snapshots(ctx, target.rw, point, class).await
     } else {
         Ok(())
     };
-    if let Some(h) = &s.hooks {
-        if captured.is_ok()
-            && let Err(message) =
-                super::super::csi::wait_until_cut(ctx, target.rw, point, Duration::from_secs(60))
-                    .await
-        {
-            point.warnings.push(message);
+    if let Some(held) = frozen {
+        // The snapshots must be cut before the agents' bound thaws the filesystems.
+        let cut = match &captured {
+            Ok(()) => {
+                super::super::csi::wait_until_cut(ctx, target.rw, point, held.remaining()).await
+            }
+            Err(e) => Err(e.clone()),
+        };
+        let reported = held.release(ctx, target.rw).await;
+        match cut {
+            Ok(()) => d.events.push(PlannedEvent::normal(
+                EventReason::FilesystemsFrozen,
+                "Freeze",
+                format!(
+                    "point {}: filesystems frozen on {} node(s) while the snapshots were cut ({})",
+                    point.id,
+                    s.nodes.len(),
+                    reported.join("; ")
+                ),
+            )),
+            Err(why) => degrade(
+                point,
+                format!("the snapshots were not cut while the filesystems were frozen: {why}"),
+            ),
         }
+    } else if s.hooks.is_some()
+        && captured.is_ok()
+        && let Err(message) =
+            super::super::csi::wait_until_cut(ctx, target.rw, point, Duration::from_secs(60)).await
+    {
+        point.warnings.push(message);
+    }
+    if let Some(h) = &s.hooks {
         point.warnings = hooks(ctx, &namespace, target.pods, &h.post, "post").await;
     }
     captured

@@ -99,6 +99,10 @@ pub struct StartPoint {
     pub claims: Vec<String>,
     /// Hooks of an app-consistent point.
     pub hooks: Option<Hooks>,
+    /// The bound of the filesystem freeze of an app-consistent CSI point.
+    pub freeze: Option<std::time::Duration>,
+    /// The nodes that mount the claims (whose agents freeze them).
+    pub nodes: Vec<String>,
     pub snapshot_class: Option<String>,
     pub requested: Option<String>,
 }
@@ -202,10 +206,11 @@ pub fn step(
         .vault
         .replication_policy
         .with_override(inputs.spec.replication_policy.as_ref());
-    // Only hooks quiesce an application here: a filesystem freeze is not carried out (the
-    // Replicating condition says so when it is asked for), and a live read is never an instant.
+    // Pre hooks or a filesystem freeze quiesce an application for a snapshot instant; a live
+    // read is never an instant (the Replicating condition says so when a freeze is asked for).
     let app_possible = inputs.vault.snapshot_method == SnapshotMethod::Csi
-        && hooks(inputs.spec).is_some_and(|h| !h.pre.is_empty());
+        && (hooks(inputs.spec).is_some_and(|h| !h.pre.is_empty())
+            || freeze(inputs.spec, SnapshotMethod::Csi).is_some());
     let schedule = Schedule::from_policy(&policy, app_possible).map_err(|message| {
         let mut d = Decision::new(None);
         d.failure = Some((R::CaptureFailed, message));
@@ -222,6 +227,20 @@ pub fn step(
         now,
     );
     Ok((schedule, step))
+}
+
+/// The freeze's bound, when the spec asks for one and the capture method can honour it. An
+/// unparsable bound (admission refuses one) falls back to the default of 10s.
+fn freeze(spec: &ReplicatedWorkloadSpec, method: SnapshotMethod) -> Option<std::time::Duration> {
+    let a = spec.app_consistency.as_ref()?;
+    (a.freeze_filesystems && method == SnapshotMethod::Csi).then(|| {
+        crate::api::policy::parse_duration(&a.freeze_timeout)
+            .unwrap_or(std::time::Duration::from_secs(10))
+            .clamp(
+                std::time::Duration::from_secs(1),
+                std::time::Duration::from_secs(60),
+            )
+    })
 }
 
 fn hooks(spec: &ReplicatedWorkloadSpec) -> Option<&Hooks> {
@@ -343,6 +362,15 @@ fn start(
         hooks: hooks(inputs.spec)
             .filter(|_| consistency == Consistency::AppConsistent)
             .cloned(),
+        freeze: freeze(inputs.spec, vault.snapshot_method)
+            .filter(|_| consistency == Consistency::AppConsistent),
+        nodes: inputs
+            .volumes
+            .iter()
+            .filter_map(|v| v.node.clone())
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect(),
         snapshot_class: vault.volume_snapshot_class_name.clone(),
         requested: inputs.requested.map(String::from),
     }));

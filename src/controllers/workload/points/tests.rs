@@ -137,12 +137,17 @@ impl Default for World {
 }
 
 fn pass(w: &World, now: Timestamp) -> Decision {
-    let (spec, vault, volumes) = (workload(w.hooks), vault(w.method), volumes());
+    pass_with(w, &workload(w.hooks), now)
+}
+
+/// One pass with the workload's `spec`.
+fn pass_with(w: &World, spec: &ReplicatedWorkloadSpec, now: Timestamp) -> Decision {
+    let (vault, volumes) = (vault(w.method), volumes());
     let registrations = vec![agent(w.agent)];
     let inputs = Inputs {
         namespace: "ns",
         name: "db",
-        spec: &spec,
+        spec,
         vault: &vault,
         requested: None,
         ready: true,
@@ -639,4 +644,46 @@ fn a_schedule_the_policy_cannot_give_stops_with_a_reason() {
     assert_eq!(reason(&d), Some(R::CaptureFailed));
     assert!(d.actions.is_empty() && d.schedule.is_none());
     let _ = Duration::ZERO;
+}
+
+#[test]
+fn a_freeze_is_asked_for_app_consistent_csi_points_only_with_its_bound_and_nodes() {
+    let freeze = |method: &'static str, timeout: &str| {
+        let mut spec = workload(false);
+        spec.app_consistency =
+            serde_json::from_value(json!({"freezeFilesystems": true, "freezeTimeout": timeout}))
+                .unwrap();
+        let world = World {
+            method,
+            ..Default::default()
+        };
+        pass_with(&world, &spec, at(0))
+            .actions
+            .iter()
+            .find_map(|a| match a {
+                Action::Start(s) => Some((
+                    s.consistency.as_str().to_string(),
+                    s.freeze,
+                    s.nodes.clone(),
+                )),
+                _ => None,
+            })
+    };
+    // The freeze alone makes app-consistent points possible on a CSI vault: the first one is.
+    assert_eq!(
+        freeze("CSI", "3s"),
+        Some((
+            "AppConsistent".into(),
+            Some(std::time::Duration::from_secs(3)),
+            vec!["n1".into()]
+        ))
+    );
+    // A Live read is never an instant: no freeze, and the point is not called app-consistent.
+    let live = freeze("Live", "3s").unwrap();
+    assert_eq!((live.0.as_str(), live.1), ("CrashConsistent", None));
+    // A bound admission would refuse falls back to the default, within 1s..60s.
+    assert_eq!(
+        freeze("CSI", "nonsense").unwrap().1,
+        Some(std::time::Duration::from_secs(10))
+    );
 }

@@ -99,15 +99,15 @@ fn replicating(status: &ReplicatedWorkloadStatus, failure: Option<(R, String)>) 
     }
 }
 
-/// A freeze asked for and not carried out is said beside a working replication.
+/// A freeze asked for and not carried out (Live captures) is said beside a working replication.
 fn with_freeze(replicating: Condition, freeze_requested: bool) -> Condition {
     if freeze_requested && replicating.is_true() {
         Condition::new(
             T::Replicating,
             ConditionStatus::True,
-            R::FreezeNotSupported,
+            R::FreezeNeedsSnapshots,
             format!(
-                "{}; spec.appConsistency.freezeFilesystems is not carried out by this version: points are app-consistent only through pre hooks (CSI), and Live points stay FileLevel",
+                "{}; spec.appConsistency.freezeFilesystems is not carried out with the vault's Live capture: a freeze around a read that takes seconds would stall the application, so the points stay FileLevel. A vault with snapshotMethod CSI freezes for the snapshot instant only",
                 replicating.message
             ),
         )

@@ -329,7 +329,7 @@ fn an_unsupported_freeze_is_said_not_hidden() {
     let (c, _) = replication_conditions(&status, None, None, true, at(1));
     assert_eq!(
         (c[0].reason.as_str(), c[0].is_true()),
-        ("FreezeNotSupported", true)
+        ("FreezeNeedsSnapshots", true)
     );
     assert!(
         c[0].message.contains("freezeFilesystems"),
