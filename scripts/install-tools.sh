@@ -24,13 +24,15 @@ PY
   fi
 fi
 
-# lua for the chart's Argo CD health checks; xfsprogs for the freeze tests' xfs filesystems.
+# lua for the chart's Argo CD health checks; xfsprogs for the freeze tests' xfs filesystems;
+# prometheus for promtool (the chart's alert rules are checked and unit-tested with it).
 if ! command -v lua5.1 >/dev/null 2>&1 || ! lua5.1 -e 'require("cjson")' >/dev/null 2>&1 \
-  || ! command -v mkfs.xfs >/dev/null 2>&1; then
+  || ! command -v mkfs.xfs >/dev/null 2>&1 || ! command -v promtool >/dev/null 2>&1; then
   sudo=""
   [ "$(id -u)" = 0 ] || sudo="sudo"
   $sudo apt-get update -qq >/dev/null
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq lua5.1 lua-cjson xfsprogs >/dev/null
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends \
+    lua5.1 lua-cjson xfsprogs prometheus >/dev/null
 fi
 
 # Object-store servers for the storage tests: moto (S3) from PyPI with boto3 to create the

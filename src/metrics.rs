@@ -26,7 +26,35 @@ pub struct Metrics {
     pub status_writes: Family<ControllerLabels, Counter>,
     pub leader: Gauge,
     pub replication: ReplicationMetrics,
+    /// 1 for each condition an object of ours has now (the alerts are written against it),
+    /// filled from `condition_source` at each scrape.
+    pub conditions: Family<ConditionLabels, Gauge>,
+    pub condition_source: std::sync::OnceLock<ConditionSource>,
 }
+
+/// One condition of one object: `kind` (RecoveryVault, ReplicatedWorkload, Failover), the
+/// object, and the condition's type, status and reason.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ConditionLabels {
+    pub kind: &'static str,
+    pub namespace: String,
+    pub name: String,
+    pub r#type: String,
+    pub status: &'static str,
+    pub reason: String,
+}
+
+/// What the condition gauge is filled from at each scrape: (kind, namespace, name, conditions)
+/// of every object the operator knows (its caches), so that no deleted object's series lingers.
+pub type ConditionSource = Box<
+    dyn Fn() -> Vec<(
+            &'static str,
+            String,
+            String,
+            Vec<crate::api::conditions::Condition>,
+        )> + Send
+        + Sync,
+>;
 
 /// Labels naming one protected workload.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -62,6 +90,8 @@ pub struct ReplicationMetrics {
     pub replication_duration: Family<WorkloadLabels, Histogram, fn() -> Histogram>,
     pub missed_intervals: Family<WorkloadLabels, Counter>,
     pub last_success: Family<WorkloadLabels, Gauge>,
+    /// The RPO the workload is held to (twice its crash-consistent frequency).
+    pub rpo_target: Family<WorkloadLabels, Gauge>,
     pub repository_opens: Family<LocationLabels, Counter>,
     pub secret_reads: Family<PurposeLabels, Counter>,
 }
@@ -79,6 +109,7 @@ impl ReplicationMetrics {
             replication_duration: Family::new_with_constructor(duration_buckets),
             missed_intervals: Family::default(),
             last_success: Family::default(),
+            rpo_target: Family::default(),
             repository_opens: Family::default(),
             secret_reads: Family::default(),
         };
@@ -116,6 +147,11 @@ impl ReplicationMetrics {
             "missed_intervals",
             "Scheduled points that were not taken (late starts and failed points)",
             m.missed_intervals.clone(),
+        );
+        registry.register(
+            "rpo_target_seconds",
+            "The RPO a workload is held to: twice its crash-consistent frequency",
+            m.rpo_target.clone(),
         );
         registry.register(
             "last_success_timestamp_seconds",
@@ -163,7 +199,15 @@ impl Default for Metrics {
             leader.clone(),
         );
         let replication = ReplicationMetrics::new(&mut registry);
+        let conditions = Family::<ConditionLabels, Gauge>::default();
+        registry.register(
+            "condition",
+            "1 for each condition a vault, workload or failover has (kind, namespace, name, type, status, reason)",
+            conditions.clone(),
+        );
         Self {
+            conditions,
+            condition_source: std::sync::OnceLock::new(),
             replication,
             registry,
             reconciliations,
@@ -177,9 +221,71 @@ impl Default for Metrics {
 
 impl Metrics {
     pub fn encode(&self) -> String {
+        if let Some(source) = self.condition_source.get() {
+            self.conditions.clear();
+            for (kind, namespace, name, conditions) in source() {
+                for c in conditions {
+                    let labels = ConditionLabels {
+                        kind,
+                        namespace: namespace.clone(),
+                        name: name.clone(),
+                        r#type: c.r#type,
+                        status: match c.status {
+                            crate::api::conditions::ConditionStatus::True => "True",
+                            crate::api::conditions::ConditionStatus::False => "False",
+                            crate::api::conditions::ConditionStatus::Unknown => "Unknown",
+                        },
+                        reason: c.reason,
+                    };
+                    self.conditions.get_or_create(&labels).set(1);
+                }
+            }
+        }
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry)
             .expect("writing metrics to a String cannot fail");
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::conditions::{Condition, ConditionStatus};
+    use std::sync::{Arc, Mutex};
+
+    #[test]
+    fn the_condition_gauge_shows_what_the_caches_hold_now_and_nothing_older() {
+        let m = Metrics::default();
+        let held: Arc<Mutex<Vec<Condition>>> = Arc::new(Mutex::new(vec![Condition::new(
+            "Registered",
+            ConditionStatus::False,
+            "AgentLost",
+            "node n1",
+        )]));
+        let source = held.clone();
+        let _ = m.condition_source.set(Box::new(move || {
+            vec![(
+                "ReplicatedWorkload",
+                "apps".into(),
+                "db".into(),
+                source.lock().unwrap().clone(),
+            )]
+        }));
+        let line = r#"site_recovery_condition{kind="ReplicatedWorkload",namespace="apps",name="db",type="Registered",status="False",reason="AgentLost"} 1"#;
+        assert!(m.encode().contains(line), "{}", m.encode());
+        // The agent is back: the old series goes with the condition it stood for.
+        *held.lock().unwrap() = vec![Condition::new(
+            "Registered",
+            ConditionStatus::True,
+            "AgentsRegistered",
+            "",
+        )];
+        let text = m.encode();
+        assert!(!text.contains("AgentLost"), "{text}");
+        assert!(
+            text.contains(r#"status="True",reason="AgentsRegistered"} 1"#),
+            "{text}"
+        );
     }
 }

@@ -51,6 +51,65 @@ impl Stores {
     }
 
     /// Every agent registration in the cache.
+    /// Every cached vault's, workload's and failover's conditions, for the condition gauge.
+    pub fn conditions(
+        &self,
+    ) -> Vec<(
+        &'static str,
+        String,
+        String,
+        Vec<crate::api::conditions::Condition>,
+    )> {
+        use kube::ResourceExt;
+        let mut out = Vec::new();
+        for v in self.vaults.state() {
+            if let Ok(v) = &v.0 {
+                let c = v
+                    .status
+                    .as_ref()
+                    .map(|s| s.conditions.clone())
+                    .unwrap_or_default();
+                out.push((
+                    "RecoveryVault",
+                    v.namespace().unwrap_or_default(),
+                    v.name_any(),
+                    c,
+                ));
+            }
+        }
+        for w in self.workloads.state() {
+            if let Ok(w) = &w.0 {
+                let c = w
+                    .status
+                    .as_ref()
+                    .map(|s| s.conditions.clone())
+                    .unwrap_or_default();
+                out.push((
+                    "ReplicatedWorkload",
+                    w.namespace().unwrap_or_default(),
+                    w.name_any(),
+                    c,
+                ));
+            }
+        }
+        for f in self.failovers.state() {
+            if let Ok(f) = &f.0 {
+                let c = f
+                    .status
+                    .as_ref()
+                    .map(|s| s.conditions.clone())
+                    .unwrap_or_default();
+                out.push((
+                    "Failover",
+                    f.namespace().unwrap_or_default(),
+                    f.name_any(),
+                    c,
+                ));
+            }
+        }
+        out
+    }
+
     pub fn registrations(&self) -> Vec<AgentRegistration> {
         self.registrations
             .state()

@@ -256,6 +256,11 @@ async fn run_controllers(
     let settings = &settings;
     let reflectors = wiring::Reflectors::new();
     let stores = reflectors.stores();
+    let source = stores.clone();
+    // A restart in the same process keeps the first source: its caches are the same kinds.
+    let _ = metrics
+        .condition_source
+        .set(Box::new(move || source.conditions()));
     let ctx = context(client.clone(), settings, stores.clone(), metrics);
     // Every controller subscribes to the reflectors before their watches start.
     let controllers = future::join3(

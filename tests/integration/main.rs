@@ -3,6 +3,7 @@
 #[path = "../rig/mod.rs"]
 mod rig;
 
+mod alerts;
 mod binary;
 mod chart;
 mod costs;

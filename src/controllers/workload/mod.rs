@@ -106,7 +106,7 @@ pub async fn reconcile(workload: &ReplicatedWorkload, ctx: Arc<Context>) -> Resu
         plan.requeue = plan.requeue.min(d);
     }
     let rpo = schedule::rpo_seconds(&next, now);
-    record_metrics(&ctx, workload, &next, rpo);
+    record_metrics(&ctx, workload, &next, rpo, advanced.schedule.as_ref());
     let status = status::build(
         &next,
         workload.status.as_ref(),
@@ -272,6 +272,7 @@ fn record_metrics(
     workload: &ReplicatedWorkload,
     next: &crate::api::workload::ReplicatedWorkloadStatus,
     rpo: Option<i64>,
+    schedule: Option<&schedule::Schedule>,
 ) {
     let labels = crate::metrics::WorkloadLabels {
         namespace: workload.namespace().unwrap_or_default(),
@@ -280,6 +281,11 @@ fn record_metrics(
     let replication = &ctx.metrics.replication;
     if let Some(rpo) = rpo {
         replication.rpo_seconds.get_or_create(&labels).set(rpo);
+    }
+    // The RPOMet condition's bound: the alerts compare the age of the last point with it.
+    if let Some(s) = schedule {
+        let target = i64::try_from(s.crash.as_secs().saturating_mul(2)).unwrap_or(i64::MAX);
+        replication.rpo_target.get_or_create(&labels).set(target);
     }
     if let Some(p) = &next.latest_replicated_point {
         replication
