@@ -14,8 +14,14 @@ fn promtool() -> String {
 
 /// The rule groups of the chart's PrometheusRule, as a Prometheus rules file.
 fn rules(dir: &std::path::Path) -> (std::path::PathBuf, Vec<Value>) {
-    let docs =
-        crate::rig::chart::render_as("sr", &["--set", "metrics.prometheusRule.enabled=true"]);
+    rules_with(dir, &[])
+}
+
+/// The same, with more chart `values` (`--set` pairs).
+fn rules_with(dir: &std::path::Path, values: &[&str]) -> (std::path::PathBuf, Vec<Value>) {
+    let mut args = vec!["--set", "metrics.prometheusRule.enabled=true"];
+    args.extend(values);
+    let docs = crate::rig::chart::render_as("sr", &args);
     let rule = docs
         .iter()
         .find(|d| d["kind"] == "PrometheusRule")
@@ -168,4 +174,145 @@ fn the_charts_alerts_pass_promtool_and_fire_and_resolve_on_the_operators_series(
         std::fs::copy(&path, "/tmp/alerts-rules.json").unwrap();
     }
     assert!(ok, "promtool test rules:\n{out}");
+}
+
+/// The alerts a Prometheus server has now: (name, state, workload label).
+async fn alerts_of(prometheus: &str) -> Option<Vec<(String, String, String)>> {
+    let out = tokio::process::Command::new("curl")
+        .args(["-sf", &format!("{prometheus}/api/v1/alerts")])
+        .output()
+        .await
+        .ok()?;
+    let body: Value = serde_json::from_slice(&out.stdout).ok()?;
+    Some(
+        body["data"]["alerts"]
+            .as_array()?
+            .iter()
+            .map(|a| {
+                let s = |v: &Value| v.as_str().unwrap_or_default().to_string();
+                (
+                    s(&a["labels"]["alertname"]),
+                    s(&a["state"]),
+                    s(&a["labels"]["workload"]),
+                )
+            })
+            .collect(),
+    )
+}
+
+/// A real Prometheus scrapes the operator running in the rig, with the chart's rules: the RPO
+/// alert fires when the points stop (the agents are gone) and resolves when they resume.
+#[tokio::test]
+async fn a_real_prometheus_fires_the_rpo_alert_when_points_stop_and_resolves_it_when_they_resume() {
+    use crate::replication::{
+        Agent, cluster, database, first_point, live_vault, protect, replicated_point,
+        request_point, start_agent, start_operator_with_metrics, write_version,
+    };
+    use kube::api::{Api, PostParams};
+    use site_recovery::api::RecoveryVault;
+    use std::time::Duration;
+
+    let (rig, dir) = cluster().await;
+    let (running, metrics) = start_operator_with_metrics(&rig).await;
+    Api::<RecoveryVault>::namespaced(rig.client(), "apps")
+        .create(
+            &PostParams::default(),
+            &live_vault(dir.path(), json!({"crashConsistentFrequency": "30s"})),
+        )
+        .await
+        .unwrap();
+    let volumes = database(&rig).await;
+    let nodes = ["node-a1", "node-a2", "node-b1"];
+    let agents: Vec<Agent> = nodes.iter().map(|n| start_agent(&rig, n, 5)).collect();
+    write_version(&volumes, 1);
+    let workloads = protect(&rig).await;
+    first_point(&workloads).await;
+
+    // Prometheus, scraping and evaluating every second, with the chart's rules (no `for`).
+    let work = tempfile::tempdir().unwrap();
+    let (rules, _) = rules_with(
+        work.path(),
+        &["--set", "metrics.prometheusRule.rpoTargetFor=0s"],
+    );
+    let config = work.path().join("prometheus.json");
+    std::fs::write(
+        &config,
+        serde_json::to_vec(&json!({
+            "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+            "rule_files": [rules],
+            "scrape_configs": [{"job_name": "site-recovery", "static_configs": [{"targets": [metrics.to_string()]}]}],
+        }))
+        .unwrap(),
+    )
+    .unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let prometheus = format!("http://127.0.0.1:{port}");
+    let _server = tokio::process::Command::new(
+        std::env::var("PROMETHEUS").unwrap_or_else(|_| "prometheus".into()),
+    )
+    .arg(format!("--config.file={}", config.display()))
+    .arg(format!(
+        "--storage.tsdb.path={}",
+        work.path().join("data").display()
+    ))
+    .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+    .stdout(std::process::Stdio::null())
+    .stderr(std::process::Stdio::null())
+    .kill_on_drop(true)
+    .spawn()
+    .expect("prometheus (run with `bash scripts/test.sh`: it installs it)");
+    let firing = |name: &'static str| {
+        let prometheus = prometheus.clone();
+        async move {
+            alerts_of(&prometheus).await.is_some_and(|a| {
+                a.iter()
+                    .any(|(n, s, w)| n == name && s == "firing" && w == "db")
+            })
+        }
+    };
+    crate::rig::eventually(
+        Duration::from_secs(30),
+        "Prometheus scrapes the operator",
+        || async { alerts_of(&prometheus).await.map(|_| ()) },
+    )
+    .await;
+    assert!(
+        !firing("SiteRecoveryRPOTargetMissed").await,
+        "points are being taken"
+    );
+
+    // The agents are gone: no point succeeds, and after twice the frequency the alert fires.
+    for a in agents {
+        a.kill();
+    }
+    let stopped = std::time::Instant::now();
+    crate::rig::eventually(
+        Duration::from_secs(150),
+        "SiteRecoveryRPOTargetMissed firing",
+        || async { firing("SiteRecoveryRPOTargetMissed").await.then_some(()) },
+    )
+    .await;
+    println!(
+        "the RPO alert fired {:.0}s after the agents stopped",
+        stopped.elapsed().as_secs_f64()
+    );
+
+    // They are back; the next point resolves it.
+    let agents: Vec<Agent> = nodes.iter().map(|n| start_agent(&rig, n, 5)).collect();
+    request_point(&workloads, "resume").await;
+    replicated_point(&workloads, "resume", Duration::from_secs(90)).await;
+    crate::rig::eventually(
+        Duration::from_secs(30),
+        "the RPO alert resolved",
+        || async { (!firing("SiteRecoveryRPOTargetMissed").await).then_some(()) },
+    )
+    .await;
+    running.stop().await;
+    for a in agents {
+        a.kill();
+    }
 }

@@ -323,7 +323,7 @@ pub(crate) async fn event_count(rig: &Rig, reason: &str) -> i32 {
 }
 
 /// The operator with its HTTP endpoints on a free local port.
-async fn start_operator_with_metrics(rig: &Rig) -> (Running, std::net::SocketAddr) {
+pub(crate) async fn start_operator_with_metrics(rig: &Rig) -> (Running, std::net::SocketAddr) {
     let addr = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
