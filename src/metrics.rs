@@ -30,7 +30,20 @@ pub struct Metrics {
     /// filled from `condition_source` at each scrape.
     pub conditions: Family<ConditionLabels, Gauge>,
     pub condition_source: std::sync::OnceLock<ConditionSource>,
+    /// Each Failover's RTO (created → workload Ready in the target zone), filled from
+    /// `rto_source` at each scrape.
+    pub failover_rto: Family<FailoverLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    pub rto_source: std::sync::OnceLock<RtoSource>,
 }
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FailoverLabels {
+    pub namespace: String,
+    pub failover: String,
+}
+
+/// (namespace, Failover, RTO seconds) of every Failover that reached its workload.
+pub type RtoSource = Box<dyn Fn() -> Vec<(String, String, f64)> + Send + Sync>;
 
 /// One condition of one object: `kind` (RecoveryVault, ReplicatedWorkload, Failover), the
 /// object, and the condition's type, status and reason.
@@ -205,7 +218,16 @@ impl Default for Metrics {
             "1 for each condition a vault, workload or failover has (kind, namespace, name, type, status, reason)",
             conditions.clone(),
         );
+        let failover_rto =
+            Family::<FailoverLabels, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
+        registry.register(
+            "failover_rto_seconds",
+            "Seconds from a Failover's creation until its workload was Ready in the target zone",
+            failover_rto.clone(),
+        );
         Self {
+            failover_rto,
+            rto_source: std::sync::OnceLock::new(),
             conditions,
             condition_source: std::sync::OnceLock::new(),
             replication,
@@ -239,6 +261,17 @@ impl Metrics {
                     };
                     self.conditions.get_or_create(&labels).set(1);
                 }
+            }
+        }
+        if let Some(source) = self.rto_source.get() {
+            self.failover_rto.clear();
+            for (namespace, failover, rto) in source() {
+                self.failover_rto
+                    .get_or_create(&FailoverLabels {
+                        namespace,
+                        failover,
+                    })
+                    .set(rto);
             }
         }
         let mut out = String::new();

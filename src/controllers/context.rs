@@ -51,6 +51,20 @@ impl Stores {
     }
 
     /// Every agent registration in the cache.
+    /// The RTO of every cached Failover that reached its workload.
+    pub fn failover_rtos(&self) -> Vec<(String, String, f64)> {
+        use kube::ResourceExt;
+        self.failovers
+            .state()
+            .iter()
+            .filter_map(|f| {
+                let f = f.0.as_ref().ok()?;
+                let rto = f.status.as_ref()?.rto_seconds?;
+                Some((f.namespace().unwrap_or_default(), f.name_any(), rto))
+            })
+            .collect()
+    }
+
     /// Every cached vault's, workload's and failover's conditions, for the condition gauge.
     pub fn conditions(
         &self,

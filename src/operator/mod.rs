@@ -261,6 +261,10 @@ async fn run_controllers(
     let _ = metrics
         .condition_source
         .set(Box::new(move || source.conditions()));
+    let source = stores.clone();
+    let _ = metrics
+        .rto_source
+        .set(Box::new(move || source.failover_rtos()));
     let ctx = context(client.clone(), settings, stores.clone(), metrics);
     // Every controller subscribes to the reflectors before their watches start.
     let controllers = future::join3(

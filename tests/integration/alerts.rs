@@ -311,6 +311,57 @@ async fn a_real_prometheus_fires_the_rpo_alert_when_points_stop_and_resolves_it_
         || async { (!firing("SiteRecoveryRPOTargetMissed").await).then_some(()) },
     )
     .await;
+
+    // The chart's dashboard: valid JSON, and every query runs against this Prometheus; the
+    // RPO panel shows the workload.
+    let docs =
+        crate::rig::chart::render_as("sr", &["--set", "metrics.grafanaDashboard.enabled=true"]);
+    let map = docs
+        .iter()
+        .find(|d| d["kind"] == "ConfigMap" && d["metadata"]["labels"]["grafana_dashboard"] == "1")
+        .expect("the dashboard ConfigMap, labelled for Grafana's sidecar");
+    let dashboard: Value =
+        serde_json::from_str(map["data"]["site-recovery.json"].as_str().unwrap()).unwrap();
+    let panels = dashboard["panels"].as_array().unwrap();
+    let mut ids = std::collections::BTreeSet::new();
+    for panel in panels {
+        assert!(
+            ids.insert(panel["id"].as_i64().unwrap()),
+            "panel ids are unique"
+        );
+        for target in panel["targets"].as_array().unwrap() {
+            let expr = target["expr"]
+                .as_str()
+                .unwrap()
+                .replace("$__rate_interval", "1m")
+                .replace("$namespace", ".*");
+            let out = tokio::process::Command::new("curl")
+                .args([
+                    "-s",
+                    &format!("{prometheus}/api/v1/query"),
+                    "--data-urlencode",
+                ])
+                .arg(format!("query={expr}"))
+                .output()
+                .await
+                .unwrap();
+            let answer: Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+            assert_eq!(
+                answer["status"], "success",
+                "panel {:?}: {expr}: {answer}",
+                panel["title"]
+            );
+            if panel["id"] == 1 {
+                assert!(
+                    answer["data"]["result"]
+                        .as_array()
+                        .is_some_and(|r| r.iter().any(|s| s["metric"]["workload"] == "db")),
+                    "the RPO panel shows apps/db: {answer}"
+                );
+            }
+        }
+    }
+    assert!(panels.len() >= 8);
     running.stop().await;
     for a in agents {
         a.kill();
