@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # Benchmarks site-recovery's data path against restic on the same data, in the same run:
 # full snapshot, incremental after 1% scattered 4 KiB writes, incremental after 1% in 256 KiB
-# extents, and restore. Prints wall time, CPU seconds, peak RSS and bytes added, with ratios.
+# extents, and restore; then many small files: full snapshot, a day of churn, restore. Restores
+# run with the page cache dropped first (as after a disaster; needs root, else they are marked
+# warm). Prints wall time, CPU seconds, peak RSS and bytes added, with ratios, in one table.
 #
-#   bash bench/compare.sh [GIB]     (default 4; data and repositories under $BENCH_DIR)
+#   bash bench/compare.sh [GIB] [FILES]   (defaults 4 and 100000; under $BENCH_DIR)
 set -euo pipefail
 repo_root=$(cd "$(dirname "$0")/.." && pwd)
 gib=${1:-4}
+small=${2:-100000}
 work=${BENCH_DIR:-/tmp/site-recovery-bench}
 for tool in restic /usr/bin/time python3; do
   command -v "$tool" >/dev/null || { echo "missing $tool: apt-get install restic time" >&2; exit 1; }
@@ -25,11 +28,20 @@ restic init --quiet >/dev/null
 
 results="$work/results.tsv"
 : > "$results"
+# Drop the page cache before a restore: a restore after a disaster reads cold storage.
+cold() {
+  sync
+  if echo 3 > /proc/sys/vm/drop_caches 2>/dev/null; then return 0; fi
+  echo "cannot drop the page cache (not root): this restore runs warm" >&2
+  return 1
+}
+
 # measure NAME TOOL-LABEL REPO-DIR COMMAND...
 measure() {
   local name=$1 label=$2 repo=$3; shift 3
   local before after
   sync  # flush earlier steps' dirty pages so that their writeback is not charged to this one
+  case $name in restore*) cold || name="$name-warm" ;; esac
   before=$(du -sb "$repo" | cut -f1)
   /usr/bin/time -v -o "$work/time.txt" "$@" > "$work/out.txt" 2>&1 || { cat "$work/out.txt" >&2; exit 1; }
   after=$(du -sb "$repo" | cut -f1)
@@ -55,19 +67,38 @@ measure restore restic "$work/restic" restic restore latest --target "$work/rest
 measure restore site-recovery "$work/sr" "$sr" repo --location "$work/sr" restore --target "$work/restore-sr"
 diff -r "$data" "$work/restore-sr/" >/dev/null && echo "site-recovery restore matches the data" >&2
 
+# Many small files in thousands of directories; then a day of churn.
+files="$work/files"
+echo "generating $small small files in $files ..." >&2
+python3 "$repo_root/bench/gen.py" smallfiles "$files" "$small"
+export RESTIC_REPOSITORY="$work/restic-files"
+restic init --quiet >/dev/null
+"$sr" repo --location "$work/sr-files" init >/dev/null
+measure files-full restic "$work/restic-files" restic backup --quiet "$files"
+measure files-full site-recovery "$work/sr-files" "$sr" repo --location "$work/sr-files" snapshot --source "$files"
+python3 "$repo_root/bench/gen.py" churn "$files" 1 >&2
+measure files-churn restic "$work/restic-files" restic backup --quiet "$files"
+measure files-churn site-recovery "$work/sr-files" "$sr" repo --location "$work/sr-files" snapshot --source "$files"
+rm -rf "$work/restore-files-restic" "$work/restore-files-sr"
+measure restore-files restic "$work/restic-files" restic restore latest --target "$work/restore-files-restic"
+measure restore-files site-recovery "$work/sr-files" "$sr" repo --location "$work/sr-files" restore --target "$work/restore-files-sr"
+diff -r "$files" "$work/restore-files-sr/" >/dev/null && echo "site-recovery restore of the small files matches" >&2
+
 python3 - "$results" <<'PY'
 import sys, collections
 rows = collections.defaultdict(dict)
 for line in open(sys.argv[1]):
     name, tool, wall, cpu, rss, added = line.split("\t")
     rows[name][tool] = (float(wall), float(cpu), float(rss), int(added))
-print(f"{'step':<10} {'tool':<14} {'wall s':>8} {'CPU s':>8} {'RSS MiB':>8} {'added MB':>10}")
-for name in ["full", "scattered", "clustered", "restore"]:
+print(f"{'step':<18} {'tool':<14} {'wall s':>8} {'CPU s':>8} {'RSS MiB':>8} {'added MB':>10}")
+order = ["full", "scattered", "clustered", "restore", "files-full", "files-churn", "restore-files"]
+names = [n for o in order for n in (o, o + "-warm") if n in rows]
+for name in names:
     for tool in ["restic", "site-recovery"]:
         w, c, r, a = rows[name][tool]
-        print(f"{name:<10} {tool:<14} {w:>8.2f} {c:>8.2f} {r:>8.1f} {a/1e6:>10.1f}")
+        print(f"{name:<18} {tool:<14} {w:>8.2f} {c:>8.2f} {r:>8.1f} {a/1e6:>10.1f}")
     rw, rc, rr, ra = rows[name]["restic"]
     sw, sc, sr, sa = rows[name]["site-recovery"]
     ratio = lambda s, r: f"{s / r:.2f}x" if r else "-"
-    print(f"{'':<10} {'ratio':<14} {ratio(sw, rw):>8} {ratio(sc, rc):>8} {ratio(sr, rr):>8} {ratio(sa, ra) if name != 'restore' else '-':>10}")
+    print(f"{'':<18} {'ratio':<14} {ratio(sw, rw):>8} {ratio(sc, rc):>8} {ratio(sr, rr):>8} {ratio(sa, ra) if not name.startswith('restore') else '-':>10}")
 PY

@@ -6,6 +6,11 @@ gen.py create DIR GIB        half incompressible (random), half mixed (zeros, lo
 gen.py scattered DIR PERCENT overwrite PERCENT of all bytes with random 4 KiB writes at
                              random 4 KiB-aligned offsets (a database changing pages)
 gen.py clustered DIR PERCENT the same in 256 KiB extents
+gen.py smallfiles DIR COUNT  COUNT files of around 8 KiB (1 to 16 KiB) in thousands of
+                             directories (about 30 files each, two levels), a third of them
+                             compressible text, the rest random
+gen.py churn DIR PERCENT     a day of small-file churn: PERCENT of the files rewritten, as many
+                             again added, half as many deleted
 """
 import os, random, sys
 
@@ -87,6 +92,33 @@ def overwrite(root, percent, extent):
         f.close()
     print(f"{writes} writes of {extent} bytes = {writes * extent} bytes changed of {total}")
 
+def small_content(i):
+    size = rng.randrange(1024, 16 * 1024 + 1)
+    return log_block(size) if i % 3 == 0 else os.urandom(size)
+
+def smallfiles(root, count):
+    for i in range(count):
+        d = os.path.join(root, f"d{i // 900:03d}", f"s{(i // 30) % 30:02d}")
+        os.makedirs(d, exist_ok=True)
+        with open(os.path.join(d, f"f{i:06d}"), "wb") as f:
+            f.write(small_content(i))
+
+def churn(root, percent):
+    fs = [p for p, _ in files(root)]
+    n = max(1, int(len(fs) * percent / 100))
+    for p in rng.sample(fs, n):
+        with open(p, "wb") as f:
+            f.write(small_content(rng.randrange(3)))
+    for k in range(n):
+        d = os.path.join(root, "new", f"n{k // 30:04d}")
+        os.makedirs(d, exist_ok=True)
+        with open(os.path.join(d, f"f{k:06d}"), "wb") as f:
+            f.write(small_content(k))
+    for p in rng.sample(fs, n // 2):
+        if os.path.exists(p):
+            os.remove(p)
+    print(f"{n} files rewritten, {n} added, {n // 2} deleted of {len(fs)}")
+
 if __name__ == "__main__":
     cmd, root = sys.argv[1], sys.argv[2]
     if cmd == "create":
@@ -95,5 +127,9 @@ if __name__ == "__main__":
         overwrite(root, float(sys.argv[3]), 4096)
     elif cmd == "clustered":
         overwrite(root, float(sys.argv[3]), 256 * 1024)
+    elif cmd == "smallfiles":
+        smallfiles(root, int(sys.argv[3]))
+    elif cmd == "churn":
+        churn(root, float(sys.argv[3]))
     else:
         sys.exit(__doc__)
