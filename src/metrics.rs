@@ -27,13 +27,13 @@ pub struct Metrics {
     pub leader: Gauge,
     pub replication: ReplicationMetrics,
     /// 1 for each condition an object of ours has now (the alerts are written against it),
-    /// filled from `condition_source` at each scrape.
+    /// filled from `objects` at each scrape.
     pub conditions: Family<ConditionLabels, Gauge>,
-    pub condition_source: std::sync::OnceLock<ConditionSource>,
     /// Each Failover's RTO (created → workload Ready in the target zone), filled from
-    /// `rto_source` at each scrape.
+    /// `objects` at each scrape.
     pub failover_rto: Family<FailoverLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
-    pub rto_source: std::sync::OnceLock<RtoSource>,
+    /// The operator's caches, set once when its controllers start.
+    pub objects: std::sync::OnceLock<ObjectSource>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -41,9 +41,6 @@ pub struct FailoverLabels {
     pub namespace: String,
     pub failover: String,
 }
-
-/// (namespace, Failover, RTO seconds) of every Failover that reached its workload.
-pub type RtoSource = Box<dyn Fn() -> Vec<(String, String, f64)> + Send + Sync>;
 
 /// One condition of one object: `kind` (RecoveryVault, ReplicatedWorkload, Failover), the
 /// object, and the condition's type, status and reason.
@@ -57,17 +54,20 @@ pub struct ConditionLabels {
     pub reason: String,
 }
 
-/// What the condition gauge is filled from at each scrape: (kind, namespace, name, conditions)
-/// of every object the operator knows (its caches), so that no deleted object's series lingers.
-pub type ConditionSource = Box<
-    dyn Fn() -> Vec<(
-            &'static str,
-            String,
-            String,
-            Vec<crate::api::conditions::Condition>,
-        )> + Send
-        + Sync,
->;
+/// One cached object's conditions: its kind (RecoveryVault, ReplicatedWorkload, Failover),
+/// namespace and name, and the RTO of a Failover that reached its workload.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ObjectState {
+    pub kind: &'static str,
+    pub namespace: String,
+    pub name: String,
+    pub conditions: Vec<crate::api::conditions::Condition>,
+    pub rto_seconds: Option<f64>,
+}
+
+/// What the condition and RTO gauges are filled from at each scrape: every object the
+/// operator knows now (its caches), so that no deleted object's series lingers.
+pub type ObjectSource = Box<dyn Fn() -> Vec<ObjectState> + Send + Sync>;
 
 /// Labels naming one protected workload.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -227,9 +227,8 @@ impl Default for Metrics {
         );
         Self {
             failover_rto,
-            rto_source: std::sync::OnceLock::new(),
             conditions,
-            condition_source: std::sync::OnceLock::new(),
+            objects: std::sync::OnceLock::new(),
             replication,
             registry,
             reconciliations,
@@ -243,35 +242,29 @@ impl Default for Metrics {
 
 impl Metrics {
     pub fn encode(&self) -> String {
-        if let Some(source) = self.condition_source.get() {
+        if let Some(source) = self.objects.get() {
             self.conditions.clear();
-            for (kind, namespace, name, conditions) in source() {
-                for c in conditions {
+            self.failover_rto.clear();
+            for object in source() {
+                for c in object.conditions {
                     let labels = ConditionLabels {
-                        kind,
-                        namespace: namespace.clone(),
-                        name: name.clone(),
+                        kind: object.kind,
+                        namespace: object.namespace.clone(),
+                        name: object.name.clone(),
                         r#type: c.r#type,
-                        status: match c.status {
-                            crate::api::conditions::ConditionStatus::True => "True",
-                            crate::api::conditions::ConditionStatus::False => "False",
-                            crate::api::conditions::ConditionStatus::Unknown => "Unknown",
-                        },
+                        status: c.status.as_str(),
                         reason: c.reason,
                     };
                     self.conditions.get_or_create(&labels).set(1);
                 }
-            }
-        }
-        if let Some(source) = self.rto_source.get() {
-            self.failover_rto.clear();
-            for (namespace, failover, rto) in source() {
-                self.failover_rto
-                    .get_or_create(&FailoverLabels {
-                        namespace,
-                        failover,
-                    })
-                    .set(rto);
+                if let Some(rto) = object.rto_seconds {
+                    self.failover_rto
+                        .get_or_create(&FailoverLabels {
+                            namespace: object.namespace,
+                            failover: object.name,
+                        })
+                        .set(rto);
+                }
             }
         }
         let mut out = String::new();
@@ -297,16 +290,29 @@ mod tests {
             "node n1",
         )]));
         let source = held.clone();
-        let _ = m.condition_source.set(Box::new(move || {
-            vec![(
-                "ReplicatedWorkload",
-                "apps".into(),
-                "db".into(),
-                source.lock().unwrap().clone(),
-            )]
+        let _ = m.objects.set(Box::new(move || {
+            vec![
+                ObjectState {
+                    kind: "ReplicatedWorkload",
+                    namespace: "apps".into(),
+                    name: "db".into(),
+                    conditions: source.lock().unwrap().clone(),
+                    rto_seconds: None,
+                },
+                ObjectState {
+                    kind: "Failover",
+                    namespace: "apps".into(),
+                    name: "db-failover".into(),
+                    conditions: Vec::new(),
+                    rto_seconds: Some(2.5),
+                },
+            ]
         }));
         let line = r#"site_recovery_condition{kind="ReplicatedWorkload",namespace="apps",name="db",type="Registered",status="False",reason="AgentLost"} 1"#;
         assert!(m.encode().contains(line), "{}", m.encode());
+        let rto =
+            r#"site_recovery_failover_rto_seconds{namespace="apps",failover="db-failover"} 2.5"#;
+        assert!(m.encode().contains(rto), "{}", m.encode());
         // The agent is back: the old series goes with the condition it stood for.
         *held.lock().unwrap() = vec![Condition::new(
             "Registered",

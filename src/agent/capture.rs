@@ -117,22 +117,11 @@ async fn local_work(
     let mut local = Vec::new();
     for claim in &point.claims {
         let wanted = read_claim(point.method, claim, &point.id);
-        let Some((pod, node)) = pods.items.iter().find_map(|p| {
-            let spec = p.spec.as_ref()?;
-            let node = spec.node_name.clone()?;
-            if p.metadata.deletion_timestamp.is_some() {
-                return None;
-            }
-            spec.volumes
-                .iter()
-                .flatten()
-                .any(|v| {
-                    v.persistent_volume_claim
-                        .as_ref()
-                        .is_some_and(|c| c.claim_name == wanted)
-                })
-                .then_some((p, node))
-        }) else {
+        let Some((pod, node)) = pods
+            .items
+            .iter()
+            .find_map(|p| mounting_node(p, &wanted).map(|node| (p, node)))
+        else {
             return Ok(LocalWork::Wait);
         };
         if node != settings.node_name {
@@ -148,6 +137,18 @@ async fn local_work(
         }
     }
     Ok(LocalWork::Read(local))
+}
+
+/// The node of `pod` when it is scheduled, not being deleted, and mounts `claim`.
+pub(crate) fn mounting_node<'a>(pod: &'a Pod, claim: &str) -> Option<&'a str> {
+    let spec = pod.spec.as_ref()?;
+    let node = spec.node_name.as_deref()?;
+    let mounts = spec.volumes.iter().flatten().any(|v| {
+        v.persistent_volume_claim
+            .as_ref()
+            .is_some_and(|c| c.claim_name == claim)
+    });
+    (pod.metadata.deletion_timestamp.is_none() && mounts).then_some(node)
 }
 
 /// Where the kubelet mounted `claim` for pod `uid`; `None` while it is not mounted yet. Refuses

@@ -196,18 +196,10 @@ async fn local_mounts(
         .map_err(|e| format!("listing pods in {namespace}: {e}"))?;
     let mut out = Vec::new();
     for claim in &request.claims {
-        let on_this_node = pods.items.iter().find(|p| {
-            let Some(spec) = p.spec.as_ref() else {
-                return false;
-            };
-            p.metadata.deletion_timestamp.is_none()
-                && spec.node_name.as_deref() == Some(settings.node_name.as_str())
-                && spec.volumes.iter().flatten().any(|v| {
-                    v.persistent_volume_claim
-                        .as_ref()
-                        .is_some_and(|c| &c.claim_name == claim)
-                })
-        });
+        let on_this_node = pods
+            .items
+            .iter()
+            .find(|p| super::capture::mounting_node(p, claim) == Some(settings.node_name.as_str()));
         let Some(pod) = on_this_node else { continue };
         let uid = pod.metadata.uid.clone().unwrap_or_default();
         let path = mount_path(client, settings, &namespace, claim, &uid)

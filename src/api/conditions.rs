@@ -20,6 +20,15 @@ impl ConditionStatus {
     pub fn from_bool(value: bool) -> Self {
         if value { Self::True } else { Self::False }
     }
+
+    /// As the API writes it: `True`, `False` or `Unknown`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::True => "True",
+            Self::False => "False",
+            Self::Unknown => "Unknown",
+        }
+    }
 }
 
 /// One observation of the object's state, shaped like `metav1.Condition`.

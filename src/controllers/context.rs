@@ -50,80 +50,27 @@ impl Stores {
             .collect()
     }
 
-    /// Every agent registration in the cache.
-    /// The RTO of every cached Failover that reached its workload.
-    pub fn failover_rtos(&self) -> Vec<(String, String, f64)> {
-        use kube::ResourceExt;
-        self.failovers
-            .state()
-            .iter()
-            .filter_map(|f| {
-                let f = f.0.as_ref().ok()?;
-                let rto = f.status.as_ref()?.rto_seconds?;
-                Some((f.namespace().unwrap_or_default(), f.name_any(), rto))
-            })
-            .collect()
-    }
-
-    /// Every cached vault's, workload's and failover's conditions, for the condition gauge.
-    pub fn conditions(
-        &self,
-    ) -> Vec<(
-        &'static str,
-        String,
-        String,
-        Vec<crate::api::conditions::Condition>,
-    )> {
-        use kube::ResourceExt;
+    /// Every cached vault, workload and failover with its conditions (and a Failover's RTO),
+    /// for the condition and RTO gauges.
+    pub fn object_states(&self) -> Vec<crate::metrics::ObjectState> {
         let mut out = Vec::new();
-        for v in self.vaults.state() {
-            if let Ok(v) = &v.0 {
-                let c = v
-                    .status
-                    .as_ref()
-                    .map(|s| s.conditions.clone())
-                    .unwrap_or_default();
-                out.push((
-                    "RecoveryVault",
-                    v.namespace().unwrap_or_default(),
-                    v.name_any(),
-                    c,
-                ));
-            }
-        }
-        for w in self.workloads.state() {
-            if let Ok(w) = &w.0 {
-                let c = w
-                    .status
-                    .as_ref()
-                    .map(|s| s.conditions.clone())
-                    .unwrap_or_default();
-                out.push((
-                    "ReplicatedWorkload",
-                    w.namespace().unwrap_or_default(),
-                    w.name_any(),
-                    c,
-                ));
-            }
-        }
-        for f in self.failovers.state() {
-            if let Ok(f) = &f.0 {
-                let c = f
-                    .status
-                    .as_ref()
-                    .map(|s| s.conditions.clone())
-                    .unwrap_or_default();
-                out.push((
-                    "Failover",
-                    f.namespace().unwrap_or_default(),
-                    f.name_any(),
-                    c,
-                ));
-            }
-        }
+        states(&mut out, "RecoveryVault", &self.vaults, |v| {
+            (v.status.as_ref().map(|s| &s.conditions), None)
+        });
+        states(&mut out, "ReplicatedWorkload", &self.workloads, |w| {
+            (w.status.as_ref().map(|s| &s.conditions), None)
+        });
+        states(&mut out, "Failover", &self.failovers, |f| {
+            let status = f.status.as_ref();
+            (
+                status.map(|s| &s.conditions),
+                status.and_then(|s| s.rto_seconds),
+            )
+        });
         out
     }
 
+    /// Every agent registration in the cache.
     pub fn registrations(&self) -> Vec<AgentRegistration> {
         self.registrations
             .state()
@@ -184,4 +131,29 @@ pub struct Context {
     pub jobs: super::jobs::Jobs<serde_json::Value, super::jobs::JobKey>,
     /// The vaults' repositories, opened once per vault.
     pub point_stores: super::store::VaultStores,
+}
+
+/// Appends each decodable object of `store` as an [`ObjectState`](crate::metrics::ObjectState).
+fn states<K>(
+    out: &mut Vec<crate::metrics::ObjectState>,
+    kind: &'static str,
+    store: &Store<DeserializeGuard<K>>,
+    read: impl Fn(&K) -> (Option<&Vec<crate::api::conditions::Condition>>, Option<f64>),
+) where
+    K: kube::Resource + Clone + 'static,
+    K::DynamicType: std::hash::Hash + Eq + Clone,
+{
+    use kube::ResourceExt;
+    for object in store.state() {
+        if let Ok(o) = &object.0 {
+            let (conditions, rto_seconds) = read(o);
+            out.push(crate::metrics::ObjectState {
+                kind,
+                namespace: o.namespace().unwrap_or_default(),
+                name: o.name_any(),
+                conditions: conditions.cloned().unwrap_or_default(),
+                rto_seconds,
+            });
+        }
+    }
 }

@@ -257,14 +257,10 @@ async fn run_controllers(
     let reflectors = wiring::Reflectors::new();
     let stores = reflectors.stores();
     let source = stores.clone();
-    // A restart in the same process keeps the first source: its caches are the same kinds.
+    // Set once: the controllers run once per process (a replica that loses the Lease exits).
     let _ = metrics
-        .condition_source
-        .set(Box::new(move || source.conditions()));
-    let source = stores.clone();
-    let _ = metrics
-        .rto_source
-        .set(Box::new(move || source.failover_rtos()));
+        .objects
+        .set(Box::new(move || source.object_states()));
     let ctx = context(client.clone(), settings, stores.clone(), metrics);
     // Every controller subscribes to the reflectors before their watches start.
     let controllers = future::join3(

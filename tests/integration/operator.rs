@@ -74,17 +74,7 @@ pub fn condition<'a>(
     conditions: &'a [site_recovery::api::Condition],
     t: &str,
 ) -> Option<(&'a str, &'a str, &'a str)> {
-    find(conditions, t).map(|c| {
-        (
-            match c.status {
-                site_recovery::api::ConditionStatus::True => "True",
-                site_recovery::api::ConditionStatus::False => "False",
-                site_recovery::api::ConditionStatus::Unknown => "Unknown",
-            },
-            c.reason.as_str(),
-            c.message.as_str(),
-        )
-    })
+    find(conditions, t).map(|c| (c.status.as_str(), c.reason.as_str(), c.message.as_str()))
 }
 
 #[tokio::test]

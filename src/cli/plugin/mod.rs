@@ -81,14 +81,7 @@ fn columns(header: &[&str], rows: Vec<Vec<String>>) -> String {
 
 fn condition(conditions: &[crate::api::Condition], t: &str) -> (String, String) {
     find(conditions, t)
-        .map(|c| {
-            let status = match c.status {
-                crate::api::ConditionStatus::True => "True",
-                crate::api::ConditionStatus::False => "False",
-                crate::api::ConditionStatus::Unknown => "Unknown",
-            };
-            (status.to_string(), c.message.clone())
-        })
+        .map(|c| (c.status.as_str().to_string(), c.message.clone()))
         .unwrap_or_else(|| ("Unknown".into(), "not yet reconciled".into()))
 }
 

@@ -103,6 +103,15 @@ fn restore_source(f: &Failover, rw: &ReplicatedWorkload, observed: &Observed, d:
     ));
 }
 
+/// The namespace `spec.workloadNamespace` named goes too, when this Failover made it (a delete
+/// of one it did not make does nothing; a drill's namespace goes with the drill).
+fn delete_made_namespace(f: &Failover) -> Option<Action> {
+    let namespace = f.workload_namespace();
+    (f.spec.mode != crate::api::failover::FailoverMode::Test
+        && f.namespace().as_deref() != Some(namespace.as_str()))
+    .then(|| Action::Delete(ObjectName::new(Kind::Namespace, None, &namespace)))
+}
+
 /// A workload from a vault: what this Failover made goes (the workload, its claims, the
 /// objects restored beside it, by name and only if they carry its uid); a workload that existed
 /// here and was scaled up goes back to zero. The fence stays: the protecting cluster is still
@@ -115,15 +124,7 @@ fn remove_found(f: &Failover, d: &mut Decision) {
         d.actions.push(Action::DeleteLabelled {
             namespace: f.workload_namespace(),
         });
-        if f.spec.mode != crate::api::failover::FailoverMode::Test
-            && f.namespace().as_deref() != Some(f.workload_namespace().as_str())
-        {
-            d.actions.push(Action::Delete(ObjectName::new(
-                Kind::Namespace,
-                None,
-                &f.workload_namespace(),
-            )));
-        }
+        d.actions.extend(delete_made_namespace(f));
         return;
     };
     let kind = if found.kind == "Deployment" {
@@ -160,14 +161,8 @@ fn remove_found(f: &Failover, d: &mut Decision) {
             note: None,
         });
     }
-    // The namespace `spec.workloadNamespace` named goes too, when this Failover made it (a
-    // delete of one it did not make does nothing).
-    let made_namespace = place
-        .elsewhere(f)
-        .filter(|_| !place.drill)
-        .map(|ns| ObjectName::new(Kind::Namespace, None, &ns));
     d.actions.push(Action::TearDown(place));
-    d.actions.extend(made_namespace.map(Action::Delete));
+    d.actions.extend(delete_made_namespace(f));
     d.events.push(PlannedEvent::normal(
         EventReason::FailoverRolledBack,
         "RollBack",

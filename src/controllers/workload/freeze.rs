@@ -98,8 +98,8 @@ pub fn unreachable(
         .collect()
 }
 
-/// The thaw durations the agents reported (`node: message`), once all said Done or `limit`
-/// passed.
+/// The thaw durations the agents reported (`node: message`), once every node's agent said
+/// Done or Failed; `None` while one has not.
 fn thawed(
     namespace: &str,
     workload: &str,
@@ -226,10 +226,7 @@ pub async fn hold(
             Answer::Waiting if tokio::time::Instant::now() >= deadline => {
                 let silent: Vec<String> = nodes
                     .iter()
-                    .filter(|n| {
-                        answer(&namespace, &name, point, std::slice::from_ref(*n), &regs)
-                            == Answer::Waiting
-                    })
+                    .filter(|n| report(&namespace, &name, point, n, &regs).is_none())
                     .cloned()
                     .collect();
                 held.release(ctx, rw).await;

@@ -200,12 +200,7 @@ pub async fn observe(
         }
         (Phase::Starting, Some(d)) => {
             let copy = ObjectName::new(place.copy_kind(), Some(&place.namespace), &place.copy);
-            let existing = place
-                .copy_kind()
-                .api(&ctx.client, Some(&place.namespace))
-                .get_opt(&place.copy)
-                .await
-                .map_err(Error::Kube)?;
+            let existing = existing(ctx, &place).await?;
             let h = holder(&ctx.client, &copy, FAILOVER_UID_LABEL, &uid).await?;
             world.names.insert(copy, h);
             world.source = Some(source_of(d, existing));
@@ -239,13 +234,7 @@ async fn kept_claims(
     place: &Place,
 ) -> Result<std::collections::BTreeSet<String>, Error> {
     let mut out = std::collections::BTreeSet::new();
-    let Some(existing) = place
-        .copy_kind()
-        .api(&ctx.client, Some(&place.namespace))
-        .get_opt(&place.copy)
-        .await
-        .map_err(Error::Kube)?
-    else {
+    let Some(existing) = existing(ctx, place).await? else {
         return Ok(out);
     };
     if existing.data["spec"]["replicas"].as_i64() != Some(0) {
@@ -273,6 +262,16 @@ async fn kept_claims(
         }
     }
     Ok(out)
+}
+
+/// The workload under its own name in its namespace, when it exists here.
+async fn existing(ctx: &Context, place: &Place) -> Result<Option<DynamicObject>, Error> {
+    place
+        .copy_kind()
+        .api(&ctx.client, Some(&place.namespace))
+        .get_opt(&place.copy)
+        .await
+        .map_err(Error::Kube)
 }
 
 /// The workload to start: the one that exists here (`Use`), else the definition's.
@@ -311,13 +310,7 @@ fn zone_class(ctx: &Context, f: &Failover, vault: &str) -> Option<String> {
 /// Ready pods of the workload, by its own selector: a workload that existed here has pods
 /// without this Failover's labels.
 pub(super) async fn ready_pods(ctx: &Context, place: &Place) -> Result<i32, Error> {
-    let Some(object) = place
-        .copy_kind()
-        .api(&ctx.client, Some(&place.namespace))
-        .get_opt(&place.copy)
-        .await
-        .map_err(Error::Kube)?
-    else {
+    let Some(object) = existing(ctx, place).await? else {
         return Ok(0);
     };
     let Some(selector) = super::world::selector_of(&object) else {

@@ -210,7 +210,7 @@ pub fn step(
     // read is never an instant (the Replicating condition says so when a freeze is asked for).
     let app_possible = inputs.vault.snapshot_method == SnapshotMethod::Csi
         && (hooks(inputs.spec).is_some_and(|h| !h.pre.is_empty())
-            || freeze(inputs.spec, SnapshotMethod::Csi).is_some());
+            || freeze(inputs.spec, inputs.vault.snapshot_method).is_some());
     let schedule = Schedule::from_policy(&policy, app_possible).map_err(|message| {
         let mut d = Decision::new(None);
         d.failure = Some((R::CaptureFailed, message));
