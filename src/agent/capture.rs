@@ -3,13 +3,17 @@
 //! writes them into the vault's cache as this node's part of the point. Reports go on the
 //! registration Lease (see `crate::api::work`).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Node, PersistentVolume, PersistentVolumeClaim, Pod};
-use kube::api::{Api, ListParams};
+use kube::api::Api;
+use kube::runtime::reflector::{self, Store, reflector};
+use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
 
 use super::error::WorkError;
@@ -20,6 +24,7 @@ use crate::api::vault::SnapshotMethod;
 use crate::api::work::{AgentWork, WorkKind, WorkState, read_claim};
 use crate::api::workload::PointInProgress;
 use crate::api::{RecoveryVault, ReplicatedWorkload};
+use crate::repository::Repository;
 use crate::repository::format::Consistency;
 use crate::repository::parts::PartOf;
 use crate::repository::snapshot::{Progress, SnapshotOptions, Source, snapshot};
@@ -27,6 +32,15 @@ use crate::vault_access::VaultAccess;
 
 /// How often the agent looks for work it has not started.
 const SCAN: Duration = Duration::from_secs(1);
+
+/// Captures a node runs at once; the others wait their turn (each capture hashes, compresses
+/// and encrypts on every core already: more at once would only share the same cores and hold
+/// more memory).
+const CAPTURES_AT_ONCE: usize = 4;
+
+/// Queued points reported at most (the registration's reports are bounded: see
+/// `crate::api::work::MAX_REPORTS`).
+const QUEUED_REPORTS: usize = crate::api::work::MAX_REPORTS / 2;
 
 /// One claim to read on this node.
 #[derive(Clone, Debug)]
@@ -43,23 +57,102 @@ enum LocalWork {
     Read(Vec<LocalVolume>),
 }
 
+/// The pods a pass looks at, from caches: those on this node, and the reader pods of CSI
+/// points on any node. Nothing is listed per workload: a pass costs no request, however many
+/// workloads and pods there are.
+struct Pods {
+    here: Store<Pod>,
+    readers: Store<Pod>,
+}
+
+/// (namespace, claim) → (pod uid, node) of the pods that mount a claim.
+type Mounts = HashMap<(String, String), (String, String)>;
+
+impl Pods {
+    fn start(client: &Client, node: &str) -> (Self, impl Future<Output = ()> + Send + 'static) {
+        let api = Api::<Pod>::all(client.clone());
+        let (here, here_writer) = reflector::store();
+        let (readers, readers_writer) = reflector::store();
+        let on_node = watcher::Config::default().fields(&format!("spec.nodeName={node}"));
+        let labelled = watcher::Config::default().labels(crate::api::work::POINT_LABEL);
+        let watch = |writer, config| {
+            reflector(writer, watcher(api.clone(), config))
+                .default_backoff()
+                .applied_objects()
+                .for_each(|_| futures::future::ready(()))
+        };
+        let watches =
+            futures::future::join(watch(here_writer, on_node), watch(readers_writer, labelled));
+        (Pods { here, readers }, async move {
+            watches.await;
+        })
+    }
+
+    fn mounts(&self) -> Mounts {
+        let mut out = Mounts::new();
+        for pod in self.here.state().iter().chain(self.readers.state().iter()) {
+            let namespace = pod.namespace().unwrap_or_default();
+            let uid = pod.metadata.uid.clone().unwrap_or_default();
+            for v in pod.spec.iter().flat_map(|s| s.volumes.iter().flatten()) {
+                let Some(c) = &v.persistent_volume_claim else {
+                    continue;
+                };
+                if let Some(node) = mounting_node(pod, &c.claim_name) {
+                    out.insert(
+                        (namespace.clone(), c.claim_name.clone()),
+                        (uid.clone(), node.to_string()),
+                    );
+                }
+            }
+        }
+        out
+    }
+}
+
 pub async fn run_captures(client: Client, settings: AgentSettings, reports: Reports) {
     let mut scan = Scan::<ReplicatedWorkload>::new(&client, SCAN);
+    let (pods, watch) = Pods::start(&client, &settings.node_name);
+    scan.watch_too(watch);
+    let repositories = Repositories::default();
+    let zone: Arc<tokio::sync::OnceCell<Option<String>>> = Arc::default();
+    // Points whose claims are mounted here but that wait for a capture slot: reported as
+    // running (queued), so that the operator waits for them rather than restarting them.
+    let mut queued: HashSet<super::scan::WorkKey> = HashSet::new();
     while scan.next_pass().await {
         let mut in_flight = HashSet::new();
+        let mut mounts: Option<Mounts> = None;
         for guard in scan.store.state() {
             let Ok(rw) = &guard.0 else { continue };
             let Some(point) = rw.status.as_ref().and_then(|s| s.point_in_progress.clone()) else {
                 continue;
             };
             let key = format!("{}/{}", rw.namespace().unwrap_or_default(), rw.name_any());
-            in_flight.insert((key.clone(), point.id.clone()));
-            if scan.started.contains(&(key.clone(), point.id.clone()))
-                || reports.get(&key).is_some_and(|w| w.point == point.id)
+            let work_key = (key.clone(), point.id.clone());
+            in_flight.insert(work_key.clone());
+            if scan.started.contains(&work_key)
+                || (reports.get(&key).is_some_and(|w| w.point == point.id)
+                    && !queued.contains(&work_key))
             {
                 continue;
             }
-            match local_work(&client, &settings, rw, &point).await {
+            let mounts = mounts.get_or_insert_with(|| pods.mounts());
+            if scan.tasks.len() >= CAPTURES_AT_ONCE {
+                let here = point.claims.iter().any(|c| {
+                    let wanted = read_claim(point.method, c, &point.id);
+                    let namespace = rw.namespace().unwrap_or_default();
+                    mounts
+                        .get(&(namespace, wanted))
+                        .is_some_and(|(_, node)| *node == settings.node_name)
+                });
+                if here && queued.len() < QUEUED_REPORTS && queued.insert(work_key) {
+                    let message =
+                        format!("queued: this node runs {CAPTURES_AT_ONCE} captures at once");
+                    reports.set(key, report(rw, &point, WorkState::Running, message), false);
+                }
+                continue;
+            }
+            queued.remove(&work_key);
+            match local_work(&client, &settings, rw, &point, mounts).await {
                 Ok(LocalWork::Wait) => {}
                 Ok(LocalWork::Read(volumes)) => {
                     scan.started.insert((key.clone(), point.id.clone()));
@@ -74,6 +167,8 @@ pub async fn run_captures(client: Client, settings: AgentSettings, reports: Repo
                         key,
                         point,
                         volumes,
+                        repositories: repositories.clone(),
+                        zone: zone.clone(),
                     };
                     scan.tasks.spawn(job.run());
                 }
@@ -88,6 +183,7 @@ pub async fn run_captures(client: Client, settings: AgentSettings, reports: Repo
                 }
             }
         }
+        queued.retain(|k| in_flight.contains(k));
         scan.end_pass(&in_flight, &reports, WorkKind::Capture);
     }
 }
@@ -102,32 +198,37 @@ fn report(
 }
 
 /// Finds, for every claim of the point, the pod that mounts the claim to read, and for those on
-/// this node, the mount directory under the kubelet root.
+/// this node, the mount directory under the kubelet root. A claim mounted on no node this agent
+/// can see waits, unless it is known to be elsewhere: a reader pod on another node (CSI), or
+/// the workload's status placing it on another node (Live).
 async fn local_work(
     client: &Client,
     settings: &AgentSettings,
     rw: &ReplicatedWorkload,
     point: &PointInProgress,
+    mounts: &Mounts,
 ) -> Result<LocalWork, WorkError> {
     let namespace = rw.namespace().unwrap_or_default();
-    let pods = Api::<Pod>::namespaced(client.clone(), &namespace)
-        .list(&ListParams::default())
-        .await
-        .map_err(WorkError::api(format!("listing pods in {namespace}")))?;
+    let placed = |claim: &str| {
+        rw.status
+            .iter()
+            .flat_map(|s| &s.volumes)
+            .find(|v| v.claim_name == claim)
+            .and_then(|v| v.node.clone())
+    };
     let mut local = Vec::new();
     for claim in &point.claims {
         let wanted = read_claim(point.method, claim, &point.id);
-        let Some((pod, node)) = pods
-            .items
-            .iter()
-            .find_map(|p| mounting_node(p, &wanted).map(|node| (p, node)))
-        else {
-            return Ok(LocalWork::Wait);
+        let uid = match mounts.get(&(namespace.clone(), wanted.clone())) {
+            Some((uid, node)) if *node == settings.node_name => uid.clone(),
+            Some(_) => continue,
+            None if point.method == SnapshotMethod::Live
+                && placed(claim).is_some_and(|n| n != settings.node_name) =>
+            {
+                continue;
+            }
+            None => return Ok(LocalWork::Wait),
         };
-        if node != settings.node_name {
-            continue;
-        }
-        let uid = pod.metadata.uid.clone().unwrap_or_default();
         match mount_path(client, settings, &namespace, &wanted, &uid).await? {
             Some(path) => local.push(LocalVolume {
                 claim: claim.clone(),
@@ -237,6 +338,51 @@ struct Capture {
     key: String,
     point: PointInProgress,
     volumes: Vec<LocalVolume>,
+    repositories: Repositories,
+    zone: Arc<tokio::sync::OnceCell<Option<String>>>,
+}
+
+/// Open cache repositories, per vault, reused from part to part: a part reads only the index
+/// files written since the last one (see [`Repository::refresh_index`]) instead of opening the
+/// repository and reading its whole index again. One handle per capture running at once.
+#[derive(Clone, Default)]
+struct Repositories(Arc<std::sync::Mutex<HashMap<String, Vec<Repository>>>>);
+
+impl Repositories {
+    /// The vault's identity as far as its cache is concerned: uid, generation, cache location
+    /// and key (a rotated key or a moved location opens a new handle).
+    fn key(vault: &RecoveryVault, access: &VaultAccess) -> String {
+        format!(
+            "{}/{}/{}/{}",
+            vault.metadata.uid.as_deref().unwrap_or_default(),
+            vault.metadata.generation.unwrap_or_default(),
+            access.cache.name(),
+            blake3::hash(&access.key).to_hex()
+        )
+    }
+
+    async fn take(&self, key: &str, access: &VaultAccess) -> Result<Repository, WorkError> {
+        let kept = self
+            .0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get_mut(key)
+            .and_then(Vec::pop);
+        match kept {
+            Some(repo) => Ok(repo),
+            None => Repository::open(access.cache.clone(), &access.key)
+                .await
+                .map_err(WorkError::repository("cache location")),
+        }
+    }
+
+    /// Keeps `repo` for the next part; handles of the vault's older identities are dropped.
+    fn put_back(&self, key: &str, repo: Repository) {
+        let mut all = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let uid = key.split('/').next().unwrap_or_default().to_string();
+        all.retain(|k, _| k == key || !k.starts_with(&format!("{uid}/")));
+        all.entry(key.to_string()).or_default().push(repo);
+    }
 }
 
 impl Capture {
@@ -287,14 +433,19 @@ impl Capture {
         )
         .await
         .map_err(WorkError::vault(vault_name))?;
-        let mut repo = crate::repository::Repository::open(access.cache.clone(), &access.key)
+        let pool_key = Repositories::key(&vault, &access);
+        let mut repo = self.repositories.take(&pool_key, &access).await?;
+        let zone = self
+            .zone
+            .get_or_init(|| async {
+                Api::<Node>::all(self.client.clone())
+                    .get_metadata(&self.settings.node_name)
+                    .await
+                    .ok()
+                    .and_then(|n| n.metadata.labels.and_then(|l| l.get(ZONE_LABEL).cloned()))
+            })
             .await
-            .map_err(WorkError::repository("cache location"))?;
-        let zone = Api::<Node>::all(self.client.clone())
-            .get_metadata(&self.settings.node_name)
-            .await
-            .ok()
-            .and_then(|n| n.metadata.labels.and_then(|l| l.get(ZONE_LABEL).cloned()));
+            .clone();
         let consistency = match self.point.method {
             // Files read one by one from a live filesystem.
             SnapshotMethod::Live => Consistency::FileLevel,
@@ -315,6 +466,12 @@ impl Capture {
                 time: self.point.started,
                 name: self.settings.node_name.clone(),
             }),
+            parent_hint: self
+                .workload
+                .status
+                .as_ref()
+                .and_then(|s| s.latest_point.as_ref())
+                .map(|p| p.id.clone()),
         };
         let sources = self
             .volumes
@@ -329,9 +486,12 @@ impl Capture {
             w.bytes_total = p.bytes_total;
             reports.set(key.clone(), w, false);
         });
-        let manifest = snapshot(&mut repo, sources, &options, Some(progress))
-            .await
-            .map_err(WorkError::repository("writing to the cache location"))?;
+        let written = snapshot(&mut repo, sources, &options, Some(progress)).await;
+        // A handle whose part failed may hold a half-updated index: only a good one is kept.
+        if written.is_ok() {
+            self.repositories.put_back(&pool_key, repo);
+        }
+        let manifest = written.map_err(WorkError::repository("writing to the cache location"))?;
         Ok((
             manifest.consistency,
             manifest.stats.bytes,

@@ -76,17 +76,25 @@ impl Reports {
     }
 }
 
-/// Writes the registration once: the node's current zone and region, renewed now, with the
-/// current reports.
-pub async fn register(
+/// The node's labels (its zone and region).
+async fn node_labels(
     client: &Client,
     settings: &AgentSettings,
-    reports: &Reports,
-) -> Result<(), kube::Error> {
+) -> Result<BTreeMap<String, String>, kube::Error> {
     let node = Api::<Node>::all(client.clone())
         .get_metadata(&settings.node_name)
         .await?;
-    let labels = node.metadata.labels.unwrap_or_default();
+    Ok(node.metadata.labels.unwrap_or_default())
+}
+
+/// Writes the registration once: the node's zone and region (`labels`), renewed now, with the
+/// current reports.
+async fn register(
+    client: &Client,
+    settings: &AgentSettings,
+    reports: &Reports,
+    labels: &BTreeMap<String, String>,
+) -> Result<(), kube::Error> {
     let now = jiff::Timestamp::now();
     let mut annotations = serde_json::Map::new();
     annotations.insert(VERSION_ANNOTATION.into(), json!(env!("CARGO_PKG_VERSION")));
@@ -127,18 +135,43 @@ pub async fn register(
     Ok(())
 }
 
-/// Renews the registration every third of its duration, and at once when a report changes
-/// state. A failed renewal is retried at the next tick (or after a second when a report waits).
+/// How long a report that asks to be published waits for others: outcomes that come together
+/// (many small parts finishing) go out in one Lease write.
+const GATHER: Duration = Duration::from_millis(200);
+
+/// Renews the registration every third of its duration, and soon (after [`GATHER`]) when a
+/// report changes state. The node's labels are read again at each renewal, not for each
+/// report. A failed renewal is retried at the next tick (or after a second when a report waits).
 pub async fn keep_registered(client: Client, settings: AgentSettings, reports: Reports) {
     let period = Duration::from_secs((settings.lease_duration_seconds.max(3) / 3) as u64);
     let mut ticker = tokio::time::interval(period);
+    let mut labels: Option<BTreeMap<String, String>> = None;
     tracing::info!(node = %settings.node_name, namespace = %settings.namespace, "registering node");
     loop {
-        tokio::select! {
-            _ = ticker.tick() => {}
-            () = reports.changed.notified() => {}
+        let renewal = tokio::select! {
+            _ = ticker.tick() => true,
+            () = reports.changed.notified() => false,
+        };
+        if !renewal {
+            tokio::time::sleep(GATHER).await;
         }
-        if let Err(e) = register(&client, &settings, &reports).await {
+        if renewal || labels.is_none() {
+            match node_labels(&client, &settings).await {
+                Ok(l) => labels = Some(l),
+                Err(e) if labels.is_none() => {
+                    tracing::warn!(error = %e, node = %settings.node_name, "could not read the node's labels");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    reports.changed.notify_one();
+                    continue;
+                }
+                // The labels read before stand until the next renewal.
+                Err(e) => {
+                    tracing::warn!(error = %e, node = %settings.node_name, "could not read the node's labels")
+                }
+            }
+        }
+        let labels = labels.as_ref().expect("read above");
+        if let Err(e) = register(&client, &settings, &reports, labels).await {
             tracing::warn!(error = %e, node = %settings.node_name, "could not renew the node registration");
             tokio::time::sleep(Duration::from_secs(1)).await;
             reports.changed.notify_one();

@@ -54,6 +54,14 @@ where
         }
     }
 
+    /// Ends the scan when `other` ends too (another cache the pass reads).
+    pub(super) fn watch_too(&mut self, other: impl Future<Output = ()> + Send + 'static) {
+        let first = std::mem::replace(&mut self.watch, Box::pin(futures::future::pending()));
+        self.watch = Box::pin(async move {
+            futures::future::select(first, Box::pin(other)).await;
+        });
+    }
+
     /// Waits for the next pass: the next tick, or a task's end. False once the watch has ended.
     pub(super) async fn next_pass(&mut self) -> bool {
         tokio::select! {

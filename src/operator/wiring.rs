@@ -165,6 +165,8 @@ pub fn workloads(
         Api::<PartialObjectMeta<Pod>>::all(ctx.client.clone()),
         watcher::Config::default(),
     );
+    let seen = Arc::new(workload::triggers::Registrations::default());
+    let gone = seen.clone();
     let controller = Controller::for_shared_stream(r.workloads.applied(), store.clone())
         .watches_shared_stream(
             r.vaults.changes(),
@@ -174,8 +176,12 @@ pub fn workloads(
             workload::triggers::of_failover(&f)
         })
         .watches_shared_stream(
-            r.registrations.changes(),
-            over(&store, workload::triggers::on_node),
+            r.registrations.applied(),
+            over(&store, move |l, w| seen.changed(l, w)),
+        )
+        .watches_shared_stream(
+            r.registrations.deleted(),
+            over(&store, move |l, w| gone.deleted(l, w)),
         )
         .watches_shared_stream(pods, over(&store, workload::triggers::of_pod))
         // A data-path job that ends moves its workload on.

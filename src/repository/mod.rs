@@ -88,6 +88,8 @@ pub struct Repository {
     pub index_files: Vec<String>,
     /// Packs no index names whose header could not be read, and why: never deleted.
     pub unreadable_packs: Vec<(ChunkId, String)>,
+    /// Packs no index named that the last full load adopted from their headers.
+    adopted: usize,
 }
 
 /// Repositories this process opened (each open reads the config and loads the whole index).
@@ -196,6 +198,7 @@ impl Repository {
             chunks: HashMap::new(),
             index_files: vec![],
             unreadable_packs: vec![],
+            adopted: 0,
         }
     }
 
@@ -234,6 +237,7 @@ impl Repository {
         self.chunks.clear();
         self.index_files.clear();
         self.unreadable_packs.clear();
+        self.adopted = 0;
         let loc = self.location.clone();
         let listed = loc.list(&layout::dir(loc.prefix(), layout::INDEX)).await?;
         let keys = self.keys.clone();
@@ -266,9 +270,43 @@ impl Repository {
             .collect();
         for (pack, size) in orphans {
             match self.read_pack_header(&pack, size).await {
-                Ok(entries) => self.add_pack(&pack, &entries),
+                Ok(entries) => {
+                    self.add_pack(&pack, &entries);
+                    self.adopted += 1;
+                }
                 Err(e) => self.unreadable_packs.push((pack, e.to_string())),
             }
+        }
+        Ok(())
+    }
+
+    /// Brings the index up to date as cheaply as it can: when every index file read before is
+    /// still there and no pack was adopted outside an index, only the new index files are read
+    /// (a writer's next part costs what it adds, not the whole repository); otherwise (files
+    /// merged or removed by a prune, an adopted pack that a prune may have deleted) it is read
+    /// again whole. Called under the snapshot lock, which a prune excludes.
+    pub async fn refresh_index(&mut self) -> Result<(), RepoError> {
+        if self.index_files.is_empty() || self.adopted > 0 {
+            return self.load_index().await;
+        }
+        let loc = self.location.clone();
+        let listed = loc.list(&layout::dir(loc.prefix(), layout::INDEX)).await?;
+        let names: HashSet<String> = listed.iter().map(|(k, _)| k.to_string()).collect();
+        if self.index_files.iter().any(|f| !names.contains(f)) {
+            return self.load_index().await;
+        }
+        let known: HashSet<String> = self.index_files.iter().cloned().collect();
+        for (key, _) in listed {
+            if known.contains(&key.to_string()) {
+                continue;
+            }
+            let bytes = loc.get_max(&key, format::limits::INDEX).await?;
+            let name = format!("{}/{}", loc.name(), key);
+            let file = format::decode_index(&self.keys, &name, &bytes)?;
+            for (pack, entries) in &file.packs {
+                self.add_pack(pack, entries);
+            }
+            self.index_files.push(key.to_string());
         }
         Ok(())
     }

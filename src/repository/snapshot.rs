@@ -56,6 +56,8 @@ pub struct SnapshotOptions {
     pub use_parent: bool,
     /// Write a part of a multi-node point instead of a point (see [`super::parts`]).
     pub part: Option<super::parts::PartOf>,
+    /// The point the parent probably is (the workload's newest, as its status says).
+    pub parent_hint: Option<String>,
 }
 
 /// Bytes done of the total, reported as the snapshot proceeds.
@@ -122,10 +124,11 @@ async fn snapshot_locked(
     lock: &Lock,
 ) -> Result<Manifest, RepoError> {
     let time = jiff::Timestamp::now();
-    // Packs uploaded since the index was read (another writer, or a killed run) are adopted.
-    repo.load_index().await?;
+    // Packs indexed since the index was read (another writer) are added; a handle opened
+    // just now reads nothing again.
+    repo.refresh_index().await?;
     let parent = if options.use_parent {
-        latest_of(repo, &options.workload).await?
+        parent_of(repo, &options.workload, options.parent_hint.as_deref()).await?
     } else {
         None
     };
@@ -302,6 +305,30 @@ async fn snapshot_locked(
 }
 
 /// The newest point of `workload`, if any.
+/// The parent of a new point of `workload`: the point `hint` names when it is there and of
+/// that workload (one manifest read, however many other workloads share the repository), else
+/// the newest point of the workload.
+async fn parent_of(
+    repo: &Repository,
+    workload: &str,
+    hint: Option<&str>,
+) -> Result<Option<Manifest>, RepoError> {
+    let named = hint.filter(|id| {
+        !id.is_empty()
+            && id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | ':' | '.'))
+    });
+    if let Some(id) = named {
+        match repo.manifest(id).await {
+            Ok(m) if m.workload == workload => return Ok(Some(m)),
+            Ok(_) | Err(RepoError::PointNotFound(_)) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    latest_of(repo, workload).await
+}
+
 pub async fn latest_of(repo: &Repository, workload: &str) -> Result<Option<Manifest>, RepoError> {
     for id in repo.point_ids().await?.iter().rev() {
         let m = repo.manifest(id).await?;

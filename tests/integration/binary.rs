@@ -4,17 +4,9 @@
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use crate::rig::{Rig, eventually};
+use crate::rig::{Rig, eventually, free_port};
 
 const BIN: &str = env!("CARGO_BIN_EXE_site-recovery");
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 async fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};

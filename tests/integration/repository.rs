@@ -35,6 +35,7 @@ pub fn options(workload: &str) -> SnapshotOptions {
         source_zone: Some("zone-a".into()),
         use_parent: true,
         part: None,
+        parent_hint: None,
     }
 }
 

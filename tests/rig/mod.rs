@@ -85,6 +85,15 @@ impl Drop for Rig {
     }
 }
 
+/// A TCP port free on the loopback now, for a server a test starts.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 pub fn install_crypto() {
     let _ = rustls::crypto::ring::default_provider().install_default();
     // Logs of the operator and agents under test, when asked for with RUST_LOG.
@@ -337,9 +346,15 @@ impl Cluster {
 
     /// A kubeconfig file pointing at the rig, for running the real binary.
     pub fn kubeconfig(&self, dir: &Path) -> PathBuf {
-        let path = dir.join("kubeconfig");
+        self.kubeconfig_with(dir, "kubeconfig", "rig")
+    }
+
+    /// A kubeconfig file `name` in `dir` for the real binary, authenticated by `token` (one the
+    /// rig knows: see [`Self::client_as`], [`Self::agent_client_on`]).
+    pub fn kubeconfig_with(&self, dir: &Path, name: &str, token: &str) -> PathBuf {
+        let path = dir.join(name);
         let text = format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: rig\n  cluster:\n    server: {}\ncontexts:\n- name: rig\n  context:\n    cluster: rig\n    user: rig\n    namespace: default\ncurrent-context: rig\nusers:\n- name: rig\n  user:\n    token: rig\n",
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: rig\n  cluster:\n    server: {}\ncontexts:\n- name: rig\n  context:\n    cluster: rig\n    user: rig\n    namespace: default\ncurrent-context: rig\nusers:\n- name: rig\n  user:\n    token: {token}\n",
             self.url()
         );
         std::fs::write(&path, text).unwrap();

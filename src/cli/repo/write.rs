@@ -112,6 +112,7 @@ pub(super) async fn snapshot(
         source_zone: args.zone,
         use_parent: !args.no_parent,
         part: None,
+        parent_hint: None,
     };
     let (progress, done) = progress_reporter("snapshot");
     let started = Instant::now();

@@ -43,7 +43,7 @@ pub struct Observed {
     /// Whether the StatefulSet or Deployment exists.
     pub workload_found: bool,
     pub pods: Vec<PodInfo>,
-    /// Names of the PersistentVolumeClaims in the namespace.
+    /// Names of the PersistentVolumeClaims the pods mount that exist.
     pub claims: Vec<String>,
     pub nodes: Vec<NodeTopology>,
     pub registrations: Vec<AgentRegistration>,
@@ -101,14 +101,22 @@ pub async fn observe(
         let holders = format!("{HOLD_LABEL}={workload_name}");
         pods.extend(list_pods(ctx, namespace, ListParams::default().labels(&holders)).await?);
     }
-    let claims = Api::<PersistentVolumeClaim>::namespaced(ctx.client.clone(), namespace)
-        .list_metadata(&ListParams::default())
-        .await
-        .map_err(Error::Kube)?
-        .items
-        .iter()
-        .map(|c| c.name_any())
-        .collect();
+    // The claims the pods mount, each read by name: what a pass costs does not grow with the
+    // number of claims in the namespace.
+    let api = Api::<PersistentVolumeClaim>::namespaced(ctx.client.clone(), namespace);
+    let mounted: std::collections::BTreeSet<&String> =
+        pods.iter().flat_map(|p| p.claims.iter()).collect();
+    let mut claims = Vec::new();
+    for claim in mounted {
+        if api
+            .get_metadata_opt(claim)
+            .await
+            .map_err(Error::Kube)?
+            .is_some()
+        {
+            claims.push(claim.clone());
+        }
+    }
     Ok(Observed {
         name: workload_name.to_string(),
         vault,

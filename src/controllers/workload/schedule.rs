@@ -16,6 +16,11 @@ use crate::api::workload::{PointInProgress, ReplicatedWorkloadStatus, VolumeStat
 pub const START_TIMEOUT: Duration = Duration::from_secs(120);
 /// How often a point in flight is looked at when no report arrives.
 pub const POLL: Duration = Duration::from_secs(2);
+/// How often a point is looked at while what it waits for says so itself when it changes (an
+/// agent's report changes its registration, a job's end is announced): a safety net only. A
+/// point that polled every [`POLL`] cost three API requests each time, and with thousands of
+/// points queued at the agents the operator did little else.
+pub const TRIGGERED: Duration = Duration::from_secs(15);
 /// How long the agents' reports of a point may stay where they are (no byte more read, no
 /// claim more done) before the point is given up: a read that hangs (a stalled network
 /// filesystem, a FIFO) must not hold the workload's points forever.

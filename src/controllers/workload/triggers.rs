@@ -7,7 +7,7 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
 use kube::core::{DeserializeGuard, PartialObjectMeta};
 
-use crate::api::registration::NODE_LABEL;
+use crate::api::registration::{AgentRegistration, NODE_LABEL};
 use crate::api::{Failover, RecoveryVault, ReplicatedWorkload};
 use crate::controllers::triggers::{Cached, Ref, matching, readable};
 
@@ -54,6 +54,80 @@ pub fn on_node(
                     .any(|v| v.node.as_deref() == Some(node.as_str()))
         })
     })
+}
+
+/// What each agent's registration said when it last changed. A renewal that changes nothing
+/// but its renew time concerns no workload; one that changes an agent's reports concerns the
+/// workloads they are about; a new registration, a new zone, or one renewed after it had lapsed
+/// concerns every workload [`on_node`] names. Without this, every renewal of every agent
+/// reconciled a third of the workloads, and the cost of a point grew with their number.
+#[derive(Default)]
+pub struct Registrations(std::sync::Mutex<std::collections::HashMap<String, Seen>>);
+
+struct Seen {
+    zone: Option<String>,
+    expires: Option<jiff::Timestamp>,
+    work: Vec<crate::api::work::AgentWork>,
+}
+
+impl Registrations {
+    pub fn changed(
+        &self,
+        registration: &DeserializeGuard<Lease>,
+        workloads: &[Cached<ReplicatedWorkload>],
+    ) -> Vec<Ref<ReplicatedWorkload>> {
+        let Some(now) = readable(registration).and_then(AgentRegistration::from_lease) else {
+            return on_node(registration, workloads);
+        };
+        let seen = Seen {
+            zone: now.zone.clone(),
+            expires: now.expires(),
+            work: now.work.clone(),
+        };
+        let before = self
+            .0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(now.node.clone(), seen);
+        match before {
+            Some(b)
+                if b.zone == now.zone
+                    && b.expires.is_some()
+                    && now.renewed.is_some_and(|r| Some(r) <= b.expires) =>
+            {
+                let changed: std::collections::BTreeSet<(&str, &str)> = b
+                    .work
+                    .iter()
+                    .filter(|w| !now.work.contains(w))
+                    .chain(now.work.iter().filter(|w| !b.work.contains(w)))
+                    .map(|w| (w.namespace.as_str(), w.workload.as_str()))
+                    .collect();
+                if changed.is_empty() {
+                    return Vec::new();
+                }
+                matching(workloads, |w| {
+                    let ns = w.namespace().unwrap_or_default();
+                    changed.contains(&(ns.as_str(), w.name_any().as_str()))
+                })
+            }
+            _ => on_node(registration, workloads),
+        }
+    }
+
+    /// A deleted registration: every workload [`on_node`] names, and the node forgotten.
+    pub fn deleted(
+        &self,
+        registration: &DeserializeGuard<Lease>,
+        workloads: &[Cached<ReplicatedWorkload>],
+    ) -> Vec<Ref<ReplicatedWorkload>> {
+        if let Some(node) = registration.labels().get(NODE_LABEL) {
+            self.0
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(node);
+        }
+        on_node(registration, workloads)
+    }
 }
 
 /// The workload a pod belongs to: its StatefulSet's, or its Deployment's (a Deployment's
@@ -191,6 +265,65 @@ mod tests {
         assert_eq!(
             names(&on_node(&registration(None), &workloads)),
             ["apps/new", "apps/unresolved", "apps/in-flight"]
+        );
+    }
+
+    /// A registration Lease of `node`, renewed at `renewed` for 30 s, with `work` as its reports.
+    fn lease(node: &str, renewed: &str, work: Value) -> DeserializeGuard<Lease> {
+        use crate::api::registration::{COMPONENT_LABEL, COMPONENT_VALUE, lease_name};
+        DeserializeGuard(Ok(serde_json::from_value(json!({
+            "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+            "metadata": {"name": lease_name(node), "namespace": "site-recovery-system",
+                "labels": {NODE_LABEL: node, COMPONENT_LABEL: COMPONENT_VALUE},
+                "annotations": {crate::api::work::WORK_ANNOTATION: work.to_string()}},
+            "spec": {"holderIdentity": node, "leaseDurationSeconds": 30, "renewTime": renewed},
+        }))
+        .unwrap()))
+    }
+
+    #[test]
+    fn a_renewal_that_changes_no_report_reconciles_nothing() {
+        let on = |node: &str| json!({"volumes": [{"claimName": "c", "node": node}]});
+        let workloads = [
+            workload("apps", "a", "v", "Deployment", on("node-a1")),
+            workload("apps", "b", "v", "Deployment", on("node-a1")),
+        ];
+        let report = |workload: &str, bytes: u64| {
+            json!([{"kind": "Capture", "namespace": "apps", "workload": workload, "point": "p",
+                "state": "Running", "bytesDone": bytes}])
+        };
+        let seen = Registrations::default();
+        // First seen: every workload on the node.
+        let first = lease("node-a1", "2026-01-01T00:00:00Z", json!([]));
+        assert_eq!(
+            names(&seen.changed(&first, &workloads)),
+            ["apps/a", "apps/b"]
+        );
+        // Renewed in time, nothing else changed: nothing.
+        let renewed = lease("node-a1", "2026-01-01T00:00:10Z", json!([]));
+        assert!(seen.changed(&renewed, &workloads).is_empty());
+        // A report on `a` appears, then moves on: only `a`, each time.
+        let running = lease("node-a1", "2026-01-01T00:00:20Z", report("a", 1));
+        assert_eq!(names(&seen.changed(&running, &workloads)), ["apps/a"]);
+        let moved = lease("node-a1", "2026-01-01T00:00:25Z", report("a", 2));
+        assert_eq!(names(&seen.changed(&moved, &workloads)), ["apps/a"]);
+        // The same reports, renewed: nothing.
+        let same = lease("node-a1", "2026-01-01T00:00:30Z", report("a", 2));
+        assert!(seen.changed(&same, &workloads).is_empty());
+        // Renewed after it had lapsed (the agent was lost): every workload on the node.
+        let back = lease("node-a1", "2026-01-01T00:05:00Z", report("a", 2));
+        assert_eq!(
+            names(&seen.changed(&back, &workloads)),
+            ["apps/a", "apps/b"]
+        );
+        // Deleted: every workload on the node, and the next registration is new again.
+        assert_eq!(
+            names(&seen.deleted(&back, &workloads)),
+            ["apps/a", "apps/b"]
+        );
+        assert_eq!(
+            names(&seen.changed(&same, &workloads)),
+            ["apps/a", "apps/b"]
         );
     }
 

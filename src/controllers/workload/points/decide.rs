@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use jiff::Timestamp;
 
-use super::super::schedule::{self, POLL, Schedule, Step};
+use super::super::schedule::{self, POLL, Schedule, Step, TRIGGERED};
 use super::upkeep;
 pub use super::upkeep::retry_in;
 use crate::api::reasons::{EventReason, WorkloadReason as R};
@@ -176,12 +176,13 @@ impl Decision {
         self.requeue = self.requeue.min(d);
     }
 
+    /// Starts a job: its end triggers the workload (see `job_triggers`).
     pub(super) fn job(&mut self, tag: &str, spec: JobSpec) {
         self.actions.push(Action::Job {
             tag: tag.into(),
             spec,
         });
-        self.soon(POLL);
+        self.soon(TRIGGERED);
     }
 }
 
@@ -306,7 +307,12 @@ pub fn decide(
                 bytes_done,
                 bytes_total,
             });
-            d.soon(POLL);
+            // Live reads report as they go; a CSI point also waits for its snapshots, which
+            // nothing announces.
+            d.soon(match inputs.vault.snapshot_method {
+                SnapshotMethod::Live => TRIGGERED,
+                SnapshotMethod::Csi => POLL,
+            });
         }
         Step::Finish {
             parts,

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use jiff::Timestamp;
 
-use super::super::schedule::{self, POLL, Schedule};
+use super::super::schedule::{self, Schedule, TRIGGERED};
 use super::decide::{
     Action, Count, Decision, FINISH_RETRY, Fact, Inputs, JobSpec, retry_in, until,
 };
@@ -37,7 +37,7 @@ pub(super) fn finish(
     };
     match &job.state {
         JobState::Running => {
-            d.soon(POLL);
+            d.soon(TRIGGERED);
             if let Some(message) = &job.last_failure {
                 d.failure = Some((R::ReplicationFailed, message.clone()));
             }

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use jiff::Timestamp;
 
-use super::super::schedule::{self, POLL, Schedule};
+use super::super::schedule::{self, Schedule, TRIGGERED};
 use super::decide::{CATCH_UP_RETRY, Decision, Fact, Inputs, JobSpec, until};
 use crate::api::reasons::{EventReason, WorkloadReason as R};
 use crate::api::workload::ReplicatedWorkloadStatus;
@@ -25,7 +25,7 @@ pub(super) fn catch_up(
     let job = inputs.jobs.catch_up.as_ref().filter(|j| j.tag == latest.id);
     match job.map(|j| (&j.state, j)) {
         None => d.job(&latest.id, JobSpec::CatchUp),
-        Some((JobState::Running, _)) => d.soon(POLL),
+        Some((JobState::Running, _)) => d.soon(TRIGGERED),
         Some((JobState::Done(_), j)) => {
             d.facts.push(Fact::Replicated);
             d.recorded.push((JobKind::CatchUp, j.tag.clone()));
@@ -84,7 +84,7 @@ pub(super) fn retention(
     };
     match &job.state {
         JobState::Running => {
-            d.soon(POLL);
+            d.soon(TRIGGERED);
             return true;
         }
         _ if job.recorded => {}
