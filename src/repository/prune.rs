@@ -36,22 +36,53 @@ pub struct PruneReport {
     pub packs_unreadable: Vec<String>,
 }
 
+/// What retention needs to know of a point: what its manifest says, or a summary of it.
+#[derive(Clone, Copy, Debug)]
+pub struct PointFacts<'a> {
+    pub id: &'a str,
+    pub workload: &'a str,
+    /// RFC 3339 capture time.
+    pub time: &'a str,
+    pub consistency: Consistency,
+}
+
+impl<'a> From<&'a Manifest> for PointFacts<'a> {
+    fn from(m: &'a Manifest) -> Self {
+        PointFacts {
+            id: &m.id,
+            workload: &m.workload,
+            time: &m.time,
+            consistency: m.consistency,
+        }
+    }
+}
+
 /// Which points retention removes: pure, for tests.
 pub fn select(points: &[Manifest], options: &PruneOptions, now: jiff::Timestamp) -> Vec<String> {
-    let mut by_workload: BTreeMap<&str, Vec<&Manifest>> = BTreeMap::new();
+    let facts: Vec<PointFacts> = points.iter().map(PointFacts::from).collect();
+    select_facts(&facts, options, now)
+}
+
+/// [`select`] over what is known of the points.
+pub fn select_facts(
+    points: &[PointFacts],
+    options: &PruneOptions,
+    now: jiff::Timestamp,
+) -> Vec<String> {
+    let mut by_workload: BTreeMap<&str, Vec<&PointFacts>> = BTreeMap::new();
     for m in points {
-        if options.workload.as_ref().is_some_and(|w| *w != m.workload) {
+        if options.workload.as_deref().is_some_and(|w| w != m.workload) {
             continue;
         }
-        by_workload.entry(&m.workload).or_default().push(m);
+        by_workload.entry(m.workload).or_default().push(m);
     }
     let mut remove = Vec::new();
     for (_, mut ms) in by_workload {
-        ms.sort_by(|a, b| b.id.cmp(&a.id));
+        ms.sort_by(|a, b| b.id.cmp(a.id));
         let newest_app = ms
             .iter()
             .find(|m| m.consistency == Consistency::AppConsistent)
-            .map(|m| m.id.clone());
+            .map(|m| m.id);
         for (i, m) in ms.iter().enumerate() {
             let age = m
                 .time
@@ -59,11 +90,10 @@ pub fn select(points: &[Manifest], options: &PruneOptions, now: jiff::Timestamp)
                 .ok()
                 .and_then(|t| now.duration_since(t).try_into().ok())
                 .unwrap_or(Duration::ZERO);
-            let keep = i < options.keep_last
-                || age <= options.keep_within
-                || Some(&m.id) == newest_app.as_ref();
+            let keep =
+                i < options.keep_last || age <= options.keep_within || Some(m.id) == newest_app;
             if !keep {
-                remove.push(m.id.clone());
+                remove.push(m.id.to_string());
             }
         }
     }
@@ -85,7 +115,30 @@ pub async fn prune(
         report.points_removed = remove;
         return Ok(report);
     }
-    remove_points(repo, remove, report).await
+    remove_points(repo, remove, report, true).await
+}
+
+/// Retention over points whose facts are already known (a cache of their summaries), so that
+/// no manifest is read; garbage is collected only when a point was removed and `collect` says
+/// it is time. A prune after every point of every workload must not read the whole repository
+/// each time: that made a point's cost grow with the number of workloads.
+pub async fn prune_known(
+    repo: &mut Repository,
+    options: &PruneOptions,
+    points: &[PointFacts<'_>],
+    collect: impl FnOnce() -> bool,
+) -> Result<PruneReport, RepoError> {
+    let remove = select_facts(points, options, jiff::Timestamp::now());
+    let mut report = PruneReport {
+        points_kept: points.len() - remove.len(),
+        ..Default::default()
+    };
+    if options.dry_run {
+        report.points_removed = remove;
+        return Ok(report);
+    }
+    let collect = !remove.is_empty() && collect();
+    remove_points(repo, remove, report, collect).await
 }
 
 /// Removes every point of `workload` (a committed failover: the seed's commit deletes the
@@ -119,6 +172,7 @@ async fn remove_points(
     repo: &mut Repository,
     remove: Vec<String>,
     mut report: PruneReport,
+    collect: bool,
 ) -> Result<PruneReport, RepoError> {
     for id in &remove {
         repo.location
@@ -126,6 +180,10 @@ async fn remove_points(
             .await?;
     }
     report.points_removed = remove;
+    if !collect {
+        report.gc_skipped = Some("not this time: garbage is collected every few minutes".into());
+        return Ok(report);
+    }
 
     let lock = match Lock::acquire(&repo.location, "prune", true).await {
         Ok(l) => l,

@@ -51,7 +51,7 @@ async fn replicate_locked(
     points: &[String],
     lock: &Lock,
 ) -> Result<ReplicateStats, RepoError> {
-    dest.load_index().await?;
+    dest.refresh_index().await?;
     let present: HashSet<String> = dest.point_ids().await?.into_iter().collect();
     let mut stats = ReplicateStats::default();
     for id in points {

@@ -540,17 +540,7 @@ async fn prune_keeps_the_newest_app_consistent_point_and_frees_unused_packs() {
     let held = site_recovery::repository::lock::Lock::acquire(&repo.location, "snapshot", false)
         .await
         .unwrap();
-    let report = prune(
-        &mut repo,
-        &PruneOptions {
-            keep_within: std::time::Duration::ZERO,
-            keep_last: 0,
-            dry_run: false,
-            workload: None,
-        },
-    )
-    .await
-    .unwrap();
+    let report = prune(&mut repo, &remove_everything()).await.unwrap();
     assert!(
         report
             .gc_skipped
@@ -1028,5 +1018,58 @@ async fn killing_the_cli_mid_snapshot_loses_nothing_and_the_next_run_reuses_uplo
     let out = tmp.path().join("out");
     let restored = run(&["restore", "--target", out.to_str().unwrap()]);
     assert!(restored.status.success());
+    assert_eq!(describe(&out), describe(&src));
+}
+
+/// Retention that keeps no point.
+fn remove_everything() -> PruneOptions {
+    PruneOptions {
+        keep_within: std::time::Duration::ZERO,
+        keep_last: 0,
+        dry_run: false,
+        workload: None,
+    }
+}
+
+/// An agent keeps its cache repository open from part to part and reads only the index files
+/// written since: what another writer stored is reused, and after a prune removed packs (and
+/// rewrote the index) the kept handle reads the index again instead of pointing at them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kept_handle_sees_other_writers_and_never_reuses_a_pruned_pack() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    std::fs::create_dir(&src).unwrap();
+    random_file(&src.join("data"), 2 << 20, 7);
+    let at = tmp.path().join("repo");
+    Repository::init(fs_location(&at), KEY).await.unwrap();
+    let mut kept = Repository::open(fs_location(&at), KEY).await.unwrap();
+    let mut other = Repository::open(fs_location(&at), KEY).await.unwrap();
+    let tree = || vec![("data".to_string(), Source::Tree(src.clone()))];
+    let a = snapshot(&mut other, tree(), &options("a"), None)
+        .await
+        .unwrap();
+    assert!(a.stats.stored_bytes_added >= 2 << 20, "{:?}", a.stats);
+    // The same bytes through the kept handle: found in the other writer's index, not stored.
+    let b = snapshot(&mut kept, tree(), &options("b"), None)
+        .await
+        .unwrap();
+    assert!(
+        b.stats.stored_bytes_added < 64 << 10,
+        "the kept handle stored {} bytes the other writer had stored",
+        b.stats.stored_bytes_added
+    );
+    // Every point goes, and with them every pack.
+    let report = prune(&mut other, &remove_everything()).await.unwrap();
+    assert!(report.packs_removed >= 1, "{report:?}");
+    // The kept handle stores the bytes again rather than point at removed packs.
+    let c = snapshot(&mut kept, tree(), &options("c"), None)
+        .await
+        .unwrap();
+    assert!(c.stats.stored_bytes_added >= 2 << 20, "{:?}", c.stats);
+    assert!(verify(&kept, true).await.unwrap().problems.is_empty());
+    let out = tmp.path().join("out");
+    restore(&kept, &c.id, &out, &RestoreOptions::default(), None)
+        .await
+        .unwrap();
     assert_eq!(describe(&out), describe(&src));
 }

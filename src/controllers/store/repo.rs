@@ -15,7 +15,13 @@ use super::summaries::Summaries;
 use super::{Finished, Origin, PointStore, Pruned, Retention, StoreError, TargetPoints};
 use crate::api::workload::PointRef;
 use crate::metrics::LocationLabels;
-use crate::repository::prune::{PruneOptions, forget_workload, prune};
+use crate::repository::prune::{
+    PointFacts, PruneOptions, PruneReport, forget_workload, prune_known,
+};
+
+/// How often retention also deletes the packs no point references any more (a full read of
+/// the location's index and points): not after every point of every workload.
+const COLLECT_EVERY: std::time::Duration = std::time::Duration::from_secs(600);
 use crate::repository::replicate::replicate;
 use crate::repository::{RepoError, Repository};
 use crate::vault_access::VaultAccess;
@@ -25,6 +31,8 @@ struct Slot {
     name: &'static str,
     repo: Mutex<Option<Repository>>,
     points: Summaries,
+    /// When retention last collected garbage here.
+    collected: std::sync::Mutex<Option<std::time::Instant>>,
 }
 
 impl Slot {
@@ -42,7 +50,37 @@ impl Slot {
             name,
             repo: Mutex::new(None),
             points: Summaries::default(),
+            collected: std::sync::Mutex::new(None),
         }
+    }
+
+    /// Whether garbage is due again in this location (and, if so, it counts as collected now).
+    fn collect_due(&self) -> bool {
+        let mut last = self.collected.lock().unwrap_or_else(|e| e.into_inner());
+        let due = last.is_none_or(|t| t.elapsed() >= COLLECT_EVERY);
+        if due {
+            *last = Some(std::time::Instant::now());
+        }
+        due
+    }
+
+    /// Retention of `workload`'s points in `repo`, from the summaries this slot keeps.
+    async fn prune(
+        &self,
+        repo: &mut Repository,
+        options: &PruneOptions,
+    ) -> Result<PruneReport, RepoError> {
+        let known = self.points.list(repo).await?;
+        let facts: Vec<PointFacts> = known
+            .iter()
+            .map(|s| PointFacts {
+                id: &s.id,
+                workload: &s.workload,
+                time: &s.time,
+                consistency: s.consistency,
+            })
+            .collect();
+        prune_known(repo, options, &facts, || self.collect_due()).await
     }
 }
 
@@ -109,7 +147,7 @@ impl RepoStore {
         cache: &mut Repository,
         workload: &str,
     ) -> Result<u64, StoreError> {
-        cache.load_index().await.map_err(cache_error)?;
+        cache.refresh_index().await.map_err(cache_error)?;
         let mine = self
             .cache
             .points
@@ -179,7 +217,7 @@ impl RepoStore {
                 let Some(repo) = cache.as_mut() else {
                     return Ok((0, vec![]));
                 };
-                let report = prune(repo, &options).await?;
+                let report = self.cache.prune(repo, &options).await?;
                 let mine = self.cache.points.of_workload(repo, workload).await?;
                 Ok((report.points_removed.len(), mine))
             }
@@ -188,7 +226,7 @@ impl RepoStore {
         };
         let mut target = self.target(None).await.map_err(target_error)?;
         let result = match target.as_mut() {
-            Some(repo) => prune(repo, &options).await.map(|_| ()),
+            Some(repo) => self.target.prune(repo, &options).await.map(|_| ()),
             None => Ok(()),
         };
         drop_on_error(&mut target, result).map_err(target_error)?;
