@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The control plane at scale: the release operator and three agents against the test rig with
 # N protected Deployments (one 8-byte claim each) and one Live vault. Prints one row per N.
-#   bash bench/scale.sh [N,N,...]        default 100,1000 (10000 takes about an hour here)
+#   bash bench/scale.sh [N,N,...]        default 100,1000
 #   SCALE_INTERVAL=5m                    the points' frequency (default 5m)
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
