@@ -46,7 +46,7 @@ const QUEUED_REPORTS: usize = crate::api::work::MAX_REPORTS / 2;
 #[derive(Clone, Debug)]
 struct LocalVolume {
     claim: String,
-    path: PathBuf,
+    mounted: Mounted,
 }
 
 /// What this node has to do for a point.
@@ -91,13 +91,13 @@ impl Pods {
     fn mounts(&self) -> Mounts {
         let mut out = Mounts::new();
         for pod in self.here.state().iter().chain(self.readers.state().iter()) {
+            let Some((spec, node)) = scheduled(pod) else {
+                continue;
+            };
             let namespace = pod.namespace().unwrap_or_default();
             let uid = pod.metadata.uid.clone().unwrap_or_default();
-            for v in pod.spec.iter().flat_map(|s| s.volumes.iter().flatten()) {
-                let Some(c) = &v.persistent_volume_claim else {
-                    continue;
-                };
-                if let Some(node) = mounting_node(pod, &c.claim_name) {
+            for v in spec.volumes.iter().flatten() {
+                if let Some(c) = &v.persistent_volume_claim {
                     out.insert(
                         (namespace.clone(), c.claim_name.clone()),
                         (uid.clone(), node.to_string()),
@@ -107,6 +107,18 @@ impl Pods {
         }
         out
     }
+}
+
+/// The pod that mounts what the agent reads of `claim` for `point`, and its node.
+fn mount_of<'a>(
+    mounts: &'a Mounts,
+    namespace: &str,
+    point: &PointInProgress,
+    claim: &str,
+) -> (String, Option<&'a (String, String)>) {
+    let wanted = read_claim(point.method, claim, &point.id);
+    let found = mounts.get(&(namespace.to_string(), wanted.clone()));
+    (wanted, found)
 }
 
 pub async fn run_captures(client: Client, settings: AgentSettings, reports: Reports) {
@@ -137,11 +149,10 @@ pub async fn run_captures(client: Client, settings: AgentSettings, reports: Repo
             }
             let mounts = mounts.get_or_insert_with(|| pods.mounts());
             if scan.tasks.len() >= CAPTURES_AT_ONCE {
+                let namespace = rw.namespace().unwrap_or_default();
                 let here = point.claims.iter().any(|c| {
-                    let wanted = read_claim(point.method, c, &point.id);
-                    let namespace = rw.namespace().unwrap_or_default();
-                    mounts
-                        .get(&(namespace, wanted))
+                    mount_of(mounts, &namespace, &point, c)
+                        .1
                         .is_some_and(|(_, node)| *node == settings.node_name)
                 });
                 if here && queued.len() < QUEUED_REPORTS && queued.insert(work_key) {
@@ -218,8 +229,8 @@ async fn local_work(
     };
     let mut local = Vec::new();
     for claim in &point.claims {
-        let wanted = read_claim(point.method, claim, &point.id);
-        let uid = match mounts.get(&(namespace.clone(), wanted.clone())) {
+        let (wanted, found) = mount_of(mounts, &namespace, point, claim);
+        let uid = match found {
             Some((uid, node)) if *node == settings.node_name => uid.clone(),
             Some(_) => continue,
             None if point.method == SnapshotMethod::Live
@@ -230,9 +241,9 @@ async fn local_work(
             None => return Ok(LocalWork::Wait),
         };
         match mount_path(client, settings, &namespace, &wanted, &uid).await? {
-            Some(path) => local.push(LocalVolume {
+            Some(mounted) => local.push(LocalVolume {
                 claim: claim.clone(),
-                path,
+                mounted,
             }),
             None => return Ok(LocalWork::Wait),
         }
@@ -240,34 +251,73 @@ async fn local_work(
     Ok(LocalWork::Read(local))
 }
 
-/// The node of `pod` when it is scheduled, not being deleted, and mounts `claim`.
-pub(crate) fn mounting_node<'a>(pod: &'a Pod, claim: &str) -> Option<&'a str> {
+/// The spec and node of `pod` when it is scheduled and not being deleted.
+fn scheduled(pod: &Pod) -> Option<(&k8s_openapi::api::core::v1::PodSpec, &str)> {
     let spec = pod.spec.as_ref()?;
     let node = spec.node_name.as_deref()?;
+    pod.metadata
+        .deletion_timestamp
+        .is_none()
+        .then_some((spec, node))
+}
+
+/// The node of `pod` when it is scheduled, not being deleted, and mounts `claim`.
+pub(crate) fn mounting_node<'a>(pod: &'a Pod, claim: &str) -> Option<&'a str> {
+    let (spec, node) = scheduled(pod)?;
     let mounts = spec.volumes.iter().flatten().any(|v| {
         v.persistent_volume_claim
             .as_ref()
             .is_some_and(|c| c.claim_name == claim)
     });
-    (pod.metadata.deletion_timestamp.is_none() && mounts).then_some(node)
+    mounts.then_some(node)
 }
 
-/// Where the kubelet mounted `claim` for pod `uid`; `None` while it is not mounted yet. Refuses
-/// volumes whose data is not below the kubelet root.
+/// What the kubelet made of a claim for a pod: a mounted filesystem, or a block device.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) enum Mounted {
+    /// The mount directory, below the kubelet root.
+    Dir(PathBuf),
+    /// The device (resolved from the kubelet's link for the pod, checked to be a block device).
+    Device(PathBuf),
+}
+
+impl Mounted {
+    pub(crate) fn path(&self) -> &Path {
+        match self {
+            Mounted::Dir(p) | Mounted::Device(p) => p,
+        }
+    }
+
+    pub(crate) fn source(&self) -> Source {
+        match self {
+            Mounted::Dir(p) => Source::Tree(p.clone()),
+            Mounted::Device(p) => Source::Raw(p.clone()),
+        }
+    }
+}
+
+/// Where the kubelet mounted `claim` for pod `uid` (a filesystem claim), or published its
+/// device (a block claim: `volumeDevices`); `None` while it is not there yet. Refuses mounts
+/// whose data is not below the kubelet root, and device links that do not lead to a block
+/// device.
 pub(crate) async fn mount_path(
     client: &Client,
     settings: &AgentSettings,
     namespace: &str,
     claim: &str,
     uid: &str,
-) -> Result<Option<PathBuf>, WorkError> {
+) -> Result<Option<Mounted>, WorkError> {
     let pvc = Api::<PersistentVolumeClaim>::namespaced(client.clone(), namespace)
         .get_opt(claim)
         .await
         .map_err(WorkError::api(format!(
             "reading PersistentVolumeClaim {claim}"
         )))?;
-    let Some(pv_name) = pvc.and_then(|c| c.spec).and_then(|s| s.volume_name) else {
+    let Some(pvc_spec) = pvc.and_then(|c| c.spec) else {
+        return Ok(None);
+    };
+    let block = pvc_spec.volume_mode.as_deref() == Some("Block");
+    let Some(pv_name) = pvc_spec.volume_name else {
         return Ok(None);
     };
     let pv = Api::<PersistentVolume>::all(client.clone())
@@ -279,12 +329,11 @@ pub(crate) async fn mount_path(
     let Some(spec) = pv.and_then(|p| p.spec) else {
         return Ok(None);
     };
-    let volumes = settings.kubelet_root.join("pods").join(uid).join("volumes");
+    let pod = settings.kubelet_root.join("pods").join(uid);
+    let volumes = pod.join(if block { "volumeDevices" } else { "volumes" });
     let path = if spec.csi.is_some() {
-        volumes
-            .join("kubernetes.io~csi")
-            .join(&pv_name)
-            .join("mount")
+        let entry = volumes.join("kubernetes.io~csi").join(&pv_name);
+        if block { entry } else { entry.join("mount") }
     } else if spec.local.is_some() {
         volumes.join("kubernetes.io~local-volume").join(&pv_name)
     } else if let Some(h) = &spec.host_path {
@@ -300,10 +349,49 @@ pub(crate) async fn mount_path(
             volume: pv_name,
         });
     };
+    if block {
+        if std::fs::symlink_metadata(&path).is_err() {
+            return Ok(None);
+        }
+        return device_at(&settings.kubelet_root, claim, &path).map(|p| Some(Mounted::Device(p)));
+    }
     if !path.is_dir() {
         return Ok(None);
     }
-    Ok(Some(check_below(&settings.kubelet_root, &path)?))
+    Ok(Some(Mounted::Dir(check_below(
+        &settings.kubelet_root,
+        &path,
+    )?)))
+}
+
+/// The block device the kubelet's entry `path` (below the kubelet root) leads to. The entry
+/// itself must be below the kubelet root; the device it resolves to may be anywhere (a local
+/// volume's `/dev/…`), but must be a block device: no link can make the agent read or write a
+/// file.
+fn device_at(root: &Path, claim: &str, path: &Path) -> Result<PathBuf, WorkError> {
+    let parent = path.parent().unwrap_or(path);
+    check_below(root, parent)?;
+    let real = resolve(path)?;
+    let is_block = std::fs::metadata(&real)
+        .map(|m| std::os::unix::fs::FileTypeExt::is_block_device(&m.file_type()))
+        .unwrap_or(false);
+    if !is_block {
+        return Err(WorkError::NotABlockDevice {
+            claim: claim.into(),
+            path: path.into(),
+            real,
+        });
+    }
+    Ok(real)
+}
+
+/// The real path of `path`, all links followed.
+fn resolve(path: &Path) -> Result<PathBuf, WorkError> {
+    path.canonicalize()
+        .map_err(|source| WorkError::Unresolvable {
+            path: path.into(),
+            source,
+        })
 }
 
 /// The real path of `path`, refused when it resolves (through symlinks) outside `root`.
@@ -314,12 +402,7 @@ fn check_below(root: &Path, path: &Path) -> Result<PathBuf, WorkError> {
             kubelet_root: root.into(),
             source,
         })?;
-    let real = path
-        .canonicalize()
-        .map_err(|source| WorkError::Unresolvable {
-            path: path.into(),
-            source,
-        })?;
+    let real = resolve(path)?;
     if !real.starts_with(&kubelet_root) {
         return Err(WorkError::OutsideKubeletRoot {
             path: path.into(),
@@ -476,7 +559,7 @@ impl Capture {
         let sources = self
             .volumes
             .iter()
-            .map(|v| (v.claim.clone(), Source::Tree(v.path.clone())))
+            .map(|v| (v.claim.clone(), v.mounted.source()))
             .collect();
         let reports = self.reports.clone();
         let (key, base) = (self.key.clone(), running.clone());
@@ -502,7 +585,30 @@ impl Capture {
 
 #[cfg(test)]
 mod tests {
-    use super::check_below;
+    use super::{check_below, device_at};
+
+    #[test]
+    fn a_device_link_that_leads_to_a_file_or_a_character_device_is_refused() {
+        let root = tempfile::tempdir().unwrap();
+        let links = root.path().join("pods/uid/volumeDevices/kubernetes.io~csi");
+        std::fs::create_dir_all(&links).unwrap();
+        let file = root.path().join("planted");
+        std::fs::write(&file, b"not a device").unwrap();
+        for (name, target) in [
+            ("pv-file", file.as_path()),
+            ("pv-null", "/dev/null".as_ref()),
+        ] {
+            let link = links.join(name);
+            std::os::unix::fs::symlink(target, &link).unwrap();
+            let err = device_at(root.path(), "data", &link)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("claim data is a block claim") && err.contains("not a block device"),
+                "{err}"
+            );
+        }
+    }
 
     #[test]
     fn paths_that_resolve_outside_the_kubelet_root_are_refused() {

@@ -54,6 +54,15 @@ pub enum WorkError {
         real: PathBuf,
         kubelet_root: PathBuf,
     },
+    #[error(
+        "claim {claim} is a block claim (volumeMode Block); {} resolves to {}, which is not a block device; refusing to read or write it",
+        .path.display(), .real.display()
+    )]
+    NotABlockDevice {
+        claim: String,
+        path: PathBuf,
+        real: PathBuf,
+    },
     /// The vault's key or credentials are not (yet) usable by the agents.
     #[error("RecoveryVault {vault}: {source}")]
     VaultAccess {

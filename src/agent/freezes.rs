@@ -206,6 +206,14 @@ async fn local_mounts(
             .await
             .map_err(|e| format!("claim {claim}: {e}"))?
             .ok_or_else(|| format!("claim {claim} is not mounted on this node yet"))?;
+        let path = match path {
+            super::capture::Mounted::Dir(p) => p,
+            super::capture::Mounted::Device(_) => {
+                return Err(format!(
+                    "claim {claim} is a block claim (volumeMode Block): a filesystem on it is mounted inside the pod, where the agent cannot freeze it; make points of it app-consistent with pre and post hooks"
+                ));
+            }
+        };
         own_filesystem(claim, &path, settings)?;
         out.push((claim.clone(), path));
     }

@@ -11,7 +11,7 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, ListParams};
 use kube::{Client, ResourceExt};
 
-use super::capture::mount_path;
+use super::capture::{Mounted, mount_path};
 use super::error::WorkError;
 use super::registration::{AgentSettings, Reports};
 use super::scan::Scan;
@@ -22,8 +22,8 @@ use crate::repository::Repository;
 use crate::repository::restore::{INCOMPLETE_MARKER, RestoreOptions, restore};
 use crate::vault_access::VaultAccess;
 
-/// (source claim = volume of the point, target claim, mount directory)
-type Local = Vec<(String, String, std::path::PathBuf)>;
+/// (source claim = volume of the point, target claim, mount directory or device)
+type Local = Vec<(String, String, Mounted)>;
 
 pub async fn run_restores(client: Client, settings: AgentSettings, reports: Reports) {
     let mut scan = Scan::<Failover>::new(&client, Duration::from_secs(1));
@@ -193,14 +193,17 @@ async fn restore_all(
     let repo = Repository::open(access.target.clone(), &access.key)
         .await
         .map_err(WorkError::repository("target location"))?;
-    for (source, target, path) in local {
+    for (source, target, mounted) in local {
         let in_place = r
             .volumes
             .iter()
             .any(|v| &v.target_claim == target && v.in_place);
+        let path = mounted.path();
+        let directory = matches!(mounted, Mounted::Dir(_));
         // A restore interrupted earlier leaves its marker: start that claim again from empty
-        // (a claim written in place converges on the point again instead).
-        if !in_place && path.join(INCOMPLETE_MARKER).exists() {
+        // (a claim written in place converges on the point again instead; a device is always
+        // compared block by block and converges too).
+        if directory && !in_place && path.join(INCOMPLETE_MARKER).exists() {
             clear(path).map_err(|source| WorkError::ClearInterrupted {
                 claim: target.clone(),
                 source,
@@ -228,7 +231,7 @@ async fn restore_all(
             stats.bytes,
             if in_place { " in place" } else { "" }
         ));
-        if path.join(INCOMPLETE_MARKER).exists() {
+        if directory && path.join(INCOMPLETE_MARKER).exists() {
             return Err(WorkError::RestoreIncomplete {
                 claim: target.clone(),
             });

@@ -51,18 +51,43 @@ pub fn zone_affinity(zone: Option<&str>) -> serde_json::Value {
     }
 }
 
+/// The one claim a [`claim_pod`] mounts, as volume `name`.
+#[derive(Clone, Copy, Debug)]
+pub struct ClaimVolume<'a> {
+    pub name: &'a str,
+    pub claim: &'a str,
+    pub read_only: bool,
+    /// A block claim (`volumeMode: Block`): attached as a device at `/dev/<name>`, which the
+    /// kubelet publishes for the agent under `pods/<uid>/volumeDevices`.
+    pub block: bool,
+}
+
 /// A pod of the operator's reader image whose only job is to mount one claim, at
-/// `/<volume>`, on a node where the agent reads or fills it: non-root, no token, no
-/// privileges, never restarted; pinned to `zone` when given.
+/// `/<volume>` (a device at `/dev/<volume>`), on a node where the agent reads or fills it:
+/// non-root, no token, no privileges, never restarted; pinned to `zone` when given.
 pub fn claim_pod(
     image: &str,
     metadata: serde_json::Value,
     container: &str,
-    volume: &str,
-    claim: &str,
-    read_only: bool,
+    volume: ClaimVolume<'_>,
     zone: Option<&str>,
 ) -> serde_json::Value {
+    let ClaimVolume {
+        name,
+        claim,
+        read_only,
+        block,
+    } = volume;
+    let mut container = serde_json::json!({
+        "name": container, "image": image,
+        "securityContext": {"runAsNonRoot": true, "runAsUser": 65532, "allowPrivilegeEscalation": false, "readOnlyRootFilesystem": true, "capabilities": {"drop": ["ALL"]}},
+    });
+    if block {
+        container["volumeDevices"] =
+            serde_json::json!([{"name": name, "devicePath": format!("/dev/{name}")}]);
+    } else {
+        container["volumeMounts"] = serde_json::json!([{"name": name, "mountPath": format!("/{name}"), "readOnly": read_only}]);
+    }
     serde_json::json!({
         "apiVersion": "v1", "kind": "Pod",
         "metadata": metadata,
@@ -73,12 +98,8 @@ pub fn claim_pod(
             // What the Pod Security "restricted" level asks, so that these pods run in any
             // namespace the workload runs in (a drill's namespace copies the source's level).
             "securityContext": {"seccompProfile": {"type": "RuntimeDefault"}},
-            "containers": [{
-                "name": container, "image": image,
-                "securityContext": {"runAsNonRoot": true, "runAsUser": 65532, "allowPrivilegeEscalation": false, "readOnlyRootFilesystem": true, "capabilities": {"drop": ["ALL"]}},
-                "volumeMounts": [{"name": volume, "mountPath": format!("/{volume}"), "readOnly": read_only}],
-            }],
-            "volumes": [{"name": volume, "persistentVolumeClaim": {"claimName": claim, "readOnly": read_only}}],
+            "containers": [container],
+            "volumes": [{"name": name, "persistentVolumeClaim": {"claimName": claim, "readOnly": read_only}}],
         },
     })
 }

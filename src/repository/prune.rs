@@ -57,13 +57,7 @@ impl<'a> From<&'a Manifest> for PointFacts<'a> {
     }
 }
 
-/// Which points retention removes: pure, for tests.
-pub fn select(points: &[Manifest], options: &PruneOptions, now: jiff::Timestamp) -> Vec<String> {
-    let facts: Vec<PointFacts> = points.iter().map(PointFacts::from).collect();
-    select_facts(&facts, options, now)
-}
-
-/// [`select`] over what is known of the points.
+/// Which points retention removes, from what is known of them: pure, for tests.
 pub fn select_facts(
     points: &[PointFacts],
     options: &PruneOptions,
@@ -106,16 +100,8 @@ pub async fn prune(
     options: &PruneOptions,
 ) -> Result<PruneReport, RepoError> {
     let manifests = repo.manifests().await?;
-    let remove = select(&manifests, options, jiff::Timestamp::now());
-    let mut report = PruneReport {
-        points_kept: manifests.len() - remove.len(),
-        ..Default::default()
-    };
-    if options.dry_run {
-        report.points_removed = remove;
-        return Ok(report);
-    }
-    remove_points(repo, remove, report, true).await
+    let facts: Vec<PointFacts> = manifests.iter().map(PointFacts::from).collect();
+    prune_facts(repo, options, &facts, |_| true).await
 }
 
 /// Retention over points whose facts are already known (a cache of their summaries), so that
@@ -128,6 +114,20 @@ pub async fn prune_known(
     points: &[PointFacts<'_>],
     collect: impl FnOnce() -> bool,
 ) -> Result<PruneReport, RepoError> {
+    prune_facts(repo, options, points, |remove| {
+        !remove.is_empty() && collect()
+    })
+    .await
+}
+
+/// Removes what retention selects of `points`; `collect` says, given the points removed,
+/// whether garbage is collected after.
+async fn prune_facts(
+    repo: &mut Repository,
+    options: &PruneOptions,
+    points: &[PointFacts<'_>],
+    collect: impl FnOnce(&[String]) -> bool,
+) -> Result<PruneReport, RepoError> {
     let remove = select_facts(points, options, jiff::Timestamp::now());
     let mut report = PruneReport {
         points_kept: points.len() - remove.len(),
@@ -137,7 +137,7 @@ pub async fn prune_known(
         report.points_removed = remove;
         return Ok(report);
     }
-    let collect = !remove.is_empty() && collect();
+    let collect = collect(&remove);
     remove_points(repo, remove, report, collect).await
 }
 

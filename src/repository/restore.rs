@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 use std::io::Write;
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::os::unix::fs::{FileExt, FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -69,7 +69,24 @@ pub async fn restore(
 ) -> Result<RestoreStats, RepoError> {
     let manifest = repo.manifest(point).await?;
     let volume = pick_volume(&manifest, options.volume.as_deref())?;
+    let target_kind = std::fs::metadata(target).ok().map(|m| m.file_type());
+    let is_device = target_kind.is_some_and(|t| t.is_block_device());
     match &volume.content {
+        VolumeContent::Raw(data) if is_device => {
+            restore_device(repo, &manifest, data, target, options, progress).await
+        }
+        VolumeContent::Raw(_) if target_kind.is_some_and(|t| t.is_dir()) => {
+            Err(RepoError::Invalid(format!(
+                "volume {} of point {point} is a raw image (a block volume); {} is a directory: restore it into a block device or a file",
+                volume.name,
+                target.display()
+            )))
+        }
+        VolumeContent::Tree(_) if is_device => Err(RepoError::Invalid(format!(
+            "volume {} of point {point} is a filesystem tree; {} is a block device: restore it into a directory (a claim with volumeMode Filesystem)",
+            volume.name,
+            target.display()
+        ))),
         VolumeContent::Raw(data) => {
             let partial = PathBuf::from(format!("{}.partial", target.display()));
             // A fresh file: never one planted at the name, never through a symlink.
@@ -103,6 +120,81 @@ pub async fn restore(
             restore_tree(repo, &manifest, nodes, target, options, progress).await
         }
     }
+}
+
+/// A raw image into the block device `target` (a block claim): written in place, as a device
+/// cannot be renamed into. Every block is compared first, so that only those that differ are
+/// fetched and written, and a range the image leaves unallocated is zeroed where the device
+/// does not already read zeros: the device ends up holding the image whatever it held before
+/// (a fresh claim, or the original a failback returns to). The device must be at least as large
+/// as the image; what lies beyond it is left as it is.
+async fn restore_device(
+    repo: &Repository,
+    manifest: &Manifest,
+    data: &FileData,
+    target: &Path,
+    options: &RestoreOptions,
+    progress: Option<ProgressFn>,
+) -> Result<RestoreStats, RepoError> {
+    use std::io::Seek;
+    // A name that leads to the device (a kubelet's publish link, /dev/disk/by-id) is resolved
+    // once; what is opened is then checked to be a block device.
+    let real = target
+        .canonicalize()
+        .map_err(|e| RepoError::io(target, e))?;
+    let mut device = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&real)
+        .map_err(|e| RepoError::io(target, e))?;
+    // What was opened, not what the name pointed at before.
+    let st = rustix::fs::fstat(&device).map_err(|e| RepoError::io(target, e.into()))?;
+    if rustix::fs::FileType::from_raw_mode(st.st_mode) != rustix::fs::FileType::BlockDevice {
+        return Err(RepoError::Invalid(format!(
+            "{} is no longer a block device",
+            target.display()
+        )));
+    }
+    let size = device
+        .seek(std::io::SeekFrom::End(0))
+        .map_err(|e| RepoError::io(target, e))?;
+    if size < data.size {
+        return Err(RepoError::Invalid(format!(
+            "block device {} holds {size} bytes; the image of point {} needs {}: the claim must be at least as large as the source",
+            target.display(),
+            manifest.id,
+            data.size
+        )));
+    }
+    let compared = {
+        let (device, data, keys) = (
+            device.try_clone().map_err(|e| RepoError::io(target, e))?,
+            data.clone(),
+            repo.keys.clone(),
+        );
+        tokio::task::spawn_blocking(move || in_place::unchanged(&device, &data, &keys))
+            .await
+            .map_err(|e| RepoError::Invalid(format!("device comparison panicked: {e}")))?
+            .map_err(|e| RepoError::io(target, e))?
+    };
+    let mut stats = restore_data(
+        repo,
+        manifest,
+        vec![(
+            target.to_path_buf(),
+            Restored::Open(device.try_clone().map_err(|e| RepoError::io(target, e))?),
+        )],
+        vec![data.clone()],
+        &[Some(compared.kept)],
+        progress,
+    )
+    .await?;
+    stats.bytes_written += compared.zeroed;
+    if options.sync {
+        device.sync_all().map_err(|e| RepoError::io(target, e))?;
+    }
+    Ok(stats)
 }
 
 /// A tree volume into the directory `target`: entries, then data, then attributes, the

@@ -365,9 +365,30 @@ fn reuse_key(n: &Node) -> String {
 
 fn raw_size(path: &Path) -> Result<u64, RepoError> {
     use std::io::Seek;
-    let mut f = std::fs::File::open(path).map_err(|e| RepoError::io(path, e))?;
-    f.seek(std::io::SeekFrom::End(0))
+    open_raw(path)?
+        .seek(std::io::SeekFrom::End(0))
         .map_err(|e| RepoError::io(path, e))
+}
+
+/// Opens a raw image: a regular file or a block device, never a pipe or a character device,
+/// whose open or reads could block or never end.
+fn open_raw(path: &Path) -> Result<std::fs::File, RepoError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| RepoError::io(path, e))?;
+    let st = rustix::fs::fstat(&file).map_err(|e| RepoError::io(path, e.into()))?;
+    match rustix::fs::FileType::from_raw_mode(st.st_mode) {
+        rustix::fs::FileType::RegularFile | rustix::fs::FileType::BlockDevice => Ok(file),
+        other => Err(RepoError::Io {
+            path: path.display().to_string(),
+            message: format!(
+                "a raw image must be a regular file or a block device, not a {other:?}"
+            ),
+        }),
+    }
 }
 
 struct PipelineResult {
@@ -524,9 +545,7 @@ fn open_work(w: &Work) -> Result<Option<std::fs::File>, RepoError> {
     match &w.at {
         Some(t) => confined::open_known_file(&t.root, &t.rel, OFlags::RDONLY, (t.dev, t.ino))
             .map_err(|e| RepoError::io(&w.path, e)),
-        None => std::fs::File::open(&w.path)
-            .map(Some)
-            .map_err(|e| RepoError::io(&w.path, e)),
+        None => open_raw(&w.path).map(Some),
     }
 }
 

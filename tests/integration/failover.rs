@@ -1019,10 +1019,7 @@ async fn the_operator_killed_after_every_step_resumes_the_failover() {
 #[tokio::test]
 async fn a_deployment_fails_over_onto_restored_claims_and_rolls_back() {
     let (rig, _dir, running, _volumes) = setup(|d| live_vault(d, json!({}))).await;
-    let agents: Vec<_> = ["node-a1", "node-a2", "node-b1"]
-        .iter()
-        .map(|n| start_agent(&rig, n, 10))
-        .collect();
+    let agents = crate::replication::start_agents(&rig, &["node-a1", "node-a2", "node-b1"]);
     let mount = rig.deployment("apps", "web", "web-data", "node-a1").await;
     std::fs::create_dir_all(mount.join("html")).unwrap();
     std::fs::write(mount.join("html/index.html"), "<h1>zone a</h1>\n").unwrap();
@@ -1176,10 +1173,7 @@ pub(crate) fn noise(seed: u64, len: usize) -> Vec<u8> {
 #[tokio::test]
 async fn reprotect_then_failback_moves_only_the_delta() {
     let (rig, dir, running, volumes) = setup(|d| live_vault(d, json!({}))).await;
-    let agents: Vec<_> = ["node-a1", "node-a2", "node-b1"]
-        .iter()
-        .map(|n| start_agent(&rig, n, 10))
-        .collect();
+    let agents = crate::replication::start_agents(&rig, &["node-a1", "node-a2", "node-b1"]);
     const SIZE: usize = 4 << 20;
     for (i, dir) in volumes.values().enumerate() {
         std::fs::write(dir.join("blob.bin"), noise(i as u64 + 7, SIZE)).unwrap();
@@ -1358,10 +1352,7 @@ async fn reprotect_then_failback_moves_only_the_delta() {
 async fn a_restore_report_from_a_node_without_the_writer_pods_is_ignored() {
     let (rig, _dir, running, volumes) = setup(|d| live_vault(d, json!({}))).await;
     // No agent in the target zone yet: only a forged report could finish the restore.
-    let _agents: Vec<_> = ["node-a1", "node-a2"]
-        .iter()
-        .map(|n| start_agent(&rig, n, 10))
-        .collect();
+    let _agents = crate::replication::start_agents(&rig, &["node-a1", "node-a2"]);
     write_version(&volumes, 1);
     let workloads = protect(&rig).await;
     first_point(&workloads).await;

@@ -267,7 +267,7 @@ fn cut_between_writes(
 async fn app_consistent_points_freeze_every_nodes_filesystems_while_the_snapshots_are_cut() {
     use crate::replication::{
         csi_vault, events, replicated_point, request_point, restored_tree, setup, shut_down,
-        start_agent, write_version,
+        write_version,
     };
     use kube::api::{Api, PostParams};
     use site_recovery::api::ReplicatedWorkload;
@@ -308,10 +308,7 @@ async fn app_consistent_points_freeze_every_nodes_filesystems_while_the_snapshot
         held.recv_timeout(Duration::from_millis(300)).is_err(),
         "frozen"
     );
-    let agents: Vec<_> = ["node-a1", "node-a2", "node-b1"]
-        .iter()
-        .map(|n| start_agent(&rig, n, 10))
-        .collect();
+    let agents = crate::replication::start_agents(&rig, &["node-a1", "node-a2", "node-b1"]);
     arrives(&held, Duration::from_secs(10))
         .await
         .expect("the agent thawed at its start what its earlier run left frozen");

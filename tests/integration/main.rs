@@ -5,6 +5,7 @@ mod rig;
 
 mod alerts;
 mod binary;
+mod block;
 mod chart;
 mod costs;
 mod failover;

@@ -70,6 +70,11 @@ pub(crate) fn start_agent(rig: &Rig, node: &str, lease_seconds: i32) -> Agent {
     start_agent_with(rig, node, lease_seconds, rig.storage_rules())
 }
 
+/// An agent on each of `nodes`, renewing every 10 s.
+pub(crate) fn start_agents(rig: &Rig, nodes: &[&str]) -> Vec<Agent> {
+    nodes.iter().map(|n| start_agent(rig, n, 10)).collect()
+}
+
 /// An agent whose vaults may use the storage under `rules` (another cluster's, shared).
 pub(crate) fn start_agent_with(
     rig: &Rig,
@@ -361,10 +366,7 @@ async fn points_span_two_nodes_and_every_point_restores_from_the_target() {
         .await
         .unwrap();
     let volumes = database(&rig).await;
-    let agents: Vec<Agent> = ["node-a1", "node-a2", "node-b1"]
-        .iter()
-        .map(|n| start_agent(&rig, n, 10))
-        .collect();
+    let agents = start_agents(&rig, &["node-a1", "node-a2", "node-b1"]);
     let mut written = vec![write_version(&volumes, 1)];
     let workloads = protect(&rig).await;
 
@@ -461,14 +463,22 @@ async fn points_span_two_nodes_and_every_point_restores_from_the_target() {
 pub(crate) async fn setup(
     vault: impl FnOnce(&Path) -> RecoveryVault,
 ) -> (Rig, tempfile::TempDir, Running, BTreeMap<String, PathBuf>) {
+    let (rig, dir, running) = with_vault(vault).await;
+    let volumes = database(&rig).await;
+    (rig, dir, running, volumes)
+}
+
+/// A cluster with the operator running and the vault `vault(dir)` created.
+pub(crate) async fn with_vault(
+    vault: impl FnOnce(&Path) -> RecoveryVault,
+) -> (Rig, tempfile::TempDir, Running) {
     let (rig, dir) = cluster().await;
     let running = start_operator(&rig, false).await;
     Api::<RecoveryVault>::namespaced(rig.client(), "apps")
         .create(&PostParams::default(), &vault(dir.path()))
         .await
         .unwrap();
-    let volumes = database(&rig).await;
-    (rig, dir, running, volumes)
+    (rig, dir, running)
 }
 
 /// Ends a test: once no point is in flight, no temporary object (VolumeSnapshot, claim, reader
@@ -630,10 +640,7 @@ fn break_data(location: &Path) -> impl FnOnce() {
 #[tokio::test]
 async fn storage_errors_at_cache_and_target_are_reported_and_recovered() {
     let (rig, dir, running, volumes) = setup(|d| live_vault(d, json!({}))).await;
-    let agents: Vec<Agent> = ["node-a1", "node-a2"]
-        .iter()
-        .map(|n| start_agent(&rig, n, 10))
-        .collect();
+    let agents = start_agents(&rig, &["node-a1", "node-a2"]);
     write_version(&volumes, 1);
     let workloads = protect(&rig).await;
     first_point(&workloads)
@@ -706,10 +713,7 @@ async fn storage_errors_at_cache_and_target_are_reported_and_recovered() {
 async fn rpo_stays_within_45s_at_a_30s_frequency_and_retention_prunes_both_locations() {
     let policy = json!({"crashConsistentFrequency": "30s", "recoveryPointRetention": "1m"});
     let (rig, dir, running, volumes) = setup(|d| live_vault(d, policy)).await;
-    let agents: Vec<Agent> = ["node-a1", "node-a2"]
-        .iter()
-        .map(|n| start_agent(&rig, n, 10))
-        .collect();
+    let agents = start_agents(&rig, &["node-a1", "node-a2"]);
     write_version(&volumes, 1);
     let workloads = protect(&rig).await;
     let first = first_point(&workloads)
@@ -805,10 +809,7 @@ pub(crate) async fn temporaries(rig: &Rig) -> Vec<String> {
 #[tokio::test]
 async fn csi_points_are_read_from_snapshots_through_reader_pods_that_are_removed_after() {
     let (rig, dir, running, volumes) = setup(csi_vault).await;
-    let agents: Vec<Agent> = ["node-a1", "node-a2", "node-b1"]
-        .iter()
-        .map(|n| start_agent(&rig, n, 10))
-        .collect();
+    let agents = start_agents(&rig, &["node-a1", "node-a2", "node-b1"]);
     let (driver, log) = crate::rig::csi::run_driver(
         &rig,
         "apps",
@@ -930,10 +931,7 @@ async fn set_hooks(workloads: &Api<ReplicatedWorkload>, hooks: serde_json::Value
 #[tokio::test]
 async fn hooks_wrap_the_snapshot_and_a_failing_hook_is_never_called_app_consistent() {
     let (rig, dir, running, volumes) = setup(csi_vault).await;
-    let agents: Vec<Agent> = ["node-a1", "node-a2"]
-        .iter()
-        .map(|n| start_agent(&rig, n, 10))
-        .collect();
+    let agents = start_agents(&rig, &["node-a1", "node-a2"]);
     let (_driver, _log) = crate::rig::csi::run_driver(
         &rig,
         "apps",
@@ -1340,10 +1338,7 @@ async fn hook_output_is_cut_at_its_limit_and_the_exec_closed() {
 #[tokio::test]
 async fn a_snapshot_whose_restore_size_is_not_a_quantity_fails_the_point_without_a_panic() {
     let (rig, dir, running, volumes) = setup(csi_vault).await;
-    let agents: Vec<Agent> = ["node-a1", "node-a2", "node-b1"]
-        .iter()
-        .map(|n| start_agent(&rig, n, 10))
-        .collect();
+    let agents = start_agents(&rig, &["node-a1", "node-a2", "node-b1"]);
     write_version(&volumes, 1);
     let workloads = protect(&rig).await;
     // The test plays a snapshot controller that reports nonsense: ready, with restoreSize true

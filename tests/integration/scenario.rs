@@ -12,8 +12,7 @@ use site_recovery::api::{Failover, ReplicatedWorkload};
 
 use crate::operator::Running;
 use crate::replication::{
-    Agent, Content, first_point, live_vault, parts_left, protect, setup, start_agent, temporaries,
-    write_version,
+    Agent, Content, first_point, live_vault, parts_left, protect, setup, temporaries, write_version,
 };
 use crate::rig::{Rig, eventually};
 
@@ -38,10 +37,7 @@ pub(crate) struct Protected {
 
 pub(crate) async fn protected() -> Protected {
     let (rig, dir, running, volumes) = setup(|d| live_vault(d, json!({}))).await;
-    let agents = ["node-a1", "node-a2", "node-b1"]
-        .iter()
-        .map(|n| start_agent(&rig, n, 10))
-        .collect();
+    let agents = crate::replication::start_agents(&rig, &["node-a1", "node-a2", "node-b1"]);
     let content = write_version(&volumes, 1);
     let workloads = protect(&rig).await;
     let first = first_point(&workloads)

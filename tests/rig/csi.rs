@@ -97,10 +97,21 @@ pub fn run_driver(
                     .as_str()
                     .unwrap()
                     .to_string();
-                let Some(dir) = mount_of(&claim) else {
-                    continue;
-                };
-                copy_tree(&dir, &store.join(s.name_any()));
+                let source = claims.get_opt(&claim).await.unwrap();
+                let block_source = source
+                    .as_ref()
+                    .and_then(|c| c.spec.as_ref()?.volume_name.clone())
+                    .and_then(|pv| super::block::device_of(&rig.kubelet, &pv));
+                if let Some(device) = block_source {
+                    // A block volume's snapshot: an image of the device as it is now.
+                    std::fs::create_dir_all(&store).unwrap();
+                    super::block::copy_out(&device, &store.join(format!("{}.img", s.name_any())));
+                } else {
+                    let Some(dir) = mount_of(&claim) else {
+                        continue;
+                    };
+                    copy_tree(&dir, &store.join(s.name_any()));
+                }
                 snaps
                     .patch_status(
                         &s.name_any(),
@@ -141,10 +152,17 @@ pub fn run_driver(
                     continue;
                 }
                 let pv = format!("pv-{ns}-{}", c.name_any());
+                let mode = spec.volume_mode.clone().unwrap_or("Filesystem".into());
+                if mode == "Block" {
+                    let image = store.join(format!("{}.img", source.name));
+                    let size = std::fs::metadata(&image).unwrap().len();
+                    let device = super::block::device(&rig.kubelet, &pv, size);
+                    super::block::copy_in(&image, &device);
+                }
                 rig.create_or_keep(json!({
                     "apiVersion": "v1", "kind": "PersistentVolume",
                     "metadata": {"name": pv, "annotations": {"rig/snapshot": source.name}},
-                    "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteOnce"],
+                    "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteOnce"], "volumeMode": mode,
                         "csi": {"driver": "rig.csi.example.com", "volumeHandle": pv},
                         "claimRef": {"namespace": ns, "name": c.name_any()}},
                 }))
@@ -206,7 +224,10 @@ pub fn run_driver(
                     .unwrap();
                 let pv = format!("pv-{ns}-{claim}");
                 let uid = p.metadata.uid.clone().unwrap();
-                copy_tree(&store.join(&snapshot), &rig.volume_dir(&uid, &pv));
+                match super::block::device_of(&rig.kubelet, &pv) {
+                    Some(device) => super::block::publish(&rig.kubelet, &uid, &pv, &device),
+                    None => copy_tree(&store.join(&snapshot), &rig.volume_dir(&uid, &pv)),
+                }
                 rig.bind_pod(&ns, &name, node).await;
                 rig.mark_ready(&ns, &name).await;
                 scheduled.insert(name.clone());

@@ -22,6 +22,16 @@ pub fn disk(cluster: &Cluster, pv: &str) -> PathBuf {
     cluster.kubelet.join("disks").join(pv)
 }
 
+/// The loop device of the block volume bound to `claim`.
+pub async fn claim_device(cluster: &Cluster, ns: &str, claim: &str) -> PathBuf {
+    let c: PersistentVolumeClaim = Api::namespaced(cluster.client(), ns)
+        .get(claim)
+        .await
+        .unwrap();
+    let pv = c.spec.unwrap().volume_name.unwrap();
+    super::block::device_of(&cluster.kubelet, &pv).expect("a block volume")
+}
+
 /// The data of the volume bound to `claim`.
 pub async fn claim_disk(cluster: &Cluster, ns: &str, claim: &str) -> PathBuf {
     let c: PersistentVolumeClaim = Api::namespaced(cluster.client(), ns)
@@ -81,10 +91,23 @@ async fn pass(
         // A new claim gets a new, empty volume, also when it reuses a name.
         let uid = c.metadata.uid.clone().unwrap();
         let pv = format!("pv-{ns}-{name}-{}", &uid[uid.len() - 6..]);
-        std::fs::create_dir_all(disk(rig, &pv)).unwrap();
+        let spec = c.spec.clone().unwrap_or_default();
+        let mode = spec.volume_mode.clone().unwrap_or("Filesystem".into());
+        if mode == "Block" {
+            let size = spec
+                .resources
+                .as_ref()
+                .and_then(|r| r.requests.as_ref())
+                .and_then(|r| r.get("storage"))
+                .map(|q| super::block::bytes(&q.0))
+                .unwrap_or(64 << 20);
+            super::block::device(&rig.kubelet, &pv, size);
+        } else {
+            std::fs::create_dir_all(disk(rig, &pv)).unwrap();
+        }
         rig.try_create_or_keep(json!({
             "apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": pv},
-            "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteOnce"],
+            "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteOnce"], "volumeMode": mode,
                 "csi": {"driver": "rig.csi.example.com", "volumeHandle": pv},
                 "claimRef": {"namespace": ns, "name": name, "uid": uid}},
         }))
@@ -286,6 +309,10 @@ async fn pass(
                             {"key": "kubernetes.io/hostname", "operator": "In", "values": [node]}]}]}}}})),
                     )
                     .await?;
+            }
+            if let Some(device) = super::block::device_of(&rig.kubelet, &pv) {
+                super::block::publish(&rig.kubelet, &uid, &pv, &device);
+                continue;
             }
             let dir = rig.volume_dir(&uid, &pv);
             std::fs::create_dir_all(dir.parent().unwrap()).unwrap();

@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod authz;
+pub mod block;
 pub mod chart;
 pub mod csi;
 pub mod exec;
@@ -62,6 +63,7 @@ impl Drop for Rig {
     /// same request would fail, whatever the test asserted.
     fn drop(&mut self) {
         self.server.abort();
+        block::detach_all(self.kubelet_root.path());
         let auth = &self.state.0.lock().unwrap().auth;
         if auth.denials_expected || auth.denied.is_empty() {
             return;
@@ -485,6 +487,30 @@ impl Cluster {
         claims: &[&str],
         nodes: &[&str],
     ) -> Vec<Value> {
+        self.statefulset_with(ns, name, claims, nodes, None).await
+    }
+
+    /// [`Self::statefulset`], with block claims of `block` bytes each when given: every claim
+    /// is a loop device the pods attach (`volumeDevices`) instead of a mounted directory.
+    pub async fn statefulset_with(
+        &self,
+        ns: &str,
+        name: &str,
+        claims: &[&str],
+        nodes: &[&str],
+        block: Option<u64>,
+    ) -> Vec<Value> {
+        let (mode, size) = match block {
+            Some(b) => ("Block", format!("{}Mi", b >> 20)),
+            None => ("Filesystem", "1Gi".to_string()),
+        };
+        let mut container = json!({"name": "main", "image": "busybox"});
+        if block.is_some() {
+            container["volumeDevices"] = claims
+                .iter()
+                .map(|c| json!({"name": c, "devicePath": format!("/dev/{c}")}))
+                .collect();
+        }
         let sts = self
             .create(json!({
                 "apiVersion": "apps/v1", "kind": "StatefulSet",
@@ -492,8 +518,8 @@ impl Cluster {
                 "spec": {
                     "replicas": nodes.len(), "serviceName": name,
                     "selector": {"matchLabels": {"app": name}},
-                    "template": {"metadata": {"labels": {"app": name}}, "spec": {"containers": [{"name": "main", "image": "busybox"}]}},
-                    "volumeClaimTemplates": claims.iter().map(|c| json!({"metadata": {"name": c}, "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}})).collect::<Vec<_>>(),
+                    "template": {"metadata": {"labels": {"app": name}}, "spec": {"containers": [container]}},
+                    "volumeClaimTemplates": claims.iter().map(|c| json!({"metadata": {"name": c}, "spec": {"accessModes": ["ReadWriteOnce"], "volumeMode": mode, "resources": {"requests": {"storage": size}}}})).collect::<Vec<_>>(),
                 },
             }))
             .await;
@@ -504,7 +530,8 @@ impl Cluster {
             let mut volumes = Vec::new();
             for claim in claims {
                 let claim_name = format!("{claim}-{pod_name}");
-                self.local_claim(ns, &claim_name, name, node).await;
+                self.local_claim_with(ns, &claim_name, name, node, block)
+                    .await;
                 volumes.push(
                     json!({"name": claim, "persistentVolumeClaim": {"claimName": claim_name}}),
                 );
@@ -521,7 +548,13 @@ impl Cluster {
             let pod_uid = pod["metadata"]["uid"].as_str().unwrap().to_string();
             for claim in claims {
                 let pv = format!("pv-{ns}-{claim}-{pod_name}");
-                std::fs::create_dir_all(self.volume_dir(&pod_uid, &pv)).unwrap();
+                match block {
+                    Some(size) => {
+                        let device = block::device(&self.kubelet, &pv, size);
+                        block::publish(&self.kubelet, &pod_uid, &pv, &device);
+                    }
+                    None => std::fs::create_dir_all(self.volume_dir(&pod_uid, &pv)).unwrap(),
+                }
             }
             self.mark_ready(ns, &pod_name).await;
             pods.push(pod);
@@ -532,11 +565,27 @@ impl Cluster {
     /// Plays the provisioner and binder: claim `claim` (labelled `app: <app>`) bound to a new
     /// node-local volume on `node`; returns the volume's name.
     async fn local_claim(&self, ns: &str, claim: &str, app: &str, node: &str) -> String {
+        self.local_claim_with(ns, claim, app, node, None).await
+    }
+
+    /// [`Self::local_claim`]; a block claim (and volume) of `block` bytes when given.
+    async fn local_claim_with(
+        &self,
+        ns: &str,
+        claim: &str,
+        app: &str,
+        node: &str,
+        block: Option<u64>,
+    ) -> String {
         let pv = format!("pv-{ns}-{claim}");
+        let (mode, size) = match block {
+            Some(b) => ("Block", format!("{}Mi", b >> 20)),
+            None => ("Filesystem", "1Gi".to_string()),
+        };
         self.create(json!({
             "apiVersion": "v1", "kind": "PersistentVolume",
             "metadata": {"name": pv},
-            "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteOnce"],
+            "spec": {"capacity": {"storage": size}, "accessModes": ["ReadWriteOnce"], "volumeMode": mode,
                 "csi": {"driver": "rig.csi.example.com", "volumeHandle": pv},
                 "claimRef": {"namespace": ns, "name": claim},
                 // A node-local disk: any pod that mounts it runs on this node.
@@ -547,7 +596,7 @@ impl Cluster {
         self.create(json!({
             "apiVersion": "v1", "kind": "PersistentVolumeClaim",
             "metadata": {"name": claim, "namespace": ns, "labels": {"app": app}},
-            "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}, "volumeName": pv},
+            "spec": {"accessModes": ["ReadWriteOnce"], "volumeMode": mode, "resources": {"requests": {"storage": size}}, "volumeName": pv},
         }))
         .await;
         self.patch_status(

@@ -14,7 +14,7 @@ use crate::api::failover::{FailoverMode, ResolvedPoint, VolumeRestore};
 use crate::api::work::{FAILOVER_LABEL, FAILOVER_UID_LABEL, HOLD_LABEL, holder_name, writer_name};
 use crate::api::workload::WorkloadKind;
 use crate::controllers::objects::{Kind, Manifest};
-use crate::controllers::{claim_pod, zone_affinity};
+use crate::controllers::{ClaimVolume, claim_pod, zone_affinity};
 
 /// The labels of everything this Failover makes.
 pub fn labels(f: &Failover) -> BTreeMap<String, String> {
@@ -164,6 +164,8 @@ pub fn restore_plan(point: &ResolvedPoint, place: &Place) -> Vec<VolumeRestore> 
 pub struct ClaimShape {
     pub size: String,
     pub class: Option<String>,
+    /// `volumeMode: Block`: restored as a raw device, through a writer pod's `volumeDevices`.
+    pub block: bool,
 }
 
 pub fn claim(f: &Failover, namespace: &str, name: &str, shape: &ClaimShape) -> Manifest {
@@ -175,6 +177,7 @@ pub fn claim(f: &Failover, namespace: &str, name: &str, shape: &ClaimShape) -> M
             "apiVersion": "v1", "kind": "PersistentVolumeClaim",
             "metadata": {"name": name, "namespace": namespace, "labels": labels(f)},
             "spec": {"accessModes": ["ReadWriteOnce"], "storageClassName": shape.class,
+                "volumeMode": if shape.block { "Block" } else { "Filesystem" },
                 "resources": {"requests": {"storage": shape.size}}},
         }),
     )
@@ -186,10 +189,16 @@ pub fn writer_pod(
     image: &str,
     namespace: &str,
     i: usize,
-    claim: &str,
+    (claim, block): (&str, bool),
     zone: Option<&str>,
 ) -> Manifest {
     let name = writer_name(&f.name_any(), i);
+    let volume = ClaimVolume {
+        name: "target",
+        claim,
+        read_only: false,
+        block,
+    };
     Manifest::new(
         Kind::Pod,
         Some(namespace),
@@ -198,9 +207,7 @@ pub fn writer_pod(
             image,
             json!({"name": name, "namespace": namespace, "labels": labels(f)}),
             "writer",
-            "target",
-            claim,
-            false,
+            volume,
             zone,
         ),
     )
@@ -208,7 +215,13 @@ pub fn writer_pod(
 
 /// Planned mode: the pod that holds source claim number `i` mounted read-only so that the
 /// agents can read the stopped workload's final point.
-pub fn holder_pod(f: &Failover, image: &str, workload: &str, i: usize, claim: &str) -> Manifest {
+pub fn holder_pod(
+    f: &Failover,
+    image: &str,
+    workload: &str,
+    i: usize,
+    (claim, block): (&str, bool),
+) -> Manifest {
     let namespace = f.namespace().unwrap_or_default();
     let name = holder_name(&f.name_any(), i);
     let mut labels = labels(f);
@@ -221,9 +234,12 @@ pub fn holder_pod(f: &Failover, image: &str, workload: &str, i: usize, claim: &s
             image,
             json!({"name": name, "namespace": namespace, "labels": labels}),
             "hold",
-            "source",
-            claim,
-            true,
+            ClaimVolume {
+                name: "source",
+                claim,
+                read_only: true,
+                block,
+            },
             None,
         ),
     )
@@ -535,6 +551,37 @@ mod tests {
             consistency: "CrashConsistent".into(),
             volumes: volumes.iter().map(|v| v.to_string()).collect(),
         }
+    }
+
+    #[test]
+    fn a_block_claim_is_restored_as_a_block_claim_attached_as_a_device() {
+        let f = failover("Unplanned");
+        let shape = ClaimShape {
+            size: "64Mi".into(),
+            class: None,
+            block: true,
+        };
+        let c = claim(&f, "apps", "data-db-failover-0", &shape);
+        assert_eq!(c.body["spec"]["volumeMode"], "Block");
+        let w = writer_pod(&f, "img", "apps", 0, ("data-db-failover-0", true), None);
+        let container = &w.body["spec"]["containers"][0];
+        assert_eq!(
+            container["volumeDevices"],
+            json!([{"name": "target", "devicePath": "/dev/target"}])
+        );
+        assert!(container["volumeMounts"].is_null(), "{container}");
+        let fs = writer_pod(&f, "img", "apps", 0, ("data-db-failover-0", false), None);
+        assert!(fs.body["spec"]["containers"][0]["volumeDevices"].is_null());
+        let filesystem = claim(
+            &f,
+            "apps",
+            "x",
+            &ClaimShape {
+                block: false,
+                ..shape
+            },
+        );
+        assert_eq!(filesystem.body["spec"]["volumeMode"], "Filesystem");
     }
 
     #[test]

@@ -16,7 +16,7 @@ use crate::api::ReplicatedWorkload;
 use crate::api::work::{CLAIM_LABEL, POINT_LABEL, WORKLOAD_LABEL, point_label, temporary_name};
 use crate::api::workload::{PointInProgress, VolumeStatus};
 use crate::controllers::objects::{claim_size, create_owned_if_absent};
-use crate::controllers::{Context, Error, claim_pod, delete_if_present};
+use crate::controllers::{ClaimVolume, Context, Error, claim_pod, delete_if_present};
 
 /// How long a snapshot may take to become ready before its point is given up.
 pub const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(300);
@@ -314,6 +314,7 @@ async fn expose_one(
             "spec": {
                 "accessModes": ["ReadWriteOnce"],
                 "storageClassName": source_spec.storage_class_name,
+                "volumeMode": source_spec.volume_mode.clone(),
                 "resources": {"requests": {"storage": size}},
                 "dataSource": {"apiGroup": "snapshot.storage.k8s.io", "kind": "VolumeSnapshot", "name": name},
             },
@@ -326,9 +327,12 @@ async fn expose_one(
             &ctx.reader_image,
             metadata(rw, &point.id, claim, &name),
             "reader",
-            "snapshot",
-            &name,
-            true,
+            ClaimVolume {
+                name: "snapshot",
+                claim: &name,
+                read_only: true,
+                block: source_spec.volume_mode.as_deref() == Some("Block"),
+            },
             zone,
         ),
     );

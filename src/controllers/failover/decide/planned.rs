@@ -200,12 +200,13 @@ fn hold(
             Some(Some(false)) => unmounted += 1,
             _ => {
                 unmounted += 1;
+                let block = world.claim_shapes.get(claim).is_some_and(|s| s.block);
                 d.actions.push(Action::Create(manifests::holder_pod(
                     i.failover,
                     i.image,
                     &rw.name_any(),
                     n,
-                    claim,
+                    (claim, block),
                 )));
             }
         }

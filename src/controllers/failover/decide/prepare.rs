@@ -137,6 +137,7 @@ pub(super) fn prepare(
                 .unwrap_or(manifests::ClaimShape {
                     size: "1Gi".into(),
                     class: None,
+                    block: false,
                 });
         shape.class = world.zone_class.clone().or(shape.class);
         if !v.in_place {
@@ -152,7 +153,7 @@ pub(super) fn prepare(
             i.image,
             &place.namespace,
             n,
-            &v.target_claim,
+            (&v.target_claim, shape.block),
             i.target_zone,
         )));
     }

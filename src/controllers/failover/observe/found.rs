@@ -192,6 +192,7 @@ pub async fn observe(
                             class: spec
                                 .and_then(|s| s["storageClassName"].as_str())
                                 .map(String::from),
+                            block: spec.and_then(|s| s["volumeMode"].as_str()) == Some("Block"),
                         },
                     );
                 }

@@ -81,6 +81,10 @@ pub async fn observe_world(
                     })
                 })
                 .collect();
+            // A holder to create mounts its claim as the claim asks (a block claim as a device).
+            if let Some(point) = point.filter(|_| world.holders.contains(&None)) {
+                world.claim_shapes = claim_shapes(ctx, &namespace, &point.volumes).await?;
+            }
         }
         Phase::Preparing => {
             let place = match failback_of(ctx, f, &namespace, &place).await? {
@@ -271,6 +275,7 @@ async fn claim_shapes(
             claim.clone(),
             ClaimShape {
                 size: claim_size(spec.as_ref()),
+                block: spec.as_ref().and_then(|s| s.volume_mode.as_deref()) == Some("Block"),
                 class: spec.and_then(|s| s.storage_class_name),
             },
         );
