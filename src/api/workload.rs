@@ -64,7 +64,7 @@ pub enum OnFenced {
     Keep,
 }
 
-/// A StatefulSet or Deployment in this namespace.
+/// A StatefulSet, Deployment or KubeVirt VirtualMachine (`kubevirt.io/v1`) in this namespace.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct WorkloadRef {
@@ -77,6 +77,9 @@ pub struct WorkloadRef {
 pub enum WorkloadKind {
     StatefulSet,
     Deployment,
+    /// A KubeVirt VirtualMachine: its disks (claims and DataVolumes) form the consistency group;
+    /// it runs as one virt-launcher pod.
+    VirtualMachine,
 }
 
 impl WorkloadKind {
@@ -84,6 +87,24 @@ impl WorkloadKind {
         match self {
             WorkloadKind::StatefulSet => "StatefulSet",
             WorkloadKind::Deployment => "Deployment",
+            WorkloadKind::VirtualMachine => "VirtualMachine",
+        }
+    }
+
+    pub fn parse(kind: &str) -> Option<Self> {
+        match kind {
+            "StatefulSet" => Some(WorkloadKind::StatefulSet),
+            "Deployment" => Some(WorkloadKind::Deployment),
+            "VirtualMachine" => Some(WorkloadKind::VirtualMachine),
+            _ => None,
+        }
+    }
+
+    /// The apiVersion of objects of this kind.
+    pub fn api_version(self) -> &'static str {
+        match self {
+            WorkloadKind::StatefulSet | WorkloadKind::Deployment => "apps/v1",
+            WorkloadKind::VirtualMachine => "kubevirt.io/v1",
         }
     }
 }

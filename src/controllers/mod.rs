@@ -10,6 +10,7 @@ pub mod error;
 pub mod failover;
 pub mod jobs;
 pub mod objects;
+pub mod shape;
 pub mod store;
 pub mod triggers;
 pub mod vault;

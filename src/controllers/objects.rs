@@ -29,6 +29,7 @@ pub enum Kind {
     ResourceQuota,
     StatefulSet,
     Deployment,
+    VirtualMachine,
     ConfigMap,
     Secret,
     ServiceAccount,
@@ -39,6 +40,17 @@ impl Kind {
         match kind {
             WorkloadKind::StatefulSet => Kind::StatefulSet,
             WorkloadKind::Deployment => Kind::Deployment,
+            WorkloadKind::VirtualMachine => Kind::VirtualMachine,
+        }
+    }
+
+    /// The workload kind this kind of object is, if it is one.
+    pub fn as_workload(self) -> Option<WorkloadKind> {
+        match self {
+            Kind::StatefulSet => Some(WorkloadKind::StatefulSet),
+            Kind::Deployment => Some(WorkloadKind::Deployment),
+            Kind::VirtualMachine => Some(WorkloadKind::VirtualMachine),
+            _ => None,
         }
     }
 
@@ -55,6 +67,7 @@ impl Kind {
             Kind::ResourceQuota => "ResourceQuota",
             Kind::StatefulSet => "StatefulSet",
             Kind::Deployment => "Deployment",
+            Kind::VirtualMachine => "VirtualMachine",
             Kind::ConfigMap => "ConfigMap",
             Kind::Secret => "Secret",
             Kind::ServiceAccount => "ServiceAccount",
@@ -73,6 +86,10 @@ impl Kind {
             Kind::ResourceQuota => ApiResource::erase::<ResourceQuota>(&()),
             Kind::StatefulSet => ApiResource::erase::<StatefulSet>(&()),
             Kind::Deployment => ApiResource::erase::<Deployment>(&()),
+            Kind::VirtualMachine => ApiResource::from_gvk_with_plural(
+                &kube::api::GroupVersionKind::gvk("kubevirt.io", "v1", "VirtualMachine"),
+                "virtualmachines",
+            ),
             Kind::ConfigMap => ApiResource::erase::<ConfigMap>(&()),
             Kind::Secret => ApiResource::erase::<Secret>(&()),
             Kind::ServiceAccount => ApiResource::erase::<ServiceAccount>(&()),

@@ -24,3 +24,4 @@ mod rig_api;
 mod scenario;
 mod source_hold;
 mod transcripts;
+mod virtual_machine;

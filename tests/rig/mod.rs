@@ -11,6 +11,7 @@ pub mod csi;
 pub mod exec;
 pub mod failover;
 pub mod fields;
+pub mod kubevirt;
 pub mod partition;
 pub mod policy;
 pub mod resources;

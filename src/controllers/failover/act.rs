@@ -79,7 +79,7 @@ pub async fn act(ctx: &Context, f: &Failover, actions: &[Action]) -> Result<(), 
                                 REPLICAS_ANNOTATION: note.map(|n| n.to_string()),
                                 HELD_BY_ANNOTATION: held_by,
                             }},
-                            "spec": {"replicas": replicas},
+                            "spec": kind.as_workload().map(|k| crate::controllers::shape::scale(k, *replicas)),
                         })),
                     )
                     .await

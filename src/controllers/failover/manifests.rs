@@ -14,7 +14,7 @@ use crate::api::failover::{FailoverMode, ResolvedPoint, VolumeRestore};
 use crate::api::work::{FAILOVER_LABEL, FAILOVER_UID_LABEL, HOLD_LABEL, holder_name, writer_name};
 use crate::api::workload::WorkloadKind;
 use crate::controllers::objects::{Kind, Manifest};
-use crate::controllers::{ClaimVolume, claim_pod, zone_affinity};
+use crate::controllers::{ClaimVolume, claim_pod, shape, zone_affinity};
 
 /// The labels of everything this Failover makes.
 pub fn labels(f: &Failover) -> BTreeMap<String, String> {
@@ -259,34 +259,23 @@ pub fn copy_of(
 ) -> Manifest {
     let failover = f.name_any();
     let mut spec = source.data["spec"].clone();
-    spec["replicas"] = json!(replicas);
-    spec["selector"]["matchLabels"][FAILOVER_LABEL] = json!(failover);
+    shape::set_replicas(place.kind, &mut spec, replicas);
+    if place.kind != WorkloadKind::VirtualMachine {
+        spec["selector"]["matchLabels"][FAILOVER_LABEL] = json!(failover);
+    }
     spec["template"]["metadata"]["labels"][FAILOVER_LABEL] = json!(failover);
     // Not in the selector: the copy's pods tell the operator whose they are.
     spec["template"]["metadata"]["labels"][FAILOVER_UID_LABEL] = json!(f.uid());
     if let Some(z) = zone {
         spec["template"]["spec"]["affinity"] = zone_affinity(Some(z));
     }
-    if place.kind == WorkloadKind::Deployment
-        && let Some(list) = spec["template"]["spec"]["volumes"].as_array_mut()
-    {
-        // Only claim volumes change; indexing a ConfigMap or emptyDir volume would insert a
-        // `persistentVolumeClaim: {claimName: null}` into it, which an API server refuses.
-        for v in list {
-            let Some(claim) = v
-                .get_mut("persistentVolumeClaim")
-                .and_then(|c| c.get_mut("claimName"))
-            else {
-                continue;
-            };
-            if let Some(r) = volumes
-                .iter()
-                .find(|r| claim.as_str() == Some(&r.source_claim))
-            {
-                *claim = json!(r.target_claim);
-            }
-        }
-    }
+    let renamed = |claim: &str| {
+        volumes
+            .iter()
+            .find(|r| r.source_claim == claim)
+            .map(|r| r.target_claim.clone())
+    };
+    shape::rename_claims(place.kind, &mut spec, &renamed);
     let mut metadata_labels = source.labels().clone();
     metadata_labels.extend(labels(f));
     let copy_of = json!({super::COPY_OF_ANNOTATION: place.source});
@@ -295,7 +284,7 @@ pub fn copy_of(
         Some(&place.namespace),
         &place.copy,
         json!({
-            "apiVersion": "apps/v1", "kind": place.kind.as_str(),
+            "apiVersion": place.kind.api_version(), "kind": place.kind.as_str(),
             "metadata": {"name": place.copy, "namespace": place.namespace, "labels": metadata_labels, "annotations": copy_of},
             "spec": spec,
         }),
@@ -319,7 +308,7 @@ pub fn found_workload(
         body["metadata"]["labels"][&k] = json!(v);
         body["spec"]["template"]["metadata"]["labels"][&k] = json!(v);
     }
-    body["spec"]["replicas"] = json!(replicas);
+    shape::set_replicas(place.kind, &mut body["spec"], replicas);
     if let Some(z) = zone {
         body["spec"]["template"]["spec"]["affinity"] = zone_affinity(Some(z));
     }

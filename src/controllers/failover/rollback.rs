@@ -127,11 +127,8 @@ fn remove_found(f: &Failover, d: &mut Decision) {
         d.actions.extend(delete_made_namespace(f));
         return;
     };
-    let kind = if found.kind == "Deployment" {
-        crate::api::workload::WorkloadKind::Deployment
-    } else {
-        crate::api::workload::WorkloadKind::StatefulSet
-    };
+    let kind = crate::api::workload::WorkloadKind::parse(&found.kind)
+        .unwrap_or(crate::api::workload::WorkloadKind::StatefulSet);
     let place = Place::found(f, kind, &found.name);
     for object in &found.objects {
         let Some((k, name)) = object.split_once('/') else {

@@ -14,7 +14,8 @@ use crate::api::registration::AgentRegistration;
 use crate::api::work::HOLD_LABEL;
 use crate::api::workload::{ReplicatedWorkloadSpec, WorkloadKind};
 use crate::controllers::context::NodeTopology;
-use crate::controllers::{Context, Error};
+use crate::controllers::objects::Kind;
+use crate::controllers::{Context, Error, shape};
 
 /// The vault as far as the workload cares.
 #[derive(Clone, Debug, PartialEq)]
@@ -70,26 +71,39 @@ pub async fn observe(
     let vault = vault_summary(ctx, namespace, &spec.vault_name);
 
     let name = &spec.workload_ref.name;
-    let selector = match spec.workload_ref.kind {
+    let invalid = |e: kube::core::ParseExpressionError| Error::InvalidObject {
+        kind: spec.workload_ref.kind.as_str().into(),
+        name: format!("{namespace}/{name}"),
+        message: format!("spec.selector cannot be used: {e}"),
+    };
+    let selector: Option<Selector> = match spec.workload_ref.kind {
         WorkloadKind::StatefulSet => Api::<StatefulSet>::namespaced(ctx.client.clone(), namespace)
             .get_opt(name)
             .await
             .map_err(Error::Kube)?
-            .and_then(|s| s.spec.map(|s| s.selector)),
+            .and_then(|s| s.spec.map(|s| s.selector))
+            .map(Selector::try_from)
+            .transpose()
+            .map_err(invalid)?,
         WorkloadKind::Deployment => Api::<Deployment>::namespaced(ctx.client.clone(), namespace)
             .get_opt(name)
             .await
             .map_err(Error::Kube)?
-            .and_then(|d| d.spec.map(|s| s.selector)),
+            .and_then(|d| d.spec.map(|s| s.selector))
+            .map(Selector::try_from)
+            .transpose()
+            .map_err(invalid)?,
+        // Its virt-launcher pod, by the label KubeVirt gives it.
+        WorkloadKind::VirtualMachine => Kind::VirtualMachine
+            .api(&ctx.client, Some(namespace))
+            .get_metadata_opt(name)
+            .await
+            .map_err(Error::Kube)?
+            .map(|_| Selector::from_iter([(shape::VM_NAME_LABEL.to_string(), name.to_string())])),
     };
     let workload_found = selector.is_some();
     let mut pods = match selector {
         Some(selector) => {
-            let selector = Selector::try_from(selector).map_err(|e| Error::InvalidObject {
-                kind: spec.workload_ref.kind.as_str().into(),
-                name: format!("{namespace}/{name}"),
-                message: format!("spec.selector cannot be used: {e}"),
-            })?;
             list_pods(ctx, namespace, ListParams::default().labels_from(&selector)).await?
         }
         None => vec![],

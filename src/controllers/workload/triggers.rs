@@ -130,8 +130,8 @@ impl Registrations {
     }
 }
 
-/// The workload a pod belongs to: its StatefulSet's, or its Deployment's (a Deployment's
-/// pods belong to a ReplicaSet named `<deployment>-<hash>`).
+/// The workload a pod belongs to: its StatefulSet's, its Deployment's (a Deployment's pods
+/// belong to a ReplicaSet named `<deployment>-<hash>`), or its VirtualMachine's.
 pub fn of_pod(
     pod: &PartialObjectMeta<Pod>,
     workloads: &[Cached<ReplicatedWorkload>],
@@ -142,6 +142,8 @@ pub fn of_pod(
         .filter_map(|o| match o.kind.as_str() {
             "StatefulSet" => Some(("StatefulSet", o.name.as_str())),
             "ReplicaSet" => o.name.rsplit_once('-').map(|(d, _)| ("Deployment", d)),
+            // A VirtualMachine's virt-launcher pod: its instance has the machine's name.
+            "VirtualMachineInstance" => Some(("VirtualMachine", o.name.as_str())),
             _ => None,
         })
         .collect();

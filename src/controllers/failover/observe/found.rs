@@ -15,7 +15,7 @@ use crate::controllers::definition::Definition;
 use crate::controllers::failover::manifests::{ClaimShape, Place};
 use crate::controllers::failover::phase::Phase;
 use crate::controllers::objects::{Kind, ObjectName, holder};
-use crate::controllers::{Context, Error};
+use crate::controllers::{Context, Error, shape};
 
 /// How long reading a point's definition may take.
 const READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
@@ -56,14 +56,11 @@ pub async fn load(ctx: &Context, f: &Failover, vault: &str, point: &str) -> Resu
                 "point {point} carries no workload definition (it was taken by an older version): restore its claims with `site-recovery repo restore` and create the workload yourself, or choose a newer point"
             )
         })?;
-    let kind = match origin.kind.as_str() {
-        "StatefulSet" => WorkloadKind::StatefulSet,
-        "Deployment" => WorkloadKind::Deployment,
-        other => {
-            return Err(format!(
-                "point {point} is of a {other:?}, which this version cannot restore"
-            ));
-        }
+    let Some(kind) = WorkloadKind::parse(&origin.kind) else {
+        return Err(format!(
+            "point {point} is of a {:?}, which this version cannot restore",
+            origin.kind
+        ));
     };
     // The point is listed under `namespace/<ReplicatedWorkload>`; the workload it protected
     // may have another name, but never another namespace.
@@ -92,10 +89,7 @@ pub fn recorded(f: &Failover) -> Option<Found> {
     let found = status.found.clone()?;
     Some(Found {
         vault,
-        kind: match found.kind.as_str() {
-            "Deployment" => WorkloadKind::Deployment,
-            _ => WorkloadKind::StatefulSet,
-        },
+        kind: WorkloadKind::parse(&found.kind).unwrap_or(WorkloadKind::StatefulSet),
         name: found.name,
         cluster: found.cluster,
         cluster_uid: found.cluster_uid,
@@ -204,7 +198,7 @@ pub async fn observe(
             let existing = existing(ctx, &place).await?;
             let h = holder(&ctx.client, &copy, FAILOVER_UID_LABEL, &uid).await?;
             world.names.insert(copy, h);
-            world.source = Some(source_of(d, existing));
+            world.source = Some(source_of(found.kind, d, existing));
             if policy(f) == ExistingObjects::Refuse {
                 for (kind, o) in d.companions() {
                     let name = ObjectName::new(
@@ -238,7 +232,7 @@ async fn kept_claims(
     let Some(existing) = existing(ctx, place).await? else {
         return Ok(out);
     };
-    if existing.data["spec"]["replicas"].as_i64() != Some(0) {
+    if shape::replicas(place.kind, &existing.data) != Some(0) {
         return Ok(out);
     }
     let spec = &existing.data["spec"];
@@ -253,15 +247,7 @@ async fn kept_claims(
             out.extend(ordinals.clone().map(|i| format!("{t}-{}-{i}", place.copy)));
         }
     }
-    for v in spec["template"]["spec"]["volumes"]
-        .as_array()
-        .into_iter()
-        .flatten()
-    {
-        if let Some(c) = v["persistentVolumeClaim"]["claimName"].as_str() {
-            out.insert(c.to_string());
-        }
-    }
+    out.extend(shape::named_claims(spec));
     Ok(out)
 }
 
@@ -276,11 +262,11 @@ async fn existing(ctx: &Context, place: &Place) -> Result<Option<DynamicObject>,
 }
 
 /// The workload to start: the one that exists here (`Use`), else the definition's.
-fn source_of(d: &Definition, existing: Option<DynamicObject>) -> Source {
-    let defined = d.workload["spec"]["replicas"].as_i64().map(|r| r as i32);
+fn source_of(kind: WorkloadKind, d: &Definition, existing: Option<DynamicObject>) -> Source {
+    let defined = shape::replicas(kind, &d.workload);
     match existing {
         Some(object) => Source {
-            replicas: object.data["spec"]["replicas"].as_i64().map(|r| r as i32),
+            replicas: shape::replicas(kind, &object.data),
             noted: defined,
             object,
         },
@@ -314,24 +300,13 @@ pub(super) async fn ready_pods(ctx: &Context, place: &Place) -> Result<i32, Erro
     let Some(object) = existing(ctx, place).await? else {
         return Ok(0);
     };
-    let Some(selector) = super::world::selector_of(&object) else {
+    let Some(selector) = super::world::selector_of(place.kind, &object) else {
         return Ok(0);
     };
     // Another workload's pods may match the selector (the copy a failback returns from keeps
     // the app's labels): only the workload's own count, by their owner.
     let uid = object.metadata.uid.clone().unwrap_or_default();
-    let prefix = format!("{}-", place.copy);
-    let own = |p: &k8s_openapi::api::core::v1::Pod| {
-        p.owner_references().iter().any(|o| match o.kind.as_str() {
-            "StatefulSet" => o.uid == uid,
-            // `<deployment>-<pod-template-hash>`
-            "ReplicaSet" => o
-                .name
-                .strip_prefix(&prefix)
-                .is_some_and(|hash| !hash.is_empty() && !hash.contains('-')),
-            _ => false,
-        })
-    };
+    let own = |p: &k8s_openapi::api::core::v1::Pod| shape::owns(place.kind, &place.copy, &uid, p);
     Ok(labelled_pods(ctx, &place.namespace, &selector)
         .await?
         .iter()

@@ -17,6 +17,7 @@ use crate::api::failover::ResolvedPoint;
 use crate::api::work::{
     FAILOVER_LABEL, FAILOVER_UID_LABEL, HOLD_LABEL, WorkKind, holder_name, writer_name,
 };
+use crate::api::workload::WorkloadKind;
 use crate::api::{Failover, ReplicatedWorkload};
 use crate::controllers::failover::decide::prepared_names;
 use crate::controllers::failover::manifests::{
@@ -25,7 +26,7 @@ use crate::controllers::failover::manifests::{
 use crate::controllers::failover::phase::Phase;
 use crate::controllers::jobs::{JobKey, JobKind, State};
 use crate::controllers::objects::{Kind, ObjectName, claim_size, holder};
-use crate::controllers::{Context, Error};
+use crate::controllers::{Context, Error, shape};
 
 /// What `phase` reads of the world.
 pub async fn observe_world(
@@ -62,7 +63,7 @@ pub async fn observe_world(
         Phase::StoppingSource => {
             world.source = source(ctx, &namespace, &place).await?;
             if let Some(s) = &world.source {
-                world.source_pods = pods_of(ctx, &namespace, &s.object).await?;
+                world.source_pods = pods_of(ctx, &namespace, place.kind, &s.object).await?;
             }
         }
         Phase::FinalPoint => {
@@ -160,7 +161,7 @@ async fn failback_of(
     let held_by = held
         .annotations()
         .get(crate::controllers::failover::HELD_BY_ANNOTATION);
-    let stopped = held.data["spec"]["replicas"].as_i64() == Some(0);
+    let stopped = shape::replicas(place.kind, &held.data) == Some(0);
     Ok((held_by == Some(maker) && stopped).then(|| original.clone()))
 }
 
@@ -218,7 +219,7 @@ pub async fn source(
             .annotations()
             .get(crate::controllers::failover::REPLICAS_ANNOTATION)
             .and_then(|r| r.parse::<i32>().ok()),
-        replicas: object.data["spec"]["replicas"].as_i64().map(|r| r as i32),
+        replicas: shape::replicas(place.kind, &object.data),
         object,
     }))
 }
@@ -235,20 +236,21 @@ pub(super) async fn labelled_pods(
         .items)
 }
 
-/// A workload's `matchLabels` as a label selector; `None` when it has none.
-pub(super) fn selector_of(workload: &DynamicObject) -> Option<String> {
-    let labels = workload.data["spec"]["selector"]["matchLabels"].as_object()?;
-    let selector = labels
-        .iter()
-        .filter_map(|(k, v)| Some(format!("{k}={}", v.as_str()?)))
-        .collect::<Vec<_>>()
-        .join(",");
-    (!selector.is_empty()).then_some(selector)
+/// The label selector of a workload's pods; `None` when it has none.
+pub(super) fn selector_of(kind: WorkloadKind, workload: &DynamicObject) -> Option<String> {
+    let mut value = workload.data.clone();
+    value["metadata"]["name"] = serde_json::json!(workload.metadata.name);
+    shape::selector(kind, &value)
 }
 
 /// The workload's pods still running: they match its selector and are not a failover's.
-async fn pods_of(ctx: &Context, namespace: &str, source: &DynamicObject) -> Result<usize, Error> {
-    let Some(selector) = selector_of(source) else {
+async fn pods_of(
+    ctx: &Context,
+    namespace: &str,
+    kind: WorkloadKind,
+    source: &DynamicObject,
+) -> Result<usize, Error> {
+    let Some(selector) = selector_of(kind, source) else {
         return Ok(0);
     };
     Ok(labelled_pods(ctx, namespace, &selector)
@@ -396,7 +398,7 @@ async fn ready_pods(ctx: &Context, f: &Failover, place: &Place) -> Result<i32, E
     .await?;
     Ok(pods
         .iter()
-        .filter(|p| p.name_any().starts_with(&format!("{}-", place.copy)))
+        .filter(|p| shape::is_pod_of_copy(place.kind, &place.copy, &p.name_any(), p.labels()))
         .filter(|p| is_ready(p))
         .count() as i32)
 }

@@ -1,0 +1,199 @@
+//! A KubeVirt VirtualMachine as a protected workload, with the rig playing KubeVirt
+//! (`rig::kubevirt`): its disks (a DataVolume and a claim) are captured from its virt-launcher
+//! pod, a drill runs a copy in its own namespace, a failover halts the source and starts a copy
+//! on restored claims in the target zone, and the commit keeps it there.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use serde_json::json;
+use site_recovery::api::{Failover, ReplicatedWorkload};
+
+use crate::failover::noise;
+use crate::operator::condition;
+use crate::replication::{live_vault, read_tree, start_agents, with_vault};
+use crate::rig::{eventually, kubevirt};
+use crate::scenario::gone;
+
+fn failover(name: &str, spec: serde_json::Value) -> Failover {
+    let mut spec = spec;
+    spec["workloadName"] = json!("vm1");
+    serde_json::from_value(json!({
+        "apiVersion": "siterecovery.io/v1alpha1", "kind": "Failover",
+        "metadata": {"name": name, "namespace": "apps"},
+        "spec": spec,
+    }))
+    .unwrap()
+}
+
+#[tokio::test]
+async fn a_virtual_machine_is_protected_drilled_failed_over_and_committed() {
+    let (rig, dir, running) = with_vault(|d| live_vault(d, json!({}))).await;
+    kubevirt::install(&rig).await;
+    let _virt = kubevirt::run(&rig);
+    let zone_b = BTreeMap::from([("zone-b".to_string(), "node-b1".to_string())]);
+    let _apps = crate::rig::failover::run(&rig, "apps", zone_b.clone());
+    let _drills = crate::rig::failover::run(&rig, "vm1-drill", zone_b.clone());
+    let disks =
+        kubevirt::virtual_machine(&rig, "apps", "vm1", &["vm1-root", "vm1-data"], "node-a1").await;
+    std::fs::write(disks[0].join("disk.img"), noise(11, 256 << 10)).unwrap();
+    std::fs::create_dir_all(disks[1].join("log")).unwrap();
+    std::fs::write(disks[1].join("log/app.log"), "written in zone a\n").unwrap();
+    let content: Vec<_> = disks.iter().map(|d| read_tree(d)).collect();
+    let agents = start_agents(&rig, &["node-a1", "node-a2", "node-b1"]);
+    let workloads: Api<ReplicatedWorkload> = Api::namespaced(rig.client(), "apps");
+    workloads
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({
+                "apiVersion": "siterecovery.io/v1alpha1", "kind": "ReplicatedWorkload",
+                "metadata": {"name": "vm1", "namespace": "apps"},
+                "spec": {"vaultName": "vault", "workloadRef": {"kind": "VirtualMachine", "name": "vm1"}},
+            }))
+            .unwrap(),
+        )
+        .await
+        .unwrap();
+    let status = eventually(Duration::from_secs(60), "vm1 protected", || async {
+        let s = workloads.get("vm1").await.ok()?.status?;
+        s.latest_replicated_point.as_ref()?;
+        s.point_in_progress.is_none().then_some(s)
+    })
+    .await;
+    let mut claims: Vec<_> = status
+        .volumes
+        .iter()
+        .map(|v| v.claim_name.clone())
+        .collect();
+    claims.sort();
+    assert_eq!(claims, ["vm1-data", "vm1-root"], "both disks are the group");
+    let machines = kubevirt::machines(&rig, "apps");
+
+    // A drill: the machine runs under its own name in the drill's namespace; the source runs on.
+    let failovers: Api<Failover> = Api::namespaced(rig.client(), "apps");
+    failovers
+        .create(
+            &PostParams::default(),
+            &failover(
+                "vm-drill",
+                json!({"mode": "Test", "testNamespace": "vm1-drill", "verification": {"image": "busybox", "command": ["true"]}}),
+            ),
+        )
+        .await
+        .unwrap();
+    eventually(Duration::from_secs(60), "drill Verified=True", || async {
+        let s = failovers.get("vm-drill").await.ok()?.status?;
+        (condition(&s.conditions, "Verified")?.0 == "True").then_some(())
+    })
+    .await;
+    let drilled = kubevirt::machines(&rig, "vm1-drill")
+        .get("vm1")
+        .await
+        .unwrap();
+    assert_eq!(drilled.data["spec"]["runStrategy"], "Always");
+    for (claim, want) in ["vm1-root", "vm1-data"].iter().zip(&content) {
+        let disk = crate::rig::failover::claim_disk(&rig, "vm1-drill", claim).await;
+        assert_eq!(read_tree(&disk), *want, "{claim} in the drill");
+    }
+    assert_eq!(
+        machines.get("vm1").await.unwrap().data["spec"]["runStrategy"],
+        "Always",
+        "a drill leaves the source running"
+    );
+    failovers
+        .delete("vm-drill", &Default::default())
+        .await
+        .unwrap();
+    eventually(Duration::from_secs(30), "drill removed", || async {
+        gone(&failovers, "vm-drill").await
+    })
+    .await;
+
+    // The failover: the source halted, a copy on restored claims in zone-b.
+    failovers
+        .create(
+            &PostParams::default(),
+            &failover("vm-fo", json!({"recoveryPoint": {"latest": true}})),
+        )
+        .await
+        .unwrap();
+    let s = eventually(Duration::from_secs(60), "FailedOver=True", || async {
+        let s = failovers.get("vm-fo").await.ok()?.status?;
+        (condition(&s.conditions, "FailedOver")?.0 == "True").then_some(s)
+    })
+    .await;
+    assert_eq!(s.target_workload.as_deref(), Some("vm1-failover"));
+    let source = machines.get("vm1").await.unwrap();
+    assert_eq!(
+        source.data["spec"]["runStrategy"], "Halted",
+        "the source is halted"
+    );
+    assert_eq!(
+        source.metadata.annotations.unwrap_or_default()["siterecovery.io/held-by-failover"],
+        "vm-fo"
+    );
+    let copy = machines.get("vm1-failover").await.unwrap();
+    assert_eq!(copy.data["spec"]["runStrategy"], "Always");
+    assert!(
+        copy.data["spec"].get("replicas").is_none(),
+        "{}",
+        copy.data["spec"]
+    );
+    assert_eq!(
+        copy.data["spec"]["template"]["spec"]["volumes"],
+        json!([
+            {"name": "disk0", "persistentVolumeClaim": {"claimName": "vm1-root-failover"}},
+            {"name": "disk1", "persistentVolumeClaim": {"claimName": "vm1-data-failover"}},
+            {"name": "cloudinit", "cloudInitNoCloud": {"userData": "#cloud-config\n"}},
+        ]),
+        "the disks are the restored claims (the DataVolume's too); other volumes are kept"
+    );
+    assert_eq!(copy.data["spec"]["dataVolumeTemplates"], json!([]));
+    for (claim, want) in ["vm1-root-failover", "vm1-data-failover"]
+        .iter()
+        .zip(&content)
+    {
+        let disk = crate::rig::failover::claim_disk(&rig, "apps", claim).await;
+        assert_eq!(read_tree(&disk), *want, "{claim}");
+    }
+    let launcher = eventually(Duration::from_secs(30), "the copy's launcher", || async {
+        let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(rig.client(), "apps");
+        let lp = kube::api::ListParams::default().labels("vm.kubevirt.io/name=vm1-failover");
+        pods.list(&lp).await.ok()?.items.into_iter().next()
+    })
+    .await;
+    assert_eq!(
+        launcher.spec.unwrap().node_name.as_deref(),
+        Some("node-b1"),
+        "the copy runs in the target zone"
+    );
+
+    // Commit: the copy is the machine now; the source stays halted.
+    failovers
+        .patch(
+            "vm-fo",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"commit": true}})),
+        )
+        .await
+        .unwrap();
+    eventually(Duration::from_secs(60), "Committed=True", || async {
+        let s = failovers.get("vm-fo").await.ok()?.status?;
+        (condition(&s.conditions, "Committed")?.0 == "True").then_some(())
+    })
+    .await;
+    assert_eq!(
+        machines.get("vm1").await.unwrap().data["spec"]["runStrategy"],
+        "Halted"
+    );
+    assert_eq!(
+        machines.get("vm1-failover").await.unwrap().data["spec"]["runStrategy"],
+        "Always"
+    );
+    let _ = dir;
+    running.stop().await;
+    for a in agents {
+        a.kill();
+    }
+}
