@@ -283,5 +283,28 @@ fn the_failover_source_hold_follows_failover_hold_source() {
     // And the other way round.
     let lease_off = render(&["--set", "agent.ownLeaseOnly=false"]);
     assert_eq!(named(&lease_off, "ValidatingAdmissionPolicy").len(), 1);
-    assert_eq!(kinds(&lease_off, "ValidatingAdmissionPolicy").len(), 1);
+    assert_eq!(
+        kinds(&lease_off, "ValidatingAdmissionPolicy").len(),
+        2,
+        "the holds of StatefulSets and Deployments, and of VirtualMachines"
+    );
+    // A VirtualMachine is held halted.
+    let vm = kinds(&on, "ValidatingAdmissionPolicy")
+        .into_iter()
+        .find(|d| d["metadata"]["name"] == "sr-site-recovery-hold-failover-source-vm")
+        .expect("the VirtualMachine hold");
+    let rule = &vm["spec"]["matchConstraints"]["resourceRules"][0];
+    assert_eq!(
+        (&rule["apiGroups"], &rule["resources"]),
+        (
+            &serde_json::json!(["kubevirt.io"]),
+            &serde_json::json!(["virtualmachines"])
+        )
+    );
+    assert!(
+        vm["spec"]["validations"][0]["expression"]
+            .as_str()
+            .unwrap()
+            .contains("object.spec.runStrategy == 'Halted'")
+    );
 }

@@ -12,7 +12,7 @@ use site_recovery::api::{Failover, ReplicatedWorkload};
 
 use crate::failover::noise;
 use crate::operator::condition;
-use crate::replication::{live_vault, read_tree, start_agents, with_vault};
+use crate::replication::{csi_vault, live_vault, read_tree, start_agents, with_vault};
 use crate::rig::{eventually, kubevirt};
 use crate::scenario::gone;
 
@@ -25,6 +25,42 @@ fn failover(name: &str, spec: serde_json::Value) -> Failover {
         "spec": spec,
     }))
     .unwrap()
+}
+
+/// Protects VirtualMachine `vm1` (with `appConsistency`, unless null) and waits for its first
+/// point to be replicated; returns the status then.
+async fn protect_vm(
+    rig: &crate::rig::Rig,
+    app_consistency: serde_json::Value,
+) -> (
+    Api<ReplicatedWorkload>,
+    site_recovery::api::workload::ReplicatedWorkloadStatus,
+) {
+    let workloads: Api<ReplicatedWorkload> = Api::namespaced(rig.client(), "apps");
+    let mut spec =
+        json!({"vaultName": "vault", "workloadRef": {"kind": "VirtualMachine", "name": "vm1"}});
+    if !app_consistency.is_null() {
+        spec["appConsistency"] = app_consistency;
+    }
+    workloads
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({
+                "apiVersion": "siterecovery.io/v1alpha1", "kind": "ReplicatedWorkload",
+                "metadata": {"name": "vm1", "namespace": "apps"},
+                "spec": spec,
+            }))
+            .unwrap(),
+        )
+        .await
+        .unwrap();
+    let status = eventually(Duration::from_secs(60), "vm1 protected", || async {
+        let s = workloads.get("vm1").await.ok()?.status?;
+        s.latest_replicated_point.as_ref()?;
+        s.point_in_progress.is_none().then_some(s)
+    })
+    .await;
+    (workloads, status)
 }
 
 #[tokio::test]
@@ -42,25 +78,7 @@ async fn a_virtual_machine_is_protected_drilled_failed_over_and_committed() {
     std::fs::write(disks[1].join("log/app.log"), "written in zone a\n").unwrap();
     let content: Vec<_> = disks.iter().map(|d| read_tree(d)).collect();
     let agents = start_agents(&rig, &["node-a1", "node-a2", "node-b1"]);
-    let workloads: Api<ReplicatedWorkload> = Api::namespaced(rig.client(), "apps");
-    workloads
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(json!({
-                "apiVersion": "siterecovery.io/v1alpha1", "kind": "ReplicatedWorkload",
-                "metadata": {"name": "vm1", "namespace": "apps"},
-                "spec": {"vaultName": "vault", "workloadRef": {"kind": "VirtualMachine", "name": "vm1"}},
-            }))
-            .unwrap(),
-        )
-        .await
-        .unwrap();
-    let status = eventually(Duration::from_secs(60), "vm1 protected", || async {
-        let s = workloads.get("vm1").await.ok()?.status?;
-        s.latest_replicated_point.as_ref()?;
-        s.point_in_progress.is_none().then_some(s)
-    })
-    .await;
+    let (_workloads, status) = protect_vm(&rig, serde_json::Value::Null).await;
     let mut claims: Vec<_> = status
         .volumes
         .iter()
@@ -133,6 +151,20 @@ async fn a_virtual_machine_is_protected_drilled_failed_over_and_committed() {
         source.metadata.annotations.unwrap_or_default()["siterecovery.io/held-by-failover"],
         "vm-fo"
     );
+    // Nobody but the operator starts the held source beside its copy.
+    let started = machines
+        .patch(
+            "vm1",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"runStrategy": "Always"}})),
+        )
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        started.contains("VirtualMachine vm1 is held halted by Failover vm-fo"),
+        "{started}"
+    );
     let copy = machines.get("vm1-failover").await.unwrap();
     assert_eq!(copy.data["spec"]["runStrategy"], "Always");
     assert!(
@@ -192,6 +224,122 @@ async fn a_virtual_machine_is_protected_drilled_failed_over_and_committed() {
         "Always"
     );
     let _ = dir;
+    running.stop().await;
+    for a in agents {
+        a.kill();
+    }
+}
+
+/// App-consistent points of a VirtualMachine on a CSI vault: KubeVirt's guest freeze (the
+/// instance's `freeze` subresource, bounded by `freezeTimeout`) holds while the snapshots are
+/// cut, then the guest is thawed; a guest whose agent never reports the freeze is thawed and
+/// the point says it is only CrashConsistent, and why.
+#[tokio::test]
+async fn a_virtual_machines_guest_is_frozen_while_its_snapshots_are_cut() {
+    let (rig, _dir, running) = with_vault(|d| {
+        let mut v = csi_vault(d);
+        v.spec.replication_policy =
+            serde_json::from_value(json!({"appConsistentFrequency": "1h"})).unwrap();
+        v
+    })
+    .await;
+    kubevirt::install(&rig).await;
+    let _virt = kubevirt::run(&rig);
+    let zone_b = BTreeMap::from([("zone-b".to_string(), "node-b1".to_string())]);
+    let _apps = crate::rig::failover::run(&rig, "apps", zone_b);
+    let disks = kubevirt::virtual_machine(&rig, "apps", "vm1", &["vm1-root"], "node-a1").await;
+    std::fs::write(disks[0].join("disk.img"), noise(12, 64 << 10)).unwrap();
+    let (_driver, _log) = crate::rig::csi::run_driver(
+        &rig,
+        "apps",
+        BTreeMap::from([("zone-a".to_string(), "node-a2".to_string())]),
+    );
+    let agents = start_agents(&rig, &["node-a1", "node-a2", "node-b1"]);
+    let (workloads, status) = protect_vm(
+        &rig,
+        json!({"freezeFilesystems": true, "freezeTimeout": "10s"}),
+    )
+    .await;
+    let point = status.latest_replicated_point.unwrap();
+    assert_eq!(
+        point.consistency, "AppConsistent",
+        "{:?}",
+        status.last_attempt
+    );
+    let asked: Vec<(String, Option<Duration>)> = rig
+        .state
+        .0
+        .lock()
+        .unwrap()
+        .guest_freezes
+        .iter()
+        .map(|g| (g.op.clone(), g.unfreeze_timeout))
+        .collect();
+    assert_eq!(
+        asked,
+        [
+            ("freeze".to_string(), Some(Duration::from_secs(10))),
+            ("unfreeze".to_string(), None)
+        ],
+        "one freeze, bounded by freezeTimeout, and its thaw"
+    );
+    let frozen = crate::replication::events(&rig, "FilesystemsFrozen").await;
+    eprintln!("guest freeze: {frozen:?}");
+    assert!(
+        frozen
+            .iter()
+            .any(|e| e.contains("VirtualMachine vm1: guest filesystems frozen for")),
+        "{frozen:?}"
+    );
+
+    // A guest without an agent never reports the freeze: thawed, and the point says why.
+    kubevirt::without_guest_agent(&rig, "apps", "vm1").await;
+    workloads
+        .patch(
+            "vm1",
+            &PatchParams::default(),
+            &Patch::Merge(
+                json!({"metadata": {"annotations": {"siterecovery.io/request-point": "again"}}}),
+            ),
+        )
+        .await
+        .unwrap();
+    let attempt = eventually(Duration::from_secs(60), "second point", || async {
+        let s = workloads.get("vm1").await.ok()?.status?;
+        (s.handled_point_request.as_deref() == Some("again") && s.point_in_progress.is_none())
+            .then_some(())?;
+        s.last_attempt
+    })
+    .await;
+    let latest = workloads
+        .get("vm1")
+        .await
+        .unwrap()
+        .status
+        .unwrap()
+        .latest_point
+        .unwrap();
+    assert_eq!(latest.id, attempt.id);
+    assert_eq!(latest.consistency, "CrashConsistent", "{attempt:?}");
+    assert!(
+        attempt
+            .message
+            .contains("did not report its filesystems frozen"),
+        "{attempt:?}"
+    );
+    let last = rig
+        .state
+        .0
+        .lock()
+        .unwrap()
+        .guest_freezes
+        .last()
+        .cloned()
+        .unwrap();
+    assert_eq!(
+        last.op, "unfreeze",
+        "the guest is thawed after a failed freeze"
+    );
     running.stop().await;
     for a in agents {
         a.kill();

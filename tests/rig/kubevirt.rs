@@ -96,17 +96,53 @@ pub async fn virtual_machine(
     disks
 }
 
-/// Plays virt-controller in every namespace until the handle is dropped (aborted).
-pub fn run(cluster: &Cluster) -> tokio::task::JoinHandle<()> {
-    let cluster = cluster.clone();
+/// Plays virt-controller (and each guest's agent, for freezes) in every namespace until the
+/// handle is dropped (aborted).
+pub fn run(rig: &super::Rig) -> tokio::task::JoinHandle<()> {
+    let cluster = rig.cluster.clone();
+    let state = rig.state.clone();
     tokio::spawn(async move {
         loop {
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            if let Err(e) = guest_agents(&cluster, &state).await {
+                tracing::debug!(error = %e, "rig guest agents: retrying");
+            }
             if let Err(e) = pass(&cluster).await {
                 tracing::debug!(error = %e, "rig virt-controller: retrying");
             }
         }
     })
+}
+
+/// Every instance's `status.fsFreezeStatus`, as its guest agent would report it.
+async fn guest_agents(cluster: &Cluster, state: &super::Shared) -> Result<(), kube::Error> {
+    let all = Api::<DynamicObject>::all_with(
+        cluster.client(),
+        &ApiResource::from_gvk_with_plural(
+            &GroupVersionKind::gvk("kubevirt.io", "v1", "VirtualMachineInstance"),
+            "virtualmachineinstances",
+        ),
+    );
+    for vmi in all.list(&ListParams::default()).await?.items {
+        let ns = vmi.namespace().unwrap_or_default();
+        if vmi.labels().contains_key(NO_GUEST_AGENT) {
+            continue;
+        }
+        let want = frozen(state, &ns, &vmi.name_any());
+        let is = vmi.data["status"]["fsFreezeStatus"].as_str() == Some("frozen");
+        if want != is {
+            cluster
+                .try_patch_status(
+                    "kubevirt.io/v1",
+                    "VirtualMachineInstance",
+                    Some(&ns),
+                    &vmi.name_any(),
+                    json!({"status": {"fsFreezeStatus": if want { json!("frozen") } else { Value::Null }}}),
+                )
+                .await?;
+        }
+    }
+    Ok(())
 }
 
 async fn pass(cluster: &Cluster) -> Result<(), kube::Error> {
@@ -220,4 +256,120 @@ async fn pass(cluster: &Cluster) -> Result<(), kube::Error> {
             .await?;
     }
     Ok(())
+}
+
+/// A guest freeze or unfreeze asked of a VirtualMachineInstance.
+#[derive(Clone, Debug)]
+pub struct GuestFreeze {
+    pub namespace: String,
+    pub name: String,
+    /// `freeze` or `unfreeze`.
+    pub op: String,
+    pub unfreeze_timeout: Option<Duration>,
+    pub at: std::time::Instant,
+}
+
+/// `PUT /apis/subresources.kubevirt.io/v1/namespaces/{ns}/virtualmachineinstances/{name}/{op}`.
+#[derive(Clone, Debug)]
+pub struct FreezeTarget {
+    pub namespace: String,
+    pub name: String,
+    pub op: String,
+}
+
+pub fn is_freeze(req: &axum::http::Request<axum::body::Body>) -> Option<FreezeTarget> {
+    let rest = req
+        .uri()
+        .path()
+        .strip_prefix("/apis/subresources.kubevirt.io/v1/namespaces/")?;
+    let parts: Vec<&str> = rest.split('/').collect();
+    match parts.as_slice() {
+        [ns, "virtualmachineinstances", name, op] if *op == "freeze" || *op == "unfreeze" => {
+            Some(FreezeTarget {
+                namespace: ns.to_string(),
+                name: name.to_string(),
+                op: op.to_string(),
+            })
+        }
+        _ => None,
+    }
+}
+
+/// virt-api's part: the freeze is recorded for the guest agent (played by [`run`]), which
+/// reports it in the instance's `status.fsFreezeStatus`.
+pub async fn freeze(
+    shared: super::Shared,
+    t: FreezeTarget,
+    req: axum::http::Request<axum::body::Body>,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    if req.method() != axum::http::Method::PUT {
+        return super::server::status_error(
+            405,
+            "MethodNotAllowed",
+            format!("{} is served for PUT only", t.op),
+            Value::Null,
+        )
+        .into_response();
+    }
+    let body = axum::body::to_bytes(req.into_body(), 1 << 20)
+        .await
+        .unwrap_or_default();
+    let timeout = serde_json::from_slice::<Value>(&body)
+        .ok()
+        .and_then(|v| v["unfreezeTimeout"].as_str().map(String::from))
+        .and_then(|t| t.strip_suffix('s').and_then(|n| n.parse::<u64>().ok()))
+        .map(Duration::from_secs);
+    let mut state = shared.0.lock().unwrap();
+    let exists = state
+        .objects
+        .get("kubevirt.io/virtualmachineinstances")
+        .is_some_and(|o| o.contains_key(&(t.namespace.clone(), t.name.clone())));
+    if !exists {
+        return super::server::status_error(
+            404,
+            "NotFound",
+            format!(
+                "virtualmachineinstance.kubevirt.io \"{}\" not found",
+                t.name
+            ),
+            json!({"name": t.name, "group": "kubevirt.io", "kind": "virtualmachineinstances"}),
+        )
+        .into_response();
+    }
+    state.guest_freezes.push(GuestFreeze {
+        namespace: t.namespace,
+        name: t.name,
+        op: t.op,
+        unfreeze_timeout: timeout,
+        at: std::time::Instant::now(),
+    });
+    (axum::http::StatusCode::OK, "").into_response()
+}
+
+/// What the guest agent of `ns/name` reports: frozen after a freeze, until the unfreeze or the
+/// freeze's timeout.
+fn frozen(state: &super::Shared, ns: &str, name: &str) -> bool {
+    let state = state.0.lock().unwrap();
+    let last = state
+        .guest_freezes
+        .iter()
+        .rev()
+        .find(|g| g.namespace == ns && g.name == name);
+    last.is_some_and(|g| g.op == "freeze" && g.unfreeze_timeout.is_none_or(|t| g.at.elapsed() < t))
+}
+
+/// An instance labelled so has no guest agent: nothing reports its freeze.
+const NO_GUEST_AGENT: &str = "rig/no-guest-agent";
+
+/// Takes the guest agent out of VirtualMachine `name`'s instance.
+pub async fn without_guest_agent(rig: &super::Rig, ns: &str, name: &str) {
+    instances(rig, ns)
+        .patch(
+            name,
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(json!({"metadata": {"labels": {NO_GUEST_AGENT: "true"}}})),
+        )
+        .await
+        .unwrap();
 }

@@ -63,6 +63,8 @@ pub struct State {
     pub current_user: Option<authz::Identity>,
     /// Execs whose client went away before the command ended (the command was killed).
     pub execs_killed: u64,
+    /// Every KubeVirt guest freeze and unfreeze asked of the rig, in order.
+    pub guest_freezes: Vec<super::kubevirt::GuestFreeze>,
     /// Status writes of this resource plural are applied, reported here, and then never
     /// answered: the writer is stopped right after its write, at a point the test chooses.
     pub pause_status_writes: Option<(String, tokio::sync::mpsc::UnboundedSender<Value>)>,
@@ -78,6 +80,7 @@ pub fn new_state() -> Shared {
             objects: BTreeMap::new(),
             execs: Vec::new(),
             execs_killed: 0,
+            guest_freezes: Vec::new(),
             pause_status_writes: None,
             rv: 100,
             log: VecDeque::new(),
@@ -370,11 +373,15 @@ pub async fn entry(
     req: axum::http::Request<axum::body::Body>,
 ) -> Response {
     let exec = super::exec::is_exec(&req);
-    if let Err(denied) = authorize(&shared, &req, exec.as_ref()) {
+    let freeze = super::kubevirt::is_freeze(&req);
+    if let Err(denied) = authorize(&shared, &req, exec.as_ref(), freeze.as_ref()) {
         return denied.into_response();
     }
     if let Some((ns, pod)) = exec {
         return super::exec::exec(shared, ns, pod, req).await;
+    }
+    if let Some(target) = freeze {
+        return super::kubevirt::freeze(shared, target, req).await;
     }
     let pause = status_write_pause(&shared, req.method(), req.uri().path());
     let (parts, body) = req.into_parts();
@@ -429,12 +436,22 @@ fn authorize(
     shared: &Shared,
     req: &axum::http::Request<axum::body::Body>,
     exec: Option<&(String, String)>,
+    freeze: Option<&super::kubevirt::FreezeTarget>,
 ) -> Result<(), Reply> {
     let mut state = shared.0.lock().unwrap();
     let who = authz::authenticate(&state.auth, req.headers())?;
     let query = query_map(req.uri());
-    let attributes = match exec {
-        Some((ns, pod)) => authz::Attributes {
+    let attributes = match (exec, freeze) {
+        (_, Some(t)) => authz::Attributes {
+            verb: authz::verb(req.method(), true, false).into(),
+            group: "subresources.kubevirt.io".into(),
+            resource: "virtualmachineinstances".into(),
+            subresource: Some(t.op.clone()),
+            namespace: Some(t.namespace.clone()),
+            name: Some(t.name.clone()),
+            path: None,
+        },
+        (Some((ns, pod)), None) => authz::Attributes {
             verb: "create".into(),
             group: String::new(),
             resource: "pods".into(),
@@ -443,7 +460,7 @@ fn authorize(
             name: Some(pod.clone()),
             path: None,
         },
-        None => match route(&state, req.uri().path()) {
+        (None, None) => match route(&state, req.uri().path()) {
             // Not found is not a secret: the route's own error answers it.
             Err(_) => return Ok(()),
             Ok(Route::Discovery(_)) => authz::Attributes {

@@ -241,6 +241,165 @@ pub async fn hold(
     }
 }
 
+/// A KubeVirt guest freeze in force (the guest agent froze the VirtualMachine's filesystems,
+/// through the `freeze` subresource of its instance): [`GuestHeld::release`] thaws it.
+/// KubeVirt thaws by itself after the `unfreezeTimeout` the freeze was asked with, so a freeze
+/// the operator cannot end (it died, the API server went away) still ends within its bound.
+pub struct GuestHeld {
+    namespace: String,
+    name: String,
+    until: tokio::time::Instant,
+    started: std::time::Instant,
+}
+
+/// The path of a subresource of VirtualMachineInstance `name`.
+fn guest_path(namespace: &str, name: &str, sub: &str) -> String {
+    format!(
+        "/apis/subresources.kubevirt.io/v1/namespaces/{namespace}/virtualmachineinstances/{name}/{sub}"
+    )
+}
+
+async fn put_subresource(
+    ctx: &Context,
+    namespace: &str,
+    name: &str,
+    sub: &str,
+    body: serde_json::Value,
+) -> Result<(), String> {
+    let request = http::Request::put(guest_path(namespace, name, sub))
+        .header(http::header::CONTENT_TYPE, "application/json")
+        .body(serde_json::to_vec(&body).unwrap_or_default())
+        .map_err(|e| format!("VirtualMachineInstance {name}/{sub}: {e}"))?;
+    ctx.client
+        .request_text(request)
+        .await
+        .map(|_| ())
+        .map_err(|e| format!("VirtualMachineInstance {namespace}/{name}/{sub}: {e}"))
+}
+
+/// What the instance says of its guest's filesystems (`status.fsFreezeStatus`: `frozen`, or
+/// nothing once thawed).
+async fn guest_status(
+    ctx: &Context,
+    namespace: &str,
+    name: &str,
+) -> Result<Option<String>, String> {
+    let api: Api<kube::api::DynamicObject> = Api::namespaced_with(
+        ctx.client.clone(),
+        namespace,
+        &kube::api::ApiResource::from_gvk_with_plural(
+            &kube::api::GroupVersionKind::gvk("kubevirt.io", "v1", "VirtualMachineInstance"),
+            "virtualmachineinstances",
+        ),
+    );
+    let vmi = api
+        .get_opt(name)
+        .await
+        .map_err(|e| format!("reading VirtualMachineInstance {namespace}/{name}: {e}"))?
+        .ok_or_else(|| {
+            format!(
+                "VirtualMachine {name} has no instance: it is not running, so nothing can be frozen"
+            )
+        })?;
+    Ok(vmi.data["status"]["fsFreezeStatus"]
+        .as_str()
+        .map(String::from))
+}
+
+impl GuestHeld {
+    pub fn remaining(&self) -> Duration {
+        self.until
+            .saturating_duration_since(tokio::time::Instant::now())
+    }
+
+    /// Thaws the guest; says how long it was frozen.
+    pub async fn release(self, ctx: &Context) -> Vec<String> {
+        let frozen = self.started.elapsed();
+        match put_subresource(
+            ctx,
+            &self.namespace,
+            &self.name,
+            "unfreeze",
+            serde_json::json!({}),
+        )
+        .await
+        {
+            Ok(()) => vec![format!(
+                "VirtualMachine {}: guest filesystems frozen for {} ms",
+                self.name,
+                frozen.as_millis()
+            )],
+            Err(e) => {
+                tracing::warn!(error = %e, "could not thaw the guest; KubeVirt thaws it at its unfreeze timeout");
+                vec![format!(
+                    "VirtualMachine {}: the thaw failed ({e}); KubeVirt thaws at the freeze's timeout",
+                    self.name
+                )]
+            }
+        }
+    }
+}
+
+/// Asks KubeVirt to freeze the guest filesystems of VirtualMachine `name` (its guest agent
+/// does, FIFREEZE in the guest), bounded by `timeout` (`unfreezeTimeout`), and waits until the
+/// instance says they are frozen, at most half the bound. On failure the guest is thawed and the
+/// reason returned.
+pub async fn hold_guest(
+    ctx: &Context,
+    namespace: &str,
+    name: &str,
+    timeout: Duration,
+) -> Result<GuestHeld, String> {
+    let body = serde_json::json!({"unfreezeTimeout": format!("{}s", timeout.as_secs().max(1))});
+    put_subresource(ctx, namespace, name, "freeze", body).await?;
+    let held = GuestHeld {
+        namespace: namespace.to_string(),
+        name: name.to_string(),
+        until: tokio::time::Instant::now() + timeout,
+        started: std::time::Instant::now(),
+    };
+    let deadline = tokio::time::Instant::now() + timeout / 2;
+    loop {
+        match guest_status(ctx, namespace, name).await {
+            Ok(Some(s)) if s == "frozen" => return Ok(held),
+            Ok(_) if tokio::time::Instant::now() < deadline => tokio::time::sleep(POLL).await,
+            Ok(_) => {
+                held.release(ctx).await;
+                return Err(format!(
+                    "the guest of VirtualMachine {name} did not report its filesystems frozen within {:.1}s (half the freeze's bound): is the QEMU guest agent running in it?",
+                    (timeout / 2).as_secs_f64()
+                ));
+            }
+            Err(e) => {
+                held.release(ctx).await;
+                return Err(e);
+            }
+        }
+    }
+}
+
+/// A freeze in force, of the agents' filesystems or of a VirtualMachine's guest.
+pub enum Frozen {
+    Filesystems(Held),
+    Guest(GuestHeld),
+}
+
+impl Frozen {
+    pub fn remaining(&self) -> Duration {
+        match self {
+            Frozen::Filesystems(h) => h.remaining(),
+            Frozen::Guest(g) => g.remaining(),
+        }
+    }
+
+    pub async fn release(self, ctx: &Context, rw: &ReplicatedWorkload) -> Vec<String> {
+        match self {
+            Frozen::Filesystems(h) => h.release(ctx, rw).await,
+            Frozen::Guest(g) => g.release(ctx).await,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

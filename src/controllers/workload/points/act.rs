@@ -333,9 +333,19 @@ async fn capture(
     }
     let frozen = match s.freeze {
         Some(bound) => {
-            let held =
-                super::super::freeze::hold(ctx, target.rw, &point.id, &s.claims, &s.nodes, bound)
-                    .await;
+            use super::super::freeze::{Frozen, hold, hold_guest};
+            let workload = &target.rw.spec.workload_ref;
+            // A VirtualMachine's filesystems are the guest's, inside its disks: KubeVirt's
+            // guest agent freezes them, not the node's agents.
+            let held = if workload.kind == crate::api::workload::WorkloadKind::VirtualMachine {
+                hold_guest(ctx, &namespace, &workload.name, bound)
+                    .await
+                    .map(Frozen::Guest)
+            } else {
+                hold(ctx, target.rw, &point.id, &s.claims, &s.nodes, bound)
+                    .await
+                    .map(Frozen::Filesystems)
+            };
             match held {
                 Ok(held) => Some(held),
                 Err(why) => {
@@ -365,15 +375,20 @@ async fn capture(
             }
             Err(e) => Err(e.clone()),
         };
+        let what = match &held {
+            super::super::freeze::Frozen::Filesystems(_) => {
+                format!("filesystems frozen on {} node(s)", s.nodes.len())
+            }
+            super::super::freeze::Frozen::Guest(_) => "the guest's filesystems frozen".into(),
+        };
         let reported = held.release(ctx, target.rw).await;
         match cut {
             Ok(()) => d.events.push(PlannedEvent::normal(
                 EventReason::FilesystemsFrozen,
                 "Freeze",
                 format!(
-                    "point {}: filesystems frozen on {} node(s) while the snapshots were cut ({})",
+                    "point {}: {what} while the snapshots were cut ({})",
                     point.id,
-                    s.nodes.len(),
                     reported.join("; ")
                 ),
             )),
