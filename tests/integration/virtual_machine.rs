@@ -78,7 +78,7 @@ async fn a_virtual_machine_is_protected_drilled_failed_over_and_committed() {
     std::fs::write(disks[1].join("log/app.log"), "written in zone a\n").unwrap();
     let content: Vec<_> = disks.iter().map(|d| read_tree(d)).collect();
     let agents = start_agents(&rig, &["node-a1", "node-a2", "node-b1"]);
-    let (_workloads, status) = protect_vm(&rig, serde_json::Value::Null).await;
+    let (workloads, status) = protect_vm(&rig, serde_json::Value::Null).await;
     let mut claims: Vec<_> = status
         .volumes
         .iter()
@@ -223,7 +223,81 @@ async fn a_virtual_machine_is_protected_drilled_failed_over_and_committed() {
         machines.get("vm1-failover").await.unwrap().data["spec"]["runStrategy"],
         "Always"
     );
-    let _ = dir;
+
+    // Re-protect the copy the other way, then fail back (planned) into the original machine and
+    // the disks it kept, with what was written in zone-b.
+    let copy_disk = crate::rig::failover::claim_disk(&rig, "apps", "vm1-data-failover").await;
+    std::fs::write(copy_disk.join("log/app.log"), "written in zone b\n").unwrap();
+    let want_back = read_tree(&copy_disk);
+    Api::<site_recovery::api::RecoveryVault>::namespaced(rig.client(), "apps")
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({
+                "apiVersion": "siterecovery.io/v1alpha1", "kind": "RecoveryVault",
+                "metadata": {"name": "vault-back", "namespace": "apps"},
+                "spec": {
+                    "cache": {"zone": "zone-b", "storage": {"filesystem": {"path": dir.path().join("target")}}},
+                    "target": {"zone": "zone-a", "storage": {"filesystem": {"path": dir.path().join("cache")}}},
+                    "snapshotMethod": "Live",
+                    "encryption": {"keySecretRef": {"name": "vault-key"}},
+                },
+            }))
+            .unwrap(),
+        )
+        .await
+        .unwrap();
+    workloads
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({
+                "apiVersion": "siterecovery.io/v1alpha1", "kind": "ReplicatedWorkload",
+                "metadata": {"name": "vm1-back", "namespace": "apps"},
+                "spec": {"vaultName": "vault-back", "workloadRef": {"kind": "VirtualMachine", "name": "vm1-failover"}},
+            }))
+            .unwrap(),
+        )
+        .await
+        .unwrap();
+    eventually(Duration::from_secs(60), "re-protected", || async {
+        let s = workloads.get("vm1-back").await.ok()?.status?;
+        s.latest_replicated_point.as_ref()?;
+        s.point_in_progress.is_none().then_some(())
+    })
+    .await;
+    let zone_a = BTreeMap::from([("zone-a".to_string(), "node-a1".to_string())]);
+    let _back_cluster = crate::rig::failover::run(&rig, "apps", zone_a);
+    let mut back = failover(
+        "back",
+        json!({"recoveryPoint": {"latest": true}, "mode": "Planned"}),
+    );
+    back.spec.workload_name = "vm1-back".into();
+    failovers
+        .create(&PostParams::default(), &back)
+        .await
+        .unwrap();
+    let s = eventually(Duration::from_secs(90), "failed back", || async {
+        let s = failovers.get("back").await.ok()?.status?;
+        (condition(&s.conditions, "FailedOver")?.0 == "True").then_some(s)
+    })
+    .await;
+    assert_eq!(
+        (s.failback_to.as_deref(), s.target_workload.as_deref()),
+        (Some("vm1"), Some("vm1"))
+    );
+    assert_eq!(
+        machines.get("vm1").await.unwrap().data["spec"]["runStrategy"],
+        "Always",
+        "the original machine runs again"
+    );
+    assert_eq!(
+        machines.get("vm1-failover").await.unwrap().data["spec"]["runStrategy"],
+        "Halted"
+    );
+    assert_eq!(
+        read_tree(&disks[1]),
+        want_back,
+        "the original disk, back in zone-a with zone-b's writes"
+    );
     running.stop().await;
     for a in agents {
         a.kill();
