@@ -1029,12 +1029,7 @@ async fn a_deployment_fails_over_onto_restored_claims_and_rolls_back() {
     workloads
         .create(
             &PostParams::default(),
-            &serde_json::from_value(json!({
-                "apiVersion": "siterecovery.io/v1alpha1", "kind": "ReplicatedWorkload",
-                "metadata": {"name": "web", "namespace": "apps"},
-                "spec": {"vaultName": "vault", "workloadRef": {"kind": "Deployment", "name": "web"}},
-            }))
-            .unwrap(),
+            &crate::replication::replicated_workload("web", "vault", "Deployment", "web"),
         )
         .await
         .unwrap();
@@ -1170,6 +1165,57 @@ pub(crate) fn noise(seed: u64, len: usize) -> Vec<u8> {
         .collect()
 }
 
+/// A Live vault the other way: its cache in zone-b (`cache`), its target in zone-a (`target`),
+/// with the key of the first vault.
+pub(crate) fn reverse_vault(
+    name: &str,
+    cache: &std::path::Path,
+    target: &std::path::Path,
+) -> site_recovery::api::RecoveryVault {
+    serde_json::from_value(json!({
+        "apiVersion": "siterecovery.io/v1alpha1", "kind": "RecoveryVault",
+        "metadata": {"name": name, "namespace": "apps"},
+        "spec": {
+            "cache": {"zone": "zone-b", "storage": {"filesystem": {"path": cache}}},
+            "target": {"zone": "zone-a", "storage": {"filesystem": {"path": target}}},
+            "snapshotMethod": "Live",
+            "encryption": {"keySecretRef": {"name": "vault-key"}},
+        },
+    }))
+    .unwrap()
+}
+
+/// Re-protects the copy `workload` (of `kind`) as ReplicatedWorkload `name` into `vault`
+/// (created here), and waits for its first point to be replicated.
+pub(crate) async fn reprotect(
+    rig: &Rig,
+    vault: site_recovery::api::RecoveryVault,
+    name: &str,
+    kind: &str,
+    workload: &str,
+) {
+    let vault_name = vault.metadata.name.clone().unwrap_or_default();
+    Api::<site_recovery::api::RecoveryVault>::namespaced(rig.client(), "apps")
+        .create(&PostParams::default(), &vault)
+        .await
+        .unwrap();
+    let workloads: Api<site_recovery::api::ReplicatedWorkload> =
+        Api::namespaced(rig.client(), "apps");
+    workloads
+        .create(
+            &PostParams::default(),
+            &crate::replication::replicated_workload(name, &vault_name, kind, workload),
+        )
+        .await
+        .unwrap();
+    eventually(Duration::from_secs(60), "re-protected", || async {
+        let s = workloads.get(name).await.ok()?.status?;
+        s.latest_replicated_point.as_ref()?;
+        s.point_in_progress.is_none().then_some(())
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn reprotect_then_failback_moves_only_the_delta() {
     let (rig, dir, running, volumes) = setup(|d| live_vault(d, json!({}))).await;
@@ -1207,41 +1253,17 @@ async fn reprotect_then_failback_moves_only_the_delta() {
     // Re-protect: the copy, replicated the other way (zone-b's location is now the cache, the
     // original zone's the target), with the same key: the same repositories.
     let before = stored_bytes(&dir.path().join("cache"));
-    let vaults: Api<site_recovery::api::RecoveryVault> = Api::namespaced(rig.client(), "apps");
-    vaults
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(json!({
-                "apiVersion": "siterecovery.io/v1alpha1", "kind": "RecoveryVault",
-                "metadata": {"name": "vault-back", "namespace": "apps"},
-                "spec": {
-                    "cache": {"zone": "zone-b", "storage": {"filesystem": {"path": dir.path().join("target")}}},
-                    "target": {"zone": "zone-a", "storage": {"filesystem": {"path": dir.path().join("cache")}}},
-                    "snapshotMethod": "Live",
-                    "encryption": {"keySecretRef": {"name": "vault-key"}},
-                },
-            }))
-            .unwrap(),
-        )
-        .await
-        .unwrap();
-    workloads
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(json!({
-                "apiVersion": "siterecovery.io/v1alpha1", "kind": "ReplicatedWorkload",
-                "metadata": {"name": "db-back", "namespace": "apps"},
-                "spec": {"vaultName": "vault-back", "workloadRef": {"kind": "StatefulSet", "name": "db-failover"}},
-            }))
-            .unwrap(),
-        )
-        .await
-        .unwrap();
-    eventually(Duration::from_secs(60), "re-protected", || async {
-        let s = workloads.get("db-back").await.ok()?.status?;
-        s.latest_replicated_point.as_ref()?;
-        s.point_in_progress.is_none().then_some(())
-    })
+    reprotect(
+        &rig,
+        reverse_vault(
+            "vault-back",
+            &dir.path().join("target"),
+            &dir.path().join("cache"),
+        ),
+        "db-back",
+        "StatefulSet",
+        "db-failover",
+    )
     .await;
     let moved = stored_bytes(&dir.path().join("cache")) - before;
     println!(

@@ -515,17 +515,11 @@ async fn region_failover(shared: impl Fn(&Path) -> serde_json::Value, home: &str
     Api::<RecoveryVault>::namespaced(a.client(), "apps")
         .create(
             &PostParams::default(),
-            &serde_json::from_value(json!({
-                "apiVersion": "siterecovery.io/v1alpha1", "kind": "RecoveryVault",
-                "metadata": {"name": "vault-home", "namespace": "apps"},
-                "spec": {
-                    "cache": {"zone": "zone-b", "storage": {"filesystem": {"path": dir.path().join("home-cache")}}},
-                    "target": {"zone": "zone-a", "storage": {"filesystem": {"path": dir.path().join("cache")}}},
-                    "snapshotMethod": "Live",
-                    "encryption": {"keySecretRef": {"name": "vault-key"}},
-                },
-            }))
-            .unwrap(),
+            &crate::failover::reverse_vault(
+                "vault-home",
+                &dir.path().join("home-cache"),
+                &dir.path().join("cache"),
+            ),
         )
         .await
         .unwrap();

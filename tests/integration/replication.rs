@@ -116,6 +116,21 @@ pub(crate) async fn database(rig: &Rig) -> BTreeMap<String, PathBuf> {
         .collect()
 }
 
+/// ReplicatedWorkload `name` in `apps` of workload `kind`/`workload`, into `vault`.
+pub(crate) fn replicated_workload(
+    name: &str,
+    vault: &str,
+    kind: &str,
+    workload: &str,
+) -> ReplicatedWorkload {
+    serde_json::from_value(json!({
+        "apiVersion": "siterecovery.io/v1alpha1", "kind": "ReplicatedWorkload",
+        "metadata": {"name": name, "namespace": "apps"},
+        "spec": {"vaultName": vault, "workloadRef": {"kind": kind, "name": workload}},
+    }))
+    .unwrap()
+}
+
 pub(crate) async fn protect(rig: &Rig) -> Api<ReplicatedWorkload> {
     let workloads: Api<ReplicatedWorkload> = Api::namespaced(rig.client(), "apps");
     let rw: ReplicatedWorkload = serde_json::from_value(json!({

@@ -37,23 +37,11 @@ async fn protect_vm(
     site_recovery::api::workload::ReplicatedWorkloadStatus,
 ) {
     let workloads: Api<ReplicatedWorkload> = Api::namespaced(rig.client(), "apps");
-    let mut spec =
-        json!({"vaultName": "vault", "workloadRef": {"kind": "VirtualMachine", "name": "vm1"}});
+    let mut rw = crate::replication::replicated_workload("vm1", "vault", "VirtualMachine", "vm1");
     if !app_consistency.is_null() {
-        spec["appConsistency"] = app_consistency;
+        rw.spec.app_consistency = Some(serde_json::from_value(app_consistency).unwrap());
     }
-    workloads
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(json!({
-                "apiVersion": "siterecovery.io/v1alpha1", "kind": "ReplicatedWorkload",
-                "metadata": {"name": "vm1", "namespace": "apps"},
-                "spec": spec,
-            }))
-            .unwrap(),
-        )
-        .await
-        .unwrap();
+    workloads.create(&PostParams::default(), &rw).await.unwrap();
     let status = eventually(Duration::from_secs(60), "vm1 protected", || async {
         let s = workloads.get("vm1").await.ok()?.status?;
         s.latest_replicated_point.as_ref()?;
@@ -78,7 +66,7 @@ async fn a_virtual_machine_is_protected_drilled_failed_over_and_committed() {
     std::fs::write(disks[1].join("log/app.log"), "written in zone a\n").unwrap();
     let content: Vec<_> = disks.iter().map(|d| read_tree(d)).collect();
     let agents = start_agents(&rig, &["node-a1", "node-a2", "node-b1"]);
-    let (workloads, status) = protect_vm(&rig, serde_json::Value::Null).await;
+    let (_workloads, status) = protect_vm(&rig, serde_json::Value::Null).await;
     let mut claims: Vec<_> = status
         .volumes
         .iter()
@@ -229,40 +217,17 @@ async fn a_virtual_machine_is_protected_drilled_failed_over_and_committed() {
     let copy_disk = crate::rig::failover::claim_disk(&rig, "apps", "vm1-data-failover").await;
     std::fs::write(copy_disk.join("log/app.log"), "written in zone b\n").unwrap();
     let want_back = read_tree(&copy_disk);
-    Api::<site_recovery::api::RecoveryVault>::namespaced(rig.client(), "apps")
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(json!({
-                "apiVersion": "siterecovery.io/v1alpha1", "kind": "RecoveryVault",
-                "metadata": {"name": "vault-back", "namespace": "apps"},
-                "spec": {
-                    "cache": {"zone": "zone-b", "storage": {"filesystem": {"path": dir.path().join("target")}}},
-                    "target": {"zone": "zone-a", "storage": {"filesystem": {"path": dir.path().join("cache")}}},
-                    "snapshotMethod": "Live",
-                    "encryption": {"keySecretRef": {"name": "vault-key"}},
-                },
-            }))
-            .unwrap(),
-        )
-        .await
-        .unwrap();
-    workloads
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(json!({
-                "apiVersion": "siterecovery.io/v1alpha1", "kind": "ReplicatedWorkload",
-                "metadata": {"name": "vm1-back", "namespace": "apps"},
-                "spec": {"vaultName": "vault-back", "workloadRef": {"kind": "VirtualMachine", "name": "vm1-failover"}},
-            }))
-            .unwrap(),
-        )
-        .await
-        .unwrap();
-    eventually(Duration::from_secs(60), "re-protected", || async {
-        let s = workloads.get("vm1-back").await.ok()?.status?;
-        s.latest_replicated_point.as_ref()?;
-        s.point_in_progress.is_none().then_some(())
-    })
+    crate::failover::reprotect(
+        &rig,
+        crate::failover::reverse_vault(
+            "vault-back",
+            &dir.path().join("target"),
+            &dir.path().join("cache"),
+        ),
+        "vm1-back",
+        "VirtualMachine",
+        "vm1-failover",
+    )
     .await;
     let zone_a = BTreeMap::from([("zone-a".to_string(), "node-a1".to_string())]);
     let _back_cluster = crate::rig::failover::run(&rig, "apps", zone_a);
