@@ -51,8 +51,18 @@ fn rss_kib(pid: u32) -> Option<u64> {
 
 impl Process {
     fn start(args: &[String], kubeconfig: &Path, log: PathBuf) -> Self {
+        Self::start_with(None, args, kubeconfig, log)
+    }
+
+    /// [`Self::start`], under `wrapper` (a profiler such as `heaptrack -o FILE`) when given.
+    fn start_with(wrapper: Option<&str>, args: &[String], kubeconfig: &Path, log: PathBuf) -> Self {
         let out = std::fs::File::create(&log).unwrap();
-        let child = Command::new(BIN)
+        let mut words: Vec<String> = wrapper
+            .map(|w| w.split_whitespace().map(String::from).collect())
+            .unwrap_or_default();
+        words.push(BIN.to_string());
+        let child = Command::new(&words[0])
+            .args(&words[1..])
             .args(args)
             .env("KUBECONFIG", kubeconfig)
             .env("RUST_LOG", "info")
@@ -283,7 +293,10 @@ async fn run(n: usize, interval: Duration, frequency: &str) -> Figures {
         &format!("sa-{}-{}", chart::RELEASE_NAMESPACE, chart::OPERATOR_SA),
     );
     let port = free_port();
-    let mut operator = Process::start(
+    // `SCALE_OPERATOR_WRAP="heaptrack -o /tmp/operator"` profiles the operator's heap.
+    let wrap = std::env::var("SCALE_OPERATOR_WRAP").ok();
+    let mut operator = Process::start_with(
+        wrap.as_deref(),
         &operator_args(&rig, port),
         &operator_config,
         work.path().join("operator.log"),

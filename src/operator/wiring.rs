@@ -51,6 +51,7 @@ impl Reflectors {
             failovers: self.failovers.store(),
             nodes: self.nodes.store(),
             registrations: self.registrations.store(),
+            decoded: Default::default(),
         }
     }
 

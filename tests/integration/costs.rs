@@ -133,6 +133,7 @@ impl Caches {
                 failovers,
                 nodes,
                 registrations,
+                decoded: Default::default(),
             },
             Default::default(),
         );

@@ -47,7 +47,7 @@ pub struct Observed {
     /// Names of the PersistentVolumeClaims the pods mount that exist.
     pub claims: Vec<String>,
     pub nodes: Vec<NodeTopology>,
-    pub registrations: Vec<AgentRegistration>,
+    pub registrations: std::sync::Arc<[AgentRegistration]>,
     /// A Failover of this workload that has started (its restore began).
     pub failover: Option<FailoverSummary>,
 }

@@ -338,7 +338,7 @@ fn reports(ctx: &Context, f: &Failover) -> Vec<Report> {
     };
     let namespace = f.namespace().unwrap_or_default();
     let mut out = Vec::new();
-    for r in ctx.stores.registrations() {
+    for r in ctx.stores.registrations().iter() {
         for w in &r.work {
             if w.kind == WorkKind::Restore
                 && w.namespace == namespace

@@ -76,7 +76,7 @@ fn observed() -> Observed {
             },
         ],
         failover: None,
-        registrations: vec![reg("n1", 5), reg("n2", 5)],
+        registrations: vec![reg("n1", 5), reg("n2", 5)].into(),
     }
 }
 
@@ -163,7 +163,14 @@ fn table_of_workload_decisions() {
         (
             "agent missing",
             None,
-            |o| o.registrations.retain(|r| r.node != "n2"),
+            |o| {
+                o.registrations = o
+                    .registrations
+                    .iter()
+                    .filter(|r| r.node != "n2")
+                    .cloned()
+                    .collect()
+            },
             ConditionStatus::False,
             R::NotRegistered,
             "no agent is registered on node n2",
@@ -171,7 +178,11 @@ fn table_of_workload_decisions() {
         (
             "agent lost",
             None,
-            |o| o.registrations[0] = reg("n1", 31),
+            |o| {
+                let mut regs = o.registrations.to_vec();
+                regs[0] = reg("n1", 31);
+                o.registrations = regs.into();
+            },
             ConditionStatus::False,
             R::NotRegistered,
             "stopped renewing",
@@ -220,7 +231,7 @@ fn template_names_select_claims_of_every_replica() {
 #[test]
 fn registration_reasons_and_requeue_at_expiry() {
     let mut o = observed();
-    o.registrations = vec![reg("n1", 10), reg("n2", 25)];
+    o.registrations = vec![reg("n1", 10), reg("n2", 25)].into();
     let p = plan(&spec(None), None, &o, now());
     assert_eq!(cond(&p, T::Registered).1, "AgentsRegistered");
     // n2 lapses 5s from now: the plan looks again right after.
@@ -230,12 +241,12 @@ fn registration_reasons_and_requeue_at_expiry() {
         p.requeue
     );
 
-    o.registrations = vec![reg("n1", 10)];
+    o.registrations = vec![reg("n1", 10)].into();
     assert_eq!(
         cond(&plan(&spec(None), None, &o, now()), T::Registered).1,
         "NoAgentOnNode"
     );
-    o.registrations = vec![reg("n1", 10), reg("n2", 60)];
+    o.registrations = vec![reg("n1", 10), reg("n2", 60)].into();
     assert_eq!(
         cond(&plan(&spec(None), None, &o, now()), T::Registered).1,
         "AgentLost"
