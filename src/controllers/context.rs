@@ -97,7 +97,7 @@ impl Stores {
             })
             .collect();
         let mut decoded = self.decoded.lock().unwrap_or_else(|e| e.into_inner());
-        if decoded.versions != versions || versions.is_empty() {
+        if decoded.versions != versions {
             decoded.registrations = leases
                 .iter()
                 .filter_map(|l| l.0.as_ref().ok().and_then(AgentRegistration::from_lease))

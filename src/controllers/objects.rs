@@ -44,16 +44,6 @@ impl Kind {
         }
     }
 
-    /// The workload kind this kind of object is, if it is one.
-    pub fn as_workload(self) -> Option<WorkloadKind> {
-        match self {
-            Kind::StatefulSet => Some(WorkloadKind::StatefulSet),
-            Kind::Deployment => Some(WorkloadKind::Deployment),
-            Kind::VirtualMachine => Some(WorkloadKind::VirtualMachine),
-            _ => None,
-        }
-    }
-
     /// The Kubernetes kind, as messages name it.
     pub fn name(self) -> &'static str {
         match self {

@@ -53,13 +53,12 @@ pub fn set_replicas(kind: WorkloadKind, spec: &mut Value, replicas: i32) {
     }
 }
 
-/// The label selector of the workload's pods; `None` when it has none.
-pub fn selector(kind: WorkloadKind, workload: &Value) -> Option<String> {
+/// The label selector of the pods of workload `name` (`spec` its spec); `None` when it has none.
+pub fn selector(kind: WorkloadKind, name: &str, spec: &Value) -> Option<String> {
     if kind == WorkloadKind::VirtualMachine {
-        let name = workload["metadata"]["name"].as_str()?;
         return Some(format!("{VM_NAME_LABEL}={name}"));
     }
-    let labels = workload["spec"]["selector"]["matchLabels"].as_object()?;
+    let labels = spec["selector"]["matchLabels"].as_object()?;
     let selector = labels
         .iter()
         .filter_map(|(k, v)| Some(format!("{k}={}", v.as_str()?)))
@@ -202,7 +201,7 @@ mod tests {
         set_replicas(kind, &mut spec, 1);
         assert_eq!(spec, json!({"runStrategy": "Always", "template": {}}));
         assert_eq!(
-            selector(kind, &vm(json!({}))).as_deref(),
+            selector(kind, "vm1", &vm(json!({}))["spec"]).as_deref(),
             Some("vm.kubevirt.io/name=vm1")
         );
         let mut sts = json!({"replicas": 3});

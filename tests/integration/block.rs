@@ -15,14 +15,14 @@ use site_recovery::repository::restore::{RestoreOptions, restore};
 use site_recovery::repository::snapshot::{Source, snapshot};
 
 use crate::failover::{noise, stored_bytes};
-use crate::operator::{Running, condition};
+use crate::operator::Running;
 use crate::replication::{
     Agent, KEY, csi_vault, first_point, live_vault, protect, replicated_point, request_point,
     with_vault,
 };
 use crate::repository::{fs_location, options};
 use crate::rig::{Rig, block, eventually};
-use crate::scenario::zones;
+use crate::scenario::{condition_true, zones};
 
 const SIZE: u64 = 32 << 20;
 const BLOCK: u64 = 16 << 10;
@@ -130,11 +130,7 @@ async fn block_claims_are_captured_incremented_and_failed_over_byte_for_byte() {
     }))
     .unwrap();
     failovers.create(&PostParams::default(), &fo).await.unwrap();
-    eventually(Duration::from_secs(90), "FailedOver=True", || async {
-        let s = failovers.get("db-fo").await.ok()?.status?;
-        (condition(&s.conditions, "FailedOver")?.0 == "True").then_some(())
-    })
-    .await;
+    condition_true(&failovers, "db-fo", "FailedOver", Duration::from_secs(90)).await;
     let claims: Api<PersistentVolumeClaim> = Api::namespaced(rig.client(), "apps");
     for (i, want) in expected.iter().enumerate() {
         let claim = format!("data-db-failover-{i}");

@@ -348,19 +348,7 @@ async fn region_failover(shared: impl Fn(&Path) -> serde_json::Value, home: &str
     assert_eq!(listed.fenced_by.as_deref(), Some("cluster-b"));
 
     // Commit: the points go, the workload stays.
-    failovers_b
-        .patch(
-            "region",
-            &PatchParams::default(),
-            &Patch::Merge(json!({"spec": {"commit": true}})),
-        )
-        .await
-        .unwrap();
-    eventually(Duration::from_secs(60), "Committed=True in B", || async {
-        let s = failovers_b.get("region").await.ok()?.status?;
-        (condition(&s.conditions, "Committed")?.0 == "True").then_some(())
-    })
-    .await;
+    crate::scenario::commit(&failovers_b, "region").await;
 
     if home != "apps" {
         let ns = Api::<k8s_openapi::api::core::v1::Namespace>::all(b.client())

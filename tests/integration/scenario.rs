@@ -106,3 +106,30 @@ pub(crate) async fn finish(rig: &Rig, dir: &Path, running: Running, agents: Vec<
         a.kill();
     }
 }
+
+/// Waits until condition `type_` of Failover `name` is True; returns the status then.
+pub(crate) async fn condition_true(
+    failovers: &Api<Failover>,
+    name: &str,
+    type_: &str,
+    within: Duration,
+) -> site_recovery::api::failover::FailoverStatus {
+    eventually(within, &format!("{name}: {type_}=True"), || async {
+        let s = failovers.get(name).await.ok()?.status?;
+        (crate::operator::condition(&s.conditions, type_)?.0 == "True").then_some(s)
+    })
+    .await
+}
+
+/// Phase two of Failover `name`: `spec.commit`, then Committed=True.
+pub(crate) async fn commit(failovers: &Api<Failover>, name: &str) {
+    failovers
+        .patch(
+            name,
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(json!({"spec": {"commit": true}})),
+        )
+        .await
+        .unwrap();
+    condition_true(failovers, name, "Committed", Duration::from_secs(60)).await;
+}

@@ -11,10 +11,9 @@ use serde_json::json;
 use site_recovery::api::{Failover, ReplicatedWorkload};
 
 use crate::failover::noise;
-use crate::operator::condition;
 use crate::replication::{csi_vault, live_vault, read_tree, start_agents, with_vault};
 use crate::rig::{eventually, kubevirt};
-use crate::scenario::gone;
+use crate::scenario::{commit, condition_true, gone};
 
 fn failover(name: &str, spec: serde_json::Value) -> Failover {
     let mut spec = spec;
@@ -88,11 +87,7 @@ async fn a_virtual_machine_is_protected_drilled_failed_over_and_committed() {
         )
         .await
         .unwrap();
-    eventually(Duration::from_secs(60), "drill Verified=True", || async {
-        let s = failovers.get("vm-drill").await.ok()?.status?;
-        (condition(&s.conditions, "Verified")?.0 == "True").then_some(())
-    })
-    .await;
+    condition_true(&failovers, "vm-drill", "Verified", Duration::from_secs(60)).await;
     let drilled = kubevirt::machines(&rig, "vm1-drill")
         .get("vm1")
         .await
@@ -124,11 +119,7 @@ async fn a_virtual_machine_is_protected_drilled_failed_over_and_committed() {
         )
         .await
         .unwrap();
-    let s = eventually(Duration::from_secs(60), "FailedOver=True", || async {
-        let s = failovers.get("vm-fo").await.ok()?.status?;
-        (condition(&s.conditions, "FailedOver")?.0 == "True").then_some(s)
-    })
-    .await;
+    let s = condition_true(&failovers, "vm-fo", "FailedOver", Duration::from_secs(60)).await;
     assert_eq!(s.target_workload.as_deref(), Some("vm1-failover"));
     let source = machines.get("vm1").await.unwrap();
     assert_eq!(
@@ -190,19 +181,7 @@ async fn a_virtual_machine_is_protected_drilled_failed_over_and_committed() {
     );
 
     // Commit: the copy is the machine now; the source stays halted.
-    failovers
-        .patch(
-            "vm-fo",
-            &PatchParams::default(),
-            &Patch::Merge(json!({"spec": {"commit": true}})),
-        )
-        .await
-        .unwrap();
-    eventually(Duration::from_secs(60), "Committed=True", || async {
-        let s = failovers.get("vm-fo").await.ok()?.status?;
-        (condition(&s.conditions, "Committed")?.0 == "True").then_some(())
-    })
-    .await;
+    commit(&failovers, "vm-fo").await;
     assert_eq!(
         machines.get("vm1").await.unwrap().data["spec"]["runStrategy"],
         "Halted"
@@ -240,11 +219,7 @@ async fn a_virtual_machine_is_protected_drilled_failed_over_and_committed() {
         .create(&PostParams::default(), &back)
         .await
         .unwrap();
-    let s = eventually(Duration::from_secs(90), "failed back", || async {
-        let s = failovers.get("back").await.ok()?.status?;
-        (condition(&s.conditions, "FailedOver")?.0 == "True").then_some(s)
-    })
-    .await;
+    let s = condition_true(&failovers, "back", "FailedOver", Duration::from_secs(90)).await;
     assert_eq!(
         (s.failback_to.as_deref(), s.target_workload.as_deref()),
         (Some("vm1"), Some("vm1"))

@@ -70,7 +70,8 @@ pub async fn act(ctx: &Context, f: &Failover, actions: &[Action]) -> Result<(), 
             } => {
                 // The hold names this Failover while the note is kept; both go together.
                 let held_by = note.map(|_| f.name_any());
-                kind.api(client, Some(&namespace))
+                Kind::workload(*kind)
+                    .api(client, Some(&namespace))
                     .patch(
                         name,
                         &PatchParams::default(),
@@ -79,7 +80,7 @@ pub async fn act(ctx: &Context, f: &Failover, actions: &[Action]) -> Result<(), 
                                 REPLICAS_ANNOTATION: note.map(|n| n.to_string()),
                                 HELD_BY_ANNOTATION: held_by,
                             }},
-                            "spec": kind.as_workload().map(|k| crate::controllers::shape::scale(k, *replicas)),
+                            "spec": crate::controllers::shape::scale(*kind, *replicas),
                         })),
                     )
                     .await

@@ -69,7 +69,7 @@ fn restore_source(f: &Failover, rw: &ReplicatedWorkload, observed: &Observed, d:
     if place.failback && status.reached(&Milestone::WorkloadStarted) {
         // The original went back up on its claims: it stops again, held as before.
         d.actions.push(Action::ScaleSource {
-            kind: place.copy_kind(),
+            kind: place.kind,
             name: place.copy.clone(),
             replicas: 0,
             note: Some(status.source_replicas.unwrap_or(1)),
@@ -82,7 +82,7 @@ fn restore_source(f: &Failover, rw: &ReplicatedWorkload, observed: &Observed, d:
         .and_then(|s| s.noted.or(status.source_replicas));
     if let Some(replicas) = back {
         d.actions.push(Action::ScaleSource {
-            kind: Kind::workload(w.kind),
+            kind: w.kind,
             name: w.name.clone(),
             replicas,
             note: None,
@@ -152,7 +152,7 @@ fn remove_found(f: &Failover, d: &mut Decision) {
     }
     if found.existed {
         d.actions.push(Action::ScaleSource {
-            kind: place.copy_kind(),
+            kind: place.kind,
             name: place.copy.clone(),
             replicas: 0,
             note: None,

@@ -25,6 +25,7 @@ use crate::api::conditions::{Condition, ConditionStatus};
 use crate::api::failover::{FailoverStatus, Milestone, ResolvedPoint, Restore};
 use crate::api::reasons::{ConditionType as T, EventReason, FailoverReason as R};
 use crate::api::work::{WorkState, writer_name};
+use crate::api::workload::WorkloadKind;
 use crate::controllers::PlannedEvent;
 use crate::controllers::objects::{Kind, Manifest, ObjectName};
 
@@ -48,7 +49,7 @@ pub enum Action {
     /// Set the source workload's replicas, noting (or, with `None`, removing) the count before
     /// the failover in the same patch, so that the count survives a lost status write.
     ScaleSource {
-        kind: Kind,
+        kind: WorkloadKind,
         name: String,
         replicas: i32,
         note: Option<i32>,

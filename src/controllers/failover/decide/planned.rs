@@ -33,7 +33,7 @@ pub fn source_replicas(i: &Inputs<'_>, source: &Source) -> (i32, bool) {
 /// The action that scales the source to zero, noting `replicas`.
 pub fn stop(rw: &ReplicatedWorkload, replicas: i32) -> Action {
     Action::ScaleSource {
-        kind: Kind::workload(rw.spec.workload_ref.kind),
+        kind: rw.spec.workload_ref.kind,
         name: rw.spec.workload_ref.name.clone(),
         replicas: 0,
         note: Some(replicas),

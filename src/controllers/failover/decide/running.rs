@@ -71,7 +71,7 @@ pub fn start(i: &Inputs<'_>, place: &Place, world: &World) -> Decision {
         // The original comes back on its own claims, now the point's: scaled up, its hold
         // released (the operator's own write).
         d.actions.push(Action::ScaleSource {
-            kind: place.copy_kind(),
+            kind: place.kind,
             name: place.copy.clone(),
             replicas,
             note: None,
@@ -150,7 +150,7 @@ pub fn start_found(i: &Inputs<'_>, place: &Place, found: &Found, world: &World) 
     if existed {
         if source.replicas.unwrap_or(0) == 0 {
             d.actions.push(Action::ScaleSource {
-                kind: place.copy_kind(),
+                kind: place.kind,
                 name: place.copy.clone(),
                 replicas,
                 note: None,

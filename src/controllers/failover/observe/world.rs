@@ -238,9 +238,8 @@ pub(super) async fn labelled_pods(
 
 /// The label selector of a workload's pods; `None` when it has none.
 pub(super) fn selector_of(kind: WorkloadKind, workload: &DynamicObject) -> Option<String> {
-    let mut value = workload.data.clone();
-    value["metadata"]["name"] = serde_json::json!(workload.metadata.name);
-    shape::selector(kind, &value)
+    let name = workload.metadata.name.as_deref().unwrap_or_default();
+    shape::selector(kind, name, &workload.data["spec"])
 }
 
 /// The workload's pods still running: they match its selector and are not a failover's.
