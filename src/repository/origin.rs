@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use futures::{StreamExt, TryStreamExt};
 use serde::{Deserialize, Serialize};
 
-use super::format::{Consistency, Manifest, Origin, Stats, VolumeManifest, limits};
+use super::format::{Consistency, Manifest, Origin, Stats, VolumeContent, VolumeManifest, limits};
 use super::{RepoError, Repository};
 
 /// Longest cluster uid, failover uid or kind accepted; longest cluster name.
@@ -55,7 +55,7 @@ impl From<ManifestWithoutOrigin> for Manifest {
 /// silently cut off.
 pub fn decode_manifest_bytes(raw: &[u8]) -> Result<Manifest, String> {
     let rest = |n: usize| format!("manifest: {n} bytes after its end");
-    match postcard::take_from_bytes::<Manifest>(raw) {
+    let mut manifest = match postcard::take_from_bytes::<Manifest>(raw) {
         Ok((m, [])) => Ok(m),
         Ok((_, extra)) => Err(rest(extra.len())),
         Err(postcard::Error::DeserializeUnexpectedEnd) => {
@@ -66,7 +66,15 @@ pub fn decode_manifest_bytes(raw: &[u8]) -> Result<Manifest, String> {
             }
         }
         Err(e) => Err(format!("manifest: {e}")),
+    }?;
+    // A decoded list grows by doubling (its length is not trusted for an allocation up front):
+    // a tree's entries give back what they were not using, up to half of them.
+    for v in &mut manifest.volumes {
+        if let VolumeContent::Tree(nodes) = &mut v.content {
+            nodes.shrink_to_fit();
+        }
     }
+    Ok(manifest)
 }
 
 /// A DNS-1123 label: at most 63 lowercase alphanumerics or '-', starting and ending with an

@@ -102,8 +102,12 @@ pub async fn restore(
             let stats = restore_data(
                 repo,
                 &manifest,
-                vec![(partial.clone(), Restored::Open(file))],
-                vec![data.clone()],
+                target,
+                vec![Restored::Open {
+                    file,
+                    path: partial.clone(),
+                }],
+                &[data],
                 &[None],
                 progress,
             )
@@ -181,11 +185,12 @@ async fn restore_device(
     let mut stats = restore_data(
         repo,
         manifest,
-        vec![(
-            target.to_path_buf(),
-            Restored::Open(device.try_clone().map_err(|e| RepoError::io(target, e))?),
-        )],
-        vec![data.clone()],
+        target,
+        vec![Restored::Open {
+            file: device.try_clone().map_err(|e| RepoError::io(target, e))?,
+            path: target.to_path_buf(),
+        }],
+        &[data],
         &[Some(compared.kept)],
         progress,
     )
@@ -219,8 +224,12 @@ async fn restore_tree(
         .map_err(|e| tree.error(INCOMPLETE_MARKER, e))?;
     // Every entry first (directories, files at their size, links), then the data, then
     // ownership, modes, attributes and times, deepest first.
-    let mut files = Vec::new();
-    let mut contents = Vec::new();
+    let count = nodes
+        .iter()
+        .filter(|n| matches!(n.kind, NodeKind::File(_)))
+        .count();
+    let mut files = Vec::with_capacity(count);
+    let mut contents: Vec<&FileData> = Vec::with_capacity(count);
     // In place: the files reused, by their index in `files`.
     let mut reused = Vec::new();
     let mut removed = 0;
@@ -258,8 +267,8 @@ async fn restore_tree(
                     rel: n.path.clone(),
                     identity,
                 };
-                files.push((target.join(&n.path), file));
-                contents.push(data.clone());
+                files.push(file);
+                contents.push(data);
             }
             NodeKind::Symlink(to) => tree.make_symlink(&n.path, to)?,
             NodeKind::HardLink(first) => tree.make_hard_link(&n.path, first)?,
@@ -268,16 +277,16 @@ async fn restore_tree(
     // What the reused files already hold, compared on every core.
     let compared: Vec<_> = reused
         .into_par_iter()
-        .map(|(i, f)| (i, in_place::unchanged(&f, &contents[i], &repo.keys)))
+        .map(|(i, f)| (i, in_place::unchanged(&f, contents[i], &repo.keys)))
         .collect();
     let mut keep: Vec<Option<Vec<bool>>> = vec![None; files.len()];
     let mut zeroed = 0;
     for (i, result) in compared {
-        let c = result.map_err(|e| RepoError::io(&files[i].0, e))?;
+        let c = result.map_err(|e| RepoError::io(&files[i].path(target), e))?;
         keep[i] = Some(c.kept);
         zeroed += c.zeroed;
     }
-    let mut stats = restore_data(repo, manifest, files, contents, &keep, progress).await?;
+    let mut stats = restore_data(repo, manifest, target, files, &contents, &keep, progress).await?;
     stats.bytes_written += zeroed;
     stats.removed = removed;
     for n in nodes.iter().rev() {
@@ -322,8 +331,9 @@ pub fn pick_volume<'a>(
 async fn restore_data(
     repo: &Repository,
     manifest: &Manifest,
-    files: Vec<(PathBuf, Restored)>,
-    contents: Vec<FileData>,
+    target: &Path,
+    files: Vec<Restored>,
+    contents: &[&FileData],
     kept: &[Option<Vec<bool>>],
     progress: Option<ProgressFn>,
 ) -> Result<RestoreStats, RepoError> {
@@ -333,7 +343,7 @@ async fn restore_data(
         .filter(|e| e.chunk.is_some())
         .map(|e| e.length as u64)
         .sum();
-    let (packs, total) = placements_by_pack(repo, manifest, &files, &contents, kept)?;
+    let (packs, total) = placements_by_pack(repo, manifest, target, &files, contents, kept)?;
     let stats = RestoreStats {
         files: files.len() as u64,
         bytes,
@@ -345,34 +355,36 @@ async fn restore_data(
         handle: tokio::runtime::Handle::current(),
         location: repo.location.clone(),
         keys: repo.keys.clone(),
+        target: target.to_path_buf(),
         files,
         done: std::sync::atomic::AtomicU64::new(0),
         total,
         progress,
     };
-    tokio::task::spawn_blocking(move || {
-        packs.par_iter().try_for_each_init(
-            format::ChunkScratch::default,
-            |scratch, (pack, placements)| writer.write_pack(scratch, pack, placements),
-        )
-    })
-    .await
-    .map_err(|e| RepoError::Invalid(format!("restore task panicked: {e}")))??;
+    tokio::task::spawn_blocking(move || writer.write_all(&packs))
+        .await
+        .map_err(|e| RepoError::Invalid(format!("restore task panicked: {e}")))??;
     Ok(stats)
 }
+
+/// How many packs beyond the one being fetched are announced to storage (`Location::prefetch`):
+/// a cold restore waits on reads, and this keeps reads in flight without holding more packs in
+/// memory (the kernel reads them into its page cache). 8 packs, up to 64 MiB.
+const PREFETCH_PACKS: usize = 8;
 
 /// Where every stored chunk of `contents` goes (the files in the order of `files`), grouped by
 /// the pack that holds it, and the bytes they add up to. Holes place nothing.
 fn placements_by_pack(
     repo: &Repository,
     manifest: &Manifest,
-    files: &[(PathBuf, Restored)],
-    contents: &[FileData],
+    target: &Path,
+    files: &[Restored],
+    contents: &[&FileData],
     kept: &[Option<Vec<bool>>],
 ) -> Result<(Vec<PackPlacements>, u64), RepoError> {
     let mut by_pack: HashMap<u32, Vec<Placement>> = HashMap::new();
     let mut total = 0u64;
-    for (i, ((path, _), data)) in files.iter().zip(contents).enumerate() {
+    for (i, (file, data)) in files.iter().zip(contents).enumerate() {
         let mut offset = 0u64;
         let kept = kept.get(i).and_then(Option::as_ref);
         for (n, e) in data.extents.iter().enumerate() {
@@ -390,7 +402,7 @@ fn placements_by_pack(
                     reason: format!(
                         "chunk {} of {} is in no index or pack",
                         hex::encode(id),
-                        path.display()
+                        file.path(target).display()
                     ),
                 })?;
                 by_pack.entry(at.pack).or_default().push(Placement {
@@ -404,11 +416,22 @@ fn placements_by_pack(
             offset += e.length as u64;
         }
     }
-    let packs = by_pack
+    // In the order the packs were indexed, about the order they were written: neighbours on
+    // disk, and the files they fill, close together.
+    let mut packs: Vec<_> = by_pack.into_iter().collect();
+    packs.sort_unstable_by_key(|(p, _)| *p);
+    let packs = packs
         .into_iter()
         .map(|(p, v)| (repo.packs[p as usize], v))
         .collect();
     Ok((packs, total))
+}
+
+/// What a writer thread reuses from pack to pack: the pack read, and a chunk's plaintext.
+#[derive(Default)]
+struct Scratch {
+    pack: Vec<u8>,
+    chunk: format::ChunkScratch,
 }
 
 /// Writes packs' chunks into the files being restored, from the blocking pool's threads.
@@ -416,7 +439,9 @@ struct PackWriter {
     handle: tokio::runtime::Handle,
     location: crate::storage::Location,
     keys: super::crypto::Keys,
-    files: Vec<(PathBuf, Restored)>,
+    /// Where a tree is restored (for messages).
+    target: PathBuf,
+    files: Vec<Restored>,
     /// Bytes written so far, by every thread.
     done: std::sync::atomic::AtomicU64,
     total: u64,
@@ -424,19 +449,90 @@ struct PackWriter {
 }
 
 impl PackWriter {
+    /// Writes every pack from as many threads as the pool has (`RAYON_NUM_THREADS` sets it);
+    /// stops at the first error. Each writer takes its own stretch of the packs, in order, so
+    /// that the packs announced ahead are the next it reads and two writers rarely fill the
+    /// same file at once (a file's writes are serialised by its inode lock, and writers waiting
+    /// on it spin); a writer done with its stretch helps with the one with the most left.
+    fn write_all(&self, packs: &[PackPlacements]) -> Result<(), RepoError> {
+        use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+        let writers = rayon::current_num_threads().clamp(1, packs.len().max(1));
+        let ahead = (PREFETCH_PACKS / writers).max(1);
+        // Stretch w: packs[w * len / writers ..], its next pack in `next[w]`.
+        let bound = |w: usize| w * packs.len() / writers;
+        let next: Vec<AtomicUsize> = (0..writers).map(|w| AtomicUsize::new(bound(w))).collect();
+        let failed = AtomicBool::new(false);
+        for w in 0..writers {
+            for (pack, _) in &packs[bound(w)..bound(w + 1).min(bound(w) + ahead)] {
+                self.prefetch(pack);
+            }
+        }
+        let take = |w: usize| {
+            let i = next[w].fetch_add(1, Ordering::Relaxed);
+            (i < bound(w + 1)).then_some(i)
+        };
+        let left = |w: usize| bound(w + 1).saturating_sub(next[w].load(Ordering::Relaxed));
+        std::thread::scope(|s| {
+            let handles: Vec<_> = (0..writers)
+                .map(|own| {
+                    let (take, left, failed) = (&take, &left, &failed);
+                    s.spawn(move || {
+                        let mut scratch = Scratch::default();
+                        let mut w = own;
+                        while !failed.load(Ordering::Relaxed) {
+                            let Some(i) = take(w) else {
+                                // Help the stretch with the most packs left, if any.
+                                match (0..writers).max_by_key(|&v| left(v)) {
+                                    Some(v) if left(v) > 0 => {
+                                        w = v;
+                                        continue;
+                                    }
+                                    _ => break,
+                                }
+                            };
+                            // Every pack is taken once, so each is announced once.
+                            if i + ahead < bound(w + 1) {
+                                self.prefetch(&packs[i + ahead].0);
+                            }
+                            let (pack, placements) = &packs[i];
+                            if let Err(e) = self.write_pack(&mut scratch, pack, placements) {
+                                failed.store(true, Ordering::Relaxed);
+                                return Err(e);
+                            }
+                        }
+                        Ok(())
+                    })
+                })
+                .collect();
+            handles.into_iter().try_for_each(|h| {
+                h.join()
+                    .map_err(|_| RepoError::Invalid("a restore writer panicked".into()))?
+            })
+        })
+    }
+
+    fn prefetch(&self, pack: &ChunkId) {
+        let key = layout::pack(self.location.prefix(), &pack_name(pack));
+        self.handle.block_on(self.location.prefetch(&key));
+    }
+
     /// Fetches `pack` and writes its `placements`, authenticating each chunk; one file open at
     /// a time, the pack's chunks in file order.
     fn write_pack(
         &self,
-        scratch: &mut format::ChunkScratch,
+        scratch: &mut Scratch,
         pack: &ChunkId,
         placements: &[Placement],
     ) -> Result<(), RepoError> {
         let key = layout::pack(self.location.prefix(), &pack_name(pack));
         let name = format!("{}/{}", self.location.name(), key);
-        let bytes = self
-            .handle
-            .block_on(self.location.get_max(&key, format::limits::PACK))?;
+        self.location.read_once_blocking(
+            &self.handle,
+            &key,
+            format::limits::PACK,
+            &mut scratch.pack,
+        )?;
+        let bytes = &scratch.pack;
         let mut placements: Vec<&Placement> = placements.iter().collect();
         placements.sort_by_key(|p| (p.file, p.offset));
         let mut open: Option<(u32, std::fs::File)> = None;
@@ -447,19 +543,26 @@ impl PackWriter {
                 object: name.clone(),
                 reason: format!("chunk {} lies outside the pack", hex::encode(p.id)),
             })?;
-            let data = format::open_chunk_into(&self.keys, &p.id, p.at.raw_length, sealed, scratch)
-                .map_err(|e| RepoError::Corrupt {
-                    object: name.clone(),
-                    reason: format!("chunk {}: {e}", hex::encode(p.id)),
-                })?;
-            let (path, restored) = &self.files[p.file as usize];
+            let data = format::open_chunk_into(
+                &self.keys,
+                &p.id,
+                p.at.raw_length,
+                sealed,
+                &mut scratch.chunk,
+            )
+            .map_err(|e| RepoError::Corrupt {
+                object: name.clone(),
+                reason: format!("chunk {}: {e}", hex::encode(p.id)),
+            })?;
+            let restored = &self.files[p.file as usize];
+            let path = || restored.path(&self.target);
             if open.as_ref().is_none_or(|(i, _)| *i != p.file) {
-                let f = restored.open().map_err(|e| RepoError::io(path, e))?;
+                let f = restored.open().map_err(|e| RepoError::io(&path(), e))?;
                 open = Some((p.file, f));
             }
             let (_, file) = open.as_ref().expect("opened above");
             file.write_all_at(data, p.offset)
-                .map_err(|e| RepoError::io(path, e))?;
+                .map_err(|e| RepoError::io(&path(), e))?;
             self.written(data.len() as u64);
         }
         Ok(())

@@ -257,3 +257,53 @@ fn vault_s3_locations_use_only_their_secret_and_https() {
         "{err}"
     );
 }
+
+/// `read_once_blocking` (the restore's pack reads) on a directory (a file read in place) and on
+/// S3 (a body streamed): the object's exact bytes into a reused buffer, and an object over the
+/// limit refused by name before its body is read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn objects_read_once_into_a_kept_buffer_are_exact_and_bounded() {
+    let tmp = tempfile::tempdir().unwrap();
+    let locations = [
+        crate::repository::fs_location(&tmp.path().join("dir")),
+        s3(&unique_prefix("read-once")),
+    ];
+    for location in locations {
+        let key = object_store::path::Path::from("data/ab/object");
+        let body: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+        location
+            .put(&key, bytes::Bytes::from(body.clone()))
+            .await
+            .unwrap();
+        let runtime = tokio::runtime::Handle::current();
+        let (location, key, body) = tokio::task::spawn_blocking(move || {
+            // A buffer that held a larger object before: what it ends up holding is this one.
+            let mut buf = vec![7u8; 1_000_000];
+            location
+                .read_once_blocking(&runtime, &key, 300_000, &mut buf)
+                .unwrap();
+            assert!(buf == body, "{}: the bytes differ", location.name());
+            let err = location
+                .read_once_blocking(&runtime, &key, 299_999, &mut buf)
+                .unwrap_err();
+            assert!(
+                matches!(
+                    &err,
+                    StorageError::TooLarge {
+                        size: 300_000,
+                        max: 299_999,
+                        ..
+                    }
+                ),
+                "{}: {err}",
+                location.name()
+            );
+            assert!(err.to_string().contains("data/ab/object"), "{err}");
+            (location, key, body)
+        })
+        .await
+        .unwrap();
+        // Still readable afterwards (read once drops cached pages, never the object).
+        assert_eq!(location.get(&key).await.unwrap().as_ref(), body.as_slice());
+    }
+}

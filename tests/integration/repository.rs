@@ -327,6 +327,43 @@ async fn incremental_points_each_restore_their_own_content() {
     }
 }
 
+/// A restore of many packs: the writers each take a stretch of them and help each other at
+/// the end; every byte lands in its file, whichever writer fetched its pack.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restore_of_many_packs_puts_every_byte_in_place() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    std::fs::create_dir_all(src.join("small")).unwrap();
+    for i in 0..5 {
+        random_file(&src.join(format!("big-{i}.img")), 9 << 20, 10 + i);
+    }
+    for i in 0..300 {
+        random_file(&src.join(format!("small/{i}")), 1 + i * 97, 1000 + i as u64);
+    }
+    let repo = {
+        let mut repo = Repository::init(fs_location(&tmp.path().join("repo")), KEY)
+            .await
+            .unwrap();
+        snapshot(
+            &mut repo,
+            vec![("data".into(), Source::Tree(src.clone()))],
+            &options("many"),
+            None,
+        )
+        .await
+        .unwrap();
+        repo
+    };
+    let point = repo.point_ids().await.unwrap().pop().unwrap();
+    let out = tmp.path().join("out");
+    let stats = restore(&repo, &point, &out, &RestoreOptions::default(), None)
+        .await
+        .unwrap();
+    assert!(stats.packs_read >= 5, "{stats:?}");
+    assert_eq!(stats.files, 305, "{stats:?}");
+    assert_eq!(describe(&out), describe(&src));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sparse_files_and_raw_images_stay_sparse() {
     let tmp = tempfile::tempdir().unwrap();

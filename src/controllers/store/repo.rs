@@ -30,6 +30,9 @@ use crate::vault_access::VaultAccess;
 struct Slot {
     name: &'static str,
     repo: Mutex<Option<Repository>>,
+    /// A reader of the repository `repo` last opened (no index): listing and reading points
+    /// need no wait for a job holding `repo`.
+    reader: std::sync::Mutex<Option<Repository>>,
     points: Summaries,
     /// When retention last collected garbage here.
     collected: std::sync::Mutex<Option<std::time::Instant>>,
@@ -49,9 +52,28 @@ impl Slot {
         Self {
             name,
             repo: Mutex::new(None),
+            reader: std::sync::Mutex::new(None),
             points: Summaries::default(),
             collected: std::sync::Mutex::new(None),
         }
+    }
+
+    /// Keeps a reader of `repo`, just opened.
+    fn opened(&self, repo: &Repository) {
+        *self.reader.lock().unwrap_or_else(|e| e.into_inner()) = Some(repo.reader());
+    }
+
+    fn kept_reader(&self) -> Option<Repository> {
+        self.reader
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .map(Repository::reader)
+    }
+
+    /// Whether a handle is open now: one held by another task (a job using it) is.
+    fn is_open(&self) -> bool {
+        self.repo.try_lock().map_or(true, |g| g.is_some())
     }
 
     /// Whether garbage is due again in this location (and, if so, it counts as collected now).
@@ -90,6 +112,8 @@ pub struct RepoStore {
     cache: Slot,
     target: Slot,
     opens: Family<LocationLabels, Counter>,
+    /// Both repositories were ensured once (created or checked to be ours and opened).
+    ensured: std::sync::atomic::AtomicBool,
 }
 
 type Guard<'a> = MutexGuard<'a, Option<Repository>>;
@@ -101,6 +125,7 @@ impl RepoStore {
             cache: Slot::new("cache"),
             target: Slot::new("target"),
             opens,
+            ensured: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -117,11 +142,13 @@ impl RepoStore {
         let mut guard = self.cache.repo.lock().await;
         if guard.is_none() {
             self.counted(&self.cache);
-            *guard = Some(if create {
+            let repo = if create {
                 self.access.open_cache().await?
             } else {
                 Repository::open(self.access.cache.clone(), &self.access.key).await?
-            });
+            };
+            self.cache.opened(&repo);
+            *guard = Some(repo);
         }
         Ok(guard)
     }
@@ -132,10 +159,12 @@ impl RepoStore {
         let mut guard = self.target.repo.lock().await;
         if guard.is_none() {
             self.counted(&self.target);
-            *guard = Some(match cache {
+            let repo = match cache {
                 Some(cache) => self.access.open_target(cache).await?,
                 None => Repository::open(self.access.target.clone(), &self.access.key).await?,
-            });
+            };
+            self.target.opened(&repo);
+            *guard = Some(repo);
         }
         Ok(guard)
     }
@@ -240,6 +269,9 @@ impl RepoStore {
     /// A reader of the target (a long copy into it does not hold the read up); `None` when the
     /// target holds no repository yet.
     async fn target_reader(&self) -> Result<Option<Repository>, StoreError> {
+        if let Some(r) = self.target.kept_reader() {
+            return Ok(Some(r));
+        }
         match self.target(None).await {
             Ok(g) => Ok(g.as_ref().map(Repository::reader)),
             Err(RepoError::NotARepository { .. }) => Ok(None),
@@ -249,7 +281,10 @@ impl RepoStore {
 
     async fn list_target(&self, workload: &str) -> Result<TargetPoints, RepoError> {
         // A reader lists, so a long copy into the target does not hold the listing up.
-        let reader = self.target(None).await?.as_ref().map(Repository::reader);
+        let reader = match self.target.kept_reader() {
+            Some(r) => Some(r),
+            None => self.target(None).await?.as_ref().map(Repository::reader),
+        };
         let Some(reader) = reader else {
             return Ok(vec![]);
         };
@@ -314,12 +349,21 @@ fn drop_on_error<T>(guard: &mut Guard<'_>, result: Result<T, RepoError>) -> Resu
 
 impl PointStore for RepoStore {
     fn ensure(&self) -> BoxFuture<'_, Result<(), StoreError>> {
+        use std::sync::atomic::Ordering;
         async move {
+            // Ensured before and both handles still open (a handle in use by a job is): a
+            // point start does not queue behind every other workload's finishing points for
+            // the handles' locks. A handle closed after an error is ensured afresh.
+            if self.ensured.load(Ordering::Acquire) && self.cache.is_open() && self.target.is_open()
+            {
+                return Ok(());
+            }
             let cache = self.cache(true).await.map_err(cache_error)?;
             let Some(repo) = cache.as_ref() else {
                 return Ok(());
             };
             drop(self.target(Some(repo)).await.map_err(target_error)?);
+            self.ensured.store(true, Ordering::Release);
             Ok(())
         }
         .boxed()
@@ -355,6 +399,10 @@ impl PointStore for RepoStore {
 
     fn discard_parts<'a>(&'a self, point: &'a str) -> BoxFuture<'a, Result<(), StoreError>> {
         async move {
+            // A point's parts are its own: no need to wait for the handle a job may hold.
+            if let Some(reader) = self.cache.kept_reader() {
+                return reader.discard_parts(point).await.map_err(cache_error);
+            }
             let cache = self.cache(false).await.map_err(cache_error)?;
             match cache.as_ref() {
                 Some(repo) => repo.discard_parts(point).await.map_err(cache_error),

@@ -23,8 +23,11 @@ pub(super) struct TreeWriter<'a> {
 
 /// A file the data pass fills.
 pub(super) enum Restored {
-    /// Kept open (a raw image: one file).
-    Open(std::fs::File),
+    /// Kept open (a raw image or a block device: one file).
+    Open {
+        file: std::fs::File,
+        path: std::path::PathBuf,
+    },
     /// Created by the tree pass: reopened below the root, and refused unless it is still the
     /// inode the restore created.
     Beneath {
@@ -37,13 +40,22 @@ pub(super) enum Restored {
 impl Restored {
     pub(super) fn open(&self) -> std::io::Result<std::fs::File> {
         match self {
-            Restored::Open(f) => f.try_clone(),
+            Restored::Open { file, .. } => file.try_clone(),
             Restored::Beneath {
                 root,
                 rel,
                 identity,
             } => confined::open_known_file(root, rel, OFlags::WRONLY, *identity)?
                 .ok_or_else(|| std::io::Error::other("replaced while the restore was writing it")),
+        }
+    }
+
+    /// Its path, for messages (`target`: the directory a tree is restored into). Made only when
+    /// needed: a tree of many files keeps one relative name per file, not two paths.
+    pub(super) fn path(&self, target: &std::path::Path) -> std::path::PathBuf {
+        match self {
+            Restored::Open { path, .. } => path.clone(),
+            Restored::Beneath { rel, .. } => target.join(rel),
         }
     }
 }

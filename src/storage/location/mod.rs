@@ -104,6 +104,8 @@ pub struct Location {
     name: String,
     /// Secret values to scrub from every error.
     secrets: Arc<Vec<String>>,
+    /// A directory of this machine: reads can be announced to the kernel ahead (`prefetch`).
+    local: bool,
 }
 
 impl Location {
@@ -114,6 +116,7 @@ impl Location {
             prefix: Path::from(prefix),
             name: name.into(),
             secrets: Arc::new(vec![]),
+            local: false,
         }
     }
 
@@ -246,6 +249,79 @@ impl Location {
             });
         }
         Ok(bytes)
+    }
+
+    /// Reads `key` whole into `buf` (replacing what it held), refusing an object larger than
+    /// `max` before reading its body, as `get_max` does; for objects read once (a restore's
+    /// packs). The caller keeps `buf`, so that reading many large objects allocates and faults
+    /// in memory once, not once per object; on a filesystem location the object's pages are
+    /// dropped from the page cache after the read. Blocking: a filesystem location is read on
+    /// the calling thread, so call it from a thread of its own or of the blocking pool, never
+    /// from a runtime worker.
+    pub fn read_once_blocking(
+        &self,
+        runtime: &tokio::runtime::Handle,
+        key: &Path,
+        max: u64,
+        buf: &mut Vec<u8>,
+    ) -> Result<(), StorageError> {
+        let r = runtime
+            .block_on(self.store.get(key))
+            .map_err(|e| self.error(key, e))?;
+        let too_large = |size: u64| StorageError::TooLarge {
+            location: self.name.clone(),
+            key: key.to_string(),
+            size,
+            max,
+        };
+        let size = r.meta.size;
+        if size > max {
+            return Err(too_large(size));
+        }
+        buf.clear();
+        match r.payload {
+            object_store::GetResultPayload::File(file, _) => {
+                // The size listed, exactly: a file cut short since fails the read; what the
+                // bytes say is for the caller to check (a pack's trailer, a blob's tag).
+                buf.resize(size as usize, 0);
+                std::os::unix::fs::FileExt::read_exact_at(&file, buf, 0).map_err(|e| {
+                    StorageError::Backend {
+                        location: self.name.clone(),
+                        message: format!("{key}: read failed: {e}"),
+                    }
+                })?;
+                // Read once: its pages leave the page cache now rather than evict others (and
+                // the next pages this process fills reuse them).
+                let _ = rustix::fs::fadvise(&file, 0, None, rustix::fs::Advice::DontNeed);
+            }
+            object_store::GetResultPayload::Stream(mut stream) => runtime.block_on(async {
+                buf.reserve(size as usize);
+                while let Some(part) = stream.next().await {
+                    let part = part.map_err(|e| self.error(key, e))?;
+                    if (buf.len() + part.len()) as u64 > max {
+                        return Err(too_large((buf.len() + part.len()) as u64));
+                    }
+                    buf.extend_from_slice(&part);
+                }
+                Ok(())
+            })?,
+        }
+        Ok(())
+    }
+
+    /// Announces that `key` will be read whole soon, so that a cold read overlaps other work:
+    /// on a filesystem location the kernel starts reading the object into the page cache now
+    /// (`posix_fadvise(WILLNEED)`, which costs this process no memory). Other backends do
+    /// nothing. A failure is ignored: the read itself reports it.
+    pub async fn prefetch(&self, key: &Path) {
+        if !self.local {
+            return;
+        }
+        if let Ok(r) = self.store.get(key).await
+            && let object_store::GetResultPayload::File(file, _) = r.payload
+        {
+            let _ = rustix::fs::fadvise(&file, 0, None, rustix::fs::Advice::WillNeed);
+        }
     }
 
     pub async fn get_range(

@@ -126,6 +126,7 @@ impl Location {
             prefix: Path::from(opened.prefix.as_str()),
             name: opened.name,
             secrets: Arc::new(settings.secrets),
+            local: matches!(spec, LocationSpec::Filesystem(_)),
         })
     }
 }
