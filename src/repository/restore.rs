@@ -367,9 +367,9 @@ async fn restore_data(
     Ok(stats)
 }
 
-/// How many packs beyond the one being fetched are announced to storage (`Location::prefetch`):
-/// a cold restore waits on reads, and this keeps reads in flight without holding more packs in
-/// memory (the kernel reads them into its page cache). 8 packs, up to 64 MiB.
+/// How many packs are announced to storage ahead of the writers (`Location::prefetch`), shared
+/// among them: a cold restore waits on reads, and this keeps reads in flight without holding
+/// more packs in memory (the kernel reads them into its page cache). 8 packs, up to 64 MiB.
 const PREFETCH_PACKS: usize = 8;
 
 /// Where every stored chunk of `contents` goes (the files in the order of `files`), grouped by
