@@ -279,16 +279,14 @@ impl RepoStore {
         }
     }
 
-    async fn list_target(&self, workload: &str) -> Result<TargetPoints, RepoError> {
-        // A reader lists, so a long copy into the target does not hold the listing up.
-        let reader = match self.target.kept_reader() {
-            Some(r) => Some(r),
-            None => self.target(None).await?.as_ref().map(Repository::reader),
-        };
-        let Some(reader) = reader else {
-            return Ok(vec![]);
-        };
-        let points = self.target.points.of_workload(&reader, workload).await?;
+    /// `workload`'s points in the target, listed by `reader` (so a long copy into the target
+    /// does not hold the listing up).
+    async fn list_target(
+        &self,
+        reader: &Repository,
+        workload: &str,
+    ) -> Result<TargetPoints, RepoError> {
+        let points = self.target.points.of_workload(reader, workload).await?;
         Ok(points
             .into_iter()
             .filter_map(|s| {
@@ -417,7 +415,10 @@ impl PointStore for RepoStore {
         workload: &'a str,
     ) -> BoxFuture<'a, Result<TargetPoints, StoreError>> {
         async move {
-            match self.list_target(workload).await {
+            let Some(reader) = self.target_reader().await? else {
+                return Ok(vec![]);
+            };
+            match self.list_target(&reader, workload).await {
                 Ok(points) => Ok(points),
                 Err(RepoError::NotARepository { .. }) => Ok(vec![]),
                 Err(e) => Err(target_error(e)),

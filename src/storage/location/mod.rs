@@ -232,23 +232,22 @@ impl Location {
     pub async fn get_max(&self, key: &Path, max: u64) -> Result<Bytes, StorageError> {
         let r = self.store.get(key).await.map_err(|e| self.error(key, e))?;
         if r.meta.size > max {
-            return Err(StorageError::TooLarge {
-                location: self.name.clone(),
-                key: key.to_string(),
-                size: r.meta.size,
-                max,
-            });
+            return Err(self.too_large(key, r.meta.size, max));
         }
         let bytes = r.bytes().await.map_err(|e| self.error(key, e))?;
         if bytes.len() as u64 > max {
-            return Err(StorageError::TooLarge {
-                location: self.name.clone(),
-                key: key.to_string(),
-                size: bytes.len() as u64,
-                max,
-            });
+            return Err(self.too_large(key, bytes.len() as u64, max));
         }
         Ok(bytes)
+    }
+
+    fn too_large(&self, key: &Path, size: u64, max: u64) -> StorageError {
+        StorageError::TooLarge {
+            location: self.name.clone(),
+            key: key.to_string(),
+            size,
+            max,
+        }
     }
 
     /// Reads `key` whole into `buf` (replacing what it held), refusing an object larger than
@@ -268,21 +267,15 @@ impl Location {
         let r = runtime
             .block_on(self.store.get(key))
             .map_err(|e| self.error(key, e))?;
-        let too_large = |size: u64| StorageError::TooLarge {
-            location: self.name.clone(),
-            key: key.to_string(),
-            size,
-            max,
-        };
         let size = r.meta.size;
         if size > max {
-            return Err(too_large(size));
+            return Err(self.too_large(key, size, max));
         }
-        buf.clear();
         match r.payload {
             object_store::GetResultPayload::File(file, _) => {
                 // The size listed, exactly: a file cut short since fails the read; what the
-                // bytes say is for the caller to check (a pack's trailer, a blob's tag).
+                // bytes say is for the caller to check (a pack's trailer, a blob's tag). Only
+                // growth is zeroed: the read overwrites every byte.
                 buf.resize(size as usize, 0);
                 std::os::unix::fs::FileExt::read_exact_at(&file, buf, 0).map_err(|e| {
                     StorageError::Backend {
@@ -295,11 +288,13 @@ impl Location {
                 let _ = rustix::fs::fadvise(&file, 0, None, rustix::fs::Advice::DontNeed);
             }
             object_store::GetResultPayload::Stream(mut stream) => runtime.block_on(async {
+                buf.clear();
                 buf.reserve(size as usize);
                 while let Some(part) = stream.next().await {
                     let part = part.map_err(|e| self.error(key, e))?;
-                    if (buf.len() + part.len()) as u64 > max {
-                        return Err(too_large((buf.len() + part.len()) as u64));
+                    let grown = (buf.len() + part.len()) as u64;
+                    if grown > max {
+                        return Err(self.too_large(key, grown, max));
                     }
                     buf.extend_from_slice(&part);
                 }
