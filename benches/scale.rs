@@ -4,7 +4,8 @@
 //!
 //! For each N it prints: how long until every workload was `Registered` and then `Protected`
 //! (its first point durable in the target), the points of one steady interval (completed,
-//! started, and so restarted), the API requests per point (operator and agents), the resident
+//! started, and so restarted; the longest from start to durable in the target; the worst RPO
+//! any workload showed), the API requests per point (operator and agents), the resident
 //! memory of the operator and the agents (steady and peak), how long a new workload takes to be
 //! `Registered` while the others are protected, and how long a restarted operator takes to
 //! reconcile every object.
@@ -144,8 +145,8 @@ fn counter(text: &str, name: &str, labels: &str) -> f64 {
 struct Census {
     registered: usize,
     protected: usize,
-    /// name → id of the newest point durable in the target.
-    replicated: BTreeMap<String, String>,
+    /// name → id and time of the newest point durable in the target.
+    replicated: BTreeMap<String, (String, jiff::Timestamp)>,
     /// Why the last attempts that failed did, with how many said so.
     failures: BTreeMap<String, usize>,
 }
@@ -171,7 +172,7 @@ async fn census(api: &Api<ReplicatedWorkload>) -> Census {
         }
         if let Some(p) = &s.latest_replicated_point {
             c.protected += 1;
-            c.replicated.insert(name, p.id.clone());
+            c.replicated.insert(name, (p.id.clone(), p.time));
         }
     }
     c
@@ -221,6 +222,10 @@ struct Figures {
     protected: Option<Duration>,
     completed: usize,
     started: usize,
+    /// The longest time from a point's start to its being seen durable in the target.
+    longest: f64,
+    /// The oldest newest-replicated point any workload showed during the interval.
+    worst_rpo: f64,
     operator_requests_per_point: f64,
     agent_requests_per_point: f64,
     operator_steady: f64,
@@ -357,19 +362,36 @@ async fn run(n: usize, interval: Duration, frequency: &str) -> Figures {
         secs(protected)
     );
 
-    // One steady interval: the points completed, started, and what they cost.
+    // One steady interval, the statuses read every few seconds: each point that becomes
+    // durable in the target is seen within that much of it, its duration measured from the
+    // time it was taken; the worst RPO any workload showed; the points started, and what
+    // they cost.
     let before = census(&workloads).await;
     let started_before = operator.count("starting a recovery point");
     let (op_before, agent_before) = (rig.calls_of(&operator_user()), rig.calls_of(&agent_user()));
     operator.reset_peak();
     agents.iter().for_each(Process::reset_peak);
-    tokio::time::sleep(interval).await;
-    let after = census(&workloads).await;
-    let completed = after
-        .replicated
-        .iter()
-        .filter(|(name, id)| before.replicated.get(*name) != Some(id))
-        .count();
+    let poll = Duration::from_secs((n as u64 / 1000).max(5));
+    let window = Instant::now();
+    let mut seen = before.replicated.clone();
+    let mut durations: Vec<f64> = Vec::new();
+    let mut worst_rpo: f64 = 0.0;
+    let mut after = Census::default();
+    while window.elapsed() < interval {
+        tokio::time::sleep(poll.min(interval.saturating_sub(window.elapsed()))).await;
+        after = census(&workloads).await;
+        let now = jiff::Timestamp::now();
+        for (name, (id, time)) in &after.replicated {
+            let age = now.duration_since(*time).as_secs_f64();
+            worst_rpo = worst_rpo.max(age);
+            if seen.get(name).map(|(seen, _)| seen) != Some(id) {
+                durations.push(age);
+                seen.insert(name.clone(), (id.clone(), *time));
+            }
+        }
+    }
+    let completed = durations.len();
+    let longest = durations.iter().copied().fold(0.0, f64::max);
     let started = operator.count("starting a recovery point") - started_before;
     for (why, count) in &after.failures {
         eprintln!("N={n}: {count} workloads' last attempt failed: {why}");
@@ -430,6 +452,8 @@ async fn run(n: usize, interval: Duration, frequency: &str) -> Figures {
         protected,
         completed,
         started,
+        longest,
+        worst_rpo,
         operator_requests_per_point: per_point(total(&op_after), total(&op_before)),
         agent_requests_per_point: per_point(total(&agent_after), total(&agent_before)),
         operator_steady,
@@ -471,18 +495,20 @@ fn main() {
         .map(|&n| runtime.block_on(run(n, interval, &frequency)))
         .collect();
     println!(
-        "\n| N | all Registered (s) | all Protected (s) | points in one {frequency} interval: completed / started | API requests per point: operator / agents | operator RSS MiB steady / peak | agent RSS MiB steady / peak | new workload Registered (s) | cold start, every workload reconciled (s) |"
+        "\n| N | all Registered (s) | all Protected (s) | points in one {frequency} interval: completed / started | longest point (s) | worst RPO seen (s) | API requests per point: operator / agents | operator RSS MiB steady / peak | agent RSS MiB steady / peak | new workload Registered (s) | cold start, every workload reconciled (s) |"
     );
-    println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- |");
+    println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
     for f in &figures {
         println!(
-            "| {} | {} | {} | {} / {} (of {}) | {:.1} / {:.1} | {:.0} / {:.0} | {:.0} / {:.0} | {} | {} |",
+            "| {} | {} | {} | {} / {} (of {}) | {:.0} | {:.0} | {:.1} / {:.1} | {:.0} / {:.0} | {:.0} / {:.0} | {} | {} |",
             f.n,
             secs(f.registered),
             secs(f.protected),
             f.completed,
             f.started,
             f.n,
+            f.longest,
+            f.worst_rpo,
             f.operator_requests_per_point,
             f.agent_requests_per_point,
             f.operator_steady,

@@ -3,8 +3,9 @@
 
 use std::sync::Arc;
 
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::Node;
+use k8s_openapi::api::core::v1::{Node, PersistentVolumeClaim, Pod, Service};
 use kube::Client;
 use kube::core::{DeserializeGuard, PartialObjectMeta};
 use kube::runtime::events::Recorder;
@@ -23,6 +24,18 @@ pub struct Stores {
     pub failovers: Store<DeserializeGuard<Failover>>,
     pub nodes: Store<PartialObjectMeta<Node>>,
     pub registrations: Store<DeserializeGuard<Lease>>,
+    /// Pods as [`cached::pod`](super::cached::pod) keeps them: whose they are, their node
+    /// and claims.
+    pub pods: Store<Pod>,
+    /// Which pods each workload has, updated with the pod cache.
+    pub pod_index: Arc<super::cached::PodIndex>,
+    /// Claims, metadata only: whether each exists.
+    pub claims: Store<PartialObjectMeta<PersistentVolumeClaim>>,
+    /// Deployments and StatefulSets: whether each exists and which pods it selects.
+    pub deployments: Store<Deployment>,
+    pub stateful_sets: Store<StatefulSet>,
+    /// Services, which recovery points carry with the workloads they select.
+    pub services: Store<Service>,
     /// The registrations decoded, for the Lease versions they were decoded from.
     pub decoded: Arc<std::sync::Mutex<Decoded>>,
 }
@@ -47,6 +60,43 @@ pub struct NodeTopology {
 }
 
 impl Stores {
+    /// Waits (at most `limit`) until the caches a workload is observed from hold their first
+    /// full list: before that, a missing pod or claim means only that it was not listed yet.
+    /// The ones still filling, when the limit passed.
+    pub async fn workload_caches_ready(&self, limit: std::time::Duration) -> Result<(), String> {
+        let (pods, claims, deployments, stateful_sets, services) = futures::join!(
+            filled(&self.pods, limit),
+            filled(&self.claims, limit),
+            filled(&self.deployments, limit),
+            filled(&self.stateful_sets, limit),
+            filled(&self.services, limit),
+        );
+        let pending: Vec<&str> = [
+            (pods, "pods"),
+            (claims, "persistentvolumeclaims"),
+            (deployments, "deployments"),
+            (stateful_sets, "statefulsets"),
+            (services, "services"),
+        ]
+        .into_iter()
+        .filter_map(|(ready, name)| (!ready).then_some(name))
+        .collect();
+        if pending.is_empty() {
+            Ok(())
+        } else {
+            Err(pending.join(", "))
+        }
+    }
+
+    /// The cached Services of `namespace`.
+    pub fn services_in(&self, namespace: &str) -> Vec<Arc<Service>> {
+        self.services
+            .state()
+            .into_iter()
+            .filter(|s| s.metadata.namespace.as_deref() == Some(namespace))
+            .collect()
+    }
+
     /// Zone and region of every node, from the metadata-only node cache.
     pub fn node_topology(&self) -> Vec<NodeTopology> {
         self.nodes
@@ -161,6 +211,17 @@ pub struct Context {
     pub point_stores: super::store::VaultStores,
 }
 
+/// Whether `store` holds its first full list within `limit`.
+async fn filled<K>(store: &Store<K>, limit: std::time::Duration) -> bool
+where
+    K: kube::Resource + Clone + 'static,
+    K::DynamicType: std::hash::Hash + Eq + Clone,
+{
+    tokio::time::timeout(limit, store.wait_until_ready())
+        .await
+        .is_ok_and(|r| r.is_ok())
+}
+
 /// Appends each decodable object of `store` as an [`ObjectState`](crate::metrics::ObjectState).
 fn states<K>(
     out: &mut Vec<crate::metrics::ObjectState>,
@@ -215,6 +276,12 @@ mod tests {
             failovers: reflector::store().0,
             nodes: reflector::store().0,
             registrations,
+            pods: reflector::store().0,
+            pod_index: Default::default(),
+            claims: reflector::store().0,
+            deployments: reflector::store().0,
+            stateful_sets: reflector::store().0,
+            services: reflector::store().0,
             decoded: Default::default(),
         };
         writer.apply_watcher_event(&watcher::Event::Apply(lease("1", "zone-a")));

@@ -13,7 +13,7 @@ use std::collections::BTreeSet;
 use k8s_openapi::api::core::v1::{
     ConfigMap, PersistentVolumeClaim, Secret, Service, ServiceAccount,
 };
-use kube::api::{Api, ListParams};
+use kube::api::Api;
 use kube::{Client, ResourceExt};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -319,14 +319,17 @@ fn shaped(o: &Value, kind: &str, paths: &[&[&str]]) -> Result<(), String> {
     Ok(())
 }
 
-/// Reads the definition of workload `kind`/`name` in `namespace` and of `claims`. An object it
-/// references that does not exist (or cannot be read) is named in `omitted`.
+/// Reads the definition of workload `kind`/`name` in `namespace` and of `claims`, with those
+/// of `services` (the namespace's, from the operator's cache) that select its pods or that it
+/// names. An object it references that does not exist (or cannot be read) is named in
+/// `omitted`.
 pub async fn gather(
     client: &Client,
     namespace: &str,
     kind: WorkloadKind,
     name: &str,
     claims: &[String],
+    services: &[std::sync::Arc<Service>],
 ) -> Result<Definition, Error> {
     let workload = Kind::workload(kind)
         .api(client, Some(namespace))
@@ -341,17 +344,14 @@ pub async fn gather(
         workload,
         ..Default::default()
     };
-    let services: Api<Service> = Api::namespaced(client.clone(), namespace);
-    for s in services
-        .list(&ListParams::default())
-        .await
-        .map_err(Error::Kube)?
-        .items
-    {
-        let mut v = serde_json::to_value(&s).unwrap_or_default();
-        v["apiVersion"] = json!("v1");
-        v["kind"] = json!("Service");
-        if selects(&v, &d.workload) {
+    for s in services {
+        // Only what `selects` reads, before the whole Service is written out.
+        let selector = s.spec.as_ref().map(|spec| &spec.selector);
+        let brief = json!({"metadata": {"name": s.metadata.name}, "spec": {"selector": selector}});
+        if selects(&brief, &d.workload) {
+            let mut v = serde_json::to_value(s.as_ref()).unwrap_or_default();
+            v["apiVersion"] = json!("v1");
+            v["kind"] = json!("Service");
             d.services.push(strip_service(&v));
         }
     }

@@ -18,6 +18,10 @@ pub enum Error {
     /// An object the controller would create exists and is not its own: it never adopts one.
     #[error("{object} exists and was not made by this object; delete or rename it")]
     NameTaken { object: String },
+    /// A cache the decision is read from has not had its first full list yet (a watch the
+    /// operator's permissions refuse never fills it: its log says so).
+    #[error("the operator's caches of {caches} have not been filled from the API server yet")]
+    CachesFilling { caches: String },
 }
 
 impl Error {
@@ -28,6 +32,7 @@ impl Error {
             Error::Storage { .. } => "StorageError",
             Error::InvalidObject { .. } => "InvalidObject",
             Error::NameTaken { .. } => "NameInUse",
+            Error::CachesFilling { .. } => "CachesFilling",
         }
     }
 
@@ -44,6 +49,7 @@ impl Error {
             Error::InvalidObject { .. } => Duration::from_secs(300),
             // Freed by a user (or an earlier owner's deletion finishing).
             Error::NameTaken { .. } => Duration::from_secs(5),
+            Error::CachesFilling { .. } => Duration::from_secs(2),
         }
     }
 }

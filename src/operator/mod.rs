@@ -288,7 +288,8 @@ async fn ready_once_synced(stores: Stores, health: Arc<http::Health>) {
         stores.workloads.wait_until_ready(),
         stores.failovers.wait_until_ready(),
         stores.nodes.wait_until_ready(),
-        stores.registrations.wait_until_ready()
+        stores.registrations.wait_until_ready(),
+        stores.workload_caches_ready(Duration::MAX),
     );
     health.ready.store(true, Ordering::Relaxed);
     tracing::info!("caches synced");

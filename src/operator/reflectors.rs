@@ -3,11 +3,11 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Debug;
-use std::future::Future;
 use std::hash::Hash;
 use std::sync::Arc;
 
-use futures::{Stream, StreamExt, future};
+use futures::future::BoxFuture;
+use futures::{Stream, StreamExt, TryStreamExt, future};
 use k8s_openapi::api::core::v1::Node;
 use kube::core::PartialObjectMeta;
 use kube::runtime::reflector::{self, Store, store::Writer};
@@ -15,6 +15,8 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use tokio::sync::broadcast;
+
+use crate::controllers::cached;
 
 /// One watched kind: its cache, and the streams of its changes for the controllers. Every
 /// subscription is made before [`Reflector::run`] (which consumes it), so none misses an event.
@@ -76,28 +78,99 @@ where
     }
 
     /// Watches `api`, filling the cache and passing changes on, until the process ends; watch
-    /// errors are logged (the watcher retries them with backoff).
+    /// errors are logged (the watcher retries them with backoff). Every object is trimmed
+    /// ([`cached::trim`]), then `project`ed to what the operator reads of its kind, before it
+    /// enters the cache.
     pub fn run(
         self,
         name: &'static str,
         api: Api<K>,
         config: watcher::Config,
-    ) -> impl Future<Output = ()> {
-        let deletes = self.deletes;
-        watcher(api, config)
-            .default_backoff()
-            .reflect_shared(self.writer)
-            .for_each(move |event| {
-                match event {
-                    Ok(watcher::Event::Delete(obj)) => {
-                        let _ = deletes.send(Arc::new(obj));
-                    }
-                    Ok(_) => {}
-                    Err(e) => tracing::warn!(watch = name, error = %e, "watch failed; retrying"),
-                }
-                future::ready(())
-            })
+        project: fn(&mut K),
+    ) -> BoxFuture<'static, ()> {
+        self.run_indexed(name, api, config, project, |_| {})
     }
+
+    /// [`Self::run`], with `index` shown every event just before the cache is, so that an
+    /// index kept beside the cache is never behind a reconcile the cache's change triggers.
+    pub fn run_indexed(
+        self,
+        name: &'static str,
+        api: Api<K>,
+        config: watcher::Config,
+        project: fn(&mut K),
+        index: impl Fn(&watcher::Event<K>) + Send + 'static,
+    ) -> BoxFuture<'static, ()> {
+        let deletes = self.deletes;
+        Box::pin(
+            watcher(api, config)
+                .default_backoff()
+                .modify(move |object| {
+                    cached::trim(object);
+                    project(object);
+                })
+                .map_ok(move |event| {
+                    index(&event);
+                    event
+                })
+                .reflect_shared(self.writer)
+                .for_each(move |event| {
+                    match event {
+                        Ok(watcher::Event::Delete(obj)) => {
+                            let _ = deletes.send(Arc::new(obj));
+                        }
+                        Ok(_) => {}
+                        Err(e) => {
+                            tracing::warn!(watch = name, error = %e, "watch failed; retrying")
+                        }
+                    }
+                    future::ready(())
+                }),
+        )
+    }
+}
+
+/// Passes on the objects whose `fingerprint` changed since they were last seen, and every
+/// deletion: a pod's readiness or a Deployment's rollout status changes nothing a workload
+/// reads, and would otherwise reconcile it each time.
+pub fn fingerprint_changed<K>(
+    applied: impl Stream<Item = Arc<K>> + Send + 'static,
+    deleted: impl Stream<Item = Arc<K>> + Send + 'static,
+    fingerprint: fn(&K) -> u64,
+) -> impl Stream<Item = Arc<K>> + Send + 'static
+where
+    K: Resource + Send + Sync + 'static,
+{
+    let key = |o: &K| {
+        let meta = o.meta();
+        (
+            meta.namespace.clone().unwrap_or_default(),
+            meta.name.clone().unwrap_or_default(),
+        )
+    };
+    let mut seen: HashMap<(String, String), u64> = HashMap::new();
+    futures::stream::select(applied.map(|o| (o, true)), deleted.map(|o| (o, false))).filter_map(
+        move |(object, applied)| {
+            let changed = if applied {
+                let print = fingerprint(&object);
+                seen.insert(key(&object), print) != Some(print)
+            } else {
+                seen.remove(&key(&object));
+                true
+            };
+            future::ready(changed.then_some(object))
+        },
+    )
+}
+
+/// A fingerprint of the serialized fields `pick` chooses.
+pub fn fingerprint_of<T: serde::Serialize>(pick: T) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::hash::DefaultHasher::new();
+    serde_json::to_vec(&pick)
+        .unwrap_or_default()
+        .hash(&mut hasher);
+    hasher.finish()
 }
 
 /// Passes a node on only when its labels changed since it was last seen: node heartbeats

@@ -6,8 +6,9 @@ use std::hash::Hash;
 use std::sync::Arc;
 
 use futures::{StreamExt, future};
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::api::core::v1::{Node, PersistentVolumeClaim, Pod, Service};
 use kube::core::{DeserializeGuard, PartialObjectMeta};
 use kube::runtime::controller::Controller;
 use kube::runtime::reflector::{Lookup, Store};
@@ -15,10 +16,12 @@ use kube::runtime::watcher;
 use kube::{Api, Client, ResourceExt};
 
 use super::Shutdown;
-use super::reflectors::{Reflector, labels_changed, touched};
+use super::reflectors::{Reflector, fingerprint_changed, fingerprint_of, labels_changed, touched};
 use super::report::{begin, error_policy, finish, invalid_object};
 use crate::api::work::FAILOVER_UID_LABEL;
+use crate::api::workload::WorkloadKind;
 use crate::api::{Failover, RecoveryVault, ReplicatedWorkload, registration};
+use crate::controllers::cached;
 use crate::controllers::context::Stores;
 use crate::controllers::{self, Context, failover, vault, workload};
 
@@ -31,6 +34,14 @@ pub struct Reflectors {
     /// Guarded like the custom resources: one Lease our types cannot read (a renewTime past
     /// what a timestamp holds) must not stop the watch of every other registration.
     pub registrations: Reflector<DeserializeGuard<Lease>>,
+    /// What workloads are observed from: pods (with the index of whose they are), claims,
+    /// Deployments and StatefulSets, each as [`cached`] keeps them.
+    pub pods: Reflector<Pod>,
+    pub pod_index: Arc<cached::PodIndex>,
+    pub claims: Reflector<PartialObjectMeta<PersistentVolumeClaim>>,
+    pub deployments: Reflector<Deployment>,
+    pub stateful_sets: Reflector<StatefulSet>,
+    pub services: Reflector<Service>,
 }
 
 impl Reflectors {
@@ -41,6 +52,12 @@ impl Reflectors {
             failovers: Reflector::new(),
             nodes: Reflector::new(),
             registrations: Reflector::new(),
+            pods: Reflector::new(),
+            pod_index: Default::default(),
+            claims: Reflector::new(),
+            deployments: Reflector::new(),
+            stateful_sets: Reflector::new(),
+            services: Reflector::new(),
         }
     }
 
@@ -51,6 +68,12 @@ impl Reflectors {
             failovers: self.failovers.store(),
             nodes: self.nodes.store(),
             registrations: self.registrations.store(),
+            pods: self.pods.store(),
+            pod_index: self.pod_index.clone(),
+            claims: self.claims.store(),
+            deployments: self.deployments.store(),
+            stateful_sets: self.stateful_sets.store(),
+            services: self.services.store(),
             decoded: Default::default(),
         }
     }
@@ -64,22 +87,59 @@ impl Reflectors {
         let wc = watcher::Config::default();
         let registrations = wc.clone().labels(&registration::selector());
         let leases = Api::namespaced(client.clone(), operator_namespace);
-        let roots = future::join5(
+        let index = self.pod_index.clone();
+        // Each watch on the heap: together their states would not fit a thread's stack.
+        let watches: Vec<futures::future::BoxFuture<'static, ()>> = vec![
             self.vaults
-                .run("recoveryvaults", Api::all(client.clone()), wc.clone()),
-            self.workloads
-                .run("replicatedworkloads", Api::all(client.clone()), wc.clone()),
+                .run("recoveryvaults", Api::all(client.clone()), wc.clone(), keep),
+            self.workloads.run(
+                "replicatedworkloads",
+                Api::all(client.clone()),
+                wc.clone(),
+                keep,
+            ),
             self.failovers
-                .run("failovers", Api::all(client.clone()), wc.clone()),
-            self.nodes.run("nodes", Api::all(client.clone()), wc),
+                .run("failovers", Api::all(client.clone()), wc.clone(), keep),
+            self.nodes
+                .run("nodes", Api::all(client.clone()), wc.clone(), keep),
             self.registrations
-                .run("registrations", leases, registrations),
-        );
+                .run("registrations", leases, registrations, keep),
+            self.pods.run_indexed(
+                "pods",
+                Api::all(client.clone()),
+                wc.clone(),
+                cached::pod,
+                move |event| index.apply(event),
+            ),
+            self.claims.run(
+                "persistentvolumeclaims",
+                Api::all(client.clone()),
+                wc.clone(),
+                cached::claim,
+            ),
+            self.deployments.run(
+                "deployments",
+                Api::all(client.clone()),
+                wc.clone(),
+                cached::deployment,
+            ),
+            self.stateful_sets.run(
+                "statefulsets",
+                Api::all(client.clone()),
+                wc.clone(),
+                cached::stateful_set,
+            ),
+            self.services
+                .run("services", Api::all(client.clone()), wc, cached::service),
+        ];
         async move {
-            roots.await;
+            future::join_all(watches).await;
         }
     }
 }
+
+/// The projection of kinds whose objects are cached as they are (after [`cached::trim`]).
+fn keep<K>(_: &mut K) {}
 
 /// A trigger mapper over a store: `map` sees the changed object and the store's contents then.
 fn over<K, A, R>(
@@ -161,11 +221,23 @@ pub fn workloads(
     shutdown: &Shutdown,
 ) -> impl Future<Output = ()> + use<> {
     let store = r.workloads.store();
-    let pods = touched(
-        "pods",
-        Api::<PartialObjectMeta<Pod>>::all(ctx.client.clone()),
-        watcher::Config::default(),
-    );
+    // What a workload reads of its pods: whose they are, their node and claims, deletion.
+    let pods = fingerprint_changed(r.pods.applied(), r.pods.deleted(), |p| {
+        fingerprint_of((
+            &p.metadata.labels,
+            &p.metadata.owner_references,
+            &p.metadata.deletion_timestamp,
+            &p.spec,
+        ))
+    });
+    let claims = fingerprint_changed(r.claims.applied(), r.claims.deleted(), |_| 0);
+    let deployments = fingerprint_changed(r.deployments.applied(), r.deployments.deleted(), |d| {
+        fingerprint_of(d.spec.as_ref().map(|s| &s.selector))
+    });
+    let stateful_sets =
+        fingerprint_changed(r.stateful_sets.applied(), r.stateful_sets.deleted(), |s| {
+            fingerprint_of(s.spec.as_ref().map(|s| &s.selector))
+        });
     let seen = Arc::new(workload::triggers::Registrations::default());
     let gone = seen.clone();
     let controller = Controller::for_shared_stream(r.workloads.applied(), store.clone())
@@ -184,7 +256,31 @@ pub fn workloads(
             r.registrations.deleted(),
             over(&store, move |l, w| gone.deleted(l, w)),
         )
-        .watches_shared_stream(pods, over(&store, workload::triggers::of_pod))
+        .watches_shared_stream(
+            pods,
+            over(&store, |p: &Pod, w: &[_]| workload::triggers::of_pod(p, w)),
+        )
+        .watches_shared_stream(
+            claims,
+            over(
+                &store,
+                |c: &PartialObjectMeta<PersistentVolumeClaim>, w: &[_]| {
+                    workload::triggers::of_claim(c, w)
+                },
+            ),
+        )
+        .watches_shared_stream(
+            deployments,
+            over(&store, |d: &Deployment, w: &[_]| {
+                workload::triggers::of_workload_object(WorkloadKind::Deployment, d, w)
+            }),
+        )
+        .watches_shared_stream(
+            stateful_sets,
+            over(&store, |s: &StatefulSet, w: &[_]| {
+                workload::triggers::of_workload_object(WorkloadKind::StatefulSet, s, w)
+            }),
+        )
         // A data-path job that ends moves its workload on.
         .reconcile_on(workload::job_triggers(&ctx));
     serve!(controller, workload, ctx, shutdown)

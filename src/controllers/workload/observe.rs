@@ -1,21 +1,22 @@
-//! Reads what the workload decision needs: its vault (from the shared cache), the StatefulSet
-//! or Deployment, its pods and their claims, node topology and agent registrations.
+//! Reads what the workload decision needs, from the shared caches: its vault, the StatefulSet
+//! or Deployment, its pods and their claims, node topology and agent registrations (a
+//! VirtualMachine is read from the API).
 
-use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
-use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
-use kube::api::ListParams;
-use kube::core::Selector;
+use kube::ResourceExt;
+use kube::core::{Selector, SelectorExt};
 use kube::runtime::reflector::ObjectRef;
-use kube::{Api, ResourceExt};
 
 use crate::api::conditions::find;
 use crate::api::reasons::ConditionType;
 use crate::api::registration::AgentRegistration;
-use crate::api::work::HOLD_LABEL;
 use crate::api::workload::{ReplicatedWorkloadSpec, WorkloadKind};
+use crate::controllers::cached::{HOLDER, Owner};
 use crate::controllers::context::NodeTopology;
 use crate::controllers::objects::Kind;
 use crate::controllers::{Context, Error, shape};
+
+/// How long a pass waits for the caches to fill before it is retried.
+const CACHE_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// The vault as far as the workload cares.
 #[derive(Clone, Debug, PartialEq)]
@@ -70,6 +71,12 @@ pub async fn observe(
 ) -> Result<Observed, Error> {
     let vault = vault_summary(ctx, namespace, &spec.vault_name);
 
+    // Served from the caches once they are filled: a pass costs no request to read them, so
+    // what a point costs does not grow with how often its workload reconciles.
+    ctx.stores
+        .workload_caches_ready(CACHE_WAIT)
+        .await
+        .map_err(|caches| Error::CachesFilling { caches })?;
     let name = &spec.workload_ref.name;
     let invalid = |e: kube::core::ParseExpressionError| Error::InvalidObject {
         kind: spec.workload_ref.kind.as_str().into(),
@@ -77,23 +84,22 @@ pub async fn observe(
         message: format!("spec.selector cannot be used: {e}"),
     };
     let selector: Option<Selector> = match spec.workload_ref.kind {
-        WorkloadKind::StatefulSet => Api::<StatefulSet>::namespaced(ctx.client.clone(), namespace)
-            .get_opt(name)
-            .await
-            .map_err(Error::Kube)?
-            .and_then(|s| s.spec.map(|s| s.selector))
-            .map(Selector::try_from)
+        WorkloadKind::StatefulSet => ctx
+            .stores
+            .stateful_sets
+            .get(&ObjectRef::new(name).within(namespace))
+            .map(|s| Selector::try_from(s.spec.clone().unwrap_or_default().selector))
             .transpose()
             .map_err(invalid)?,
-        WorkloadKind::Deployment => Api::<Deployment>::namespaced(ctx.client.clone(), namespace)
-            .get_opt(name)
-            .await
-            .map_err(Error::Kube)?
-            .and_then(|d| d.spec.map(|s| s.selector))
-            .map(Selector::try_from)
+        WorkloadKind::Deployment => ctx
+            .stores
+            .deployments
+            .get(&ObjectRef::new(name).within(namespace))
+            .map(|d| Selector::try_from(d.spec.clone().unwrap_or_default().selector))
             .transpose()
             .map_err(invalid)?,
-        // Its virt-launcher pod, by the label KubeVirt gives it.
+        // Its virt-launcher pod, by the label KubeVirt gives it. Read from the API: KubeVirt
+        // may not be installed, and a watch of a kind that does not exist would never fill.
         WorkloadKind::VirtualMachine => Kind::VirtualMachine
             .api(&ctx.client, Some(namespace))
             .get_metadata_opt(name)
@@ -102,35 +108,34 @@ pub async fn observe(
             .map(|_| Selector::from_iter([(shape::VM_NAME_LABEL.to_string(), name.to_string())])),
     };
     let workload_found = selector.is_some();
-    let mut pods = match selector {
-        Some(selector) => {
-            list_pods(ctx, namespace, ListParams::default().labels_from(&selector)).await?
-        }
+    let owner = (
+        namespace.to_string(),
+        spec.workload_ref.kind.as_str(),
+        name.clone(),
+    );
+    let mut pods = match &selector {
+        Some(selector) => pods_of(ctx, &owner, Some(selector)),
         None => vec![],
     };
     // A planned failover stopped the workload and holds its claims mounted for a final point.
     // Only while a Planned Failover of the workload exists (holders carry its uid and go with
-    // it): an idle workload does not list them.
+    // it): an idle workload does not look for them.
     if planned_failover(ctx, namespace, workload_name) {
-        let holders = format!("{HOLD_LABEL}={workload_name}");
-        pods.extend(list_pods(ctx, namespace, ListParams::default().labels(&holders)).await?);
+        let holders = (namespace.to_string(), HOLDER, workload_name.to_string());
+        pods.extend(pods_of(ctx, &holders, None));
     }
-    // The claims the pods mount, each read by name: what a pass costs does not grow with the
-    // number of claims in the namespace.
-    let api = Api::<PersistentVolumeClaim>::namespaced(ctx.client.clone(), namespace);
     let mounted: std::collections::BTreeSet<&String> =
         pods.iter().flat_map(|p| p.claims.iter()).collect();
-    let mut claims = Vec::new();
-    for claim in mounted {
-        if api
-            .get_metadata_opt(claim)
-            .await
-            .map_err(Error::Kube)?
-            .is_some()
-        {
-            claims.push(claim.clone());
-        }
-    }
+    let claims = mounted
+        .into_iter()
+        .filter(|claim| {
+            ctx.stores
+                .claims
+                .get(&ObjectRef::new(claim).within(namespace))
+                .is_some()
+        })
+        .cloned()
+        .collect();
     Ok(Observed {
         name: workload_name.to_string(),
         vault,
@@ -218,19 +223,19 @@ fn failover_summary(
         })
 }
 
-async fn list_pods(
-    ctx: &Context,
-    namespace: &str,
-    params: ListParams,
-) -> Result<Vec<PodInfo>, Error> {
-    let pods = Api::<Pod>::namespaced(ctx.client.clone(), namespace)
-        .list(&params)
-        .await
-        .map_err(Error::Kube)?;
-    Ok(pods
-        .items
+/// The pods `owner` has (that `selector` selects, when given) and that are not being deleted,
+/// from the cache, in name order. Only pods its controller owns: a pod whose labels match but
+/// that another controller owns is not this workload's.
+fn pods_of(ctx: &Context, owner: &Owner, selector: Option<&Selector>) -> Vec<PodInfo> {
+    ctx.stores
+        .pod_index
+        .pods(owner)
         .iter()
-        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .filter_map(|name| ctx.stores.pods.get(&ObjectRef::new(name).within(&owner.0)))
+        .filter(|p| {
+            p.metadata.deletion_timestamp.is_none()
+                && selector.is_none_or(|s| s.matches(p.labels()))
+        })
         .map(|p| PodInfo {
             name: p.name_any(),
             node: p.spec.as_ref().and_then(|s| s.node_name.clone()),
@@ -245,5 +250,5 @@ async fn list_pods(
                 })
                 .collect(),
         })
-        .collect())
+        .collect()
 }

@@ -3,9 +3,8 @@
 //! registration on a node they use (its reports move a point on), and their own pods.
 
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
-use kube::core::{DeserializeGuard, PartialObjectMeta};
+use kube::core::DeserializeGuard;
 
 use crate::api::registration::{AgentRegistration, NODE_LABEL};
 use crate::api::{Failover, RecoveryVault, ReplicatedWorkload};
@@ -130,34 +129,63 @@ impl Registrations {
     }
 }
 
-/// The workload a pod belongs to: its StatefulSet's, its Deployment's (a Deployment's pods
-/// belong to a ReplicaSet named `<deployment>-<hash>`), or its VirtualMachine's.
+/// The workload a pod belongs to (its StatefulSet's, its Deployment's, its VirtualMachine's),
+/// or holds claims for.
 pub fn of_pod(
-    pod: &PartialObjectMeta<Pod>,
+    pod: &impl kube::Resource,
     workloads: &[Cached<ReplicatedWorkload>],
 ) -> Vec<Ref<ReplicatedWorkload>> {
-    let owners: Vec<(&str, &str)> = pod
-        .owner_references()
-        .iter()
-        .filter_map(|o| match o.kind.as_str() {
-            "StatefulSet" => Some(("StatefulSet", o.name.as_str())),
-            "ReplicaSet" => o.name.rsplit_once('-').map(|(d, _)| ("Deployment", d)),
-            // A VirtualMachine's virt-launcher pod: its instance has the machine's name.
-            "VirtualMachineInstance" => Some(("VirtualMachine", o.name.as_str())),
-            _ => None,
+    let owners = crate::controllers::cached::owners_of(pod);
+    matching(workloads, |w| {
+        let ns = w.namespace().unwrap_or_default();
+        owners.iter().any(|(namespace, kind, name)| {
+            *namespace == ns
+                && (*kind == crate::controllers::cached::HOLDER && *name == w.name_any()
+                    || *kind == w.spec.workload_ref.kind.as_str()
+                        && *name == w.spec.workload_ref.name)
         })
-        .collect();
-    let ns = pod.namespace();
+    })
+}
+
+/// The workloads that protect the StatefulSet or Deployment `object` (of `kind`).
+pub fn of_workload_object(
+    kind: crate::api::workload::WorkloadKind,
+    object: &impl kube::Resource,
+    workloads: &[Cached<ReplicatedWorkload>],
+) -> Vec<Ref<ReplicatedWorkload>> {
+    let (ns, name) = (object.meta().namespace.clone(), object.meta().name.clone());
     matching(workloads, |w| {
         w.namespace() == ns
-            && owners.iter().any(|(kind, name)| {
-                *kind == w.spec.workload_ref.kind.as_str() && *name == w.spec.workload_ref.name
+            && w.spec.workload_ref.kind == kind
+            && Some(&w.spec.workload_ref.name) == name.as_ref()
+    })
+}
+
+/// The workloads a claim's coming or going may concern: those of its namespace that show it
+/// among their volumes, or that are not yet Ready (one may be waiting for it).
+pub fn of_claim(
+    claim: &impl kube::Resource,
+    workloads: &[Cached<ReplicatedWorkload>],
+) -> Vec<Ref<ReplicatedWorkload>> {
+    let (ns, name) = (claim.meta().namespace.clone(), claim.meta().name.clone());
+    matching(workloads, |w| {
+        w.namespace() == ns
+            && w.status.as_ref().is_none_or(|s| {
+                s.volumes
+                    .iter()
+                    .any(|v| Some(&v.claim_name) == name.as_ref())
+                    || !s
+                        .conditions
+                        .iter()
+                        .any(|c| c.r#type == "Ready" && c.is_true())
             })
     })
 }
 
 #[cfg(test)]
 mod tests {
+    use k8s_openapi::api::core::v1::Pod;
+    use kube::core::PartialObjectMeta;
     use serde_json::{Value, json};
 
     use super::*;
@@ -353,5 +381,68 @@ mod tests {
         assert_eq!(of("prod", json!([owner("StatefulSet", "db")])), ["prod/db"]);
         assert!(of("apps", json!([])).is_empty());
         assert!(of("apps", json!([owner("Job", "db")])).is_empty());
+    }
+
+    #[test]
+    fn a_holder_pod_reconciles_the_workload_it_holds_claims_for() {
+        let workloads = [workload("apps", "db", "v", "StatefulSet", json!({}))];
+        let holder: PartialObjectMeta<Pod> = serde_json::from_value(json!({"metadata": {
+            "name": "hold-0", "namespace": "apps",
+            "labels": {crate::api::work::HOLD_LABEL: "db"}}}))
+        .unwrap();
+        assert_eq!(names(&of_pod(&holder, &workloads)), ["apps/db"]);
+    }
+
+    #[test]
+    fn a_deployment_or_stateful_set_reconciles_the_workloads_that_protect_it() {
+        use crate::api::workload::WorkloadKind;
+        let workloads = [
+            workload("apps", "db", "v", "StatefulSet", json!({})),
+            workload("apps", "web", "v", "Deployment", json!({})),
+            workload("prod", "web", "v", "Deployment", json!({})),
+        ];
+        let object: PartialObjectMeta<Pod> =
+            serde_json::from_value(json!({"metadata": {"name": "web", "namespace": "apps"}}))
+                .unwrap();
+        let of = |kind| names(&of_workload_object(kind, &object, &workloads));
+        assert_eq!(of(WorkloadKind::Deployment), ["apps/web"]);
+        assert!(of(WorkloadKind::StatefulSet).is_empty());
+    }
+
+    #[test]
+    fn a_claim_reconciles_the_workloads_that_use_it_or_may_wait_for_it() {
+        let ready = json!([{"type": "Ready", "status": "True", "reason": "Protected", "message": "",
+            "lastTransitionTime": "2026-01-01T00:00:00Z"}]);
+        let workloads = [
+            workload(
+                "apps",
+                "uses",
+                "v",
+                "Deployment",
+                json!({"volumes": [{"claimName": "data"}], "conditions": ready}),
+            ),
+            workload(
+                "apps",
+                "other",
+                "v",
+                "Deployment",
+                json!({"volumes": [{"claimName": "logs"}], "conditions": ready}),
+            ),
+            workload("apps", "waiting", "v", "Deployment", json!({})),
+            workload(
+                "prod",
+                "uses",
+                "v",
+                "Deployment",
+                json!({"volumes": [{"claimName": "data"}]}),
+            ),
+        ];
+        let claim: PartialObjectMeta<Pod> =
+            serde_json::from_value(json!({"metadata": {"name": "data", "namespace": "apps"}}))
+                .unwrap();
+        assert_eq!(
+            names(&of_claim(&claim, &workloads)),
+            ["apps/uses", "apps/waiting"]
+        );
     }
 }

@@ -209,6 +209,7 @@ async fn origin(
         w.kind,
         &w.name,
         claims,
+        &ctx.stores.services_in(&namespace),
     )
     .await
     {
