@@ -48,6 +48,12 @@ const RULES: &[Rule] = &[
         why: "the agent shares only the contract (api) and the libraries with the operator",
     },
     Rule {
+        module: "cache",
+        modules: ABOVE_STORAGE,
+        crates: &[],
+        why: "the caches' projections serve the operator and the agents alike: no component's behaviour",
+    },
+    Rule {
         module: "api",
         modules: ABOVE_STORAGE,
         crates: &[],

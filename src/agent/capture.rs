@@ -76,10 +76,14 @@ impl Pods {
         let on_node = watcher::Config::default().fields(&format!("spec.nodeName={node}"));
         let labelled = watcher::Config::default().labels(crate::api::work::POINT_LABEL);
         let watch = |writer, config| {
-            reflector(writer, watcher(api.clone(), config))
-                .default_backoff()
-                .applied_objects()
-                .for_each(|_| futures::future::ready(()))
+            // Kept as the operator keeps them: owners, node, claims, deletion.
+            reflector(
+                writer,
+                watcher(api.clone(), config).modify(crate::cache::pod),
+            )
+            .default_backoff()
+            .applied_objects()
+            .for_each(|_| futures::future::ready(()))
         };
         let watches =
             futures::future::join(watch(here_writer, on_node), watch(readers_writer, labelled));

@@ -41,10 +41,15 @@ where
         let api = kube::Api::<DeserializeGuard<K>>::all(client.clone());
         let (store, writer) = reflector::store();
         // Keeps the cache filled; it ends only if the watch does.
-        let watch = reflector(writer, watcher(api, watcher::Config::default()))
-            .default_backoff()
-            .applied_objects()
-            .for_each(|_| futures::future::ready(()));
+        // Managed fields and kubectl's last-applied copy are not kept: the cache holds every
+        // workload of the cluster.
+        let watch = reflector(
+            writer,
+            watcher(api, watcher::Config::default()).modify(crate::cache::trim),
+        )
+        .default_backoff()
+        .applied_objects()
+        .for_each(|_| futures::future::ready(()));
         Self {
             store,
             tasks: JoinSet::new(),

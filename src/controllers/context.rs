@@ -24,11 +24,11 @@ pub struct Stores {
     pub failovers: Store<DeserializeGuard<Failover>>,
     pub nodes: Store<PartialObjectMeta<Node>>,
     pub registrations: Store<DeserializeGuard<Lease>>,
-    /// Pods as [`cached::pod`](super::cached::pod) keeps them: whose they are, their node
+    /// Pods as [`cache::pod`](crate::cache::pod) keeps them: whose they are, their node
     /// and claims.
     pub pods: Store<Pod>,
     /// Which pods each workload has, updated with the pod cache.
-    pub pod_index: Arc<super::cached::PodIndex>,
+    pub pod_index: Arc<crate::cache::PodIndex>,
     /// Claims, metadata only: whether each exists.
     pub claims: Store<PartialObjectMeta<PersistentVolumeClaim>>,
     /// Deployments and StatefulSets: whether each exists and which pods it selects.

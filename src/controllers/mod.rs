@@ -4,7 +4,6 @@
 //! enum, per-object backoff and the status/event writers.
 
 pub mod backoff;
-pub mod cached;
 pub mod context;
 pub mod definition;
 pub mod error;

@@ -16,7 +16,7 @@ use kube::{Api, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use tokio::sync::broadcast;
 
-use crate::controllers::cached;
+use crate::cache;
 
 /// One watched kind: its cache, and the streams of its changes for the controllers. Every
 /// subscription is made before [`Reflector::run`] (which consumes it), so none misses an event.
@@ -79,7 +79,7 @@ where
 
     /// Watches `api`, filling the cache and passing changes on, until the process ends; watch
     /// errors are logged (the watcher retries them with backoff). Every object is trimmed
-    /// ([`cached::trim`]), then `project`ed to what the operator reads of its kind, before it
+    /// ([`cache::trim`]), then `project`ed to what the operator reads of its kind, before it
     /// enters the cache.
     pub fn run(
         self,
@@ -106,7 +106,7 @@ where
             watcher(api, config)
                 .default_backoff()
                 .modify(move |object| {
-                    cached::trim(object);
+                    cache::trim(object);
                     project(object);
                 })
                 .map_ok(move |event| {

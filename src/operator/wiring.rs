@@ -21,7 +21,7 @@ use super::report::{begin, error_policy, finish, invalid_object};
 use crate::api::work::FAILOVER_UID_LABEL;
 use crate::api::workload::WorkloadKind;
 use crate::api::{Failover, RecoveryVault, ReplicatedWorkload, registration};
-use crate::controllers::cached;
+use crate::cache;
 use crate::controllers::context::Stores;
 use crate::controllers::{self, Context, failover, vault, workload};
 
@@ -35,9 +35,9 @@ pub struct Reflectors {
     /// what a timestamp holds) must not stop the watch of every other registration.
     pub registrations: Reflector<DeserializeGuard<Lease>>,
     /// What workloads are observed from: pods (with the index of whose they are), claims,
-    /// Deployments and StatefulSets, each as [`cached`] keeps them.
+    /// Deployments and StatefulSets, each as [`cache`] keeps them.
     pub pods: Reflector<Pod>,
-    pub pod_index: Arc<cached::PodIndex>,
+    pub pod_index: Arc<cache::PodIndex>,
     pub claims: Reflector<PartialObjectMeta<PersistentVolumeClaim>>,
     pub deployments: Reflector<Deployment>,
     pub stateful_sets: Reflector<StatefulSet>,
@@ -108,29 +108,29 @@ impl Reflectors {
                 "pods",
                 Api::all(client.clone()),
                 wc.clone(),
-                cached::pod,
+                cache::pod,
                 move |event| index.apply(event),
             ),
             self.claims.run(
                 "persistentvolumeclaims",
                 Api::all(client.clone()),
                 wc.clone(),
-                cached::claim,
+                cache::claim,
             ),
             self.deployments.run(
                 "deployments",
                 Api::all(client.clone()),
                 wc.clone(),
-                cached::deployment,
+                cache::deployment,
             ),
             self.stateful_sets.run(
                 "statefulsets",
                 Api::all(client.clone()),
                 wc.clone(),
-                cached::stateful_set,
+                cache::stateful_set,
             ),
             self.services
-                .run("services", Api::all(client.clone()), wc, cached::service),
+                .run("services", Api::all(client.clone()), wc, cache::service),
         ];
         async move {
             future::join_all(watches).await;
@@ -138,7 +138,7 @@ impl Reflectors {
     }
 }
 
-/// The projection of kinds whose objects are cached as they are (after [`cached::trim`]).
+/// The projection of kinds whose objects are cached as they are (after [`cache::trim`]).
 fn keep<K>(_: &mut K) {}
 
 /// A trigger mapper over a store: `map` sees the changed object and the store's contents then.

@@ -102,7 +102,7 @@ struct Caches {
     nodes: Writer<kube::core::PartialObjectMeta<Node>>,
     registrations: Writer<DeserializeGuard<Lease>>,
     pods: Writer<Pod>,
-    pod_index: Arc<controllers::cached::PodIndex>,
+    pod_index: Arc<site_recovery::cache::PodIndex>,
     claims: Writer<PartialObjectMeta<PersistentVolumeClaim>>,
     deployments: Writer<Deployment>,
     stateful_sets: Writer<StatefulSet>,
@@ -134,7 +134,7 @@ fn fill_as<K>(
     };
     apply(watcher::Event::Init);
     for mut item in items {
-        controllers::cached::trim(&mut item);
+        site_recovery::cache::trim(&mut item);
         project(&mut item);
         apply(watcher::Event::InitApply(item));
     }
@@ -154,7 +154,7 @@ impl Caches {
         let (deployments, deployment_writer) = reflector::store();
         let (stateful_sets, stateful_set_writer) = reflector::store();
         let (services, service_writer) = reflector::store();
-        let pod_index = Arc::new(controllers::cached::PodIndex::default());
+        let pod_index = Arc::new(site_recovery::cache::PodIndex::default());
         let mut settings = site_recovery::operator::Settings::new(OPERATOR_NS);
         settings.identity = "cost-probe".into();
         settings.storage = rig.storage_rules();
@@ -208,7 +208,7 @@ impl Caches {
         fill(&mut self.registrations, leases.items);
         let index = self.pod_index.clone();
         let pods = listed(Api::all(client.clone())).await;
-        fill_as(&mut self.pods, pods, controllers::cached::pod, |e| {
+        fill_as(&mut self.pods, pods, site_recovery::cache::pod, |e| {
             index.apply(e)
         });
         let claims = Api::<PersistentVolumeClaim>::all(client.clone());
@@ -216,14 +216,14 @@ impl Caches {
         fill_as(
             &mut self.claims,
             claims.items,
-            controllers::cached::claim,
+            site_recovery::cache::claim,
             |_| {},
         );
         let deployments = listed(Api::all(client.clone())).await;
         fill_as(
             &mut self.deployments,
             deployments,
-            controllers::cached::deployment,
+            site_recovery::cache::deployment,
             |_| {},
         );
         let stateful_sets = listed(Api::all(client.clone())).await;
@@ -231,13 +231,13 @@ impl Caches {
         fill_as(
             &mut self.services,
             services,
-            controllers::cached::service,
+            site_recovery::cache::service,
             |_| {},
         );
         fill_as(
             &mut self.stateful_sets,
             stateful_sets,
-            controllers::cached::stateful_set,
+            site_recovery::cache::stateful_set,
             |_| {},
         );
     }

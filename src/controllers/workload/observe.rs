@@ -10,7 +10,7 @@ use crate::api::conditions::find;
 use crate::api::reasons::ConditionType;
 use crate::api::registration::AgentRegistration;
 use crate::api::workload::{ReplicatedWorkloadSpec, WorkloadKind};
-use crate::controllers::cached::{HOLDER, Owner};
+use crate::cache::{HOLDER, Owner};
 use crate::controllers::context::NodeTopology;
 use crate::controllers::objects::Kind;
 use crate::controllers::{Context, Error, shape};

@@ -135,12 +135,12 @@ pub fn of_pod(
     pod: &impl kube::Resource,
     workloads: &[Cached<ReplicatedWorkload>],
 ) -> Vec<Ref<ReplicatedWorkload>> {
-    let owners = crate::controllers::cached::owners_of(pod);
+    let owners = crate::cache::owners_of(pod);
     matching(workloads, |w| {
         let ns = w.namespace().unwrap_or_default();
         owners.iter().any(|(namespace, kind, name)| {
             *namespace == ns
-                && (*kind == crate::controllers::cached::HOLDER && *name == w.name_any()
+                && (*kind == crate::cache::HOLDER && *name == w.name_any()
                     || *kind == w.spec.workload_ref.kind.as_str()
                         && *name == w.spec.workload_ref.name)
         })

@@ -1,8 +1,9 @@
-//! What the operator's caches keep of each watched object: only the fields a reconcile reads.
-//! Every object passes through its kind's projection before it enters a cache (tests that fill
-//! caches from lists apply the same ones), so that the operator's memory grows with the
-//! fields it uses and not with the objects' size: managed fields, kubectl's last-applied copy
-//! of an object, pod specs and statuses, Deployment templates.
+//! What the operator's and the agents' caches keep of each watched object: only the fields
+//! they read. Every object passes through its kind's projection before it enters a cache
+//! (tests that fill caches from lists apply the same ones), so that memory grows with the
+//! fields used and not with the objects' size: managed fields, kubectl's last-applied copy of
+//! an object, pod specs and statuses, Deployment templates. Neither the agent nor the
+//! controllers own this module: both read from it.
 
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, PodSpec, Service, Volume};
