@@ -19,6 +19,7 @@
 mod rig;
 
 use std::collections::BTreeMap;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -62,7 +63,9 @@ impl Process {
             .map(|w| w.split_whitespace().map(String::from).collect())
             .unwrap_or_default();
         words.push(BIN.to_string());
+        // Its own process group, so that a profiler's child dies with it (see `stop`).
         let child = Command::new(&words[0])
+            .process_group(0)
             .args(&words[1..])
             .args(args)
             .env("KUBECONFIG", kubeconfig)
@@ -111,8 +114,28 @@ impl Process {
             .count()
     }
 
-    fn kill(mut self) {
+    /// Stops its whole process group, asked first (SIGTERM: the binary shuts down, a profiler
+    /// writes its data) and killed after 15 s: a profiler such as heaptrack runs the binary as
+    /// its child, which stopping the profiler alone would leave running.
+    fn stop(&mut self) {
+        let pgid = format!("-{}", self.child.id());
+        let group = |signal: &str| {
+            let _ = Command::new("kill").args([signal, "--", &pgid]).status();
+        };
+        group("-TERM");
+        let asked = Instant::now();
+        while asked.elapsed() < Duration::from_secs(15) {
+            if matches!(self.child.try_wait(), Ok(Some(_))) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        group("-KILL");
         let _ = self.child.kill();
+    }
+
+    fn kill(mut self) {
+        self.stop();
         let _ = self.child.wait();
     }
 }
@@ -434,7 +457,7 @@ async fn run(n: usize, interval: Duration, frequency: &str) -> Figures {
     .map(|_| asked.elapsed());
 
     // A cold start: a restarted operator reconciles every workload.
-    let _ = operator.child.kill();
+    operator.stop();
     let _ = operator.child.wait();
     let restarted = Instant::now();
     operator = Process::start(
