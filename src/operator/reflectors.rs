@@ -1,22 +1,18 @@
 //! The operator's shared reflectors: one watch per kind feeds one cache that every controller
 //! reads, and hands each subscriber the kind's changes, deletions included.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::fmt::Debug;
 use std::hash::Hash;
 use std::sync::Arc;
 
 use futures::future::BoxFuture;
 use futures::{Stream, StreamExt, TryStreamExt, future};
-use k8s_openapi::api::core::v1::Node;
-use kube::core::PartialObjectMeta;
 use kube::runtime::reflector::{self, Store, store::Writer};
 use kube::runtime::{WatchStreamExt, watcher};
-use kube::{Api, Resource, ResourceExt};
+use kube::{Api, Resource};
 use serde::de::DeserializeOwned;
 use tokio::sync::broadcast;
-
-use crate::cache;
 
 /// One watched kind: its cache, and the streams of its changes for the controllers. Every
 /// subscription is made before [`Reflector::run`] (which consumes it), so none misses an event.
@@ -78,9 +74,9 @@ where
     }
 
     /// Watches `api`, filling the cache and passing changes on, until the process ends; watch
-    /// errors are logged (the watcher retries them with backoff). Every object is trimmed
-    /// ([`cache::trim`]), then `project`ed to what the operator reads of its kind, before it
-    /// enters the cache.
+    /// errors are logged (the watcher retries them with backoff). Every object is `project`ed
+    /// to what the operator reads of its kind (one of [`crate::cache`]'s projections; [`crate::cache::trim`]
+    /// for kinds kept whole) before it enters the cache.
     pub fn run(
         self,
         name: &'static str,
@@ -105,10 +101,7 @@ where
         Box::pin(
             watcher(api, config)
                 .default_backoff()
-                .modify(move |object| {
-                    cache::trim(object);
-                    project(object);
-                })
+                .modify(project)
                 .map_ok(move |event| {
                     index(&event);
                     event
@@ -171,20 +164,6 @@ pub fn fingerprint_of<T: serde::Serialize>(pick: T) -> u64 {
         .unwrap_or_default()
         .hash(&mut hasher);
     hasher.finish()
-}
-
-/// Passes a node on only when its labels changed since it was last seen: node heartbeats
-/// would otherwise re-run every vault every few seconds.
-pub fn labels_changed<S>(nodes: S) -> impl Stream<Item = Arc<PartialObjectMeta<Node>>> + Send
-where
-    S: Stream<Item = Arc<PartialObjectMeta<Node>>> + Send,
-{
-    let mut seen: HashMap<String, BTreeMap<String, String>> = HashMap::new();
-    nodes.filter(move |node| {
-        let labels = node.labels().clone();
-        let changed = seen.insert(node.name_any(), labels.clone()).as_ref() != Some(&labels);
-        future::ready(changed)
-    })
 }
 
 /// Objects of a watch the operator keeps no cache of (pods), as they change; watch errors are

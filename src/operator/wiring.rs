@@ -16,7 +16,7 @@ use kube::runtime::watcher;
 use kube::{Api, Client, ResourceExt};
 
 use super::Shutdown;
-use super::reflectors::{Reflector, fingerprint_changed, fingerprint_of, labels_changed, touched};
+use super::reflectors::{Reflector, fingerprint_changed, fingerprint_of, touched};
 use super::report::{begin, error_policy, finish, invalid_object};
 use crate::api::work::FAILOVER_UID_LABEL;
 use crate::api::workload::WorkloadKind;
@@ -90,20 +90,28 @@ impl Reflectors {
         let index = self.pod_index.clone();
         // Each watch on the heap: together their states would not fit a thread's stack.
         let watches: Vec<futures::future::BoxFuture<'static, ()>> = vec![
-            self.vaults
-                .run("recoveryvaults", Api::all(client.clone()), wc.clone(), keep),
+            self.vaults.run(
+                "recoveryvaults",
+                Api::all(client.clone()),
+                wc.clone(),
+                cache::trim,
+            ),
             self.workloads.run(
                 "replicatedworkloads",
                 Api::all(client.clone()),
                 wc.clone(),
-                keep,
+                cache::trim,
             ),
-            self.failovers
-                .run("failovers", Api::all(client.clone()), wc.clone(), keep),
+            self.failovers.run(
+                "failovers",
+                Api::all(client.clone()),
+                wc.clone(),
+                cache::trim,
+            ),
             self.nodes
-                .run("nodes", Api::all(client.clone()), wc.clone(), keep),
+                .run("nodes", Api::all(client.clone()), wc.clone(), cache::trim),
             self.registrations
-                .run("registrations", leases, registrations, keep),
+                .run("registrations", leases, registrations, cache::trim),
             self.pods.run_indexed(
                 "pods",
                 Api::all(client.clone()),
@@ -137,9 +145,6 @@ impl Reflectors {
         }
     }
 }
-
-/// The projection of kinds whose objects are cached as they are (after [`cache::trim`]).
-fn keep<K>(_: &mut K) {}
 
 /// A trigger mapper over a store: `map` sees the changed object and the store's contents then.
 fn over<K, A, R>(
@@ -207,8 +212,13 @@ pub fn vaults(
         })
     };
     let controller = Controller::for_shared_stream(r.vaults.applied(), store.clone())
-        .watches_shared_stream(labels_changed(r.nodes.applied()), over(&store, on_node))
-        .watches_shared_stream(r.nodes.deleted(), over(&store, on_node))
+        // Node heartbeats would otherwise re-run every vault every few seconds.
+        .watches_shared_stream(
+            fingerprint_changed(r.nodes.applied(), r.nodes.deleted(), |n| {
+                fingerprint_of(&n.metadata.labels)
+            }),
+            over(&store, on_node),
+        )
         .reconcile_on(listed);
     serve!(controller, vault, ctx, shutdown)
 }

@@ -114,7 +114,7 @@ where
     K: kube::Resource + Clone + 'static,
     K::DynamicType: Eq + std::hash::Hash + Clone,
 {
-    fill_as(writer, items, |_| {}, |_| {});
+    fill_as(writer, items, site_recovery::cache::trim, |_| {});
 }
 
 /// [`fill`], each item projected as the operator's watch does, and each event shown to `index`
@@ -134,7 +134,6 @@ fn fill_as<K>(
     };
     apply(watcher::Event::Init);
     for mut item in items {
-        site_recovery::cache::trim(&mut item);
         project(&mut item);
         apply(watcher::Event::InitApply(item));
     }
