@@ -3,12 +3,12 @@
 
 use std::sync::Arc;
 
+use crate::controllers::events::Recorder;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Node, PersistentVolumeClaim, Pod, Service};
 use kube::Client;
 use kube::core::{DeserializeGuard, PartialObjectMeta};
-use kube::runtime::events::Recorder;
 use kube::runtime::reflector::Store;
 
 use super::backoff::Backoffs;
@@ -202,6 +202,8 @@ pub struct Context {
     pub storage: crate::storage::StorageRules,
     /// Workloads (`namespace/name`) whose temporary objects were swept since this start.
     pub swept: std::sync::Mutex<std::collections::HashSet<String>>,
+    /// What a predecessor left in each namespace, for the workloads' first sweeps.
+    pub leftovers: crate::controllers::workload::csi::Leftovers,
     /// The vault uids whose handed Secret exists, as the last sweep listed them and hand-overs
     /// since changed them (`None` until the first sweep).
     pub handed: std::sync::Mutex<Option<std::collections::HashSet<String>>>,

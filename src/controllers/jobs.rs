@@ -13,7 +13,7 @@ use futures::FutureExt;
 use jiff::Timestamp;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use tokio::sync::broadcast;
+use tokio::sync::{Semaphore, broadcast};
 
 /// What a job does; one job of each kind per owner at a time.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -129,11 +129,18 @@ impl Job {
     }
 }
 
+/// How many admitted jobs ([`Jobs::start_admitted`]) run at once; the others wait their turn,
+/// in the order they were started. A job of a point holds buffers and a repository's lock
+/// while it runs, and a job that waits holds nothing but its key: with thousands of workloads,
+/// a point that cannot run yet is queued, not started, timed out and started again.
+pub const ADMITTED: usize = 8;
+
 /// The registry of jobs, shared by the controllers through the `Context`: outcomes of type `T`
 /// under keys of type `K` (a [`JobKey`], or a plain string).
 pub struct Jobs<T = serde_json::Value, K = String> {
     jobs: Arc<Mutex<HashMap<K, Job<T>>>>,
     completed: broadcast::Sender<K>,
+    admission: Arc<Semaphore>,
 }
 
 impl<T, K: Clone> Default for Jobs<T, K> {
@@ -141,6 +148,7 @@ impl<T, K: Clone> Default for Jobs<T, K> {
         Self {
             jobs: Arc::default(),
             completed: broadcast::channel(256).0,
+            admission: Arc::new(Semaphore::new(ADMITTED)),
         }
     }
 }
@@ -181,6 +189,33 @@ where
     where
         F: Future<Output = Result<T, String>> + Send + 'static,
     {
+        self.launch(key, tag, now, None, move || work)
+    }
+
+    /// [`Jobs::start_tagged`] for work that waits for one of [`ADMITTED`] turns: the job is
+    /// `Running` at once (a pass sees it started), and `make` builds its work only when its
+    /// turn comes, so a waiting job costs no more memory than its key.
+    pub fn start_admitted<M, F>(&self, key: K, tag: &str, now: Timestamp, make: M) -> bool
+    where
+        M: FnOnce() -> F + Send + 'static,
+        F: Future<Output = Result<T, String>> + Send + 'static,
+    {
+        let admission = self.admission.clone();
+        self.launch(key, tag, now, Some(admission), make)
+    }
+
+    fn launch<M, F>(
+        &self,
+        key: K,
+        tag: &str,
+        now: Timestamp,
+        admission: Option<Arc<Semaphore>>,
+        make: M,
+    ) -> bool
+    where
+        M: FnOnce() -> F + Send + 'static,
+        F: Future<Output = Result<T, String>> + Send + 'static,
+    {
         let tag = tag.to_string();
         let mut jobs = self.lock();
         let last_failure = match jobs.get(&key) {
@@ -200,6 +235,13 @@ where
         drop(jobs);
         let (jobs, completed) = (self.jobs.clone(), self.completed.clone());
         tokio::spawn(async move {
+            // The semaphore is never closed: a permit always comes.
+            let _turn = match admission {
+                Some(s) => s.acquire_owned().await.ok(),
+                None => None,
+            };
+            // Built now, on the heap: the task itself stays small while it waits.
+            let work = Box::pin(make());
             let state = match std::panic::AssertUnwindSafe(work).catch_unwind().await {
                 Ok(Ok(v)) => State::Done(v),
                 Ok(Err(message)) => State::Failed(message),
@@ -309,6 +351,48 @@ mod tests {
         assert!(!jobs.get(&key).unwrap().recorded);
         jobs.mark_recorded(&key, "p1");
         assert!(jobs.get(&key).unwrap().recorded);
+    }
+
+    #[tokio::test]
+    async fn admitted_jobs_beyond_their_turns_wait_unbuilt_and_run_in_order() {
+        let jobs: Jobs<serde_json::Value, JobKey> = Jobs::default();
+        let built = Arc::new(Mutex::new(Vec::new()));
+        let mut release = Vec::new();
+        for i in 0..ADMITTED + 2 {
+            let (go, wait) = tokio::sync::oneshot::channel::<()>();
+            release.push(go);
+            let built = built.clone();
+            let key = JobKey::new(format!("ns/w{i}"), JobKind::FinishPoint);
+            assert!(jobs.start_admitted(key, "p", t(0), move || {
+                built.lock().unwrap().push(i);
+                async move {
+                    let _ = wait.await;
+                    Ok::<_, String>(json!(i))
+                }
+            }));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let first: Vec<usize> = (0..ADMITTED).collect();
+        assert_eq!(*built.lock().unwrap(), first, "only {ADMITTED} are built");
+        let waiting = JobKey::new(format!("ns/w{ADMITTED}"), JobKind::FinishPoint);
+        assert!(
+            jobs.get(&waiting).unwrap().is_running(),
+            "a queued job is running"
+        );
+        // One ends: the first in line is built next, not the last.
+        release.remove(0).send(()).unwrap();
+        settled(&jobs, &JobKey::new("ns/w0", JobKind::FinishPoint)).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(built.lock().unwrap().last(), Some(&ADMITTED));
+        assert_eq!(built.lock().unwrap().len(), ADMITTED + 1);
+        for go in release {
+            let _ = go.send(());
+        }
+        let last = JobKey::new(format!("ns/w{}", ADMITTED + 1), JobKind::FinishPoint);
+        assert_eq!(
+            settled(&jobs, &last).await.outcome::<usize>(),
+            Some(ADMITTED + 1)
+        );
     }
 
     #[tokio::test]

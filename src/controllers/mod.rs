@@ -7,6 +7,7 @@ pub mod backoff;
 pub mod context;
 pub mod definition;
 pub mod error;
+pub mod events;
 pub mod failover;
 pub mod jobs;
 pub mod objects;
@@ -20,7 +21,6 @@ pub use context::Context;
 pub use error::Error;
 
 use kube::api::{Api, Patch, PatchParams};
-use kube::runtime::events::{Event, EventType};
 use kube::{Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -144,16 +144,12 @@ where
 {
     let reference = obj.object_ref(&());
     for e in events {
-        let event = Event {
-            type_: if e.warning {
-                EventType::Warning
-            } else {
-                EventType::Normal
-            },
-            reason: e.reason.clone(),
-            note: Some(e.note.chars().take(1000).collect()),
-            action: e.action.clone(),
-            secondary: None,
+        let note: String = e.note.chars().take(1000).collect();
+        let event = events::Published {
+            warning: e.warning,
+            reason: &e.reason,
+            action: &e.action,
+            note: &note,
         };
         if let Err(err) = ctx.recorder.publish(&event, &reference).await {
             tracing::warn!(error = %err, reason = %e.reason, "could not publish event");

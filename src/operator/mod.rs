@@ -14,7 +14,6 @@ use std::time::Duration;
 
 use futures::future;
 use kube::api::{Api, Patch, PatchParams};
-use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::{self, Store};
 use kube::{Client, Resource, ResourceExt};
 use kube_lease_manager::LeaseManagerBuilder;
@@ -213,11 +212,11 @@ pub fn context(
     stores: Stores,
     metrics: Arc<Metrics>,
 ) -> Arc<Context> {
-    let recorder = Recorder::new(
+    let recorder = crate::controllers::events::Recorder::new(
         client.clone(),
-        Reporter {
+        crate::controllers::events::Reporter {
             controller: FIELD_MANAGER.into(),
-            instance: Some(settings.identity.clone()),
+            instance: settings.identity.clone(),
         },
     );
     Arc::new(Context {
@@ -231,6 +230,7 @@ pub fn context(
         reader_image: settings.reader_image.clone(),
         storage: settings.storage.clone(),
         swept: Default::default(),
+        leftovers: Default::default(),
         handed: Default::default(),
         jobs: Default::default(),
         point_stores: Default::default(),

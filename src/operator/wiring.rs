@@ -159,12 +159,21 @@ where
     move |changed| map(&changed, &store.state())
 }
 
+/// How many objects of one kind are reconciled at once; the others wait in the controller's
+/// queue, each once however often it was asked for. Unbounded, a cold start or a relist of
+/// thousands of workloads holds thousands of reconciles in memory at once, each with its own
+/// reads and buffers, for no gain on two cores: a reconcile reads caches and writes a status.
+const CONCURRENT_RECONCILES: u16 = 32;
+
 /// Runs a controller of one kind until shutdown: metrics and backoff around the kind's
 /// `reconcile`, malformed objects reported instead of reconciled, failures retried by the
 /// kind's error policy.
 macro_rules! serve {
     ($controller:expr, $kind:ident, $ctx:expr, $shutdown:expr) => {
         $controller
+            .with_config(
+                kube::runtime::controller::Config::default().concurrency(CONCURRENT_RECONCILES),
+            )
             .graceful_shutdown_on($shutdown.wait())
             .run(
                 |obj, ctx| async move {

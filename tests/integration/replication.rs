@@ -592,6 +592,61 @@ async fn killed_agent_and_operator_resume_the_point_in_flight() {
     shut_down(&rig, dir.path(), running, vec![a1, a2]).await;
 }
 
+/// A restarted operator removes what its predecessor left of an idle workload's points (a
+/// reader pod, a temporary claim), from one listing of the namespace, and leaves alone the
+/// objects labelled for a workload it does not protect.
+#[tokio::test]
+async fn a_restarted_operator_sweeps_what_its_predecessor_left_of_idle_workloads() {
+    let (rig, dir, running, volumes) = setup(|d| live_vault(d, json!({}))).await;
+    let agents = start_agents(&rig, &["node-a1", "node-a2"]);
+    write_version(&volumes, 1);
+    let workloads = protect(&rig).await;
+    first_point(&workloads).await;
+    running.stop().await;
+    for workload in ["db", "unprotected"] {
+        let labels = json!({
+            "siterecovery.io/replicated-workload": workload,
+            "siterecovery.io/point": "p-left-behind",
+        });
+        rig.create(json!({
+            "apiVersion": "v1", "kind": "PersistentVolumeClaim",
+            "metadata": {"name": format!("{workload}-left"), "namespace": "apps", "labels": labels},
+            "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}},
+        }))
+        .await;
+        rig.create(json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": format!("{workload}-reader"), "namespace": "apps", "labels": labels},
+            "spec": {"containers": [{"name": "reader", "image": "busybox"}]},
+        }))
+        .await;
+    }
+    assert_eq!(temporaries(&rig).await.len(), 2);
+    let running = start_operator(&rig, false).await;
+    let claims: Api<k8s_openapi::api::core::v1::PersistentVolumeClaim> =
+        Api::namespaced(rig.client(), "apps");
+    let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(rig.client(), "apps");
+    // Deleted: the pod is gone, the claim waits for its protection finalizer (no controller
+    // of the rig removes it here).
+    eventually(Duration::from_secs(30), "leftovers deleted", || async {
+        let pod = pods.get_opt("db-reader").await.unwrap();
+        let claim = claims.get_opt("db-left").await.unwrap()?;
+        (pod.is_none() && claim.metadata.deletion_timestamp.is_some()).then_some(())
+    })
+    .await;
+    claims
+        .patch(
+            "db-left",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"finalizers": null}})),
+        )
+        .await
+        .unwrap();
+    assert!(claims.get_opt("unprotected-left").await.unwrap().is_some());
+    assert!(pods.get_opt("unprotected-reader").await.unwrap().is_some());
+    shut_down(&rig, dir.path(), running, agents).await;
+}
+
 #[tokio::test]
 async fn a_lost_agent_fails_the_point_with_a_reason_and_the_next_point_succeeds() {
     let (rig, dir, running, volumes) = setup(|d| live_vault(d, json!({}))).await;

@@ -45,7 +45,8 @@ pub async fn execute(
     let mut started = None;
     for action in std::mem::take(&mut d.actions) {
         match action {
-            Action::Sweep => sweep(ctx, target).await,
+            Action::Sweep => sweep(ctx, target, false).await,
+            Action::SweepLeftovers => sweep(ctx, target, true).await,
             Action::Count(c) => count(ctx, target.rw, c),
             Action::Job { tag, spec } => start_job(ctx, target, &tag, spec, now),
             Action::Start(s) => match start_point(ctx, target, &s, d, now).await {
@@ -66,8 +67,13 @@ pub async fn execute(
 
 /// Temporary snapshots, claims and reader pods of finished, failed or abandoned points; also
 /// for Live vaults (one that was CSI before may have left objects behind).
-async fn sweep(ctx: &Context, target: &Target<'_>) {
-    match super::super::csi::cleanup(ctx, target.rw, None).await {
+async fn sweep(ctx: &Context, target: &Target<'_>, leftovers: bool) {
+    let swept = if leftovers {
+        super::super::csi::sweep_leftovers(ctx, target.rw).await
+    } else {
+        super::super::csi::cleanup(ctx, target.rw, None).await
+    };
+    match swept {
         Ok(_) => {
             ctx.swept
                 .lock()
@@ -141,7 +147,7 @@ pub async fn store(
 fn start_job(ctx: &Arc<Context>, target: &Target<'_>, tag: &str, spec: JobSpec, now: Timestamp) {
     let key = JobKey::new(target.key, spec.kind());
     let (ctx2, rw, workload) = (ctx.clone(), target.rw.clone(), target.key.to_string());
-    let work = async move {
+    let work = move || async move {
         let store = store(&ctx2, &rw).await?;
         // A cluster another one fenced out writes nothing of the workload into the target:
         // no point, no copy, no retention (the points there are the other cluster's now).
@@ -180,9 +186,10 @@ fn start_job(ctx: &Arc<Context>, target: &Target<'_>, tag: &str, spec: JobSpec, 
         };
         done.map_err(|e| e.to_string())
     };
-    // The work is idempotent: one that hangs fails, and the next pass starts it again.
-    let bounded = async move {
-        tokio::time::timeout(JOB_TIMEOUT, work)
+    // The work is idempotent: one that hangs fails, and the next pass starts it again. The
+    // time runs from the job's turn: waiting for one is not hanging.
+    let bounded = move || async move {
+        tokio::time::timeout(JOB_TIMEOUT, work())
             .await
             .unwrap_or_else(|_| {
                 Err(format!(
@@ -191,7 +198,7 @@ fn start_job(ctx: &Arc<Context>, target: &Target<'_>, tag: &str, spec: JobSpec, 
                 ))
             })
     };
-    ctx.jobs.start_tagged(key, tag, now, bounded);
+    ctx.jobs.start_admitted(key, tag, now, bounded);
 }
 
 /// What the point carries of its workload: this cluster, and the workload's definition (read

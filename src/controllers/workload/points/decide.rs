@@ -122,6 +122,8 @@ pub enum Count {
 pub enum Action {
     /// Remove the temporary objects of finished, failed or abandoned points.
     Sweep,
+    /// The first sweep after a start, of an idle workload: remove what a predecessor left.
+    SweepLeftovers,
     Start(StartPoint),
     Job {
         tag: String,
@@ -290,7 +292,7 @@ pub fn decide(
         Step::Idle { next } => {
             d.soon(until(next, now));
             if !inputs.swept {
-                d.actions.push(Action::Sweep);
+                d.actions.push(Action::SweepLeftovers);
             }
             upkeep::catch_up(&mut d, inputs, status, now);
             upkeep::retention(&mut d, inputs, status, &schedule, now);

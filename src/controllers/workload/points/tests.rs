@@ -185,6 +185,7 @@ fn kinds(d: &Decision) -> Vec<String> {
         .iter()
         .map(|a| match a {
             Action::Sweep => "sweep".to_string(),
+            Action::SweepLeftovers => "sweep leftovers".to_string(),
             Action::Start(s) => format!("start {}", s.consistency.as_str()),
             Action::Job { tag, spec } => format!("job {:?} {tag}", spec.kind()),
             Action::Count(c) => format!("count {c:?}"),
@@ -220,7 +221,7 @@ fn table_of_replication_decisions() {
                 ..Default::default()
             },
             now: 10,
-            actions: &["sweep"],
+            actions: &["sweep leftovers"],
             facts: 0,
             reason: None,
         },
