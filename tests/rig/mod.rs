@@ -20,6 +20,7 @@ pub mod server;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::Lease;
@@ -50,6 +51,9 @@ pub struct Rig {
 pub struct Cluster {
     pub addr: SocketAddr,
     pub kubelet: PathBuf,
+    /// The admin's client, made once: one pool of connections for every helper call, as a
+    /// controller keeps, instead of a connection opened and closed per request.
+    admin: Arc<std::sync::OnceLock<Client>>,
 }
 
 impl std::ops::Deref for Rig {
@@ -129,6 +133,7 @@ impl Rig {
             cluster: Cluster {
                 addr,
                 kubelet: kubelet_root.path().to_path_buf(),
+                admin: Arc::default(),
             },
             kubelet_root,
             storage_root: tempfile::tempdir().unwrap(),
@@ -336,7 +341,9 @@ impl Cluster {
     /// A client of the test's own admin (`system:masters`), for setting up and for playing
     /// kubelet, scheduler and controllers.
     pub fn client(&self) -> Client {
-        self.client_with_token(ADMIN_TOKEN)
+        self.admin
+            .get_or_init(|| self.client_with_token(ADMIN_TOKEN))
+            .clone()
     }
 
     fn client_with_token(&self, token: &str) -> Client {

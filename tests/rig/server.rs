@@ -658,39 +658,46 @@ fn list(state: &State, t: &Target, query: &BTreeMap<String, String>, metadata_on
             return reply;
         }
     }
-    let items: Vec<Value> = state
-        .objects
-        .get(&key(&t.resource))
-        .into_iter()
-        .flat_map(|m| m.iter())
-        .filter(|((ns, _), _)| t.namespace.as_ref().is_none_or(|want| want == ns))
-        .filter(|((ns, name), _)| start.is_empty() || format!("{ns}/{name}") >= start)
-        .map(|(_, o)| o)
-        .filter(|o| labels.matches(o) && fields.matches(o))
-        .cloned()
-        .collect();
     let limit = query
         .get("limit")
         .and_then(|l| l.parse::<usize>().ok())
         .filter(|l| *l > 0);
+    // From the continue token's key on, in key order; only the page's objects are copied.
+    let from = start
+        .split_once('/')
+        .map(|(ns, name)| (ns.to_string(), name.to_string()))
+        .unwrap_or_default();
+    let empty = BTreeMap::new();
+    let mut matching = state
+        .objects
+        .get(&key(&t.resource))
+        .unwrap_or(&empty)
+        .range(from..)
+        .filter(|((ns, _), _)| t.namespace.as_ref().is_none_or(|want| want == ns))
+        .map(|(_, o)| o)
+        .filter(|o| labels.matches(o) && fields.matches(o));
     let mut metadata = json!({"resourceVersion": state.rv.to_string()});
     let page: Vec<Value> = match limit {
-        Some(limit) if items.len() > limit => {
-            let next = &items[limit];
-            let next_key = format!(
-                "{}/{}",
-                next["metadata"]["namespace"].as_str().unwrap_or(""),
-                next["metadata"]["name"].as_str().unwrap_or("")
-            );
-            metadata["continue"] = json!(continue_token(state.rv as i64, &next_key));
-            metadata["remainingItemCount"] = json!(items.len() - limit);
-            items[..limit].to_vec()
+        Some(limit) => {
+            let page: Vec<Value> = matching.by_ref().take(limit).cloned().collect();
+            if let Some(next) = matching.next() {
+                let next_key = format!(
+                    "{}/{}",
+                    next["metadata"]["namespace"].as_str().unwrap_or(""),
+                    next["metadata"]["name"].as_str().unwrap_or("")
+                );
+                metadata["continue"] = json!(continue_token(state.rv as i64, &next_key));
+                metadata["remainingItemCount"] = json!(1 + matching.count());
+            } else if t.resource.custom {
+                metadata["continue"] = json!("");
+            }
+            page
         }
-        _ => {
+        None => {
             if t.resource.custom {
                 metadata["continue"] = json!("");
             }
-            items
+            matching.cloned().collect()
         }
     };
     let (kind, api_version, page) = if metadata_only {
