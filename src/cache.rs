@@ -12,6 +12,11 @@ use std::collections::{BTreeSet, HashMap};
 
 use kube::Resource;
 use kube::core::PartialObjectMeta;
+use kube::core::error_boundary::DeserializeGuard;
+
+use crate::api::ReplicatedWorkload;
+use crate::api::work::FREEZE_ANNOTATION;
+use crate::api::workload::ReplicatedWorkloadStatus;
 use kube::runtime::watcher;
 
 /// kubectl's copy of the whole object as last applied, often its largest field.
@@ -225,11 +230,105 @@ impl PodIndex {
     }
 }
 
+/// A workload as an agent's capture loop reads it: its spec, and of its status the point in
+/// progress (what to read), where its claims were last seen (a claim mounted elsewhere) and
+/// the latest point (the new one's parent). Conditions, the other points and the last
+/// attempt stay out: every agent caches every workload of the cluster.
+pub fn capture_workload(guard: &mut DeserializeGuard<ReplicatedWorkload>) {
+    trim(guard);
+    if let Ok(rw) = guard.0.as_mut()
+        && let Some(s) = rw.status.take()
+    {
+        rw.status = Some(ReplicatedWorkloadStatus {
+            volumes: s.volumes,
+            latest_point: s.latest_point,
+            point_in_progress: s.point_in_progress,
+            ..Default::default()
+        });
+    }
+}
+
+/// A workload as an agent's freeze loop reads it: which it is and its freeze request; no
+/// status, no other annotation or label.
+pub fn freeze_workload(guard: &mut DeserializeGuard<ReplicatedWorkload>) {
+    trim(guard);
+    if let Ok(rw) = guard.0.as_mut() {
+        let request = rw
+            .metadata
+            .annotations
+            .as_mut()
+            .and_then(|a| a.remove_entry(FREEZE_ANNOTATION));
+        rw.metadata = ObjectMeta {
+            annotations: request.map(|(k, v)| [(k, v)].into()),
+            ..identity(&rw.metadata)
+        };
+        rw.status = None;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use serde_json::json;
 
     use super::*;
+
+    fn workload() -> DeserializeGuard<ReplicatedWorkload> {
+        serde_json::from_value(json!({
+            "apiVersion": "siterecovery.io/v1alpha1", "kind": "ReplicatedWorkload",
+            "metadata": {"name": "db", "namespace": "apps", "uid": "w1", "resourceVersion": "7",
+                "labels": {"team": "a"},
+                "annotations": {FREEZE_ANNOTATION: "{\"point\":\"p2\"}", "note": "x", LAST_APPLIED: "{...}"},
+                "managedFields": [{"manager": "kubectl"}]},
+            "spec": {"vaultName": "vault", "workloadRef": {"kind": "StatefulSet", "name": "db"}},
+            "status": {
+                "conditions": [{"type": "Protected", "status": "True", "reason": "Replicated",
+                    "message": "m", "lastTransitionTime": "2026-12-01T00:00:00Z"}],
+                "volumes": [{"claimName": "data-db-0", "node": "n1"}],
+                "latestPoint": {"id": "p1", "time": "2026-12-01T00:00:00Z", "replicated": true},
+                "latestReplicatedPoint": {"id": "p1", "time": "2026-12-01T00:00:00Z", "replicated": true},
+                "pointInProgress": {"id": "p2", "consistency": "CrashConsistent", "method": "Live",
+                    "started": "2026-12-01T00:05:00Z", "claims": ["data-db-0"]},
+            },
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn an_agents_cached_workload_keeps_what_its_loops_read() {
+        let mut capture = workload();
+        capture_workload(&mut capture);
+        let rw = capture.0.as_ref().unwrap();
+        let s = rw.status.as_ref().unwrap();
+        assert_eq!(s.point_in_progress.as_ref().unwrap().id, "p2");
+        assert_eq!(s.volumes[0].node.as_deref(), Some("n1"));
+        assert_eq!(s.latest_point.as_ref().unwrap().id, "p1");
+        assert!(s.conditions.is_empty() && s.latest_replicated_point.is_none());
+        assert_eq!(rw.spec.vault_name, "vault");
+        assert!(rw.metadata.managed_fields.is_none());
+
+        let mut freeze = workload();
+        freeze_workload(&mut freeze);
+        let rw = freeze.0.as_ref().unwrap();
+        assert!(rw.status.is_none());
+        assert_eq!(
+            rw.metadata.annotations,
+            Some(
+                [(
+                    FREEZE_ANNOTATION.to_string(),
+                    "{\"point\":\"p2\"}".to_string()
+                )]
+                .into()
+            )
+        );
+        assert_eq!(
+            (
+                rw.metadata.name.as_deref(),
+                rw.metadata.namespace.as_deref()
+            ),
+            (Some("db"), Some("apps"))
+        );
+        assert!(rw.metadata.labels.is_none() && rw.metadata.managed_fields.is_none());
+    }
 
     #[test]
     fn a_cached_pod_keeps_what_the_workload_reads_and_nothing_else() {

@@ -126,7 +126,7 @@ fn mount_of<'a>(
 }
 
 pub async fn run_captures(client: Client, settings: AgentSettings, reports: Reports) {
-    let mut scan = Scan::<ReplicatedWorkload>::new(&client, SCAN);
+    let mut scan = Scan::<ReplicatedWorkload>::new(&client, SCAN, crate::cache::capture_workload);
     let (pods, watch) = Pods::start(&client, &settings.node_name);
     scan.watch_too(watch);
     let repositories = Repositories::default();

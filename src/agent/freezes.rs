@@ -38,7 +38,7 @@ pub async fn run_freezes(client: Client, settings: AgentSettings, reports: Repor
         Ok(_) => {}
         Err(e) => tracing::error!(error = %e, "could not thaw what an earlier run left frozen"),
     }
-    let mut scan = Scan::<ReplicatedWorkload>::new(&client, SCAN);
+    let mut scan = Scan::<ReplicatedWorkload>::new(&client, SCAN, crate::cache::freeze_workload);
     while scan.next_pass().await {
         let now = crate::clock::now();
         let mut in_flight = HashSet::new();

@@ -26,7 +26,7 @@ use crate::vault_access::VaultAccess;
 type Local = Vec<(String, String, Mounted)>;
 
 pub async fn run_restores(client: Client, settings: AgentSettings, reports: Reports) {
-    let mut scan = Scan::<Failover>::new(&client, Duration::from_secs(1));
+    let mut scan = Scan::<Failover>::new(&client, Duration::from_secs(1), crate::cache::trim);
     while scan.next_pass().await {
         let mut in_flight = HashSet::new();
         for guard in scan.store.state() {

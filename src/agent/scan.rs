@@ -37,15 +37,19 @@ where
         + Sync
         + 'static,
 {
-    pub(super) fn new(client: &kube::Client, every: Duration) -> Self {
+    /// `project` keeps of each object what the pass reads (see [`crate::cache`]).
+    pub(super) fn new(
+        client: &kube::Client,
+        every: Duration,
+        project: fn(&mut DeserializeGuard<K>),
+    ) -> Self {
         let api = kube::Api::<DeserializeGuard<K>>::all(client.clone());
         let (store, writer) = reflector::store();
         // Keeps the cache filled; it ends only if the watch does.
-        // Managed fields and kubectl's last-applied copy are not kept: the cache holds every
-        // workload of the cluster.
+        // Only what the pass reads is kept: the cache holds every such object of the cluster.
         let watch = reflector(
             writer,
-            watcher(api, watcher::Config::default()).modify(crate::cache::trim),
+            watcher(api, watcher::Config::default()).modify(project),
         )
         .default_backoff()
         .applied_objects()

@@ -130,10 +130,12 @@ impl Job {
 }
 
 /// How many admitted jobs ([`Jobs::start_admitted`]) run at once; the others wait their turn,
-/// in the order they were started. A job of a point holds buffers and a repository's lock
-/// while it runs, and a job that waits holds nothing but its key: with thousands of workloads,
-/// a point that cannot run yet is queued, not started, timed out and started again.
-pub const ADMITTED: usize = 8;
+/// in the order they were started. Enough that their reads of the API server overlap (a
+/// point's job reads the workload's definition before it writes); few enough to bound what
+/// they hold: a running job of a point holds buffers and a repository's lock, a waiting one
+/// nothing but its key. With thousands of workloads, a point that cannot run yet is queued,
+/// not started, timed out and started again.
+pub const ADMITTED: usize = 64;
 
 /// The registry of jobs, shared by the controllers through the `Context`: outcomes of type `T`
 /// under keys of type `K` (a [`JobKey`], or a plain string).

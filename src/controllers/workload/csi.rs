@@ -349,31 +349,23 @@ async fn expose_one(
     Ok(None)
 }
 
-/// Deletes the temporary objects of the workload's points, except those of `keep` (the point in
-/// flight). Returns how many objects were asked to go.
-pub async fn cleanup(
-    ctx: &Context,
-    rw: &ReplicatedWorkload,
-    keep: Option<&str>,
-) -> Result<usize, Error> {
+/// Deletes every temporary object of the workload's points (it is idle: none is in use), found
+/// by the workload's label. Returns how many objects were asked to go.
+pub async fn cleanup(ctx: &Context, rw: &ReplicatedWorkload) -> Result<usize, Error> {
     let namespace = rw.namespace().unwrap_or_default();
     let selector = format!("{WORKLOAD_LABEL}={}", rw.name_any());
     let lp = ListParams::default().labels(&selector);
-    let keep = keep.map(point_label);
-    let doomed = |labels: &BTreeMap<String, String>| {
-        labels.get(POINT_LABEL).map(String::as_str) != keep.as_deref()
-    };
     let mut deleted = 0;
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &namespace);
     for p in pods.list_metadata(&lp).await.map_err(Error::Kube)?.items {
-        if doomed(p.labels()) && p.metadata.deletion_timestamp.is_none() {
+        if p.metadata.deletion_timestamp.is_none() {
             delete_if_present(&pods, &p.name_any()).await?;
             deleted += 1;
         }
     }
     let claims: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &namespace);
     for c in claims.list_metadata(&lp).await.map_err(Error::Kube)?.items {
-        if doomed(c.labels()) && c.metadata.deletion_timestamp.is_none() {
+        if c.metadata.deletion_timestamp.is_none() {
             delete_if_present(&claims, &c.name_any()).await?;
             deleted += 1;
         }
@@ -382,7 +374,7 @@ pub async fn cleanup(
     match snaps.list_metadata(&lp).await {
         Ok(list) => {
             for s in list.items {
-                if doomed(s.labels()) && s.metadata.deletion_timestamp.is_none() {
+                if s.metadata.deletion_timestamp.is_none() {
                     delete_if_present(&snaps, &s.name_any()).await?;
                     deleted += 1;
                 }
@@ -393,6 +385,27 @@ pub async fn cleanup(
         Err(e) => return Err(Error::Kube(e)),
     }
     Ok(deleted)
+}
+
+/// Deletes the snapshots, temporary claims and reader pods of `point` (one of each per claim,
+/// named by [`temporary_name`]); absent ones are fine.
+pub async fn remove_point_objects(
+    ctx: &Context,
+    rw: &ReplicatedWorkload,
+    point: &PointInProgress,
+) -> Result<(), Error> {
+    let namespace = rw.namespace().unwrap_or_default();
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &namespace);
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &namespace);
+    let snaps = snapshots(ctx, &namespace);
+    for claim in &point.claims {
+        let name = temporary_name(claim, &point.id);
+        delete_if_present(&pods, &name).await?;
+        delete_if_present(&claims, &name).await?;
+        // Without the snapshot API in the cluster, this is a 404 too: nothing to delete.
+        delete_if_present(&snaps, &name).await?;
+    }
+    Ok(())
 }
 
 /// Which kind a temporary object is.
@@ -481,7 +494,7 @@ pub async fn sweep_leftovers(ctx: &Context, rw: &ReplicatedWorkload) -> Result<u
         .contains(&key)
     {
         // Swept again (a capture failed since): what is there now is this operator's own.
-        return cleanup(ctx, rw, None).await;
+        return cleanup(ctx, rw).await;
     }
     let mine = {
         let mut all = ctx.leftovers.namespaces.lock().await;

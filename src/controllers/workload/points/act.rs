@@ -45,8 +45,8 @@ pub async fn execute(
     let mut started = None;
     for action in std::mem::take(&mut d.actions) {
         match action {
-            Action::Sweep => sweep(ctx, target, false).await,
-            Action::SweepLeftovers => sweep(ctx, target, true).await,
+            Action::SweepPoint(point) => sweep_point(ctx, target, &point).await,
+            Action::SweepLeftovers => sweep(ctx, target).await,
             Action::Count(c) => count(ctx, target.rw, c),
             Action::Job { tag, spec } => start_job(ctx, target, &tag, spec, now),
             Action::Start(s) => match start_point(ctx, target, &s, d, now).await {
@@ -65,28 +65,35 @@ pub async fn execute(
     started
 }
 
-/// Temporary snapshots, claims and reader pods of finished, failed or abandoned points; also
-/// for Live vaults (one that was CSI before may have left objects behind).
-async fn sweep(ctx: &Context, target: &Target<'_>, leftovers: bool) {
-    let swept = if leftovers {
-        super::super::csi::sweep_leftovers(ctx, target.rw).await
-    } else {
-        super::super::csi::cleanup(ctx, target.rw, None).await
-    };
+/// The first sweep after a start (or after a capture failed): every temporary object of the
+/// idle workload is a stray; also for Live vaults (one that was CSI before may have left
+/// objects behind).
+async fn sweep(ctx: &Context, target: &Target<'_>) {
+    let swept = super::super::csi::sweep_leftovers(ctx, target.rw).await;
+    let mut set = ctx.swept.lock().unwrap_or_else(|e| e.into_inner());
     match swept {
         Ok(_) => {
-            ctx.swept
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .insert(target.key.to_string());
+            set.insert(target.key.to_string());
         }
         Err(e) => {
             tracing::warn!(workload = %target.key, error = %e, "could not remove temporary objects yet");
-            ctx.swept
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .remove(target.key);
+            set.remove(target.key);
         }
+    }
+}
+
+/// The temporary objects of a point that ended, by name: no list of the namespace per point.
+/// What cannot be deleted now is left to a sweep of the idle workload.
+async fn sweep_point(ctx: &Context, target: &Target<'_>, point: &PointInProgress) {
+    if point.method != SnapshotMethod::Csi {
+        return;
+    }
+    if let Err(e) = super::super::csi::remove_point_objects(ctx, target.rw, point).await {
+        tracing::warn!(workload = %target.key, point = %point.id, error = %e, "could not remove the point's temporary objects yet");
+        ctx.swept
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(target.key);
     }
 }
 

@@ -120,8 +120,9 @@ pub enum Count {
 
 #[derive(Clone, Debug, PartialEq)]
 pub enum Action {
-    /// Remove the temporary objects of finished, failed or abandoned points.
-    Sweep,
+    /// Remove the temporary objects of a point that finished or failed (a CSI point's
+    /// snapshots, claims and reader pods, found by their names; a Live point has none).
+    SweepPoint(PointInProgress),
     /// The first sweep after a start, of an idle workload: remove what a predecessor left.
     SweepLeftovers,
     Start(StartPoint),
@@ -386,7 +387,7 @@ fn start(
 
 /// The point cannot complete: recorded as a failed attempt, its parts discarded.
 fn fail(d: &mut Decision, point: &PointInProgress, reason: R, message: String) {
-    d.actions.push(Action::Sweep);
+    d.actions.push(Action::SweepPoint(point.clone()));
     d.actions.push(Action::Job {
         tag: point.id.clone(),
         spec: JobSpec::DiscardParts {

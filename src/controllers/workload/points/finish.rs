@@ -31,7 +31,7 @@ pub(super) fn finish(
     };
     let Some(job) = inputs.jobs.finish.as_ref().filter(|j| j.tag == point.id) else {
         // The reader pods and claims of the point are done with.
-        d.actions.push(Action::Sweep);
+        d.actions.push(Action::SweepPoint(point.clone()));
         d.job(&point.id, spec);
         return;
     };

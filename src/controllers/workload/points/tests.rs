@@ -184,7 +184,7 @@ fn kinds(d: &Decision) -> Vec<String> {
     d.actions
         .iter()
         .map(|a| match a {
-            Action::Sweep => "sweep".to_string(),
+            Action::SweepPoint(_) => "sweep".to_string(),
             Action::SweepLeftovers => "sweep leftovers".to_string(),
             Action::Start(s) => format!("start {}", s.consistency.as_str()),
             Action::Job { tag, spec } => format!("job {:?} {tag}", spec.kind()),
