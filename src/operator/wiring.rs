@@ -163,7 +163,7 @@ where
 /// queue, each once however often it was asked for. Unbounded, a cold start or a relist of
 /// thousands of workloads holds thousands of reconciles in memory at once, each with its own
 /// reads and buffers, for no gain on two cores: a reconcile reads caches and writes a status.
-const CONCURRENT_RECONCILES: u16 = 64;
+const CONCURRENT_RECONCILES: u16 = 128;
 
 /// Runs a controller of one kind until shutdown: metrics and backoff around the kind's
 /// `reconcile`, malformed objects reported instead of reconciled, failures retried by the

@@ -21,6 +21,9 @@ pub struct ReplicateStats {
     pub bytes_copied: u64,
 }
 
+/// Up to this many points are copied without listing the destination's points first.
+const FEW_POINTS: usize = 16;
+
 /// Copies `points` (ids) from `source` to `dest`. `dest` must hold the same repository (or be
 /// initialised as its replica first, see [`Repository::init_replica`]).
 pub async fn replicate(
@@ -52,7 +55,14 @@ async fn replicate_locked(
     lock: &Lock,
 ) -> Result<ReplicateStats, RepoError> {
     dest.refresh_index().await?;
-    let present: HashSet<String> = dest.point_ids().await?.into_iter().collect();
+    // A few points (one workload's newest) are not worth listing every point of the location
+    // for: one already there needs no pack (its chunks are in the index) and its manifest is
+    // written only if absent.
+    let present: HashSet<String> = if points.len() > FEW_POINTS {
+        dest.point_ids().await?.into_iter().collect()
+    } else {
+        HashSet::new()
+    };
     let mut stats = ReplicateStats::default();
     for id in points {
         if present.contains(id) {

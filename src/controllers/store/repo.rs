@@ -3,15 +3,13 @@
 //! index is reloaded only by the operations that copy or collect chunks. A storage error drops
 //! the open repository, so the next operation opens it again.
 
-use std::collections::HashSet;
-
 use futures::FutureExt;
 use futures::future::BoxFuture;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use tokio::sync::{Mutex, MutexGuard};
 
-use super::summaries::Summaries;
+use super::summaries::{PresentIds, Summaries};
 use super::{Finished, Origin, PointStore, Pruned, Retention, StoreError, TargetPoints};
 use crate::api::workload::PointRef;
 use crate::metrics::LocationLabels;
@@ -34,6 +32,8 @@ struct Slot {
     /// need no wait for a job holding `repo`.
     reader: std::sync::Mutex<Option<Repository>>,
     points: Summaries,
+    /// Which points are here, for copies into this location.
+    present: PresentIds,
     /// When retention last collected garbage here.
     collected: std::sync::Mutex<Option<std::time::Instant>>,
 }
@@ -54,6 +54,7 @@ impl Slot {
             repo: Mutex::new(None),
             reader: std::sync::Mutex::new(None),
             points: Summaries::default(),
+            present: PresentIds::default(),
             collected: std::sync::Mutex::new(None),
         }
     }
@@ -102,7 +103,15 @@ impl Slot {
                 consistency: s.consistency,
             })
             .collect();
-        prune_known(repo, options, &facts, || self.collect_due()).await
+        let report = prune_known(repo, options, &facts, || self.collect_due()).await?;
+        self.deleted(&report.points_removed);
+        Ok(report)
+    }
+
+    /// Points this process deleted here.
+    fn deleted(&self, ids: &[String]) {
+        self.points.removed(ids);
+        self.present.removed(ids);
     }
 }
 
@@ -180,7 +189,7 @@ impl RepoStore {
         let mine = self
             .cache
             .points
-            .of_workload(cache, workload)
+            .of_workload_recent(cache, workload)
             .await
             .map_err(cache_error)?;
         let mut target = self.target(Some(cache)).await.map_err(target_error)?;
@@ -188,13 +197,11 @@ impl RepoStore {
             let Some(target) = target.as_mut() else {
                 return Ok(0);
             };
-            let present: HashSet<String> = target.point_ids().await?.into_iter().collect();
-            let missing: Vec<String> = mine
-                .into_iter()
-                .map(|s| s.id)
-                .filter(|id| !present.contains(id))
-                .collect();
-            Ok(replicate(cache, target, &missing).await?.bytes_copied)
+            let ids = mine.into_iter().map(|s| s.id).collect();
+            let missing = self.target.present.missing(target, ids).await?;
+            let copied = replicate(cache, target, &missing).await?.bytes_copied;
+            self.target.present.added(missing);
+            Ok(copied)
         }
         .await;
         drop_on_error(&mut target, result).map_err(target_error)
@@ -211,7 +218,10 @@ impl RepoStore {
             return Err(StoreError::Cache("not open".into()));
         };
         let manifest = match repo.assemble(point, parts, origin).await {
-            Ok(m) => m,
+            Ok(m) => {
+                self.cache.points.added(&m);
+                m
+            }
             Err(e) => {
                 *cache = None;
                 return Err(StoreError::Assemble {
@@ -323,6 +333,7 @@ impl RepoStore {
                 None => continue,
             };
             let report = drop_on_error(&mut guard, result).map_err(|e| slot.error(e))?;
+            slot.deleted(&report.points_removed);
             removed += report.points_removed.len();
         }
         Ok(removed)

@@ -3,8 +3,9 @@
 //! decrypted once per point id: a manifest is written once and never changed, so only the ids
 //! a listing shows for the first time are read.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use super::Consistency;
 use crate::repository::origin::OriginSummary;
@@ -23,10 +24,77 @@ pub struct Summary {
     pub origin: Option<OriginSummary>,
 }
 
+/// How old a listing of a location's points may be for the work of one point (which of the
+/// workload's points are in the cache, which the target lacks). Each point used to list both
+/// locations whole: a cost that grew with every other workload's points. This process's own
+/// writes and deletions are applied to what it knows at once; another writer's show within
+/// this time.
+pub const RECENT: Duration = Duration::from_secs(60);
+
+fn summary_of(m: &crate::repository::format::Manifest) -> Summary {
+    Summary {
+        id: m.id.clone(),
+        workload: m.workload.clone(),
+        time: m.time.clone(),
+        consistency: m.consistency,
+        volumes: m.volumes.iter().map(|v| v.name.clone()).collect(),
+        origin: m.origin.as_ref().map(OriginSummary::from),
+    }
+}
+
 /// Summaries of the points of one location.
 #[derive(Default)]
 pub struct Summaries {
     known: Mutex<HashMap<String, Summary>>,
+    /// When `known` was last made to match a listing.
+    listed: Mutex<Option<Instant>>,
+}
+
+/// The ids of the points in one location, from a recent listing and this process's changes.
+#[derive(Default)]
+pub struct PresentIds {
+    ids: Mutex<Option<(Instant, HashSet<String>)>>,
+}
+
+impl PresentIds {
+    /// Which of `candidates` the location lacks, by a listing at most [`RECENT`] old.
+    pub async fn missing(
+        &self,
+        repo: &Repository,
+        candidates: Vec<String>,
+    ) -> Result<Vec<String>, RepoError> {
+        let fresh = self
+            .lock()
+            .as_ref()
+            .is_some_and(|(at, _)| at.elapsed() < RECENT);
+        if !fresh {
+            let listed: HashSet<String> = repo.point_ids().await?.into_iter().collect();
+            *self.lock() = Some((Instant::now(), listed));
+        }
+        let ids = self.lock();
+        let present = |id: &String| ids.as_ref().is_some_and(|(_, s)| s.contains(id));
+        Ok(candidates.into_iter().filter(|id| !present(id)).collect())
+    }
+
+    /// Points this process wrote there.
+    pub fn added(&self, ids: impl IntoIterator<Item = String>) {
+        if let Some((_, set)) = self.lock().as_mut() {
+            set.extend(ids);
+        }
+    }
+
+    /// Points this process deleted there.
+    pub fn removed(&self, ids: &[String]) {
+        if let Some((_, set)) = self.lock().as_mut() {
+            for id in ids {
+                set.remove(id);
+            }
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<(Instant, HashSet<String>)>> {
+        self.ids.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
 impl Summaries {
@@ -42,20 +110,52 @@ impl Summaries {
         };
         let mut read = Vec::with_capacity(missing.len());
         for id in &missing {
-            let m = repo.manifest(id).await?;
-            read.push(Summary {
-                id: m.id,
-                workload: m.workload,
-                time: m.time,
-                consistency: m.consistency,
-                volumes: m.volumes.into_iter().map(|v| v.name).collect(),
-                origin: m.origin.as_ref().map(OriginSummary::from),
-            });
+            read.push(summary_of(&repo.manifest(id).await?));
         }
         let mut known = self.lock();
         known.extend(read.into_iter().map(|s| (s.id.clone(), s)));
         known.retain(|id, _| ids.binary_search(id).is_ok());
+        *self.listed.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
         Ok(ids.iter().filter_map(|id| known.get(id).cloned()).collect())
+    }
+
+    /// The points of `workload`, oldest first, from a listing at most [`RECENT`] old and the
+    /// points this process added or deleted since.
+    pub async fn of_workload_recent(
+        &self,
+        repo: &Repository,
+        workload: &str,
+    ) -> Result<Vec<Summary>, RepoError> {
+        let fresh = self
+            .listed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some_and(|at| at.elapsed() < RECENT);
+        if !fresh {
+            return self.of_workload(repo, workload).await;
+        }
+        let mut mine: Vec<Summary> = self
+            .lock()
+            .values()
+            .filter(|s| s.workload == workload)
+            .cloned()
+            .collect();
+        mine.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(mine)
+    }
+
+    /// A point this process wrote.
+    pub fn added(&self, manifest: &crate::repository::format::Manifest) {
+        let s = summary_of(manifest);
+        self.lock().insert(s.id.clone(), s);
+    }
+
+    /// Points this process deleted.
+    pub fn removed(&self, ids: &[String]) {
+        let mut known = self.lock();
+        for id in ids {
+            known.remove(id);
+        }
     }
 
     /// The points of `workload` in `repo`, oldest first.
