@@ -374,6 +374,13 @@ async fn run(n: usize, interval: Duration, frequency: &str) -> Figures {
                 .await;
             std::fs::write(dir.join("value"), format!("{:08}", i % 100_000_000)).unwrap();
             protect(workloads, &name).await;
+            if (i + 1) % 1000 == 0 {
+                eprintln!(
+                    "N={n}: workload {} created at {:.1}s",
+                    i + 1,
+                    created.elapsed().as_secs_f64()
+                );
+            }
         }
     });
     setup.await;

@@ -6,6 +6,8 @@
 //! Garbage collection counts the chunks parts reference, so a prune between a part and its
 //! assembly loses nothing.
 
+use std::collections::{BTreeMap, HashMap};
+
 use bytes::Bytes;
 
 use super::format::{self, Consistency, Manifest, Origin, Stats};
@@ -189,14 +191,48 @@ impl Repository {
         workload: &str,
         keep: Option<&str>,
     ) -> Result<usize, RepoError> {
-        let mut stale = std::collections::BTreeSet::new();
-        for m in self.all_parts().await? {
-            if m.workload == workload && Some(m.id.as_str()) != keep {
-                stale.insert(m.id);
+        self.discard_stale_parts_with(workload, keep, &mut HashMap::new())
+            .await
+    }
+
+    /// [`Repository::discard_stale_parts`] with `owners`, which point's parts are of which
+    /// workload, as learnt by earlier calls: the parts of every workload's points are listed,
+    /// and one part is read only of a point not seen before (all parts of a point are of one
+    /// workload), not every part of every point in flight at every call.
+    pub async fn discard_stale_parts_with(
+        &self,
+        workload: &str,
+        keep: Option<&str>,
+        owners: &mut HashMap<String, String>,
+    ) -> Result<usize, RepoError> {
+        let listed = self
+            .location
+            .list(&layout::dir(self.location.prefix(), layout::PARTS))
+            .await?;
+        let mut points: BTreeMap<String, String> = BTreeMap::new();
+        for (key, _) in listed {
+            let mut segments: Vec<String> = key.parts().map(|p| p.as_ref().to_string()).collect();
+            if let (Some(name), Some(point)) = (segments.pop(), segments.pop()) {
+                points.entry(point).or_insert(name);
             }
         }
+        owners.retain(|point, _| points.contains_key(point));
+        for (point, name) in &points {
+            if owners.contains_key(point) {
+                continue;
+            }
+            if let Some(m) = self.part(point, name).await? {
+                owners.insert(point.clone(), m.workload);
+            }
+        }
+        let stale: Vec<String> = owners
+            .iter()
+            .filter(|(point, w)| *w == workload && Some(point.as_str()) != keep)
+            .map(|(point, _)| point.clone())
+            .collect();
         for point in &stale {
             self.discard_parts(point).await?;
+            owners.remove(point);
         }
         Ok(stale.len())
     }

@@ -271,3 +271,44 @@ async fn fences_survive_prune_forget_verify_and_replication() {
         assert_eq!(verify(repo, false).await.unwrap().fences, 1);
     }
 }
+
+/// The parts of given-up points are removed workload by workload, and a point's parts are read
+/// only the first time the point is seen: later calls learn from the listing alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stale_parts_are_discarded_per_workload_reading_each_point_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut cache = Repository::init(fs_location(&tmp.path().join("cache")), KEY)
+        .await
+        .unwrap();
+    let (db_old, _) = parts(&mut cache, tmp.path(), "apps/db", &["data", "logs"]).await;
+    let (db_now, _) = parts(&mut cache, tmp.path(), "apps/db", &["data"]).await;
+    let (web, _) = parts(&mut cache, tmp.path(), "apps/web", &["data"]).await;
+    let mut owners = std::collections::HashMap::new();
+    let removed = cache
+        .discard_stale_parts_with("apps/db", Some(&db_now), &mut owners)
+        .await
+        .unwrap();
+    assert_eq!(removed, 1);
+    assert!(cache.part_names(&db_old).await.unwrap().is_empty());
+    assert_eq!(cache.part_names(&db_now).await.unwrap().len(), 1);
+    assert_eq!(cache.part_names(&web).await.unwrap().len(), 1);
+    assert_eq!(owners.get(&web).map(String::as_str), Some("apps/web"));
+    assert!(
+        !owners.contains_key(&db_old),
+        "a discarded point is forgotten"
+    );
+
+    // What is known is not read again: a point whose part can no longer be read is still
+    // attributed to its workload by what the first call learnt.
+    let part_dir = tmp.path().join("cache/parts").join(&web);
+    for f in std::fs::read_dir(&part_dir).unwrap() {
+        std::fs::write(f.unwrap().path(), b"not a part").unwrap();
+    }
+    let removed = cache
+        .discard_stale_parts_with("apps/web", None, &mut owners)
+        .await
+        .unwrap();
+    assert_eq!(removed, 1);
+    assert!(cache.part_names(&web).await.unwrap().is_empty());
+    assert_eq!(owners.keys().collect::<Vec<_>>(), vec![&db_now]);
+}

@@ -34,6 +34,9 @@ struct Slot {
     points: Summaries,
     /// Which points are here, for copies into this location.
     present: PresentIds,
+    /// Which workload the parts of each point in flight here are of (see
+    /// [`Repository::discard_stale_parts_with`]).
+    part_owners: std::sync::Mutex<std::collections::HashMap<String, String>>,
     /// When retention last collected garbage here.
     collected: std::sync::Mutex<Option<std::time::Instant>>,
 }
@@ -55,8 +58,13 @@ impl Slot {
             reader: std::sync::Mutex::new(None),
             points: Summaries::default(),
             present: PresentIds::default(),
+            part_owners: Default::default(),
             collected: std::sync::Mutex::new(None),
         }
+    }
+
+    fn part_owners(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, String>> {
+        self.part_owners.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Keeps a reader of `repo`, just opened.
@@ -230,7 +238,12 @@ impl RepoStore {
                 });
             }
         };
-        if let Err(e) = repo.discard_stale_parts(&manifest.workload, None).await {
+        let mut owners = std::mem::take(&mut *self.cache.part_owners());
+        let discarded = repo
+            .discard_stale_parts_with(&manifest.workload, None, &mut owners)
+            .await;
+        *self.cache.part_owners() = owners;
+        if let Err(e) = discarded {
             tracing::warn!(error = %e, "could not remove the parts of abandoned points yet");
         }
         let replicated = self.copy_missing(repo, &manifest.workload).await;
