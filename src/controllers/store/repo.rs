@@ -187,13 +187,19 @@ impl RepoStore {
     }
 
     /// Copies `workload`'s points the target lacks; bytes copied. The cache's index is
-    /// reloaded first: agents wrote packs since it was read.
+    /// read again first (agents wrote packs since it was read), unless `assembled`, the point
+    /// just assembled, finds every chunk in it already: a read of the index lists every index
+    /// file of the location, as many as parts were ever written there and not compacted.
     async fn copy_missing(
         &self,
         cache: &mut Repository,
         workload: &str,
+        assembled: Option<&crate::repository::format::Manifest>,
     ) -> Result<u64, StoreError> {
-        cache.refresh_index().await.map_err(cache_error)?;
+        let known = assembled.is_some_and(|m| m.chunks().all(|c| cache.chunks.contains_key(c)));
+        if !known {
+            cache.refresh_index().await.map_err(cache_error)?;
+        }
         let mine = self
             .cache
             .points
@@ -246,7 +252,9 @@ impl RepoStore {
         if let Err(e) = discarded {
             tracing::warn!(error = %e, "could not remove the parts of abandoned points yet");
         }
-        let replicated = self.copy_missing(repo, &manifest.workload).await;
+        let replicated = self
+            .copy_missing(repo, &manifest.workload, Some(&manifest))
+            .await;
         Ok(Finished {
             id: manifest.id,
             consistency: manifest.consistency,
@@ -404,7 +412,7 @@ impl PointStore for RepoStore {
         async move {
             let mut cache = self.cache(false).await.map_err(cache_error)?;
             match cache.as_mut() {
-                Some(repo) => self.copy_missing(repo, workload).await,
+                Some(repo) => self.copy_missing(repo, workload, None).await,
                 None => Ok(0),
             }
         }
