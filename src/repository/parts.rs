@@ -191,18 +191,21 @@ impl Repository {
         workload: &str,
         keep: Option<&str>,
     ) -> Result<usize, RepoError> {
-        self.discard_stale_parts_with(workload, keep, &mut HashMap::new())
+        self.discard_stale_parts_with(workload, keep, None, &mut HashMap::new())
             .await
     }
 
     /// [`Repository::discard_stale_parts`] with `owners`, which point's parts are of which
     /// workload, as learnt by earlier calls: the parts of every workload's points are listed,
     /// and one part is read only of a point not seen before (all parts of a point are of one
-    /// workload), not every part of every point in flight at every call.
+    /// workload), not every part of every point in flight at every call. With `before`, only
+    /// the parts of points older than it (ids begin with their time) are stale: a later point
+    /// may be in flight.
     pub async fn discard_stale_parts_with(
         &self,
         workload: &str,
         keep: Option<&str>,
+        before: Option<&str>,
         owners: &mut HashMap<String, String>,
     ) -> Result<usize, RepoError> {
         let listed = self
@@ -228,6 +231,7 @@ impl Repository {
         let stale: Vec<String> = owners
             .iter()
             .filter(|(point, w)| *w == workload && Some(point.as_str()) != keep)
+            .filter(|(point, _)| before.is_none_or(|b| point.as_str() < b))
             .map(|(point, _)| point.clone())
             .collect();
         for point in &stale {

@@ -281,11 +281,20 @@ async fn stale_parts_are_discarded_per_workload_reading_each_point_once() {
         .await
         .unwrap();
     let (db_old, _) = parts(&mut cache, tmp.path(), "apps/db", &["data", "logs"]).await;
+    // Point ids begin with their time, to the millisecond.
+    tokio::time::sleep(Duration::from_millis(5)).await;
     let (db_now, _) = parts(&mut cache, tmp.path(), "apps/db", &["data"]).await;
     let (web, _) = parts(&mut cache, tmp.path(), "apps/web", &["data"]).await;
     let mut owners = std::collections::HashMap::new();
+    // Finishing the older point leaves the newer one's parts alone.
     let removed = cache
-        .discard_stale_parts_with("apps/db", Some(&db_now), &mut owners)
+        .discard_stale_parts_with("apps/db", Some(&db_old), Some(&db_old), &mut owners)
+        .await
+        .unwrap();
+    assert_eq!(removed, 0);
+    assert_eq!(cache.part_names(&db_now).await.unwrap().len(), 1);
+    let removed = cache
+        .discard_stale_parts_with("apps/db", Some(&db_now), None, &mut owners)
         .await
         .unwrap();
     assert_eq!(removed, 1);
@@ -305,7 +314,7 @@ async fn stale_parts_are_discarded_per_workload_reading_each_point_once() {
         std::fs::write(f.unwrap().path(), b"not a part").unwrap();
     }
     let removed = cache
-        .discard_stale_parts_with("apps/web", None, &mut owners)
+        .discard_stale_parts_with("apps/web", None, None, &mut owners)
         .await
         .unwrap();
     assert_eq!(removed, 1);

@@ -663,10 +663,16 @@ fn list(state: &State, t: &Target, query: &BTreeMap<String, String>, metadata_on
         .and_then(|l| l.parse::<usize>().ok())
         .filter(|l| *l > 0);
     // From the continue token's key on, in key order; only the page's objects are copied.
-    let from = start
-        .split_once('/')
-        .map(|(ns, name)| (ns.to_string(), name.to_string()))
-        .unwrap_or_default();
+    let from = if start.is_empty() {
+        Default::default()
+    } else {
+        match start.split_once('/') {
+            Some((ns, name)) => (ns.to_string(), name.to_string()),
+            None => return bad_request("continue key is not valid".into()),
+        }
+    };
+    let selected = query.get("labelSelector").is_some_and(|s| !s.is_empty())
+        || query.get("fieldSelector").is_some_and(|s| !s.is_empty());
     let empty = BTreeMap::new();
     let mut matching = state
         .objects
@@ -687,7 +693,10 @@ fn list(state: &State, t: &Target, query: &BTreeMap<String, String>, metadata_on
                     next["metadata"]["name"].as_str().unwrap_or("")
                 );
                 metadata["continue"] = json!(continue_token(state.rv as i64, &next_key));
-                metadata["remainingItemCount"] = json!(1 + matching.count());
+                // Only an unselected list knows how many remain (as the API server).
+                if !selected {
+                    metadata["remainingItemCount"] = json!(1 + matching.count());
+                }
             } else if t.resource.custom {
                 metadata["continue"] = json!("");
             }

@@ -246,7 +246,9 @@ impl RepoStore {
         };
         let mut owners = std::mem::take(&mut *self.cache.part_owners());
         let discarded = repo
-            .discard_stale_parts_with(&manifest.workload, None, &mut owners)
+            // Only older points' parts: a point that started after this one (while this job
+            // waited for its turn) may be in flight.
+            .discard_stale_parts_with(&manifest.workload, None, Some(&manifest.id), &mut owners)
             .await;
         *self.cache.part_owners() = owners;
         if let Err(e) = discarded {

@@ -5,6 +5,7 @@
 //! step is idempotent and [`cleanup`] finds everything, also after a restart.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
@@ -426,9 +427,31 @@ type ByWorkload = HashMap<String, Vec<(Temporary, String)>>;
 /// pod and claim of the namespace.
 #[derive(Default)]
 pub struct Leftovers {
-    namespaces: tokio::sync::Mutex<HashMap<String, ByWorkload>>,
+    /// Per namespace, its listing once made: each behind a lock of its own, so that one
+    /// namespace's listing does not hold up the others' sweeps.
+    namespaces: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<Option<ByWorkload>>>>>,
     /// Workloads (`namespace/name`) that took theirs: a later sweep of theirs lists anew.
     taken: std::sync::Mutex<std::collections::HashSet<String>>,
+}
+
+impl Leftovers {
+    fn of(&self, namespace: &str) -> Arc<tokio::sync::Mutex<Option<ByWorkload>>> {
+        self.namespaces
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(namespace.to_string())
+            .or_default()
+            .clone()
+    }
+
+    /// The next sweep of `key` (`namespace/name`) lists its objects anew: this operator made
+    /// some since the namespace's listing (a capture that failed after its first snapshots).
+    pub fn list_anew(&self, key: &str) {
+        self.taken
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key.to_string());
+    }
 }
 
 async fn list_leftovers(ctx: &Context, namespace: &str) -> Result<ByWorkload, Error> {
@@ -496,13 +519,14 @@ pub async fn sweep_leftovers(ctx: &Context, rw: &ReplicatedWorkload) -> Result<u
         // Swept again (a capture failed since): what is there now is this operator's own.
         return cleanup(ctx, rw).await;
     }
+    let listing = ctx.leftovers.of(&namespace);
     let mine = {
-        let mut all = ctx.leftovers.namespaces.lock().await;
-        if !all.contains_key(&namespace) {
-            let found = list_leftovers(ctx, &namespace).await?;
-            all.insert(namespace.clone(), found);
+        let mut listed = listing.lock().await;
+        if listed.is_none() {
+            *listed = Some(list_leftovers(ctx, &namespace).await?);
         }
-        all.get_mut(&namespace)
+        listed
+            .as_mut()
             .and_then(|m| m.remove(&rw.name_any()))
             .unwrap_or_default()
     };
@@ -517,8 +541,7 @@ pub async fn sweep_leftovers(ctx: &Context, rw: &ReplicatedWorkload) -> Result<u
         };
         if let Err(e) = deleted {
             // What is left stays listed for the next try.
-            let mut all = ctx.leftovers.namespaces.lock().await;
-            if let Some(m) = all.get_mut(&namespace) {
+            if let Some(m) = listing.lock().await.as_mut() {
                 m.entry(rw.name_any())
                     .or_default()
                     .extend(mine[i..].iter().cloned());

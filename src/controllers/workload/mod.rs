@@ -90,6 +90,17 @@ pub async fn reconcile(workload: &ReplicatedWorkload, ctx: Arc<Context>) -> Resu
     if let Some(f) = committed {
         unprotected(&mut plan.conditions, &f.name);
     }
+    // A point this pass started is in no status if the pass fails before its write: what it
+    // made is found by a listing at the workload's next idle step.
+    let unrecorded = |e: Error| {
+        let key = format!("{namespace}/{}", workload.name_any());
+        ctx.leftovers.list_anew(&key);
+        ctx.swept
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&key);
+        e
+    };
     fenced(
         &ctx,
         workload,
@@ -98,7 +109,8 @@ pub async fn reconcile(workload: &ReplicatedWorkload, ctx: Arc<Context>) -> Resu
         &mut next,
         &mut plan,
     )
-    .await?;
+    .await
+    .map_err(unrecorded)?;
     plan.requeue = plan.requeue.min(advanced.requeue);
     if let Some(flips) = flips
         && let Ok(d) = std::time::Duration::try_from(flips.duration_since(now))
@@ -115,7 +127,9 @@ pub async fn reconcile(workload: &ReplicatedWorkload, ctx: Arc<Context>) -> Resu
         now,
         rpo,
     );
-    let written = write_status(&ctx, workload, workload.status.as_ref(), &status).await?;
+    let written = write_status(&ctx, workload, workload.status.as_ref(), &status)
+        .await
+        .map_err(unrecorded)?;
     // The status holds what the jobs produced: their outcomes are not announced again.
     for (key, tag) in &advanced.recorded {
         ctx.jobs.mark_recorded(key, tag);
