@@ -350,42 +350,97 @@ async fn expose_one(
     Ok(None)
 }
 
+/// Which kind a temporary object is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Temporary {
+    Pod,
+    Claim,
+    Snapshot,
+}
+
+/// The kinds of a namespace's temporary objects, to list and delete them.
+struct Temporaries {
+    pods: Api<Pod>,
+    claims: Api<PersistentVolumeClaim>,
+    snapshots: Api<DynamicObject>,
+}
+
+impl Temporaries {
+    fn of(ctx: &Context, namespace: &str) -> Self {
+        Self {
+            pods: Api::namespaced(ctx.client.clone(), namespace),
+            claims: Api::namespaced(ctx.client.clone(), namespace),
+            snapshots: snapshots(ctx, namespace),
+        }
+    }
+
+    /// Every object of the three kinds that `lp` selects and that is not being deleted, with
+    /// its labels.
+    async fn list(
+        &self,
+        lp: &ListParams,
+    ) -> Result<Vec<(Temporary, String, BTreeMap<String, String>)>, Error> {
+        fn live<K>(
+            kind: Temporary,
+            items: Vec<kube::core::PartialObjectMeta<K>>,
+        ) -> impl Iterator<Item = (Temporary, String, BTreeMap<String, String>)> {
+            items
+                .into_iter()
+                .filter(|o| o.metadata.deletion_timestamp.is_none())
+                .map(move |o| {
+                    let name = o.metadata.name.unwrap_or_default();
+                    (kind, name, o.metadata.labels.unwrap_or_default())
+                })
+        }
+        let mut found: Vec<_> = live(
+            Temporary::Pod,
+            self.pods
+                .list_metadata(lp)
+                .await
+                .map_err(Error::Kube)?
+                .items,
+        )
+        .collect();
+        found.extend(live(
+            Temporary::Claim,
+            self.claims
+                .list_metadata(lp)
+                .await
+                .map_err(Error::Kube)?
+                .items,
+        ));
+        match self.snapshots.list_metadata(lp).await {
+            Ok(list) => found.extend(live(Temporary::Snapshot, list.items)),
+            // No snapshot API in this cluster: there is nothing of ours to delete.
+            Err(kube::Error::Api(s)) if s.code == 404 => {}
+            Err(e) => return Err(Error::Kube(e)),
+        }
+        Ok(found)
+    }
+
+    /// Deletes one; an absent one is fine (without the snapshot API, a snapshot's delete is a
+    /// 404 too).
+    async fn delete(&self, kind: Temporary, name: &str) -> Result<(), Error> {
+        match kind {
+            Temporary::Pod => delete_if_present(&self.pods, name).await,
+            Temporary::Claim => delete_if_present(&self.claims, name).await,
+            Temporary::Snapshot => delete_if_present(&self.snapshots, name).await,
+        }
+    }
+}
+
 /// Deletes every temporary object of the workload's points (it is idle: none is in use), found
 /// by the workload's label. Returns how many objects were asked to go.
 pub async fn cleanup(ctx: &Context, rw: &ReplicatedWorkload) -> Result<usize, Error> {
-    let namespace = rw.namespace().unwrap_or_default();
+    let temporaries = Temporaries::of(ctx, &rw.namespace().unwrap_or_default());
     let selector = format!("{WORKLOAD_LABEL}={}", rw.name_any());
-    let lp = ListParams::default().labels(&selector);
-    let mut deleted = 0;
-    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &namespace);
-    for p in pods.list_metadata(&lp).await.map_err(Error::Kube)?.items {
-        if p.metadata.deletion_timestamp.is_none() {
-            delete_if_present(&pods, &p.name_any()).await?;
-            deleted += 1;
-        }
+    let found = temporaries
+        .list(&ListParams::default().labels(&selector))
+        .await?;
+    for (kind, name, _) in &found {
+        temporaries.delete(*kind, name).await?;
     }
-    let claims: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &namespace);
-    for c in claims.list_metadata(&lp).await.map_err(Error::Kube)?.items {
-        if c.metadata.deletion_timestamp.is_none() {
-            delete_if_present(&claims, &c.name_any()).await?;
-            deleted += 1;
-        }
-    }
-    let snaps = snapshots(ctx, &namespace);
-    match snaps.list_metadata(&lp).await {
-        Ok(list) => {
-            for s in list.items {
-                if s.metadata.deletion_timestamp.is_none() {
-                    delete_if_present(&snaps, &s.name_any()).await?;
-                    deleted += 1;
-                }
-            }
-        }
-        // No snapshot API in this cluster: there is nothing of ours to delete.
-        Err(kube::Error::Api(s)) if s.code == 404 => {}
-        Err(e) => return Err(Error::Kube(e)),
-    }
-    Ok(deleted)
+    Ok(found.len())
 }
 
 /// Deletes the snapshots, temporary claims and reader pods of `point` (one of each per claim,
@@ -395,26 +450,14 @@ pub async fn remove_point_objects(
     rw: &ReplicatedWorkload,
     point: &PointInProgress,
 ) -> Result<(), Error> {
-    let namespace = rw.namespace().unwrap_or_default();
-    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &namespace);
-    let claims: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &namespace);
-    let snaps = snapshots(ctx, &namespace);
+    let temporaries = Temporaries::of(ctx, &rw.namespace().unwrap_or_default());
     for claim in &point.claims {
         let name = temporary_name(claim, &point.id);
-        delete_if_present(&pods, &name).await?;
-        delete_if_present(&claims, &name).await?;
-        // Without the snapshot API in the cluster, this is a 404 too: nothing to delete.
-        delete_if_present(&snaps, &name).await?;
+        for kind in [Temporary::Pod, Temporary::Claim, Temporary::Snapshot] {
+            temporaries.delete(kind, &name).await?;
+        }
     }
     Ok(())
-}
-
-/// Which kind a temporary object is.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Temporary {
-    Pod,
-    Claim,
-    Snapshot,
 }
 
 /// A namespace's temporary objects by workload name.
@@ -444,60 +487,39 @@ impl Leftovers {
             .clone()
     }
 
+    fn taken(&self) -> std::sync::MutexGuard<'_, std::collections::HashSet<String>> {
+        self.taken.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// The next sweep of `key` (`namespace/name`) lists its objects anew: this operator made
     /// some since the namespace's listing (a capture that failed after its first snapshots).
     pub fn list_anew(&self, key: &str) {
-        self.taken
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(key.to_string());
+        self.taken().insert(key.to_string());
     }
 }
 
-async fn list_leftovers(ctx: &Context, namespace: &str) -> Result<ByWorkload, Error> {
-    let lp = ListParams::default().labels(WORKLOAD_LABEL);
+/// The workload `key` (`namespace/name`) is swept again at its next idle step, by a listing
+/// made then: this operator may have made temporary objects of it that no status names (a
+/// point whose start was not recorded, a capture that failed after its first snapshots) or
+/// that could not be deleted by name.
+pub fn sweep_anew(ctx: &Context, key: &str) {
+    ctx.leftovers.list_anew(key);
+    ctx.swept
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .remove(key);
+}
+
+/// The namespace's temporary objects, by the workload their label names.
+async fn list_leftovers(temporaries: &Temporaries) -> Result<ByWorkload, Error> {
+    let all = temporaries
+        .list(&ListParams::default().labels(WORKLOAD_LABEL))
+        .await?;
     let mut found = ByWorkload::new();
-    let mut add = |kind, items: Vec<kube::core::PartialObjectMeta<DynamicObject>>| {
-        for o in items {
-            if o.metadata.deletion_timestamp.is_some() {
-                continue;
-            }
-            if let Some(w) = o.labels().get(WORKLOAD_LABEL) {
-                found
-                    .entry(w.clone())
-                    .or_default()
-                    .push((kind, o.name_any()));
-            }
+    for (kind, name, mut labels) in all {
+        if let Some(w) = labels.remove(WORKLOAD_LABEL) {
+            found.entry(w).or_default().push((kind, name));
         }
-    };
-    let ar = |k: &GroupVersionKind, plural: &str| ApiResource::from_gvk_with_plural(k, plural);
-    let pods: Api<DynamicObject> = Api::namespaced_with(
-        ctx.client.clone(),
-        namespace,
-        &ar(&GroupVersionKind::gvk("", "v1", "Pod"), "pods"),
-    );
-    let claims: Api<DynamicObject> = Api::namespaced_with(
-        ctx.client.clone(),
-        namespace,
-        &ar(
-            &GroupVersionKind::gvk("", "v1", "PersistentVolumeClaim"),
-            "persistentvolumeclaims",
-        ),
-    );
-    let meta = |l: kube::core::ObjectList<kube::core::PartialObjectMeta<DynamicObject>>| l.items;
-    add(
-        Temporary::Pod,
-        meta(pods.list_metadata(&lp).await.map_err(Error::Kube)?),
-    );
-    add(
-        Temporary::Claim,
-        meta(claims.list_metadata(&lp).await.map_err(Error::Kube)?),
-    );
-    match snapshots(ctx, namespace).list_metadata(&lp).await {
-        Ok(list) => add(Temporary::Snapshot, meta(list)),
-        // No snapshot API in this cluster: there is nothing of ours to delete.
-        Err(kube::Error::Api(s)) if s.code == 404 => {}
-        Err(e) => return Err(Error::Kube(e)),
     }
     Ok(found)
 }
@@ -509,37 +531,24 @@ async fn list_leftovers(ctx: &Context, namespace: &str) -> Result<ByWorkload, Er
 pub async fn sweep_leftovers(ctx: &Context, rw: &ReplicatedWorkload) -> Result<usize, Error> {
     let namespace = rw.namespace().unwrap_or_default();
     let key = format!("{namespace}/{}", rw.name_any());
-    if ctx
-        .leftovers
-        .taken
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .contains(&key)
-    {
+    if ctx.leftovers.taken().contains(&key) {
         // Swept again (a capture failed since): what is there now is this operator's own.
         return cleanup(ctx, rw).await;
     }
+    let temporaries = Temporaries::of(ctx, &namespace);
     let listing = ctx.leftovers.of(&namespace);
     let mine = {
         let mut listed = listing.lock().await;
         if listed.is_none() {
-            *listed = Some(list_leftovers(ctx, &namespace).await?);
+            *listed = Some(list_leftovers(&temporaries).await?);
         }
         listed
             .as_mut()
             .and_then(|m| m.remove(&rw.name_any()))
             .unwrap_or_default()
     };
-    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &namespace);
-    let claims: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &namespace);
-    let snaps = snapshots(ctx, &namespace);
     for (i, (kind, name)) in mine.iter().enumerate() {
-        let deleted = match kind {
-            Temporary::Pod => delete_if_present(&pods, name).await,
-            Temporary::Claim => delete_if_present(&claims, name).await,
-            Temporary::Snapshot => delete_if_present(&snaps, name).await,
-        };
-        if let Err(e) = deleted {
+        if let Err(e) = temporaries.delete(*kind, name).await {
             // What is left stays listed for the next try.
             if let Some(m) = listing.lock().await.as_mut() {
                 m.entry(rw.name_any())
@@ -549,11 +558,7 @@ pub async fn sweep_leftovers(ctx: &Context, rw: &ReplicatedWorkload) -> Result<u
             return Err(e);
         }
     }
-    ctx.leftovers
-        .taken
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .insert(key);
+    ctx.leftovers.list_anew(&key);
     tracing::debug!(workload = %rw.name_any(), deleted = mine.len(), "swept what a predecessor left");
     Ok(mine.len())
 }

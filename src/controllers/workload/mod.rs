@@ -93,12 +93,7 @@ pub async fn reconcile(workload: &ReplicatedWorkload, ctx: Arc<Context>) -> Resu
     // A point this pass started is in no status if the pass fails before its write: what it
     // made is found by a listing at the workload's next idle step.
     let unrecorded = |e: Error| {
-        let key = format!("{namespace}/{}", workload.name_any());
-        ctx.leftovers.list_anew(&key);
-        ctx.swept
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&key);
+        csi::sweep_anew(&ctx, &format!("{namespace}/{}", workload.name_any()));
         e
     };
     fenced(

@@ -90,11 +90,7 @@ async fn sweep_point(ctx: &Context, target: &Target<'_>, point: &PointInProgress
     }
     if let Err(e) = super::super::csi::remove_point_objects(ctx, target.rw, point).await {
         tracing::warn!(workload = %target.key, point = %point.id, error = %e, "could not remove the point's temporary objects yet");
-        ctx.leftovers.list_anew(target.key);
-        ctx.swept
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(target.key);
+        super::super::csi::sweep_anew(ctx, target.key);
     }
 }
 
@@ -313,11 +309,7 @@ async fn start_point(
     if let Err(e) = captured {
         // Snapshots created before the error are removed as strays at the next idle step, by a
         // listing made after them.
-        ctx.leftovers.list_anew(target.key);
-        ctx.swept
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(target.key);
+        super::super::csi::sweep_anew(ctx, target.key);
         return Err((R::CaptureFailed, e, Duration::from_secs(10)));
     }
     Ok(point)
