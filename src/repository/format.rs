@@ -274,7 +274,17 @@ pub struct PackEntry {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 pub struct IndexFile {
     pub packs: Vec<(ChunkId, Vec<PackEntry>)>,
+    /// A compaction's output names the index files (their file names) whose entries it holds
+    /// and which it deleted after writing it, so that a reader who knew them can tell that they
+    /// were merged, not collected (see `Repository::refresh_index`). Encoded after `packs`, which
+    /// readers that predate it decode alone; empty in every other index file.
+    #[serde(skip)]
+    pub supersedes: Vec<String>,
 }
+
+/// The most index files one compaction names as merged, and the longest name it may give.
+pub const SUPERSEDES_MAX: usize = 4096;
+const SUPERSEDED_NAME_MAX: usize = 255;
 
 /// Appends the sealed header and trailer that make a pack self-describing.
 pub fn finish_pack(keys: &Keys, mut body: Vec<u8>, entries: &[PackEntry]) -> Vec<u8> {
@@ -356,7 +366,10 @@ pub fn decode_pack_header_plaintext(
 }
 
 pub fn encode_index(keys: &Keys, index: &IndexFile) -> Vec<u8> {
-    let plain = postcard::to_stdvec(index).expect("index serializes");
+    let mut plain = postcard::to_stdvec(index).expect("index serializes");
+    if !index.supersedes.is_empty() {
+        plain.extend(postcard::to_stdvec(&index.supersedes).expect("names serialize"));
+    }
     let mut sized = (plain.len() as u64).to_le_bytes().to_vec();
     sized.extend(zstd::bulk::compress(&plain, 3).expect("zstd compresses in memory"));
     crypto::seal(&keys.data_key, Kind::Index, b"", &sized)
@@ -375,9 +388,33 @@ pub fn decode_index(keys: &Keys, name: &str, bytes: &[u8]) -> Result<IndexFile, 
 /// Decodes an index after decryption (a fuzz target's entry point).
 pub fn decode_index_plaintext(plain: &[u8]) -> Result<IndexFile, String> {
     let raw = decompress_sized(plain, limits::INDEX as usize)?;
-    let index: IndexFile = postcard::from_bytes(&raw).map_err(|e| format!("index: {e}"))?;
+    let (mut index, rest): (IndexFile, _) =
+        postcard::take_from_bytes(&raw).map_err(|e| format!("index: {e}"))?;
     for (pack, entries) in &index.packs {
         check_raw_lengths(entries, &format!("index (pack {})", hex::encode(pack)))?;
+    }
+    if !rest.is_empty() {
+        let (names, rest): (Vec<String>, _) = postcard::take_from_bytes(rest)
+            .map_err(|e| format!("index: the names of the merged index files: {e}"))?;
+        if !rest.is_empty() {
+            return Err(format!(
+                "index: {} bytes after the names of the merged index files",
+                rest.len()
+            ));
+        }
+        if names.len() > SUPERSEDES_MAX {
+            return Err(format!(
+                "index: names {} merged index files, more than {SUPERSEDES_MAX}",
+                names.len()
+            ));
+        }
+        if let Some(n) = names.iter().find(|n| n.len() > SUPERSEDED_NAME_MAX) {
+            return Err(format!(
+                "index: a merged index file's name of {} bytes (at most {SUPERSEDED_NAME_MAX})",
+                n.len()
+            ));
+        }
+        index.supersedes = names;
     }
     Ok(index)
 }

@@ -8,6 +8,7 @@ pub mod confined;
 pub mod crypto;
 pub mod fence;
 pub mod format;
+pub mod index;
 pub mod lock;
 pub mod origin;
 pub mod parts;
@@ -84,12 +85,16 @@ pub struct Repository {
     pub packs: Vec<ChunkId>,
     pack_numbers: HashMap<ChunkId, u32>,
     pub chunks: HashMap<ChunkId, ChunkLocation>,
-    /// Index files read (names), to replace them after a prune.
+    /// Index files read (keys), to replace them after a prune.
     pub index_files: Vec<String>,
+    /// Of the index files listed last, how many are in each tier compaction merges.
+    index_tiers: index::Tiers,
     /// Packs no index names whose header could not be read, and why: never deleted.
     pub unreadable_packs: Vec<(ChunkId, String)>,
     /// Packs no index named that the last full load adopted from their headers.
     adopted: usize,
+    /// How many times this handle read every index file.
+    full_loads: u64,
 }
 
 /// Repositories this process opened (each open reads the config and loads the whole index).
@@ -197,8 +202,10 @@ impl Repository {
             pack_numbers: HashMap::new(),
             chunks: HashMap::new(),
             index_files: vec![],
+            index_tiers: index::Tiers::default(),
             unreadable_packs: vec![],
             adopted: 0,
+            full_loads: 0,
         }
     }
 
@@ -226,89 +233,6 @@ impl Repository {
 
     pub fn has_pack(&self, pack: &ChunkId) -> bool {
         self.pack_numbers.contains_key(pack)
-    }
-
-    /// Reads every index file, then adopts packs that no index names yet (a writer that was
-    /// killed after uploading them): their headers say what they hold, so the next run reuses
-    /// them instead of uploading again. Unreadable orphans (torn uploads) are ignored.
-    pub async fn load_index(&mut self) -> Result<(), RepoError> {
-        self.packs.clear();
-        self.pack_numbers.clear();
-        self.chunks.clear();
-        self.index_files.clear();
-        self.unreadable_packs.clear();
-        self.adopted = 0;
-        let loc = self.location.clone();
-        let listed = loc.list(&layout::dir(loc.prefix(), layout::INDEX)).await?;
-        let keys = self.keys.clone();
-        let files: Vec<(String, IndexFile)> = futures::stream::iter(listed)
-            .map(|(key, _)| {
-                let loc = loc.clone();
-                let keys = keys.clone();
-                async move {
-                    let bytes = loc.get_max(&key, format::limits::INDEX).await?;
-                    let name = format!("{}/{}", loc.name(), key);
-                    Ok::<_, RepoError>((
-                        key.to_string(),
-                        format::decode_index(&keys, &name, &bytes)?,
-                    ))
-                }
-            })
-            .buffer_unordered(8)
-            .try_collect()
-            .await?;
-        for (name, file) in files {
-            for (pack, entries) in &file.packs {
-                self.add_pack(pack, entries);
-            }
-            self.index_files.push(name);
-        }
-        let stored = self.list_packs().await?;
-        let orphans: Vec<(ChunkId, u64)> = stored
-            .into_iter()
-            .filter(|(id, _)| !self.has_pack(id))
-            .collect();
-        for (pack, size) in orphans {
-            match self.read_pack_header(&pack, size).await {
-                Ok(entries) => {
-                    self.add_pack(&pack, &entries);
-                    self.adopted += 1;
-                }
-                Err(e) => self.unreadable_packs.push((pack, e.to_string())),
-            }
-        }
-        Ok(())
-    }
-
-    /// Brings the index up to date as cheaply as it can: when every index file read before is
-    /// still there and no pack was adopted outside an index, only the new index files are read
-    /// (a writer's next part costs what it adds, not the whole repository); otherwise (files
-    /// merged or removed by a prune, an adopted pack that a prune may have deleted) it is read
-    /// again whole. Called under the snapshot lock, which a prune excludes.
-    pub async fn refresh_index(&mut self) -> Result<(), RepoError> {
-        if self.index_files.is_empty() || self.adopted > 0 {
-            return self.load_index().await;
-        }
-        let loc = self.location.clone();
-        let listed = loc.list(&layout::dir(loc.prefix(), layout::INDEX)).await?;
-        let names: HashSet<String> = listed.iter().map(|(k, _)| k.to_string()).collect();
-        if self.index_files.iter().any(|f| !names.contains(f)) {
-            return self.load_index().await;
-        }
-        let known: HashSet<String> = self.index_files.iter().cloned().collect();
-        for (key, _) in listed {
-            if known.contains(&key.to_string()) {
-                continue;
-            }
-            let bytes = loc.get_max(&key, format::limits::INDEX).await?;
-            let name = format!("{}/{}", loc.name(), key);
-            let file = format::decode_index(&self.keys, &name, &bytes)?;
-            for (pack, entries) in &file.packs {
-                self.add_pack(pack, entries);
-            }
-            self.index_files.push(key.to_string());
-        }
-        Ok(())
     }
 
     /// Every pack in storage with its size.
@@ -440,7 +364,23 @@ pub async fn write_index(
     keys: &Keys,
     packs: Vec<(ChunkId, Vec<PackEntry>)>,
 ) -> Result<String, RepoError> {
-    let bytes = format::encode_index(keys, &IndexFile { packs });
+    write_index_file(
+        location,
+        keys,
+        &IndexFile {
+            packs,
+            supersedes: vec![],
+        },
+    )
+    .await
+}
+
+async fn write_index_file(
+    location: &Location,
+    keys: &Keys,
+    index: &IndexFile,
+) -> Result<String, RepoError> {
+    let bytes = format::encode_index(keys, index);
     let name = hex::encode(blake3::hash(&bytes).as_bytes());
     let key = layout::index(location.prefix(), &name);
     location.put(&key, Bytes::from(bytes)).await?;

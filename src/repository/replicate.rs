@@ -78,10 +78,11 @@ async fn replicate_locked(
             .await?;
         if !copied.is_empty() {
             let packs: Vec<_> = copied.iter().map(|(p, e, _)| (*p, e.clone())).collect();
-            dest.write_index(packs.clone()).await?;
+            let key = dest.write_index(packs.clone()).await?;
             for (p, e) in &packs {
                 dest.add_pack(p, e);
             }
+            dest.wrote_index(key);
         }
         stats.packs_copied += copied.len() as u64;
         stats.bytes_copied += copied.iter().map(|(_, _, s)| s).sum::<u64>();

@@ -245,6 +245,9 @@ async fn snapshot_locked(
     for (pack, entries) in result.packs.drain(..) {
         repo.add_pack(&pack, &entries);
     }
+    for key in result.index_files.drain(..) {
+        repo.wrote_index(key);
+    }
     stats.new_chunks = result.new_chunks;
     stats.stored_bytes_added = result.stored_bytes;
 
@@ -396,6 +399,8 @@ struct PipelineResult {
     /// Work items whose file was no longer the one scanned.
     changed: Vec<usize>,
     packs: Vec<(ChunkId, Vec<PackEntry>)>,
+    /// The index files written for `packs`.
+    index_files: Vec<String>,
     new_chunks: u64,
     stored_bytes: u64,
 }
@@ -519,13 +524,14 @@ fn run_pipeline(
             return Err(e);
         }
         read_result?;
-        let (packs, stored_bytes) = upload_result?;
+        let (packs, stored_bytes, index_files) = upload_result?;
         let changed =
             std::mem::take(&mut *reading.changed.lock().unwrap_or_else(|p| p.into_inner()));
         Ok(PipelineResult {
             changed,
             extents,
             packs,
+            index_files,
             new_chunks,
             stored_bytes,
         })
@@ -651,7 +657,8 @@ impl Packer {
     }
 }
 
-type Uploaded = (Vec<(ChunkId, Vec<PackEntry>)>, u64);
+/// The packs uploaded, their bytes, and the index files written for them.
+type Uploaded = (Vec<(ChunkId, Vec<PackEntry>)>, u64, Vec<String>);
 type UploadTask = tokio::task::JoinHandle<Result<(ChunkId, Vec<PackEntry>, u64), RepoError>>;
 
 /// Uploads packs (two in flight) and writes an index file every few packs and at the end.
@@ -662,6 +669,7 @@ fn upload_all(
     rx: Receiver<(ChunkId, Vec<u8>, Vec<PackEntry>)>,
 ) -> Result<Uploaded, RepoError> {
     let mut all = Vec::new();
+    let mut index_files = Vec::new();
     let mut unindexed = Vec::new();
     let mut stored = 0u64;
     let mut in_flight: std::collections::VecDeque<UploadTask> = Default::default();
@@ -702,7 +710,7 @@ fn upload_all(
         }
         if unindexed.len() >= PACKS_PER_INDEX && first_error.is_none() {
             let batch = std::mem::take(&mut unindexed);
-            handle.block_on(super::write_index(location, keys, batch.clone()))?;
+            index_files.push(handle.block_on(super::write_index(location, keys, batch.clone()))?);
             all.extend(batch);
         }
     }
@@ -711,11 +719,11 @@ fn upload_all(
     }
     // Even after a failure, index what did arrive: the next run reuses it.
     if !unindexed.is_empty() {
-        handle.block_on(super::write_index(location, keys, unindexed.clone()))?;
+        index_files.push(handle.block_on(super::write_index(location, keys, unindexed.clone()))?);
         all.extend(unindexed);
     }
     match first_error {
         Some(e) => Err(e),
-        None => Ok((all, stored)),
+        None => Ok((all, stored, index_files)),
     }
 }

@@ -12,6 +12,7 @@ mod failover;
 mod freeze;
 mod generated;
 mod hostile;
+mod index;
 mod object_stores;
 mod operator;
 mod rbac;

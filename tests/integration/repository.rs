@@ -237,7 +237,7 @@ proptest! {
     }
 }
 
-fn random_file(path: &Path, len: usize, seed: u64) {
+pub fn random_file(path: &Path, len: usize, seed: u64) {
     let mut state = seed
         .wrapping_mul(6364136223846793005)
         .wrapping_add(1442695040888963407);
@@ -746,6 +746,9 @@ pub struct Faulty {
     pub inner: Arc<dyn object_store::ObjectStore>,
     pub allowed: AtomicUsize,
     pub slow: Option<&'static str>,
+    /// A listing returned once instead of the store's, for the first list below `index/`: what a
+    /// list that raced another writer saw.
+    pub replay: std::sync::Mutex<Option<Vec<object_store::ObjectMeta>>>,
 }
 
 impl Faulty {
@@ -754,6 +757,7 @@ impl Faulty {
             inner,
             allowed: AtomicUsize::new(usize::MAX),
             slow: None,
+            replay: Default::default(),
         }
     }
 }
@@ -818,6 +822,11 @@ impl object_store::ObjectStore for Faulty {
         prefix: Option<&object_store::path::Path>,
     ) -> futures::stream::BoxStream<'static, object_store::Result<object_store::ObjectMeta>> {
         use futures::StreamExt;
+        if prefix.is_some_and(|p| p.as_ref().ends_with("index"))
+            && let Some(listed) = self.replay.lock().unwrap().take()
+        {
+            return futures::stream::iter(listed.into_iter().map(Ok)).boxed();
+        }
         let slow = self
             .slow
             .is_some_and(|s| prefix.is_some_and(|p| p.as_ref().starts_with(s)));
@@ -1059,7 +1068,7 @@ async fn killing_the_cli_mid_snapshot_loses_nothing_and_the_next_run_reuses_uplo
 }
 
 /// Retention that keeps no point.
-fn remove_everything() -> PruneOptions {
+pub fn remove_everything() -> PruneOptions {
     PruneOptions {
         keep_within: std::time::Duration::ZERO,
         keep_last: 0,

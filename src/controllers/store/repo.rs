@@ -135,6 +135,23 @@ pub struct RepoStore {
 
 type Guard<'a> = MutexGuard<'a, Option<Repository>>;
 
+/// Merges a location's index files when enough have gathered (agents add one per part, the
+/// copy one per point): every refresh lists them all. A failure is only logged; the next point
+/// tries again.
+async fn compact(repo: &mut Repository, slot: &Slot) {
+    match repo.compact_if_due().await {
+        Ok(Some(c)) => tracing::info!(
+            location = slot.name,
+            merged = c.merged,
+            packs = c.packs,
+            into = %c.into,
+            "merged index files"
+        ),
+        Ok(None) => {}
+        Err(e) => tracing::warn!(location = slot.name, error = %e, "could not merge index files"),
+    }
+}
+
 impl RepoStore {
     pub fn new(access: VaultAccess, opens: Family<LocationLabels, Counter>) -> Self {
         Self {
@@ -199,6 +216,7 @@ impl RepoStore {
         let known = assembled.is_some_and(|m| m.chunks().all(|c| cache.chunks.contains_key(c)));
         if !known {
             cache.refresh_index().await.map_err(cache_error)?;
+            compact(cache, &self.cache).await;
         }
         let mine = self
             .cache
@@ -215,6 +233,7 @@ impl RepoStore {
             let missing = self.target.present.missing(target, ids).await?;
             let copied = replicate(cache, target, &missing).await?.bytes_copied;
             self.target.present.added(missing);
+            compact(target, &self.target).await;
             Ok(copied)
         }
         .await;
@@ -551,5 +570,86 @@ impl PointStore for RepoStore {
                 .map_err(target_error)
         }
         .boxed()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::repository::format::Consistency;
+    use crate::repository::index::SMALL_FILES_AT;
+    use crate::repository::snapshot::{SnapshotOptions, Source, snapshot};
+    use crate::storage::LocationSpec;
+
+    const KEY: &[u8] = b"0123456789abcdef0123456789abcdef-unit-key";
+
+    fn location(path: &std::path::Path) -> crate::storage::Location {
+        crate::storage::Location::open(&LocationSpec::Filesystem(path.into()), &Default::default())
+            .unwrap()
+    }
+
+    fn index_files(repo: &std::path::Path) -> usize {
+        std::fs::read_dir(repo.join("index")).unwrap().count()
+    }
+
+    /// The operator's copy of a workload's points merges the index files that agents' parts
+    /// left in the cache and that its own copies leave in the target, so that neither location's
+    /// listing grows with every point ever written.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn copying_points_merges_both_locations_index_files_once_enough_gathered() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (cache_at, target_at) = (tmp.path().join("cache"), tmp.path().join("target"));
+        let mut agent = Repository::init(location(&cache_at), KEY).await.unwrap();
+        let src = tmp.path().join("src");
+        std::fs::create_dir(&src).unwrap();
+        let n = SMALL_FILES_AT + 2;
+        for i in 0..n {
+            std::fs::write(src.join("value"), format!("point {i:08}")).unwrap();
+            let options = SnapshotOptions {
+                workload: "ns/app".into(),
+                consistency: Consistency::CrashConsistent,
+                source_zone: None,
+                use_parent: false,
+                part: None,
+                parent_hint: None,
+            };
+            let tree = vec![("data".to_string(), Source::Tree(src.clone()))];
+            snapshot(&mut agent, tree, &options, None).await.unwrap();
+        }
+        assert_eq!(index_files(&cache_at), n);
+        let store = RepoStore::new(
+            VaultAccess {
+                cache: location(&cache_at),
+                target: location(&target_at),
+                key: KEY.to_vec(),
+            },
+            Default::default(),
+        );
+        let mut guard = store.cache(false).await.unwrap();
+        let cache = guard.as_mut().unwrap();
+        // The operator opened the cache before the last point's part was written: the copy
+        // reads the index again, then merges.
+        std::fs::write(src.join("value"), "the last point").unwrap();
+        let tree = vec![("data".to_string(), Source::Tree(src.clone()))];
+        let options = SnapshotOptions {
+            workload: "ns/app".into(),
+            consistency: Consistency::CrashConsistent,
+            source_zone: None,
+            use_parent: false,
+            part: None,
+            parent_hint: None,
+        };
+        snapshot(&mut agent, tree, &options, None).await.unwrap();
+        let copied = store.copy_missing(cache, "ns/app", None).await.unwrap();
+        assert!(copied > 0);
+        assert_eq!(index_files(&cache_at), 1, "the cache's files were merged");
+        assert_eq!(index_files(&target_at), 1, "the target's files were merged");
+        let target = Repository::open(location(&target_at), KEY).await.unwrap();
+        assert_eq!(target.point_ids().await.unwrap().len(), n + 1);
+        let problems = crate::repository::verify::verify(&target, true)
+            .await
+            .unwrap()
+            .problems;
+        assert!(problems.is_empty(), "{problems:?}");
     }
 }
