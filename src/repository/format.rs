@@ -274,17 +274,16 @@ pub struct PackEntry {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 pub struct IndexFile {
     pub packs: Vec<(ChunkId, Vec<PackEntry>)>,
-    /// A compaction's output names the index files (their file names) whose entries it holds
-    /// and which it deleted after writing it, so that a reader who knew them can tell that they
-    /// were merged, not collected (see `Repository::refresh_index`). Encoded after `packs`, which
-    /// readers that predate it decode alone; empty in every other index file.
+    /// A compaction's output names the index files (the ids their names are) whose entries it
+    /// holds and which it deleted after writing it, so that a reader who knew them can tell
+    /// that they were merged, not collected (see `Repository::refresh_index`). Encoded after
+    /// `packs`, which readers that predate it decode alone; empty in every other index file.
     #[serde(skip)]
-    pub supersedes: Vec<String>,
+    pub supersedes: Vec<ChunkId>,
 }
 
-/// The most index files one compaction names as merged, and the longest name it may give.
+/// The most index files one compaction names as merged.
 pub const SUPERSEDES_MAX: usize = 4096;
-const SUPERSEDED_NAME_MAX: usize = 255;
 
 /// Appends the sealed header and trailer that make a pack self-describing.
 pub fn finish_pack(keys: &Keys, mut body: Vec<u8>, entries: &[PackEntry]) -> Vec<u8> {
@@ -365,14 +364,32 @@ pub fn decode_pack_header_plaintext(
     Ok(entries)
 }
 
-pub fn encode_index(keys: &Keys, index: &IndexFile) -> Vec<u8> {
+/// Seals an index; refused when it is larger than any reader accepts ([`limits::INDEX`]),
+/// so that no writer stores an index that would make the repository unreadable.
+pub fn encode_index(keys: &Keys, index: &IndexFile) -> Result<Vec<u8>, RepoError> {
+    encode_index_within(keys, index, limits::INDEX)
+}
+
+/// [`encode_index`] with another limit (a test's).
+pub(crate) fn encode_index_within(
+    keys: &Keys,
+    index: &IndexFile,
+    max: u64,
+) -> Result<Vec<u8>, RepoError> {
     let mut plain = postcard::to_stdvec(index).expect("index serializes");
     if !index.supersedes.is_empty() {
         plain.extend(postcard::to_stdvec(&index.supersedes).expect("names serialize"));
     }
+    if plain.len() as u64 > max {
+        return Err(RepoError::Invalid(format!(
+            "an index of {} bytes ({} packs) is more than the {max} a reader accepts; it was not written",
+            plain.len(),
+            index.packs.len(),
+        )));
+    }
     let mut sized = (plain.len() as u64).to_le_bytes().to_vec();
     sized.extend(zstd::bulk::compress(&plain, 3).expect("zstd compresses in memory"));
-    crypto::seal(&keys.data_key, Kind::Index, b"", &sized)
+    Ok(crypto::seal(&keys.data_key, Kind::Index, b"", &sized))
 }
 
 pub fn decode_index(keys: &Keys, name: &str, bytes: &[u8]) -> Result<IndexFile, RepoError> {
@@ -394,7 +411,8 @@ pub fn decode_index_plaintext(plain: &[u8]) -> Result<IndexFile, String> {
         check_raw_lengths(entries, &format!("index (pack {})", hex::encode(pack)))?;
     }
     if !rest.is_empty() {
-        let (names, rest): (Vec<String>, _) = postcard::take_from_bytes(rest)
+        // 32 bytes of input per name: what the list holds is no larger than what was read.
+        let (names, rest): (Vec<ChunkId>, _) = postcard::take_from_bytes(rest)
             .map_err(|e| format!("index: the names of the merged index files: {e}"))?;
         if !rest.is_empty() {
             return Err(format!(
@@ -406,12 +424,6 @@ pub fn decode_index_plaintext(plain: &[u8]) -> Result<IndexFile, String> {
             return Err(format!(
                 "index: names {} merged index files, more than {SUPERSEDES_MAX}",
                 names.len()
-            ));
-        }
-        if let Some(n) = names.iter().find(|n| n.len() > SUPERSEDED_NAME_MAX) {
-            return Err(format!(
-                "index: a merged index file's name of {} bytes (at most {SUPERSEDED_NAME_MAX})",
-                n.len()
             ));
         }
         index.supersedes = names;

@@ -380,7 +380,7 @@ async fn write_index_file(
     keys: &Keys,
     index: &IndexFile,
 ) -> Result<String, RepoError> {
-    let bytes = format::encode_index(keys, index);
+    let bytes = format::encode_index(keys, index)?;
     let name = hex::encode(blake3::hash(&bytes).as_bytes());
     let key = layout::index(location.prefix(), &name);
     location.put(&key, Bytes::from(bytes)).await?;

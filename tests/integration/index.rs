@@ -3,10 +3,11 @@
 //! and still deduplicates against what it held, a garbage collection after a merge still makes
 //! it read everything again, and a load or refresh whose listing raced a merge lists again.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use futures::TryStreamExt;
+use site_recovery::repository::format::Manifest;
 use site_recovery::repository::index::SMALL_FILES_AT;
 use site_recovery::repository::prune::prune;
 use site_recovery::repository::restore::{RestoreOptions, restore};
@@ -16,6 +17,30 @@ use site_recovery::repository::{RepoError, Repository};
 use site_recovery::storage::Location;
 
 use super::repository::{Faulty, KEY, describe, fs_location, options, random_file};
+
+/// A new repository in a temporary directory, the directory the points' data is written in,
+/// and a writer's handle.
+struct Setup {
+    tmp: tempfile::TempDir,
+    src: PathBuf,
+    at: PathBuf,
+    writer: Repository,
+}
+
+async fn setup() -> Setup {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    std::fs::create_dir(&src).unwrap();
+    let at = tmp.path().join("repo");
+    Repository::init(fs_location(&at), KEY).await.unwrap();
+    let writer = Repository::open(fs_location(&at), KEY).await.unwrap();
+    Setup {
+        tmp,
+        src,
+        at,
+        writer,
+    }
+}
 
 fn index_files(repo: &Path) -> usize {
     std::fs::read_dir(repo.join("index")).unwrap().count()
@@ -33,23 +58,49 @@ async fn write_points(repo: &mut Repository, src: &Path, n: usize, seed: u64) {
     }
 }
 
+/// Snapshots `src` through `kept`, which must read the whole index again first (its count of
+/// full loads was `loads`) and store the bytes anew (the packs it knew are gone); the
+/// repository then verifies. A fresh handle and the point.
+async fn stored_anew(
+    kept: &mut Repository,
+    src: &Path,
+    at: &Path,
+    workload: &str,
+    loads: u64,
+) -> (Repository, Manifest) {
+    let tree = vec![("data".to_string(), Source::Tree(src.to_path_buf()))];
+    let written = snapshot(kept, tree, &options(workload), None)
+        .await
+        .unwrap();
+    assert_eq!(kept.full_index_loads(), loads + 1);
+    assert!(
+        written.stats.stored_bytes_added >= 16 << 10,
+        "{:?}",
+        written.stats
+    );
+    let fresh = Repository::open(fs_location(at), KEY).await.unwrap();
+    assert!(verify(&fresh, true).await.unwrap().problems.is_empty());
+    (fresh, written)
+}
+
 fn chunk_ids(repo: &Repository) -> std::collections::BTreeSet<[u8; 32]> {
     repo.chunks.keys().copied().collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn index_files_of_many_parts_are_merged_and_a_kept_handle_follows_the_merge() {
-    let tmp = tempfile::tempdir().unwrap();
-    let src = tmp.path().join("src");
-    std::fs::create_dir(&src).unwrap();
-    let at = tmp.path().join("repo");
-    Repository::init(fs_location(&at), KEY).await.unwrap();
-    let mut writer = Repository::open(fs_location(&at), KEY).await.unwrap();
-    let n = SMALL_FILES_AT + 4;
-    write_points(&mut writer, &src, n, 100).await;
-    // An agent's handle, opened now and kept: it knows every file.
+    let Setup {
+        tmp,
+        src,
+        at,
+        mut writer,
+    } = setup().await;
+    write_points(&mut writer, &src, 4, 100).await;
+    // An agent's handle, opened now and kept: it knows the first four files only.
     let mut kept = Repository::open(fs_location(&at), KEY).await.unwrap();
     let loads = kept.full_index_loads();
+    write_points(&mut writer, &src, SMALL_FILES_AT, 200).await;
+    let n = SMALL_FILES_AT + 4;
     assert_eq!(index_files(&at), n);
 
     // The operator's handle merges them, once.
@@ -67,8 +118,8 @@ async fn index_files_of_many_parts_are_merged_and_a_kept_handle_follows_the_merg
     assert!(operator.compact_if_due().await.unwrap().is_none());
     assert_eq!(chunk_ids(&operator), chunk_ids(&writer));
 
-    // One more part by another writer; the kept handle reads the merged file and that part's
-    // file, not everything again.
+    // One more part by another writer; the kept handle, whose four files are gone, reads the
+    // merged file and that part's file, not everything again.
     write_points(&mut writer, &src, 1, 900).await;
     kept.refresh_index().await.unwrap();
     assert_eq!(
@@ -80,8 +131,9 @@ async fn index_files_of_many_parts_are_merged_and_a_kept_handle_follows_the_merg
     let fresh = Repository::open(fs_location(&at), KEY).await.unwrap();
     assert_eq!(chunk_ids(&kept), chunk_ids(&fresh));
 
-    // What it writes now deduplicates against packs indexed only in the merged file.
-    random_file(&src.join("value"), 16 << 10, 103);
+    // What it writes now deduplicates against a point written after it opened, indexed only
+    // in the merged file.
+    random_file(&src.join("value"), 16 << 10, 203);
     let tree = || vec![("data".to_string(), Source::Tree(src.clone()))];
     let again = snapshot(&mut kept, tree(), &options("again"), None)
         .await
@@ -100,30 +152,55 @@ async fn index_files_of_many_parts_are_merged_and_a_kept_handle_follows_the_merg
         .await
         .unwrap();
     assert!(report.packs_removed as usize >= n, "{report:?}");
-    let written = snapshot(&mut kept, tree(), &options("after"), None)
+    stored_anew(&mut kept, &src, &at, "after", loads).await;
+}
+
+/// A garbage collection, then enough parts for a merge that takes the collection's own index
+/// file in: a handle that knew the files from before the collection finds them gone and named
+/// by no merge, reads everything again, and never deduplicates against a deleted pack.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_merge_after_a_garbage_collection_does_not_hide_it_from_a_kept_handle() {
+    let Setup {
+        tmp,
+        src,
+        at,
+        mut writer,
+    } = setup().await;
+    write_points(&mut writer, &src, 2, 10).await;
+    let mut kept = Repository::open(fs_location(&at), KEY).await.unwrap();
+    let loads = kept.full_index_loads();
+    prune(&mut writer, &super::repository::remove_everything())
         .await
         .unwrap();
-    assert_eq!(kept.full_index_loads(), loads + 1);
-    assert!(
-        written.stats.stored_bytes_added >= 16 << 10,
-        "{:?}",
-        written.stats
+    write_points(&mut writer, &src, SMALL_FILES_AT, 100).await;
+    let mut operator = Repository::open(fs_location(&at), KEY).await.unwrap();
+    let merged = operator.compact_if_due().await.unwrap().unwrap();
+    assert_eq!(
+        merged.merged,
+        SMALL_FILES_AT + 1,
+        "the collection's file too"
     );
-    let fresh = Repository::open(fs_location(&at), KEY).await.unwrap();
-    assert!(verify(&fresh, true).await.unwrap().problems.is_empty());
+    // The bytes of a point the collection removed: stored again.
+    random_file(&src.join("value"), 16 << 10, 10);
+    let (fresh, written) = stored_anew(&mut kept, &src, &at, "again", loads).await;
+    let out = tmp.path().join("out");
+    restore(&fresh, &written.id, &out, &RestoreOptions::default(), None)
+        .await
+        .unwrap();
+    assert_eq!(describe(&out), describe(&src));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_load_or_refresh_whose_listing_raced_a_merge_lists_again() {
-    let tmp = tempfile::tempdir().unwrap();
-    let src = tmp.path().join("src");
-    std::fs::create_dir(&src).unwrap();
-    let at = tmp.path().join("repo");
-    Repository::init(fs_location(&at), KEY).await.unwrap();
+    let Setup {
+        tmp: _tmp,
+        src,
+        at,
+        mut writer,
+    } = setup().await;
     let local: Arc<dyn object_store::ObjectStore> =
         Arc::new(object_store::local::LocalFileSystem::new_with_prefix(&at).unwrap());
     let faulty = Arc::new(Faulty::new(local.clone()));
-    let mut writer = Repository::open(fs_location(&at), KEY).await.unwrap();
     write_points(&mut writer, &src, 1, 1).await;
     // A handle through a store whose next index listing will be one taken before the merge.
     let mut racing = Repository::open(Location::from_store(faulty.clone(), "", "racing"), KEY)
@@ -149,8 +226,24 @@ async fn a_load_or_refresh_whose_listing_raced_a_merge_lists_again() {
     assert_eq!(chunk_ids(&racing), chunk_ids(&operator));
     assert_eq!(racing.index_files.len(), 1);
 
-    // An open whose first listing is stale lists again and finds the merged file.
+    // An open whose listing named the merged file and the files it replaced (taken between
+    // the write and the deletions) reads the merged file and needs no second listing.
     write_points(&mut writer, &src, SMALL_FILES_AT, 1000).await;
+    let before = listing().await;
+    operator.refresh_index().await.unwrap();
+    operator.compact_if_due().await.unwrap().unwrap();
+    let mut between = listing().await;
+    between.extend(before);
+    *faulty.replay.lock().unwrap() = Some(between);
+    let opened = Repository::open(Location::from_store(faulty.clone(), "", "racing"), KEY)
+        .await
+        .unwrap();
+    assert_eq!(opened.full_index_loads(), 1);
+    assert_eq!(chunk_ids(&opened), chunk_ids(&operator));
+
+    // An open whose listing was taken before the merge finds files gone and named by no file it
+    // read: it lists again, and finds the merged file.
+    write_points(&mut writer, &src, SMALL_FILES_AT, 2000).await;
     *faulty.replay.lock().unwrap() = Some(listing().await);
     operator.refresh_index().await.unwrap();
     operator.compact_if_due().await.unwrap().unwrap();
@@ -166,16 +259,16 @@ async fn a_load_or_refresh_whose_listing_raced_a_merge_lists_again() {
     assert!(faulty.replay.lock().unwrap().is_none());
 }
 
-/// A merged file that does not authenticate is refused by name, and nothing is deleted: the
-/// files it would have replaced are still there.
+/// A file to merge that does not authenticate stops the merge with an error naming it, and
+/// nothing is deleted: every file is still there.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_corrupt_index_file_stops_a_merge_before_anything_is_deleted() {
-    let tmp = tempfile::tempdir().unwrap();
-    let src = tmp.path().join("src");
-    std::fs::create_dir(&src).unwrap();
-    let at = tmp.path().join("repo");
-    Repository::init(fs_location(&at), KEY).await.unwrap();
-    let mut writer = Repository::open(fs_location(&at), KEY).await.unwrap();
+    let Setup {
+        tmp: _tmp,
+        src,
+        at,
+        mut writer,
+    } = setup().await;
     write_points(&mut writer, &src, SMALL_FILES_AT, 7).await;
     let victim = std::fs::read_dir(at.join("index"))
         .unwrap()

@@ -39,6 +39,8 @@ struct Slot {
     part_owners: std::sync::Mutex<std::collections::HashMap<String, String>>,
     /// When retention last collected garbage here.
     collected: std::sync::Mutex<Option<std::time::Instant>>,
+    /// No merge of index files is tried here before this (one failed).
+    compact_after: std::sync::Mutex<Option<std::time::Instant>>,
 }
 
 impl Slot {
@@ -60,6 +62,7 @@ impl Slot {
             present: PresentIds::default(),
             part_owners: Default::default(),
             collected: std::sync::Mutex::new(None),
+            compact_after: std::sync::Mutex::new(None),
         }
     }
 
@@ -135,10 +138,22 @@ pub struct RepoStore {
 
 type Guard<'a> = MutexGuard<'a, Option<Repository>>;
 
+/// After a merge of index files failed, the next is tried this much later, not at every point.
+const COMPACT_RETRY: std::time::Duration = std::time::Duration::from_secs(300);
+
 /// Merges a location's index files when enough have gathered (agents add one per part, the
-/// copy one per point): every refresh lists them all. A failure is only logged; the next point
-/// tries again.
+/// copy one per point): every refresh lists them all. A failure is only logged (a garbage
+/// collection's lock, quietly); the next try is [`COMPACT_RETRY`] later.
 async fn compact(repo: &mut Repository, slot: &Slot) {
+    let now = std::time::Instant::now();
+    let waiting = slot
+        .compact_after
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .is_some_and(|t| now < t);
+    if waiting || !repo.compaction_due() {
+        return;
+    }
     match repo.compact_if_due().await {
         Ok(Some(c)) => tracing::info!(
             location = slot.name,
@@ -148,7 +163,15 @@ async fn compact(repo: &mut Repository, slot: &Slot) {
             "merged index files"
         ),
         Ok(None) => {}
-        Err(e) => tracing::warn!(location = slot.name, error = %e, "could not merge index files"),
+        Err(e) => {
+            if matches!(e, RepoError::Locked { .. }) {
+                tracing::debug!(location = slot.name, error = %e, "index files not merged yet");
+            } else {
+                tracing::warn!(location = slot.name, error = %e, "could not merge index files");
+            }
+            *slot.compact_after.lock().unwrap_or_else(|e| e.into_inner()) =
+                Some(now + COMPACT_RETRY);
+        }
     }
 }
 
@@ -603,18 +626,20 @@ mod tests {
         let src = tmp.path().join("src");
         std::fs::create_dir(&src).unwrap();
         let n = SMALL_FILES_AT + 2;
+        let options = SnapshotOptions {
+            workload: "ns/app".into(),
+            consistency: Consistency::CrashConsistent,
+            source_zone: None,
+            use_parent: false,
+            part: None,
+            parent_hint: None,
+        };
+        let tree = vec![("data".to_string(), Source::Tree(src.clone()))];
         for i in 0..n {
             std::fs::write(src.join("value"), format!("point {i:08}")).unwrap();
-            let options = SnapshotOptions {
-                workload: "ns/app".into(),
-                consistency: Consistency::CrashConsistent,
-                source_zone: None,
-                use_parent: false,
-                part: None,
-                parent_hint: None,
-            };
-            let tree = vec![("data".to_string(), Source::Tree(src.clone()))];
-            snapshot(&mut agent, tree, &options, None).await.unwrap();
+            snapshot(&mut agent, tree.clone(), &options, None)
+                .await
+                .unwrap();
         }
         assert_eq!(index_files(&cache_at), n);
         let store = RepoStore::new(
@@ -630,15 +655,6 @@ mod tests {
         // The operator opened the cache before the last point's part was written: the copy
         // reads the index again, then merges.
         std::fs::write(src.join("value"), "the last point").unwrap();
-        let tree = vec![("data".to_string(), Source::Tree(src.clone()))];
-        let options = SnapshotOptions {
-            workload: "ns/app".into(),
-            consistency: Consistency::CrashConsistent,
-            source_zone: None,
-            use_parent: false,
-            part: None,
-            parent_hint: None,
-        };
         snapshot(&mut agent, tree, &options, None).await.unwrap();
         let copied = store.copy_missing(cache, "ns/app", None).await.unwrap();
         assert!(copied > 0);
