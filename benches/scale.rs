@@ -210,9 +210,21 @@ async fn until(
     done: impl Fn(&Census) -> bool,
 ) -> Option<Duration> {
     let start = Instant::now();
+    let mut reported = Instant::now();
     while start.elapsed() < limit {
-        if done(&census(api).await) {
+        let c = census(api).await;
+        if done(&c) {
             return Some(start.elapsed());
+        }
+        // A long wait says how far it got, so that a run stopped early still tells.
+        if reported.elapsed() >= Duration::from_secs(60) {
+            eprintln!(
+                "  after {:.0}s: {} Registered, {} with a point in the target",
+                start.elapsed().as_secs_f64(),
+                c.registered,
+                c.protected
+            );
+            reported = Instant::now();
         }
         tokio::time::sleep(poll).await;
     }

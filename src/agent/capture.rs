@@ -203,6 +203,19 @@ pub async fn run_captures(client: Client, settings: AgentSettings, reports: Repo
     }
 }
 
+/// The point a part takes its parent from (files unchanged since are not read again): the
+/// workload's newest, as its status says. A workload whose status names none has no parent to
+/// look for: searching the repository for one read every point's manifest, newest first, for
+/// every first part of every workload, which at N workloads made a round of first points read
+/// O(N²) manifests. Without a parent every file is read, and chunks already stored are still
+/// found in the index and not stored again.
+fn parent_hint(rw: &ReplicatedWorkload) -> Option<String> {
+    rw.status
+        .as_ref()
+        .and_then(|s| s.latest_point.as_ref())
+        .map(|p| p.id.clone())
+}
+
 fn report(
     rw: &ReplicatedWorkload,
     point: &PointInProgress,
@@ -543,22 +556,18 @@ impl Capture {
                 .parse()
                 .unwrap_or(Consistency::CrashConsistent),
         };
+        let parent_hint = parent_hint(&self.workload);
         let options = SnapshotOptions {
             workload: self.key.clone(),
             consistency,
             source_zone: zone,
-            use_parent: true,
+            use_parent: parent_hint.is_some(),
             part: Some(PartOf {
                 point: self.point.id.clone(),
                 time: self.point.started,
                 name: self.settings.node_name.clone(),
             }),
-            parent_hint: self
-                .workload
-                .status
-                .as_ref()
-                .and_then(|s| s.latest_point.as_ref())
-                .map(|p| p.id.clone()),
+            parent_hint,
         };
         let sources = self
             .volumes
@@ -589,7 +598,31 @@ impl Capture {
 
 #[cfg(test)]
 mod tests {
-    use super::{check_below, device_at};
+    use super::{check_below, device_at, parent_hint};
+
+    #[test]
+    fn a_part_looks_for_a_parent_only_where_the_status_names_one() {
+        let rw = |status: serde_json::Value| -> crate::api::workload::ReplicatedWorkload {
+            serde_json::from_value(serde_json::json!({
+                "apiVersion": "siterecovery.io/v1alpha1",
+                "kind": "ReplicatedWorkload",
+                "metadata": {"name": "app", "namespace": "apps"},
+                "spec": {"vaultName": "vault", "workloadRef": {"kind": "Deployment", "name": "app"}},
+                "status": status,
+            }))
+            .unwrap()
+        };
+        assert_eq!(parent_hint(&rw(serde_json::json!({}))), None);
+        let named = rw(serde_json::json!({"latestPoint": {
+            "id": "20261203T182934000Z-08fced59",
+            "time": "2026-12-03T18:29:34Z",
+            "replicated": true,
+        }}));
+        assert_eq!(
+            parent_hint(&named).as_deref(),
+            Some("20261203T182934000Z-08fced59")
+        );
+    }
 
     #[test]
     fn a_device_link_that_leads_to_a_file_or_a_character_device_is_refused() {
