@@ -38,9 +38,8 @@ const SCAN: Duration = Duration::from_secs(1);
 /// more memory).
 const CAPTURES_AT_ONCE: usize = 4;
 
-/// Queued points reported at most (the registration's reports are bounded: see
-/// `crate::api::work::MAX_REPORTS`).
-const QUEUED_REPORTS: usize = crate::api::work::MAX_REPORTS / 2;
+/// Queued points said at most (see `crate::api::work::QUEUED_ANNOTATION`).
+const MAX_QUEUED: usize = crate::api::work::MAX_QUEUED;
 
 /// One claim to read on this node.
 #[derive(Clone, Debug)]
@@ -131,8 +130,8 @@ pub async fn run_captures(client: Client, settings: AgentSettings, reports: Repo
     scan.watch_too(watch);
     let repositories = Repositories::default();
     let zone: Arc<tokio::sync::OnceCell<Option<String>>> = Arc::default();
-    // Points whose claims are mounted here but that wait for a capture slot: reported as
-    // running (queued), so that the operator waits for them rather than restarting them.
+    // Points whose claims are mounted here but that wait for a capture slot: said on the
+    // registration, so that the operator waits for them rather than restarting them.
     let mut queued: HashSet<super::scan::WorkKey> = HashSet::new();
     while scan.next_pass().await {
         let mut in_flight = HashSet::new();
@@ -159,10 +158,8 @@ pub async fn run_captures(client: Client, settings: AgentSettings, reports: Repo
                         .1
                         .is_some_and(|(_, node)| *node == settings.node_name)
                 });
-                if here && queued.len() < QUEUED_REPORTS && queued.insert(work_key) {
-                    let message =
-                        format!("queued: this node runs {CAPTURES_AT_ONCE} captures at once");
-                    reports.set(key, report(rw, &point, WorkState::Running, message), false);
+                if here && queued.len() < MAX_QUEUED {
+                    queued.insert(work_key);
                 }
                 continue;
             }
@@ -199,6 +196,7 @@ pub async fn run_captures(client: Client, settings: AgentSettings, reports: Repo
             }
         }
         queued.retain(|k| in_flight.contains(k));
+        reports.set_queued(queued.iter().map(|(_, point)| point.as_str()));
         scan.end_pass(&in_flight, &reports, WorkKind::Capture);
     }
 }

@@ -15,7 +15,7 @@ use crate::api::registration::{
     COMPONENT_LABEL, COMPONENT_VALUE, NODE_LABEL, REGION_ANNOTATION, REGION_LABEL,
     VERSION_ANNOTATION, ZONE_ANNOTATION, ZONE_LABEL, lease_name,
 };
-use crate::api::work::{AgentWork, WORK_ANNOTATION};
+use crate::api::work::{AgentWork, QUEUED_ANNOTATION, WORK_ANNOTATION, encode_queued};
 
 /// Field manager of the agent's writes.
 pub const FIELD_MANAGER: &str = "site-recovery-agent";
@@ -41,6 +41,8 @@ pub struct AgentSettings {
 #[derive(Clone, Default)]
 pub struct Reports {
     entries: Arc<Mutex<BTreeMap<String, AgentWork>>>,
+    /// The queued annotation's value (see [`QUEUED_ANNOTATION`]).
+    queued: Arc<Mutex<String>>,
     pub changed: Arc<Notify>,
 }
 
@@ -53,6 +55,18 @@ impl Reports {
     pub fn set(&self, key: String, work: AgentWork, publish: bool) {
         self.entries.lock().expect("reports lock").insert(key, work);
         if publish {
+            self.changed.notify_one();
+        }
+    }
+
+    /// Says which points wait on this node for a capture slot; a change is published at once.
+    pub fn set_queued<'a>(&self, points: impl IntoIterator<Item = &'a str>) {
+        let mut ids: Vec<&str> = points.into_iter().collect();
+        ids.sort_unstable();
+        let value = encode_queued(ids);
+        let mut queued = self.queued.lock().expect("reports lock");
+        if *queued != value {
+            *queued = value;
             self.changed.notify_one();
         }
     }
@@ -110,6 +124,10 @@ async fn register(
             WORK_ANNOTATION.into(),
             json!(serde_json::to_string(&work).expect("reports serialize")),
         );
+    }
+    let queued = reports.queued.lock().expect("reports lock").clone();
+    if !queued.is_empty() {
+        annotations.insert(QUEUED_ANNOTATION.into(), json!(queued));
     }
     let lease = json!({
         "apiVersion": "coordination.k8s.io/v1",

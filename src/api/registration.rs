@@ -40,6 +40,8 @@ pub struct AgentRegistration {
     pub duration_seconds: i64,
     /// The agent's reports on points in flight.
     pub work: Vec<super::work::AgentWork>,
+    /// The points it found work for and has not started (see [`super::work::QUEUED_ANNOTATION`]).
+    pub queued: std::collections::BTreeSet<String>,
 }
 
 impl AgentRegistration {
@@ -71,6 +73,7 @@ impl AgentRegistration {
                 .unwrap_or(30)
                 .into(),
             work: super::work::parse_reports(annotations.get(super::work::WORK_ANNOTATION)),
+            queued: super::work::decode_queued(annotations.get(super::work::QUEUED_ANNOTATION)),
         })
     }
 

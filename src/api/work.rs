@@ -22,6 +22,14 @@ pub const POINT_REQUEST_ANNOTATION: &str = "siterecovery.io/request-point";
 
 /// Annotation of the registration Lease that carries the agent's reports.
 pub const WORK_ANNOTATION: &str = "siterecovery.io/work";
+/// Annotation of the registration Lease that names the points whose claims the agent found
+/// mounted on its node but has not started reading, for want of a capture slot: the random
+/// suffixes of their ids (8 hex digits), space-separated. The operator waits for these rather
+/// than giving them up as never started; a report per queued point would not fit on the Lease
+/// when thousands wait.
+pub const QUEUED_ANNOTATION: &str = "siterecovery.io/queued";
+/// The most points one agent says are queued (9 bytes each on the Lease).
+pub const MAX_QUEUED: usize = 8192;
 /// Labels of the temporary objects of a CSI capture.
 pub const POINT_LABEL: &str = "siterecovery.io/point";
 pub const WORKLOAD_LABEL: &str = "siterecovery.io/replicated-workload";
@@ -195,6 +203,40 @@ pub fn parse_reports(text: Option<&String>) -> Vec<AgentWork> {
     })
 }
 
+/// What a queued point is known by on the Lease: the random suffix of its id (8 lower-case hex
+/// digits), or `None` for an id without one.
+pub fn queued_key(point: &str) -> Option<&str> {
+    let suffix = point.rsplit_once('-')?.1;
+    (suffix.len() == 8
+        && suffix
+            .bytes()
+            .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')))
+    .then_some(suffix)
+}
+
+/// The queued annotation's value for `points` (ids): at most [`MAX_QUEUED`] of them, those
+/// without a suffix left out.
+pub fn encode_queued<'a>(points: impl IntoIterator<Item = &'a str>) -> String {
+    let keys: Vec<&str> = points
+        .into_iter()
+        .filter_map(queued_key)
+        .take(MAX_QUEUED)
+        .collect();
+    keys.join(" ")
+}
+
+/// Reads a queued annotation: a value longer than [`MAX_QUEUED`] keys can be is not an
+/// agent's and names nothing; tokens that are not keys are skipped.
+pub fn decode_queued(text: Option<&String>) -> std::collections::BTreeSet<String> {
+    let Some(text) = text.filter(|t| t.len() < MAX_QUEUED * 9) else {
+        return Default::default();
+    };
+    text.split(' ')
+        .filter(|t| t.len() == 8 && t.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')))
+        .map(String::from)
+        .collect()
+}
+
 /// Lower-case, DNS-safe form of a point id (point ids carry an upper-case `T` and `Z`).
 pub fn point_label(point: &str) -> String {
     point.to_ascii_lowercase()
@@ -242,6 +284,40 @@ pub fn writer_name(failover: &str, index: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn queued_points_are_named_by_their_suffix_and_crafted_values_name_nothing_else() {
+        assert_eq!(queued_key("20261203T182934000Z-08fced59"), Some("08fced59"));
+        for odd in [
+            "p1",
+            "x-08FCED59",
+            "x-08fced5",
+            "x-08fced590",
+            "x-08fced5g",
+            "",
+        ] {
+            assert_eq!(queued_key(odd), None, "{odd}");
+        }
+        let value = encode_queued(["a-00000001", "b-0000000f", "no suffix"]);
+        assert_eq!(value, "00000001 0000000f");
+        let read = decode_queued(Some(&value));
+        assert_eq!(read, ["00000001", "0000000f"].map(String::from).into());
+        // Tokens that are not suffixes are skipped; a value longer than any agent writes is
+        // not an agent's and names nothing.
+        let mixed = "00000001 ../../etc x 0000000F  0000000e".to_string();
+        assert_eq!(
+            decode_queued(Some(&mixed)),
+            ["00000001", "0000000e"].map(String::from).into()
+        );
+        let huge = "00000001 ".repeat(MAX_QUEUED + 1);
+        assert!(decode_queued(Some(&huge)).is_empty());
+        assert!(decode_queued(None).is_empty());
+        let many: Vec<String> = (0..MAX_QUEUED as u32 + 10)
+            .map(|i| format!("p-{i:08x}"))
+            .collect();
+        let value = encode_queued(many.iter().map(String::as_str));
+        assert_eq!(decode_queued(Some(&value)).len(), MAX_QUEUED);
+    }
 
     #[test]
     fn crafted_report_annotations_are_refused_without_panicking() {

@@ -414,6 +414,7 @@ mod tests {
             renewed: Some("2026-06-01T12:00:00Z".parse().unwrap()),
             duration_seconds: 30,
             work,
+            queued: Default::default(),
         }
     }
 

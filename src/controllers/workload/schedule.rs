@@ -165,6 +165,8 @@ struct Tally {
     total: u64,
     stored: u64,
     reported: bool,
+    /// An agent says the point waits on its node for a capture slot.
+    queued: bool,
 }
 
 /// Sums the agents' reports of `point`; a failed report ends the point.
@@ -174,7 +176,9 @@ fn tally(
     registrations: &[AgentRegistration],
 ) -> Result<Tally, Step> {
     let mut t = Tally::default();
+    let key = crate::api::work::queued_key(&point.id);
     for r in registrations {
+        t.queued |= key.is_some_and(|k| r.queued.contains(k));
         for w in &r.work {
             if w.kind != crate::api::work::WorkKind::Capture
                 || w.namespace != namespace
@@ -272,9 +276,14 @@ fn lost_agent(
     None
 }
 
-/// No agent reported at all in time. CSI points wait for their snapshots first (bounded by the
-/// snapshot timeout).
+/// No agent reported at all in time, nor said that the point waits for a capture slot on its
+/// node (a point queued there waits its turn however long the queue: given up and started
+/// again, it would only join the queue's end). CSI points wait for their snapshots first
+/// (bounded by the snapshot timeout).
 fn never_started(point: &PointInProgress, t: &Tally, now: Timestamp) -> Option<Step> {
+    if t.queued {
+        return None;
+    }
     let patience = match point.method {
         crate::api::vault::SnapshotMethod::Live => START_TIMEOUT,
         crate::api::vault::SnapshotMethod::Csi => START_TIMEOUT * 3,

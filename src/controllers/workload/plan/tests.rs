@@ -28,6 +28,7 @@ fn reg(node: &str, renewed_ago: i64) -> AgentRegistration {
         renewed: Some(now() - SignedDuration::from_secs(renewed_ago)),
         duration_seconds: 30,
         work: vec![],
+        queued: Default::default(),
     }
 }
 

@@ -76,6 +76,7 @@ fn agent(state: Option<WorkState>) -> AgentRegistration {
                 owner: String::new(),
             })
             .collect(),
+        queued: Default::default(),
     }
 }
 

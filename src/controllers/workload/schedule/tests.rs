@@ -77,6 +77,7 @@ fn agent(node: &str, renewed: i64, work: Vec<(&str, WorkState, &[&str])>) -> Age
                 owner: String::new(),
             })
             .collect(),
+        queued: Default::default(),
     }
 }
 
@@ -336,6 +337,30 @@ fn an_unsupported_freeze_is_said_not_hidden() {
         "{}",
         c[0].message
     );
+}
+
+/// A point that an agent says waits on its node for a capture slot (its queue is thousands
+/// long) waits its turn: never given up as never started, nor as stalled; the same point that
+/// no agent names fails as before.
+#[test]
+fn a_point_queued_at_its_agent_waits_its_turn_however_long() {
+    let status = ReplicatedWorkloadStatus {
+        point_in_progress: Some(point("20261203T182934000Z-08fced59", 0)),
+        ..Default::default()
+    };
+    let late = 10 * STALL_TIMEOUT.as_secs() as i64;
+    let mut busy = agent("n1", late, vec![]);
+    busy.queued = ["0badcafe", "08fced59"].map(String::from).into();
+    assert!(matches!(
+        decide_at(&status, &[busy.clone()], late),
+        Step::Wait { .. }
+    ));
+    busy.queued.remove("08fced59");
+    let Step::Fail { reason, message } = decide_at(&status, &[busy], late) else {
+        panic!("a point no agent started nor queued is given up")
+    };
+    assert_eq!(reason, R::CaptureFailed);
+    assert!(message.contains("no agent started reading"), "{message}");
 }
 
 #[test]
