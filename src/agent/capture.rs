@@ -158,7 +158,10 @@ pub async fn run_captures(client: Client, settings: AgentSettings, reports: Repo
                         .1
                         .is_some_and(|(_, node)| *node == settings.node_name)
                 });
-                if here && queued.len() < MAX_QUEUED {
+                if !here {
+                    // Its pod left the node: no longer ours to vouch for.
+                    queued.remove(&work_key);
+                } else if queued.len() < MAX_QUEUED {
                     queued.insert(work_key);
                 }
                 continue;
@@ -171,6 +174,11 @@ pub async fn run_captures(client: Client, settings: AgentSettings, reports: Repo
                     if volumes.is_empty() {
                         continue;
                     }
+                    // Running before it leaves the queue (both go out in the same Lease
+                    // write), so that the operator never sees it in neither.
+                    let mut running = report(rw, &point, WorkState::Running, String::new());
+                    running.claims = volumes.iter().map(|v| v.claim.clone()).collect();
+                    reports.set(key.clone(), running, false);
                     let job = Capture {
                         client: client.clone(),
                         settings: settings.clone(),

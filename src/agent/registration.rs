@@ -59,16 +59,13 @@ impl Reports {
         }
     }
 
-    /// Says which points wait on this node for a capture slot; a change is published at once.
+    /// Says which points wait on this node for a capture slot, published with the next
+    /// renewal (well within the operator's patience for a point's first word; a write of the
+    /// Lease per change would be one a second while a queue moves).
     pub fn set_queued<'a>(&self, points: impl IntoIterator<Item = &'a str>) {
         let mut ids: Vec<&str> = points.into_iter().collect();
         ids.sort_unstable();
-        let value = encode_queued(ids);
-        let mut queued = self.queued.lock().expect("reports lock");
-        if *queued != value {
-            *queued = value;
-            self.changed.notify_one();
-        }
+        *self.queued.lock().expect("reports lock") = encode_queued(ids);
     }
 
     /// Drops reports the operator no longer needs (their point is no longer in flight). The
@@ -101,6 +98,22 @@ async fn node_labels(
     Ok(node.metadata.labels.unwrap_or_default())
 }
 
+/// What the Lease's annotations may hold together: the API server refuses more than 256 KiB,
+/// and a refused write would be a lost renewal. The queue gets what the reports leave.
+const ANNOTATIONS_BUDGET: usize = 250 * 1024;
+
+/// The longest prefix of the space-separated `queued` of at most `budget` bytes, cut between
+/// entries.
+fn within(queued: &str, budget: usize) -> &str {
+    if queued.len() <= budget {
+        return queued;
+    }
+    if queued.as_bytes()[budget] == b' ' {
+        return &queued[..budget];
+    }
+    queued[..budget].rfind(' ').map_or("", |end| &queued[..end])
+}
+
 /// Writes the registration once: the node's zone and region (`labels`), renewed now, with the
 /// current reports.
 async fn register(
@@ -126,6 +139,14 @@ async fn register(
         );
     }
     let queued = reports.queued.lock().expect("reports lock").clone();
+    let used: usize = annotations
+        .iter()
+        .map(|(k, v)| k.len() + v.as_str().map_or(0, str::len))
+        .sum();
+    let queued = within(
+        &queued,
+        ANNOTATIONS_BUDGET.saturating_sub(used + QUEUED_ANNOTATION.len()),
+    );
     if !queued.is_empty() {
         annotations.insert(QUEUED_ANNOTATION.into(), json!(queued));
     }
@@ -194,5 +215,23 @@ pub async fn keep_registered(client: Client, settings: AgentSettings, reports: R
             tokio::time::sleep(Duration::from_secs(1)).await;
             reports.changed.notify_one();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::within;
+
+    #[test]
+    fn the_queue_gets_what_the_other_annotations_leave_cut_between_entries() {
+        let queued = "00000001 00000002 00000003";
+        assert_eq!(within(queued, 100), queued);
+        assert_eq!(within(queued, 26), queued);
+        assert_eq!(within(queued, 25), "00000001 00000002");
+        assert_eq!(within(queued, 17), "00000001 00000002");
+        assert_eq!(within(queued, 16), "00000001");
+        assert_eq!(within(queued, 8), "00000001");
+        assert_eq!(within(queued, 7), "");
+        assert_eq!(within(queued, 0), "");
     }
 }

@@ -6,7 +6,8 @@
 //!   its node (the workload's own pods for `Live`, the reader pods of the point for `CSI`) and
 //!   writes one *part* into the cache location under its node's name.
 //! - The agent reports on its own registration Lease, in the `siterecovery.io/work` annotation:
-//!   one entry per workload with a point in flight (Running, Done, Failed, bytes, message).
+//!   one entry per workload with a point in flight (Running, Done, Failed, bytes, message),
+//!   and in `siterecovery.io/queued` the points that wait on its node for a capture slot.
 //! - When reports cover every claim, the operator assembles the parts into the point, copies it
 //!   to the target, prunes, and records the point in the workload's status.
 //!

@@ -25,6 +25,10 @@ pub const TRIGGERED: Duration = Duration::from_secs(15);
 /// claim more done) before the point is given up: a read that hangs (a stalled network
 /// filesystem, a FIFO) must not hold the workload's points forever.
 pub const STALL_TIMEOUT: Duration = Duration::from_secs(600);
+/// How long a point may wait in a live agent's queue (named on its registration, see
+/// `crate::api::work::QUEUED_ANNOTATION`) before it is given up: a queue shows no progress to
+/// judge by, and a point must not wait on one forever.
+pub const QUEUE_TIMEOUT: Duration = Duration::from_secs(1800);
 
 /// The effective schedule of a workload.
 #[derive(Clone, Debug, PartialEq)]
@@ -165,8 +169,8 @@ struct Tally {
     total: u64,
     stored: u64,
     reported: bool,
-    /// An agent says the point waits on its node for a capture slot.
-    queued: bool,
+    /// The node of a live agent that says the point waits there for a capture slot.
+    queued_on: Option<String>,
 }
 
 /// Sums the agents' reports of `point`; a failed report ends the point.
@@ -174,11 +178,14 @@ fn tally(
     (namespace, workload): (&str, &str),
     point: &PointInProgress,
     registrations: &[AgentRegistration],
+    now: Timestamp,
 ) -> Result<Tally, Step> {
     let mut t = Tally::default();
     let key = crate::api::work::queued_key(&point.id);
     for r in registrations {
-        t.queued |= key.is_some_and(|k| r.queued.contains(k));
+        if t.queued_on.is_none() && r.is_alive(now) && key.is_some_and(|k| r.queued.contains(k)) {
+            t.queued_on = Some(r.node.clone());
+        }
         for w in &r.work {
             if w.kind != crate::api::work::WorkKind::Capture
                 || w.namespace != namespace
@@ -230,7 +237,7 @@ fn in_flight(
     registrations: &[AgentRegistration],
     now: Timestamp,
 ) -> Step {
-    let mut t = match tally(owner, point, registrations) {
+    let mut t = match tally(owner, point, registrations, now) {
         Ok(t) => t,
         Err(step) => return step,
     };
@@ -277,12 +284,19 @@ fn lost_agent(
 }
 
 /// No agent reported at all in time, nor said that the point waits for a capture slot on its
-/// node (a point queued there waits its turn however long the queue: given up and started
-/// again, it would only join the queue's end). CSI points wait for their snapshots first
+/// node. A point queued at a live agent waits its turn, up to [`QUEUE_TIMEOUT`]: given up and
+/// started again, it would only join the queue's end. CSI points wait for their snapshots first
 /// (bounded by the snapshot timeout).
 fn never_started(point: &PointInProgress, t: &Tally, now: Timestamp) -> Option<Step> {
-    if t.queued {
-        return None;
+    if let Some(node) = &t.queued_on {
+        return (now > after(point.started, QUEUE_TIMEOUT)).then(|| Step::Fail {
+            reason: R::CaptureFailed,
+            message: format!(
+                "point {}: waited {}s in the queue of the agent on node {node} without being started; the node reads 4 points at once: check the agent's logs there, and whether its points take longer than their interval",
+                point.id,
+                QUEUE_TIMEOUT.as_secs()
+            ),
+        });
     }
     let patience = match point.method {
         crate::api::vault::SnapshotMethod::Live => START_TIMEOUT,
@@ -306,6 +320,11 @@ fn stalled(
     volumes: &[VolumeStatus],
     now: Timestamp,
 ) -> Option<Step> {
+    // A part still waiting in a queue is bounded by the queue's timeout, not by the parts
+    // done elsewhere that stopped moving.
+    if t.queued_on.is_some() {
+        return None;
+    }
     let (seen, since) = point
         .last_progress
         .as_ref()

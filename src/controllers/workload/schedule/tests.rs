@@ -339,28 +339,64 @@ fn an_unsupported_freeze_is_said_not_hidden() {
     );
 }
 
-/// A point that an agent says waits on its node for a capture slot (its queue is thousands
-/// long) waits its turn: never given up as never started, nor as stalled; the same point that
-/// no agent names fails as before.
+/// A point that a live agent says waits on its node for a capture slot waits its turn: not
+/// given up as never started, nor as stalled while another node's part is done, until the
+/// queue's timeout, which names the node. A lapsed registration's queue, or no queue at all,
+/// holds nothing.
 #[test]
-fn a_point_queued_at_its_agent_waits_its_turn_however_long() {
-    let status = ReplicatedWorkloadStatus {
+fn a_point_queued_at_a_live_agent_waits_its_turn_up_to_the_queue_timeout() {
+    let mut status = ReplicatedWorkloadStatus {
         point_in_progress: Some(point("20261203T182934000Z-08fced59", 0)),
         ..Default::default()
     };
-    let late = 10 * STALL_TIMEOUT.as_secs() as i64;
-    let mut busy = agent("n1", late, vec![]);
-    busy.queued = ["0badcafe", "08fced59"].map(String::from).into();
+    let late = QUEUE_TIMEOUT.as_secs() as i64 - 1;
+    let queued_at = |node: &str, renewed: i64| {
+        let mut busy = agent(node, renewed, vec![]);
+        busy.queued = ["0badcafe", "08fced59"].map(String::from).into();
+        busy
+    };
+    let queued = |renewed: i64| queued_at("n1", renewed);
     assert!(matches!(
-        decide_at(&status, &[busy.clone()], late),
+        decide_at(&status, &[queued(late)], late),
         Step::Wait { .. }
     ));
-    busy.queued.remove("08fced59");
-    let Step::Fail { reason, message } = decide_at(&status, &[busy], late) else {
-        panic!("a point no agent started nor queued is given up")
+    // n2's part is done and its bytes stop moving; n1's part is still queued.
+    let done_elsewhere = agent(
+        "n2",
+        late,
+        vec![("20261203T182934000Z-08fced59", WorkState::Done, &["data-1"])],
+    );
+    status.point_in_progress.as_mut().unwrap().last_progress =
+        Some(crate::api::workload::ProgressMark {
+            bytes_done: 10,
+            time: at(0),
+        });
+    assert!(matches!(
+        decide_at(&status, &[queued(late), done_elsewhere.clone()], late),
+        Step::Wait { .. }
+    ));
+    let end = late + 2;
+    let Step::Fail { reason, message } = decide_at(&status, &[queued(end), done_elsewhere], end)
+    else {
+        panic!("the queue's wait is bounded")
     };
     assert_eq!(reason, R::CaptureFailed);
-    assert!(message.contains("no agent started reading"), "{message}");
+    assert!(
+        message.contains("in the queue of the agent on node n1"),
+        "{message}"
+    );
+    // Not queued, or queued on a registration that lapsed (a reader's node that went away):
+    // never started after 120 s.
+    status.point_in_progress.as_mut().unwrap().last_progress = None;
+    let mut idle = queued(200);
+    idle.queued.remove("08fced59");
+    for agents in [vec![idle], vec![queued_at("n3", 100)]] {
+        let Step::Fail { reason, message } = decide_at(&status, &agents, 200) else {
+            panic!("a point no live agent started nor queued is given up")
+        };
+        assert_eq!(reason, R::CaptureFailed);
+        assert!(message.contains("no agent started reading"), "{message}");
+    }
 }
 
 #[test]
