@@ -208,11 +208,12 @@ pub fn parse_reports(text: Option<&String>) -> Vec<AgentWork> {
 /// digits), or `None` for an id without one.
 pub fn queued_key(point: &str) -> Option<&str> {
     let suffix = point.rsplit_once('-')?.1;
-    (suffix.len() == 8
-        && suffix
-            .bytes()
-            .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')))
-    .then_some(suffix)
+    is_queued_key(suffix).then_some(suffix)
+}
+
+/// Whether `s` is a queued point's key: 8 lower-case hex digits.
+fn is_queued_key(s: &str) -> bool {
+    s.len() == 8 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
 
 /// The queued annotation's value for `points` (ids): at most [`MAX_QUEUED`] of them, those
@@ -233,7 +234,7 @@ pub fn decode_queued(text: Option<&String>) -> std::collections::BTreeSet<String
         return Default::default();
     };
     text.split(' ')
-        .filter(|t| t.len() == 8 && t.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')))
+        .filter(|t| is_queued_key(t))
         .map(String::from)
         .collect()
 }

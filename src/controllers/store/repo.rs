@@ -151,7 +151,7 @@ async fn compact(repo: &mut Repository, slot: &Slot) {
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .is_some_and(|t| now < t);
-    if waiting || !repo.compaction_due() {
+    if waiting {
         return;
     }
     match repo.compact_if_due().await {
