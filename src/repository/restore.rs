@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 use std::io::Write;
-use std::os::unix::fs::{FileExt, FileTypeExt, OpenOptionsExt};
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -103,10 +103,13 @@ pub async fn restore(
                 repo,
                 &manifest,
                 target,
-                vec![Restored::Open {
-                    file,
-                    path: partial.clone(),
-                }],
+                Files::new(
+                    vec![Restored::Open {
+                        file,
+                        path: partial.clone(),
+                    }],
+                    false,
+                ),
                 &[data],
                 &[None],
                 progress,
@@ -186,10 +189,13 @@ async fn restore_device(
         repo,
         manifest,
         target,
-        vec![Restored::Open {
-            file: device.try_clone().map_err(|e| RepoError::io(target, e))?,
-            path: target.to_path_buf(),
-        }],
+        Files::new(
+            vec![Restored::Open {
+                file: device.try_clone().map_err(|e| RepoError::io(target, e))?,
+                path: target.to_path_buf(),
+            }],
+            false,
+        ),
         &[data],
         &[Some(compared.kept)],
         progress,
@@ -286,6 +292,10 @@ async fn restore_tree(
         keep[i] = Some(c.kept);
         zeroed += c.zeroed;
     }
+    // A restore that must be durable waits for the device anyway: its large files skip the
+    // page cache (`output`). Without `sync`, write-back lets the restore end before the disk
+    // has its data, which costs the copy and returns sooner.
+    let files = Files::new(files, options.sync);
     let mut stats = restore_data(repo, manifest, target, files, &contents, &keep, progress).await?;
     stats.bytes_written += zeroed;
     stats.removed = removed;
@@ -301,7 +311,9 @@ async fn restore_tree(
 }
 
 mod in_place;
+mod output;
 mod writer;
+use output::{Files, Output};
 use writer::{Restored, TreeWriter};
 
 pub fn pick_volume<'a>(
@@ -332,20 +344,24 @@ async fn restore_data(
     repo: &Repository,
     manifest: &Manifest,
     target: &Path,
-    files: Vec<Restored>,
+    mut files: Files,
     contents: &[&FileData],
     kept: &[Option<Vec<bool>>],
     progress: Option<ProgressFn>,
 ) -> Result<RestoreStats, RepoError> {
+    files.large = contents
+        .iter()
+        .map(|c| c.size >= output::DIRECT_MIN)
+        .collect();
     let bytes = contents
         .iter()
         .flat_map(|c| &c.extents)
         .filter(|e| e.chunk.is_some())
         .map(|e| e.length as u64)
         .sum();
-    let (packs, total) = placements_by_pack(repo, manifest, target, &files, contents, kept)?;
+    let (packs, total) = placements_by_pack(repo, manifest, target, &files.files, contents, kept)?;
     let stats = RestoreStats {
-        files: files.len() as u64,
+        files: files.files.len() as u64,
         bytes,
         bytes_written: total,
         packs_read: packs.len() as u64,
@@ -427,11 +443,13 @@ fn placements_by_pack(
     Ok((packs, total))
 }
 
-/// What a writer thread reuses from pack to pack: the pack read, and a chunk's plaintext.
+/// What a writer thread reuses from pack to pack: the pack read, a chunk's plaintext, and the
+/// run of a large file on its way past the page cache (`output`).
 #[derive(Default)]
 struct Scratch {
     pack: Vec<u8>,
     chunk: format::ChunkScratch,
+    run: Option<crate::storage::location::AlignedBuf>,
 }
 
 /// Writes packs' chunks into the files being restored, from the blocking pool's threads.
@@ -441,7 +459,7 @@ struct PackWriter {
     keys: super::crypto::Keys,
     /// Where a tree is restored (for messages).
     target: PathBuf,
-    files: Vec<Restored>,
+    files: Files,
     /// Bytes written so far, by every thread.
     done: std::sync::atomic::AtomicU64,
     total: u64,
@@ -535,7 +553,10 @@ impl PackWriter {
         let bytes = &scratch.pack;
         let mut placements: Vec<&Placement> = placements.iter().collect();
         placements.sort_by_key(|p| (p.file, p.offset));
-        let mut open: Option<(u32, std::fs::File)> = None;
+        let mut out = Output::new(&self.files, &mut scratch.run);
+        let failed = |(i, e): (u32, std::io::Error)| {
+            RepoError::io(&self.files.files[i as usize].path(&self.target), e)
+        };
         for p in placements {
             let start = p.at.offset as usize;
             let end = start + p.at.length as usize;
@@ -554,18 +575,10 @@ impl PackWriter {
                 object: name.clone(),
                 reason: format!("chunk {}: {e}", hex::encode(p.id)),
             })?;
-            let restored = &self.files[p.file as usize];
-            let path = || restored.path(&self.target);
-            if open.as_ref().is_none_or(|(i, _)| *i != p.file) {
-                let f = restored.open().map_err(|e| RepoError::io(&path(), e))?;
-                open = Some((p.file, f));
-            }
-            let (_, file) = open.as_ref().expect("opened above");
-            file.write_all_at(data, p.offset)
-                .map_err(|e| RepoError::io(&path(), e))?;
+            out.write(p.file, p.offset, data).map_err(failed)?;
             self.written(data.len() as u64);
         }
-        Ok(())
+        out.finish().map_err(failed)
     }
 
     fn written(&self, bytes: u64) {

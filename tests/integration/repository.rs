@@ -327,15 +327,57 @@ async fn incremental_points_each_restore_their_own_content() {
     }
 }
 
+/// Pages of `path` in the page cache (`mincore` of a mapping of it).
+fn resident_pages(path: &Path) -> usize {
+    let f = std::fs::File::open(path).unwrap();
+    let len = f.metadata().unwrap().len() as usize;
+    let page = 4096;
+    let mut vec = vec![0u8; len.div_ceil(page)];
+    unsafe {
+        let map = libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ,
+            libc::MAP_SHARED,
+            std::os::fd::AsRawFd::as_raw_fd(&f),
+            0,
+        );
+        assert_ne!(map, libc::MAP_FAILED);
+        assert_eq!(libc::mincore(map, len, vec.as_mut_ptr()), 0);
+        libc::munmap(map, len);
+    }
+    vec.iter().filter(|&&b| b & 1 == 1).count()
+}
+
+/// Whether files in `dir` can be opened for direct I/O (tmpfs on older kernels cannot).
+fn takes_direct_io(dir: &Path) -> bool {
+    use std::os::unix::fs::OpenOptionsExt;
+    let probe = dir.join(".direct-probe");
+    let ok = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(&probe)
+        .is_ok();
+    let _ = std::fs::remove_file(&probe);
+    ok
+}
+
 /// A restore of many packs: the writers each take a stretch of them and help each other at
-/// the end; every byte lands in its file, whichever writer fetched its pack.
+/// the end; every byte lands in its file, whichever writer fetched its pack. A durable restore
+/// writes large files past the page cache (it leaves next to nothing of them cached), their
+/// last partial block included, and small files through it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restore_of_many_packs_puts_every_byte_in_place() {
     let tmp = tempfile::tempdir().unwrap();
     let src = tmp.path().join("src");
     std::fs::create_dir_all(src.join("small")).unwrap();
     for i in 0..5 {
-        random_file(&src.join(format!("big-{i}.img")), 9 << 20, 10 + i);
+        random_file(
+            &src.join(format!("big-{i}.img")),
+            (9 << 20) + i as usize * 4099,
+            10 + i,
+        );
     }
     for i in 0..300 {
         random_file(&src.join(format!("small/{i}")), 1 + i * 97, 1000 + i as u64);
@@ -356,11 +398,22 @@ async fn a_restore_of_many_packs_puts_every_byte_in_place() {
     };
     let point = repo.point_ids().await.unwrap().pop().unwrap();
     let out = tmp.path().join("out");
-    let stats = restore(&repo, &point, &out, &RestoreOptions::default(), None)
-        .await
-        .unwrap();
+    let durable = RestoreOptions {
+        sync: true,
+        ..Default::default()
+    };
+    let stats = restore(&repo, &point, &out, &durable, None).await.unwrap();
     assert!(stats.packs_read >= 5, "{stats:?}");
     assert_eq!(stats.files, 305, "{stats:?}");
+    if takes_direct_io(tmp.path()) {
+        for i in 0..5 {
+            let cached = resident_pages(&out.join(format!("big-{i}.img")));
+            assert!(
+                cached <= 2,
+                "big-{i}.img: {cached} pages left in the page cache"
+            );
+        }
+    }
     assert_eq!(describe(&out), describe(&src));
 }
 

@@ -50,6 +50,21 @@ impl Restored {
         }
     }
 
+    /// Opened for writes that bypass the page cache (`O_DIRECT`); `None` for a kept-open file
+    /// (raw images and devices are written through the page cache).
+    pub(super) fn open_direct(&self) -> std::io::Result<Option<std::fs::File>> {
+        match self {
+            Restored::Open { .. } => Ok(None),
+            Restored::Beneath {
+                root,
+                rel,
+                identity,
+            } => confined::open_known_file(root, rel, OFlags::WRONLY | OFlags::DIRECT, *identity)?
+                .map(Some)
+                .ok_or_else(|| std::io::Error::other("replaced while the restore was writing it")),
+        }
+    }
+
     /// Its path, for messages (`target`: the directory a tree is restored into). Made only when
     /// needed: a tree of many files keeps one relative name per file, not two paths.
     pub(super) fn path(&self, target: &std::path::Path) -> std::path::PathBuf {

@@ -5,6 +5,8 @@
 //! Opening, one function per backend, lives in `open`; the summary of a failed request that
 //! statuses may show, in `summary`.
 
+mod direct;
+pub use direct::{ALIGN as DIRECT_ALIGN, AlignedBuf};
 mod open;
 mod summary;
 
@@ -13,6 +15,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
+use object_store::local::LocalFileSystem;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
 
@@ -104,8 +107,9 @@ pub struct Location {
     name: String,
     /// Secret values to scrub from every error.
     secrets: Arc<Vec<String>>,
-    /// A directory of this machine: reads can be announced to the kernel ahead (`prefetch`).
-    local: bool,
+    /// A directory of this machine: reads can be announced to the kernel ahead (`prefetch`),
+    /// and large objects written without the page cache (`direct`).
+    local: Option<Arc<LocalFileSystem>>,
 }
 
 impl Location {
@@ -116,7 +120,7 @@ impl Location {
             prefix: Path::from(prefix),
             name: name.into(),
             secrets: Arc::new(vec![]),
-            local: false,
+            local: None,
         }
     }
 
@@ -309,7 +313,7 @@ impl Location {
     /// (`posix_fadvise(WILLNEED)`, which costs this process no memory). Other backends do
     /// nothing. A failure is ignored: the read itself reports it.
     pub async fn prefetch(&self, key: &Path) {
-        if !self.local {
+        if self.local.is_none() {
             return;
         }
         if let Ok(r) = self.store.get(key).await
@@ -349,6 +353,9 @@ impl Location {
 
     /// Writes `data` at `key`, replacing what is there.
     pub async fn put(&self, key: &Path, data: Bytes) -> Result<(), StorageError> {
+        let Some(data) = self.put_direct(key, data, direct::Mode::Replace).await? else {
+            return Ok(());
+        };
         self.store
             .put(key, PutPayload::from(data))
             .await
@@ -358,6 +365,9 @@ impl Location {
 
     /// Writes `data` at `key` only if nothing is there: `AlreadyExists` otherwise.
     pub async fn put_new(&self, key: &Path, data: Bytes) -> Result<(), StorageError> {
+        let Some(data) = self.put_direct(key, data, direct::Mode::Create).await? else {
+            return Ok(());
+        };
         let opts = PutOptions {
             mode: PutMode::Create,
             ..Default::default()
@@ -367,6 +377,46 @@ impl Location {
             .await
             .map_err(|e| self.error(key, e))?;
         Ok(())
+    }
+
+    /// Writes a large object to a filesystem location without the page cache; `None` once it
+    /// is written, or the data back where the store must write it (another backend, a small
+    /// object, or a filesystem without direct writes).
+    async fn put_direct(
+        &self,
+        key: &Path,
+        data: Bytes,
+        mode: direct::Mode,
+    ) -> Result<Option<Bytes>, StorageError> {
+        let Some(fs) = &self.local else {
+            return Ok(Some(data));
+        };
+        if data.len() < direct::DIRECT_MIN {
+            return Ok(Some(data));
+        }
+        let dest = fs.path_to_filesystem(key).map_err(|e| self.error(key, e))?;
+        let (outcome, data) =
+            tokio::task::spawn_blocking(move || (direct::put(&dest, &data, mode), data))
+                .await
+                .map_err(|e| StorageError::Backend {
+                    location: self.name.clone(),
+                    message: format!("{key}: write task failed: {e}"),
+                })?;
+        match outcome {
+            Ok(direct::Outcome::Written) => Ok(None),
+            Ok(direct::Outcome::Unsupported) => Ok(Some(data)),
+            Ok(direct::Outcome::Exists) => Err(StorageError::AlreadyExists {
+                location: self.name.clone(),
+                key: key.to_string(),
+            }),
+            Err(e) => {
+                tracing::warn!(location = %self.name, %key, error = %e, "storage write failed");
+                Err(StorageError::Backend {
+                    location: self.name.clone(),
+                    message: format!("{key}: write failed: {e}"),
+                })
+            }
+        }
     }
 
     /// Every key below `dir` with its size.

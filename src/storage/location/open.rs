@@ -106,6 +106,8 @@ struct Opened {
     store: Arc<dyn ObjectStore>,
     prefix: String,
     name: String,
+    /// The same store, when it is a directory of this machine.
+    local: Option<Arc<LocalFileSystem>>,
 }
 
 impl Location {
@@ -126,7 +128,7 @@ impl Location {
             prefix: Path::from(opened.prefix.as_str()),
             name: opened.name,
             secrets: Arc::new(settings.secrets),
-            local: matches!(spec, LocationSpec::Filesystem(_)),
+            local: opened.local,
         })
     }
 }
@@ -144,10 +146,12 @@ fn filesystem(path: &std::path::Path, settings: &Settings) -> Result<Opened, Sto
         .map_err(|e| settings.config(e))?
         .with_automatic_cleanup(true)
         .with_fsync(true);
+    let fs = Arc::new(fs);
     Ok(Opened {
-        store: Arc::new(fs),
+        store: fs.clone(),
         prefix: String::new(),
         name: format!("file://{}", path.display()),
+        local: Some(fs),
     })
 }
 
@@ -181,6 +185,7 @@ fn s3(bucket: &str, prefix: &str, settings: &Settings) -> Result<Opened, Storage
         store: Arc::new(b.build().map_err(|e| settings.config(e))?),
         prefix: prefix.to_string(),
         name: format!("s3://{bucket}/{prefix}"),
+        local: None,
     })
 }
 
@@ -210,6 +215,7 @@ fn azure(container: &str, prefix: &str, settings: &Settings) -> Result<Opened, S
         store: Arc::new(b.build().map_err(|e| settings.config(e))?),
         prefix: prefix.to_string(),
         name: format!("az://{account}/{container}/{prefix}"),
+        local: None,
     })
 }
 
@@ -235,5 +241,6 @@ fn gcs(bucket: &str, prefix: &str, settings: &Settings) -> Result<Opened, Storag
         store: Arc::new(b.build().map_err(|e| settings.config(e))?),
         prefix: prefix.to_string(),
         name: format!("gs://{bucket}/{prefix}"),
+        local: None,
     })
 }
