@@ -349,10 +349,7 @@ async fn restore_data(
     kept: &[Option<Vec<bool>>],
     progress: Option<ProgressFn>,
 ) -> Result<RestoreStats, RepoError> {
-    files.large = contents
-        .iter()
-        .map(|c| c.size >= output::DIRECT_MIN)
-        .collect();
+    files.large = contents.iter().map(|c| c.size >= output::LARGE).collect();
     let bytes = contents
         .iter()
         .flat_map(|c| &c.extents)

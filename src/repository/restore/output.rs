@@ -23,13 +23,12 @@ use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::writer::Restored;
-use crate::storage::location::{AlignedBuf, DIRECT_ALIGN as ALIGN};
+use crate::storage::location::{
+    AlignedBuf, DIRECT_ALIGN as ALIGN, DIRECT_BLOCK as RUN, DIRECT_MIN, refuses_direct,
+};
 
-/// Files at least this large are written past the page cache where they can be: below it, the
-/// extra syscalls and the device's latency cost more than the copy they save.
-pub(super) const DIRECT_MIN: u64 = 1 << 20;
-/// The most one direct write carries (each writer thread's run buffer).
-const RUN: usize = 1 << 20;
+/// Files at least this large are written past the page cache where they can be.
+pub(super) const LARGE: u64 = DIRECT_MIN as u64;
 
 /// What the writers share: the files, which of them are large enough, and whether the
 /// filesystem takes direct writes.
@@ -158,7 +157,7 @@ fn flush(files: &Files, run: &Option<AlignedBuf>, c: &mut Current) -> Result<(),
         match files.files[c.index as usize].open_direct() {
             Ok(Some(f)) => c.direct = Some(f),
             Ok(None) => c.refused = true,
-            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => refused(c),
+            Err(e) if refuses_direct(&e) => refused(c),
             Err(e) => return Err((c.index, e)),
         }
     }
@@ -168,7 +167,7 @@ fn flush(files: &Files, run: &Option<AlignedBuf>, c: &mut Current) -> Result<(),
         match d.write_all_at(&buf[head..head + aligned], c.start + head as u64) {
             Ok(()) => direct = true,
             // The device wants a coarser alignment: what was written is written again below.
-            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => refused(c),
+            Err(e) if refuses_direct(&e) => refused(c),
             Err(e) => return Err((c.index, e)),
         }
     }

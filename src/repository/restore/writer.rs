@@ -45,8 +45,7 @@ impl Restored {
                 root,
                 rel,
                 identity,
-            } => confined::open_known_file(root, rel, OFlags::WRONLY, *identity)?
-                .ok_or_else(|| std::io::Error::other("replaced while the restore was writing it")),
+            } => reopen(root, rel, *identity, OFlags::WRONLY),
         }
     }
 
@@ -59,9 +58,7 @@ impl Restored {
                 root,
                 rel,
                 identity,
-            } => confined::open_known_file(root, rel, OFlags::WRONLY | OFlags::DIRECT, *identity)?
-                .map(Some)
-                .ok_or_else(|| std::io::Error::other("replaced while the restore was writing it")),
+            } => reopen(root, rel, *identity, OFlags::WRONLY | OFlags::DIRECT).map(Some),
         }
     }
 
@@ -73,6 +70,18 @@ impl Restored {
             Restored::Beneath { rel, .. } => target.join(rel),
         }
     }
+}
+
+/// A file the tree pass created, opened again with `flags` below the root; refused unless it
+/// is still the inode the restore created.
+fn reopen(
+    root: &std::fs::File,
+    rel: &str,
+    identity: (u64, u64),
+    flags: OFlags,
+) -> std::io::Result<std::fs::File> {
+    confined::open_known_file(root, rel, flags, identity)?
+        .ok_or_else(|| std::io::Error::other("replaced while the restore was writing it"))
 }
 
 /// Extended attributes a restore sets: the user namespace and POSIX ACLs. `security.*` (file

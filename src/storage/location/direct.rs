@@ -19,14 +19,20 @@ use std::io::{self, ErrorKind};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
-/// Objects smaller than this go through the page cache: the bounce buffer and the extra
-/// syscalls would cost more than the copy they save.
-pub(super) const DIRECT_MIN: usize = 1 << 20;
+/// Objects (and restored files) smaller than this go through the page cache: the bounce
+/// buffer, the extra syscalls and the device's latency would cost more than the copy they save.
+pub const MIN: usize = 1 << 20;
 /// Memory and file-offset alignment of every direct write: a multiple of every logical block
 /// size in use (512 and 4096).
 pub const ALIGN: usize = 4096;
 /// How much one direct write carries (the bounce buffer's size).
-const BLOCK: usize = 1 << 20;
+pub const BLOCK: usize = 1 << 20;
+
+/// Whether `e` is the kernel's refusal of direct I/O: on open, by a filesystem without it; on
+/// a write, by a device that wants a coarser alignment than [`ALIGN`].
+pub fn refused(e: &io::Error) -> bool {
+    e.raw_os_error() == Some(libc::EINVAL)
+}
 
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub(super) enum Mode {
@@ -76,7 +82,7 @@ pub(super) fn put(dest: &Path, data: &[u8], mode: Mode) -> io::Result<Outcome> {
     };
     let written = match write_all(&file, data) {
         // Opened, but the device wants a coarser alignment than ALIGN.
-        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => Ok(Outcome::Unsupported),
+        Err(e) if refused(&e) => Ok(Outcome::Unsupported),
         Err(e) => Err(e),
         Ok(()) => file.sync_all().and_then(|()| {
             drop(file);
@@ -107,7 +113,7 @@ fn stage(dest: &Path) -> io::Result<Option<(File, PathBuf)>> {
             Err(e) if e.kind() == ErrorKind::AlreadyExists => n += 1,
             Err(e) if e.kind() == ErrorKind::NotFound => create_parents(&path)?,
             // Refused flags; a failed create_new with O_DIRECT leaves no file behind.
-            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => return Ok(None),
+            Err(e) if refused(&e) => return Ok(None),
             Err(e) => return Err(e),
         }
     }

@@ -6,7 +6,10 @@
 //! statuses may show, in `summary`.
 
 mod direct;
-pub use direct::{ALIGN as DIRECT_ALIGN, AlignedBuf};
+pub use direct::{
+    ALIGN as DIRECT_ALIGN, AlignedBuf, BLOCK as DIRECT_BLOCK, MIN as DIRECT_MIN,
+    refused as refuses_direct,
+};
 mod open;
 mod summary;
 
@@ -391,7 +394,7 @@ impl Location {
         let Some(fs) = &self.local else {
             return Ok(Some(data));
         };
-        if data.len() < direct::DIRECT_MIN {
+        if data.len() < direct::MIN {
             return Ok(Some(data));
         }
         let dest = fs.path_to_filesystem(key).map_err(|e| self.error(key, e))?;
